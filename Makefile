@@ -1,0 +1,47 @@
+# napari-seglab: `make run` opens napari with the plugin and a sample; `make test` runs the tests.
+# Both create the virtual environment (.venv) on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
+	libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxkbcommon-x11-0 libxcb-cursor0 libdbus-1-3 libfontconfig1 \
+	libgl1 libegl1
+# Run Qt tests under Xvfb when there is no display (napari's canvas needs OpenGL; offscreen Qt has none).
+XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint bench screenshot sample-data xvfb clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+xvfb:
+	@if [ -z "$(DISPLAY)" ] && ! command -v xvfb-run >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(XVFB_PKGS) >/dev/null; \
+		else echo "Install Xvfb for the viewer tests: sudo apt-get install $(XVFB_PKGS)"; exit 2; fi; fi
+
+run: setup
+	$(PY) scripts/launch.py
+
+test: setup xvfb
+	$(PY) -m npe2 validate napari-seglab --imports
+	$(XVFB) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+screenshot: setup xvfb
+	$(XVFB) $(PY) scripts/screenshot.py docs/screenshot.png
+
+sample-data: setup
+	$(PY) scripts/make_sample_data.py
+
+bench: setup xvfb
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
+	for b in benchmarks/*.py; do echo "== $$b"; $(XVFB) $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

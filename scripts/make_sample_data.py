@@ -1,0 +1,72 @@
+"""Regenerate the synthetic TIFFs in ``sample_data/``.
+
+Usage (from the repository root)::
+
+    python scripts/make_sample_data.py [--out sample_data]
+
+Every file comes from :mod:`napari_seglab.core.synthetic` with the fixed seeds
+below, so running this again gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_seglab.core.synthetic import make_nuclei, make_scribbles  # noqa: E402
+
+TRAIN_SEED = 1
+TEST_SEED = 2
+STACK_SEED = 3
+SCRIBBLE_SEED = 11
+SHAPE_2D = (256, 512)
+SHAPE_3D = (8, 128, 128)
+
+
+def _write(path: Path, data: np.ndarray, axes: str, what: str, seed: int) -> None:
+    # tifffile's own JSON description carries the axes; no ImageJ metadata.
+    tifffile.imwrite(
+        path,
+        data,
+        photometric="minisblack",
+        metadata={
+            "axes": axes,
+            "content": what,
+            "generator": "napari_seglab.core.synthetic",
+            "seed": seed,
+        },
+    )
+    print(f"wrote {path} {data.shape} {data.dtype} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "sample_data", help="output folder")
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    image, instances = make_nuclei(SHAPE_2D, seed=TRAIN_SEED)
+    scribbles = make_scribbles(instances, seed=SCRIBBLE_SEED)
+    _write(out / "nuclei_train.tif", image, "YX", "image", TRAIN_SEED)
+    _write(out / "nuclei_train_instances.tif", instances, "YX", "instances", TRAIN_SEED)
+    _write(out / "nuclei_train_scribbles.tif", scribbles, "YX", "scribbles", SCRIBBLE_SEED)
+
+    image, instances = make_nuclei(SHAPE_2D, seed=TEST_SEED)
+    _write(out / "nuclei_test.tif", image, "YX", "image", TEST_SEED)
+    _write(out / "nuclei_test_instances.tif", instances, "YX", "instances", TEST_SEED)
+
+    stack, _stack_instances = make_nuclei(SHAPE_3D, seed=STACK_SEED)
+    _write(out / "nuclei_stack.tif", stack, "ZYX", "image", STACK_SEED)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""npe2 sample-data contributions: synthetic nuclei to try the plugin on.
+
+The functions return napari LayerDataTuples ``(data, metadata, layer_type)``
+and need no napari import. They read the TIFFs shipped with the package (or,
+in a source checkout, the repository's ``sample_data/`` folder) and fall back
+to generating the same kind of data when neither is there.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .core.synthetic import make_nuclei, make_scribbles
+
+__all__ = ["nuclei_stack", "nuclei_with_instances", "nuclei_with_scribbles"]
+
+_TRAIN_SEED = 1
+_STACK_SEED = 3
+_SCRIBBLE_SEED = 11
+
+
+def _read_sample(name: str) -> np.ndarray | None:
+    """Read ``sample_data/<name>`` from the package, then the source tree; None if absent."""
+    try:
+        packaged = files("napari_seglab") / "sample_data" / name
+        if packaged.is_file():
+            with as_file(packaged) as path:
+                return tifffile.imread(path)
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    local = Path(__file__).resolve().parents[2] / "sample_data" / name
+    if local.is_file():
+        return tifffile.imread(local)
+    return None
+
+
+def _train_image_and_instances() -> tuple[np.ndarray, np.ndarray]:
+    image = _read_sample("nuclei_train.tif")
+    instances = _read_sample("nuclei_train_instances.tif")
+    if image is None or instances is None:
+        image, instances = make_nuclei((256, 512), seed=_TRAIN_SEED)
+    return image, instances
+
+
+def nuclei_with_scribbles() -> list[tuple]:
+    """Nuclei image with sparse painted scribbles.
+
+    Returns
+    -------
+    list of LayerDataTuple
+        ``(image (256, 512) uint16, {"name": "nuclei"}, "image")`` and
+        ``(scribbles (256, 512) uint8, {"name": "scribbles"}, "labels")`` with
+        0 = not annotated, 1 = background, 2 = nucleus.
+    """
+    image, instances = _train_image_and_instances()
+    scribbles = _read_sample("nuclei_train_scribbles.tif")
+    if scribbles is None or scribbles.shape != image.shape:
+        scribbles = make_scribbles(instances, seed=_SCRIBBLE_SEED)
+    return [
+        (image, {"name": "nuclei"}, "image"),
+        (scribbles, {"name": "scribbles"}, "labels"),
+    ]
+
+
+def nuclei_with_instances() -> list[tuple]:
+    """Nuclei image with its dense instance mask.
+
+    Returns
+    -------
+    list of LayerDataTuple
+        ``(image (256, 512) uint16, {"name": "nuclei"}, "image")`` and
+        ``(instances (256, 512) uint16, {"name": "instances"}, "labels")`` with
+        0 = background and one id per nucleus.
+    """
+    image, instances = _train_image_and_instances()
+    return [
+        (image, {"name": "nuclei"}, "image"),
+        (instances, {"name": "instances"}, "labels"),
+    ]
+
+
+def nuclei_stack() -> list[tuple]:
+    """A small 3D stack of nuclei.
+
+    Returns
+    -------
+    list of LayerDataTuple
+        ``(stack (8, 128, 128) uint16 ZYX, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0)}, "image")``;
+        the z step is three times the pixel size.
+    """
+    stack = _read_sample("nuclei_stack.tif")
+    if stack is None:
+        stack, _instances = make_nuclei((8, 128, 128), seed=_STACK_SEED)
+    return [(stack, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0)}, "image")]

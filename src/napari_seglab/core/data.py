@@ -1,0 +1,212 @@
+"""Normalisation, training samples, patch sampling and augmentation.
+
+Arrays here are per plane: an image plane is (Y, X) or (Y, X, C); the model
+sees float32 (C, Y, X). Targets are int64 (Y, X) with -1 for ignored pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import InputError
+from .labels import IGNORE
+
+DEFAULT_PERCENTILES = (1.0, 99.8)
+
+
+def to_chw(plane: np.ndarray, in_channels: int | None = None) -> np.ndarray:
+    """(Y, X) or (Y, X, C) -> (C, Y, X) view; checks the channel count when given."""
+    chw = plane[None] if plane.ndim == 2 else np.moveaxis(plane, -1, 0)
+    if in_channels is not None and chw.shape[0] != in_channels:
+        raise InputError(f"the model expects {in_channels} channel(s) but the image has {chw.shape[0]}")
+    return chw
+
+
+def percentiles(chw: np.ndarray, low: float = DEFAULT_PERCENTILES[0], high: float = DEFAULT_PERCENTILES[1],
+                max_samples: int = 2_000_000) -> tuple[list[float], list[float]]:
+    """Per-channel (low, high) percentiles of a (C, ...) array, on a strided sample when large."""
+    lo, hi = [], []
+    for channel in chw:
+        flat = channel.reshape(-1)
+        step = max(1, flat.size // max_samples)
+        sample = np.asarray(flat[::step], dtype=np.float32)
+        a, b = np.percentile(sample, [low, high])
+        lo.append(float(a))
+        hi.append(float(b))
+    return lo, hi
+
+
+def normalize(chw: np.ndarray, lo: Sequence[float], hi: Sequence[float],
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Scale each channel so that ``lo`` -> 0 and ``hi`` -> 1 (float32, not clipped)."""
+    out = np.empty(chw.shape, np.float32) if out is None else out
+    for c in range(chw.shape[0]):
+        scale = 1.0 / max(hi[c] - lo[c], 1e-6)
+        np.subtract(chw[c], lo[c], out=out[c], casting="unsafe")
+        out[c] *= scale
+    return out
+
+
+@dataclass
+class Normalization:
+    """Percentile normalisation, recorded in the checkpoint.
+
+    ``per_image``: percentiles are computed on each image at prediction time
+    (robust to exposure changes); ``lo``/``hi`` hold the training data's
+    values, used when ``per_image`` is False.
+    """
+
+    low: float = DEFAULT_PERCENTILES[0]
+    high: float = DEFAULT_PERCENTILES[1]
+    per_image: bool = True
+    lo: tuple[float, ...] = ()
+    hi: tuple[float, ...] = ()
+
+    def apply(self, chw: np.ndarray, lohi: tuple[Sequence[float], Sequence[float]] | None = None) -> np.ndarray:
+        """Normalise a (C, Y, X) array (percentiles of ``chw`` itself unless ``lohi`` given)."""
+        if lohi is None:
+            lohi = percentiles(chw, self.low, self.high) if self.per_image or not self.lo else (self.lo, self.hi)
+        return normalize(chw, *lohi)
+
+    def to_dict(self) -> dict:
+        return {"method": "percentile", "low": self.low, "high": self.high, "per_image": self.per_image,
+                "lo": list(self.lo), "hi": list(self.hi)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        return cls(low=float(d.get("low", 1.0)), high=float(d.get("high", 99.8)),
+                   per_image=bool(d.get("per_image", True)), lo=tuple(d.get("lo", ())), hi=tuple(d.get("hi", ())))
+
+
+@dataclass
+class Sample:
+    """One training plane: normalised image (C, Y, X) float32 and target (Y, X) int64."""
+
+    image: np.ndarray
+    target: np.ndarray
+    instances: np.ndarray | None = None  # object ids for detection models
+
+    @property
+    def annotated(self) -> int:
+        return int(np.count_nonzero(self.target != IGNORE))
+
+
+def split_validation(target: np.ndarray, sparse: bool, fraction: float = 0.15,
+                     rng: np.random.Generator | None = None, block: int = 64) -> np.ndarray:
+    """Boolean (Y, X) mask of pixels held out for validation.
+
+    Sparse scribbles: a fraction of the strokes (connected annotated
+    components) of every class, when each class has at least three strokes.
+    Dense labels: a fraction of ``block``-sized tiles. Returns an all-False
+    mask when the annotation is too small to spare any.
+    """
+    rng = rng or np.random.default_rng(0)
+    annotated = target != IGNORE
+    held = np.zeros(target.shape, bool)
+    if fraction <= 0:
+        return held
+    if sparse:
+        for cls in np.unique(target[annotated]):
+            comps, n = ndi.label(target == cls)
+            if n < 3:
+                return np.zeros(target.shape, bool)
+            k = max(1, int(round(n * fraction)))
+            for c in rng.choice(np.arange(1, n + 1), size=k, replace=False):
+                held |= comps == c
+        return held
+    ny, nx = max(1, target.shape[0] // block), max(1, target.shape[1] // block)
+    if ny * nx < 4:
+        return held
+    k = max(1, int(round(ny * nx * fraction)))
+    by, bx = target.shape[0] / ny, target.shape[1] / nx
+    for idx in rng.choice(ny * nx, size=k, replace=False):
+        iy, ix = divmod(int(idx), nx)
+        held[int(iy * by):int((iy + 1) * by), int(ix * bx):int((ix + 1) * bx)] = True
+    return held & annotated
+
+
+def _pad_to(arr: np.ndarray, size: int, fill: float | None) -> np.ndarray:
+    """Pad the last two axes of ``arr`` up to ``size`` (reflect when fill is None)."""
+    py, px = max(0, size - arr.shape[-2]), max(0, size - arr.shape[-1])
+    if not py and not px:
+        return arr
+    pad = [(0, 0)] * (arr.ndim - 2) + [(0, py), (0, px)]
+    if fill is None:
+        mode = "reflect" if min(arr.shape[-2:]) > 1 else "edge"
+        return np.pad(arr, pad, mode=mode)
+    return np.pad(arr, pad, mode="constant", constant_values=fill)
+
+
+class PatchSampler:
+    """Draws augmented training patches from samples, favouring annotated pixels.
+
+    ``favour`` is the probability that a patch is centred near a randomly
+    chosen annotated pixel (sparse scribbles need it); the rest are uniform.
+    Augmentation: flips, 90-degree rotations, intensity gain/offset/gamma.
+    """
+
+    def __init__(self, samples: Sequence[Sample], patch: int, rng: np.random.Generator,
+                 favour: float = 0.8, augment: bool = True):
+        if not samples:
+            raise InputError("no training data")
+        self.samples = [Sample(_pad_to(s.image, patch, None), _pad_to(s.target, patch, IGNORE),
+                               None if s.instances is None else _pad_to(s.instances, patch, 0))
+                        for s in samples]
+        self.patch = patch
+        self.rng = rng
+        self.favour = favour
+        self.augment = augment
+        self._coords = [np.flatnonzero(s.target.reshape(-1) != IGNORE) for s in self.samples]
+        weights = np.array([max(1, len(c)) for c in self._coords], float)
+        self._weights = weights / weights.sum()
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One patch: image (C, P, P) float32, target (P, P) int64, instances or None."""
+        rng, p = self.rng, self.patch
+        i = int(rng.choice(len(self.samples), p=self._weights))
+        s, coords = self.samples[i], self._coords[i]
+        h, w = s.target.shape
+        if len(coords) and rng.random() < self.favour:
+            cy, cx = divmod(int(coords[rng.integers(len(coords))]), w)
+            y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
+            x0 = int(np.clip(cx - rng.integers(p // 8, p - p // 8), 0, w - p))
+        else:
+            y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+        img = s.image[:, y0:y0 + p, x0:x0 + p]
+        tgt = s.target[y0:y0 + p, x0:x0 + p]
+        ins = None if s.instances is None else s.instances[y0:y0 + p, x0:x0 + p]
+        if self.augment:
+            img, tgt, ins = self._augment(img, tgt, ins)
+        return (np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt),
+                None if ins is None else np.ascontiguousarray(ins))
+
+    def _augment(self, img, tgt, ins):
+        rng = self.rng
+        k = int(rng.integers(4))
+        flip = bool(rng.integers(2))
+
+        def geo(a):
+            if a is None:
+                return None
+            a = np.rot90(a, k, axes=(-2, -1))
+            return a[..., ::-1] if flip else a
+
+        img, tgt, ins = geo(img), geo(tgt), geo(ins)
+        gain = rng.uniform(0.75, 1.3)
+        offset = rng.uniform(-0.1, 0.1)
+        img = img * gain + offset
+        if rng.random() < 0.3:
+            img = img + rng.normal(0, rng.uniform(0.0, 0.05), img.shape).astype(np.float32)
+        return img, tgt, ins
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, list | None]:
+        """A batch: images (B, C, P, P) float32, targets (B, P, P) int64, instances list or None."""
+        draws = [self.draw() for _ in range(size)]
+        imgs = np.stack([d[0] for d in draws])
+        tgts = np.stack([d[1] for d in draws])
+        ins = None if draws[0][2] is None else [d[2] for d in draws]
+        return imgs, tgts, ins

@@ -1,0 +1,90 @@
+"""Device choice (CUDA, then MPS, then CPU) and the precision policy."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def pick_device(request: str = "auto") -> torch.device:
+    """Return the torch device for ``request`` ("auto", "cpu", "cuda", "cuda:1", "mps").
+
+    ``auto`` picks CUDA, then MPS, then the CPU. Asking for a device that is
+    not there raises :class:`InputError` instead of failing later in a kernel.
+    """
+    request = (request or "auto").lower()
+    if request == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if request.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device(request)
+    if request == "mps":
+        if not _mps_available():
+            raise InputError("device 'mps' was asked for but Apple MPS is not available; use --device cpu or auto")
+        return torch.device("mps")
+    if request == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {request!r}; choose one of {', '.join(DEVICES)}")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a forward pass runs on a device.
+
+    CUDA: float16 autocast (mixed precision). MPS: float32. CPU: float32 with
+    channels_last memory format, or bfloat16 autocast when asked for.
+    """
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self):
+        """Context manager for the forward pass."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def precision_for(device: torch.device, *, bf16_cpu: bool = False, training: bool = False) -> Precision:
+    """The precision policy for ``device`` (see :class:`Precision`)."""
+    if device.type == "cuda":
+        return Precision(device, torch.float16, channels_last=True)
+    if device.type == "mps":
+        return Precision(device, None, channels_last=False)
+    dtype = torch.bfloat16 if bf16_cpu and not training else None
+    return Precision(device, dtype, channels_last=not training)
+
+
+def describe(device: torch.device) -> str:
+    """A short human description, e.g. 'cuda:0 (NVIDIA H100)' or 'cpu (2 threads)'."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def is_oom(error: BaseException) -> bool:
+    """True for a CUDA/MPS out-of-memory error."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text and isinstance(error, RuntimeError)

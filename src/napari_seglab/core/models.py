@@ -1,0 +1,245 @@
+"""Model registry: segmentation-models-pytorch architectures, torchvision FCN and Mask R-CNN.
+
+Every name is looked up here; an unknown name raises an InputError listing the
+valid ones. Pretrained weights are used only when they are already on disk
+(a cache or a file): nothing downloads unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+FAMILIES = ("unet", "fcn", "maskrcnn")
+SMP_ARCHS = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet", "Linknet", "PAN", "PSPNet", "DeepLabV3")
+FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
+MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+DEFAULT_ARCH = {"unet": "Unet", "fcn": "fcn_resnet50", "maskrcnn": "maskrcnn_resnet50_fpn"}
+DEFAULT_ENCODER = "resnet34"
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model; stored in the checkpoint.
+
+    ``out_channels`` is the number of logit channels (1 for a binary
+    semantic model); ``n_classes`` counts background. ``options`` holds
+    family-specific settings (detector sizes and limits).
+    """
+
+    family: str = "unet"
+    arch: str = "Unet"
+    encoder: str = DEFAULT_ENCODER
+    in_channels: int = 1
+    n_classes: int = 2
+    options: dict = field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        return 1 if self.n_classes == 2 and self.family != "maskrcnn" else self.n_classes
+
+    @property
+    def semantic(self) -> bool:
+        return self.family != "maskrcnn"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        known = {k: d[k] for k in ("family", "arch", "encoder", "in_channels", "n_classes", "options") if k in d}
+        return cls(**known)
+
+
+def _choose(name: str, options, what: str) -> str:
+    if name in options:
+        return name
+    lowered = {o.lower(): o for o in options}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    raise InputError(f"unknown {what} {name!r}; choose one of: {', '.join(options)}")
+
+
+def smp_encoders() -> list[str]:
+    """Names of the encoders segmentation-models-pytorch offers."""
+    from segmentation_models_pytorch.encoders import get_encoder_names
+
+    return list(get_encoder_names())
+
+
+def check_spec(spec: ModelSpec) -> ModelSpec:
+    """Normalise names and validate a spec; unknown names list the valid ones."""
+    spec.family = _choose(spec.family, FAMILIES, "model family")
+    archs = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}[spec.family]
+    if spec.family != "unet" and spec.arch in SMP_ARCHS:
+        spec.arch = DEFAULT_ARCH[spec.family]
+    spec.arch = _choose(spec.arch, archs, f"{spec.family} architecture")
+    if spec.family == "unet":
+        encoders = smp_encoders()
+        if spec.encoder not in encoders and not spec.encoder.startswith("tu-"):
+            close = [e for e in encoders if spec.encoder.lower()[:4] in e][:12]
+            hint = f" (similar: {', '.join(close)})" if close else f"; e.g. {', '.join(encoders[:10])}, ..."
+            raise InputError(f"unknown encoder {spec.encoder!r}{hint}")
+    if spec.in_channels < 1:
+        raise InputError("a model needs at least one input channel")
+    if spec.n_classes < 2:
+        raise InputError("a model needs at least two classes (background and one class)")
+    return spec
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+
+def _hub_file(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _load_state_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: pretrained weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read pretrained weights safely ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _smp_imagenet_file(encoder: str, allow_download: bool) -> Path | None:
+    """Path of the ImageNet encoder weights in the Hugging Face cache, or None."""
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders.get(encoder, {}).get("pretrained_settings", {}).get("imagenet")
+    if not settings:
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(settings["repo_id"], filename="model.safetensors",
+                                    revision=settings["revision"], local_files_only=not allow_download))
+    except Exception:
+        return None
+
+
+class _ChannelAdapter(nn.Module):
+    """Maps C input channels to the 3 a torchvision backbone expects (repeat for 1, learnable 1x1 else)."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.mix = None if in_channels in (1, 3) else nn.Conv2d(in_channels, 3, 1)
+        if self.mix is not None:
+            nn.init.constant_(self.mix.weight, 1.0 / in_channels)
+            nn.init.zeros_(self.mix.bias)
+
+    def forward(self, x):
+        if self.in_channels == 1:
+            return x.expand(-1, 3, -1, -1)
+        return x if self.mix is None else self.mix(x)
+
+
+class FCNWrapper(nn.Module):
+    """torchvision FCN returning logits (B, K, Y, X) instead of a dict."""
+
+    def __init__(self, fcn: nn.Module, in_channels: int):
+        super().__init__()
+        self.adapt = _ChannelAdapter(in_channels)
+        self.fcn = fcn
+
+    def forward(self, x):
+        return self.fcn(self.adapt(x))["out"]
+
+
+def _build_smp(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+    import segmentation_models_pytorch as smp
+
+    cls = getattr(smp, spec.arch)
+    note = "random initialisation"
+    weights_file = None
+    if pretrained in ("imagenet", "auto"):
+        weights_file = _smp_imagenet_file(spec.encoder, allow_download)
+        if weights_file is None:
+            note = (f"ImageNet weights for encoder {spec.encoder!r} are not in the local cache "
+                    f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and could not be downloaded; "
+                    "training from random initialisation")
+    elif pretrained:
+        weights_file = Path(pretrained)
+    if weights_file is None:
+        return cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
+                   classes=spec.out_channels), note
+    model = cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=spec.out_channels)
+    state = _load_state_file(weights_file)
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if len(missing) > len(state) // 2:
+        raise InputError(f"{weights_file}: does not hold weights for encoder {spec.encoder!r}")
+    model.encoder.set_in_channels(spec.in_channels, pretrained=True)
+    return model, f"encoder weights from {weights_file}"
+
+
+def _torchvision_stock(weights_enum, allow_download: bool):
+    if allow_download or _hub_file(weights_enum.url).is_file():
+        return weights_enum
+    return None
+
+
+def _build_fcn(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+    from torchvision.models import segmentation as seg
+
+    builder = getattr(seg, spec.arch)
+    enum = {"fcn_resnet50": seg.FCN_ResNet50_Weights, "fcn_resnet101": seg.FCN_ResNet101_Weights}[spec.arch]
+    note = "random initialisation"
+    state = None
+    if pretrained in ("voc", "coco", "auto", "imagenet"):
+        stock = _torchvision_stock(enum.DEFAULT, allow_download)
+        if stock is None:
+            note = (f"stock {spec.arch} weights ({os.path.basename(enum.DEFAULT.url)}) are not in the torch "
+                    f"cache {_hub_file(enum.DEFAULT.url).parent}; training from random initialisation")
+        else:
+            state = stock.get_state_dict(progress=False)
+            note = f"stock weights {enum.DEFAULT}"
+    elif pretrained:
+        state = _load_state_file(pretrained)
+        note = f"weights from {pretrained}"
+    fcn = builder(weights=None, weights_backbone=None, num_classes=21 if state is not None else spec.out_channels,
+                  aux_loss=False)
+    if state is not None:
+        fcn.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier")}, strict=False)
+        last = fcn.classifier[-1]
+        fcn.classifier[-1] = nn.Conv2d(last.in_channels, spec.out_channels, 1)
+    return FCNWrapper(fcn, spec.in_channels), note
+
+
+def build_model(spec: ModelSpec, pretrained: str | None = None, *, allow_download: bool = False
+                ) -> tuple[nn.Module, str]:
+    """Build the model of ``spec``; returns (model, a note on where its weights came from).
+
+    ``pretrained``: None (random init), ``"auto"`` / ``"imagenet"`` / ``"coco"``
+    / ``"voc"`` (the family's stock weights when on disk; a note says when they
+    are not), or a path to a ``.pth`` / ``.safetensors`` state dict.
+    """
+    spec = check_spec(spec)
+    if spec.family == "unet":
+        return _build_smp(spec, pretrained, allow_download)
+    if spec.family == "fcn":
+        return _build_fcn(spec, pretrained, allow_download)
+    from .detection import build_maskrcnn
+
+    return build_maskrcnn(spec, pretrained, allow_download)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,314 @@
+"""Whole-image prediction: tiled inference with smooth blending, 2D/3D/time.
+
+The public entry point :func:`predict_image` is a generator that yields
+:class:`~napari_seglab.core.events.TileDone` events and returns a
+:class:`Prediction`. Planes of a stack (every index of the T and Z axes) are
+predicted one by one; outputs are aligned with the input's spatial axes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import Normalization, to_chw
+from .device import Precision, is_oom, pick_device, precision_for
+from .errors import InputError
+from .events import Message, TileDone
+from .io import check_image_values
+from .models import ModelSpec
+
+# Bytes of working memory a forward pass needs per input pixel (fp32, CPU,
+# measured on Unet-resnet34 and FCN-resnet50 at 512..2048 px); used to pick the
+# largest tile that fits the memory budget.
+BYTES_PER_PIXEL = {"unet": 1100, "fcn": 2600, "maskrcnn": 3000}
+DEFAULT_MEMORY_BUDGET = 1.5 * 2**30
+ALIGN = 32
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict: network in eval mode, its metadata and device."""
+
+    model: torch.nn.Module
+    meta: dict
+    device: torch.device
+    precision: Precision
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.meta["model"])
+
+    @property
+    def label_mode(self) -> str:
+        return self.meta.get("label_mode", "scribbles")
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization.from_dict(self.meta.get("normalization", {}))
+
+
+def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
+               ) -> LoadedModel:
+    """Load a checkpoint (path or :class:`Checkpoint`) onto ``device`` for inference."""
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    precision = precision_for(dev, bf16_cpu=bf16_cpu)
+    model = ckpt.build(dev)
+    if precision.channels_last and ckpt.spec.family != "maskrcnn":
+        model = model.to(memory_format=torch.channels_last)
+    return LoadedModel(model=model, meta=ckpt.meta, device=dev, precision=precision)
+
+
+def wrap_model(model: torch.nn.Module, meta: dict, device: torch.device) -> LoadedModel:
+    """A LoadedModel around a live (training) model; used for previews and validation."""
+    return LoadedModel(model=model, meta=meta, device=device, precision=precision_for(device, training=True))
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_image` returns.
+
+    ``labels``: the image's shape without channels, int32 (class index, 0 =
+    background; or object ids for instance outputs). ``probabilities``: float32
+    (K, *spatial) when asked for. ``boxes``: rows with y0, x0, y1, x1, class,
+    score, plane (detections or object bounding boxes).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    boxes: list[dict] = field(default_factory=list)
+    kind: str = "semantic"  # "semantic" | "instances"
+    stopped: bool = False
+
+
+def window(size_y: int, size_x: int, min_weight: float = 1e-3) -> np.ndarray:
+    """Smooth blending weights (Y, X) float32: a separable Hann window floored at min_weight."""
+    def hann(n):
+        if n < 3:
+            return np.ones(n, np.float32)
+        return np.maximum(np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2, min_weight).astype(np.float32)
+
+    return np.outer(hann(size_y), hann(size_x))
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets covering [0, length) with tiles of ``tile`` and at least ``overlap`` overlap."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    n = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float = DEFAULT_MEMORY_BUDGET,
+              channels: int = 1) -> int:
+    """The largest tile side (multiple of 32) whose forward pass fits ``budget_bytes``.
+
+    The whole plane is one tile when it fits; large planes get square tiles.
+    """
+    per_pixel = BYTES_PER_PIXEL.get(family, 2000) * max(1, channels) ** 0.25
+    max_pixels = budget_bytes / per_pixel
+    h, w = spatial
+    if h * w <= max_pixels:
+        return int(max(h, w))
+    side = int(math.sqrt(max_pixels)) // ALIGN * ALIGN
+    return max(128, side)
+
+
+def _pad_to_multiple(chw: np.ndarray, multiple: int = ALIGN) -> tuple[np.ndarray, tuple[int, int]]:
+    h, w = chw.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return chw, (h, w)
+    mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
+    return np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
+
+
+@torch.inference_mode()
+def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
+    """Class probabilities (K, Y, X) float32 of one normalised (C, Y, X) tile."""
+    from .losses import probabilities
+
+    padded, (h, w) = _pad_to_multiple(chw)
+    x = torch.from_numpy(np.ascontiguousarray(padded))[None].to(lm.device)
+    if lm.precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with lm.precision.autocast():
+        logits = lm.model(x)
+    probs = probabilities(logits.float())[0, :, :h, :w]
+    return probs.cpu().numpy()
+
+
+def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, overlap: float,
+                                stop: threading.Event | None = None) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Yield (tile index, tile count, None) per tile; the last item carries (K, Y, X) probabilities.
+
+    Probabilities of overlapping tiles are blended with a Hann window. A
+    single tile is used when the plane fits.
+    """
+    k = max(2, lm.spec.n_classes)
+    h, w = chw.shape[-2:]
+    tile_y, tile_x = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, tile_y, overlap), tile_starts(w, tile_x, overlap)
+    positions = list(product(ys, xs))
+    if len(positions) == 1:
+        probs = forward_probabilities(lm, chw)
+        yield 1, 1, probs
+        return
+    acc = np.zeros((k, h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    weight = window(tile_y, tile_x)
+    for i, (y0, x0) in enumerate(positions):
+        if stop is not None and stop.is_set():
+            return
+        p = forward_probabilities(lm, chw[:, y0:y0 + tile_y, x0:x0 + tile_x])
+        acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += p * weight
+        wsum[y0:y0 + tile_y, x0:x0 + tile_x] += weight
+        if i + 1 < len(positions):
+            yield i + 1, len(positions), None
+    acc /= wsum
+    yield len(positions), len(positions), acc
+
+
+def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False) -> np.ndarray:
+    """(K, Y, X) probabilities -> (Y, X) int32 labels for the checkpoint's label mode."""
+    from .instances import instances_from_foreground, instances_from_probabilities
+
+    if label_mode == "instances":
+        return instances_from_probabilities(probs).astype(np.int32)
+    if split_instances:
+        return instances_from_foreground(1 - probs[0]).astype(np.int32)
+    return np.argmax(probs, axis=0).astype(np.int32)
+
+
+def plane_indices(image_shape: Sequence[int], axes: str) -> list[tuple[int, ...]]:
+    """Indices over the non-spatial, non-channel axes (T, Z): one tuple per plane."""
+    lead = [image_shape[i] for i, a in enumerate(axes) if a in "TZ"]
+    return list(product(*[range(n) for n in lead])) if lead else [()]
+
+
+def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
+                  tile: int | None = None, overlap: float = 0.25, planes: Sequence[tuple[int, ...]] | None = None,
+                  probabilities: bool = False, split_instances: bool = False,
+                  score_threshold: float = 0.5, memory_budget: float = DEFAULT_MEMORY_BUDGET,
+                  stop: threading.Event | None = None) -> Generator[TileDone | Message, None, Prediction]:
+    """Predict every plane (or the ``planes`` given) of ``image``.
+
+    ``image``: canonical axes (a subset of TZYXC, see :mod:`.io`); ``axes``
+    defaults to a guess from the shape and the model's channel count.
+    Yields TileDone per tile (and Messages); returns a :class:`Prediction`
+    whose ``labels`` have the image's shape without ``C``. Planes not
+    predicted stay 0. When ``stop`` is set, returns what is done with
+    ``stopped=True``.
+    """
+    from .io import guess_axes
+
+    spec = model.spec
+    image = check_image_values(np.asarray(image))
+    if axes is None:
+        axes = guess_axes(image.shape, rgb=spec.in_channels > 1 and image.ndim >= 3 and image.shape[-1] == spec.in_channels)
+    if len(axes) != image.ndim:
+        raise InputError(f"axes {axes!r} do not match an image of shape {image.shape}")
+    has_c = "C" in axes
+    channels = image.shape[-1] if has_c else 1
+    if channels != spec.in_channels:
+        raise InputError(f"the model was trained on {spec.in_channels}-channel images but this image has "
+                         f"{channels} channel(s)")
+    spatial = image.shape[:-1] if has_c else image.shape
+    ysize, xsize = spatial[-2], spatial[-1]
+    if tile is None:
+        tile = auto_tile((ysize, xsize), spec.family, memory_budget, channels)
+    tile = max(ALIGN, int(tile))
+    all_planes = plane_indices(image.shape, axes)
+    todo = all_planes if planes is None else [tuple(p) for p in planes]
+    for p in todo:
+        if p not in all_planes:
+            raise InputError(f"plane {p} is outside the image's planes {all_planes[0]}..{all_planes[-1]}")
+    labels = np.zeros(spatial, np.int32)
+    k = max(2, spec.n_classes)
+    probs_out = np.zeros((k, *spatial), np.float32) if probabilities and spec.semantic else None
+    boxes: list[dict] = []
+    norm = Normalization.from_dict(model.meta.get("normalization", {}))
+    stopped = False
+    for pi, index in enumerate(todo):
+        plane = image[index] if index else image
+        chw = norm.apply(to_chw(plane, spec.in_channels))
+        if spec.family == "maskrcnn":
+            from .detection import predict_instances_tiled
+
+            gen = predict_instances_tiled(model, chw, tile=tile, overlap=overlap,
+                                          score_threshold=score_threshold, stop=stop)
+            result = None
+            try:
+                while True:
+                    done, total = next(gen)
+                    yield TileDone(done, total, pi, len(todo))
+            except StopIteration as fin:
+                result = fin.value
+            if result is None:
+                stopped = True
+                break
+            inst, det = result
+            labels[index] = inst
+            for row in det:
+                boxes.append({**row, "plane": ",".join(map(str, index)) if index else ""})
+            continue
+        probs = None
+        for done, total, out in _with_oom_retry(model, chw, tile, overlap, stop):
+            if isinstance(out, Message):
+                yield out
+                continue
+            yield TileDone(done, total, pi, len(todo))
+            probs = out
+        if probs is None:
+            stopped = True
+            break
+        labels[index] = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+        if probs_out is not None:
+            probs_out[(slice(None), *index)] = probs
+    kind = "instances" if spec.family == "maskrcnn" or model.label_mode == "instances" or split_instances \
+        else "semantic"
+    return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
+
+
+def _with_oom_retry(model: LoadedModel, chw: np.ndarray, tile: int, overlap: float,
+                    stop: threading.Event | None):
+    """Run tiled prediction; on an out-of-memory error halve the tile, then fall back to the CPU."""
+    while True:
+        try:
+            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, stop=stop)
+            return
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc) and not isinstance(exc, MemoryError):
+                raise
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if tile > 128:
+                tile = max(128, tile // 2 // ALIGN * ALIGN)
+                yield 0, 1, Message(f"out of memory: retrying with {tile}px tiles", "warning")
+                continue
+            if model.device.type != "cpu":
+                model.model.to("cpu")
+                model.device = torch.device("cpu")
+                model.precision = precision_for(model.device)
+                yield 0, 1, Message("out of GPU memory even with small tiles: continuing on the CPU", "warning")
+                continue
+            raise InputError("out of memory even with 128px tiles; close other programs or use a machine "
+                             "with more memory") from exc
+
+
+def run_to_completion(gen: Generator) -> object:
+    """Drive a core generator to the end, discarding events; returns its result."""
+    try:
+        while True:
+            next(gen)
+    except StopIteration as fin:
+        return fin.value

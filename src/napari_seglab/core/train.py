@@ -1,0 +1,443 @@
+"""Training as a generator of progress events.
+
+:func:`train` yields :mod:`.events` (TrainStep, EpochEnd, CheckpointSaved,
+Preview, Message) and returns a :class:`TrainResult`. Setting ``stop`` (a
+``threading.Event``) ends training after the current step; the best model so
+far is kept and written. Closing the generator (a cancelled napari worker)
+also leaves the last good checkpoint intact: every write is atomic.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import Normalization, PatchSampler, Sample, percentiles, split_validation, to_chw
+from .device import describe, pick_device
+from .errors import InputError
+from .events import CheckpointSaved, EpochEnd, Message, Preview, TrainStep
+from .io import check_image_values, guess_axes
+from .labels import IGNORE, check_mode, make_target, n_classes_for, validate_labels
+from .losses import balanced_class_weights, segmentation_loss
+from .models import DEFAULT_ARCH, ModelSpec, build_model, check_spec
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (recorded in the checkpoint)."""
+
+    label_mode: str = "scribbles"
+    family: str = "unet"
+    arch: str = "Unet"
+    encoder: str = "resnet34"
+    pretrained: str | None = None  # None | "auto" | "imagenet" | "coco" | path
+    epochs: int | None = 20
+    time_limit: float | None = None  # seconds
+    steps_per_epoch: int = 25
+    patch: int = 256
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weights: str = "none"  # "none" | "balanced"
+    focal_gamma: float = 0.0
+    val_fraction: float = 0.15
+    device: str = "auto"
+    seed: int = 0
+    model_out: str | None = None
+    init: str | None = None  # checkpoint to start from (fine-tune / continue)
+    resume_optimizer: bool = True
+    save_last: bool = True
+    preview_every: int = 0  # steps; 0 = off
+    read_255_as_foreground: bool = False
+    allow_download: bool = False
+
+    def check(self) -> TrainConfig:
+        check_mode(self.label_mode)
+        if self.epochs is None and self.time_limit is None:
+            raise InputError("give a number of epochs or a time limit")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError("epochs must be at least 1")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise InputError("the time limit must be positive")
+        if self.patch < 32 or self.patch % 32:
+            raise InputError(f"patch size must be a multiple of 32 and at least 32; got {self.patch}")
+        if self.batch_size < 1:
+            raise InputError("batch size must be at least 1")
+        if not (0 < self.lr < 1):
+            raise InputError(f"learning rate {self.lr} is out of range (0, 1)")
+        if self.family == "maskrcnn" and self.label_mode != "instances":
+            raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
+                             f"not {self.label_mode!r}")
+        return self
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the best checkpoint (in memory and, if asked, on disk)."""
+
+    checkpoint: Checkpoint
+    path: str | None
+    history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _planes(image: np.ndarray, labels: np.ndarray, axes: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split an image and its labels into annotated 2D planes ((Y, X[, C]), (Y, X))."""
+    lead = [i for i, a in enumerate(axes) if a in "TZ"]
+    if not lead:
+        return [(image, labels)]
+    out = []
+    shape = [image.shape[i] for i in lead]
+    for idx in np.ndindex(*shape):
+        lab = labels[idx]
+        if np.any(lab):
+            out.append((image[idx], lab))
+    return out
+
+
+def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
+                    axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
+                    norm: Normalization | None = None) -> tuple[list[Sample], Normalization, int]:
+    """Validate image/label pairs and turn them into normalised 2D samples.
+
+    Returns (samples, normalisation, input channels).
+    """
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s); give one labels per image")
+    if not images:
+        raise InputError("no training images")
+    norm = norm or Normalization()
+    samples: list[Sample] = []
+    channels = None
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        img = check_image_values(np.asarray(img), f"image {i + 1}")
+        ax = (axes[i] if axes else None) or guess_axes(img.shape)
+        spatial = img.shape[:-1] if "C" in ax else img.shape
+        lab = validate_labels(np.asarray(lab), spatial, mode, read_255_as_foreground=read_255_as_foreground,
+                              name=f"labels {i + 1}")
+        c = img.shape[-1] if "C" in ax else 1
+        if channels is not None and c != channels:
+            raise InputError(f"image {i + 1} has {c} channel(s) but image 1 has {channels}")
+        channels = c
+        for plane, plane_lab in _planes(img, lab, ax):
+            chw = to_chw(plane).astype(np.float32, copy=False)
+            if float(chw.max()) == float(chw.min()):
+                raise InputError(f"image {i + 1} is constant (all pixels {chw.min():g}); nothing to learn from")
+            target = make_target(plane_lab, mode)
+            samples.append(Sample(norm.apply(chw), target, plane_lab if mode == "instances" else None))
+    if not samples:
+        raise InputError("no annotated plane found in the labels")
+    # record the training data's intensity range for images that need it
+    lo, hi = percentiles(to_chw(np.asarray(images[0])) if np.asarray(images[0]).ndim == 2 else
+                         np.moveaxis(np.asarray(images[0]).reshape(-1, channels), -1, 0), norm.low, norm.high)
+    norm.lo, norm.hi = tuple(lo), tuple(hi)
+    return samples, norm, channels
+
+
+def _lr_factor(progress: float, warmup: float = 0.05) -> float:
+    if progress < warmup:
+        return 0.1 + 0.9 * progress / warmup
+    p = (progress - warmup) / max(1e-6, 1 - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def _dice_scores(pred: np.ndarray, target: np.ndarray, n_classes: int, mode: str) -> tuple[float, list[float]]:
+    """(foreground Dice, per-class Dice) on pixels where target != -1."""
+    valid = target != IGNORE
+    p, t = pred[valid], target[valid]
+    per = []
+    for c in range(n_classes):
+        denom = np.count_nonzero(p == c) + np.count_nonzero(t == c)
+        per.append(float(2 * np.count_nonzero((p == c) & (t == c)) / denom) if denom else float("nan"))
+    fp, ft = p > 0, t > 0
+    denom = fp.sum() + ft.sum()
+    fg = float(2 * np.count_nonzero(fp & ft) / denom) if denom else 1.0
+    if mode != "instances" and n_classes > 2:
+        vals = [d for d in per[1:] if not math.isnan(d)]
+        fg = float(np.mean(vals)) if vals else fg
+    return fg, per
+
+
+class _Validator:
+    """Held-out crops and their targets; scores a model on them."""
+
+    def __init__(self, samples: list[Sample], held: list[np.ndarray], margin: int = 16):
+        self.crops = []
+        for s, h in zip(samples, held, strict=True):
+            if not h.any():
+                continue
+            ys, xs = np.nonzero(h)
+            y0, y1 = max(0, ys.min() - margin), min(h.shape[0], ys.max() + 1 + margin)
+            x0, x1 = max(0, xs.min() - margin), min(h.shape[1], xs.max() + 1 + margin)
+            tgt = np.where(h, s.target, IGNORE)[y0:y1, x0:x1]
+            self.crops.append((s.image[:, y0:y1, x0:x1], tgt))
+
+    def __bool__(self) -> bool:
+        return bool(self.crops)
+
+    def score(self, model: torch.nn.Module, meta: dict, device: torch.device, mode: str) -> tuple[float, list[float]]:
+        from .predict import forward_probabilities, wrap_model
+
+        lm = wrap_model(model, meta, device)
+        spec = ModelSpec.from_dict(meta["model"])
+        preds, tgts = [], []
+        was_training = model.training
+        model.eval()
+        try:
+            for img, tgt in self.crops:
+                if spec.family == "maskrcnn":
+                    from .detection import predict_instances_tiled
+                    from .predict import run_to_completion
+
+                    inst, _ = run_to_completion(predict_instances_tiled(lm, img, tile=max(img.shape[-2:]),
+                                                                         overlap=0.0, score_threshold=0.5))
+                    pred = (inst > 0).astype(np.int64)
+                    tgt = np.where(tgt == IGNORE, IGNORE, (tgt > 0).astype(np.int64))
+                else:
+                    pred = np.argmax(forward_probabilities(lm, img), 0)
+                preds.append(pred.reshape(-1))
+                tgts.append(tgt.reshape(-1))
+        finally:
+            model.train(was_training)
+        n = 2 if spec.family == "maskrcnn" else max(2, spec.n_classes)
+        return _dice_scores(np.concatenate(preds), np.concatenate(tgts), n, mode)
+
+
+def _preview(model, meta, device, plane: np.ndarray, mode: str, step: int) -> Preview:
+    from .predict import predict_image, run_to_completion, wrap_model
+
+    lm = wrap_model(model, meta, device)
+    was_training = model.training
+    model.eval()
+    try:
+        pred = run_to_completion(predict_image(lm, plane, probabilities=True, tile=512))
+    finally:
+        model.train(was_training)
+    return Preview(step=step, labels=pred.labels, probabilities=pred.probabilities)
+
+
+def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: TrainConfig, *,
+          axes: Sequence[str | None] | None = None, stop: threading.Event | None = None,
+          preview_plane: np.ndarray | None = None) -> Generator[object, None, TrainResult]:
+    """Train a model on image/label pairs; yields progress events, returns a :class:`TrainResult`.
+
+    ``images``: arrays in canonical axes (``axes`` per image, guessed when
+    missing); ``labels``: integer arrays of the same spatial shape, in
+    ``config.label_mode``. Stacks train on their annotated planes.
+    """
+    config = copy.copy(config).check()
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    t_start = time.monotonic()
+
+    init_ckpt = load_checkpoint(config.init, with_optimizer=True) if config.init else None
+    norm = Normalization.from_dict(init_ckpt.meta["normalization"]) if init_ckpt else None
+    samples, norm, channels = prepare_samples(images, labels, config.label_mode, axes=axes,
+                                              read_255_as_foreground=config.read_255_as_foreground, norm=norm)
+    n_classes = n_classes_for([s.target + 1 if config.label_mode == "scribbles" else s.target
+                               for s in samples], config.label_mode)
+    if config.label_mode == "instances" and config.family == "maskrcnn":
+        n_classes = 2
+    if init_ckpt is not None:
+        spec = init_ckpt.spec
+        if init_ckpt.label_mode != config.label_mode:
+            raise InputError(f"{config.init}: was trained on {init_ckpt.label_mode!r} labels, not "
+                             f"{config.label_mode!r}")
+        if spec.in_channels != channels:
+            raise InputError(f"{config.init}: expects {spec.in_channels} channel(s), the images have {channels}")
+        if n_classes > spec.n_classes:
+            raise InputError(f"{config.init}: knows {spec.n_classes} classes but the labels use {n_classes}")
+        n_classes = spec.n_classes
+    else:
+        arch = config.arch if config.family == "unet" or config.arch != "Unet" else DEFAULT_ARCH[config.family]
+        spec = check_spec(ModelSpec(family=config.family, arch=arch, encoder=config.encoder,
+                                    in_channels=channels, n_classes=n_classes,
+                                    options={"patch": config.patch} if config.family == "maskrcnn" else {}))
+    model, note = build_model(spec, None if init_ckpt else config.pretrained, allow_download=config.allow_download)
+    if init_ckpt is not None:
+        model.load_state_dict(init_ckpt.state_dict)
+        note = f"starting from {config.init}"
+    model.to(device).train()
+    yield Message(f"{spec.family} {spec.arch}" + (f"/{spec.encoder}" if spec.family == "unet" else "")
+                  + f", {n_classes} classes, on {describe(device)}; {note}")
+
+    # validation hold-out
+    sparse = config.label_mode == "scribbles"
+    held = [split_validation(s.target, sparse, config.val_fraction, rng) for s in samples]
+    validator = _Validator(samples, held)
+    train_samples = [Sample(s.image, np.where(h, IGNORE, s.target), s.instances) for s, h in zip(samples, held, strict=True)]
+    if validator:
+        yield Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")
+    else:
+        yield Message("annotation too small for a validation hold-out: the best model is chosen by training loss",
+                      "warning")
+    sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
+
+    counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]),
+                         minlength=n_classes)[:n_classes]
+    weights = balanced_class_weights(counts) if config.class_weights == "balanced" else None
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if init_ckpt is not None and init_ckpt.optimizer and config.resume_optimizer:
+        try:
+            optimizer.load_state_dict(init_ckpt.optimizer)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr
+            yield Message("optimizer state restored: continuing training")
+        except (ValueError, KeyError):
+            yield Message("optimizer state of the checkpoint does not fit; starting a fresh optimizer", "warning")
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    meta = {
+        "model": spec.to_dict(),
+        "label_mode": config.label_mode,
+        "n_classes": n_classes,
+        "class_names": ["background"] + [f"class {i}" for i in range(1, n_classes)]
+        if config.label_mode != "instances" else ["background", "interior", "boundary"],
+        "normalization": norm.to_dict(),
+        "patch": config.patch,
+        "training": {
+            "config": {k: v for k, v in asdict(config).items()},
+            "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
+            "class_pixels": counts.tolist(),
+            "weights": note,
+        },
+        "metrics": {},
+    }
+    total_steps = config.epochs * config.steps_per_epoch if config.epochs else None
+    history: list[dict] = []
+    best_score, best_state, best_epoch = -math.inf, None, 0
+    ema = None
+    step, epoch, stopped = 0, 0, False
+    path = config.model_out
+    last_path = str(Path(path).with_suffix(".last.pt")) if path and config.save_last else None
+
+    def elapsed() -> float:
+        return time.monotonic() - t_start
+
+    def progress() -> float:
+        parts = []
+        if total_steps:
+            parts.append(step / total_steps)
+        if config.time_limit:
+            parts.append(elapsed() / config.time_limit)
+        return max(parts) if parts else 0.0
+
+    def out_of_budget() -> bool:
+        return (total_steps is not None and step >= total_steps) or \
+            (config.time_limit is not None and elapsed() >= config.time_limit)
+
+    def make_checkpoint(state: dict, metrics: dict) -> Checkpoint:
+        m = copy.deepcopy(meta)
+        m["metrics"] = metrics
+        m["training"].update(steps=step, epochs=epoch, seconds=round(elapsed(), 2))
+        return Checkpoint(meta=m, state_dict=state, path=path)
+
+    finished = False
+    try:
+        while not finished:
+            epoch += 1
+            losses = []
+            for _ in range(config.steps_per_epoch):
+                if (stop is not None and stop.is_set()):
+                    stopped = True
+                    break
+                if out_of_budget():
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * _lr_factor(progress())
+                x, y, inst = sampler.batch(config.batch_size)
+                xt = torch.from_numpy(x).to(device)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    if spec.family == "maskrcnn":
+                        from .detection import detection_loss
+
+                        loss = detection_loss(model, xt, inst)
+                    else:
+                        logits = model(xt)
+                        loss = segmentation_loss(logits.float(), torch.from_numpy(y).to(device),
+                                                 class_weights=weights, focal_gamma=config.focal_gamma)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise InputError("training diverged (loss is NaN or Inf); lower the learning rate")
+                losses.append(value)
+                ema = value if ema is None else 0.9 * ema + 0.1 * value
+                yield TrainStep(step=step, total_steps=total_steps, epoch=epoch, loss=value,
+                                lr=optimizer.param_groups[0]["lr"], elapsed=elapsed(), time_limit=config.time_limit)
+                if config.preview_every and preview_plane is not None and step % config.preview_every == 0:
+                    yield _preview(model, meta, device, preview_plane, config.label_mode, step)
+            finished = stopped or out_of_budget() or (config.epochs is not None and epoch >= config.epochs)
+            if not losses:
+                epoch -= 1
+                break
+            train_loss = float(np.mean(losses))
+            val_dice, per_class = None, ()
+            if validator:
+                val_dice, per = validator.score(model, meta, device, config.label_mode)
+                per_class = tuple(per)
+                score = val_dice
+            else:
+                score = -ema
+            is_best = score > best_score
+            record = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_dice": val_dice,
+                      "per_class_dice": list(per_class), "seconds": round(elapsed(), 2)}
+            history.append(record)
+            yield EpochEnd(epoch=epoch, epochs=config.epochs, train_loss=train_loss, val_dice=val_dice,
+                           per_class_dice=per_class, elapsed=elapsed(), is_best=is_best)
+            if is_best:
+                best_score, best_epoch = score, epoch
+                best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+                metrics = {"val_dice": val_dice, "train_loss": train_loss, "epoch": epoch,
+                           "per_class_dice": [None if math.isnan(d) else d for d in per_class]}
+                best = make_checkpoint(best_state, metrics)
+                if path:
+                    save_checkpoint(path, model, best.meta)
+                    yield CheckpointSaved(path=path, epoch=epoch, metric=val_dice)
+    finally:
+        # a closed generator (cancelled worker) still leaves the optimiser state for continue-training
+        if last_path and step > 0:
+            try:
+                save_checkpoint(last_path, model, make_checkpoint({}, {"history": history}).meta, optimizer)
+            except Exception:  # noqa: BLE001 - never mask the original error while cleaning up
+                pass
+    if best_state is None:
+        raise InputError("training was stopped before the first step; nothing to save")
+    best = make_checkpoint(best_state, {"val_dice": history[best_epoch - 1]["val_dice"],
+                                        "train_loss": history[best_epoch - 1]["train_loss"],
+                                        "epoch": best_epoch, "history": history})
+    if path:
+        save_checkpoint(path, _StateOnly(best_state), best.meta)
+    return TrainResult(checkpoint=best, path=path, history=history, stopped=stopped, steps=step,
+                       seconds=elapsed())
+
+
+class _StateOnly:
+    """Adapter so save_checkpoint can write a plain state dict."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
