@@ -100,6 +100,8 @@ def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) ->
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():
+            raise InputError(f"{path}: truncated or corrupt checkpoint (not a readable torch file)") from exc
         raise InputError(f"{path}: refused: the checkpoint carries pickled Python objects, which could run "
                          "code; only plain weights and metadata are loaded") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -235,7 +235,9 @@ def otsu_watershed(
     if float(smooth.min()) == float(smooth.max()):
         return np.zeros(img.shape, np.int32)
     mask = ndi.binary_fill_holes(smooth > threshold_otsu(smooth))
-    return instances_from_foreground(mask, split_touching=True, min_size=min_size, min_distance=min_distance)
+    return instances_from_foreground(
+        mask, split_touching=True, min_size=min_size, min_distance=min_distance
+    )
 
 
 _AXES = ("z", "y", "x")
@@ -277,7 +279,7 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
         raise InputError(f"labels must be 2D or 3D, got {lab.ndim}D.")
     if not lab.any():
         return []
-    lab = lab.astype(np.int64, copy=False) if lab.dtype.itemsize > 4 else lab.astype(np.int32)
+    lab = lab.astype(np.int64, copy=False)
     inten = None
     n_channels = 0
     if intensity is not None:

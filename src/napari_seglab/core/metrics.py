@@ -104,7 +104,9 @@ def per_class_dice(
     else:
         ignore_mask = np.asarray(ignore)
         if ignore_mask.shape != truth.shape:
-            raise InputError(f"ignore mask shape {ignore_mask.shape} does not match truth shape {truth.shape}.")
+            raise InputError(
+                f"ignore mask shape {ignore_mask.shape} does not match truth shape {truth.shape}."
+            )
         keep = ~ignore_mask.astype(bool)
     if keep is not None:
         pred, truth = pred[keep], truth[keep]

@@ -180,7 +180,10 @@ def _render(
             continue
         sl = tuple(slice(int(s), int(e)) for s, e in zip(lo, hi, strict=True))
         grids = np.meshgrid(
-            *[(np.arange(s, e) * sp - c) for s, e, sp, c in zip(lo, hi, spacing, nuc["centre"], strict=True)],
+            *[
+                (np.arange(s, e) * sp - c)
+                for s, e, sp, c in zip(lo, hi, spacing, nuc["centre"], strict=True)
+            ],
             indexing="ij",
         )
         y, x = grids[-2], grids[-1]
@@ -379,7 +382,9 @@ def make_scribbles(
     """
     instances = np.asarray(instances)
     if instances.ndim != 2:
-        raise InputError(f"make_scribbles needs a 2D (Y, X) instance mask, got shape {instances.shape}.")
+        raise InputError(
+            f"make_scribbles needs a 2D (Y, X) instance mask, got shape {instances.shape}."
+        )
     if not np.issubdtype(instances.dtype, np.integer):
         raise InputError(f"instances must be an integer label image, got dtype {instances.dtype}.")
     rng = np.random.default_rng(seed)

@@ -1,0 +1,330 @@
+"""Mask R-CNN (torchvision) for microscopy: model, training targets and loss, tiled prediction.
+
+The detector is torchvision's ``maskrcnn_resnet50_fpn`` (or ``_v2``) with
+settings for many small objects (``ModelSpec.options`` overrides each):
+
+- anchors of 8..128 px instead of 32..512 px (nuclei are 10-40 px wide);
+- up to 1000 detections per image and more region proposals, because a field
+  of view holds hundreds of nuclei (torchvision keeps 100);
+- no resizing: torchvision scales every image so its short side is 800 px,
+  which would upsample a 256 px tile three-fold (slow, and objects the size
+  the model never saw in training). Our tiles and patches are fed at their own
+  pixel size instead (``min_size``/``max_size`` cannot express that for
+  non-square tiles, so the transform's resize step is the identity);
+- ImageNet mean/std, which suit our percentile-normalised input (~0..1) and
+  the stock COCO weights alike.
+
+Stock COCO weights are used only when already on disk (torch hub cache) or
+given as a file; the module layout never depends on that choice, so a
+checkpoint rebuilds with ``build_maskrcnn(spec, None)``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Generator, Sequence
+from itertools import product
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from torch import nn
+
+from .errors import InputError
+from .models import ModelSpec, _ChannelAdapter, _hub_file, _load_state_file
+
+DEFAULTS = {
+    "anchor_sizes": [8, 16, 32, 64, 128],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+    "detections_per_img": 1000,
+    "rpn_pre_nms_top_n": 3000,  # per feature level
+    "rpn_post_nms_top_n": 2000,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "box_score_thresh": 0.05,
+}
+MIN_OBJECT_PIXELS = 4
+
+
+def _option(spec: ModelSpec, key: str):
+    return spec.options.get(key, DEFAULTS[key])
+
+
+def _no_resize_transform_class():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    class NoResizeTransform(GeneralizedRCNNTransform):
+        """torchvision's detection transform minus the resize: images keep their pixel size."""
+
+        def resize(self, image, target=None):
+            return image, target
+
+    return NoResizeTransform
+
+
+class MaskRCNNModel(nn.Module):
+    """Channel adapter + torchvision Mask R-CNN.
+
+    ``forward(x (B, C, H, W) float32, targets=None)``: in train mode with
+    targets, torchvision's loss dict; in eval mode, torchvision's detections
+    (masks pasted at full image size). :meth:`detect` returns compact masks.
+    """
+
+    def __init__(self, detector: nn.Module, in_channels: int):
+        super().__init__()
+        self.adapt = _ChannelAdapter(in_channels)
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor, targets: list[dict] | None = None):
+        return self.detector(list(self.adapt(x)), targets)
+
+    def detect(self, x: torch.Tensor) -> list[dict]:
+        """Eval-mode detections per image without pasting masks (memory: O(N * 28 * 28), not O(N * H * W)).
+
+        Returns dicts with ``boxes`` (N, 4) x0,y0,x1,y1 in image pixels,
+        ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, M, M)
+        probabilities in the frame of each box (torchvision's mask head output).
+        """
+        det = self.detector
+        images, _ = det.transform(list(self.adapt(x)))
+        features = det.backbone(images.tensors)
+        proposals, _ = det.rpn(images, features)
+        detections, _ = det.roi_heads(features, proposals, images.image_sizes)
+        return detections
+
+
+def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
+    """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
+    from torchvision.models import ResNet50_Weights
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
+
+    coco = (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
+    imagenet = ResNet50_Weights.IMAGENET1K_V1
+    order = [(imagenet, "backbone")] if pretrained == "imagenet" else [(coco, "detector")]
+    if pretrained == "auto":
+        order.append((imagenet, "backbone"))
+    for weights, target in order:
+        cached = _hub_file(weights.url)
+        if cached.is_file():
+            return _load_state_file(cached), f"stock weights {weights}", target
+        if allow_download:
+            return weights.get_state_dict(progress=False, check_hash=True), f"stock weights {weights}", target
+    names = " or ".join(os.path.basename(w.url) for w, _ in order)
+    return None, (f"stock {arch} weights ({names}) are not in the torch cache {_hub_file(coco.url).parent}; "
+                  "random initialisation"), ""
+
+
+def _load_matching(module: nn.Module, state: dict, source: str) -> int:
+    """Load the entries of ``state`` whose names and shapes fit ``module``; returns how many."""
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(usable) < len(own) // 2:
+        raise InputError(f"{source}: does not hold weights for this model ({len(usable)} of {len(own)} tensors fit)")
+    module.load_state_dict(usable, strict=False)
+    return len(usable)
+
+
+def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+    """Mask R-CNN of ``spec`` (arch ``maskrcnn_resnet50_fpn[_v2]``); returns (model, weights note).
+
+    ``pretrained``: None (random), ``"coco"`` / ``"voc"`` / ``"auto"`` (stock
+    COCO weights when cached; ``auto`` then tries the ImageNet backbone),
+    ``"imagenet"`` (backbone only), or a path to a state dict (a torchvision
+    Mask R-CNN or one of ours). Box and mask predictors whose shape does not
+    fit ``spec.n_classes`` keep their fresh initialisation.
+    """
+    from torchvision.models import detection
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    builder = getattr(detection, spec.arch)
+    sizes = tuple((int(s),) for s in _option(spec, "anchor_sizes"))
+    ratios = (tuple(float(r) for r in _option(spec, "aspect_ratios")),) * len(sizes)
+    if len(sizes) != 5 or len(ratios[0]) != 3:
+        raise InputError("Mask R-CNN options need 5 anchor sizes (one per FPN level) and 3 aspect ratios")
+    mean, std = list(_option(spec, "image_mean")), list(_option(spec, "image_std"))
+    patch = int(spec.options.get("patch", 256))
+    detector = builder(
+        weights=None, weights_backbone=None, num_classes=spec.n_classes,
+        min_size=patch, max_size=patch, image_mean=mean, image_std=std,
+        box_detections_per_img=int(_option(spec, "detections_per_img")),
+        box_score_thresh=float(_option(spec, "box_score_thresh")),
+        rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000,
+        rpn_pre_nms_top_n_test=int(_option(spec, "rpn_pre_nms_top_n")),
+        rpn_post_nms_top_n_test=int(_option(spec, "rpn_post_nms_top_n")),
+    )
+    # the v2 builder fixes its own anchor generator: swap ours in (same 3 anchors per location)
+    detector.rpn.anchor_generator = AnchorGenerator(sizes, ratios)
+    detector.transform = _no_resize_transform_class()(patch, patch, mean, std)
+    note = "random initialisation"
+    if pretrained in ("coco", "voc", "auto", "imagenet"):
+        state, note, target = _stock_weights(spec.arch, pretrained, allow_download)
+        if state is not None:
+            _load_matching(detector.backbone.body if target == "backbone" else detector, state, note)
+    elif pretrained:
+        state = _load_state_file(pretrained)
+        state = {k.removeprefix("detector."): v for k, v in state.items() if not k.startswith("adapt.")}
+        n = _load_matching(detector, state, str(pretrained))
+        note = f"weights from {pretrained} ({n} tensors)"
+    return MaskRCNNModel(detector, spec.in_channels), note
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def detection_targets(instances: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS) -> dict:
+    """torchvision targets from a (P, Q) integer instance patch (0 = background).
+
+    Returns ``boxes`` (N, 4) float32 x0, y0, x1, y1 (pixel edges, x1/y1
+    exclusive), ``labels`` (N,) int64 (all 1) and ``masks`` (N, P, Q) uint8.
+    Objects under ``min_pixels`` pixels (slivers cut by the patch border) are
+    dropped; an empty patch gives N = 0.
+    """
+    inst = np.asarray(instances)
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    boxes, masks = [], []
+    if ids.size:
+        compact = np.searchsorted(ids, inst) + 1
+        compact[inst <= 0] = 0
+        for i, sl in enumerate(ndi.find_objects(compact), start=1):
+            if sl is None:
+                continue
+            mask = compact == i
+            if np.count_nonzero(mask[sl]) < min_pixels:
+                continue
+            boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+            masks.append(mask)
+    n = len(boxes)
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
+        "labels": torch.ones(n, dtype=torch.int64),
+        "masks": torch.from_numpy(np.stack(masks).astype(np.uint8)) if n
+        else torch.zeros((0, *inst.shape), dtype=torch.uint8),
+    }
+
+
+def detection_loss(model: nn.Module, images: torch.Tensor, instances: Sequence[np.ndarray]) -> torch.Tensor:
+    """Sum of Mask R-CNN's losses on a batch (puts ``model`` in train mode).
+
+    ``images``: (B, C, P, P) float32 normalised, on the model's device;
+    ``instances``: B integer (P, P) object-id arrays. Patches without objects
+    train the detector on background.
+    """
+    if instances is None or len(instances) != images.shape[0]:
+        raise InputError("Mask R-CNN training needs one instance mask per image")
+    model.train()
+    targets = [{k: v.to(images.device) for k, v in detection_targets(inst).items()} for inst in instances]
+    losses = model(images, targets)
+    return sum(losses.values())
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
+    """Per tile, the [lo, hi) span closer to its centre than to a neighbour's (the overlap midline)."""
+    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(len(starts) - 1)] + [length]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _paste_compact(mask: torch.Tensor, box: Sequence[float], h: int, w: int) -> tuple[int, int, np.ndarray]:
+    """A (M, M) box-frame mask probability -> (y0, x0, bool crop) in a (h, w) tile, threshold 0.5."""
+    m = mask.shape[-1]
+    scale = (m + 2) / m  # the mask head's output has a one-pixel margin around the box
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 * scale, (y1 - y0) / 2 * scale
+    bx0, by0, bx1, by1 = (int(round(v)) for v in (cx - hw, cy - hh, cx + hw, cy + hh))
+    bw, bh = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
+    padded = F.pad(mask.reshape(1, 1, m, m).float(), (1, 1, 1, 1))
+    full = F.interpolate(padded, size=(bh, bw), mode="bilinear", align_corners=False)[0, 0] > 0.5
+    ty0, tx0, ty1, tx1 = max(by0, 0), max(bx0, 0), min(by0 + bh, h), min(bx0 + bw, w)
+    if ty1 <= ty0 or tx1 <= tx0:
+        return 0, 0, np.zeros((0, 0), bool)
+    return ty0, tx0, full[ty0 - by0:ty1 - by0, tx0 - bx0:tx1 - bx0].cpu().numpy()
+
+
+def _tile_detections(model: nn.Module, x: torch.Tensor, h: int, w: int, score_threshold: float):
+    """Detections of one tile: list of (score, class, y0, x0, bool crop) in tile pixels."""
+    detect = getattr(model, "detect", None)
+    out = detect(x)[0] if detect is not None else model(x)[0]
+    scores = out["scores"].float().cpu()
+    keep = torch.nonzero(scores >= score_threshold).flatten().tolist()
+    masks, boxes, labels = out["masks"], out["boxes"].float().cpu(), out["labels"].cpu()
+    full = masks.shape[-2:] == (h, w) and detect is None
+    found = []
+    for i in keep:
+        if full:
+            crop = (masks[i, 0] > 0.5).cpu().numpy()
+            ys, xs = np.nonzero(crop.any(1))[0], np.nonzero(crop.any(0))[0]
+            if not ys.size:
+                continue
+            y0, x0 = int(ys[0]), int(xs[0])
+            crop = crop[y0:ys[-1] + 1, x0:xs[-1] + 1]
+        else:
+            y0, x0, crop = _paste_compact(masks[i, 0], boxes[i].tolist(), h, w)
+        if crop.sum() >= MIN_OBJECT_PIXELS:
+            found.append((float(scores[i]), int(labels[i]), y0, x0, crop))
+    return found
+
+
+def _merge(detections: list[tuple], shape: tuple[int, int], min_pixels: int = MIN_OBJECT_PIXELS
+           ) -> tuple[np.ndarray, list[dict]]:
+    """Paste (score, class, y0, x0, crop) detections, best first, onto unclaimed pixels.
+
+    A detection keeps only pixels no better one claimed; it is dropped when
+    that leaves fewer than ``min_pixels`` or under half of its mask (a
+    duplicate of an object already placed).
+    """
+    labels = np.zeros(shape, np.int32)
+    rows: list[dict] = []
+    for score, cls, y0, x0, crop in sorted(detections, key=lambda d: -d[0]):
+        region = labels[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]]
+        free = crop & (region == 0)
+        n = int(np.count_nonzero(free))
+        if n < min_pixels or n < 0.5 * np.count_nonzero(crop):
+            continue
+        region[free] = len(rows) + 1
+        ys, xs = np.nonzero(free.any(1))[0], np.nonzero(free.any(0))[0]
+        rows.append({"y0": float(y0 + ys[0]), "x0": float(x0 + xs[0]), "y1": float(y0 + ys[-1] + 1),
+                     "x1": float(x0 + xs[-1] + 1), "class": cls, "score": round(score, 4)})
+    return labels, rows
+
+
+def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, score_threshold: float = 0.5,
+                            stop: threading.Event | None = None
+                            ) -> Generator[tuple[int, int], None, tuple[np.ndarray, list[dict]] | None]:
+    """Detect objects in a normalised (C, Y, X) float32 plane tile by tile.
+
+    ``lm`` is a :class:`~napari_seglab.core.predict.LoadedModel`. Yields
+    (tiles done, tiles total); returns (labels (Y, X) int32, rows) where row
+    ``i`` (keys y0, x0, y1, x1, class, score; half-open pixel bounds) describes
+    object id ``i + 1``; returns None when ``stop`` is set. Each tile keeps the
+    detections whose box centre lies in its core (nearer its centre than a
+    neighbour's), so an object cut by a tile border comes out once.
+    """
+    from .predict import tile_starts
+
+    h, w = chw.shape[-2:]
+    tile_y, tile_x = min(int(tile), h), min(int(tile), w)
+    ys, xs = tile_starts(h, tile_y, overlap), tile_starts(w, tile_x, overlap)
+    cores = list(product(_cores(ys, tile_y, h), _cores(xs, tile_x, w)))
+    positions = list(product(ys, xs))
+    model = lm.model
+    model.eval()
+    found: list[tuple] = []
+    for i, ((y0, x0), ((cy0, cy1), (cx0, cx1))) in enumerate(zip(positions, cores, strict=True)):
+        if stop is not None and stop.is_set():
+            return None
+        x = torch.from_numpy(np.ascontiguousarray(chw[:, y0:y0 + tile_y, x0:x0 + tile_x], np.float32))
+        # grad mode is thread-local: enter it per tile, never across a yield
+        with torch.inference_mode(), lm.precision.autocast():
+            tile_found = _tile_detections(model, x[None].to(lm.device), tile_y, tile_x, score_threshold)
+        for score, cls, ty, tx, crop in tile_found:
+            iy, ix = y0 + ty, x0 + tx
+            centre_y, centre_x = iy + crop.shape[0] / 2, ix + crop.shape[1] / 2
+            if cy0 <= centre_y < cy1 and cx0 <= centre_x < cx1:
+                found.append((score, cls, iy, ix, crop))
+        yield i + 1, len(positions)
+    return _merge(found, (h, w))

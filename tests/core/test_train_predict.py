@@ -1,0 +1,172 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_seglab.core.checkpoint import load_checkpoint
+from napari_seglab.core.errors import InputError
+from napari_seglab.core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
+from napari_seglab.core.predict import load_model, predict_image, run_to_completion, tile_starts, window
+from napari_seglab.core.train import TrainConfig, train
+
+TINY = dict(encoder="resnet18", patch=64, batch_size=2, lr=3e-3, device="cpu")
+
+
+def drive(gen):
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as fin:
+        return events, fin.value
+
+
+def test_training_yields_progress_and_saves_best(tmp_path, blobs):
+    img, lab, mask = blobs
+    cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=3, model_out=str(tmp_path / "m.pt"), **TINY)
+    events, result = drive(train([img], [lab], cfg))
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert [s.step for s in steps] == list(range(1, 7))
+    assert steps[-1].fraction == pytest.approx(1.0)
+    assert sum(isinstance(e, EpochEnd) for e in events) == 2
+    assert any(isinstance(e, CheckpointSaved) for e in events)
+    assert isinstance(events[0], Message)
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    meta = ckpt.meta
+    assert meta["label_mode"] == "scribbles" and meta["model"]["encoder"] == "resnet18"
+    assert meta["normalization"]["method"] == "percentile"
+    assert meta["training"]["steps"] == 6 and len(meta["metrics"]["history"]) == 2
+    assert (tmp_path / "m.last.pt").exists()
+    assert load_checkpoint(tmp_path / "m.last.pt", with_optimizer=True).optimizer
+    assert result.steps == 6 and not result.stopped
+
+
+def test_stop_event_ends_training_and_keeps_model(tmp_path, blobs):
+    img, lab, _ = blobs
+    stop = threading.Event()
+    cfg = TrainConfig(label_mode="scribbles", epochs=50, steps_per_epoch=5, model_out=str(tmp_path / "m.pt"), **TINY)
+    gen = train([img], [lab], cfg, stop=stop)
+    for ev in gen:
+        if isinstance(ev, TrainStep) and ev.step == 2:
+            stop.set()
+            break
+    events, result = drive(gen)
+    assert result.stopped and result.steps == 2
+    load_checkpoint(tmp_path / "m.pt")
+
+
+def test_closing_generator_leaves_valid_checkpoint(tmp_path, blobs):
+    img, lab, _ = blobs
+    cfg = TrainConfig(label_mode="scribbles", epochs=50, steps_per_epoch=2, model_out=str(tmp_path / "m.pt"), **TINY)
+    gen = train([img], [lab], cfg)
+    for ev in gen:
+        if isinstance(ev, CheckpointSaved):
+            break
+    for ev in gen:
+        if isinstance(ev, TrainStep):
+            break
+    gen.close()  # what a cancelled napari worker does
+    load_checkpoint(tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.last.pt", with_optimizer=True).optimizer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.last.pt", "m.pt"]
+
+
+def test_learns_blobs_and_predicts(tiny_model, blobs):
+    img, _, mask = blobs
+    lm = load_model(tiny_model, "cpu")
+    events, pred = drive(predict_image(lm, img, probabilities=True))
+    assert isinstance(events[-1], TileDone)
+    assert pred.labels.shape == img.shape and pred.labels.dtype == np.int32
+    assert pred.probabilities.shape == (2, *img.shape)
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1, atol=1e-4)
+    assert (pred.labels.astype(bool) == mask).mean() > 0.9
+
+
+def test_continue_training_restores_optimizer(tmp_path, tiny_model, blobs):
+    img, lab, _ = blobs
+    last = tiny_model.with_suffix(".last.pt")
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, init=str(last),
+                      model_out=str(tmp_path / "m2.pt"), **TINY)
+    events, result = drive(train([img], [lab], cfg))
+    assert any(isinstance(e, Message) and "optimizer state restored" in e.text for e in events)
+    assert result.checkpoint.meta["training"]["config"]["init"] == str(last)
+
+
+def test_validation_holdout_reports_dice(tmp_path):
+    from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+
+    img, inst = make_nuclei(shape=(128, 128), seed=3)
+    scrib = make_scribbles(inst, seed=3, n_objects=12, n_background=6)
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=2, **TINY)
+    events, result = drive(train([img], [scrib], cfg))
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert ends and ends[0].val_dice is not None and 0.0 <= ends[0].val_dice <= 1.0
+
+
+def test_preview_events(blobs):
+    img, lab, _ = blobs
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=4, preview_every=2, **TINY)
+    events, _ = drive(train([img], [lab], cfg, preview_plane=img))
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert [p.step for p in previews] == [2, 4]
+    assert previews[0].labels.shape == img.shape
+
+
+def test_multiple_pairs_of_different_sizes_and_stack(blobs):
+    img, lab, _ = blobs
+    stack = np.stack([img, img[::-1]])
+    stack_lab = np.zeros(stack.shape, np.uint8)
+    stack_lab[1] = lab[::-1]  # only plane 1 annotated
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **TINY)
+    _, result = drive(train([img[:64, :80], stack], [lab[:64, :80], stack_lab], cfg, axes=["YX", "ZYX"]))
+    assert len(result.checkpoint.meta["training"]["data"]) == 2
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(family="maskrcnn"), "instances"),
+    (dict(patch=50), "multiple of 32"),
+    (dict(epochs=None, time_limit=None), "epochs or a time limit"),
+    (dict(encoder="resnet999"), "unknown encoder"),
+    (dict(arch="NotANet"), "unknown unet architecture"),
+])
+def test_bad_config_is_refused(blobs, change, message):
+    img, lab, _ = blobs
+    with pytest.raises(InputError, match=message):
+        cfg = TrainConfig(**{"label_mode": "scribbles", "epochs": 1, "steps_per_epoch": 1, **TINY, **change})
+        drive(train([img], [lab], cfg))
+
+
+def test_bad_images_are_refused(blobs):
+    img, lab, _ = blobs
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **TINY)
+    bad = img.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        drive(train([bad], [lab], cfg))
+    with pytest.raises(InputError, match="constant"):
+        drive(train([np.full_like(img, 3)], [lab], cfg))
+
+
+def test_small_image_is_padded_to_patch(blobs):
+    img, lab, _ = blobs
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **{**TINY, "patch": 128})
+    _, result = drive(train([img[:40, :50]], [lab[:40, :50]], cfg))
+    assert result.steps == 1
+
+
+def test_predict_refuses_wrong_channels(tiny_model, blobs):
+    img, _, _ = blobs
+    lm = load_model(tiny_model, "cpu")
+    with pytest.raises(InputError, match="channel"):
+        drive(predict_image(lm, np.stack([img, img, img], -1), "YXC"))
+
+
+def test_tiling_helpers():
+    assert tile_starts(100, 128, 0.25) == [0]
+    starts = tile_starts(1000, 256, 0.25)
+    assert starts[0] == 0 and starts[-1] == 1000 - 256
+    assert all(b - a <= 192 for a, b in zip(starts, starts[1:], strict=False))
+    w = window(64, 64)
+    assert w.shape == (64, 64) and w.min() > 0 and w[32, 32] == pytest.approx(w.max())
+    assert torch is not None
