@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import Normalization, to_chw
+from .data import Normalization, normalize, percentiles, to_chw
 from .device import Precision, is_oom, pick_device, precision_for
 from .errors import InputError
 from .events import Message, TileDone
@@ -132,61 +132,106 @@ def _pad_to_multiple(chw: np.ndarray, multiple: int = ALIGN) -> tuple[np.ndarray
     return np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
 
 
-@torch.inference_mode()
-def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
-    """Class probabilities (K, Y, X) float32 of one normalised (C, Y, X) tile."""
+def _forward(lm: LoadedModel, chw: np.ndarray, *, compact: bool) -> np.ndarray:
+    """Model output for one normalised (C, Y, X) tile, float32.
+
+    ``compact``: binary models give (1, Y, X) foreground probability, others
+    (K, Y, X) softmax; otherwise always (max(K, 2), Y, X) class probabilities.
+    """
     from .losses import probabilities
 
     padded, (h, w) = _pad_to_multiple(chw)
-    x = torch.from_numpy(np.ascontiguousarray(padded))[None].to(lm.device)
+    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None].to(lm.device)
     if lm.precision.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with lm.precision.autocast():
+    with torch.inference_mode(), lm.precision.autocast():
         logits = lm.model(x)
-    probs = probabilities(logits.float())[0, :, :h, :w]
-    return probs.cpu().numpy()
+    logits = logits.float()[:, :, :h, :w]
+    out = torch.sigmoid(logits) if compact and logits.shape[1] == 1 else probabilities(logits)
+    return out[0].cpu().numpy()
+
+
+def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
+    """Class probabilities (K, Y, X) float32 of one normalised (C, Y, X) tile (K >= 2)."""
+    return _forward(lm, chw, compact=False)
+
+
+def expand_probabilities(out: np.ndarray) -> np.ndarray:
+    """Compact output (1, Y, X) foreground probability -> (2, Y, X); (K, Y, X) unchanged."""
+    return np.concatenate([1 - out, out]) if out.shape[0] == 1 else out
 
 
 def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, overlap: float,
-                                stop: threading.Event | None = None) -> Iterator[tuple[int, int, np.ndarray | None]]:
-    """Yield (tile index, tile count, None) per tile; the last item carries (K, Y, X) probabilities.
+                                lohi: tuple | None = None, stop: threading.Event | None = None
+                                ) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Yield (tile index, tile count, None) per tile; the last item carries the blended output.
 
-    Probabilities of overlapping tiles are blended with a Hann window. A
-    single tile is used when the plane fits.
+    ``chw``: a (C, Y, X) plane, raw when ``lohi`` (per-channel percentiles)
+    is given (each tile is then normalised on the fly, so no normalised copy
+    of the whole plane is made), else already normalised. The output is
+    compact (see :func:`_forward`): (1, Y, X) foreground probability for
+    binary models, (K, Y, X) otherwise. Overlapping tiles are blended with a
+    separable Hann window; a plane that fits is one tile.
     """
-    k = max(2, lm.spec.n_classes)
+    from .data import normalize
+
+    def prepared(a):
+        return normalize(a, *lohi) if lohi is not None else a
+
     h, w = chw.shape[-2:]
     tile_y, tile_x = min(tile, h), min(tile, w)
     ys, xs = tile_starts(h, tile_y, overlap), tile_starts(w, tile_x, overlap)
     positions = list(product(ys, xs))
     if len(positions) == 1:
-        probs = forward_probabilities(lm, chw)
-        yield 1, 1, probs
+        yield 1, 1, _forward(lm, prepared(chw), compact=True)
         return
+    k = 1 if lm.spec.out_channels == 1 else max(2, lm.spec.n_classes)
     acc = np.zeros((k, h, w), np.float32)
-    wsum = np.zeros((h, w), np.float32)
-    weight = window(tile_y, tile_x)
+    # the window is separable and tiles form a grid, so the weight sum is an outer product
+    wy, wx = window(tile_y, 1)[:, 0], window(1, tile_x)[0]
+    sum_y, sum_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
+    for y0 in ys:
+        sum_y[y0:y0 + tile_y] += wy
+    for x0 in xs:
+        sum_x[x0:x0 + tile_x] += wx
+    weight = np.outer(wy, wx)
     for i, (y0, x0) in enumerate(positions):
         if stop is not None and stop.is_set():
             return
-        p = forward_probabilities(lm, chw[:, y0:y0 + tile_y, x0:x0 + tile_x])
-        acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += p * weight
-        wsum[y0:y0 + tile_y, x0:x0 + tile_x] += weight
+        out = _forward(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), compact=True)
+        out *= weight
+        acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += out
         if i + 1 < len(positions):
             yield i + 1, len(positions), None
-    acc /= wsum
+    for y in range(0, h, 1024):
+        acc[:, y:y + 1024] /= np.outer(sum_y[y:y + 1024], sum_x)
     yield len(positions), len(positions), acc
 
 
+def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
+    """argmax over axis 0 as int32, in row blocks (no full-size int64 temporary)."""
+    out = np.empty(probs.shape[1:], np.int32)
+    for y in range(0, probs.shape[1], rows):
+        out[y:y + rows] = np.argmax(probs[:, y:y + rows], axis=0)
+    return out
+
+
 def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False) -> np.ndarray:
-    """(K, Y, X) probabilities -> (Y, X) int32 labels for the checkpoint's label mode."""
+    """Probabilities -> (Y, X) int32 labels for the checkpoint's label mode.
+
+    ``probs``: (K, Y, X) class probabilities, or the compact (1, Y, X)
+    foreground probability of a binary model.
+    """
     from .instances import instances_from_foreground, instances_from_probabilities
 
-    if label_mode == "instances":
+    if label_mode == "instances" and probs.shape[0] == 3:
         return instances_from_probabilities(probs).astype(np.int32)
+    fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
-        return instances_from_foreground(1 - probs[0]).astype(np.int32)
-    return np.argmax(probs, axis=0).astype(np.int32)
+        return instances_from_foreground(fg if fg is not None else 1 - probs[0]).astype(np.int32)
+    if fg is not None:
+        return (fg > 0.5).astype(np.int32)
+    return _argmax_rows(probs)
 
 
 def plane_indices(image_shape: Sequence[int], axes: str) -> list[tuple[int, ...]]:
@@ -240,8 +285,10 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     stopped = False
     for pi, index in enumerate(todo):
         plane = image[index] if index else image
-        chw = norm.apply(to_chw(plane, spec.in_channels))
+        raw = to_chw(plane, spec.in_channels)
+        lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
         if spec.family == "maskrcnn":
+            chw = normalize(raw, *lohi)
             from .detection import predict_instances_tiled
 
             gen = predict_instances_tiled(model, chw, tile=tile, overlap=overlap,
@@ -262,7 +309,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                 boxes.append({**row, "plane": ",".join(map(str, index)) if index else ""})
             continue
         probs = None
-        for done, total, out in _with_oom_retry(model, chw, tile, overlap, stop):
+        for done, total, out in _with_oom_retry(model, raw, lohi, tile, overlap, stop):
             if isinstance(out, Message):
                 yield out
                 continue
@@ -273,18 +320,19 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
             break
         labels[index] = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
         if probs_out is not None:
-            probs_out[(slice(None), *index)] = probs
+            probs_out[(slice(None), *index)] = expand_probabilities(probs)
+        del probs
     kind = "instances" if spec.family == "maskrcnn" or model.label_mode == "instances" or split_instances \
         else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
 
-def _with_oom_retry(model: LoadedModel, chw: np.ndarray, tile: int, overlap: float,
+def _with_oom_retry(model: LoadedModel, chw: np.ndarray, lohi: tuple | None, tile: int, overlap: float,
                     stop: threading.Event | None):
     """Run tiled prediction; on an out-of-memory error halve the tile, then fall back to the CPU."""
     while True:
         try:
-            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, stop=stop)
+            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop)
             return
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc) and not isinstance(exc, MemoryError):
