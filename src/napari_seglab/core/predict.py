@@ -9,6 +9,7 @@ predicted one by one; outputs are aligned with the input's spatial axes.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,25 @@ from .events import Message, TileDone
 from .io import check_image_values
 from .models import ModelSpec
 
-# Bytes of working memory a forward pass needs per input pixel (fp32, CPU,
-# measured on Unet-resnet34 and FCN-resnet50 at 512..2048 px); used to pick the
-# largest tile that fits the memory budget.
-BYTES_PER_PIXEL = {"unet": 1100, "fcn": 2600, "maskrcnn": 3000}
-DEFAULT_MEMORY_BUDGET = 1.5 * 2**30
+# Bytes of working memory a forward pass needs per input pixel (float32, CPU,
+# channels_last, inference mode; measured peak RSS over the model's own size:
+# Unet-resnet34 493-533 at 512-1024 px, FCN-resnet50 880 at 512 px). Used to
+# pick the largest tile that fits the memory budget.
+BYTES_PER_PIXEL = {"unet": 540, "fcn": 900, "maskrcnn": 1500}
+CPU_BUDGET_CAP = 2.3 * 2**30
 ALIGN = 32
+
+
+def device_memory_budget(device: torch.device) -> float:
+    """Bytes prediction may use on ``device``: free GPU memory x 0.6, or min(2.3 GB, RAM / 2) on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.6 * free * 2  # fp16 activations: about half the float32 bytes per pixel
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return float(min(CPU_BUDGET_CAP, total / 2))
 
 
 @dataclass
@@ -99,28 +113,47 @@ def window(size_y: int, size_x: int, min_weight: float = 1e-3) -> np.ndarray:
     return np.outer(hann(size_y), hann(size_x))
 
 
+def plan_tiles(length: int, tile: int, overlap: float) -> tuple[int, list[int]]:
+    """Balanced tiling of one axis: (tile length, start offsets).
+
+    Uses the fewest tiles of at most ``tile`` pixels that share at least
+    ``overlap`` x ``tile`` pixels with their neighbours, then shrinks the tile
+    (to a multiple of 32 where possible) so no pixel work is wasted.
+    """
+    if length <= tile:
+        return length, [0]
+    ov = int(round(tile * overlap))
+    n = math.ceil((length - ov) / max(1, tile - ov))
+    size = min(tile, length, -(-math.ceil((length + (n - 1) * ov) / n) // ALIGN) * ALIGN)
+    if n == 1:
+        return size, [0]
+    return size, [round(i * (length - size) / (n - 1)) for i in range(n)]
+
+
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets covering [0, length) with tiles of ``tile`` and at least ``overlap`` overlap."""
+    """Start offsets of :func:`plan_tiles` for tiles of exactly ``tile`` pixels."""
     if length <= tile:
         return [0]
-    stride = max(1, int(tile * (1 - overlap)))
-    n = math.ceil((length - tile) / stride) + 1
+    ov = int(round(tile * overlap))
+    n = math.ceil((length - ov) / max(1, tile - ov))
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
-def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float = DEFAULT_MEMORY_BUDGET,
-              channels: int = 1) -> int:
+def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels: int = 1,
+              out_channels: int = 1) -> int:
     """The largest tile side (multiple of 32) whose forward pass fits ``budget_bytes``.
 
-    The whole plane is one tile when it fits; large planes get square tiles.
+    The budget first pays for the plane-sized buffers (input, blended output,
+    labels); the rest goes to the forward pass. The whole plane is one tile
+    when it fits.
     """
-    per_pixel = BYTES_PER_PIXEL.get(family, 2000) * max(1, channels) ** 0.25
-    max_pixels = budget_bytes / per_pixel
     h, w = spatial
+    fixed = h * w * (4 * out_channels + 4 + 4 * channels)
+    per_pixel = BYTES_PER_PIXEL.get(family, 1000) * (1 + 0.1 * (channels - 1))
+    max_pixels = max(128 * 128, (budget_bytes - fixed) / per_pixel)
     if h * w <= max_pixels:
         return int(max(h, w))
-    side = int(math.sqrt(max_pixels)) // ALIGN * ALIGN
-    return max(128, side)
+    return max(128, int(math.sqrt(max_pixels)) // ALIGN * ALIGN)
 
 
 def _pad_to_multiple(chw: np.ndarray, multiple: int = ALIGN) -> tuple[np.ndarray, tuple[int, int]]:
@@ -179,8 +212,8 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
         return normalize(a, *lohi) if lohi is not None else a
 
     h, w = chw.shape[-2:]
-    tile_y, tile_x = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, tile_y, overlap), tile_starts(w, tile_x, overlap)
+    tile_y, ys = plan_tiles(h, tile, overlap)
+    tile_x, xs = plan_tiles(w, tile, overlap)
     positions = list(product(ys, xs))
     if len(positions) == 1:
         yield 1, 1, _forward(lm, prepared(chw), compact=True)
@@ -243,7 +276,7 @@ def plane_indices(image_shape: Sequence[int], axes: str) -> list[tuple[int, ...]
 def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
                   tile: int | None = None, overlap: float = 0.25, planes: Sequence[tuple[int, ...]] | None = None,
                   probabilities: bool = False, split_instances: bool = False,
-                  score_threshold: float = 0.5, memory_budget: float = DEFAULT_MEMORY_BUDGET,
+                  score_threshold: float = 0.5, memory_budget: float | None = None,
                   stop: threading.Event | None = None) -> Generator[TileDone | Message, None, Prediction]:
     """Predict every plane (or the ``planes`` given) of ``image``.
 
@@ -269,8 +302,10 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                          f"{channels} channel(s)")
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
-    if tile is None:
-        tile = auto_tile((ysize, xsize), spec.family, memory_budget, channels)
+    if not tile:
+        budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
+        out_ch = 1 if spec.out_channels == 1 else spec.n_classes
+        tile = auto_tile((ysize, xsize), spec.family, budget, channels, out_ch)
     tile = max(ALIGN, int(tile))
     all_planes = plane_indices(image.shape, axes)
     todo = all_planes if planes is None else [tuple(p) for p in planes]

@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmark scripts (not a test module)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def random_unet_checkpoint(path: Path, encoder: str = "resnet34", n_classes: int = 2, in_channels: int = 1) -> Path:
+    """Save a random-init smp Unet as a seglab checkpoint (weights do not matter for speed/memory)."""
+    from napari_seglab.core.checkpoint import save_checkpoint
+    from napari_seglab.core.data import Normalization
+    from napari_seglab.core.models import ModelSpec, build_model
+
+    spec = ModelSpec(family="unet", arch="Unet", encoder=encoder, in_channels=in_channels, n_classes=n_classes)
+    model, _ = build_model(spec)
+    meta = {"model": spec.to_dict(), "label_mode": "scribbles", "normalization": Normalization().to_dict(),
+            "patch": 256}
+    return save_checkpoint(path, model, meta)
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Smallest wall time of ``repeats`` calls (seconds)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def nuclei_like(shape, seed=0) -> np.ndarray:
+    """A quick uint16 image with blobs (for speed and memory runs, content is irrelevant)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(300, 30, shape).astype(np.float32)
+    return np.clip(img, 0, 65535).astype(np.uint16)

@@ -1,0 +1,131 @@
+"""Overhead of `run_batch` on a local Dask cluster against a plain in-process loop.
+
+Both paths do the same work per file with the same model (a random-init
+U-Net resnet18 checkpoint saved once): read the TIFF, predict, write the
+label TIFF, measure the objects and write their CSV. The loop loads the model
+once and runs in this process; the batch time counts everything from the
+call to the return: cluster start, worker imports, model load per worker,
+manifest and summary, cluster shutdown.
+
+    python benchmarks/batch_overhead.py [--n 64] [--size 512] [--workers N] [--quick]
+
+Prints both times and the ratio last ("ratio batch/loop: 1.07x").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+
+def make_inputs(folder: Path, n: int, size: int) -> None:
+    """``n`` synthetic (size, size) uint16 nuclei images (8 distinct ones, repeated)."""
+    from napari_seglab.core.synthetic import make_nuclei
+
+    folder.mkdir(parents=True)
+    distinct = [make_nuclei((size, size), seed=i)[0] for i in range(min(n, 8))]
+    for i in range(n):
+        tifffile.imwrite(folder / f"img{i:03d}.tif", distinct[i % len(distinct)], photometric="minisblack")
+
+
+def make_model(path: Path) -> None:
+    """Save a random-init U-Net resnet18 (1 channel in, 2 classes) as a checkpoint."""
+    import torch
+
+    from napari_seglab.core.checkpoint import save_checkpoint
+    from napari_seglab.core.data import Normalization
+    from napari_seglab.core.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=1, n_classes=2)
+    model, _ = build_model(spec, None)
+    save_checkpoint(path, model, {"model": spec.to_dict(), "label_mode": "scribbles",
+                                  "normalization": Normalization().to_dict()})
+
+
+def plain_loop(model: Path, inputs: Path, out: Path) -> float:
+    """The baseline: load once, then per file predict + write labels + measurements."""
+    from napari_seglab.core.batch import _compact
+    from napari_seglab.core.io import read_image, write_csv, write_tiff
+    from napari_seglab.core.manifest import measure_labels, object_columns
+    from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    lm = load_model(str(model), "auto")
+    split = lm.spec.n_classes == 2 and lm.label_mode != "instances"
+    for path in sorted(inputs.glob("*.tif")):
+        img = read_image(path)
+        pred = run_to_completion(predict_image(lm, img.data, img.axes, split_instances=split))
+        write_tiff(out / f"{path.stem}_labels.tif", _compact(pred.labels), axes=img.axes, protect=[path])
+        rows = measure_labels(pred.labels, img.data, img.axes)
+        write_csv(out / f"{path.stem}_objects.csv", rows,
+                  columns=None if rows else object_columns(img.data, img.axes), protect=[path])
+    return time.perf_counter() - t0
+
+
+def batch(model: Path, inputs: Path, out: Path, workers: int | None) -> tuple[float, str]:
+    """Time run_batch; returns (seconds, a line on where the time went)."""
+    from napari_seglab.core.batch import run_batch
+    from napari_seglab.core.events import FileDone, Message
+
+    t0 = time.perf_counter()
+    gen = run_batch(str(model), str(inputs), str(out), workers=workers)
+    notes, first, busy, last = [], None, 0.0, 0.0
+    try:
+        while True:
+            ev = next(gen)
+            if isinstance(ev, Message):
+                notes.append(ev.text)
+            elif isinstance(ev, FileDone):
+                first = first or time.perf_counter() - t0
+                busy += ev.seconds
+                last = time.perf_counter() - t0
+    except StopIteration as fin:
+        summary = fin.value
+    seconds = time.perf_counter() - t0
+    if summary.ok != summary.total:
+        raise SystemExit(f"batch failed on {summary.failed} file(s); see {summary.manifest}")
+    where = (f"{notes[-1] if notes else ''}; first file done after {first:.1f} s, last after {last:.1f} s, "
+             f"{busy:.1f} s of file work")
+    return seconds, where
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    parser.add_argument("--workers", type=int, default=None, help="local workers (default: run_batch's choice)")
+    parser.add_argument("--quick", action="store_true", help="a small run: 12 images of 256 px")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.size = 12, 256
+
+    import torch
+
+    root = Path(tempfile.mkdtemp(prefix="seglab-batch-bench-"))
+    try:
+        make_inputs(root / "in", args.n, args.size)
+        make_model(root / "model.pt")
+        print(f"{args.n} images of {args.size}x{args.size}, U-Net resnet18 (random init), "
+              f"torch {torch.__version__}, {torch.get_num_threads()} torch threads in this process")
+        loop_s = plain_loop(root / "model.pt", root / "in", root / "out_loop")
+        print(f"plain loop:   {loop_s:7.2f} s  ({loop_s / args.n * 1000:.0f} ms/image)")
+        batch_s, where = batch(root / "model.pt", root / "in", root / "out_batch", args.workers)
+        print(f"run_batch:    {batch_s:7.2f} s  ({where})")
+        a = tifffile.imread(root / "out_loop" / "img000_labels.tif")
+        b = tifffile.imread(root / "out_batch" / "img000_labels.tif")
+        print(f"same labels as the loop: {np.array_equal(a, b)}")
+        print(f"ratio batch/loop: {batch_s / loop_s:.2f}x")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
