@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             out = sliding_window_inference(x, roi_size=(256, 256), sw_batch_size=1, predictor=raw_model,
                                            overlap=0.25, mode="gaussian")
-            (out > 0)
+            _ = out > 0
         if device.type == "cuda":
             torch.cuda.synchronize()
 

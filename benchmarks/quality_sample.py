@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import tifffile
 
 from napari_seglab.core.instances import otsu_watershed

@@ -6,8 +6,16 @@ import tifffile
 
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.io import (
-    atomic_path, ensure_not_input, guess_axes, normalize_axes, read_image, read_labels, safe_child,
-    scan_folder, write_csv, write_tiff,
+    atomic_path,
+    ensure_not_input,
+    guess_axes,
+    normalize_axes,
+    read_image,
+    read_labels,
+    safe_child,
+    scan_folder,
+    write_csv,
+    write_tiff,
 )
 
 

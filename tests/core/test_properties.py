@@ -10,8 +10,8 @@ from napari_seglab.core.data import Normalization
 from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.labels import LABEL_MODES, make_target, n_classes_for, validate_labels
-from napari_seglab.core.predict import LoadedModel, plan_tiles, predict_image, run_to_completion
 from napari_seglab.core.models import ModelSpec
+from napari_seglab.core.predict import LoadedModel, plan_tiles, predict_image, run_to_completion
 
 label_dtypes = st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, bool])
 

@@ -6,8 +6,20 @@ import torch
 
 from napari_seglab.core.checkpoint import load_checkpoint
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
-from napari_seglab.core.predict import load_model, predict_image, run_to_completion, tile_starts, window
+from napari_seglab.core.events import (
+    CheckpointSaved,
+    EpochEnd,
+    Message,
+    Preview,
+    TileDone,
+    TrainStep,
+)
+from napari_seglab.core.predict import (
+    load_model,
+    predict_image,
+    tile_starts,
+    window,
+)
 from napari_seglab.core.train import TrainConfig, train
 
 TINY = dict(encoder="resnet18", patch=64, batch_size=2, lr=3e-3, device="cpu")

@@ -39,11 +39,13 @@ DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
     "aspect_ratios": [0.5, 1.0, 2.0],
     "detections_per_img": 1000,
-    "rpn_pre_nms_top_n": 3000,  # per feature level
-    "rpn_post_nms_top_n": 2000,
+    "rpn_pre_nms_top_n": 2000,  # per feature level, at prediction (torchvision: 1000)
+    "rpn_post_nms_top_n": 1500,  # at prediction (torchvision: 1000)
     "image_mean": [0.485, 0.456, 0.406],
     "image_std": [0.229, 0.224, 0.225],
     "box_score_thresh": 0.05,
+    "box_batch_size_per_image": 256,  # sampled regions per training image (torchvision: 512)
+    "rpn_train_top_n": 1000,  # proposals kept while training (torchvision: 2000)
 }
 MIN_OBJECT_PIXELS = 4
 
@@ -80,8 +82,11 @@ class MaskRCNNModel(nn.Module):
     def forward(self, x: torch.Tensor, targets: list[dict] | None = None):
         return self.detector(list(self.adapt(x)), targets)
 
-    def detect(self, x: torch.Tensor) -> list[dict]:
+    def detect(self, x: torch.Tensor, score_threshold: float = 0.0) -> list[dict]:
         """Eval-mode detections per image without pasting masks (memory: O(N * 28 * 28), not O(N * H * W)).
+
+        Boxes scoring under ``score_threshold`` are dropped before the mask
+        head runs (an untrained model scores hundreds of boxes near 0.5).
 
         Returns dicts with ``boxes`` (N, 4) x0,y0,x1,y1 in image pixels,
         ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, M, M)
@@ -91,14 +96,23 @@ class MaskRCNNModel(nn.Module):
         images, _ = det.transform(list(self.adapt(x)))
         features = det.backbone(images.tensors)
         proposals, _ = det.rpn(images, features)
-        detections, _ = det.roi_heads(features, proposals, images.image_sizes)
+        heads = det.roi_heads
+        saved = heads.score_thresh
+        heads.score_thresh = max(saved, score_threshold)
+        try:
+            detections, _ = heads(features, proposals, images.image_sizes)
+        finally:
+            heads.score_thresh = saved
         return detections
 
 
 def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
     """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
     from torchvision.models import ResNet50_Weights
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
+    from torchvision.models.detection import (
+        MaskRCNN_ResNet50_FPN_V2_Weights,
+        MaskRCNN_ResNet50_FPN_Weights,
+    )
 
     coco = (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
     imagenet = ResNet50_Weights.IMAGENET1K_V1
@@ -150,7 +164,9 @@ def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool
         min_size=patch, max_size=patch, image_mean=mean, image_std=std,
         box_detections_per_img=int(_option(spec, "detections_per_img")),
         box_score_thresh=float(_option(spec, "box_score_thresh")),
-        rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000,
+        box_batch_size_per_image=int(_option(spec, "box_batch_size_per_image")),
+        rpn_pre_nms_top_n_train=int(_option(spec, "rpn_train_top_n")),
+        rpn_post_nms_top_n_train=int(_option(spec, "rpn_train_top_n")),
         rpn_pre_nms_top_n_test=int(_option(spec, "rpn_pre_nms_top_n")),
         rpn_post_nms_top_n_test=int(_option(spec, "rpn_post_nms_top_n")),
     )
@@ -240,15 +256,22 @@ def _paste_compact(mask: torch.Tensor, box: Sequence[float], h: int, w: int) -> 
     padded = F.pad(mask.reshape(1, 1, m, m).float(), (1, 1, 1, 1))
     full = F.interpolate(padded, size=(bh, bw), mode="bilinear", align_corners=False)[0, 0] > 0.5
     ty0, tx0, ty1, tx1 = max(by0, 0), max(bx0, 0), min(by0 + bh, h), min(bx0 + bw, w)
-    if ty1 <= ty0 or tx1 <= tx0:
+    crop = full[ty0 - by0:ty1 - by0, tx0 - bx0:tx1 - bx0].cpu().numpy() if ty1 > ty0 and tx1 > tx0 else None
+    return _trim(ty0, tx0, crop)
+
+
+def _trim(y0: int, x0: int, crop: np.ndarray | None) -> tuple[int, int, np.ndarray]:
+    """Shrink a bool crop at (y0, x0) to the bounding box of its True pixels."""
+    if crop is None or not crop.any():
         return 0, 0, np.zeros((0, 0), bool)
-    return ty0, tx0, full[ty0 - by0:ty1 - by0, tx0 - bx0:tx1 - bx0].cpu().numpy()
+    ys, xs = np.nonzero(crop.any(1))[0], np.nonzero(crop.any(0))[0]
+    return y0 + int(ys[0]), x0 + int(xs[0]), crop[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
 
 
 def _tile_detections(model: nn.Module, x: torch.Tensor, h: int, w: int, score_threshold: float):
     """Detections of one tile: list of (score, class, y0, x0, bool crop) in tile pixels."""
     detect = getattr(model, "detect", None)
-    out = detect(x)[0] if detect is not None else model(x)[0]
+    out = detect(x, score_threshold)[0] if detect is not None else model(x)[0]
     scores = out["scores"].float().cpu()
     keep = torch.nonzero(scores >= score_threshold).flatten().tolist()
     masks, boxes, labels = out["masks"], out["boxes"].float().cpu(), out["labels"].cpu()
@@ -256,12 +279,7 @@ def _tile_detections(model: nn.Module, x: torch.Tensor, h: int, w: int, score_th
     found = []
     for i in keep:
         if full:
-            crop = (masks[i, 0] > 0.5).cpu().numpy()
-            ys, xs = np.nonzero(crop.any(1))[0], np.nonzero(crop.any(0))[0]
-            if not ys.size:
-                continue
-            y0, x0 = int(ys[0]), int(xs[0])
-            crop = crop[y0:ys[-1] + 1, x0:xs[-1] + 1]
+            y0, x0, crop = _trim(0, 0, (masks[i, 0] > 0.5).cpu().numpy())
         else:
             y0, x0, crop = _paste_compact(masks[i, 0], boxes[i].tolist(), h, w)
         if crop.sum() >= MIN_OBJECT_PIXELS:

@@ -77,11 +77,18 @@ def example_input(source: str | os.PathLike | Checkpoint, size: int | None = Non
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    # torch.jit.trace is deprecated in favour of torch.export, but TorchScript
-    # is still what bioimage.io, deepImageJ and the C++ runtime load.
+    # torch.jit is deprecated in favour of torch.export, but TorchScript is
+    # still what bioimage.io, deepImageJ and the C++ runtime load.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         return torch.jit.trace(model, example, check_trace=False)
+
+
+def _save_script(module: torch.jit.ScriptModule, target, ckpt: Checkpoint) -> None:
+    """``torch.jit.save`` to a path or file object, with the metadata as an extra file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(module, target, _extra_files={META_FILE: _meta_json(ckpt)})
 
 
 def _meta_json(ckpt: Checkpoint) -> str:
@@ -102,7 +109,7 @@ def export_torchscript(source: str | os.PathLike | Checkpoint, out: str | os.Pat
     traced = _trace(model, example_input(ckpt))
     out = Path(out)
     with atomic_path(out) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: _meta_json(ckpt)})
+        _save_script(traced, str(tmp), ckpt)
     return out
 
 
@@ -217,7 +224,7 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
     example = example_input(ckpt)
     traced = _trace(model, example)
     weights = io.BytesIO()
-    torch.jit.save(traced, weights, _extra_files={META_FILE: _meta_json(ckpt)})
+    _save_script(traced, weights, ckpt)
     with torch.no_grad():
         expected = model(example).numpy().astype(np.float32)
     files = {
@@ -234,7 +241,8 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("rdf.yaml", rdf)
         for name, data in files.items():
-            zf.writestr(name, data)
+            # the TorchScript file is a zip archive already: deflating it again costs seconds for nothing
+            zf.writestr(name, data, compress_type=zipfile.ZIP_STORED if name == "weights.pt" else None)
     return out
 
 
@@ -246,5 +254,8 @@ def export_model(source: str | os.PathLike | Checkpoint, fmt: str, out: str | os
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     inputs = list(protect) + ([source] if not isinstance(source, Checkpoint) else [])
     ensure_not_input(out, inputs)
+    parent = Path(out).parent
+    if not parent.is_dir():  # say so before the slow trace
+        raise InputError(f"{parent}: output folder does not exist")
     writer = {"torchscript": export_torchscript, "onnx": export_onnx, "bioimageio": export_bioimageio}[fmt]
     return writer(source, out)

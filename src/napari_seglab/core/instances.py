@@ -91,13 +91,15 @@ def boundary_targets(instances: np.ndarray) -> np.ndarray:
     return target
 
 
-def instances_from_probabilities(probs: np.ndarray, min_size: int = 8) -> np.ndarray:
+def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_seeds: bool = True) -> np.ndarray:
     """Split a 3-class (background, interior, boundary) prediction into objects.
 
-    Seeds are the connected interiors (interior probability > 0.5); they grow
-    by watershed over ``1 - interior`` through the foreground (background
-    probability < 0.5). Foreground that no seed reaches becomes an object of
-    its own; objects under ``min_size`` pixels are dropped.
+    Seeds are the connected interiors (interior probability > 0.5). Where a
+    faint boundary lets two interiors touch, ``split_seeds`` cuts the merged
+    seed at its distance-transform maxima (spaced like the typical object).
+    Seeds grow by watershed over ``1 - interior`` through the foreground
+    (background probability < 0.5). Foreground that no seed reaches becomes an
+    object of its own; objects under ``min_size`` pixels are dropped.
 
     Parameters
     ----------
@@ -106,6 +108,8 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8) -> np.nda
         3D volumes are usually split plane by plane by the caller).
     min_size : int
         Smallest object kept, in pixels.
+    split_seeds : bool
+        Split seeds that merged through a weak boundary.
 
     Returns
     -------
@@ -121,13 +125,16 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8) -> np.nda
         raise InputError(f"probs must be floating point, got dtype {p.dtype}.")
     background, interior = p[0], p[1]
     seed_mask = interior > 0.5
-    seeds, n = ndi.label(seed_mask)
-    if n:
-        # Specks of interior are noise, not objects: they would split one nucleus in two.
-        sizes = np.bincount(seeds.ravel())
-        tiny = sizes < max(2, min_size // 4)
-        tiny[0] = False
-        seeds[tiny[seeds]] = 0
+    if split_seeds:
+        seeds = instances_from_foreground(seed_mask, split_touching=True, min_size=max(2, min_size // 4))
+    else:
+        seeds, n = ndi.label(seed_mask)
+        if n:
+            # Specks of interior are noise, not objects: they would split one nucleus in two.
+            sizes = np.bincount(seeds.ravel())
+            tiny = sizes < max(2, min_size // 4)
+            tiny[0] = False
+            seeds[tiny[seeds]] = 0
     foreground = (background < 0.5) | seed_mask
     labels = watershed(1.0 - interior, markers=seeds, mask=foreground)
     labels = _add_unseeded(labels, foreground)

@@ -1,0 +1,499 @@
+"""The ``seglab`` command line: train, predict, evaluate, export, batch and info.
+
+A thin front over :mod:`napari_seglab.core`: parse arguments, drive the core
+generators, print progress on stderr and results on stdout.
+
+Exit codes: 0 success; 1 unexpected failure (``--debug`` shows the
+traceback); 2 bad input (one line ``seglab: error: <reason>`` on stderr);
+3 some files of a batch failed; 130 interrupted (Ctrl-C). Outputs are written
+atomically, so an interrupted run never leaves a half-written file, and no
+command writes over one of its input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .core.errors import InputError, SeglabError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_FILES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+BOX_COLUMNS = ("y0", "x0", "y1", "x1", "class", "score", "plane")
+
+
+class _Status:
+    """Progress on stderr: permanent lines, plus one overwritten line when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = 0
+
+    def transient(self, text: str, *, fallback: bool = False) -> None:
+        """Overwrite the status line (TTY); elsewhere print it only when ``fallback``."""
+        if self.tty:
+            text = text[:150]
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = len(text)
+        elif fallback:
+            self.line(text)
+
+    def line(self, text: str) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+        print(text, file=self.stream, flush=True)
+
+    def message(self, event) -> None:
+        self.line(("warning: " if event.level == "warning" else "") + event.text)
+
+
+def _drive(gen, handle):
+    """Run a core generator, passing each event to ``handle``; returns its result.
+
+    The generator is closed on the way out (Ctrl-C included), so its cleanup runs.
+    """
+    try:
+        while True:
+            handle(next(gen))
+    except StopIteration as fin:
+        return fin.value
+    finally:
+        gen.close()
+
+
+def _check_output(path: str, inputs, flag: str) -> None:
+    from .core.io import ensure_not_input
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: folder {parent} does not exist")
+    if Path(path).is_dir():
+        raise InputError(f"{flag} {path}: is a folder, expected a file name")
+    ensure_not_input(path, inputs)
+
+
+def _plain_json(value):
+    """Replace NaN/Inf (not valid JSON) with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .core.events import CheckpointSaved, EpochEnd, Message, TrainStep
+    from .core.io import read_image, read_labels
+    from .core.labels import check_mode
+    from .core.models import ModelSpec, check_spec
+    from .core.train import TrainConfig, train
+
+    if len(args.labels) != len(args.image):
+        raise InputError(f"{len(args.image)} --image but {len(args.labels)} --labels; give one labels file per image")
+    check_mode(args.label_mode)
+    spec = check_spec(ModelSpec(family=args.family, arch=args.arch or "Unet", encoder=args.encoder))
+    inputs = [*args.image, *args.labels, args.init]
+    _check_output(args.model_out, inputs, "--model-out")
+    _check_output(str(Path(args.model_out).with_suffix(".last.pt")), inputs, "--model-out")
+    epochs = args.epochs if args.epochs is not None or args.time_limit is not None else 20
+    pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    config = TrainConfig(
+        label_mode=args.label_mode, family=spec.family, arch=spec.arch, encoder=spec.encoder,
+        pretrained=pretrained, epochs=epochs, time_limit=args.time_limit, steps_per_epoch=args.steps_per_epoch,
+        patch=args.patch, batch_size=args.batch_size, lr=args.lr, class_weights=args.class_weights,
+        focal_gamma=args.focal_gamma, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+        model_out=args.model_out, init=args.init, read_255_as_foreground=args.mask_255,
+        allow_download=args.allow_download).check()
+    if args.steps_per_epoch < 1:
+        raise InputError("--steps-per-epoch must be at least 1")
+    if config.class_weights not in ("none", "balanced"):
+        raise InputError(f"unknown --class-weights {config.class_weights!r}; choose none or balanced")
+
+    images = [read_image(p) for p in args.image]
+    labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)]
+    status = _Status()
+    of_epochs = f"/{epochs}" if epochs else ""
+    saved: list[str] = []
+
+    def handle(event) -> None:
+        if isinstance(event, TrainStep):
+            total = f"/{event.total_steps}" if event.total_steps else ""
+            status.transient(f"epoch {event.epoch}{of_epochs}  step {event.step}{total}  "
+                             f"loss {event.loss:.4f}  {event.elapsed:.0f}s")
+        elif isinstance(event, EpochEnd):
+            dice = f"{event.val_dice:.3f}" if event.val_dice is not None else "n/a"
+            status.line(f"epoch {event.epoch}{of_epochs}  loss {event.train_loss:.4f}  val Dice {dice}  "
+                        f"{event.elapsed:.1f}s" + ("  (best)" if event.is_best else ""))
+        elif isinstance(event, Message):
+            status.message(event)
+        elif isinstance(event, CheckpointSaved):
+            saved.append(event.path)  # the epoch line already says "(best)"
+
+    try:
+        result = _drive(train([i.data for i in images], labels, config, axes=[i.axes for i in images]), handle)
+    except KeyboardInterrupt:
+        if saved:
+            status.line(f"interrupted: the best model so far is in {args.model_out}")
+        raise
+    metrics = result.checkpoint.meta.get("metrics", {})
+    if metrics.get("val_dice") is not None:
+        best = f"best val Dice {metrics['val_dice']:.3f} at epoch {metrics.get('epoch')}"
+    else:
+        best = f"best train loss {metrics.get('train_loss', float('nan')):.4f} at epoch {metrics.get('epoch')}"
+    print(f"model saved to {result.path} ({best}; {result.steps} steps, {result.seconds:.0f} s)")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _boxes_from_labels(labels, axes: str, kind: str) -> list[dict]:
+    """Box rows (y0, x0, y1, x1, class, score=1, plane) of every object, plane by plane.
+
+    Instance labels: one box per id (class 1). Semantic labels: one box per
+    connected region of each class.
+    """
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from .core.instances import boxes_from_labels
+    from .core.predict import plane_indices
+
+    rows = []
+    for index in plane_indices(labels.shape, axes):
+        plane = labels[index] if index else labels
+        tag = ",".join(map(str, index))
+        if kind == "instances":
+            groups = [(1, plane)]
+        else:
+            groups = [(int(c), ndi.label(plane == c)[0]) for c in np.unique(plane) if c > 0]
+        for cls, objects in groups:
+            boxes, _ids = boxes_from_labels(objects)
+            rows += [{"y0": int(b[0]), "x0": int(b[1]), "y1": int(b[2]), "x1": int(b[3]), "class": cls,
+                      "score": 1.0, "plane": tag} for b in boxes]
+    return rows
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.events import Message, TileDone
+    from .core.io import read_image, write_csv, write_tiff
+    from .core.predict import load_model, predict_image
+
+    protect = [args.input, args.model]
+    outputs = [(f, p) for f, p in (("--output", args.output), ("--probabilities", args.probabilities),
+                                   ("--boxes", args.boxes)) if p]
+    for flag, path in outputs:
+        _check_output(path, protect, flag)
+    paths = [os.path.abspath(p) for _, p in outputs]
+    if len(set(paths)) != len(paths):
+        raise InputError("--output, --probabilities and --boxes must name different files")
+    if args.boxes_from_labels and not args.boxes:
+        raise InputError("--boxes-from-labels needs --boxes BOXES.csv to write them to")
+    if not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap must lie in [0, 1); got {args.overlap}")
+    if args.tile < 0:
+        raise InputError(f"--tile must be positive (or 0 for automatic); got {args.tile}")
+
+    model = load_model(args.model, args.device)
+    if args.probabilities and not model.spec.semantic:
+        raise InputError("--probabilities: a Mask R-CNN model gives objects, not per-pixel probabilities")
+    image = read_image(args.input)
+    status = _Status()
+
+    def handle(event) -> None:
+        if isinstance(event, TileDone):
+            where = f"plane {event.plane + 1}/{event.planes}, " if event.planes > 1 else ""
+            # off a terminal: every tile of a single image, else one line per plane
+            status.transient(f"{where}tile {event.tile}/{event.tiles}",
+                             fallback=event.planes == 1 or event.tile == event.tiles)
+        elif isinstance(event, Message):
+            status.message(event)
+
+    pred = _drive(predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
+                                probabilities=bool(args.probabilities), split_instances=args.split_instances,
+                                score_threshold=args.score_threshold), handle)
+    status.line(f"predicted {args.input} ({pred.kind})")
+    axes = image.axes.replace("C", "")
+    labels = pred.labels
+    dtype = np.uint16 if int(labels.max(initial=0)) < 65536 else np.uint32
+    write_tiff(args.output, labels.astype(dtype), axes=axes, protect=protect)
+    print(f"labels written to {args.output} (shape {labels.shape}, {np.dtype(dtype).name})")
+    if args.probabilities:
+        write_tiff(args.probabilities, pred.probabilities.astype(np.float32), axes="C" + axes, protect=protect)
+        print(f"probabilities written to {args.probabilities} (shape {pred.probabilities.shape}, float32)")
+    if args.boxes:
+        from_labels = args.boxes_from_labels or model.spec.semantic
+        rows = _boxes_from_labels(labels, axes, pred.kind) if from_labels else pred.boxes
+        write_csv(args.boxes, rows, columns=BOX_COLUMNS, protect=protect)
+        print(f"{len(rows)} boxes written to {args.boxes}" + (" (from the labels)" if from_labels else ""))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- evaluate / export / info
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.io import read_labels
+    from .core.metrics import match_instances
+
+    pred, truth = read_labels(args.pred), read_labels(args.truth)
+    if pred.shape != truth.shape:
+        raise InputError(f"--pred {args.pred} has shape {pred.shape} but --truth {args.truth} has shape "
+                         f"{truth.shape}; they must match")
+    print(json.dumps(_plain_json(match_instances(pred, truth)), indent=2))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .core.export import export_model
+
+    _check_output(args.out, [args.model], "--out")
+    path = export_model(args.model, args.format, args.out, protect=(args.model,))
+    print(f"exported {args.format} model to {path}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .core.checkpoint import describe_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    doc = {"path": str(args.checkpoint), "description": describe_checkpoint(ckpt), "meta": ckpt.meta}
+    print(json.dumps(_plain_json(doc), indent=2, default=str))
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- batch
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .core.events import FileDone, Message
+
+    folder = Path(args.input_dir)
+    if not folder.is_dir():
+        raise InputError(f"--input-dir {folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
+    if not Path(args.model).is_file():
+        raise InputError(f"--model {args.model}: no such checkpoint")
+    if args.workers is not None and args.workers < 0:
+        raise InputError("--workers must be 0 (in this process) or more")
+    from .core.batch import run_batch
+
+    status = _Status()
+    done = 0
+
+    def handle(event) -> None:
+        nonlocal done
+        if isinstance(event, FileDone):
+            done += 1
+            line = f"[{done}/{event.total}] {event.status}: "
+            if event.error:  # the error names the file already, or should
+                line += event.error if str(event.path) in event.error else f"{event.path}: {event.error}"
+            else:
+                line += str(event.path) + (f" ({event.seconds:.1f} s)" if event.status == "ok" else "")
+            status.line(line)
+        elif isinstance(event, Message):
+            status.message(event)
+
+    summary = _drive(run_batch(args.model, args.input_dir, args.output_dir, pattern=args.pattern,
+                               recursive=args.recursive, probabilities=args.probabilities,
+                               measurements=not args.no_measurements, skip_existing=args.skip_existing,
+                               workers=args.workers, scheduler=args.scheduler, device=args.device,
+                               tile=args.tile or None, overlap=args.overlap), handle)
+    print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
+          f"manifest: {summary.manifest}")
+    if summary.failed:
+        status.line(f"seglab: {summary.failed} of {summary.total} files failed (see {summary.manifest})")
+        return EXIT_FILES_FAILED
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help text with "(default: ...)" where a default is worth telling."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not quiet and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser_with_common(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=description, formatter_class=_HelpFormatter)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an unexpected error")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``seglab`` command (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="seglab", description="Train, apply and evaluate microscopy segmentation models (napari-seglab).",
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 some batch files failed, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = _parser_with_common(sub, "train", "train a model on images and painted labels",
+                            "Train a segmentation model on TIFF images and label TIFFs; saves the best model "
+                            "(and <stem>.last.pt with the optimizer state, for --init).")
+    p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
+                   help="training image (repeat for several)")
+    p.add_argument("--labels", action="append", required=True, metavar="LAB.tif",
+                   help="labels of the image given at the same position (repeat for several)")
+    p.add_argument("--label-mode", required=True, metavar="{scribbles,instances,classes}",
+                   help="scribbles: 0 unlabelled, 1 background, 2.. classes; instances: one id per object; "
+                        "classes: dense class ids")
+    p.add_argument("--model-out", required=True, metavar="M.pt", help="where to save the best model")
+    p.add_argument("--family", default="unet", metavar="{unet,fcn,maskrcnn}", help="model family")
+    p.add_argument("--arch", default=None, help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, "
+                   "MAnet...; fcn: fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]); default per family")
+    p.add_argument("--encoder", default="resnet34", help="encoder of unet-family models (any smp encoder)")
+    p.add_argument("--epochs", type=int, metavar="N", default=None,
+                   help="epochs (default 20; with only --time-limit: train until the time is up)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SEC", help="stop after this many seconds")
+    p.add_argument("--steps-per-epoch", type=int, metavar="N", default=25, help="optimizer steps per epoch")
+    p.add_argument("--patch", type=int, metavar="PX", default=256, help="training patch side in pixels (multiple of 32)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=8, help="patches per step")
+    p.add_argument("--lr", type=float, metavar="LR", default=1e-3, help="learning rate (AdamW)")
+    p.add_argument("--class-weights", default="none", metavar="{none,balanced}",
+                   help="balanced: weight rare classes up")
+    p.add_argument("--focal-gamma", type=float, metavar="G", default=0.0, help="focal loss gamma (0 = plain cross-entropy)")
+    p.add_argument("--val-fraction", type=float, metavar="F", default=0.15,
+                   help="fraction of strokes or tiles held out for validation")
+    p.add_argument("--init", default=None, metavar="M.pt", help="start from this checkpoint (fine-tune/continue)")
+    p.add_argument("--pretrained", default="none", metavar="none|auto|PATH",
+                   help="encoder weights: none (random), auto (stock weights when cached), or a weights file")
+    p.add_argument("--allow-download", action="store_true", help="let --pretrained auto download weights")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to train")
+    p.add_argument("--mask-255", action="store_true", help="read 0/255 masks as background/foreground")
+    p.add_argument("--seed", type=int, metavar="N", default=0, help="random seed")
+    p.set_defaults(func=cmd_train)
+
+    p = _parser_with_common(sub, "predict", "segment one image with a trained model",
+                            "Predict labels (and optionally probabilities and boxes) for one TIFF image.")
+    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
+    p.add_argument("--output", required=True, metavar="LABELS.tif",
+                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C)")
+    p.add_argument("--probabilities", default=None, metavar="P.tif", help="also write class probabilities "
+                   "(float32, classes first)")
+    p.add_argument("--boxes", default=None, metavar="BOXES.csv",
+                   help="also write bounding boxes: y0,x0,y1,x1,class,score,plane")
+    p.add_argument("--boxes-from-labels", action="store_true",
+                   help="derive the boxes from the predicted labels (score 1.0); always so for unet/fcn")
+    p.add_argument("--tile", type=int, metavar="PX", default=0, help="tile side in pixels (0 = automatic)")
+    p.add_argument("--overlap", type=float, metavar="F", default=0.25, help="tile overlap fraction")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to predict")
+    p.add_argument("--split-instances", action="store_true",
+                   help="split the foreground of a semantic model into objects (watershed)")
+    p.add_argument("--score-threshold", type=float, metavar="S", default=0.5, help="Mask R-CNN detection score threshold")
+    p.set_defaults(func=cmd_predict)
+
+    p = _parser_with_common(sub, "evaluate", "compare predicted labels with ground truth",
+                            "Print Dice, IoU and instance scores (AP, F1, precision, recall at IoU 0.5/0.75/0.9) "
+                            "as JSON.")
+    p.add_argument("--pred", required=True, metavar="P.tif", help="predicted labels")
+    p.add_argument("--truth", required=True, metavar="T.tif", help="ground-truth labels of the same shape")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _parser_with_common(sub, "export", "export a model to TorchScript, ONNX or bioimage.io",
+                            "Export a checkpoint: input (B, C, Y, X) float32 percentile-normalised, output "
+                            "(B, K, Y, X) class probabilities.")
+    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "bioimageio"), help="export format")
+    p.add_argument("--out", required=True, metavar="PATH", help="output file (.pt, .onnx or .zip)")
+    p.set_defaults(func=cmd_export)
+
+    p = _parser_with_common(sub, "batch", "segment every image of a folder",
+                            "Predict every matching TIFF of a folder, locally or on a Dask cluster; writes "
+                            "<stem>_labels.tif (+ probabilities, objects CSV), manifest.csv and summary.csv.")
+    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--input-dir", required=True, metavar="DIR", help="folder of images")
+    p.add_argument("--output-dir", required=True, metavar="OUT", help="folder for the results")
+    p.add_argument("--pattern", default="*.tif", help="file name pattern")
+    p.add_argument("--recursive", action="store_true", help="also look in sub-folders (mirrored in OUT)")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    p.add_argument("--no-measurements", action="store_true", help="skip the per-object measurements CSV")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N", help="local worker processes (0 = in this process, no Dask; default: automatic)")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT", help="address of a running Dask scheduler whose workers see the same paths")
+    p.add_argument("--skip-existing", action="store_true", help="skip files whose outputs already exist")
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to predict")
+    p.add_argument("--tile", type=int, metavar="PX", default=0, help="tile side in pixels (0 = automatic)")
+    p.add_argument("--overlap", type=float, metavar="F", default=0.25, help="tile overlap fraction")
+    p.set_defaults(func=cmd_batch)
+
+    p = _parser_with_common(sub, "info", "describe a checkpoint", "Print a checkpoint's description and "
+                            "metadata as JSON.")
+    p.add_argument("checkpoint", metavar="M.pt", help="checkpoint file")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"seglab: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``seglab`` command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argparse's own errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if not getattr(args, "func", None):
+        parser.print_usage(sys.stderr)
+        _error("choose a command: train, predict, evaluate, export, batch or info")
+        return EXIT_USAGE
+    started = time.monotonic()
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except InputError as exc:
+        _error(exc)
+        return EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        _error(f"{exc.filename or ''}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        fresh_line = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
+        print(f"{fresh_line}seglab: interrupted after {time.monotonic() - started:.0f} s; no partial files were "
+              "written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SeglabError as exc:
+        _error(exc)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a command-line tool
+        from .core.device import is_oom
+
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (run with --debug to see the traceback)"
+        if is_oom(exc):
+            _error("out of memory; try a smaller --batch-size, --patch or --tile, or --device cpu" + hint)
+        else:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            _error(f"unexpected {type(exc).__name__}: {first}{hint}")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
