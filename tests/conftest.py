@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory, blobs):
 
     img, lab, _ = blobs
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=2, steps_per_epoch=4, patch=64,
+    cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=4, steps_per_epoch=4, patch=64,
                       batch_size=4, lr=3e-3, device="cpu", model_out=str(path))
     run_to_completion(train([img], [lab], cfg))
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,11 @@ def test_changed_input_or_new_outputs_are_redone(model_path, tmp_path):
     events, _ = drive(run_batch(model_path, str(inp), str(out), workers=0, skip_existing=True,
                                 probabilities=True))
     assert [e.status for e in events] == ["ok", "ok"]  # asked for more outputs than were written
+    model = tmp_path / "retrained.pt"
+    model.write_bytes(Path(model_path).read_bytes())  # another model: every file is redone
+    events, _ = drive(run_batch(str(model), str(inp), str(out), workers=0, skip_existing=True,
+                                probabilities=True))
+    assert [e.status for e in events] == ["ok", "ok"]
 
 
 def test_recursive_mirrors_subfolders_and_never_reads_its_own_outputs(model_path, tmp_path):
@@ -228,12 +234,19 @@ def test_bad_requests_are_refused_before_any_work(model_path, tmp_path):
     assert not (tmp_path / "o2").exists()
     with pytest.raises(InputError, match="not both"):
         drive(run_batch(model_path, str(inp), str(tmp_path / "o3"), workers=1, scheduler="tcp://x:1"))
-    assert hashes(inp) == hashes(inp)
+    # Output folder above the input folder: sub/sub/x.tif would write its labels onto the input sub/x_labels.tif.
+    case = tmp_path / "case"
+    write_folder(case / "sub" / "sub", good=GOOD[:1], bad=())
+    tifffile.imwrite(case / "sub" / f"{GOOD[0][:-4]}_labels.tif", np.zeros((8, 8), np.uint8))
+    before = hashes(case)
+    with pytest.raises(InputError, match="overwrite an input"):
+        drive(run_batch(model_path, str(case / "sub"), str(case), recursive=True, workers=0))
+    assert hashes(case) == before
 
 
 def test_manifest_reader_ignores_a_line_cut_short(tmp_path):
     path = tmp_path / "manifest.csv"
-    good = "a.tif,ok,,1.0,a_labels.tif,10,123,2024-01-01T00:00:00+00:00,2024-01-01T00:00:01+00:00\n"
+    good = "a.tif,ok,,1.0,a_labels.tif,10,123,m.pt:1:2,2024-01-01T00:00:00+00:00,2024-01-01T00:00:01+00:00\n"
     path.write_text(",".join(MANIFEST_COLUMNS) + "\n" + good + "b.tif,ok,,1.0,b_labels.tif,10,1")
     rows = read_manifest(path)
     assert list(rows) == ["a.tif"]

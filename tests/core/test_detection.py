@@ -97,7 +97,7 @@ def test_model_round_trips_through_a_checkpoint(tmp_path, detector):
 
 
 def test_multichannel_input_and_v2_build():
-    s = spec()
+    s = spec(rpn_pre_nms_top_n=100, rpn_post_nms_top_n=50)
     s.arch, s.in_channels = "maskrcnn_resnet50_fpn_v2", 2
     model, _ = build_maskrcnn(s, None, False)
     model.eval()
@@ -270,6 +270,7 @@ def test_maskrcnn_trains_and_predicts_instances(tmp_path):
     assert result.steps == 1 and np.isfinite(result.history[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert ckpt.spec.family == "maskrcnn" and ckpt.spec.n_classes == 2 and ckpt.label_mode == "instances"
+    assert ckpt.meta["class_names"] == ["background", "object"]
     lm = load_model(tmp_path / "m.pt", "cpu")
     events, pred = drive(predict_image(lm, img, score_threshold=0.6))
     assert pred.kind == "instances" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32

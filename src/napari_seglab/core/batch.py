@@ -365,8 +365,10 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     ckpt = load_checkpoint(model)
     spec = ckpt.spec
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
-    out_real = out_dir.resolve()
-    files = [p for p in scan_folder(in_dir, pattern, recursive) if out_real not in p.resolve().parents]
+    out_real, in_real = out_dir.resolve(), in_dir.resolve()
+    files = scan_folder(in_dir, pattern, recursive)
+    if in_real in out_real.parents:  # outputs inside the input folder are never inputs
+        files = [p for p in files if out_real not in p.resolve().parents]
     if not files:
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
@@ -380,6 +382,7 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     del ckpt
 
     previous = mf.read_manifest(manifest) if skip_existing else {}
+    model_id = mf.model_stamp(model)
     rows: dict[str, dict] = {}
     summaries: dict[str, dict] = {}
     skipped_events: list[FileDone] = []
@@ -387,13 +390,13 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     stamps: dict[str, tuple[str, str]] = {}
     for index, (path, rel, outs) in enumerate(plan):
         stamp = stamps[rel] = mf.input_stamp(path)
-        if skip_existing and mf.is_complete(previous.get(rel), outs, out_dir, stamp):
+        if skip_existing and mf.is_complete(previous.get(rel), outs, out_dir, stamp, model_id):
             try:
                 summaries[rel] = mf.summary_of_outputs(outs)
             except (OSError, ValueError, KeyError):
                 pass  # an output no longer reads: redo the file
             else:
-                rows[rel] = mf.file_row(rel, "skipped", outs, out_dir, stamp)
+                rows[rel] = mf.file_row(rel, "skipped", outs, out_dir, stamp, model_id)
                 skipped_events.append(FileDone(len(skipped_events) + 1, len(plan), str(path), "skipped",
                                                outputs={k: str(p) for k, p in outs.items()}))
                 continue
@@ -428,7 +431,7 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
                 continue  # stopped mid-file: nothing written for it
             outs = {k: base_of[task.rel][k] for k in res["written"]}
             # the input stamp as planned: an input changed meanwhile is redone on resume
-            rows[task.rel] = mf.file_row(task.rel, res["status"], outs, out_dir, stamps[task.rel], **{
+            rows[task.rel] = mf.file_row(task.rel, res["status"], outs, out_dir, stamps[task.rel], model_id, **{
                 k: res[k] for k in ("error", "seconds", "started", "finished")})
             writer.append(rows[task.rel])
             if res["status"] == "ok":

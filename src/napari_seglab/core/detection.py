@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .errors import InputError
 from .models import ModelSpec, _ChannelAdapter, _hub_file, _load_state_file
@@ -54,16 +55,11 @@ def _option(spec: ModelSpec, key: str):
     return spec.options.get(key, DEFAULTS[key])
 
 
-def _no_resize_transform_class():
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+class NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform minus the resize: images keep their pixel size."""
 
-    class NoResizeTransform(GeneralizedRCNNTransform):
-        """torchvision's detection transform minus the resize: images keep their pixel size."""
-
-        def resize(self, image, target=None):
-            return image, target
-
-    return NoResizeTransform
+    def resize(self, image, target=None):
+        return image, target
 
 
 class MaskRCNNModel(nn.Module):
@@ -172,7 +168,7 @@ def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool
     )
     # the v2 builder fixes its own anchor generator: swap ours in (same 3 anchors per location)
     detector.rpn.anchor_generator = AnchorGenerator(sizes, ratios)
-    detector.transform = _no_resize_transform_class()(patch, patch, mean, std)
+    detector.transform = NoResizeTransform(patch, patch, mean, std)
     note = "random initialisation"
     if pretrained in ("coco", "voc", "auto", "imagenet"):
         state, note, target = _stock_weights(spec.arch, pretrained, allow_download)
@@ -274,14 +270,16 @@ def _tile_detections(model: nn.Module, x: torch.Tensor, h: int, w: int, score_th
     out = detect(x, score_threshold)[0] if detect is not None else model(x)[0]
     scores = out["scores"].float().cpu()
     keep = torch.nonzero(scores >= score_threshold).flatten().tolist()
-    masks, boxes, labels = out["masks"], out["boxes"].float().cpu(), out["labels"].cpu()
-    full = masks.shape[-2:] == (h, w) and detect is None
+    boxes, labels = out["boxes"].float().cpu(), out["labels"].cpu()
+    full = detect is None and out["masks"].shape[-2:] == (h, w)
+    # one transfer per tile: thresholded full-size masks, or the small box-frame masks
+    masks = (out["masks"][keep, 0] > 0.5).cpu().numpy() if full else out["masks"][keep, 0].float().cpu()
     found = []
-    for i in keep:
+    for j, i in enumerate(keep):
         if full:
-            y0, x0, crop = _trim(0, 0, (masks[i, 0] > 0.5).cpu().numpy())
+            y0, x0, crop = _trim(0, 0, masks[j])
         else:
-            y0, x0, crop = _paste_compact(masks[i, 0], boxes[i].tolist(), h, w)
+            y0, x0, crop = _paste_compact(masks[j], boxes[i].tolist(), h, w)
         if crop.sum() >= MIN_OBJECT_PIXELS:
             found.append((float(scores[i]), int(labels[i]), y0, x0, crop))
     return found

@@ -9,7 +9,8 @@ point). The manifest: one CSV row per input, written as the run goes.
 :data:`MANIFEST_COLUMNS`: ``input`` (path relative to the input folder, ``/``
 separators), ``status`` (``ok`` | ``failed`` | ``skipped``), ``error``,
 ``seconds``, ``outputs`` (``;``-separated paths relative to the output folder),
-``input_size`` and ``input_mtime`` (to notice an input changed since), and
+``input_size`` and ``input_mtime`` (to notice an input changed since),
+``model`` (checkpoint name, size and mtime: a new model redoes the file), and
 ``started`` / ``finished`` (ISO 8601 timestamps).
 
 The manifest never claims more than is on disk: a row is appended (and
@@ -34,7 +35,7 @@ from .io import atomic_path, read_image, safe_child
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
-MANIFEST_COLUMNS = ("input", "status", "error", "seconds", "outputs", "input_size", "input_mtime",
+MANIFEST_COLUMNS = ("input", "status", "error", "seconds", "outputs", "input_size", "input_mtime", "model",
                     "started", "finished")
 STATUSES = ("ok", "failed", "skipped")
 SUMMARY_COLUMNS = ("input", "object_count", "total_area", "mean_area", "median_area", "min_area", "max_area")
@@ -57,8 +58,10 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
 
     Outputs mirror the input's sub-folder under ``output_dir``; inputs whose
     names differ only by extension or case get the full name in their stem
-    so no two inputs share an output.
+    so no two inputs share an output. An output that would land on any
+    input file is refused.
     """
+    inputs = {p.resolve() for p in files}
     taken: set[str] = set()
     plan = []
     for path in files:
@@ -76,6 +79,9 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
             outs["probabilities"] = safe_child(output_dir, f"{stem.as_posix()}_probabilities.tif")
         if measurements:
             outs["objects"] = safe_child(output_dir, f"{stem.as_posix()}_objects.csv")
+        for out in outs.values():
+            if out in inputs:
+                raise InputError(f"{out}: an output would overwrite an input file; choose another output folder")
         plan.append((path, rel.as_posix(), outs))
     return plan
 
@@ -205,13 +211,21 @@ def manifest_row(row: dict) -> dict:
     return out
 
 
-def file_row(rel: str, status: str, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str], *,
-             error: str = "", seconds: float = 0.0, started: str | None = None, finished: str | None = None) -> dict:
+def model_stamp(path: str | os.PathLike) -> str:
+    """``name:size:mtime_ns`` of a checkpoint, for the manifest's ``model`` column."""
+    st = Path(path).stat()
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_row(rel: str, status: str, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str],
+             model: str, *, error: str = "", seconds: float = 0.0, started: str | None = None,
+             finished: str | None = None) -> dict:
     """A manifest row for one input (``outputs``: the kinds written, absolute paths)."""
     now = now_iso()
     return {"input": rel, "status": status, "error": error, "seconds": seconds,
             "outputs": {k: p.relative_to(output_dir).as_posix() for k, p in outputs.items()},
-            "input_size": stamp[0], "input_mtime": stamp[1], "started": started or now, "finished": finished or now}
+            "input_size": stamp[0], "input_mtime": stamp[1], "model": model,
+            "started": started or now, "finished": finished or now}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
@@ -244,16 +258,18 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
     return rows
 
 
-def is_complete(row: dict | None, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str]) -> bool:
+def is_complete(row: dict | None, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str],
+                model: str) -> bool:
     """True when ``row`` proves the file was done with these outputs and is still done.
 
     ``outputs``: the planned output paths of this run (kind -> absolute path);
-    ``stamp``: :func:`input_stamp` of the input now. The row must say ``ok``
-    (or ``skipped``, an earlier resume of an ok file), list exactly these
-    outputs, every output must exist and be non-empty, and the input must not
-    have changed size or modification time since.
+    ``stamp``: :func:`input_stamp` of the input now; ``model``:
+    :func:`model_stamp` of this run's checkpoint. The row must say ``ok`` (or
+    ``skipped``, an earlier resume of an ok file) for the same model, list
+    exactly these outputs, every output must exist and be non-empty, and the
+    input must not have changed size or modification time since.
     """
-    if row is None or row.get("status") not in ("ok", "skipped"):
+    if row is None or row.get("status") not in ("ok", "skipped") or row.get("model") != model:
         return False
     planned = [p.relative_to(output_dir).as_posix() for p in outputs.values()]
     listed = [p for p in row.get("outputs", "").split(";") if p]

@@ -245,7 +245,8 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     if config.patch is None:
         config.patch = 256 if device.type == "cuda" else 128
     if config.lr is None:
-        config.lr = 1e-3 if (config.init or config.pretrained) else 3e-3
+        # Mask R-CNN from scratch diverges with AdamW above ~1e-4; U-Nets and FCNs like 3e-3
+        config.lr = 1e-4 if config.family == "maskrcnn" else 1e-3 if (config.init or config.pretrained) else 3e-3
 
     init_ckpt = load_checkpoint(config.init, with_optimizer=True) if config.init else None
     norm = Normalization.from_dict(init_ckpt.meta["normalization"]) if init_ckpt else None
@@ -284,7 +285,10 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
 
     # validation hold-out
     sparse = config.label_mode == "scribbles"
-    held = [split_validation(s.target, sparse, config.val_fraction, rng) for s in samples]
+    # Mask R-CNN learns whole objects from every pixel of a patch: a blanked-out hold-out would
+    # teach it 'background' there, so it chooses its best model by training loss instead
+    val_fraction = 0.0 if spec.family == "maskrcnn" else config.val_fraction
+    held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
     validator = _Validator(samples, held)
     train_samples = [Sample(s.image, np.where(h, IGNORE, s.target), s.instances) for s, h in zip(samples, held, strict=True)]
     if validator:
@@ -314,7 +318,8 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         "model": spec.to_dict(),
         "label_mode": config.label_mode,
         "n_classes": n_classes,
-        "class_names": ["background"] + [f"class {i}" for i in range(1, n_classes)]
+        "class_names": ["background", "object"] if spec.family == "maskrcnn"
+        else ["background"] + [f"class {i}" for i in range(1, n_classes)]
         if config.label_mode != "instances" else ["background", "interior", "boundary"],
         "normalization": norm.to_dict(),
         "patch": config.patch,
