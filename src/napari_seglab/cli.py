@@ -371,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs (default 20; with only --time-limit: train until the time is up)")
     p.add_argument("--time-limit", type=float, default=None, metavar="SEC", help="stop after this many seconds")
     p.add_argument("--steps-per-epoch", type=int, metavar="N", default=25, help="optimizer steps per epoch")
-    p.add_argument("--patch", type=int, metavar="PX", default=256, help="training patch side in pixels (multiple of 32)")
+    p.add_argument("--patch", type=int, metavar="PX", default=None,
+                   help="training patch side in pixels, a multiple of 32 (default: 256 on a GPU, 128 on the CPU)")
     p.add_argument("--batch-size", type=int, metavar="N", default=8, help="patches per step")
-    p.add_argument("--lr", type=float, metavar="LR", default=1e-3, help="learning rate (AdamW)")
+    p.add_argument("--lr", type=float, metavar="LR", default=None,
+                   help="AdamW learning rate (default: 3e-3 from scratch, 1e-3 fine-tuning, 1e-4 for Mask R-CNN)")
     p.add_argument("--class-weights", default="none", metavar="{none,balanced}",
                    help="balanced: weight rare classes up")
     p.add_argument("--focal-gamma", type=float, metavar="G", default=0.0, help="focal loss gamma (0 = plain cross-entropy)")

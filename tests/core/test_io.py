@@ -137,3 +137,43 @@ def test_scan_folder(tmp_path):
     assert [p.name for p in scan_folder(tmp_path, recursive=True)] == ["a.tif", "b.tif", "d.tif"]
     with pytest.raises(InputError, match="no such folder"):
         scan_folder(tmp_path / "missing")
+
+
+def test_full_disk_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import tifffile as tf
+
+    def no_space(path, *args, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf, "imwrite", no_space)
+    with pytest.raises(InputError, match="no space left"):
+        write_tiff(tmp_path / "out.tif", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_header_only_tiff(tmp_path):
+    p = tmp_path / "header.tif"
+    p.write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\x00\x00" + b"\x00\x00\x00\x00")
+    with pytest.raises(InputError, match="no image data|not a valid TIFF|corrupt"):
+        read_image(p)
+
+
+def test_more_than_five_dimensions(tmp_path):
+    p = tmp_path / "six.tif"
+    tifffile.imwrite(p, np.zeros((2, 2, 2, 2, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="5 dimensions|repeated axes"):
+        read_image(p)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float64, bool])
+def test_unusual_dtypes_predict(tiny_model, blobs, dtype):
+    from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+
+    img, _, mask = blobs
+    data = mask if dtype is bool else img.astype(dtype)
+    pred = run_to_completion(predict_image(load_model(tiny_model, "cpu"), data))
+    assert pred.labels.shape == img.shape
