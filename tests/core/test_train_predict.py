@@ -182,3 +182,48 @@ def test_tiling_helpers():
     w = window(64, 64)
     assert w.shape == (64, 64) and w.min() > 0 and w[32, 32] == pytest.approx(w.max())
     assert torch is not None
+
+
+def test_out_of_memory_halves_the_tile_and_reports(tiny_model, blobs):
+    """An OOM on a large tile is retried with smaller tiles and reported as a warning."""
+    img, _, mask = blobs
+    lm = load_model(tiny_model, "cpu")
+    real = lm.model
+
+    class Fussy(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[-1] * x.shape[-2] > 128 * 128:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return real(x)
+
+    lm.model = Fussy()
+    big = np.tile(img, (3, 3))
+    events, pred = drive(predict_image(lm, big, tile=384))
+    warnings = [e for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert warnings and "out of memory" in warnings[0].text
+    assert pred.labels.shape == big.shape
+
+
+def test_out_of_memory_at_smallest_tile_is_a_clear_error(tiny_model, blobs):
+    img, _, _ = blobs
+    lm = load_model(tiny_model, "cpu")
+
+    class Hopeless(torch.nn.Module):
+        def forward(self, x):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    lm.model = Hopeless()
+    with pytest.raises(InputError, match="out of memory"):
+        drive(predict_image(lm, np.tile(img, (3, 3)), tile=256))
+
+
+def test_stop_during_prediction_returns_partial(tiny_model, blobs):
+    img, _, _ = blobs
+    lm = load_model(tiny_model, "cpu")
+    stop = threading.Event()
+    gen = predict_image(lm, np.tile(img, (4, 4)), tile=128, overlap=0.25, stop=stop)
+    first = next(gen)
+    assert isinstance(first, TileDone) and first.tiles > 4
+    stop.set()
+    _, pred = drive(gen)
+    assert pred.stopped

@@ -154,20 +154,21 @@ def _lr_factor(progress: float, warmup: float = 0.05) -> float:
 
 
 def _dice_scores(pred: np.ndarray, target: np.ndarray, n_classes: int, mode: str) -> tuple[float, list[float]]:
-    """(foreground Dice, per-class Dice) on pixels where target != -1."""
+    """(mean Dice over classes, per-class Dice) on pixels where target != -1.
+
+    Background counts as a class: a foreground-only Dice would reward a model
+    that paints everything as foreground when the held-out strokes are
+    mostly objects. Classes absent from both prediction and target are NaN and
+    left out of the mean.
+    """
     valid = target != IGNORE
     p, t = pred[valid], target[valid]
     per = []
     for c in range(n_classes):
         denom = np.count_nonzero(p == c) + np.count_nonzero(t == c)
         per.append(float(2 * np.count_nonzero((p == c) & (t == c)) / denom) if denom else float("nan"))
-    fp, ft = p > 0, t > 0
-    denom = fp.sum() + ft.sum()
-    fg = float(2 * np.count_nonzero(fp & ft) / denom) if denom else 1.0
-    if mode != "instances" and n_classes > 2:
-        vals = [d for d in per[1:] if not math.isnan(d)]
-        fg = float(np.mean(vals)) if vals else fg
-    return fg, per
+    vals = [d for d in per if not math.isnan(d)]
+    return (float(np.mean(vals)) if vals else 1.0), per
 
 
 class _Validator:

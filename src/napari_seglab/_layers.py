@@ -1,0 +1,236 @@
+"""napari layers <-> core arrays.
+
+Core arrays use canonical axes (a subset of ``TZYXC``, channels last; see
+:mod:`napari_seglab.core.io`). A napari image layer's data maps onto them as:
+
+- an RGB(A) layer (``layer.rgb``): ``(..., Y, X, 3|4)`` -> axes ending in ``C``;
+- any other layer: every axis is spatial or a stack axis, ``(Y, X)``,
+  ``(Z, Y, X)``, ``(T, Z, Y, X)``; a model with C input channels may also take
+  a ``(C, Y, X)`` layer whose first axis has C entries (napari's layout for a
+  multichannel image opened without ``channel_axis``).
+
+Output layers (labels, probabilities, boxes) reuse the image layer's scale
+and translate so they overlay the image, and replace a layer of the same
+name instead of stacking copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+
+from .core.errors import InputError
+from .core.io import guess_axes
+
+#: more boxes than this are not drawn (the Shapes layer gets slow); the best-scoring are kept
+MAX_BOXES = 3000
+BOX_TEXT = {"string": "{class}: {score:.2f}", "size": 8, "color": "white", "anchor": "upper_left"}
+BOX_COLORS = ("#ffd400", "#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c1a", "#b08cff")
+
+
+def _level0(data):
+    """The full-resolution array of a (possibly multiscale, possibly lazy) layer, as numpy."""
+    if isinstance(data, (list, tuple)) or type(data).__name__ == "MultiScaleData":
+        data = data[0]
+    return np.array(data, copy=True)
+
+
+def image_from_layer(layer, channels: int | None = None) -> tuple[np.ndarray, str]:
+    """A copy of an image layer's data and its canonical axes.
+
+    Returns ``(array, axes)``: e.g. ``((Y, X) uint16, "YX")``, ``((Z, Y, X, 3)
+    uint8, "ZYXC")``. ``channels``: the channel count a model expects; a non-RGB
+    ``(C, Y, X)`` layer with that many leading entries is read as channels.
+    """
+    data = _level0(layer.data)
+    if getattr(layer, "rgb", False):
+        return data, guess_axes(data.shape, rgb=True)
+    if channels and channels > 1 and data.ndim == 3 and data.shape[0] == channels:
+        return np.moveaxis(data, 0, -1).copy(), "YXC"
+    if data.ndim > 4:
+        raise InputError(f"layer {layer.name!r} has {data.ndim} dimensions; non-RGB images need 2 to 4 (T, Z, Y, X)")
+    return data, guess_axes(data.shape, rgb=False)
+
+
+def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
+    """The shape without the channel axis (what labels of this image must have)."""
+    return tuple(array.shape[:-1]) if "C" in axes else tuple(array.shape)
+
+
+def labels_from_layer(layer) -> np.ndarray:
+    """A copy of a labels layer's data (full resolution), any integer dtype."""
+    return _level0(layer.data)
+
+
+def current_plane(viewer, layer, axes: str) -> tuple[int, ...]:
+    """Index over the T/Z axes of the plane the viewer shows for ``layer`` (``()`` for 2D)."""
+    lead = [i for i, a in enumerate(axes) if a in "TZ"]
+    if not lead:
+        return ()
+    data_pos = layer.world_to_data(viewer.dims.point)
+    shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+    return tuple(int(np.clip(round(float(data_pos[i])), 0, shape[i] - 1)) for i in lead)
+
+
+def _placement(like, ndim: int) -> dict:
+    """scale/translate of layer ``like`` for a layer with ``ndim`` dimensions."""
+    if like is None:
+        return {}
+    scale, translate = np.asarray(like.scale), np.asarray(like.translate)
+    if len(scale) < ndim:  # a leading class axis, say
+        scale = np.concatenate([np.ones(ndim - len(scale)), scale])
+        translate = np.concatenate([np.zeros(ndim - len(translate)), translate])
+    return {"scale": tuple(scale[-ndim:]), "translate": tuple(translate[-ndim:])}
+
+
+def _existing(viewer, name: str, kind: type):
+    """The layer called ``name`` if it is a ``kind``; a layer of another kind is removed."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        # isinstance, not type(): plugin widgets see layers through napari's PublicOnlyProxy
+        if isinstance(layer, kind):
+            return layer
+        viewer.layers.remove(layer)
+    return None
+
+
+def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[int, ...] | None = None):
+    """Add labels as a Labels layer ``name``, or update the layer of that name.
+
+    ``labels``: the image's spatial shape, integer. With ``plane`` given (an
+    index over the leading T/Z axes), only that plane of an existing layer of
+    the same shape is replaced and the other planes keep their values.
+    """
+    labels = np.asarray(labels)
+    layer = _existing(viewer, name, Labels)
+    if layer is not None and layer.data.shape == labels.shape and not layer.multiscale:
+        if plane:
+            data = layer.data
+            if not np.can_cast(labels.dtype, data.dtype):
+                data = data.astype(np.result_type(data.dtype, labels.dtype))
+            data[plane] = labels[plane]
+            layer.data = data
+        else:
+            layer.data = labels
+        layer.refresh()
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_labels(labels, name=name, **_placement(like, labels.ndim))
+
+
+def show_probabilities(viewer, probabilities: np.ndarray, base_name: str, like=None,
+                       class_names=None) -> list:
+    """Add one Image layer per foreground class from ``(K, *spatial)`` float32 probabilities.
+
+    Two classes give one layer ``"<base_name> probability"``; more give
+    ``"<base_name> p(<class name>)"`` per class k >= 1. Returns the layers.
+    """
+    probabilities = np.asarray(probabilities)
+    k = probabilities.shape[0]
+    layers = []
+    colormaps = ("magma", "green", "magenta", "cyan", "yellow", "red", "blue")
+    for c in range(1, k):
+        if k == 2:
+            name = f"{base_name} probability"
+        else:
+            cname = class_names[c] if class_names and c < len(class_names) else f"class {c}"
+            name = f"{base_name} p({cname})"
+        data = probabilities[c]
+        layer = _existing(viewer, name, Image)
+        if layer is not None and layer.data.shape == data.shape:
+            layer.data = data
+        else:
+            if layer is not None:
+                viewer.layers.remove(layer)
+            layer = viewer.add_image(data, name=name, colormap=colormaps[(c - 1) % len(colormaps)],
+                                     contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
+                                     **_placement(like, data.ndim))
+        layers.append(layer)
+    return layers
+
+
+def _plane_of(row: dict) -> tuple[int, ...]:
+    plane = row.get("plane", "")
+    if plane in ("", None):
+        return ()
+    if isinstance(plane, (tuple, list)):
+        return tuple(int(p) for p in plane)
+    return tuple(int(p) for p in str(plane).split(","))
+
+
+def boxes_to_rectangles(rows: list[dict], ndim: int = 2) -> list[np.ndarray]:
+    """Box rows (y0, x0, y1, x1[, plane]) -> napari rectangles, each a (4, ndim) float array.
+
+    ``ndim`` is the labels' dimensionality; for stacks the row's ``plane``
+    ("3" or "1,2") fills the leading coordinates.
+    """
+    rects = []
+    for row in rows:
+        y0, x0, y1, x1 = (float(row[k]) for k in ("y0", "x0", "y1", "x1"))
+        corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
+        n_lead = ndim - 2
+        lead = ((0,) * n_lead + _plane_of(row))[-n_lead:] if n_lead else ()
+        if lead:
+            corners = np.hstack([np.tile(np.asarray(lead, float), (4, 1)), corners])
+        rects.append(corners)
+    return rects
+
+
+def keep_best(rows: list[dict], limit: int | None = None) -> tuple[list[dict], int]:
+    """The ``limit`` (default :data:`MAX_BOXES`) best-scoring rows, in their order, and how many were dropped."""
+    limit = MAX_BOXES if limit is None else limit
+    if len(rows) <= limit:
+        return list(rows), 0
+    order = np.argsort([-float(r.get("score", 0.0)) for r in rows], kind="stable")[:limit]
+    return [rows[i] for i in sorted(order)], len(rows) - limit
+
+
+def _box_features(rows: list[dict]) -> dict:
+    return {"class": np.array([int(r.get("class", 1)) for r in rows], dtype=int),
+            "score": np.array([float(r.get("score", 1.0)) for r in rows], dtype=float)}
+
+
+def _box_colors(rows: list[dict]) -> list[str]:
+    return [BOX_COLORS[(int(r.get("class", 1)) - 1) % len(BOX_COLORS)] for r in rows]
+
+
+def show_boxes(viewer, rows: list[dict], name: str, like=None, ndim: int = 2, score_threshold: float = 0.0):
+    """Show box rows as a Shapes layer of rectangles with features ``class`` and ``score``.
+
+    Every row is stored in ``layer.metadata["seglab_boxes"]`` so the layer can
+    be re-filtered by score later (:func:`filter_boxes`) without predicting
+    again. Above :data:`MAX_BOXES` rows only the best-scoring are drawn and a
+    warning says so.
+    """
+    layer = _existing(viewer, name, Shapes)
+    if layer is None:
+        # created with (empty) feature columns so the text template always finds them
+        layer = viewer.add_shapes(name=name, ndim=ndim, face_color="transparent", edge_width=1.5,
+                                  features=_box_features([]), text=BOX_TEXT, **_placement(like, ndim))
+    layer.metadata["seglab_boxes"] = [dict(r) for r in rows]
+    layer.metadata["seglab_ndim"] = ndim
+    filter_boxes(layer, score_threshold)
+    return layer
+
+
+def filter_boxes(layer, score_threshold: float) -> int:
+    """Redraw a :func:`show_boxes` layer with the stored rows scoring >= ``score_threshold``.
+
+    Returns the number of rectangles drawn.
+    """
+    rows = [r for r in layer.metadata.get("seglab_boxes", []) if float(r.get("score", 1.0)) >= score_threshold]
+    rows, dropped = keep_best(rows)
+    if dropped:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{len(rows) + dropped} boxes: drawing the {len(rows)} best-scoring only; "
+                     "raise the score threshold to see fewer")
+    ndim = int(layer.metadata.get("seglab_ndim", layer.ndim))
+    layer.data = []
+    if rows:
+        layer.add_rectangles(boxes_to_rectangles(rows, ndim), edge_color=_box_colors(rows),
+                             face_color="transparent")
+    layer.features = _box_features(rows)
+    layer.refresh()
+    return len(rows)

@@ -1,0 +1,59 @@
+"""napari dock widgets (Train, Predict, Batch) declared in ``napari.yaml``.
+
+The widgets are thin: they copy layer data, run a :mod:`napari_seglab.core`
+generator in a thread worker (:mod:`._worker`) and turn its events into a
+progress bar, status text and layers (:mod:`napari_seglab._layers`). The
+classes are imported lazily so that ``import napari_seglab._widgets`` stays
+cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+
+__all__ = ["BatchWidget", "PredictWidget", "TrainWidget"]
+
+
+def _preload_triton() -> None:
+    """Load Triton's LLVM with its own symbols first (Linux; no-op elsewhere).
+
+    torchvision imports ``torch._dynamo``, which imports Triton when it is
+    installed (it comes with CUDA builds of torch). When the viewer's OpenGL
+    driver is Mesa's LLVM-based llvmpipe or radeonsi, loading ``libtriton.so``
+    afterwards binds its bundled LLVM to Mesa's and segfaults. Opening the
+    library with ``RTLD_DEEPBIND`` first keeps the two apart; the later Python
+    import reuses this handle.
+    """
+    if not sys.platform.startswith("linux") or "triton" in sys.modules or not hasattr(os, "RTLD_DEEPBIND"):
+        return
+    with contextlib.suppress(Exception):
+        spec = importlib.util.find_spec("triton")
+        if spec is None or not spec.origin:
+            return
+        library = os.path.join(os.path.dirname(spec.origin), "_C", "libtriton.so")
+        if os.path.isfile(library):
+            import ctypes
+
+            ctypes.CDLL(library, mode=os.RTLD_NOW | os.RTLD_DEEPBIND)
+
+
+_preload_triton()
+
+
+def __getattr__(name: str):
+    if name == "TrainWidget":
+        from .train import TrainWidget
+
+        return TrainWidget
+    if name == "PredictWidget":
+        from .predict import PredictWidget
+
+        return PredictWidget
+    if name == "BatchWidget":
+        from .batch import BatchWidget
+
+        return BatchWidget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

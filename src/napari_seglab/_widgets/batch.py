@@ -1,0 +1,178 @@
+"""BatchWidget: segment a folder of TIFFs with a checkpoint (locally or on a Dask cluster)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, SpinBox
+
+from ..core.device import DEVICES
+from ..core.errors import InputError
+from ..core.events import FileDone, Message
+from . import _common as ui
+from ._worker import JobSlot, error_text, report_error, stop_on_destroy
+
+if TYPE_CHECKING:
+    import napari
+
+
+def batch_job(options: dict, stop: threading.Event):
+    """Run :func:`napari_seglab.core.batch.run_batch` with ``options``; returns its summary."""
+    try:
+        from ..core.batch import run_batch  # imported here: the widget opens even without it
+    except ImportError as exc:
+        raise InputError(f"batch processing is unavailable in this installation ({exc})") from exc
+    return (yield from run_batch(**options, stop=stop))
+
+
+def labels_output(done: FileDone) -> str | None:
+    """The label image a finished file produced (``<stem>_labels.tif``), if any."""
+    outputs = done.outputs or {}
+    if outputs.get("labels"):
+        return str(outputs["labels"])
+    for value in outputs.values():
+        if str(value).endswith("_labels.tif"):
+            return str(value)
+    return None
+
+
+class BatchWidget(Container):
+    """Dock widget: run a model over every matching file of a folder, then open results."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        self._viewer = napari_viewer
+        self._slot = JobSlot()
+        self.results: list[FileDone] = []
+        self.summary = None
+
+        self._input = ui.file_picker("input folder", "d", tooltip="folder with the images to segment")
+        self._output = ui.file_picker("output folder", "d", tooltip="where labels, tables and the manifest go")
+        self._model = ui.file_picker("model file", "r", "*.pt")
+        self._pattern = LineEdit(label="pattern", value="*.tif", tooltip="file name pattern, e.g. *.tif or *_dapi.tiff")
+        self._device = ui.choice_combo("device", DEVICES, "auto")
+        self._workers = SpinBox(label="workers", value=0, min=0, max=256, tooltip="parallel processes; 0 = automatic")
+        self._scheduler = LineEdit(label="scheduler", value="",
+                                   tooltip="a Dask scheduler address (tcp://host:8786); empty = local worker processes; sync = inside napari")
+        self._scheduler.native.setPlaceholderText("local; or tcp://host:8786, or sync")
+        self._recursive = CheckBox(text="include sub-folders", value=False)
+        self._probabilities = CheckBox(text="write probabilities", value=False)
+        self._measurements = CheckBox(text="measure objects (CSV)", value=True)
+        self._skip = CheckBox(text="skip files already done", value=False)
+        self._controls = ui.RunControls("Run", self._on_run, self._on_stop)
+        self._summary = ui.wrapped_label("", small=True)
+        self._result_choice = ComboBox(label="result", choices=self._result_choices, nullable=True)
+        ui._elide_combo(self._result_choice)
+        self._open = PushButton(text="Open result")
+        self._open.changed.connect(self._on_open)
+
+        files = ui.form("Files", [self._input, self._output, self._model, self._pattern], [self._recursive])
+        run = ui.form("Run", [self._device, self._workers, self._scheduler],
+                      [self._probabilities, self._measurements, self._skip])
+        results = Container(widgets=[self._result_choice, self._open], layout="horizontal", labels=False)
+        results.margins = (0, 0, 0, 0)
+        done = ui.form("Results", [], [self._summary, results])
+        ui.align_labels([files, run])
+        self._inputs = [files, run]
+        super().__init__(widgets=[files, run, self._controls, done], labels=False)
+        self.reset_choices()
+        stop_on_destroy(self.native, self._slot)
+
+    @property
+    def busy(self) -> bool:
+        return self._slot.busy
+
+    def batch_options(self) -> dict:
+        """Keyword arguments for ``run_batch`` from the controls (InputError when incomplete)."""
+        input_dir, output_dir, model = (ui.path_or_none(w) for w in (self._input, self._output, self._model))
+        if input_dir is None or not input_dir.is_dir():
+            raise InputError("choose an existing input folder")
+        if output_dir is None:
+            raise InputError("choose an output folder")
+        if model is None:
+            raise InputError("choose a model file (.pt)")
+        return {
+            "model": str(model), "input_dir": str(input_dir), "output_dir": str(output_dir),
+            "pattern": self._pattern.value.strip() or "*.tif", "recursive": self._recursive.value,
+            "probabilities": self._probabilities.value, "measurements": self._measurements.value,
+            "skip_existing": self._skip.value, "workers": self._workers.value or None,
+            "scheduler": self._scheduler.value.strip() or None, "device": self._device.value,
+        }
+
+    def _result_choices(self, _widget=None):
+        return [(f"{Path(d.path).name} ({d.status})", d) for d in self.results]
+
+    def _on_run(self) -> None:
+        try:
+            options = self.batch_options()
+        except InputError as exc:
+            report_error(exc)
+            self._controls.say(error_text(exc))
+            return
+        self.results = []
+        self.summary = None
+        self._result_choice.reset_choices()
+        self._summary.value = ""
+        self._controls.set_fraction(0)
+        self._controls.say("starting...")
+        self._set_busy(True)
+        self._slot.start(lambda stop: batch_job(options, stop), on_event=self._on_event,
+                         on_result=self._on_result, on_error=lambda exc: self._controls.say(error_text(exc)),
+                         on_done=lambda: self._set_busy(False))
+
+    def _on_stop(self) -> None:
+        self._slot.stop()
+        self._controls.say("stopping after the files in progress...")
+
+    def _set_busy(self, busy: bool) -> None:
+        ui.set_enabled(self._inputs, not busy)
+        self._controls.set_busy(busy)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, FileDone):
+            self._controls.set_fraction(event.index / max(1, event.total))
+            note = f": {event.error}" if event.error else ""
+            self._controls.say(f"{event.index}/{event.total} {Path(event.path).name} {event.status}{note}")
+            if event.status == "ok" or (event.status == "skipped" and labels_output(event)):
+                self.results.append(event)
+                self._result_choice.reset_choices()
+                self._result_choice.value = event
+        elif isinstance(event, Message):
+            self._controls.say(event.text)
+
+    def _on_result(self, summary) -> None:
+        self.summary = summary
+        self._controls.set_fraction(1.0)
+        self._controls.say("done")
+        self._summary.value = (f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of "
+                               f"{summary.total} in {summary.seconds:.1f} s\n"
+                               f"outputs: {summary.output_dir}\nmanifest: {os.path.basename(summary.manifest)}, "
+                               f"summary: {os.path.basename(summary.summary_csv)}")
+
+    def _on_open(self, *_args) -> None:
+        done = self._result_choice.value
+        if done is None:
+            return
+        try:
+            self.open_result(done)
+        except InputError as exc:
+            report_error(exc)
+
+    def open_result(self, done: FileDone) -> None:
+        """Load a finished file's input image and its labels output into the viewer."""
+        from ..core.io import read_image, read_labels
+
+        image = read_image(done.path)
+        stem = Path(done.path).stem
+        channels = image.axes.endswith("C")
+        if channels and image.data.shape[-1] in (3, 4):
+            self._viewer.add_image(image.data, name=stem, rgb=True)
+        elif channels:
+            self._viewer.add_image(image.data, name=stem, channel_axis=-1)
+        else:
+            self._viewer.add_image(image.data, name=stem)
+        out = labels_output(done)
+        if out and Path(out).is_file():
+            self._viewer.add_labels(read_labels(out), name=f"{stem} labels")

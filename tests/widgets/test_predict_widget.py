@@ -1,0 +1,132 @@
+"""PredictWidget in a real viewer: aligned labels, one plane of a stack, boxes and their threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+from widget_helpers import WAIT_MS, click, dock
+
+from napari_seglab.core.predict import Prediction
+
+
+def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(tiny_nuclei[0], name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_checkpoint)
+    assert "unet Unet/resnet18" in widget._about.value and "scribbles" in widget._about.value
+    widget._probabilities.value = True
+    widget._device.value = "cpu"
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    labels = viewer.layers["cells labels"]
+    assert labels.data.shape == image.data.shape and np.issubdtype(labels.data.dtype, np.integer)
+    assert np.allclose(labels.scale, image.scale) and np.allclose(labels.translate, image.translate)
+    probability = viewer.layers["cells probability"]
+    assert probability.data.shape == image.data.shape
+    assert probability.data.min() >= 0.0 and probability.data.max() <= 1.0
+    assert "done" in widget._controls.status.value and widget._controls.run_button.enabled
+
+    # a second run replaces the layers instead of stacking copies, and reuses the loaded model
+    model = widget._model_cache[1]
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert [layer.name for layer in viewer.layers].count("cells labels") == 1
+    assert widget._model_cache[1] is model
+
+
+def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    stack = np.stack([tiny_nuclei[0]] * 3)
+    viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
+    earlier = viewer.add_labels(np.full(stack.shape, 7, np.int32), name="stack labels")
+    viewer.dims.set_point(0, 3.0)  # world z = 3 is plane 1 at a z-scale of 3
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget._device.value = "cpu"
+    widget._only_plane.value = True
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    data = viewer.layers["stack labels"].data
+    assert viewer.layers["stack labels"] is earlier
+    assert np.all(data[0] == 7) and np.all(data[2] == 7)  # untouched planes keep their labels
+    assert set(np.unique(data[1])) <= {0, 1}  # the shown plane holds the new prediction
+    assert widget.last_prediction.labels[[0, 2]].max() == 0
+
+
+def _boxes_prediction(shape, rows):
+    labels = np.zeros(shape, np.int32)
+    return Prediction(labels=labels, boxes=rows, kind="instances")
+
+
+ROWS = [
+    {"y0": 2, "x0": 3, "y1": 12, "x1": 20, "class": 1, "score": 0.9, "plane": ""},
+    {"y0": 30, "x0": 40, "y1": 50, "x1": 60, "class": 2, "score": 0.6, "plane": ""},
+    {"y0": 5, "x0": 70, "y1": 15, "x1": 90, "class": 1, "score": 0.3, "plane": ""},
+]
+
+
+def test_boxes_become_rectangles_and_the_threshold_refilters_them(make_napari_viewer, tiny_nuclei):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(tiny_nuclei[0], name="cells", scale=(2.0, 2.0))
+    widget = dock(viewer, "Predict")
+    widget._threshold.value = 0.0
+    widget.show_prediction(_boxes_prediction(image.data.shape, ROWS), image)
+
+    boxes = viewer.layers["cells boxes"]
+    assert boxes.nshapes == 3 and set(boxes.shape_type) == {"rectangle"}
+    assert list(boxes.features["score"]) == [0.9, 0.6, 0.3] and list(boxes.features["class"]) == [1, 2, 1]
+    assert np.allclose(boxes.data[0].min(0), [2, 3]) and np.allclose(boxes.data[0].max(0), [12, 20])
+    assert np.allclose(boxes.scale, image.scale)
+    assert "{class}" in boxes.text.string.format
+
+    widget._threshold.value = 0.5  # re-filters the stored rows; nothing is predicted again
+    assert boxes.nshapes == 2 and list(boxes.features["score"]) == [0.9, 0.6]
+    assert widget._slot.job is None
+    widget._threshold.value = 0.0
+    assert boxes.nshapes == 3
+
+
+def test_boxes_of_a_stack_sit_on_their_plane(make_napari_viewer, tiny_nuclei):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.stack([tiny_nuclei[0]] * 3), name="stack")
+    widget = dock(viewer, "Predict")
+    rows = [dict(ROWS[0], plane="2"), dict(ROWS[1], plane="0")]
+    widget.show_prediction(_boxes_prediction(stack.data.shape, rows), stack)
+    boxes = viewer.layers["stack boxes"]
+    assert boxes.ndim == 3 and boxes.nshapes == 2
+    assert np.all(boxes.data[0][:, 0] == 2) and np.all(boxes.data[1][:, 0] == 0)
+
+
+def test_too_many_boxes_keep_the_best_and_warn(make_napari_viewer, tiny_nuclei, monkeypatch):
+    from napari.utils import notifications
+
+    from napari_seglab import _layers
+
+    warnings = []
+    monkeypatch.setattr(notifications, "show_warning", warnings.append)
+    monkeypatch.setattr(_layers, "MAX_BOXES", 2)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget._threshold.value = 0.0
+    widget.show_prediction(_boxes_prediction(image.data.shape, ROWS), image)
+    boxes = viewer.layers["cells boxes"]
+    assert boxes.nshapes == 2 and sorted(boxes.features["score"]) == [0.6, 0.9]
+    assert len(warnings) == 1 and "best-scoring" in warnings[0]
+
+
+def test_a_bad_model_file_is_explained(make_napari_viewer, tiny_nuclei, tmp_path, errors):
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a model")
+    widget.set_checkpoint(bad)
+    assert "cannot use this file" in widget._about.value
+
+    click(widget._controls.run_button)
+    assert not widget.busy and len(errors) == 1 and "corrupt" in errors[0]
+    assert widget._controls.run_button.enabled

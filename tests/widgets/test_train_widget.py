@@ -1,0 +1,124 @@
+"""TrainWidget in a real viewer: opened through the manifest, trains, stops, reports bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
+
+from napari_seglab.core.labels import LEGEND
+
+
+def test_opens_through_manifest_and_follows_the_layers(make_napari_viewer, tiny_nuclei):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Train")
+    assert widget._image.value is None
+    image_layer, labels_layer = image_and_scribbles(viewer, tiny_nuclei)
+    assert widget._image.value is image_layer and widget._labels_combo.value is labels_layer
+    viewer.layers.remove(labels_layer)
+    assert widget._labels_combo.value is None
+
+    widget._mode.value = "instances"
+    assert "each object its own id" in widget._legend.value
+    assert "each object" in LEGEND["instances"]
+    widget._family.value = "fcn"
+    assert "fcn_resnet50" in widget._arch.choices and not widget._encoder.enabled
+    widget._family.value = "maskrcnn"
+    assert widget._mode.value == "instances"
+
+
+def test_train_end_to_end_adds_the_prediction(make_napari_viewer, qtbot, tiny_nuclei, tmp_path):
+    viewer = make_napari_viewer()
+    image_layer, _ = image_and_scribbles(viewer, tiny_nuclei, scale=(0.5, 0.5), translate=(3.0, 4.0))
+    widget = dock(viewer, "Train")
+    set_tiny_training(widget, tmp_path / "model.pt")
+    widget._preview.value = 1  # live previews land in the same layer
+
+    click(widget._controls.run_button)
+    assert widget.busy and not widget._controls.run_button.enabled and widget._controls.stop_button.enabled
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("cells prediction") == 1
+    pred = viewer.layers["cells prediction"]
+    assert pred.data.shape == image_layer.data.shape
+    assert np.allclose(pred.scale, image_layer.scale) and np.allclose(pred.translate, image_layer.translate)
+    assert widget.last_checkpoint == tmp_path / "model.pt" and widget.last_checkpoint.is_file()
+    assert widget.last_result.steps == 2
+    assert "done" in widget._controls.status.value
+    assert widget._controls.run_button.enabled and not widget._controls.stop_button.enabled
+    # the next run gets a fresh default file name only when the user kept the default
+    assert widget._save_to.value == tmp_path / "model.pt"
+
+    click(widget._use_in_predict)  # opens (or shows) the Predict widget with this model
+    _dock, predict = viewer.window.add_plugin_dock_widget("napari-seglab", "Predict")
+    assert predict._file.value == tmp_path / "model.pt" and "resnet18" in predict._about.value
+    assert predict._image.value == image_layer
+
+
+def test_stop_returns_control_and_keeps_the_model(make_napari_viewer, qtbot, tiny_nuclei, tmp_path):
+    viewer = make_napari_viewer()
+    image_and_scribbles(viewer, tiny_nuclei)
+    widget = dock(viewer, "Train")
+    set_tiny_training(widget, tmp_path / "model.pt", epochs=1000, steps=5)
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: "step 2" in widget._controls.status.value, timeout=WAIT_MS)
+    click(widget._controls.stop_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert widget.last_result.stopped and widget.last_result.steps < 5000
+    assert widget.last_checkpoint.is_file()
+    assert "stopped" in widget._controls.status.value
+    assert widget._controls.run_button.enabled and widget._inputs[0].enabled
+    assert "cells prediction" in viewer.layers
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    (np.zeros((10, 10), np.uint8), "does not match the image shape"),
+    (np.zeros((64, 96), np.uint8), "empty"),
+])
+def test_bad_labels_show_an_error_and_the_widget_stays_usable(make_napari_viewer, qtbot, tiny_nuclei, tmp_path,
+                                                              errors, labels, expected):
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    viewer.add_labels(labels, name="paint")
+    widget = dock(viewer, "Train")
+    set_tiny_training(widget, tmp_path / "model.pt")
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert len(errors) == 1 and expected in errors[0]
+    assert expected in widget._controls.status.value
+    assert widget._controls.run_button.enabled and widget._inputs[0].enabled
+    assert "cells prediction" not in viewer.layers and not (tmp_path / "model.pt").exists()
+
+
+def test_settings_errors_are_reported_before_starting(make_napari_viewer, tiny_nuclei, tmp_path, errors):
+    viewer = make_napari_viewer()
+    image_and_scribbles(viewer, tiny_nuclei)
+    widget = dock(viewer, "Train")
+    set_tiny_training(widget, tmp_path / "model.pt")
+    widget._lr.value = "fast"
+    click(widget._controls.run_button)
+    assert not widget.busy and "learning rate" in errors[-1]
+    widget._lr.value = "1e-3"
+    widget._epochs.value = 0  # and no time budget
+    click(widget._controls.run_button)
+    assert not widget.busy and "epochs or a time limit" in errors[-1]
+
+
+def test_closing_the_viewer_stops_a_running_training(make_napari_viewer, qtbot, tiny_nuclei, tmp_path):
+    viewer = make_napari_viewer()
+    image_and_scribbles(viewer, tiny_nuclei)
+    widget = dock(viewer, "Train")
+    set_tiny_training(widget, tmp_path / "model.pt", epochs=1000, steps=5)
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: "step 1" in widget._controls.status.value, timeout=WAIT_MS)
+    job = widget._slot.job
+
+    viewer.close()
+    qtbot.waitUntil(job.done_event.is_set, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not job.running, timeout=WAIT_MS)
+    assert job.stop_event.is_set()

@@ -1,0 +1,40 @@
+"""Helpers shared by the widget tests (imported as a plain module)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: generous: a CPU training step on 2 cores can take a second or two under load
+WAIT_MS = 120_000
+
+TINY = {"encoder": "resnet18", "patch": 64, "batch_size": 2, "device": "cpu", "pretrained": None}
+
+
+def set_tiny_training(widget, save_to, *, epochs=1, steps=2):
+    """Set a TrainWidget's controls for a run of a few seconds on the CPU."""
+    widget._encoder.native.setEditText(TINY["encoder"])
+    widget._patch.value = TINY["patch"]
+    widget._batch.value = TINY["batch_size"]
+    widget._device.value = "cpu"
+    widget._epochs.value = epochs
+    widget._steps.value = steps
+    widget._save_to.value = save_to
+
+
+def click(button) -> None:
+    """Press a magicgui PushButton as a user would."""
+    button.native.click()
+
+
+def dock(viewer, name: str):
+    """Open one of our widgets through the plugin manifest; returns the widget."""
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-seglab", name)
+    return widget
+
+
+def image_and_scribbles(viewer, tiny_nuclei, **image_kwargs):
+    image, _instances, scribbles = tiny_nuclei
+    image_layer = viewer.add_image(image, name="cells", **image_kwargs)
+    labels_layer = viewer.add_labels(np.asarray(scribbles), name="paint",
+                                     **{k: v for k, v in image_kwargs.items() if k in ("scale", "translate")})
+    return image_layer, labels_layer
