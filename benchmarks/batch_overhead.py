@@ -7,6 +7,12 @@ once and runs in this process; the batch time counts everything from the
 call to the return: cluster start, worker imports, model load per worker,
 manifest and summary, cluster shutdown.
 
+The loop runs in a plain thread by default, like the worker thread of a
+one-worker local cluster: on Linux, torch on a process's *main* thread ran
+1.3-2x slower here (glibc's main malloc arena returns large buffers to the OS
+and takes page faults on every forward), which would flatter the batch for a
+reason that has nothing to do with its overhead. ``--main-thread`` shows it.
+
     python benchmarks/batch_overhead.py [--n 64] [--size 512] [--workers N] [--repeat R] [--quick]
 
 Prints both times and the ratio last ("ratio batch/loop: 1.07x"); with
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +65,15 @@ def warm_up(model: Path, inputs: Path) -> None:
 
     img = read_image(sorted(inputs.glob("*.tif"))[0])
     run_to_completion(predict_image(load_model(str(model), "auto"), img.data, img.axes, split_instances=True))
+
+
+def in_thread(fn, *args):
+    """Run ``fn(*args)`` in a new thread and return its result."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("value", fn(*args)))
+    thread.start()
+    thread.join()
+    return out["value"]
 
 
 def plain_loop(model: Path, inputs: Path, out: Path) -> float:
@@ -114,6 +130,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="local workers (default: run_batch's choice)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternate loop and batch this many times; the best time of each counts")
+    parser.add_argument("--main-thread", action="store_true", help="run the loop on the main thread")
     parser.add_argument("--quick", action="store_true", help="a small run: 12 images of 256 px")
     args = parser.parse_args()
     if args.quick:
@@ -129,9 +146,12 @@ def main() -> None:
               f"torch {torch.__version__}, {torch.get_num_threads()} torch threads in this process")
         warm_up(root / "model.pt", root / "in")
         loops, batches = [], []
+        runs_on = "main thread" if args.main_thread else "a thread"
         for r in range(args.repeat):
-            loops.append(plain_loop(root / "model.pt", root / "in", root / f"out_loop{r}"))
-            print(f"plain loop:   {loops[-1]:7.2f} s  ({loops[-1] / args.n * 1000:.0f} ms/image)", flush=True)
+            loop_args = (plain_loop, root / "model.pt", root / "in", root / f"out_loop{r}")
+            loops.append(loop_args[0](*loop_args[1:]) if args.main_thread else in_thread(*loop_args))
+            print(f"plain loop:   {loops[-1]:7.2f} s  ({loops[-1] / args.n * 1000:.0f} ms/image, {runs_on})",
+                  flush=True)
             seconds, where = batch(root / "model.pt", root / "in", root / f"out_batch{r}", args.workers)
             batches.append(seconds)
             print(f"run_batch:    {seconds:7.2f} s  ({where})", flush=True)

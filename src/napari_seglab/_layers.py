@@ -26,6 +26,8 @@ from .core.io import guess_axes
 MAX_BOXES = 3000
 BOX_TEXT = {"string": "{class}: {score:.2f}", "size": 8, "color": "white", "anchor": "upper_left"}
 BOX_COLORS = ("#ffd400", "#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c1a", "#b08cff")
+#: ``layer.metadata`` key saying what wrote a layer ("prediction", "preview", "correction", "suggestions")
+ROLE = "seglab_role"
 
 
 def _level0(data):
@@ -50,6 +52,23 @@ def image_from_layer(layer, channels: int | None = None) -> tuple[np.ndarray, st
     if data.ndim > 4:
         raise InputError(f"layer {layer.name!r} has {data.ndim} dimensions; non-RGB images need 2 to 4 (T, Z, Y, X)")
     return data, guess_axes(data.shape, rgb=False)
+
+
+def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
+    """``labels`` in the smallest unsigned dtype that holds them, at least ``smallest``.
+
+    napari draws uint8/uint16 labels straight from the array, while wider
+    integers are re-mapped for every slice it shows, on the GUI thread; call
+    this in the worker. Negative or very large ids are returned unchanged.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.dtype.kind not in "ui":
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    for dtype in (np.uint8, np.uint16):
+        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and low >= 0 and high <= np.iinfo(dtype).max:
+            return labels if labels.dtype == dtype else labels.astype(dtype)
+    return labels
 
 
 def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
@@ -94,12 +113,15 @@ def _existing(viewer, name: str, kind: type):
     return None
 
 
-def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[int, ...] | None = None):
+def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[int, ...] | None = None,
+                role: str | None = None):
     """Add labels as a Labels layer ``name``, or update the layer of that name.
 
     ``labels``: the image's spatial shape, integer. With ``plane`` given (an
     index over the leading T/Z axes), only that plane of an existing layer of
     the same shape is replaced and the other planes keep their values.
+    ``role`` is stored as ``layer.metadata[ROLE]`` ("prediction", "preview",
+    "correction"): model output is never mistaken for an annotation.
     """
     labels = np.asarray(labels)
     layer = _existing(viewer, name, Labels)
@@ -113,10 +135,139 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
         else:
             layer.data = labels
         layer.refresh()
+    else:
+        if layer is not None:
+            viewer.layers.remove(layer)
+        layer = viewer.add_labels(labels, name=name, **_placement(like, labels.ndim))
+    if role is not None:
+        layer.metadata[ROLE] = role
+    return layer
+
+
+def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, ...],
+               plane: tuple[int, ...] = (), like=None, below=None):
+    """Write one plane of labels into the Labels layer ``name`` (created once, then updated in place).
+
+    ``plane_labels``: ``(Y, X)`` integer (uint8 keeps the update cheap);
+    ``spatial``: the full labels shape; ``plane``: the T/Z index (``()`` for
+    2D). Only that plane changes, so a live preview of a large stack costs
+    the GUI thread one plane per update. A new layer goes just ``below`` the
+    given layer and leaves the user's selection alone.
+    """
+    plane_labels = np.asarray(plane_labels)
+    layer = _existing(viewer, name, Labels)
+    if layer is not None and tuple(layer.data.shape) == tuple(spatial) and not layer.multiscale \
+            and np.can_cast(plane_labels.dtype, layer.data.dtype):
+        if plane:
+            layer.data[plane] = plane_labels
+            layer.refresh()
+        else:
+            layer.data = plane_labels
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    return viewer.add_labels(labels, name=name, **_placement(like, labels.ndim))
+    data = plane_labels if not plane else np.zeros(spatial, plane_labels.dtype)
+    if plane:
+        data[plane] = plane_labels
+    selected = list(viewer.layers.selection)
+    layer = viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim))
+    layer.metadata[ROLE] = "preview"
+    if below is not None and below in viewer.layers:
+        viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(below))
+    if selected:
+        viewer.layers.selection.clear()
+        viewer.layers.selection.update(selected)
+        viewer.layers.selection.active = selected[0]
+    return layer
+
+
+def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None):
+    """Put editable labels (see :func:`correction_labels`) in the Labels layer ``name``, ready to paint.
+
+    The layer becomes the selected one, in paint mode, with a label that
+    helps: a new object id (instances) or the first class (scribbles,
+    classes).
+    """
+    layer = show_labels(viewer, labels, name, like=like, role="correction")
+    viewer.layers.selection.active = layer
+    layer.mode = "paint"
+    top = int(np.max(layer.data)) if layer.data.size else 0
+    layer.selected_label = top + 1 if mode == "instances" else (2 if mode == "scribbles" else 1)
+    return layer
+
+
+def correction_labels(prediction: np.ndarray, kind: str, mode: str,
+                      planes: list[tuple[int, ...]] | None = None) -> np.ndarray:
+    """Labels in ``mode`` to correct from predicted ``prediction`` (image shape, integer).
+
+    ``kind`` is the prediction's ("semantic" or "instances"): object ids
+    become one foreground class for the semantic modes. ``planes``: the T/Z
+    planes that were predicted (None = all); the others stay 0, which means
+    "not annotated" for scribbles.
+    """
+    from .core.labels import to_correction
+
+    prediction = np.asarray(prediction)
+    if kind == "instances" and mode != "instances":
+        prediction = (prediction > 0).astype(np.uint8)
+    if not planes:
+        return to_correction(prediction, mode)
+    out = None
+    for index in planes:
+        part = to_correction(prediction[index], mode)
+        if out is None:
+            out = np.zeros(prediction.shape, part.dtype)
+        out[index] = part
+    return out
+
+
+def show_uncertainty(viewer, uncertainty: np.ndarray, name: str, like=None):
+    """Show a ``(*spatial)`` float32 map in [0, 1] as the Image layer ``name`` (magma, fixed 0..1)."""
+    uncertainty = np.asarray(uncertainty, dtype=np.float32)
+    layer = _existing(viewer, name, Image)
+    if layer is not None and layer.data.shape == uncertainty.shape:
+        layer.data = uncertainty
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    return viewer.add_image(uncertainty, name=name, colormap="magma", contrast_limits=(0.0, 1.0),
+                            blending="additive", opacity=0.8, **_placement(like, uncertainty.ndim))
+
+
+def show_regions(viewer, rows: list[dict], name: str, like=None, ndim: int = 2):
+    """Draw "paint here next" boxes (rows y0, x0, y1, x1[, plane], most uncertain first) as numbered rectangles."""
+    layer = _existing(viewer, name, Shapes)
+    if layer is not None:
+        viewer.layers.remove(layer)
+    features = {"rank": np.arange(1, len(rows) + 1, dtype=int)}
+    layer = viewer.add_shapes(boxes_to_rectangles(rows, ndim) if rows else None, ndim=ndim, name=name,
+                              shape_type="rectangle", edge_color="#00e5ff", face_color="transparent",
+                              edge_width=2, features=features,
+                              text={"string": "{rank}", "size": 10, "color": "#00e5ff", "anchor": "upper_left"},
+                              **_placement(like, ndim))
+    layer.metadata[ROLE] = "suggestions"
+    return layer
+
+
+#: name endings that pair a Labels layer with the Image layer it annotates ("cells scribbles" -> "cells")
+PAIR_SUFFIXES = ("labels", "scribbles", "annotations", "corrected")
+
+
+def matching_pairs(viewer) -> list[tuple]:
+    """(image layer, labels layer) for every Labels layer named ``"<image name> <suffix>"``.
+
+    Suffixes are :data:`PAIR_SUFFIXES`; layers written by a model (a role of
+    "prediction", "preview" or "suggestions") are left out, corrections are in.
+    """
+    images = {layer.name: layer for layer in viewer.layers if isinstance(layer, Image)}
+    pairs = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Labels) or layer.metadata.get(ROLE) in ("prediction", "preview"):
+            continue
+        stem, _, suffix = layer.name.rpartition(" ")
+        if suffix in PAIR_SUFFIXES and stem in images:
+            pairs.append((images[stem], layer))
+    return pairs
 
 
 def show_probabilities(viewer, probabilities: np.ndarray, base_name: str, like=None,

@@ -227,3 +227,25 @@ def test_stop_during_prediction_returns_partial(tiny_model, blobs):
     stop.set()
     _, pred = drive(gen)
     assert pred.stopped
+
+
+def test_self_training_adds_confident_pixels_but_not_held_out_ones():
+    from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+    from napari_seglab.core.train import _pseudo_labelled, prepare_samples
+
+    img, inst = make_nuclei(shape=(96, 96), seed=5)
+    scrib = make_scribbles(inst, seed=5, n_objects=8, n_background=4)
+    cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=2, self_training_at=(0.5,), **TINY)
+    events, result = drive(train([img], [scrib], cfg))
+    assert any(isinstance(e, Message) and e.text.startswith("self-training") for e in events)
+    # the pseudo-labelling itself: painted pixels kept, held-out ones stay ignored
+    samples, _, _ = prepare_samples([img], [scrib], "scribbles")
+    held = np.zeros(scrib.shape, bool)
+    held[:10] = True
+    lm = load_model(result.checkpoint, "cpu")
+    blank = [type(samples[0])(samples[0].image, np.where(held, -1, samples[0].target))]
+    dense, added = _pseudo_labelled(lm.model, lm.meta, lm.device, blank, [held], threshold=0.0)
+    assert added == int(((scrib == 0) & ~held).sum())
+    painted = (scrib > 0) & ~held
+    np.testing.assert_array_equal(dense[0].target[painted], scrib[painted].astype(np.int64) - 1)
+    assert (dense[0].target[held] == -1).all()

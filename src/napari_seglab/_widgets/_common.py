@@ -1,8 +1,8 @@
-"""Small GUI pieces the dock widgets share: layer pickers, file pickers, progress + status."""
+"""Small GUI pieces the dock widgets share: layer pickers, file pickers, progress + status, tabs, pair lists."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
@@ -82,11 +82,11 @@ class RunControls(Container):
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.run_button.changed.connect(lambda *_: on_run())
         self.stop_button.changed.connect(lambda *_: on_stop())
-        buttons = Container(widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False)
-        buttons.margins = (0, 0, 0, 0)
+        self.buttons = Container(widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False)
+        self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_MAX)
         self.status = wrapped_label("")
-        super().__init__(widgets=[buttons, self.progress, self.status], labels=False)
+        super().__init__(widgets=[self.buttons, self.progress, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
 
     def set_busy(self, busy: bool) -> None:
@@ -132,3 +132,103 @@ def align_labels(forms: list[Container]) -> None:
 def set_enabled(widgets, enabled: bool) -> None:
     for widget in widgets:
         widget.enabled = enabled
+
+
+def button_row(*buttons: PushButton) -> Container:
+    """Buttons side by side, sharing the dock's width."""
+    row = Container(widgets=list(buttons), layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+def holder(qwidget) -> Container:
+    """A magicgui Container around a plain QWidget (a plot), so it can sit in a magicgui layout."""
+    box = Container(labels=False)
+    box.margins = (0, 0, 0, 0)
+    box.native.layout().addWidget(qwidget)
+    return box
+
+
+class Tabs(Container):
+    """magicgui sub-forms as the pages of a QTabWidget (keeps a long dock widget short).
+
+    ``reset_choices`` reaches the pages, so their layer pickers still follow
+    the viewer's layers.
+    """
+
+    def __init__(self, pages: list[tuple[str, Container]]):
+        from qtpy.QtWidgets import QTabWidget
+
+        self.pages = [page for _title, page in pages]
+        self.tab_widget = QTabWidget()
+        self.tab_widget.setDocumentMode(True)
+        for title, page in pages:
+            self.tab_widget.addTab(page.native, title)
+        super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(self.tab_widget)
+
+    def reset_choices(self, *_args) -> None:
+        super().reset_choices()
+        for page in self.pages:
+            page.reset_choices()
+
+    def show_page(self, index: int) -> None:
+        self.tab_widget.setCurrentIndex(index)
+
+
+class PairList(Container):
+    """More (image, labels) pairs: rows of two layer pickers and a remove button, then an add button."""
+
+    def __init__(self, viewer):
+        self._viewer = viewer
+        self.rows: list[Container] = []
+        self.add_button = PushButton(text="+ add an image/labels pair",
+                                     tooltip="train on several images at once, each with its own labels")
+        self.add_button.changed.connect(lambda *_: self.add_row())
+        super().__init__(widgets=[self.add_button], labels=False)
+        self.margins = (0, 0, 0, 0)
+
+    def add_row(self, image=None, labels=None) -> Container:
+        """Add a row of pickers (preset to the given layers when they are in the viewer)."""
+        from napari.layers import Image, Labels
+
+        image_combo = layer_picker(self._viewer, Image, "", "an image to learn from")
+        labels_combo = layer_picker(self._viewer, Labels, "", "its labels, same shape")
+        remove = PushButton(text="\u2212", tooltip="remove this pair")
+        remove.native.setFixedWidth(28)
+        row = Container(widgets=[image_combo, labels_combo, remove], layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        remove.changed.connect(lambda *_: self.remove_row(row))
+        self.insert(len(self) - 1, row)
+        self.rows.append(row)
+        for combo, layer in ((image_combo, image), (labels_combo, labels)):
+            combo.reset_choices()
+            if layer is not None and layer in self._viewer.layers:
+                combo.value = layer
+        return row
+
+    def remove_row(self, row: Container) -> None:
+        if row in self.rows:
+            self.rows.remove(row)
+            self.remove(row)
+
+    def pairs(self) -> list[tuple]:
+        """(image layer, labels layer) of each row; a row missing a layer gives None there."""
+        return [(row[0].value, row[1].value) for row in self.rows]
+
+
+def relay(gen: Generator, change: Callable[[object], object]) -> Generator:
+    """Pass ``gen``'s events through ``change`` (in the worker thread); return ``gen``'s value.
+
+    Closing the relay closes ``gen``, so the core's clean-up still runs.
+    """
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as end:
+                return end.value
+            yield change(event)
+    finally:
+        gen.close()

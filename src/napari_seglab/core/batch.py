@@ -191,13 +191,17 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
 
 
 def auto_workers(n_files: int, device: str = "auto") -> int:
-    """Default number of local workers: one per GPU, else one per 2 cores and 2 GiB of memory."""
+    """Default number of local workers: one per GPU; on the CPU one per 2 cores and 2 GiB.
+
+    A worker process takes seconds to start (torch imports, model load), about
+    what 8 files take: smaller jobs get fewer workers (one is a thread).
+    """
     import psutil
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return max(1, min(n_files, torch.cuda.device_count()))
-    return max(1, min(n_files, usable_cpus() // 2, psutil.virtual_memory().total // 2**31))
+    return max(1, min(n_files // 8, usable_cpus() // 2, psutil.virtual_memory().total // 2**31))
 
 
 def _open_client(workers: int | None, scheduler: str | None, n_files: int, device: str):
@@ -223,9 +227,11 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
         return client, None, f"Dask scheduler {scheduler}", True
     n = workers or auto_workers(n_files, device)
     # A file that kills its worker (out of memory) fails after two deaths instead of four;
-    # one retry spares a file that merely waited in the dead worker's queue.
+    # one retry spares a file that merely waited in the dead worker's queue. The task
+    # profiler samples every stack each 10 ms under the GIL: a few percent of a run.
     processes = n > 1
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.profile.enabled": False,
+                          "distributed.admin.system-monitor.gil.enabled": False}):
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None)
     try:
         client = Client(cluster)

@@ -85,6 +85,39 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict,
     return path
 
 
+# metadata fields the loader relies on, with the types a well-formed file holds
+_MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int, "n_classes": int,
+                 "options": dict}
+_NORM_FIELDS = {"low": (int, float), "high": (int, float), "per_image": bool, "lo": list, "hi": list}
+MAX_CHANNELS = 4096  # a sanity cap: a crafted file must not make the loader build a giant layer
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    """Refuse metadata of the wrong shape (a crafted or damaged file) with an InputError."""
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: malformed checkpoint metadata ({what})")
+
+    model = meta["model"]
+    if not isinstance(model, dict):
+        raise bad(f"'model' is a {type(model).__name__}, not a model description")
+    for key, kind in _MODEL_FIELDS.items():
+        value = model.get(key)
+        if key in model and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(f"model.{key} = {value!r:.40} is not a {kind.__name__}")
+    for key in ("in_channels", "n_classes"):
+        if key in model and not 1 <= model[key] <= MAX_CHANNELS:
+            raise bad(f"model.{key} = {model[key]} is outside 1..{MAX_CHANNELS}")
+    norm = meta.get("normalization", {})
+    if not isinstance(norm, dict):
+        raise bad("'normalization' is not a mapping")
+    for key, kind in _NORM_FIELDS.items():
+        if key in norm and not isinstance(norm[key], kind):
+            raise bad(f"normalization.{key} = {norm[key]!r:.40} has the wrong type")
+    for key in ("lo", "hi"):
+        if not all(isinstance(v, (int, float)) for v in norm.get(key, [])):
+            raise bad(f"normalization.{key} holds non-numbers")
+
+
 def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) -> Checkpoint:
     """Load a checkpoint safely (``weights_only=True``); bad files raise InputError.
 
@@ -108,12 +141,18 @@ def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) ->
         raise InputError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not a napari-seglab checkpoint")
-    if int(payload.get("version", 0)) > VERSION:
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: checkpoint format version {version!r:.40} is not a number")
+    if version > VERSION:
         raise InputError(f"{path}: checkpoint format version {payload['version']} is newer than this "
                          f"napari-seglab understands ({VERSION}); upgrade napari-seglab")
     meta = payload.get("meta") or {}
-    if "model" not in meta:
+    if not isinstance(meta, dict) or "model" not in meta:
         raise InputError(f"{path}: checkpoint metadata has no model description")
+    _check_meta(meta, path)
+    if not isinstance(payload.get("state_dict"), dict):
+        raise InputError(f"{path}: checkpoint holds no weights (state_dict)")
     return Checkpoint(meta=meta, state_dict=payload["state_dict"],
                       optimizer=payload.get("optimizer") if with_optimizer else None, path=str(path))
 

@@ -319,6 +319,9 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     norm = Normalization.from_dict(model.meta.get("normalization", {}))
     stopped = False
     for pi, index in enumerate(todo):
+        if stop is not None and stop.is_set():  # planes of one tile have no tile loop that would notice
+            stopped = True
+            break
         plane = image[index] if index else image
         raw = to_chw(plane, spec.in_channels)
         lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)

@@ -58,6 +58,9 @@ class TrainConfig:
     resume_optimizer: bool = True
     save_last: bool = True
     preview_every: int = 0  # steps; 0 = off
+    self_training: bool | None = None  # None: on for scribbles (sparse labels)
+    self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
+    pseudo_threshold: float = 0.9
     read_255_as_foreground: bool = False
     allow_download: bool = False
 
@@ -216,6 +219,36 @@ class _Validator:
         return _dice_scores(np.concatenate(preds), np.concatenate(tgts), n, mode)
 
 
+def _pseudo_labelled(model, meta, device, samples: list[Sample], held: list[np.ndarray],
+                     threshold: float) -> tuple[list[Sample], int]:
+    """Self-training: add the model's confident predictions to sparse targets.
+
+    Painted pixels keep their label; unpainted pixels where the model is at
+    least ``threshold`` sure get its class; held-out validation pixels stay
+    ignored so the validation Dice keeps measuring painted truth. Returns the
+    new samples and the number of pseudo-labelled pixels.
+    """
+    from .predict import expand_probabilities, predict_plane_probabilities, wrap_model
+
+    lm = wrap_model(model, meta, device)
+    was_training = model.training
+    model.eval()
+    out, added = [], 0
+    try:
+        for s, h in zip(samples, held, strict=True):
+            probs = None
+            for _, _, o in predict_plane_probabilities(lm, s.image, tile=512, overlap=0.25):
+                probs = o
+            probs = expand_probabilities(probs)
+            sure = (probs.max(0) >= threshold) & (s.target == IGNORE) & ~h
+            target = np.where(sure, np.argmax(probs, 0), s.target)
+            added += int(sure.sum())
+            out.append(Sample(s.image, target, s.instances))
+    finally:
+        model.train(was_training)
+    return out, added
+
+
 def _preview(model, meta, device, plane: np.ndarray, mode: str, step: int) -> Preview:
     from .predict import predict_image, run_to_completion, wrap_model
 
@@ -298,6 +331,8 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         yield Message("annotation too small for a validation hold-out: the best model is chosen by training loss",
                       "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
+    self_training = config.self_training if config.self_training is not None else sparse
+    pending_rounds = sorted(config.self_training_at) if self_training and spec.semantic else []
 
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]),
                          minlength=n_classes)[:n_classes]
@@ -372,6 +407,11 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
                     break
                 if out_of_budget():
                     break
+                if pending_rounds and progress() >= pending_rounds[0]:
+                    pending_rounds.pop(0)
+                    dense, added = _pseudo_labelled(model, meta, device, train_samples, held, config.pseudo_threshold)
+                    sampler = PatchSampler(dense, config.patch, rng, favour=0.5)
+                    yield Message(f"self-training: {added} confidently predicted pixels added to the painted ones")
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(progress())
                 x, y, inst = sampler.batch(config.batch_size)

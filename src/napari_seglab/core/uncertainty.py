@@ -52,3 +52,34 @@ def suggest_regions(uncertainty: np.ndarray, n: int = 5, box: int = 32) -> list[
         out.append((y0, x0, y1, x1))
         score[max(0, y0 - box):y1 + box, max(0, x0 - box):x1 + box] = 0
     return out
+
+
+def default_box(shape: tuple[int, ...]) -> int:
+    """A suggestion box side for a (..., Y, X) image: an eighth of its short side, 16 to 128 pixels."""
+    return int(np.clip(min(shape[-2:]) // 8, 16, 128))
+
+
+def paint_next(probs: np.ndarray, plane: tuple[int, ...] = (), n: int = 5,
+               box: int | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Uncertainty of a prediction and where to paint next.
+
+    ``probs``: (K, *spatial) float class probabilities (spatial = (Y, X) or
+    with leading T/Z axes); ``plane``: the T/Z index whose plane gets the
+    suggestions (``()`` for 2D); ``n``: how many boxes (0 = none); ``box``:
+    their side (default :func:`default_box`).
+
+    Returns ``(entropy, rows)``: the :func:`entropy_map` ((*spatial) float32
+    in [0, 1]) and up to ``n`` rows ``{"y0", "x0", "y1", "x1", "score",
+    "plane"}``, most uncertain first (``score``: the mean uncertainty in the
+    box; ``plane``: "i,j" or "").
+    """
+    entropy = entropy_map(probs)
+    if n <= 0:
+        return entropy, []
+    u = entropy[plane] if plane else entropy
+    side = box or default_box(u.shape)
+    rows = []
+    for y0, x0, y1, x1 in suggest_regions(u, n=n, box=side):
+        rows.append({"y0": y0, "x0": x0, "y1": y1, "x1": x1, "score": float(u[y0:y1, x0:x1].mean()),
+                     "plane": ",".join(str(int(i)) for i in plane)})
+    return entropy, rows
