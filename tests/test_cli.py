@@ -322,3 +322,18 @@ def test_python_dash_m_runs_the_cli(monkeypatch, capsys):
         runpy.run_module("napari_seglab", run_name="__main__")
     assert exc.value.code == 0
     assert "seglab" in capsys.readouterr().out
+
+
+def test_predict_with_absent_stock_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import tifffile
+
+    from napari_seglab.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
+    code = main(["predict", "--model", "stock:maskrcnn_coco", "--input", str(tmp_path / "img.tif"),
+                 "--output", str(tmp_path / "out.tif")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "not in the torch cache" in err[-1]
+    assert not (tmp_path / "out.tif").exists()

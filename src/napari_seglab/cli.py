@@ -117,6 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=args.patch, batch_size=args.batch_size, lr=args.lr, class_weights=args.class_weights,
         focal_gamma=args.focal_gamma, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
         model_out=args.model_out, init=args.init, read_255_as_foreground=args.mask_255,
+        self_training=False if args.no_self_training else None,
         allow_download=args.allow_download).check()
     if args.steps_per_epoch < 1:
         raise InputError("--steps-per-epoch must be at least 1")
@@ -210,7 +211,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.tile < 0:
         raise InputError(f"--tile must be positive (or 0 for automatic); got {args.tile}")
 
-    model = load_model(args.model, args.device)
+    if args.model.startswith("stock:"):
+        from .core.stock import load_stock
+
+        probe = read_image(args.input)
+        model = load_stock(args.model.removeprefix("stock:"), args.device,
+                           in_channels=probe.data.shape[-1] if "C" in probe.axes else 1)
+    else:
+        model = load_model(args.model, args.device)
     if args.probabilities and not model.spec.semantic:
         raise InputError("--probabilities: a Mask R-CNN model gives objects, not per-pixel probabilities")
     image = read_image(args.input)
@@ -387,12 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-download", action="store_true", help="let --pretrained auto download weights")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to train")
     p.add_argument("--mask-255", action="store_true", help="read 0/255 masks as background/foreground")
+    p.add_argument("--no-self-training", action="store_true",
+                   help="scribbles: do not add the model's confident predictions to the painted pixels")
     p.add_argument("--seed", type=int, metavar="N", default=0, help="random seed")
     p.set_defaults(func=cmd_train)
 
     p = _parser_with_common(sub, "predict", "segment one image with a trained model",
                             "Predict labels (and optionally probabilities and boxes) for one TIFF image.")
-    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--model", required=True, metavar="M.pt",
+                   help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
+                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc)")
     p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
     p.add_argument("--output", required=True, metavar="LABELS.tif",
                    help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C)")

@@ -219,7 +219,8 @@ def _build_fcn(spec: ModelSpec, pretrained: str | None, allow_download: bool) ->
     if state is not None:
         fcn.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier")}, strict=False)
         last = fcn.classifier[-1]
-        fcn.classifier[-1] = nn.Conv2d(last.in_channels, spec.out_channels, 1)
+        if last.out_channels != spec.out_channels:  # a stock VOC model keeps its 21 classes
+            fcn.classifier[-1] = nn.Conv2d(last.in_channels, spec.out_channels, 1)
     return FCNWrapper(fcn, spec.in_channels), note
 
 
