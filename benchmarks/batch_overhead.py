@@ -16,14 +16,17 @@ reason that has nothing to do with its overhead. ``--main-thread`` shows it.
     python benchmarks/batch_overhead.py [--n 64] [--size 512] [--workers N] [--repeat R] [--quick]
 
 Prints both times and the ratio last ("ratio batch/loop: 1.07x"); with
-``--repeat`` the two alternate and the best time of each counts (this
-machine is shared, so the best run is the one least disturbed).
+``--repeat`` loop and batch run back to back R times (taking turns to go
+first) and the ratio is the median of the R pair ratios (on a shared machine
+the load drifts between runs; a pair sees about the same load).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -119,8 +122,14 @@ def batch(model: Path, inputs: Path, out: Path, workers: int | None) -> tuple[fl
     if summary.ok != summary.total:
         raise SystemExit(f"batch failed on {summary.failed} file(s); see {summary.manifest}")
     where = (f"{notes[-1] if notes else ''}; first file done after {first:.1f} s, last after {last:.1f} s, "
-             f"{busy:.1f} s of file work")
+             f"{busy:.1f} s of file work in the workers")
     return seconds, where
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (worker processes, once closed)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:
@@ -129,7 +138,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     parser.add_argument("--workers", type=int, default=None, help="local workers (default: run_batch's choice)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="alternate loop and batch this many times; the best time of each counts")
+                        help="run loop and batch back to back this many times; the median pair ratio counts")
     parser.add_argument("--main-thread", action="store_true", help="run the loop on the main thread")
     parser.add_argument("--quick", action="store_true", help="a small run: 12 images of 256 px")
     args = parser.parse_args()
@@ -148,19 +157,27 @@ def main() -> None:
         loops, batches = [], []
         runs_on = "main thread" if args.main_thread else "a thread"
         for r in range(args.repeat):
-            loop_args = (plain_loop, root / "model.pt", root / "in", root / f"out_loop{r}")
-            loops.append(loop_args[0](*loop_args[1:]) if args.main_thread else in_thread(*loop_args))
-            print(f"plain loop:   {loops[-1]:7.2f} s  ({loops[-1] / args.n * 1000:.0f} ms/image, {runs_on})",
-                  flush=True)
-            seconds, where = batch(root / "model.pt", root / "in", root / f"out_batch{r}", args.workers)
-            batches.append(seconds)
-            print(f"run_batch:    {seconds:7.2f} s  ({where})", flush=True)
-        a = tifffile.imread(root / "out_loop0" / "img000_labels.tif")
-        b = tifffile.imread(root / "out_batch0" / "img000_labels.tif")
-        print(f"same labels as the loop: {np.array_equal(a, b)}")
+            for which in ("loop", "batch") if r % 2 == 0 else ("batch", "loop"):  # cancel order effects
+                cpu = cpu_seconds()
+                if which == "loop":
+                    loop_args = (plain_loop, root / "model.pt", root / "in", root / f"out_loop{r}")
+                    loops.append(loop_args[0](*loop_args[1:]) if args.main_thread else in_thread(*loop_args))
+                    print(f"plain loop:   {loops[-1]:7.2f} s  ({loops[-1] / args.n * 1000:.0f} ms/image, "
+                          f"{runs_on}; {cpu_seconds() - cpu:.1f} s CPU)", flush=True)
+                else:
+                    seconds, where = batch(root / "model.pt", root / "in", root / f"out_batch{r}", args.workers)
+                    batches.append(seconds)
+                    print(f"run_batch:    {seconds:7.2f} s  ({where}; {cpu_seconds() - cpu:.1f} s CPU)",
+                          flush=True)
+        same = np.array_equal(tifffile.imread(root / "out_loop0" / "img000_labels.tif"),
+                              tifffile.imread(root / "out_batch0" / "img000_labels.tif"))
+        print(f"same labels as the loop: {same}")
+        pairs = [b / lp for lp, b in zip(loops, batches, strict=True)]
+        ratio = statistics.median(pairs)
         if args.repeat > 1:
-            print(f"best of {args.repeat}: loop {min(loops):.2f} s, batch {min(batches):.2f} s")
-        print(f"ratio batch/loop: {min(batches) / min(loops):.2f}x")
+            print(f"best of {args.repeat}: loop {min(loops):.2f} s, batch {min(batches):.2f} s; "
+                  f"pair ratios {', '.join(f'{p:.2f}' for p in pairs)}")
+        print(f"ratio batch/loop: {ratio:.2f}x")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

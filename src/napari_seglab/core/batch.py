@@ -9,9 +9,11 @@ without C), optionally ``<stem>_probabilities.tif`` (float32, C first) and
 :mod:`.manifest`) and ``summary.csv`` (one row per image) for the run.
 
 Each file is one task of :func:`process_file`, a module-level function that
-workers import; it returns a small dict, never arrays. A worker process keeps
-the model loaded between tasks. With ``workers=0`` (or ``scheduler="sync"``)
-the files run one after another in this process, without Dask.
+workers import; it returns a small dict, never arrays. Each process loads the
+model once and keeps it between tasks. A one-worker local cluster runs its
+worker as a thread of this process (no start-up cost); more workers are
+processes. With ``workers=0`` (or ``scheduler="sync"``) the files run one
+after another in this process, without Dask.
 
 Dask's local cluster starts worker processes with the ``spawn`` method, which
 re-imports the calling script: scripts calling :func:`run_batch` need an
@@ -228,11 +230,15 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
     n = workers or auto_workers(n_files, device)
     # A file that kills its worker (out of memory) fails after two deaths instead of four;
     # one retry spares a file that merely waited in the dead worker's queue. The task
-    # profiler samples every stack each 10 ms under the GIL: a few percent of a run.
+    # profiler (every 10 ms) and fast ticks wake Dask's event loop, which then competes
+    # for the GIL with the worker's Python steps: a few percent of a run on 2 cores.
     processes = n > 1
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.profile.enabled": False,
-                          "distributed.admin.system-monitor.gil.enabled": False}):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None)
+    quiet = {"distributed.scheduler.allowed-failures": 1, "distributed.worker.profile.enabled": False,
+             "distributed.admin.system-monitor.gil.enabled": False, "distributed.admin.tick.interval": "500ms",
+             "distributed.admin.system-monitor.interval": "5s"}
+    with dask.config.set(quiet):  # a worker thread gets no memory limit: it must never pause this process
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
+                               **({} if processes else {"memory_limit": 0}))
     try:
         client = Client(cluster)
     except BaseException:
@@ -273,11 +279,10 @@ def _dask_results(client, tasks: list[FileTask], stop: threading.Event | None, p
                   ) -> Iterator[Message | tuple[FileTask, dict]]:
     """Submit tasks a window at a time; yield (task, result) as each completes.
 
-    ``processes``: workers run in processes of their own, which set their torch threads.
-
     The window (two tasks per worker thread) keeps every worker busy without
     queueing the whole folder. On ``stop``: tasks not yet running are
-    cancelled, running ones finish and are yielded.
+    cancelled, running ones finish and are yielded. ``processes``: the
+    workers are processes of their own, which set their torch threads.
     """
     queue = list(reversed(tasks))
     running: dict = {}
