@@ -177,3 +177,18 @@ def test_unusual_dtypes_predict(tiny_model, blobs, dtype):
     data = mask if dtype is bool else img.astype(dtype)
     pred = run_to_completion(predict_image(load_model(tiny_model, "cpu"), data))
     assert pred.labels.shape == img.shape
+
+
+def test_unreadable_and_unwritable_even_as_root(tmp_path, monkeypatch):
+    """Permission problems are reported (simulated, since CI runs as root)."""
+    import napari_seglab.core.io as io_mod
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.zeros((4, 4), np.uint8))
+    real_access = os.access
+    monkeypatch.setattr(io_mod.os, "access", lambda p, mode: False if mode in (os.R_OK, os.W_OK) else real_access(p, mode))
+    with pytest.raises(InputError, match="permission denied"):
+        read_image(src)
+    with pytest.raises(InputError, match="not writable"):
+        write_tiff(tmp_path / "out.tif", np.zeros((4, 4), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]

@@ -237,7 +237,7 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
              "distributed.admin.system-monitor.gil.enabled": False, "distributed.admin.tick.interval": "500ms",
              "distributed.admin.system-monitor.interval": "5s"}
     with dask.config.set(quiet):  # a worker thread gets no memory limit: it must never pause this process
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
                                **({} if processes else {"memory_limit": 0}))
     try:
         client = Client(cluster)
@@ -374,6 +374,7 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
     model = str(Path(model).absolute())
     ckpt = load_checkpoint(model)
+    ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
     spec = ckpt.spec
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
     out_real, in_real = out_dir.resolve(), in_dir.resolve()
