@@ -9,12 +9,16 @@ Core arrays use canonical axes (a subset of ``TZYXC``, channels last; see
   a ``(C, Y, X)`` layer whose first axis has C entries (napari's layout for a
   multichannel image opened without ``channel_axis``).
 
-Output layers (labels, probabilities, boxes) reuse the image layer's scale
-and translate so they overlay the image, and replace a layer of the same
-name instead of stacking copies.
+Output layers (labels, probabilities, boxes, uncertainty, "paint next"
+boxes, live previews, corrections) reuse the image layer's scale and
+translate so they overlay the image, and update a layer of the same name
+instead of stacking copies: adding or removing a napari layer costs the GUI
+thread far more than updating one.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
@@ -54,23 +58,6 @@ def image_from_layer(layer, channels: int | None = None) -> tuple[np.ndarray, st
     return data, guess_axes(data.shape, rgb=False)
 
 
-def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
-    """``labels`` in the smallest unsigned dtype that holds them, at least ``smallest``.
-
-    napari draws uint8/uint16 labels straight from the array, while wider
-    integers are re-mapped for every slice it shows, on the GUI thread; call
-    this in the worker. Negative or very large ids are returned unchanged.
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0 or labels.dtype.kind not in "ui":
-        return labels
-    low, high = int(labels.min()), int(labels.max())
-    for dtype in (np.uint8, np.uint16):
-        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and low >= 0 and high <= np.iinfo(dtype).max:
-            return labels if labels.dtype == dtype else labels.astype(dtype)
-    return labels
-
-
 def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
     """The shape without the channel axis (what labels of this image must have)."""
     return tuple(array.shape[:-1]) if "C" in axes else tuple(array.shape)
@@ -79,6 +66,12 @@ def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
 def labels_from_layer(layer) -> np.ndarray:
     """A copy of a labels layer's data (full resolution), any integer dtype."""
     return _level0(layer.data)
+
+
+def labels_shape(layer) -> tuple[int, ...]:
+    """The full-resolution shape of a layer's data (nothing is copied)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return tuple(data.shape)
 
 
 def current_plane(viewer, layer, axes: str) -> tuple[int, ...]:
@@ -145,40 +138,102 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
 
 
 def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, ...],
-               plane: tuple[int, ...] = (), like=None, below=None):
+               plane: tuple[int, ...] = (), like=None, below=None, reset: bool = False):
     """Write one plane of labels into the Labels layer ``name`` (created once, then updated in place).
 
     ``plane_labels``: ``(Y, X)`` integer (uint8 keeps the update cheap);
     ``spatial``: the full labels shape; ``plane``: the T/Z index (``()`` for
     2D). Only that plane changes, so a live preview of a large stack costs
-    the GUI thread one plane per update. A new layer goes just ``below`` the
-    given layer and leaves the user's selection alone.
+    the GUI thread one plane per update. ``reset`` clears the other planes
+    of an existing layer too. A new layer goes just ``below`` the given
+    layer and leaves the user's selection alone; a hidden one is shown again.
     """
     plane_labels = np.asarray(plane_labels)
     layer = _existing(viewer, name, Labels)
     if layer is not None and tuple(layer.data.shape) == tuple(spatial) and not layer.multiscale \
             and np.can_cast(plane_labels.dtype, layer.data.dtype):
-        if plane:
+        if plane and not reset:
             layer.data[plane] = plane_labels
             layer.refresh()
         else:
-            layer.data = plane_labels
+            layer.data = _full(plane_labels, spatial, plane)
+        layer.visible = True
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    data = plane_labels if not plane else np.zeros(spatial, plane_labels.dtype)
-    if plane:
-        data[plane] = plane_labels
-    selected = list(viewer.layers.selection)
-    layer = viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim))
+    data = _full(plane_labels, spatial, plane)
+    with kept_selection(viewer):
+        layer = viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim))
     layer.metadata[ROLE] = "preview"
     if below is not None and below in viewer.layers:
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(below))
-    if selected:
-        viewer.layers.selection.clear()
-        viewer.layers.selection.update(selected)
-        viewer.layers.selection.active = selected[0]
     return layer
+
+
+def _full(plane_labels: np.ndarray, spatial: tuple[int, ...], plane: tuple[int, ...]) -> np.ndarray:
+    if not plane:
+        return plane_labels
+    data = np.zeros(spatial, plane_labels.dtype)
+    data[plane] = plane_labels
+    return data
+
+
+def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, like=None):
+    """Show final ``labels`` as ``name``, reusing the live-preview layer ``preview_name`` when possible.
+
+    Adding and removing napari layers costs the GUI thread a few hundred
+    milliseconds each, so the preview layer is renamed when ``name`` does
+    not exist yet, and otherwise hidden (and reused by the next run) while
+    ``name`` is updated. The user's selection is kept either way.
+    """
+    preview = _existing(viewer, preview_name, Labels)
+    with kept_selection(viewer):
+        if preview is not None and name not in viewer.layers and preview.data.shape == np.shape(labels):
+            preview.data = np.asarray(labels)
+            preview.name = name
+            preview.opacity = 0.7
+            preview.metadata[ROLE] = "prediction"
+            return preview
+        layer = show_labels(viewer, labels, name, like=like, role="prediction")
+        if preview is not None:
+            preview.visible = False
+    return layer
+
+
+def reserve(viewer, kind: str, name: str, shape: tuple[int, ...], like=None):
+    """Create an empty output layer ``name`` now, unless a fitting one exists; returns it if created, else None.
+
+    ``kind``: "labels" (uint16 zeros), "uncertainty" (float32 zeros) or
+    "regions" (no boxes; ``shape`` gives only its dimensionality). Called
+    when the user presses a button, so that the layer creation happens in
+    answer to the click and the result only updates data. The selection is
+    kept.
+    """
+    cls = {"labels": Labels, "uncertainty": Image, "regions": Shapes}[kind]
+    layer = next((existing for existing in viewer.layers if existing.name == name), None)
+    if isinstance(layer, cls) and (kind == "regions" and layer.ndim == len(shape)
+                                   or kind != "regions" and labels_shape(layer) == tuple(shape)):
+        return None
+    with kept_selection(viewer):
+        if kind == "labels":
+            return show_labels(viewer, np.zeros(shape, np.uint16), name, like=like, role="prediction")
+        if kind == "uncertainty":
+            return show_uncertainty(viewer, np.zeros(shape, np.float32), name, like=like)
+        return show_regions(viewer, [], name, like=like, ndim=len(shape))
+
+
+@contextlib.contextmanager
+def kept_selection(viewer):
+    """Layers added inside the block do not take the selection (the user may be painting)."""
+    active = viewer.layers.selection.active
+    selected = [layer for layer in viewer.layers.selection if layer is not active]
+    try:
+        yield
+    finally:
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.clear()
+            viewer.layers.selection.update([layer for layer in selected if layer in viewer.layers])
+            viewer.layers.selection.active = active
 
 
 def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None):
@@ -196,31 +251,6 @@ def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None)
     return layer
 
 
-def correction_labels(prediction: np.ndarray, kind: str, mode: str,
-                      planes: list[tuple[int, ...]] | None = None) -> np.ndarray:
-    """Labels in ``mode`` to correct from predicted ``prediction`` (image shape, integer).
-
-    ``kind`` is the prediction's ("semantic" or "instances"): object ids
-    become one foreground class for the semantic modes. ``planes``: the T/Z
-    planes that were predicted (None = all); the others stay 0, which means
-    "not annotated" for scribbles.
-    """
-    from .core.labels import to_correction
-
-    prediction = np.asarray(prediction)
-    if kind == "instances" and mode != "instances":
-        prediction = (prediction > 0).astype(np.uint8)
-    if not planes:
-        return to_correction(prediction, mode)
-    out = None
-    for index in planes:
-        part = to_correction(prediction[index], mode)
-        if out is None:
-            out = np.zeros(prediction.shape, part.dtype)
-        out[index] = part
-    return out
-
-
 def show_uncertainty(viewer, uncertainty: np.ndarray, name: str, like=None):
     """Show a ``(*spatial)`` float32 map in [0, 1] as the Image layer ``name`` (magma, fixed 0..1)."""
     uncertainty = np.asarray(uncertainty, dtype=np.float32)
@@ -235,39 +265,26 @@ def show_uncertainty(viewer, uncertainty: np.ndarray, name: str, like=None):
 
 
 def show_regions(viewer, rows: list[dict], name: str, like=None, ndim: int = 2):
-    """Draw "paint here next" boxes (rows y0, x0, y1, x1[, plane], most uncertain first) as numbered rectangles."""
-    layer = _existing(viewer, name, Shapes)
-    if layer is not None:
-        viewer.layers.remove(layer)
-    features = {"rank": np.arange(1, len(rows) + 1, dtype=int)}
-    layer = viewer.add_shapes(boxes_to_rectangles(rows, ndim) if rows else None, ndim=ndim, name=name,
-                              shape_type="rectangle", edge_color="#00e5ff", face_color="transparent",
-                              edge_width=2, features=features,
-                              text={"string": "{rank}", "size": 10, "color": "#00e5ff", "anchor": "upper_left"},
-                              **_placement(like, ndim))
-    layer.metadata[ROLE] = "suggestions"
-    return layer
+    """Draw "paint here next" boxes (rows y0, x0, y1, x1[, plane], most uncertain first) as numbered rectangles.
 
-
-#: name endings that pair a Labels layer with the Image layer it annotates ("cells scribbles" -> "cells")
-PAIR_SUFFIXES = ("labels", "scribbles", "annotations", "corrected")
-
-
-def matching_pairs(viewer) -> list[tuple]:
-    """(image layer, labels layer) for every Labels layer named ``"<image name> <suffix>"``.
-
-    Suffixes are :data:`PAIR_SUFFIXES`; layers written by a model (a role of
-    "prediction", "preview" or "suggestions") are left out, corrections are in.
+    An existing Shapes layer ``name`` of that dimensionality is redrawn in place.
     """
-    images = {layer.name: layer for layer in viewer.layers if isinstance(layer, Image)}
-    pairs = []
-    for layer in viewer.layers:
-        if not isinstance(layer, Labels) or layer.metadata.get(ROLE) in ("prediction", "preview"):
-            continue
-        stem, _, suffix = layer.name.rpartition(" ")
-        if suffix in PAIR_SUFFIXES and stem in images:
-            pairs.append((images[stem], layer))
-    return pairs
+    layer = _existing(viewer, name, Shapes)
+    if layer is not None and layer.ndim != ndim:
+        viewer.layers.remove(layer)
+        layer = None
+    if layer is None:
+        layer = viewer.add_shapes(name=name, ndim=ndim, face_color="transparent", edge_width=2,
+                                  features={"rank": np.zeros(0, int)},
+                                  text={"string": "{rank}", "size": 10, "color": "#00e5ff", "anchor": "upper_left"},
+                                  **_placement(like, ndim))
+        layer.metadata[ROLE] = "suggestions"
+    layer.data = []
+    if rows:
+        layer.add_rectangles(boxes_to_rectangles(rows, ndim), edge_color="#00e5ff", face_color="transparent")
+    layer.features = {"rank": np.arange(1, len(rows) + 1, dtype=int)}
+    layer.refresh()
+    return layer
 
 
 def show_probabilities(viewer, probabilities: np.ndarray, base_name: str, like=None,

@@ -46,14 +46,44 @@ def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nucle
     widget.set_checkpoint(tiny_checkpoint)
     widget._device.value = "cpu"
     widget._only_plane.value = True
+    widget._suggest.value = True  # boxes on the plane shown
 
     click(widget._controls.run_button)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    regions = viewer.layers["stack paint next"]
+    assert regions.ndim == 3 and regions.nshapes >= 1 and all(np.all(box[:, 0] == 1) for box in regions.data)
+    assert "stack uncertainty" not in viewer.layers  # not asked for
     data = viewer.layers["stack labels"].data
     assert viewer.layers["stack labels"] is earlier
     assert np.all(data[0] == 7) and np.all(data[2] == 7)  # untouched planes keep their labels
     assert set(np.unique(data[1])) <= {0, 1}  # the shown plane holds the new prediction
     assert widget.last_prediction.labels[[0, 2]].max() == 0
+
+
+def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(tiny_nuclei[0], name="cells", scale=(2.0, 2.0))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget._device.value = "cpu"
+    widget._uncertainty.value = True
+    widget._suggest.value = True
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    uncertainty = viewer.layers["cells uncertainty"]
+    assert uncertainty.data.shape == image.data.shape and uncertainty.data.dtype == np.float32
+    assert uncertainty.colormap.name == "magma" and tuple(uncertainty.contrast_limits) == (0.0, 1.0)
+    assert uncertainty.data.min() >= 0.0 and uncertainty.data.max() <= 1.0
+    assert np.allclose(uncertainty.scale, image.scale)
+    regions = viewer.layers["cells paint next"]
+    assert 1 <= regions.nshapes <= 5 and set(regions.shape_type) == {"rectangle"}
+    assert list(regions.features["rank"]) == list(range(1, regions.nshapes + 1))
+    # the probabilities were only needed for the map: no layers for them, none kept in memory
+    assert "cells probability" not in viewer.layers and widget.last_prediction.probabilities is None
+    # labels come in a dtype napari draws without re-mapping
+    assert viewer.layers["cells labels"].data.dtype in (np.uint8, np.uint16)
 
 
 def _boxes_prediction(shape, rows):

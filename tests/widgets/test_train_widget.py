@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
@@ -29,14 +31,36 @@ def test_opens_through_manifest_and_follows_the_layers(make_napari_viewer, tiny_
 
 def test_train_end_to_end_adds_the_prediction(make_napari_viewer, qtbot, tiny_nuclei, tmp_path):
     viewer = make_napari_viewer()
-    image_layer, _ = image_and_scribbles(viewer, tiny_nuclei, scale=(0.5, 0.5), translate=(3.0, 4.0))
+    image_layer, labels_layer = image_and_scribbles(viewer, tiny_nuclei, scale=(0.5, 0.5), translate=(3.0, 4.0))
     widget = dock(viewer, "Train")
     set_tiny_training(widget, tmp_path / "model.pt")
-    widget._preview.value = 1  # live previews land in the same layer
+    widget._preview.value = 1  # every step: both live previews land in the same layer
+    viewer.layers.selection.active = labels_layer
+    added, names_at_insertion, updates = [], [], []
+
+    def on_inserted(event):
+        added.append(event.value)
+        names_at_insertion.append(event.value.name)
+        event.value.events.data.connect(lambda _event: updates.append(threading.current_thread()))
+
+    viewer.layers.events.inserted.connect(on_inserted)
 
     click(widget._controls.run_button)
     assert widget.busy and not widget._controls.run_button.enabled and widget._controls.stop_button.enabled
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    preview = added[0]
+
+    # one layer only: the preview, made at the click, updated by both previews (on the GUI thread),
+    # then renamed to hold the final prediction (adding and removing layers stalls the viewer)
+    assert names_at_insertion == ["cells preview"]
+    assert preview.name == "cells prediction" and preview.metadata["seglab_role"] == "prediction"
+    assert preview.data.shape == image_layer.data.shape and np.allclose(preview.scale, image_layer.scale)
+    assert len(updates) >= 3 and all(thread is threading.main_thread() for thread in updates)
+    assert "cells preview" not in viewer.layers
+    assert viewer.layers.selection.active is labels_layer  # the preview never took the user's layer away
+    # the cockpit drew both steps and the epoch's validation Dice
+    assert widget.plot.loss.count == 2 and [round(x) for x, _ in widget.plot.loss.visible()] == [1, 2]
+    assert widget.plot.dice.count == 1 and widget.plot.dice.last[0] == 2
 
     names = [layer.name for layer in viewer.layers]
     assert names.count("cells prediction") == 1
@@ -49,6 +73,13 @@ def test_train_end_to_end_adds_the_prediction(make_napari_viewer, qtbot, tiny_nu
     assert widget._controls.run_button.enabled and not widget._controls.stop_button.enabled
     # the next run gets a fresh default file name only when the user kept the default
     assert widget._save_to.value == tmp_path / "model.pt"
+
+    click(widget._show_uncertainty)
+    uncertainty, regions = viewer.layers["cells uncertainty"], viewer.layers["cells paint next"]
+    assert uncertainty.data.shape == image_layer.data.shape and uncertainty.colormap.name == "magma"
+    assert tuple(uncertainty.contrast_limits) == (0.0, 1.0) and 0.0 <= uncertainty.data.min() <= uncertainty.data.max() <= 1.0
+    assert 1 <= regions.nshapes <= 5 and set(regions.shape_type) == {"rectangle"}
+    assert np.allclose(regions.scale, image_layer.scale)
 
     click(widget._use_in_predict)  # opens (or shows) the Predict widget with this model
     _dock, predict = viewer.window.add_plugin_dock_widget("napari-seglab", "Predict")

@@ -1,4 +1,4 @@
-"""napari dock widgets (Train, Predict, Batch) declared in ``napari.yaml``.
+"""napari dock widgets (Train, Predict, Batch, Evaluate) declared in ``napari.yaml``.
 
 The widgets are thin: they copy layer data, run a :mod:`napari_seglab.core`
 generator in a thread worker (:mod:`._worker`) and turn its events into a
@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-__all__ = ["BatchWidget", "PredictWidget", "TrainWidget"]
+__all__ = ["BatchWidget", "EvaluateWidget", "PredictWidget", "TrainWidget"]
 
 
 def _preload_triton() -> None:
@@ -56,4 +56,8 @@ def __getattr__(name: str):
         from .batch import BatchWidget
 
         return BatchWidget
+    if name == "EvaluateWidget":
+        from .evaluate import EvaluateWidget
+
+        return EvaluateWidget
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+
+from .._layers import ROLE
 
 #: the progress bar counts in thousandths
 PROGRESS_MAX = 1000
@@ -74,10 +79,21 @@ def wrapped_label(text: str = "", *, small: bool = False) -> Label:
     return label
 
 
+#: frequent progress (a step, a tile) is drawn at most this often: each redraw of a dock costs the GUI thread
+REPORT_MS = 250
+
+
 class RunControls(Container):
     """Run and Stop buttons, a progress bar and a status line."""
 
     def __init__(self, run_text: str, on_run: Callable[[], None], on_stop: Callable[[], None]):
+        from qtpy.QtCore import QTimer
+
+        self._pending: tuple[float | None, str] | None = None
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REPORT_MS)
+        self._timer.timeout.connect(self._flush)
         self.run_button = PushButton(text=run_text)
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.run_button.changed.connect(lambda *_: on_run())
@@ -99,7 +115,22 @@ class RunControls(Container):
         self.progress.value = int(round(PROGRESS_MAX * min(1.0, max(0.0, fraction))))
 
     def say(self, text: str) -> None:
+        """Show ``text`` now (and drop any progress still waiting to be drawn)."""
+        self._pending = None
         self.status.value = text
+
+    def report(self, fraction: float | None, text: str) -> None:
+        """Progress of a frequent event: drawn within :data:`REPORT_MS`, the latest one only."""
+        self._pending = (fraction, text)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            fraction, text = self._pending
+            self._pending = None
+            self.set_fraction(fraction)
+            self.status.value = text
 
 
 def form(title: str, widgets: list, notes: list | None = None) -> Container:
@@ -124,7 +155,8 @@ def align_labels(forms: list[Container]) -> None:
             if isinstance(part, Container) and part.labels:
                 labelled.extend(w for w in part if getattr(w, "_labeled_widget", None) and w._labeled_widget())
     if labelled:
-        widest = max(measure(w.label) for w in labelled)
+        # the measure uses the application font; the dock's style sheet may draw labels a little wider
+        widest = max(measure(w.label) for w in labelled) + 8
         for w in labelled:
             w._labeled_widget().label_width = widest
 
@@ -146,27 +178,62 @@ def holder(qwidget) -> Container:
     box = Container(labels=False)
     box.margins = (0, 0, 0, 0)
     box.native.layout().addWidget(qwidget)
+    box.native.setSizePolicy(qwidget.sizePolicy())
     return box
 
 
-class Tabs(Container):
-    """magicgui sub-forms as the pages of a QTabWidget (keeps a long dock widget short).
+def _page_sized_tabs():
+    """A QTabWidget as tall as the page shown (Qt's own is as tall as its tallest page)."""
+    from qtpy.QtWidgets import QSizePolicy, QTabWidget
 
-    ``reset_choices`` reaches the pages, so their layer pickers still follow
-    the viewer's layers.
+    class PageSizedTabs(QTabWidget):
+        def _fit(self, hint, page_hint):
+            hint.setHeight(page_hint.height() + self.tabBar().sizeHint().height() + 2)
+            return hint
+
+        def sizeHint(self):  # noqa: N802 - Qt API
+            page = self.currentWidget()
+            return self._fit(super().sizeHint(), page.sizeHint()) if page else super().sizeHint()
+
+        def minimumSizeHint(self):  # noqa: N802 - Qt API
+            page = self.currentWidget()
+            return self._fit(super().minimumSizeHint(), page.minimumSizeHint()) if page else \
+                super().minimumSizeHint()
+
+    def fit_to_page(index: int) -> None:
+        # pages not shown must not count towards the minimum height of Qt's page stack either
+        for i in range(tabs.count()):
+            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
+            tabs.widget(i).setSizePolicy(policy, policy)
+        tabs.updateGeometry()
+
+    tabs = PageSizedTabs()
+    tabs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+    tabs.currentChanged.connect(fit_to_page)
+    return tabs, fit_to_page
+
+
+class Tabs(Container):
+    """magicgui sub-forms as the pages of a tab widget (keeps a long dock widget short).
+
+    The tabs take the height of the page shown. ``reset_choices`` reaches
+    the pages, so their layer pickers still follow the viewer's layers.
     """
 
     def __init__(self, pages: list[tuple[str, Container]]):
-        from qtpy.QtWidgets import QTabWidget
-
         self.pages = [page for _title, page in pages]
-        self.tab_widget = QTabWidget()
+        from qtpy.QtCore import Qt
+
+        self.tab_widget, fit_to_page = _page_sized_tabs()
         self.tab_widget.setDocumentMode(True)
         for title, page in pages:
+            page.native.layout().addStretch(1)  # rows stay at the top of a page taller than they need
             self.tab_widget.addTab(page.native, title)
+        fit_to_page(0)
         super().__init__(labels=False)
         self.margins = (0, 0, 0, 0)
-        self.native.layout().addWidget(self.tab_widget)
+        self.native.layout().addWidget(self.tab_widget, 0, Qt.AlignmentFlag.AlignTop)
+        self.native.setSizePolicy(self.tab_widget.sizePolicy())
 
     def reset_choices(self, *_args) -> None:
         super().reset_choices()
@@ -218,6 +285,72 @@ class PairList(Container):
         return [(row[0].value, row[1].value) for row in self.rows]
 
 
+# --------------------------------------------------------------------- arrays and layers for the widgets
+def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
+    """``labels`` in the smallest unsigned dtype that holds them, at least ``smallest``.
+
+    napari draws uint8/uint16 labels straight from the array, while wider
+    integers are re-mapped for every slice it shows, on the GUI thread; call
+    this in the worker. Negative or very large ids are returned unchanged.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.dtype.kind not in "ui":
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    for dtype in (np.uint8, np.uint16):
+        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and low >= 0 and high <= np.iinfo(dtype).max:
+            return labels if labels.dtype == dtype else labels.astype(dtype)
+    return labels
+
+
+def correction_labels(prediction: np.ndarray, kind: str, mode: str,
+                      planes: list[tuple[int, ...]] | None = None) -> np.ndarray:
+    """Labels in ``mode`` to correct from predicted ``prediction`` (image shape, integer).
+
+    ``kind`` is the prediction's ("semantic" or "instances"): object ids
+    become one foreground class for the semantic modes. ``planes``: the T/Z
+    planes that were predicted (None = all); the others stay 0, which means
+    "not annotated" for scribbles.
+    """
+    from ..core.labels import to_correction
+
+    prediction = np.asarray(prediction)
+    if kind == "instances" and mode != "instances":
+        prediction = (prediction > 0).astype(np.uint8)
+    if not planes:
+        return to_correction(prediction, mode)
+    out = None
+    for index in planes:
+        part = to_correction(prediction[index], mode)
+        if out is None:
+            out = np.zeros(prediction.shape, part.dtype)
+        out[index] = part
+    return out
+
+
+#: name endings that pair a Labels layer with the Image layer it annotates ("cells scribbles" -> "cells")
+PAIR_SUFFIXES = ("labels", "scribbles", "annotations", "corrected")
+
+
+def matching_pairs(viewer) -> list[tuple]:
+    """(image layer, labels layer) for every Labels layer named ``"<image name> <suffix>"``.
+
+    Suffixes are :data:`PAIR_SUFFIXES`; layers written by a model (a role of
+    "prediction", "preview" or "suggestions") are left out, corrections are in.
+    """
+    from napari.layers import Image, Labels
+
+    images = {layer.name: layer for layer in viewer.layers if isinstance(layer, Image)}
+    pairs = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Labels) or layer.metadata.get(ROLE) in ("prediction", "preview"):
+            continue
+        stem, _, suffix = layer.name.rpartition(" ")
+        if suffix in PAIR_SUFFIXES and stem in images:
+            pairs.append((images[stem], layer))
+    return pairs
+
+
 def relay(gen: Generator, change: Callable[[object], object]) -> Generator:
     """Pass ``gen``'s events through ``change`` (in the worker thread); return ``gen``'s value.
 
@@ -232,3 +365,35 @@ def relay(gen: Generator, change: Callable[[object], object]) -> Generator:
             yield change(event)
     finally:
         gen.close()
+
+
+_warm_up: threading.Thread | None = None
+
+
+def warm_up() -> threading.Thread:
+    """Import and exercise the model stack once per session, in a background thread.
+
+    The first training or prediction imports about 1,700 modules
+    (segmentation-models-pytorch, timm, torchvision, parts of torch's
+    compiler) and initialises torch's CPU kernels. Done inside a job, that
+    stalls the viewer for hundreds of milliseconds right after the user
+    presses Train; done when a dock opens, it is over before the first run.
+    Returns the (possibly finished) thread.
+    """
+    global _warm_up
+    if _warm_up is None:
+        def work() -> None:
+            with contextlib.suppress(Exception):  # only a head start: the job reports real errors
+                import torch
+
+                from ..core.models import ModelSpec, build_model
+
+                model, _note = build_model(ModelSpec(family="unet", arch="Unet", encoder="resnet18",
+                                                     in_channels=1, n_classes=2))
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                model(torch.zeros(1, 1, 32, 32)).mean().backward()
+                optimizer.step()
+
+        _warm_up = threading.Thread(target=work, name="seglab-warm-up", daemon=True)
+        _warm_up.start()
+    return _warm_up

@@ -89,13 +89,15 @@ class TrainingPlot(QWidget):
         self.class_dice: list[Series] = []
         self.marks: list[float] = []
         self.best: tuple[float, int] | None = None  # (Dice, epoch)
+        self.class_names: tuple[str, ...] | None = None  # short names for the per-class legend
         self._ema: float | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REPAINT_MS)
         self._timer.timeout.connect(self.update)
         self.setMinimumHeight(170)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        # a tall dock gives the plot its spare height
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setToolTip("training loss per step (faint: raw, bright: smoothed) and validation Dice per epoch")
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
@@ -179,9 +181,14 @@ class TrainingPlot(QWidget):
         text = f"val Dice {self.dice.last[1]:.3f}"
         if self.best is not None:
             text += f"  (best {self.best[0]:.3f}, epoch {self.best[1]})"
-        if self.class_dice:
-            text += "  classes: " + " ".join(f"{s.last[1]:.2f}" for s in self.class_dice if s.last)
         return text
+
+    def _class_legend(self) -> list[tuple[str, QColor]]:
+        """Each class's last Dice, in the colour of its line (class 0 first)."""
+        names = self.class_names or ()
+        return [(f"{names[i] if i < len(names) else i}: {s.last[1]:.2f}",
+                 QColor(CLASS_COLORS[i % len(CLASS_COLORS)]))
+                for i, s in enumerate(self.class_dice) if s.last is not None]
 
     def _loss_range(self) -> tuple[float, float]:
         values = [p[1] for p in self.loss.visible()] or [0.0, 1.0]
@@ -247,6 +254,22 @@ class TrainingPlot(QWidget):
             if series is self.dice:  # few points: show each epoch
                 for point in points:
                     painter.drawEllipse(to_screen(*point), 1.8, 1.8)
+        if y_label == "Dice" and self.class_dice:
+            self._legend(painter, plot, line)
+
+    def _legend(self, painter: QPainter, plot: QRectF, line: int) -> None:
+        """Per-class Dice in the colours of their lines, at the plot's lower right (Dice curves rise)."""
+        metrics = painter.fontMetrics()
+        x = plot.right() - 4
+        for piece, color in reversed(self._class_legend()):
+            width = metrics.horizontalAdvance(piece)
+            x -= width
+            if x < plot.left():
+                break
+            painter.setPen(color)
+            painter.drawText(QRectF(x, plot.bottom() - line - 2, width + 2, line),
+                             Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, piece)
+            x -= metrics.horizontalAdvance("  ")
 
 
 def _fmt(value: float) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
-from napari.layers import Image
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, PushButton, SpinBox
+from napari.layers import Image, Labels
 
 from .. import _layers
 from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
@@ -18,6 +18,7 @@ from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
 from ..core.predict import LoadedModel, Prediction, load_model, predict_image
+from ..core.uncertainty import paint_next
 from . import _common as ui
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
 
@@ -25,14 +26,39 @@ if TYPE_CHECKING:
     import napari
 
 
+#: "where to paint next" boxes
+SUGGESTIONS = 5
+
+
 def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device: str, image: np.ndarray,
-                     axes: str, options: dict, stop: threading.Event):
-    """Build the model (unless ``cached``) and predict; returns ``(LoadedModel, Prediction)``."""
+                     axes: str, options: dict, stop: threading.Event, *, uncertainty: bool = False,
+                     suggestions: int = 0, plane: tuple[int, ...] = ()):
+    """Build the model (unless ``cached``) and predict.
+
+    Returns ``(LoadedModel, Prediction, (uncertainty, suggestion rows) or
+    None, number of labels)``. With ``uncertainty`` or ``suggestions`` the
+    entropy map and that many "paint next" boxes on ``plane`` are computed
+    here, in the worker, as are the labels' compact dtype and count (of
+    ``plane`` when only that plane was predicted): the GUI thread only shows
+    them.
+    """
     model = cached if cached is not None else load_model(checkpoint, device)
     if cached is None:
         yield Message(f"model loaded on {model.device}")
-    prediction = yield from predict_image(model, image, axes, stop=stop, **options)
-    return model, prediction
+    keep = options.get("probabilities", False)
+    wanted = uncertainty or suggestions > 0
+    prediction = yield from predict_image(model, image, axes, stop=stop,
+                                          **{**options, "probabilities": keep or wanted})
+    extras = None
+    if wanted and prediction.probabilities is not None and not prediction.stopped:
+        yield Message("measuring the uncertainty")
+        extras = paint_next(prediction.probabilities, plane, suggestions)
+    if not keep:
+        prediction.probabilities = None
+    prediction.labels = ui.compact_labels(prediction.labels)
+    planes = options.get("planes")
+    counted = prediction.labels[planes[0]] if planes and len(planes) == 1 else prediction.labels
+    return model, prediction, extras, len(np.unique(counted)) - 1
 
 
 class PredictWidget(Container):
@@ -41,6 +67,10 @@ class PredictWidget(Container):
     Outputs: Labels ``"<image> labels"`` (the image's scale and translate),
     optional probability Image layers, and a Shapes layer ``"<image> boxes"``
     when the model detects objects; the score threshold re-filters it live.
+    Optional: an ``"<image> uncertainty"`` map and ``"<image> paint next"``
+    boxes. "Correct this prediction" copies the labels into an editable
+    ``"<image> corrected"`` layer and sets the Train widget up to fine-tune
+    this model on it.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -51,6 +81,7 @@ class PredictWidget(Container):
         self._model_cache: tuple[tuple, LoadedModel] | None = None
         self._target = None
         self._boxes_layer = None
+        self._placeholders: list = []
         self._started = 0.0
         self.last_prediction: Prediction | None = None
 
@@ -66,20 +97,31 @@ class PredictWidget(Container):
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
         self._split = CheckBox(text="split touching objects", value=False,
                                tooltip="turn semantic foreground into one id per object (watershed)")
+        self._uncertainty = CheckBox(text="uncertainty map", value=False,
+                                     tooltip="add '<image> uncertainty': bright where the model is unsure")
+        self._suggest = CheckBox(text="where to paint next", value=False,
+                                 tooltip=f"add '<image> paint next': the {SUGGESTIONS} most uncertain boxes "
+                                         "(of the plane shown)")
         self._threshold = FloatSpinBox(label="score threshold", value=0.5, min=0.0, max=1.0, step=0.05,
                                        tooltip="minimum detection score (Mask R-CNN); changing it re-filters the boxes")
         self._controls = ui.RunControls("Predict", self._on_predict, self._on_stop)
+        self._correct = PushButton(text="Correct this prediction", enabled=False,
+                                   tooltip="copy the labels into an editable '<image> corrected' layer, "
+                                           "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file], [self._about])
         options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
-                          [self._only_plane, self._probabilities, self._split])
+                          [self._only_plane, self._probabilities, self._split,
+                           ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
         self._inputs = [model, options]
-        super().__init__(widgets=[model, options, self._controls], labels=False)
+        super().__init__(widgets=[model, options, self._controls, self._correct], labels=False)
+        self._correct.changed.connect(lambda *_: self._guarded(self.correct_prediction))
 
         self._file.changed.connect(self._on_file)
         self._threshold.changed.connect(self._on_threshold)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
+        ui.warm_up()
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -116,12 +158,15 @@ class PredictWidget(Container):
             self._about.value = f"cannot use this file: {exc}"
 
     # ------------------------------------------------------------------ run
-    def _on_predict(self) -> None:
+    def _guarded(self, action) -> None:
         try:
-            self._start()
+            action()
         except InputError as exc:
             report_error(exc)
             self._controls.say(error_text(exc))
+
+    def _on_predict(self) -> None:
+        self._guarded(self._start)
 
     def _start(self) -> None:
         checkpoint = self._load_checkpoint()
@@ -129,7 +174,8 @@ class PredictWidget(Container):
         if layer is None:
             raise InputError("no image layer: open an image first")
         image, axes = _layers.image_from_layer(layer, channels=checkpoint.spec.in_channels)
-        plane = _layers.current_plane(self._viewer, layer, axes) if self._only_plane.value else ()
+        shown = _layers.current_plane(self._viewer, layer, axes)
+        plane = shown if self._only_plane.value else ()
         options = {
             "tile": self._tile.value or None, "overlap": float(self._overlap.value),
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
@@ -138,15 +184,34 @@ class PredictWidget(Container):
         key = (self._checkpoint_key, self._device.value)
         cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
         self._target = (layer, plane, key)
+        # output layers are created now, in answer to the click; the result only fills them
+        spatial = _layers.spatial_shape(image, axes)
+        wanted = [("labels", "labels", True), ("uncertainty", "uncertainty", self._uncertainty.value),
+                  ("regions", "paint next", self._suggest.value)]
+        self._placeholders = [made for kind, suffix, on in wanted if on and (made := _layers.reserve(
+            self._viewer, kind, f"{layer.name} {suffix}", spatial, like=layer)) is not None]
         self._started = time.monotonic()
         self._controls.set_fraction(0)
         self._controls.say("predicting...")
         self._set_busy(True)
         device = self._device.value
-        self._slot.start(lambda stop: load_and_predict(checkpoint, cached, device, image, axes, options, stop),
+        extra = {"uncertainty": self._uncertainty.value, "suggestions": SUGGESTIONS if self._suggest.value else 0,
+                 "plane": shown}
+        self._slot.start(lambda stop: load_and_predict(checkpoint, cached, device, image, axes, options, stop,
+                                                       **extra),
                          on_event=self._on_event, on_result=self._on_result,
-                         on_error=lambda exc: self._controls.say(error_text(exc)),
-                         on_done=lambda: self._set_busy(False))
+                         on_error=self._on_error, on_done=lambda: self._set_busy(False))
+
+    def _drop_placeholders(self) -> None:
+        """Remove the empty output layers made at the click (nothing came to fill them)."""
+        for made in self._placeholders:
+            if made in self._viewer.layers:
+                self._viewer.layers.remove(made)
+        self._placeholders = []
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._drop_placeholders()
+        self._controls.say(error_text(exc))
 
     def _on_stop(self) -> None:
         self._slot.stop()
@@ -155,36 +220,69 @@ class PredictWidget(Container):
     def _set_busy(self, busy: bool) -> None:
         ui.set_enabled(self._inputs, not busy)
         self._controls.set_busy(busy)
+        self._correct.enabled = not busy and self.last_prediction is not None and not self.last_prediction.stopped
 
     def _on_event(self, event) -> None:
         if isinstance(event, TileDone):
-            self._controls.set_fraction(event.fraction)
             where = f", plane {event.plane + 1}/{event.planes}" if event.planes > 1 else ""
-            self._controls.say(f"tile {event.tile}/{event.tiles}{where}")
+            self._controls.report(event.fraction, f"tile {event.tile}/{event.tiles}{where}")
         elif isinstance(event, Message):
             self._controls.say(event.text)
 
     def _on_result(self, value) -> None:
-        model, prediction = value
+        model, prediction, extras, count = value
         layer, plane, key = self._target
         self._model_cache = (key, model)
         self.last_prediction = prediction
         if prediction.stopped:
+            self._drop_placeholders()
             self._controls.say("stopped: nothing was added")
             return
         self.show_prediction(prediction, layer, plane, class_names=model.meta.get("class_names"))
+        note = ""
+        if extras is not None:
+            entropy, rows = extras
+            if self._uncertainty.value:
+                _layers.show_uncertainty(self._viewer, entropy, f"{layer.name} uncertainty", like=layer)
+            if self._suggest.value:
+                _layers.show_regions(self._viewer, rows, f"{layer.name} paint next", like=layer, ndim=entropy.ndim)
+        elif self._uncertainty.value or self._suggest.value:
+            note = "; this model gives no class probabilities, so no uncertainty map"
+            # the empty layers made for the map at the click stay empty: take them away
+            self._placeholders = [made for made in self._placeholders if not isinstance(made, Labels)]
+            self._drop_placeholders()
+        self._placeholders = []
         seconds = time.monotonic() - self._started
         self._controls.set_fraction(1.0)
-        labels = prediction.labels[plane] if plane else prediction.labels
-        count = len(np.unique(labels)) - 1
         what = "objects" if prediction.kind == "instances" else "classes"
         self._controls.say(f"done in {seconds:.1f} s: {count} {what}"
-                           + (f", {len(prediction.boxes)} boxes" if prediction.boxes else ""))
+                           + (f", {len(prediction.boxes)} boxes" if prediction.boxes else "") + note)
+
+    def correct_prediction(self):
+        """Copy the last prediction into the editable Labels layer ``"<image> corrected"``.
+
+        The layer is in the model's label mode, selected and in paint mode;
+        the Train widget opens with it as the labels and this model as the
+        start. Returns the layer.
+        """
+        prediction = self.last_prediction
+        layer = self._target[0] if self._target else None
+        if prediction is None or prediction.stopped or layer not in self._viewer.layers:
+            raise InputError("no prediction to correct: predict first (the image layer must still be open)")
+        _layer, plane, key = self._target
+        model = self._model_cache[1]  # the model that made this prediction, and its file
+        mode = model.label_mode
+        labels = ui.correction_labels(prediction.labels, prediction.kind, mode, [plane] if plane else None)
+        corrected = _layers.show_correction(self._viewer, labels, f"{layer.name} corrected", mode, like=layer)
+        _dock, train = self._viewer.window.add_plugin_dock_widget("napari-seglab", "Train")
+        train.prepare_retraining(layer, corrected, Path(key[0][0]), mode)
+        self._viewer.layers.selection.active = corrected
+        return corrected
 
     def show_prediction(self, prediction: Prediction, layer, plane: tuple[int, ...] = (), class_names=None) -> None:
         """Put a Prediction into the viewer as layers named after the image ``layer``."""
         _layers.show_labels(self._viewer, prediction.labels, f"{layer.name} labels", like=layer,
-                            plane=plane or None)
+                            plane=plane or None, role="prediction")
         if prediction.probabilities is not None:
             _layers.show_probabilities(self._viewer, prediction.probabilities, layer.name, like=layer,
                                        class_names=class_names)

@@ -17,7 +17,14 @@ from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
 from ..core.labels import LABEL_MODES, LEGEND
-from ..core.models import DEFAULT_ARCH, DEFAULT_ENCODER, FAMILIES, FCN_ARCHS, MASKRCNN_ARCHS, SMP_ARCHS
+from ..core.models import (
+    DEFAULT_ARCH,
+    DEFAULT_ENCODER,
+    FAMILIES,
+    FCN_ARCHS,
+    MASKRCNN_ARCHS,
+    SMP_ARCHS,
+)
 from ..core.predict import load_model, predict_image
 from ..core.train import TrainConfig, TrainResult, train
 from ..core.uncertainty import paint_next
@@ -44,7 +51,7 @@ def default_model_path() -> Path:
 def _light(event):
     """A Preview reaches the GUI thread as a small uint8 plane without its probabilities."""
     if isinstance(event, Preview):
-        return replace(event, labels=_layers.compact_labels(event.labels, np.uint8), probabilities=None)
+        return replace(event, labels=ui.compact_labels(event.labels, np.uint8), probabilities=None)
     return event
 
 
@@ -69,7 +76,7 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: 
         return result, None, None
     extras = None if prediction.probabilities is None else paint_next(prediction.probabilities, plane, SUGGESTIONS)
     prediction.probabilities = None
-    prediction.labels = _layers.compact_labels(prediction.labels)
+    prediction.labels = ui.compact_labels(prediction.labels)
     return result, prediction, extras
 
 
@@ -110,7 +117,7 @@ class TrainWidget(Container):
         self._pairs = ui.PairList(napari_viewer)
         self._matching = CheckBox(text="also all '<image> scribbles/labels/corrected' pairs", value=False,
                                   tooltip="add every Labels layer named after an image layer plus one of: "
-                                          + ", ".join(_layers.PAIR_SUFFIXES) + " (model outputs are skipped)")
+                                          + ", ".join(ui.PAIR_SUFFIXES) + " (model outputs are skipped)")
         self._init = ui.file_picker("start from", "r", "*.pt",
                                     tooltip="fine-tune a saved model (its architecture and classes are kept); "
                                             "empty = a new model")
@@ -173,6 +180,7 @@ class TrainWidget(Container):
         self._use_in_predict.changed.connect(self._open_in_predict)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
+        ui.warm_up()
 
     # ------------------------------------------------------------------ state and settings
     @property
@@ -215,7 +223,7 @@ class TrainWidget(Container):
                 raise InputError("no labels layer: add a Labels layer and paint on it" if i == 0 else
                                  f"pair {i + 1} has no labels: choose a layer or remove the row")
         if self._matching.value:
-            pairs += _layers.matching_pairs(self._viewer)
+            pairs += ui.matching_pairs(self._viewer)
         unique = []
         for pair in pairs:
             if not any(pair[0] is a and pair[1] is b for a, b in unique):
@@ -279,13 +287,19 @@ class TrainWidget(Container):
         image, axes, _ = data[0]
         plane = _layers.current_plane(self._viewer, pairs[0][0], axes)
         preview_plane = (image[plane] if plane else image) if config.preview_every else None
-        self._target = (pairs[0][0], axes, plane, _layers.spatial_shape(image, axes), pairs[0][1])
+        spatial = _layers.spatial_shape(image, axes)
+        self._target = (pairs[0][0], axes, plane, spatial, pairs[0][1])
+        if config.preview_every:  # created now, in answer to the click, so that previews only update it
+            _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint8), self._name("preview"), spatial,
+                               plane, like=pairs[0][0], below=pairs[0][1], reset=True)
         if continuing:
             self._offsets = self._last
             self.plot.mark(self._last[0])
         else:
             self._offsets = self._last = (0, 0)
             self.plot.clear()
+        # target classes: instances learn background, inside and edge; other modes their class ids
+        self.plot.class_names = ("bg", "inside", "edge") if config.label_mode == "instances" else ("bg",)
         self._val_dice = None
         self._controls.set_fraction(0)
         self._controls.say("starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs...")
@@ -314,12 +328,12 @@ class TrainWidget(Container):
         say = self._controls.say
         steps, epochs = self._offsets
         if isinstance(event, TrainStep):
-            self._controls.set_fraction(event.fraction)
             self._last = (steps + event.step, self._last[1])
             self.plot.add_loss(steps + event.step, event.loss)
             of = f"/{event.total_steps}" if event.total_steps else ""
             dice = f" | val Dice {self._val_dice:.3f}" if self._val_dice is not None else ""
-            say(f"epoch {event.epoch} | step {event.step}{of} | loss {event.loss:.4f}{dice} | {event.elapsed:.0f} s")
+            self._controls.report(event.fraction, f"epoch {event.epoch} | step {event.step}{of} | "
+                                                  f"loss {event.loss:.4f}{dice} | {event.elapsed:.0f} s")
         elif isinstance(event, EpochEnd):
             self._val_dice = event.val_dice
             self._last = (self._last[0], epochs + event.epoch)
@@ -331,8 +345,8 @@ class TrainWidget(Container):
             _layers.show_plane(self._viewer, event.labels, self._name("preview"), spatial, plane, like=layer,
                                below=labels_layer)
         elif isinstance(event, TileDone):
-            self._controls.set_fraction(event.fraction)
-            say(f"predicting: tile {event.tile}/{event.tiles}, plane {event.plane + 1}/{event.planes}")
+            self._controls.report(event.fraction, f"predicting: tile {event.tile}/{event.tiles}, "
+                                                  f"plane {event.plane + 1}/{event.planes}")
         elif isinstance(event, Message):
             say(event.text)
 
@@ -346,11 +360,9 @@ class TrainWidget(Container):
             self._continue_from = last if last.is_file() else Path(result.path)
         layer = self._target[0]
         if prediction is not None and layer in self._viewer.layers:
-            _layers.show_labels(self._viewer, prediction.labels, self._name("prediction"), like=layer,
-                                role="prediction")
+            _layers.promote_preview(self._viewer, prediction.labels, self._name("preview"), self._name("prediction"),
+                                    like=layer)
             self.last_prediction, self._extras = prediction, extras
-            if self._name("preview") in self._viewer.layers:  # the prediction supersedes it
-                self._viewer.layers.remove(self._name("preview"))
         dice = result.checkpoint.meta.get("metrics", {}).get("val_dice")
         text = (f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f} s"
                 + (f", val Dice {dice:.3f}" if isinstance(dice, float) else "")
@@ -371,7 +383,7 @@ class TrainWidget(Container):
         if self.last_prediction is None or layer not in self._viewer.layers:
             raise InputError("no prediction to correct: train first (the image layer must still be open)")
         mode = self._mode.value
-        labels = _layers.correction_labels(self.last_prediction.labels, self.last_prediction.kind, mode)
+        labels = ui.correction_labels(self.last_prediction.labels, self.last_prediction.kind, mode)
         corrected = _layers.show_correction(self._viewer, labels, self._name("corrected"), mode, like=layer)
         self._labels_combo.reset_choices()
         self._labels_combo.value = corrected

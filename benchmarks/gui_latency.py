@@ -1,0 +1,200 @@
+"""GUI responsiveness while SegLab works: event-loop gaps of a real napari viewer.
+
+A 1 ms QTimer on the GUI thread records, for each callback, the time since the
+previous one minus the 1 ms interval: the longest the viewer could not react
+to the user. Phases:
+
+* opening:    right after the Train and Predict docks open, while they import
+              the model stack in the background (once per session);
+* idle:       the viewer with the sample image and scribbles, doing nothing;
+* bare train: the noise floor: the same training run by the core in a plain
+              thread, with no widget and no GUI updates (what the machine and
+              torch cost the GUI thread on their own);
+* training:   the Train widget on the sample (U-Net/resnet18, a fixed number of
+              steps) with the live plot and a live preview every 2 steps, then
+              the final prediction and uncertainty;
+* prediction: the Predict widget on a 2048x2048 image, tile 512, with the
+              uncertainty map and "where to paint next".
+
+Run under Xvfb (a real OpenGL canvas is needed)::
+
+    xvfb-run -a -s "-screen 0 1920x1080x24" python benchmarks/gui_latency.py
+
+Prints p99 and max gap of each phase; the last line summarises the max gaps
+(goal: under 50 ms while working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOAL_MS = 50.0
+
+
+class GapMeter:
+    """Times between the callbacks of a 1 ms timer on the GUI thread, minus the interval."""
+
+    def __init__(self):
+        from qtpy.QtCore import Qt, QTimer
+
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(1)
+        self.timer.timeout.connect(self._tick)
+        self.gaps: list[float] = []
+        self._last: float | None = None
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append(max(0.0, now - self._last - 0.001))
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps, self._last = [], None
+        self.timer.start()
+
+    def stop(self) -> np.ndarray:
+        self.timer.stop()
+        return np.asarray(self.gaps) * 1000.0  # ms
+
+
+def run_until(done, timeout: float) -> bool:
+    """Run the Qt event loop until ``done()`` is true (checked every 20 ms) or ``timeout`` seconds pass."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    deadline = time.monotonic() + timeout
+    poll = QTimer()
+    poll.timeout.connect(lambda: (done() or time.monotonic() > deadline) and loop.quit())
+    poll.start(20)
+    loop.exec()
+    poll.stop()
+    return bool(done())
+
+
+def measure(name: str, meter: GapMeter, click, done, timeout: float) -> tuple[str, np.ndarray, float, float]:
+    """Press a button (``click``), then record the gaps until ``done()``.
+
+    Returns (name, gaps in ms, seconds of work, ms the click handler took).
+    The handler's own time (reading layers, creating the preview layer) is
+    the response to the user's click and is reported on its own.
+    """
+    t0 = time.perf_counter()
+    click()
+    handler_ms = (time.perf_counter() - t0) * 1000
+    meter.start()
+    finished = run_until(done, timeout)
+    seconds = time.perf_counter() - t0
+    gaps = meter.stop()
+    if not finished:
+        raise SystemExit(f"{name}: not finished after {timeout:.0f} s")
+    return name, gaps, seconds, handler_ms
+
+
+def big_image(size: int) -> np.ndarray:
+    """A size x size uint16 nuclei image: the sample test image tiled (content matters little for timing)."""
+    from napari_seglab._sample_data import nuclei_with_instances
+
+    tile = nuclei_with_instances()[0][0]
+    reps = (-(-size // tile.shape[0]), -(-size // tile.shape[1]))
+    return np.ascontiguousarray(np.tile(tile, reps)[:size, :size])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="training steps (2 epochs)")
+    parser.add_argument("--size", type=int, default=2048, help="side of the predicted image")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of the idle phase")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    args = parser.parse_args()
+
+    import napari
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    viewer = napari.Viewer(title="gui latency")
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open_sample("napari-seglab", "nuclei_scribbles")
+    _dock, train = viewer.window.add_plugin_dock_widget("napari-seglab", "Train")
+    _dock, predict = viewer.window.add_plugin_dock_widget("napari-seglab", "Predict")
+    meter = GapMeter()
+    results = []
+    # opening the docks starts the one-time warm-up of the model stack (imports) in the background
+    from napari_seglab._widgets._common import warm_up
+
+    results.append(measure("opening", meter, lambda: None, lambda: not warm_up().is_alive(), 120))
+    run_until(lambda: False, 1.0)  # let the window settle
+
+    meter.start()
+    run_until(lambda: False, args.idle)
+    results.append(("idle", meter.stop(), args.idle, 0.0))
+
+    model = Path(tempfile.mkdtemp()) / "latency.pt"
+    train._encoder.native.setEditText("resnet18")
+    train._patch.value, train._batch.value = 128, 4
+    train._epochs.value, train._steps.value = 2, max(1, args.steps // 2)
+    train._preview.value = 2
+    train._device.value = "cpu"
+    train._save_to.value = model
+    results.append(measure("training", meter, train._controls.run_button.native.click, lambda: not train.busy,
+                           30 * 60))
+    trained = train._controls.status.value
+    # the noise floor: the same training in a plain thread, with no widget and no GUI updates at all
+    # (after the widget's run, so imports and first-time set-up are charged to the widget, not to it)
+    from napari_seglab.core.predict import run_to_completion
+    from napari_seglab.core.train import TrainConfig
+    from napari_seglab.core.train import train as core_train
+
+    finished = threading.Event()
+    config = TrainConfig(encoder="resnet18", patch=128, batch_size=4, epochs=2, steps_per_epoch=max(1, args.steps // 2),
+                         device="cpu", lr=1e-3)
+    data = ([viewer.layers["nuclei"].data.copy()], [viewer.layers["scribbles"].data.copy()])
+    run_until(lambda: False, 1.0)
+
+    def bare():
+        run_to_completion(core_train(*data, config))
+        finished.set()
+
+    results.append(measure("bare train", meter, threading.Thread(target=bare, daemon=True).start, finished.is_set,
+                           30 * 60))
+
+    # set the next phase up (adding a 2048x2048 image draws it once) outside the measurement
+    image = viewer.add_image(big_image(args.size), name="big")
+    run_until(lambda: False, 2.0)
+    predict.set_checkpoint(model)
+    predict.set_image(image)
+    predict._device.value = "cpu"
+    predict._tile.value = args.tile
+    predict._uncertainty.value = predict._suggest.value = True
+    results.append(measure("prediction", meter, predict._controls.run_button.native.click,
+                           lambda: not predict.busy, 30 * 60))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} CPUs, load average {load:.1f}, {torch.get_num_threads()} torch threads")
+    print(f"training: {trained}")
+    print(f"prediction {args.size}x{args.size}, tile {args.tile}: {predict._controls.status.value}")
+    for name, gaps, seconds, handler_ms in results:
+        print(f"{name:<11} {seconds:6.1f} s  {len(gaps):6d} ticks  p99 gap {np.percentile(gaps, 99):6.1f} ms  "
+              f"max gap {gaps.max():6.1f} ms  gaps > {GOAL_MS:.0f} ms: {int((gaps > GOAL_MS).sum()):3d}"
+              + (f"  (click handler {handler_ms:.0f} ms)" if handler_ms > 1 else ""))
+    working = max(gaps.max() for name, gaps, _s, _h in results if name in ("training", "prediction"))
+    viewer.close()
+    print("max gaps: " + ", ".join(f"{name} {gaps.max():.1f} ms" for name, gaps, _s, _h in results)
+          + f"; worst while working {working:.1f} ms (goal < {GOAL_MS:.0f} ms): "
+          + ("OK" if working < GOAL_MS else "TOO SLOW"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""EvaluateWidget: score a predicted labels layer against ground truth (Dice, IoU, instance AP)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import Container, PushButton, Table
+from napari.layers import Labels
+
+from .. import _layers
+from ..core.errors import InputError
+from ..core.events import Message
+from ..core.metrics import match_instances
+from . import _common as ui
+from ._worker import JobSlot, error_text, report_error, stop_on_destroy
+
+if TYPE_CHECKING:
+    import napari
+
+#: IoU thresholds of the instance scores (the table's columns)
+THRESHOLDS = (0.5, 0.75, 0.9)
+#: the table's rows: (name, key prefix in match_instances' result, is a count)
+ROWS = (("precision", "precision_", False), ("recall", "recall_", False), ("F1", "f1_", False),
+        ("AP", "ap", False), ("TP", "tp_", True), ("FP", "fp_", True), ("FN", "fn_", True))
+ROW_TIPS = ("TP / (TP + FP)", "TP / (TP + FN)", "2 TP / (2 TP + FP + FN)", "TP / (TP + FP + FN)",
+            "objects matched", "predicted objects with no match", "true objects missed")
+
+
+def evaluate(prediction: np.ndarray, truth: np.ndarray, _stop: threading.Event | None = None):
+    """Worker generator: match the objects of two label images; returns match_instances' dict."""
+    yield Message("matching objects...")
+    return match_instances(prediction, truth, THRESHOLDS)
+
+
+def _key(threshold: float) -> str:
+    return f"{threshold * 100:g}".replace(".", "p")
+
+
+def table_value(scores: dict) -> dict:
+    """The Table's value for ``scores``: rows of :data:`ROWS`, one column per IoU threshold."""
+    data = []
+    for _name, prefix, count in ROWS:
+        values = [scores[f"{prefix}{_key(t)}"] for t in THRESHOLDS]
+        data.append([f"{int(v)}" if count else f"{float(v):.3f}" for v in values])
+    return {"data": data, "index": [name for name, _p, _c in ROWS], "columns": [f"\u2265{t:g}" for t in THRESHOLDS]}
+
+
+class EvaluateWidget(Container):
+    """Dock widget: pick a predicted and a ground-truth Labels layer; show Dice, IoU and instance scores.
+
+    Instance scores follow the DSB2018 / StarDist convention: objects match
+    one-to-one at IoU >= t, ``AP = TP / (TP + FP + FN)``. The matching runs in
+    a worker; :attr:`scores` keeps the last result (match_instances' dict).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        self._viewer = napari_viewer
+        self._slot = JobSlot()
+        self.scores: dict | None = None
+        self._prediction = ui.layer_picker(napari_viewer, Labels, "prediction", "the labels to score")
+        self._truth = ui.layer_picker(napari_viewer, Labels, "ground truth", "the correct labels, same shape")
+        self._run = PushButton(text="Evaluate")
+        self._summary = ui.wrapped_label("pick a prediction and its ground truth, then press Evaluate")
+        self._caption = ui.wrapped_label("columns: objects matched one-to-one at IoU \u2265 0.5, 0.75, 0.9", small=True)
+        self._table = Table(value=table_value({f"{p}{_key(t)}": 0 for _n, p, _c in ROWS for t in THRESHOLDS}))
+        self._table.read_only = True
+        self._fit_table()
+        self._copy = PushButton(text="Copy as text", enabled=False, tooltip="copy the scores (tab-separated)")
+        layers = ui.form("", [self._prediction, self._truth])
+        ui.align_labels([layers])
+        super().__init__(widgets=[layers, self._run, self._summary, self._caption, self._table, self._copy],
+                         labels=False)
+        self.native.layout().addStretch(1)
+        self._run.changed.connect(lambda *_: self._on_run())
+        self._copy.changed.connect(lambda *_: self._copy_text())
+        self.reset_choices()
+        stop_on_destroy(self.native, self._slot)
+
+    @property
+    def busy(self) -> bool:
+        return self._slot.busy
+
+    def _fit_table(self) -> None:
+        """Show the cells as written (3 decimals), columns sharing the width, no scrolling."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
+
+        view = self._table.native
+        view.setItemDelegate(QStyledItemDelegate(view))
+        view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        height = (view.verticalHeader().defaultSectionSize() * len(ROWS)
+                  + view.horizontalHeader().sizeHint().height() + 2 * view.frameWidth() + 2)
+        view.setFixedHeight(height)
+        self._row_tips()
+
+    def _row_tips(self) -> None:
+        for row, tip in enumerate(ROW_TIPS):
+            item = self._table.native.verticalHeaderItem(row)
+            if item is not None:
+                item.setToolTip(tip)
+
+    def _on_run(self) -> None:
+        try:
+            self._start()
+        except InputError as exc:
+            report_error(exc)
+            self._summary.value = error_text(exc)
+
+    def _start(self) -> None:
+        pred_layer, truth_layer = self._prediction.value, self._truth.value
+        if pred_layer is None or truth_layer is None:
+            raise InputError("choose a predicted and a ground-truth Labels layer")
+        pred_shape, truth_shape = _layers.labels_shape(pred_layer), _layers.labels_shape(truth_layer)
+        if pred_shape != truth_shape:
+            raise InputError(f"'{pred_layer.name}' has shape {pred_shape} but '{truth_layer.name}' has shape "
+                             f"{truth_shape}: choose labels of the same image")
+        prediction = _layers.labels_from_layer(pred_layer)
+        truth = _layers.labels_from_layer(truth_layer)
+        self._names = (pred_layer.name, truth_layer.name)
+        self._set_busy(True)
+        self._summary.value = "matching objects..."
+        self._slot.start(lambda stop: evaluate(prediction, truth, stop), on_result=self._on_result,
+                         on_error=lambda exc: setattr(self._summary, "value", error_text(exc)),
+                         on_done=lambda: self._set_busy(False))
+
+    def _set_busy(self, busy: bool) -> None:
+        ui.set_enabled([self._prediction, self._truth, self._run], not busy)
+        self._copy.enabled = not busy and self.scores is not None
+
+    def _on_result(self, scores: dict) -> None:
+        self.scores = scores
+        self._copy.text = "Copy as text"
+        self._table.value = table_value(scores)
+        self._row_tips()
+        pred_name, truth_name = self._names
+        text = (f"<b>Dice {scores['dice']:.3f} &nbsp; IoU {scores['iou']:.3f}</b> (foreground)<br>"
+                f"{scores['n_pred']} objects in '{pred_name}', {scores['n_true']} in '{truth_name}'")
+        if scores["n_pred"] == 1 and scores["n_true"] > 1:
+            text += ("<br>the prediction is one object: for instance scores predict with "
+                     "'split touching objects'")
+        self._summary.value = text
+
+    def as_text(self) -> str:
+        """The last scores as tab-separated text (Dice, IoU, then the table)."""
+        if self.scores is None:
+            return ""
+        value = table_value(self.scores)
+        lines = [f"dice\t{self.scores['dice']:.4f}", f"iou\t{self.scores['iou']:.4f}",
+                 "\t".join(["", *value["columns"]])]
+        lines += ["\t".join([name, *row]) for name, row in zip(value["index"], value["data"], strict=True)]
+        return "\n".join(lines)
+
+    def _copy_text(self) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.clipboard().setText(self.as_text())
+        self._copy.text = "Copied"
