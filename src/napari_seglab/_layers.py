@@ -141,7 +141,7 @@ def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, 
                plane: tuple[int, ...] = (), like=None, below=None, reset: bool = False):
     """Write one plane of labels into the Labels layer ``name`` (created once, then updated in place).
 
-    ``plane_labels``: ``(Y, X)`` integer (uint8 keeps the update cheap);
+    ``plane_labels``: ``(Y, X)`` integer (uint8/uint16 keep the update cheap);
     ``spatial``: the full labels shape; ``plane``: the T/Z index (``()`` for
     2D). Only that plane changes, so a live preview of a large stack costs
     the GUI thread one plane per update. ``reset`` clears the other planes

@@ -26,3 +26,17 @@ def test_suggest_regions_finds_the_unsure_patch():
     y0, x0, y1, x1 = regions[0]
     assert 70 <= y0 <= 100 and 10 <= x0 <= 40
     assert len(regions) == 2 and regions[1][0] < 30
+
+
+def test_paint_next_on_a_stack_plane():
+    from napari_seglab.core.uncertainty import default_box, paint_next
+
+    probs = np.zeros((2, 3, 64, 64), np.float32)
+    probs[1] = 1.0  # certain everywhere ...
+    probs[:, 1, 40:56, 8:24] = 0.5  # ... except one patch of plane 1
+    entropy, rows = paint_next(probs, plane=(1,), n=2, box=16)
+    assert entropy.shape == (3, 64, 64)
+    assert rows[0]["plane"] == "1" and rows[0]["score"] > 0.9
+    assert 32 <= rows[0]["y0"] <= 48 and 0 <= rows[0]["x0"] <= 16
+    assert paint_next(probs, n=0)[1] == []
+    assert default_box((4, 1000, 2000)) == 125 and default_box((50, 60)) == 16

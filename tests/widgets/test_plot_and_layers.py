@@ -25,6 +25,8 @@ def test_the_plot_keeps_the_last_values_and_paints(qtbot):
     plot = TrainingPlot()
     qtbot.addWidget(plot)
     plot.resize(320, 220)
+    plot.add_dice(0, 0, None)  # an annotation too small for a hold-out says so
+    assert "no validation" in plot._dice_title()
     for step in range(1, 2001):
         plot.add_loss(step, 1.0 / step)
     plot.add_dice(1000, 1, 0.5, (0.9, 0.4, 0.2))

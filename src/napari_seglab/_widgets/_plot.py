@@ -90,6 +90,7 @@ class TrainingPlot(QWidget):
         self.marks: list[float] = []
         self.best: tuple[float, int] | None = None  # (Dice, epoch)
         self.class_names: tuple[str, ...] | None = None  # short names for the per-class legend
+        self.no_validation = False
         self._ema: float | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -110,6 +111,7 @@ class TrainingPlot(QWidget):
         self.class_dice = []
         self.marks = []
         self.best = None
+        self.no_validation = False
         self._ema = None
         self._changed()
 
@@ -126,6 +128,8 @@ class TrainingPlot(QWidget):
     def add_dice(self, step: float, epoch: int, dice: float | None, per_class=()) -> None:
         """The validation Dice after an epoch (None: no hold-out) and, with > 2 classes, per class."""
         if dice is None or not math.isfinite(dice):
+            self.no_validation = dice is None and self.dice.last is None
+            self._changed()
             return
         self.dice.add(step, dice)
         if self.best is None or dice > self.best[0]:
@@ -177,7 +181,8 @@ class TrainingPlot(QWidget):
 
     def _dice_title(self) -> str:
         if self.dice.last is None:
-            return "validation Dice: after the first epoch"
+            return ("no validation Dice: too few annotated pixels to hold some out" if self.no_validation
+                    else "validation Dice: after the first epoch")
         text = f"val Dice {self.dice.last[1]:.3f}"
         if self.best is not None:
             text += f"  (best {self.best[0]:.3f}, epoch {self.best[1]})"

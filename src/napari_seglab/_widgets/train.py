@@ -49,9 +49,9 @@ def default_model_path() -> Path:
 
 
 def _light(event):
-    """A Preview reaches the GUI thread as a small uint8 plane without its probabilities."""
+    """A Preview reaches the GUI thread as a uint16 plane (drawn as is) without its probabilities."""
     if isinstance(event, Preview):
-        return replace(event, labels=ui.compact_labels(event.labels, np.uint8), probabilities=None)
+        return replace(event, labels=ui.compact_labels(event.labels), probabilities=None)
     return event
 
 
@@ -290,7 +290,7 @@ class TrainWidget(Container):
         spatial = _layers.spatial_shape(image, axes)
         self._target = (pairs[0][0], axes, plane, spatial, pairs[0][1])
         if config.preview_every:  # created now, in answer to the click, so that previews only update it
-            _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint8), self._name("preview"), spatial,
+            _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint16), self._name("preview"), spatial,
                                plane, like=pairs[0][0], below=pairs[0][1], reset=True)
         if continuing:
             self._offsets = self._last
