@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1] / "sample_data"
 
 
 def random_forest(train_img, scribbles, test_img, seed=0):
-    from sklearn.ensemble import RandomForestClassifier
     from skimage.feature import multiscale_basic_features
     from skimage.future import fit_segmenter, predict_segmenter
+    from sklearn.ensemble import RandomForestClassifier
 
     def feats(im):
         im = im.astype(np.float32)
