@@ -160,3 +160,37 @@ def test_a_bad_model_file_is_explained(make_napari_viewer, tiny_nuclei, tmp_path
     click(widget._controls.run_button)
     assert not widget.busy and len(errors) == 1 and "corrupt" in errors[0]
     assert widget._controls.run_button.enabled
+
+
+def test_stock_model_without_cached_weights_is_explained(make_napari_viewer, qtbot, tiny_nuclei, tmp_path,
+                                                         errors, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget._stock.value = "fcn_resnet50_voc"
+    assert "NOT in the torch cache" in widget._about.value
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert len(errors) == 1 and "not in the torch cache" in errors[0]
+    assert widget._controls.run_button.enabled
+
+
+def test_cached_stock_model_predicts(make_napari_viewer, qtbot, tiny_nuclei, tmp_path, monkeypatch):
+    import torch
+    from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    torch.save(model.state_dict(), cache / FCN_ResNet50_Weights.DEFAULT.url.rsplit("/", 1)[-1])
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget._stock.value = "fcn_resnet50_voc"
+    assert "in the torch cache" in widget._about.value
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    labels = viewer.layers["cells labels"].data
+    assert labels.shape == tiny_nuclei[0].shape and labels.max() < 21

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 
 from .. import _layers
 from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
+from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
@@ -42,7 +43,15 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     ``plane`` when only that plane was predicted): the GUI thread only shows
     them.
     """
-    model = cached if cached is not None else load_model(checkpoint, device)
+    if cached is not None:
+        model = cached
+    elif str(checkpoint.path).startswith("stock:"):
+        from ..core.stock import load_stock
+
+        model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
+                           in_channels=checkpoint.spec.in_channels)
+    else:
+        model = load_model(checkpoint, device)
     if cached is None:
         yield Message(f"model loaded on {model.device}")
     keep = options.get("probabilities", False)
@@ -87,6 +96,9 @@ class PredictWidget(Container):
 
         self._file = ui.file_picker("model file", "r", "*.pt", tooltip="a checkpoint written by SegLab training")
         self._about = ui.wrapped_label("choose a model file (.pt)", small=True)
+        self._stock = ui.choice_combo("or stock model", ("none", *STOCK), "none")
+        self._stock.tooltip = ("a stock torchvision model (COCO Mask R-CNN, VOC FCN) from the torch cache "
+                               "instead of a file; trained on photographs, a starting point only")
         self._image = ui.layer_picker(napari_viewer, Image, "image", "the image to segment")
         self._device = ui.choice_combo("device", DEVICES, "auto")
         self._tile = SpinBox(label="tile size", value=0, min=0, max=16384, step=32,
@@ -108,7 +120,7 @@ class PredictWidget(Container):
         self._correct = PushButton(text="Correct this prediction", enabled=False,
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
                                            "then fine-tune this model on the fixes in the Train widget")
-        model = ui.form("Model", [self._file], [self._about])
+        model = ui.form("Model", [self._file, self._stock], [self._about])
         options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
                           [self._only_plane, self._probabilities, self._split,
                            ui.button_row(self._uncertainty, self._suggest)])
@@ -118,6 +130,7 @@ class PredictWidget(Container):
         self._correct.changed.connect(lambda *_: self._guarded(self.correct_prediction))
 
         self._file.changed.connect(self._on_file)
+        self._stock.changed.connect(self._on_stock)
         self._threshold.changed.connect(self._on_threshold)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
@@ -139,6 +152,13 @@ class PredictWidget(Container):
 
     # ------------------------------------------------------------------ checkpoint
     def _load_checkpoint(self) -> Checkpoint:
+        if self._stock.value != "none":
+            # metadata only: the weights load in the worker (the channel count follows the image layer)
+            layer = self._image.value
+            channels = 3 if layer is not None and getattr(layer, "rgb", False) else 1
+            self._checkpoint_key = ("stock", self._stock.value, channels)
+            return Checkpoint(meta=stock_meta(self._stock.value, channels), state_dict={},
+                              path=f"stock:{self._stock.value}")
         path = ui.path_or_none(self._file)
         if path is None:
             raise InputError("choose a model file (.pt) first")
@@ -147,6 +167,14 @@ class PredictWidget(Container):
             self._checkpoint = load_checkpoint(path)
             self._checkpoint_key = key
         return self._checkpoint
+
+    def _on_stock(self, *_args) -> None:
+        name = self._stock.value
+        if name == "none":
+            self._on_file()
+            return
+        ready = "in the torch cache" if stock_available(name) else "NOT in the torch cache (predicting will say how to get it)"
+        self._about.value = f"stock {name}: weights {ready}"
 
     def _on_file(self, *_args) -> None:
         if ui.path_or_none(self._file) is None:
