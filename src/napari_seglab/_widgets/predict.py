@@ -14,11 +14,11 @@ from napari.layers import Image, Labels
 
 from .. import _layers
 from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
-from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
 from ..core.predict import LoadedModel, Prediction, load_model, predict_image
+from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
