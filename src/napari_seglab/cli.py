@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=args.patch, batch_size=args.batch_size, lr=args.lr, class_weights=args.class_weights,
         focal_gamma=args.focal_gamma, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
         model_out=args.model_out, init=args.init, read_255_as_foreground=args.mask_255,
-        self_training=False if args.no_self_training else None,
+        self_training=args.self_training,
         allow_download=args.allow_download).check()
     if args.steps_per_epoch < 1:
         raise InputError("--steps-per-epoch must be at least 1")
@@ -395,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-download", action="store_true", help="let --pretrained auto download weights")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help="where to train")
     p.add_argument("--mask-255", action="store_true", help="read 0/255 masks as background/foreground")
-    p.add_argument("--no-self-training", action="store_true",
-                   help="scribbles: do not add the model's confident predictions to the painted pixels")
+    p.add_argument("--self-training", action="store_true",
+                   help="scribbles: add the model's confident predictions to the painted pixels during training")
     p.add_argument("--seed", type=int, metavar="N", default=0, help="random seed")
     p.set_defaults(func=cmd_train)
 

@@ -235,7 +235,8 @@ def test_self_training_adds_confident_pixels_but_not_held_out_ones():
 
     img, inst = make_nuclei(shape=(96, 96), seed=5)
     scrib = make_scribbles(inst, seed=5, n_objects=8, n_background=4)
-    cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=2, self_training_at=(0.5,), **TINY)
+    cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=2, self_training=True, self_training_at=(0.5,),
+                      **TINY)
     events, result = drive(train([img], [scrib], cfg))
     assert any(isinstance(e, Message) and e.text.startswith("self-training") for e in events)
     # the pseudo-labelling itself: painted pixels kept, held-out ones stay ignored

@@ -58,7 +58,7 @@ class TrainConfig:
     resume_optimizer: bool = True
     save_last: bool = True
     preview_every: int = 0  # steps; 0 = off
-    self_training: bool | None = None  # None: on for scribbles (sparse labels)
+    self_training: bool = False  # scribbles: add confident predictions as pseudo-labels
     self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
     pseudo_threshold: float = 0.9
     read_255_as_foreground: bool = False
@@ -331,8 +331,7 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         yield Message("annotation too small for a validation hold-out: the best model is chosen by training loss",
                       "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
-    self_training = config.self_training if config.self_training is not None else sparse
-    pending_rounds = sorted(config.self_training_at) if self_training and spec.semantic else []
+    pending_rounds = sorted(config.self_training_at) if config.self_training and sparse and spec.semantic else []
 
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]),
                          minlength=n_classes)[:n_classes]
