@@ -18,7 +18,7 @@ from napari_seglab.core.detection import (
     predict_instances_tiled,
 )
 from napari_seglab.core.device import precision_for
-from napari_seglab.core.events import TileDone
+from napari_seglab.core.events import TileDone, collect
 from napari_seglab.core.instances import boxes_from_labels
 from napari_seglab.core.models import ModelSpec, build_model
 from napari_seglab.core.predict import LoadedModel, load_model, predict_image, run_to_completion
@@ -30,13 +30,7 @@ ROW_KEYS = {"y0", "x0", "y1", "x1", "class", "score"}
 FAST = {"patch": 64, "box_batch_size_per_image": 32, "rpn_train_top_n": 300}
 
 
-def drive(gen):
-    events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as fin:
-        return events, fin.value
+drive = collect  # (events, result) of a core generator
 
 
 def spec(**options) -> ModelSpec:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_seglab.core.events import TileDone
+from napari_seglab.core.events import TileDone, collect
 from napari_seglab.core.models import ModelSpec
 from napari_seglab.core.predict import (
     LoadedModel,
@@ -20,13 +20,7 @@ from napari_seglab.core.predict import (
 MARGIN = 8  # pixels at the image border, where tiles and the whole image pad differently
 
 
-def drive(gen):
-    events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as fin:
-        return events, fin.value
+drive = collect  # (events, result) of a core generator
 
 
 @pytest.fixture(scope="module")

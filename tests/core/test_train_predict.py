@@ -13,6 +13,7 @@ from napari_seglab.core.events import (
     Preview,
     TileDone,
     TrainStep,
+    collect,
 )
 from napari_seglab.core.predict import (
     load_model,
@@ -25,13 +26,7 @@ from napari_seglab.core.train import TrainConfig, train
 TINY = dict(encoder="resnet18", patch=64, batch_size=2, lr=3e-3, device="cpu")
 
 
-def drive(gen):
-    events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as fin:
-        return events, fin.value
+drive = collect  # (events, result) of a core generator
 
 
 def test_training_yields_progress_and_saves_best(tmp_path, blobs):

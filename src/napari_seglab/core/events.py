@@ -105,3 +105,13 @@ class FileDone:
     error: str = ""
     seconds: float = 0.0
     outputs: dict = field(default_factory=dict)
+
+
+def collect(gen) -> tuple[list, Any]:
+    """Drive a core generator to its end: (every event it yielded, its return value)."""
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as fin:
+        return events, fin.value
