@@ -27,6 +27,7 @@ import argparse
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -50,15 +51,11 @@ def make_model(path: Path) -> None:
     """Save a random-init U-Net resnet18 (1 channel in, 2 classes) as a checkpoint."""
     import torch
 
-    from napari_seglab.core.checkpoint import save_checkpoint
-    from napari_seglab.core.data import Normalization
-    from napari_seglab.core.models import ModelSpec, build_model
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _common import random_unet_checkpoint
 
     torch.manual_seed(0)
-    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=1, n_classes=2)
-    model, _ = build_model(spec, None)
-    save_checkpoint(path, model, {"model": spec.to_dict(), "label_mode": "scribbles",
-                                  "normalization": Normalization().to_dict()})
+    random_unet_checkpoint(path, encoder="resnet18")
 
 
 def warm_up(model: Path, inputs: Path) -> None:
