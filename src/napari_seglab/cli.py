@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="balanced: weight rare classes up")
     p.add_argument("--focal-gamma", type=float, metavar="G", default=0.0, help="focal loss gamma (0 = plain cross-entropy)")
     p.add_argument("--val-fraction", type=float, metavar="F", default=0.15,
-                   help="fraction of strokes or tiles held out for validation")
+                   help="fraction of strokes or tiles held out for validation (scribbles: only when "
+                        "every class has 10 strokes or more; 0 = no hold-out)")
     p.add_argument("--init", default=None, metavar="M.pt", help="start from this checkpoint (fine-tune/continue)")
     p.add_argument("--pretrained", default="none", metavar="none|auto|PATH",
                    help="encoder weights: none (random), auto (stock weights when cached), or a weights file")

@@ -103,12 +103,29 @@ def test_continue_training_restores_optimizer(tmp_path, tiny_model, blobs):
 def test_validation_holdout_reports_dice(tmp_path):
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
 
-    img, inst = make_nuclei(shape=(128, 128), seed=3)
-    scrib = make_scribbles(inst, seed=3, n_objects=12, n_background=6)
+    img, inst = make_nuclei(shape=(160, 160), seed=3)
+    scrib = make_scribbles(inst, seed=3, n_objects=16, n_background=16)  # 12 and 16 strokes
     cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=2, **TINY)
     events, result = drive(train([img], [scrib], cfg))
     ends = [e for e in events if isinstance(e, EpochEnd)]
     assert ends and ends[0].val_dice is not None and 0.0 <= ends[0].val_dice <= 1.0
+
+
+def test_few_strokes_all_train_without_holdout():
+    from napari_seglab.core.data import MIN_STROKES_FOR_HOLDOUT, split_validation
+    from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+
+    img, inst = make_nuclei(shape=(128, 128), seed=3)
+    scrib = make_scribbles(inst, seed=3, n_objects=12, n_background=MIN_STROKES_FOR_HOLDOUT - 4)
+    target = scrib.astype(np.int64) - 1
+    assert not split_validation(target, True, 0.15).any()
+    assert split_validation(target, True, 0.15, min_strokes=3).any()
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **TINY)
+    events, result = drive(train([img], [scrib], cfg))
+    assert any(isinstance(e, Message) and "every stroke trains" in e.text for e in events)
+    assert [e.val_dice for e in events if isinstance(e, EpochEnd)] == [None]
+    # every painted pixel trained: none was held out
+    assert result.checkpoint.meta["training"]["class_pixels"] == np.bincount(target[target >= 0]).tolist()
 
 
 def test_preview_events(blobs):

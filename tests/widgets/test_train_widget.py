@@ -29,9 +29,14 @@ def test_opens_through_manifest_and_follows_the_layers(make_napari_viewer, tiny_
     assert widget._mode.value == "instances"
 
 
-def test_train_end_to_end_adds_the_prediction(make_napari_viewer, qtbot, tiny_nuclei, tmp_path):
+def test_train_end_to_end_adds_the_prediction(make_napari_viewer, qtbot, tmp_path):
+    from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+
     viewer = make_napari_viewer()
-    image_layer, labels_layer = image_and_scribbles(viewer, tiny_nuclei, scale=(0.5, 0.5), translate=(3.0, 4.0))
+    image, instances = make_nuclei((160, 160), seed=3)
+    # 12 background and 16 nucleus strokes: enough to hold some out for the validation Dice
+    painted = (image, instances, make_scribbles(instances, seed=3, n_objects=16, n_background=16))
+    image_layer, labels_layer = image_and_scribbles(viewer, painted, scale=(0.5, 0.5), translate=(3.0, 4.0))
     widget = dock(viewer, "Train")
     set_tiny_training(widget, tmp_path / "model.pt")
     widget._preview.value = 1  # every step: both live previews land in the same layer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -83,3 +84,37 @@ def test_abort_closes_the_generator_in_the_worker_thread(qtbot):
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT_MS)
     assert cleanup["thread"] is not threading.main_thread()
     assert results == []  # an aborted job reports nothing
+
+
+def _thread_nice() -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux-only")
+def test_jobs_run_at_background_priority_in_seglab_pool(qtbot):
+    from qtpy.QtCore import QThreadPool
+
+    from napari_seglab._widgets._worker import job_pool
+    from napari_seglab.core.device import BACKGROUND_NICE
+
+    seen = {}
+
+    def probe(_stop):
+        seen["thread"] = threading.get_ident()
+        seen["nice"] = _thread_nice()
+        # torch threads started from here inherit the priority
+        inner = threading.Thread(target=lambda: seen.__setitem__("inner", _thread_nice()))
+        inner.start()
+        inner.join()
+        yield seen["nice"]
+        return "ok"
+
+    main_nice = _thread_nice()
+    _job, result = _run(qtbot, probe)
+    assert result["result"] == "ok"
+    assert seen["thread"] != threading.main_thread().ident
+    assert seen["nice"] >= BACKGROUND_NICE and seen["inner"] >= BACKGROUND_NICE
+    assert _thread_nice() == main_nice  # the GUI thread keeps its priority
+    assert job_pool() is not QThreadPool.globalInstance()

@@ -384,6 +384,9 @@ def warm_up() -> threading.Thread:
     if _warm_up is None:
         def work() -> None:
             with contextlib.suppress(Exception):  # only a head start: the job reports real errors
+                from ..core.device import lower_thread_priority
+
+                lower_thread_priority()  # the imports must not take the CPU from the viewer
                 import torch
 
                 from ..core.models import ModelSpec, build_model

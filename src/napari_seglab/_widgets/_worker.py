@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from napari.qt.threading import GeneratorWorker, create_worker
 
-from ..core.device import is_oom
+from ..core.device import is_oom, lower_thread_priority
 from ..core.errors import InputError
 
 #: how long closing a widget waits for its worker to finish the current step
@@ -70,12 +70,42 @@ class _Failure:
     text: str
 
 
+_POOL = None
+
+
+def job_pool():
+    """SegLab's own thread pool (its threads run at background priority; napari's shared pool is left alone)."""
+    global _POOL
+    if _POOL is None:
+        from qtpy.QtCore import QThreadPool
+
+        _POOL = QThreadPool()
+        _POOL.setMaxThreadCount(4)  # Train, Predict and Batch can each run one job at a time
+    return _POOL
+
+
 class _ClosingWorker(GeneratorWorker):
-    """A GeneratorWorker that runs ``on_abort`` in its own thread when quit."""
+    """A GeneratorWorker that runs in :func:`job_pool` at background priority and runs ``on_abort`` when quit.
+
+    The priority keeps the viewer responsive on machines where the job would
+    otherwise take every core from the GUI thread and a software OpenGL
+    renderer (see :func:`..core.device.lower_thread_priority`).
+    """
 
     on_abort: Callable[[], None] | None = None
 
+    def start(self) -> None:
+        # as superqt's start, but in SegLab's pool: its threads may be re-niced for good
+        workers = getattr(self, "_worker_set", None)
+        if workers is not None:
+            if self in workers:
+                raise RuntimeError("this worker is already started")
+            workers.add(self)
+            self._finished.connect(self._set_discard)
+        job_pool().start(self)
+
     def work(self):
+        lower_thread_priority()
         try:
             return super().work()
         finally:

@@ -95,14 +95,21 @@ class Sample:
         return int(np.count_nonzero(self.target != IGNORE))
 
 
+#: scribbles hold strokes out for validation only when every class has at least this many:
+#: with fewer, the strokes lost to training cost more Dice than the noisy model choice gains
+#: (sample scribbles, 8 and 14 strokes, 60 s: Dice 0.72 with a 15 % hold-out, 0.84 without)
+MIN_STROKES_FOR_HOLDOUT = 10
+
+
 def split_validation(target: np.ndarray, sparse: bool, fraction: float = 0.15,
-                     rng: np.random.Generator | None = None, block: int = 64) -> np.ndarray:
+                     rng: np.random.Generator | None = None, block: int = 64,
+                     min_strokes: int = MIN_STROKES_FOR_HOLDOUT) -> np.ndarray:
     """Boolean (Y, X) mask of pixels held out for validation.
 
     Sparse scribbles: a fraction of the strokes (connected annotated
-    components) of every class, when each class has at least three strokes.
-    Dense labels: a fraction of ``block``-sized tiles. Returns an all-False
-    mask when the annotation is too small to spare any.
+    components) of every class, when each class has at least ``min_strokes``
+    strokes. Dense labels: a fraction of ``block``-sized tiles. Returns an
+    all-False mask when the annotation is too small to spare any.
     """
     rng = rng or np.random.default_rng(0)
     annotated = target != IGNORE
@@ -112,7 +119,7 @@ def split_validation(target: np.ndarray, sparse: bool, fraction: float = 0.15,
     if sparse:
         for cls in np.unique(target[annotated]):
             comps, n = ndi.label(target == cls)
-            if n < 3:
+            if n < max(2, min_strokes):
                 return np.zeros(target.shape, bool)
             k = max(1, int(round(n * fraction)))
             for c in rng.choice(np.arange(1, n + 1), size=k, replace=False):

@@ -88,3 +88,34 @@ def is_oom(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return "out of memory" in text and isinstance(error, RuntimeError)
+
+
+#: niceness of the threads that run SegLab jobs behind a GUI (0 = normal, 19 = lowest)
+BACKGROUND_NICE = 10
+
+
+def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
+    """Give the calling thread (and the torch threads it starts later) a lower CPU priority.
+
+    For jobs that run behind a GUI: the GUI thread and the OpenGL driver's
+    threads then get the CPU first when everything competes for the cores,
+    while an idle GUI leaves the job all of it. Linux sets niceness per
+    thread, and threads inherit it from the thread that creates them, so
+    torch's intra-op threads started from this thread follow. Elsewhere (or
+    when not allowed) it does nothing and returns False. An unprivileged
+    thread cannot raise its priority again, so call it only in threads that
+    run nothing but such jobs.
+    """
+    import os
+    import sys
+    import threading
+
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return True
+    except OSError:
+        return False

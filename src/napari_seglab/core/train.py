@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import Normalization, PatchSampler, Sample, percentiles, split_validation, to_chw
+from .data import MIN_STROKES_FOR_HOLDOUT, Normalization, PatchSampler, Sample, percentiles, split_validation, to_chw
 from .device import describe, pick_device
 from .errors import InputError
 from .events import CheckpointSaved, EpochEnd, Message, Preview, TrainStep
@@ -328,8 +328,10 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     if validator:
         yield Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")
     else:
-        yield Message("annotation too small for a validation hold-out: the best model is chosen by training loss",
-                      "warning")
+        why = (f"fewer than {MIN_STROKES_FOR_HOLDOUT} strokes in a class, so every stroke trains"
+               if sparse and val_fraction > 0 else "annotation too small for a validation hold-out"
+               if val_fraction > 0 else "no validation hold-out asked for")
+        yield Message(f"{why}: no validation Dice; the best model is chosen by training loss", "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
     pending_rounds = sorted(config.self_training_at) if config.self_training and sparse and spec.semantic else []
 
