@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import MIN_STROKES_FOR_HOLDOUT, Normalization, PatchSampler, Sample, percentiles, split_validation, to_chw
+from .data import (
+    MIN_STROKES_FOR_HOLDOUT,
+    Normalization,
+    PatchSampler,
+    Sample,
+    percentiles,
+    split_validation,
+    to_chw,
+)
 from .device import describe, pick_device
 from .errors import InputError
 from .events import CheckpointSaved, EpochEnd, Message, Preview, TrainStep
