@@ -229,7 +229,7 @@ def main() -> int:
 
     model = Path(tempfile.mkdtemp()) / "latency.pt"
     train._encoder.native.setEditText("resnet18")
-    train._patch.value, train._batch.value = 128, 4
+    train._patch.value, train._batch.value = "128", "4"
     train._epochs.value, train._steps.value = 2, max(1, args.steps // 2)
     train._preview.value = 2
     train._device.value = "cpu"

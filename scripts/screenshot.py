@@ -72,8 +72,8 @@ def main() -> None:
     train._mode.value = "instances"
     train._lr.value = "3e-3"  # from scratch
     train._encoder.native.setEditText("resnet18")
-    train._patch.value = 128
-    train._batch.value = 4
+    train._patch.value = "128"
+    train._batch.value = "4"
     train._epochs.value = args.epochs
     train._steps.value = 10
     train._save_to.value = model

@@ -380,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, default=None, metavar="SEC", help="stop after this many seconds")
     p.add_argument("--steps-per-epoch", type=int, metavar="N", default=25, help="optimizer steps per epoch")
     p.add_argument("--patch", type=int, metavar="PX", default=None,
-                   help="training patch side in pixels, a multiple of 32 (default: 256 on a GPU, 128 on the CPU)")
-    p.add_argument("--batch-size", type=int, metavar="N", default=8, help="patches per step")
+                   help="training patch side in pixels, a multiple of 32 (default: dense labels 128 on the CPU, "
+                        "256 on a GPU; scribbles 64 on the CPU, 128 on a GPU)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=None,
+                   help="patches per step (default: 8 for dense labels, 32 for scribbles)")
     p.add_argument("--lr", type=float, metavar="LR", default=None,
                    help="AdamW learning rate (default: 3e-3 from scratch, 1e-3 fine-tuning, 1e-4 for Mask R-CNN)")
     p.add_argument("--class-weights", default="none", metavar="{none,balanced}",

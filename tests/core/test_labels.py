@@ -52,3 +52,15 @@ def test_correction_roundtrip_for_scribbles():
     pred = np.array([[0, 1], [2, 0]])
     corr = to_correction(pred, "scribbles")
     np.testing.assert_array_equal(make_target(validate_labels(corr, (2, 2), "scribbles"), "scribbles"), pred)
+
+
+def test_correction_of_object_ids_depends_on_the_mode():
+    ids = np.array([[0, 7], [300, 0]])
+    # semantic modes: every object is the one foreground class, not one class per id
+    np.testing.assert_array_equal(to_correction(ids, "scribbles", "instances"), [[1, 2], [2, 1]])
+    np.testing.assert_array_equal(to_correction(ids, "classes", "instances"), [[0, 1], [1, 0]])
+    corrected = to_correction(ids, "instances", "instances")
+    np.testing.assert_array_equal(corrected, ids)
+    assert corrected is not ids  # a copy: painting the correction never edits the prediction
+    with pytest.raises(InputError, match="unknown prediction kind"):
+        to_correction(ids, "scribbles", "boxes")

@@ -111,6 +111,24 @@ def test_validation_holdout_reports_dice(tmp_path):
     assert ends and ends[0].val_dice is not None and 0.0 <= ends[0].val_dice <= 1.0
 
 
+@pytest.mark.parametrize("mode", ["scribbles", "classes"])
+def test_patch_and_batch_follow_the_label_mode(mode):
+    from napari_seglab.core.train import DENSE_BATCH, DENSE_PATCH, SPARSE_BATCH, SPARSE_PATCH
+
+    img = np.random.default_rng(0).normal(100, 10, (96, 96)).astype(np.float32)
+    lab = np.zeros((96, 96), np.uint8)
+    lab[10:20, 10:20], lab[60:70, 60:70] = 1, 2
+    if mode == "classes":
+        lab = (lab == 2).astype(np.uint8)  # dense: 0 background everywhere else, 1 object
+    cfg = TrainConfig(label_mode=mode, epochs=1, steps_per_epoch=1, encoder="resnet18", device="cpu")
+    assert cfg.patch is None and cfg.batch_size is None
+    _events, result = drive(train([img], [lab], cfg))
+    used = result.checkpoint.meta["training"]["config"]
+    sparse = mode == "scribbles"
+    assert used["patch"] == (SPARSE_PATCH if sparse else DENSE_PATCH)["cpu"]
+    assert used["batch_size"] == (SPARSE_BATCH if sparse else DENSE_BATCH)
+
+
 def test_few_strokes_all_train_without_holdout():
     from napari_seglab.core.data import MIN_STROKES_FOR_HOLDOUT, split_validation
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles

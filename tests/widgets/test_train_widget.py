@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
 
+from napari_seglab.core.errors import InputError
 from napari_seglab.core.labels import LEGEND
 
 
@@ -129,6 +130,23 @@ def test_bad_labels_show_an_error_and_the_widget_stays_usable(make_napari_viewer
     assert expected in widget._controls.status.value
     assert widget._controls.run_button.enabled and widget._inputs[0].enabled
     assert "cells prediction" not in viewer.layers and not (tmp_path / "model.pt").exists()
+
+
+def test_budget_controls_default_to_auto(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Train")
+    assert (widget._patch.value, widget._batch.value, widget._lr.value) == ("auto", "auto", "auto")
+    config = widget.config()
+    assert (config.patch, config.batch_size, config.lr) == (None, None, None)  # the core picks per mode and device
+    widget._patch.value, widget._batch.value, widget._lr.value = "96", " 4 ", "2e-3"
+    config = widget.config()
+    assert (config.patch, config.batch_size, config.lr) == (96, 4, 2e-3)
+    widget._patch.value = "big"
+    with pytest.raises(InputError, match="patch 'big' is not a number"):
+        widget.config()
+    widget._patch.value = "100"  # not a multiple of 32: the core's own check speaks
+    with pytest.raises(InputError, match="multiple of 32"):
+        widget.config()
 
 
 def test_settings_errors_are_reported_before_starting(make_napari_viewer, tiny_nuclei, tmp_path, errors):

@@ -13,8 +13,8 @@ TINY = {"encoder": "resnet18", "patch": 64, "batch_size": 2, "device": "cpu", "p
 def set_tiny_training(widget, save_to, *, epochs=1, steps=2):
     """Set a TrainWidget's controls for a run of a few seconds on the CPU."""
     widget._encoder.native.setEditText(TINY["encoder"])
-    widget._patch.value = TINY["patch"]
-    widget._batch.value = TINY["batch_size"]
+    widget._patch.value = str(TINY["patch"])
+    widget._batch.value = str(TINY["batch_size"])
     widget._device.value = "cpu"
     widget._epochs.value = epochs
     widget._steps.value = steps

@@ -315,13 +315,11 @@ def correction_labels(prediction: np.ndarray, kind: str, mode: str,
     from ..core.labels import to_correction
 
     prediction = np.asarray(prediction)
-    if kind == "instances" and mode != "instances":
-        prediction = (prediction > 0).astype(np.uint8)
     if not planes:
-        return to_correction(prediction, mode)
+        return to_correction(prediction, mode, kind)
     out = None
     for index in planes:
-        part = to_correction(prediction[index], mode)
+        part = to_correction(prediction[index], mode, kind)
         if out is None:
             out = np.zeros(prediction.shape, part.dtype)
         out[index] = part

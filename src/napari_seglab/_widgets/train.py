@@ -55,6 +55,17 @@ def _light(event):
     return event
 
 
+def _auto_number(text: str, kind: type, what: str, example: str):
+    """``"auto"`` (or empty) -> None (the core decides), else the number; InputError when neither."""
+    text = str(text).strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not a number (e.g. {example}) or 'auto'") from None
+
+
 def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig,
                        preview_plane: np.ndarray | None, plane: tuple[int, ...], stop: threading.Event):
     """Train on ``pairs`` ((image, axes, labels) copies), then predict the first image with the best model.
@@ -133,9 +144,12 @@ class TrainWidget(Container):
         self._time = SpinBox(label="time budget (s)", value=0, min=0, max=7 * 24 * 3600, step=10,
                              tooltip="0 = no limit; training stops at the epochs or the budget, whichever comes first")
         self._steps = SpinBox(label="steps per epoch", value=25, min=1, max=100000)
-        self._patch = SpinBox(label="patch", value=256, min=32, max=2048, step=32)
-        self._batch = SpinBox(label="batch size", value=8, min=1, max=256)
-        self._lr = LineEdit(label="learning rate", value="1e-3")
+        self._patch = LineEdit(label="patch", value="auto",
+                               tooltip="pixels, a multiple of 32; auto: dense labels 128 on the CPU, 256 on a GPU; "
+                                       "scribbles 64 / 128")
+        self._batch = LineEdit(label="batch size", value="auto", tooltip="auto: 8 for dense labels, 32 for scribbles")
+        self._lr = LineEdit(label="learning rate", value="auto",
+                            tooltip="auto: 3e-3 from scratch, 1e-3 fine-tuning, 1e-4 for Mask R-CNN")
         self._weights = ui.choice_combo("class weights", ("none", "balanced"), "none",
                                         "balanced: rare classes weigh more in the loss")
         self._gamma = FloatSpinBox(label="focal gamma", value=0.0, min=0.0, max=5.0, step=0.5,
@@ -192,10 +206,9 @@ class TrainWidget(Container):
 
         ``init``: the checkpoint to start from; default the "start from" field.
         """
-        try:
-            lr = float(self._lr.value)
-        except ValueError:
-            raise InputError(f"learning rate {self._lr.value!r} is not a number (e.g. 1e-3)") from None
+        lr = _auto_number(self._lr.value, float, "learning rate", "1e-3")
+        patch = _auto_number(self._patch.value, int, "patch", "128")
+        batch = _auto_number(self._batch.value, int, "batch size", "8")
         save_to = ui.path_or_none(self._save_to)
         init = init or ui.path_or_none(self._init)
         if init is not None and not init.is_file():
@@ -205,7 +218,7 @@ class TrainWidget(Container):
             encoder=self._encoder.native.currentText().strip() or DEFAULT_ENCODER,
             pretrained=None if self._pretrained.value == "none" else self._pretrained.value,
             epochs=self._epochs.value or None, time_limit=float(self._time.value) or None,
-            steps_per_epoch=self._steps.value, patch=self._patch.value, batch_size=self._batch.value,
+            steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
             lr=lr, class_weights=self._weights.value, focal_gamma=float(self._gamma.value),
             device=self._device.value, model_out=str(save_to) if save_to else None,
             init=str(init) if init else None, preview_every=self._preview.value,

@@ -117,15 +117,21 @@ def annotated_fraction(target: np.ndarray) -> float:
     return float(np.mean(target != IGNORE)) if target.size else 0.0
 
 
-def to_correction(pred: np.ndarray, mode: str) -> np.ndarray:
+def to_correction(pred: np.ndarray, mode: str, kind: str = "semantic") -> np.ndarray:
     """Turn a prediction into labels in ``mode`` that can be corrected and trained on again.
 
-    Semantic predictions (0 = background, k = class k) become dense
-    scribbles (value + 1, every pixel annotated) or classes (unchanged);
-    instance predictions stay object ids.
+    ``kind`` says what ``pred`` holds: ``"semantic"`` (0 = background,
+    k = class k) or ``"instances"`` (object ids). Semantic predictions become
+    dense scribbles (value + 1, every pixel annotated) or classes
+    (unchanged); object ids stay ids for ``instances`` and become one
+    foreground class for the semantic modes.
     """
     check_mode(mode)
+    if kind not in ("semantic", "instances"):
+        raise InputError(f"unknown prediction kind {kind!r}; expected 'semantic' or 'instances'")
     pred = np.asarray(pred)
+    if kind == "instances" and mode != "instances":
+        pred = (pred > 0).astype(np.uint8)
     if mode == "scribbles":
         return (pred.astype(np.int64) + 1).astype(np.uint16 if pred.max() > 253 else np.uint8)
     return pred.copy()
