@@ -85,7 +85,6 @@ class StallTracer:
 
         self.meter, self.after, self.depth = meter, after_ms / 1000, depth
         self.main_id = threading.main_thread().ident
-        self.counts: collections.Counter = collections.Counter()
         self.others: collections.Counter = collections.Counter()
         self.episodes: list[tuple[float, collections.Counter]] = []
         self._stop = threading.Event()
@@ -115,16 +114,17 @@ class StallTracer:
                 episode, started = collections.Counter(), last
             for ident, frame in sys._current_frames().items():
                 if ident == self.main_id:
-                    stack = self._fmt(frame)
-                    self.counts[stack] += 1
-                    episode[stack] += 1
+                    episode[self._fmt(frame)] += 1
                 elif ident != threading.get_ident():
                     self.others[self._fmt(frame)] += 1
 
     def report(self, n: int = 12) -> None:
+        import collections
+
         self._stop.set()
         print(f"GUI-thread stacks sampled while stalled > {self.after * 1000:.0f} ms (5 ms samples):")
-        for stack, c in self.counts.most_common(n):
+        counts = sum((episode for _seconds, episode in self.episodes), collections.Counter())
+        for stack, c in counts.most_common(n):
             print(f"  {c:5d}  {stack}")
         print("other threads at the same moments:")
         for stack, c in self.others.most_common(n):

@@ -55,22 +55,14 @@ def make_model(path: Path) -> None:
 def run(model: Path, inputs: Path, out: Path, n: int, **kwargs) -> tuple[float, str]:
     """Run the batch to the end and check its bookkeeping; returns (seconds, where it ran)."""
     from napari_seglab.core.batch import run_batch
-    from napari_seglab.core.events import FileDone, Message
+    from napari_seglab.core.events import FileDone, Message, collect
     from napari_seglab.core.manifest import read_manifest
 
     t0 = time.perf_counter()
-    gen = run_batch(str(model), str(inputs), str(out), device="cpu", **kwargs)
-    notes, done = [], 0
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, Message):
-                notes.append(ev.text)
-            elif isinstance(ev, FileDone):
-                done += 1
-    except StopIteration as fin:
-        summary = fin.value
+    events, summary = collect(run_batch(str(model), str(inputs), str(out), device="cpu", **kwargs))
     seconds = time.perf_counter() - t0
+    done = sum(isinstance(ev, FileDone) for ev in events)
+    notes = [ev.text for ev in events if isinstance(ev, Message)]
     want = "skipped" if kwargs.get("skip_existing") else "ok"
     rows = read_manifest(summary.manifest)
     with open(summary.summary_csv) as fh:

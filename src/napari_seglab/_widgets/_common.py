@@ -11,6 +11,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 
 from .._layers import ROLE
+from ..core.errors import InputError
+from ._worker import error_text, report_error
 
 #: the progress bar counts in thousandths
 PROGRESS_MAX = 1000
@@ -104,6 +106,14 @@ class RunControls(Container):
         self.status = wrapped_label("")
         super().__init__(widgets=[self.buttons, self.progress, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
+
+    def attempt(self, action: Callable[[], object]) -> None:
+        """Run ``action`` (a click's handler); bad input becomes a notification and the status line."""
+        try:
+            action()
+        except InputError as exc:
+            report_error(exc)
+            self.say(error_text(exc))
 
     def set_busy(self, busy: bool) -> None:
         self.run_button.enabled = not busy

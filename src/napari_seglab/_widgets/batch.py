@@ -105,12 +105,10 @@ class BatchWidget(Container):
         return [(f"{Path(d.path).name} ({d.status})", d) for d in self.results]
 
     def _on_run(self) -> None:
-        try:
-            options = self.batch_options()
-        except InputError as exc:
-            report_error(exc)
-            self._controls.say(error_text(exc))
-            return
+        self._controls.attempt(self._start)
+
+    def _start(self) -> None:
+        options = self.batch_options()
         self.results = []
         self.summary = None
         self._result_choice.reset_choices()

@@ -21,7 +21,7 @@ from ..core.predict import LoadedModel, Prediction, load_model, predict_image
 from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
-from ._worker import JobSlot, error_text, report_error, stop_on_destroy
+from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
     import napari
@@ -127,7 +127,7 @@ class PredictWidget(Container):
         ui.align_labels([model, options])
         self._inputs = [model, options]
         super().__init__(widgets=[model, options, self._controls, self._correct], labels=False)
-        self._correct.changed.connect(lambda *_: self._guarded(self.correct_prediction))
+        self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
 
         self._file.changed.connect(self._on_file)
         self._stock.changed.connect(self._on_stock)
@@ -186,15 +186,8 @@ class PredictWidget(Container):
             self._about.value = f"cannot use this file: {exc}"
 
     # ------------------------------------------------------------------ run
-    def _guarded(self, action) -> None:
-        try:
-            action()
-        except InputError as exc:
-            report_error(exc)
-            self._controls.say(error_text(exc))
-
     def _on_predict(self) -> None:
-        self._guarded(self._start)
+        self._controls.attempt(self._start)
 
     def _start(self) -> None:
         checkpoint = self._load_checkpoint()

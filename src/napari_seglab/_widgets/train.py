@@ -30,7 +30,7 @@ from ..core.train import TrainConfig, TrainResult, train
 from ..core.uncertainty import paint_next
 from . import _common as ui
 from ._plot import TrainingPlot
-from ._worker import JobSlot, error_text, report_error, stop_on_destroy
+from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
     import napari
@@ -189,8 +189,8 @@ class TrainWidget(Container):
         self._family.changed.connect(self._on_family)
         self._init.changed.connect(self._on_init)
         self._continue.changed.connect(lambda *_: self._run(continuing=True))
-        self._correct.changed.connect(lambda *_: self._guard(self.correct_prediction))
-        self._show_uncertainty.changed.connect(lambda *_: self._guard(self.show_uncertainty))
+        self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
+        self._show_uncertainty.changed.connect(lambda *_: self._controls.attempt(self.show_uncertainty))
         self._use_in_predict.changed.connect(self._open_in_predict)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
@@ -272,18 +272,11 @@ class TrainWidget(Container):
         ui.set_enabled([self._family, self._arch, self._pretrained], fresh)
         self._encoder.enabled = fresh and self._family.value == "unet"
 
-    def _guard(self, action) -> None:
-        try:
-            action()
-        except InputError as exc:
-            report_error(exc)
-            self._controls.say(error_text(exc))
-
     def _on_train(self) -> None:
         self._run(continuing=False)
 
     def _run(self, continuing: bool) -> None:
-        self._guard(lambda: self._start(continuing))
+        self._controls.attempt(lambda: self._start(continuing))
 
     def _start(self, continuing: bool) -> None:
         if continuing and (self._continue_from is None or not self._continue_from.is_file()):

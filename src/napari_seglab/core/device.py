@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -106,10 +109,6 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
     thread cannot raise its priority again, so call it only in threads that
     run nothing but such jobs.
     """
-    import os
-    import sys
-    import threading
-
     if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
         return False
     tid = threading.get_native_id()

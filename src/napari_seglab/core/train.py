@@ -348,9 +348,12 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     if validator:
         yield Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")
     else:
-        why = (f"fewer than {MIN_STROKES_FOR_HOLDOUT} strokes in a class, so every stroke trains"
-               if sparse and val_fraction > 0 else "annotation too small for a validation hold-out"
-               if val_fraction > 0 else "no validation hold-out asked for")
+        if val_fraction <= 0:
+            why = "no validation hold-out asked for"
+        elif sparse:
+            why = f"fewer than {MIN_STROKES_FOR_HOLDOUT} strokes in a class, so every stroke trains"
+        else:
+            why = "annotation too small for a validation hold-out"
         yield Message(f"{why}: no validation Dice; the best model is chosen by training loss", "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
     pending_rounds = sorted(config.self_training_at) if config.self_training and sparse and spec.semantic else []
