@@ -86,6 +86,50 @@ def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny
     assert viewer.layers["cells labels"].data.dtype in (np.uint8, np.uint16)
 
 
+def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewer, qtbot, tiny_nuclei,
+                                                               tiny_checkpoint, monkeypatch):
+    """The click adds the labels layer only; the maps follow in later turns, so the viewer repaints between."""
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget._device.value = "cpu"
+    widget._uncertainty.value = True
+    widget._suggest.value = True
+    started = []  # the layers there were when the job was started; the job itself never runs
+    monkeypatch.setattr(widget._slot, "start", lambda *args, **kwargs: started.append(
+        [layer.name for layer in viewer.layers]))
+
+    click(widget._controls.run_button)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"] and widget.busy
+    qtbot.waitUntil(lambda: bool(started), timeout=WAIT_MS)
+    # the job starts once every output layer exists, so it does not compete with their creation
+    assert set(started[0]) == {"cells", "cells labels", "cells uncertainty", "cells paint next"}
+    assert not viewer.layers["cells uncertainty"].data.any()
+
+    # a job that fails takes every empty layer it was given away again
+    widget._on_error(RuntimeError("out of memory"))
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_stop_before_the_job_starts_adds_nothing(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_checkpoint)
+    widget._device.value = "cpu"
+    widget._uncertainty.value = True
+    started = []
+    monkeypatch.setattr(widget._slot, "start", lambda *args, **kwargs: started.append(True))
+
+    click(widget._controls.run_button)
+    click(widget._controls.stop_button)
+    assert not widget.busy and widget._controls.run_button.enabled
+    assert [layer.name for layer in viewer.layers] == ["cells"] and "nothing was added" in widget._controls.status.value
+    widget._reserve_next()  # the turn that was already queued finds the job called off
+    assert not started and [layer.name for layer in viewer.layers] == ["cells"]
+
+
 def _boxes_prediction(shape, rows):
     labels = np.zeros(shape, np.int32)
     return Prediction(labels=labels, boxes=rows, kind="instances")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 
 from .. import _layers
 from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 #: "where to paint next" boxes
 SUGGESTIONS = 5
+
+#: pause between creating two output layers, so that the viewer draws the first before the next
+REPAINT_PAUSE_MS = 80
 
 
 def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device: str, image: np.ndarray,
@@ -91,6 +95,8 @@ class PredictWidget(Container):
         self._target = None
         self._boxes_layer = None
         self._placeholders: list = []
+        self._pending_layers: list = []  # output layers still to make, one per event-loop turn
+        self._launch = None  # starts the job once the output layers exist
         self._started = 0.0
         self.last_prediction: Prediction | None = None
 
@@ -139,7 +145,7 @@ class PredictWidget(Container):
     # ------------------------------------------------------------------ public helpers
     @property
     def busy(self) -> bool:
-        return self._slot.busy
+        return self._slot.busy or self._launch is not None
 
     def set_checkpoint(self, path: str | os.PathLike) -> None:
         """Choose the model file (shows its description)."""
@@ -209,8 +215,8 @@ class PredictWidget(Container):
         spatial = _layers.spatial_shape(image, axes)
         wanted = [("labels", "labels", True), ("uncertainty", "uncertainty", self._uncertainty.value),
                   ("regions", "paint next", self._suggest.value)]
-        self._placeholders = [made for kind, suffix, on in wanted if on and (made := _layers.reserve(
-            self._viewer, kind, f"{layer.name} {suffix}", spatial, like=layer)) is not None]
+        self._placeholders = []
+        self._pending_layers = [(kind, f"{layer.name} {suffix}", spatial, layer) for kind, suffix, on in wanted if on]
         self._started = time.monotonic()
         self._controls.set_fraction(0)
         self._controls.say("predicting...")
@@ -218,13 +224,38 @@ class PredictWidget(Container):
         device = self._device.value
         extra = {"uncertainty": self._uncertainty.value, "suggestions": SUGGESTIONS if self._suggest.value else 0,
                  "plane": shown}
-        self._slot.start(lambda stop: load_and_predict(checkpoint, cached, device, image, axes, options, stop,
-                                                       **extra),
-                         on_event=self._on_event, on_result=self._on_result,
-                         on_error=self._on_error, on_done=lambda: self._set_busy(False))
+        self._launch = lambda: self._slot.start(
+            lambda stop: load_and_predict(checkpoint, cached, device, image, axes, options, stop, **extra),
+            on_event=self._on_event, on_result=self._on_result, on_error=self._on_error,
+            on_done=lambda: self._set_busy(False))
+        self._reserve_next()  # the labels layer now, the maps in later turns of the event loop, then the job
+
+    def _reserve_next(self) -> None:
+        """Create one pending output layer and let the viewer repaint; once all exist, start the job.
+
+        Adding a layer costs napari 100-400 ms on software OpenGL; three in one
+        click handler froze the viewer for their sum. The job starts after the
+        last one: its thread would otherwise compete with them for the GIL.
+        """
+        if self._launch is None:  # stopped before the job started
+            return
+        if self._target[0] not in self._viewer.layers:  # the image was closed meanwhile
+            self._on_stop()
+            return
+        if self._pending_layers:
+            kind, name, spatial, like = self._pending_layers.pop(0)
+            if like in self._viewer.layers and (made := _layers.reserve(self._viewer, kind, name, spatial,
+                                                                         like=like)) is not None:
+                self._placeholders.append(made)
+        if self._pending_layers:
+            QTimer.singleShot(REPAINT_PAUSE_MS, self._reserve_next)
+        else:
+            launch, self._launch = self._launch, None
+            launch()
 
     def _drop_placeholders(self) -> None:
         """Remove the empty output layers made at the click (nothing came to fill them)."""
+        self._pending_layers = []
         for made in self._placeholders:
             if made in self._viewer.layers:
                 self._viewer.layers.remove(made)
@@ -235,6 +266,12 @@ class PredictWidget(Container):
         self._controls.say(error_text(exc))
 
     def _on_stop(self) -> None:
+        if self._launch is not None:  # still making the output layers: the job never starts
+            self._launch = None
+            self._drop_placeholders()
+            self._set_busy(False)
+            self._controls.say("stopped: nothing was added")
+            return
         self._slot.stop()
         self._controls.say("stopping...")
 
@@ -252,6 +289,7 @@ class PredictWidget(Container):
 
     def _on_result(self, value) -> None:
         model, prediction, extras, count = value
+        self._pending_layers = []  # not made yet: the result makes what it needs
         layer, plane, key = self._target
         self._model_cache = (key, model)
         self.last_prediction = prediction
