@@ -86,19 +86,25 @@ def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny
     assert viewer.layers["cells labels"].data.dtype in (np.uint8, np.uint16)
 
 
-def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewer, qtbot, tiny_nuclei,
-                                                               tiny_checkpoint, monkeypatch):
-    """The click adds the labels layer only; the maps follow in later turns, so the viewer repaints between."""
+def _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch):
+    """Predict (with the uncertainty map) docked on "cells", its job replaced by a note of the layers there."""
     viewer = make_napari_viewer()
     viewer.add_image(tiny_nuclei[0], name="cells")
     widget = dock(viewer, "Predict")
     widget.set_checkpoint(tiny_checkpoint)
     widget._device.value = "cpu"
     widget._uncertainty.value = True
-    widget._suggest.value = True
-    started = []  # the layers there were when the job was started; the job itself never runs
+    started = []  # the layers there were when the job was started
     monkeypatch.setattr(widget._slot, "start", lambda *args, **kwargs: started.append(
         [layer.name for layer in viewer.layers]))
+    return viewer, widget, started
+
+
+def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewer, qtbot, tiny_nuclei,
+                                                               tiny_checkpoint, monkeypatch):
+    """The click adds the labels layer only; the maps follow in later turns, so the viewer repaints between."""
+    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch)
+    widget._suggest.value = True
 
     click(widget._controls.run_button)
     assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"] and widget.busy
@@ -113,14 +119,7 @@ def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewe
 
 
 def test_stop_before_the_job_starts_adds_nothing(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch):
-    viewer = make_napari_viewer()
-    viewer.add_image(tiny_nuclei[0], name="cells")
-    widget = dock(viewer, "Predict")
-    widget.set_checkpoint(tiny_checkpoint)
-    widget._device.value = "cpu"
-    widget._uncertainty.value = True
-    started = []
-    monkeypatch.setattr(widget._slot, "start", lambda *args, **kwargs: started.append(True))
+    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch)
 
     click(widget._controls.run_button)
     click(widget._controls.stop_button)
