@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from widget_helpers import WAIT_MS, click, dock
 
@@ -26,7 +28,9 @@ def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, t
     probability = viewer.layers["cells probability"]
     assert probability.data.shape == image.data.shape
     assert probability.data.min() >= 0.0 and probability.data.max() <= 1.0
-    assert "done" in widget._controls.status.value and widget._controls.run_button.enabled
+    status = widget._controls.status.value
+    assert re.fullmatch(r"done in [\d.]+ s: (1 class|[02-9]\d* classes|1\d+ classes)", status), status
+    assert widget._controls.run_button.enabled
 
     # a second run replaces the layers instead of stacking copies, and reuses the loaded model
     model = widget._model_cache[1]

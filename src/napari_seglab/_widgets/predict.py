@@ -313,7 +313,8 @@ class PredictWidget(Container):
         self._placeholders = []
         seconds = time.monotonic() - self._started
         self._controls.set_fraction(1.0)
-        what = "objects" if prediction.kind == "instances" else "classes"
+        what = ("object" if count == 1 else "objects") if prediction.kind == "instances" else (
+            "class" if count == 1 else "classes")
         self._controls.say(f"done in {seconds:.1f} s: {count} {what}"
                            + (f", {len(prediction.boxes)} boxes" if prediction.boxes else "") + note)
 
