@@ -90,4 +90,6 @@ def test_tiled_prediction_is_aligned_and_equals_untiled_for_pointwise_model(data
     assert tiled.labels.shape == img.shape
     np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=1e-5)
     expected = (1 / (1 + np.exp(-4 * (img - 0.5)))) > 0.5
-    assert ((tiled.labels == 1) == expected).mean() > 0.999
+    decided = np.abs(img - 0.5) > 1e-3  # a pixel right at the threshold may go either way
+    if decided.any():
+        assert ((tiled.labels == 1) == expected)[decided].mean() > 0.999
