@@ -209,16 +209,22 @@ def test_a_bad_model_file_is_explained(make_napari_viewer, tiny_nuclei, tmp_path
     assert widget._controls.run_button.enabled
 
 
-def test_stock_model_without_cached_weights_is_explained(make_napari_viewer, qtbot, tiny_nuclei, tmp_path,
-                                                         errors, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, about: str):
+    """Predict with the stock VOC FCN on "cells" (its description must say ``about``); returns viewer, widget."""
     viewer = make_napari_viewer()
     viewer.add_image(tiny_nuclei[0], name="cells")
     widget = dock(viewer, "Predict")
     widget._stock.value = "fcn_resnet50_voc"
-    assert "NOT in the torch cache" in widget._about.value
+    assert about in widget._about.value
     click(widget._controls.run_button)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    return viewer, widget
+
+
+def test_stock_model_without_cached_weights_is_explained(make_napari_viewer, qtbot, tiny_nuclei, tmp_path,
+                                                         errors, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    widget = _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, "NOT in the torch cache")[1]
     assert len(errors) == 1 and "not in the torch cache" in errors[0]
     assert widget._controls.run_button.enabled
 
@@ -232,12 +238,6 @@ def test_cached_stock_model_predicts(make_napari_viewer, qtbot, tiny_nuclei, tmp
     cache.mkdir(parents=True)
     model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
     torch.save(model.state_dict(), cache / FCN_ResNet50_Weights.DEFAULT.url.rsplit("/", 1)[-1])
-    viewer = make_napari_viewer()
-    viewer.add_image(tiny_nuclei[0], name="cells")
-    widget = dock(viewer, "Predict")
-    widget._stock.value = "fcn_resnet50_voc"
-    assert "in the torch cache" in widget._about.value
-    click(widget._controls.run_button)
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    viewer = _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, "in the torch cache")[0]
     labels = viewer.layers["cells labels"].data
     assert labels.shape == tiny_nuclei[0].shape and labels.max() < 21

@@ -244,8 +244,7 @@ class PredictWidget(Container):
             return
         if self._pending_layers:
             kind, name, spatial, like = self._pending_layers.pop(0)
-            if like in self._viewer.layers and (made := _layers.reserve(self._viewer, kind, name, spatial,
-                                                                         like=like)) is not None:
+            if (made := _layers.reserve(self._viewer, kind, name, spatial, like=like)) is not None:
                 self._placeholders.append(made)
         if self._pending_layers:
             QTimer.singleShot(REPAINT_PAUSE_MS, self._reserve_next)

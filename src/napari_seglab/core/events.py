@@ -107,11 +107,19 @@ class FileDone:
     outputs: dict = field(default_factory=dict)
 
 
-def collect(gen) -> tuple[list, Any]:
-    """Drive a core generator to its end: (every event it yielded, its return value)."""
-    events = []
+def run_to_completion(gen, on_event=None) -> Any:
+    """Drive a core generator to its end, handing each event to ``on_event`` (or dropping it); returns its result."""
     try:
         while True:
-            events.append(next(gen))
+            event = next(gen)
+            if on_event is not None:
+                on_event(event)
     except StopIteration as fin:
-        return events, fin.value
+        return fin.value
+
+
+def collect(gen) -> tuple[list, Any]:
+    """Drive a core generator to its end: (every event it yielded, its return value)."""
+    events: list = []
+    result = run_to_completion(gen, events.append)
+    return events, result

@@ -22,7 +22,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .data import Normalization, normalize, percentiles, to_chw
 from .device import Precision, is_oom, pick_device, precision_for
 from .errors import InputError
-from .events import Message, TileDone
+from .events import Message, TileDone, run_to_completion  # noqa: F401 (part of this module's API)
 from .io import check_image_values
 from .models import ModelSpec
 
@@ -389,12 +389,3 @@ def _with_oom_retry(model: LoadedModel, chw: np.ndarray, lohi: tuple | None, til
                 continue
             raise InputError("out of memory even with 128px tiles; close other programs or use a machine "
                              "with more memory") from exc
-
-
-def run_to_completion(gen: Generator) -> object:
-    """Drive a core generator to the end, discarding events; returns its result."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as fin:
-        return fin.value
