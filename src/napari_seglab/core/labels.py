@@ -5,6 +5,8 @@ mode       0 means                other values                   target (-1 = ig
 ========== ====================== ============================== ===========================
 scribbles  not annotated (ignored) 1 = background, 2..K = classes class = value - 1
 instances  background             one id per object              0 bg, 1 interior, 2 boundary
+objects    not annotated (ignored) 1 = background, 2.. = one id   0 bg, 1 interior, 2 boundary
+                                  per whole painted object       (unpainted pixels ignored)
 classes    background             class ids 1..K                 class = value
 ========== ====================== ============================== ===========================
 
@@ -20,14 +22,23 @@ import numpy as np
 
 from .errors import InputError
 
-LABEL_MODES = ("scribbles", "instances", "classes")
+LABEL_MODES = ("scribbles", "instances", "objects", "classes")
+#: modes whose models predict objects (one id each) rather than classes
+INSTANCE_MODES = ("instances", "objects")
 IGNORE = -1
 
 LEGEND = {
     "scribbles": "0 = not annotated (ignored); 1 = background; 2, 3, ... = classes",
     "instances": "0 = background; each object its own id (1, 2, 3, ...)",
+    "objects": "0 = not annotated (ignored); 1 = background strokes; 2, 3, ... = one id per whole "
+               "painted object (napari's 'new label')",
     "classes": "0 = background; 1, 2, ... = class ids (every pixel is annotated)",
 }
+
+
+def is_instance_mode(mode: str) -> bool:
+    """True for label modes whose models predict objects (``instances``, ``objects``)."""
+    return mode in INSTANCE_MODES
 
 
 def check_mode(mode: str) -> str:
@@ -84,13 +95,20 @@ def validate_labels(labels: np.ndarray, spatial_shape: Sequence[int], mode: str,
                              "background (0) and at least one class")
     elif mode == "instances" and values[0] != 0:
         raise InputError(f"{name} have no background (0) pixels; instance labels need background")
+    elif mode == "objects":
+        if 1 not in values:
+            raise InputError(f"{name} have no background strokes (value 1); paint some background with 1 "
+                             "beside the objects (2, 3, ... one id per object)")
+        if not (values >= 2).any():
+            raise InputError(f"{name} have background strokes but no object; paint whole objects with "
+                             "ids 2, 3, ... (napari's 'new label')")
     return labels.astype(np.int64, copy=False)
 
 
 def n_classes_for(labels: Sequence[np.ndarray], mode: str) -> int:
     """Number of classes the model predicts (background included)."""
     check_mode(mode)
-    if mode == "instances":
+    if is_instance_mode(mode):
         return 3
     top = max(int(np.max(lab)) for lab in labels)
     return max(2, top) if mode == "scribbles" else max(2, top + 1)
@@ -109,7 +127,23 @@ def make_target(labels: np.ndarray, mode: str) -> np.ndarray:
         return labels.copy()
     from .instances import boundary_targets
 
+    if mode == "objects":
+        # painted objects are whole, so their outline is a boundary whatever lies beyond it;
+        # unpainted pixels (0) teach nothing
+        objects = np.where(labels >= 2, labels, 0)
+        target = np.asarray(boundary_targets(objects), dtype=np.int64)
+        target[labels == 0] = IGNORE
+        return target
     return np.asarray(boundary_targets(labels), dtype=np.int64)
+
+
+def object_instances(labels: np.ndarray, mode: str) -> np.ndarray | None:
+    """The object ids of a validated label plane (0 = none), or None for class modes."""
+    if mode == "instances":
+        return np.asarray(labels)
+    if mode == "objects":
+        return np.where(np.asarray(labels) >= 2, labels, 0)
+    return None
 
 
 def annotated_fraction(target: np.ndarray) -> float:
@@ -130,8 +164,15 @@ def to_correction(pred: np.ndarray, mode: str, kind: str = "semantic") -> np.nda
     if kind not in ("semantic", "instances"):
         raise InputError(f"unknown prediction kind {kind!r}; expected 'semantic' or 'instances'")
     pred = np.asarray(pred)
-    if kind == "instances" and mode != "instances":
+    if kind == "instances" and not is_instance_mode(mode):
         pred = (pred > 0).astype(np.uint8)
+    if mode == "objects":
+        if kind != "instances":  # semantic foreground: each connected piece becomes one object
+            from scipy import ndimage as ndi
+
+            pred = ndi.label(pred > 0)[0]
+        top = int(pred.max()) if pred.size else 0
+        return (pred.astype(np.int64) + 1).astype(np.uint32 if top + 1 > 65535 else np.uint16)
     if mode == "scribbles":
         return (pred.astype(np.int64) + 1).astype(np.uint16 if pred.max() > 253 else np.uint8)
     return pred.copy()

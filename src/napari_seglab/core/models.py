@@ -24,6 +24,42 @@ DEFAULT_ARCH = {"unet": "Unet", "fcn": "fcn_resnet50", "maskrcnn": "maskrcnn_res
 DEFAULT_ENCODER = "resnet34"
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A named U-Net choice for the Model tab and ``seglab train --preset``.
+
+    ``cpu_step_s``: seconds per training step (batch 8 of 128 px, 1 channel,
+    bf16 autocast where the CPU has it) measured on this project's 2-core
+    machine with ``benchmarks/quality_vs_time.py``; a GPU step costs a few
+    milliseconds either way.
+    """
+
+    name: str
+    encoder: str
+    encoder_depth: int
+    decoder_channels: tuple[int, ...]
+    cpu_step_s: float
+    summary: str
+
+    def options(self) -> dict:
+        return {"encoder_depth": self.encoder_depth, "decoder_channels": list(self.decoder_channels)}
+
+
+#: ``fast`` won the 2-core measurement (benchmarks/quality_vs_time.py): a 3-level ResNet-18
+#: encoder with a narrow decoder takes ~5x the steps per second of the 5-level ResNet-34 and
+#: reaches its quality within the first minute; ``accurate`` is the classic deep U-Net for a GPU
+#: or long runs.
+PRESETS = {
+    "fast": Preset("fast", "resnet18", 3, (64, 32, 16), 0.09,
+                   "3-level ResNet-18 U-Net, narrow decoder: useful within a minute on a laptop CPU"),
+    "accurate": Preset("accurate", "resnet34", 5, (256, 128, 64, 32, 16), 0.45,
+                       "5-level ResNet-34 U-Net: more context; slow on a CPU, the choice for a GPU"),
+}
+DEFAULT_PRESET = {"cpu": "fast", "cuda": "accurate", "mps": "fast"}
+#: the largest U-Net options a checkpoint may ask for (metadata is untrusted input)
+_MAX_DEPTH, _MAX_DECODER = 5, 1024
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model; stored in the checkpoint.
@@ -86,11 +122,33 @@ def check_spec(spec: ModelSpec) -> ModelSpec:
             close = [e for e in encoders if spec.encoder.lower()[:4] in e][:12]
             hint = f" (similar: {', '.join(close)})" if close else f"; e.g. {', '.join(encoders[:10])}, ..."
             raise InputError(f"unknown encoder {spec.encoder!r}{hint}")
+    if spec.family == "unet":
+        _unet_options(spec)
     if spec.in_channels < 1:
         raise InputError("a model needs at least one input channel")
     if spec.n_classes < 2:
         raise InputError("a model needs at least two classes (background and one class)")
     return spec
+
+
+def _unet_options(spec: ModelSpec) -> dict:
+    """smp keyword arguments from ``spec.options`` (absent: smp's 5-level default, as old checkpoints)."""
+    opts = spec.options or {}
+    depth = opts.get("encoder_depth", 5)
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 3 <= depth <= _MAX_DEPTH:
+        raise InputError(f"encoder_depth must be an integer from 3 to {_MAX_DEPTH}; got {depth!r}")
+    dec = opts.get("decoder_channels", [256, 128, 64, 32, 16][:depth])
+    if (not isinstance(dec, (list, tuple)) or len(dec) != depth
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= _MAX_DECODER for c in dec)):
+        raise InputError(f"decoder_channels must be {depth} integers from 1 to {_MAX_DECODER}; got {dec!r}")
+    return {"encoder_depth": depth, "decoder_channels": tuple(dec)}
+
+
+def preset_spec(name: str, in_channels: int = 1, n_classes: int = 2) -> ModelSpec:
+    """The U-Net ModelSpec of preset ``name`` (see :data:`PRESETS`)."""
+    preset = PRESETS[_choose(name, tuple(PRESETS), "model preset")]
+    return ModelSpec(family="unet", arch="Unet", encoder=preset.encoder, in_channels=in_channels,
+                     n_classes=n_classes, options=preset.options())
 
 
 # ----------------------------------------------------------------------------- pretrained weights
@@ -168,6 +226,8 @@ def _build_smp(spec: ModelSpec, pretrained: str | None, allow_download: bool) ->
     import segmentation_models_pytorch as smp
 
     cls = getattr(smp, spec.arch)
+    # only the U-Net-like decoders take decoder channels; the others keep smp's defaults
+    kwargs = _unet_options(spec) if spec.arch in ("Unet", "UnetPlusPlus", "MAnet") else {}
     note = "random initialisation"
     weights_file = None
     if pretrained in ("imagenet", "auto"):
@@ -180,8 +240,9 @@ def _build_smp(spec: ModelSpec, pretrained: str | None, allow_download: bool) ->
         weights_file = Path(pretrained)
     if weights_file is None:
         return cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=spec.in_channels,
-                   classes=spec.out_channels), note
-    model = cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=spec.out_channels)
+                   classes=spec.out_channels, **kwargs), note
+    model = cls(encoder_name=spec.encoder, encoder_weights=None, in_channels=3, classes=spec.out_channels,
+                **kwargs)
     state = _load_state_file(weights_file)
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
     if len(missing) > len(state) // 2:

@@ -19,11 +19,21 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import Normalization, normalize, percentiles, to_chw
+from .data import (
+    Normalization,
+    check_scale,
+    normalize,
+    percentiles,
+    resample_image,
+    resample_labels,
+    scaled_shape,
+    to_chw,
+)
 from .device import Precision, is_oom, pick_device, precision_for
 from .errors import InputError
 from .events import Message, TileDone, run_to_completion  # noqa: F401 (part of this module's API)
 from .io import check_image_values
+from .labels import is_instance_mode
 from .models import ModelSpec
 
 # Bytes of working memory a forward pass needs per input pixel (float32, CPU,
@@ -257,7 +267,7 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
     """
     from .instances import instances_from_foreground, instances_from_probabilities
 
-    if label_mode == "instances" and probs.shape[0] == 3:
+    if is_instance_mode(label_mode) and probs.shape[0] == 3:
         return instances_from_probabilities(probs).astype(np.int32)
     fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
@@ -302,10 +312,12 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                          f"{channels} channel(s)")
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
+    # the network sees planes resampled by the checkpoint's object scale (tiles are in its pixels)
+    scale = check_scale(model.meta.get("scale", 1.0)) if spec.semantic else 1.0
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = 1 if spec.out_channels == 1 else spec.n_classes
-        tile = auto_tile((ysize, xsize), spec.family, budget, channels, out_ch)
+        tile = auto_tile(scaled_shape((ysize, xsize), scale), spec.family, budget, channels, out_ch)
     tile = max(ALIGN, int(tile))
     all_planes = plane_indices(image.shape, axes)
     todo = all_planes if planes is None else [tuple(p) for p in planes]
@@ -347,6 +359,8 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                 boxes.append({**row, "plane": ",".join(map(str, index)) if index else ""})
             continue
         probs = None
+        if scale != 1.0:
+            raw = resample_image(raw, scaled_shape(raw.shape, scale))
         for done, total, out in _with_oom_retry(model, raw, lohi, tile, overlap, stop):
             if isinstance(out, Message):
                 yield out
@@ -356,11 +370,15 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
         if probs is None:
             stopped = True
             break
-        labels[index] = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+        # objects are found at the resampled size (the network's scale), then mapped back
+        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+        labels[index] = resample_labels(plane_labels, (ysize, xsize))
         if probs_out is not None:
+            if scale != 1.0:
+                probs = resample_image(probs, (ysize, xsize))
             probs_out[(slice(None), *index)] = expand_probabilities(probs)
         del probs
-    kind = "instances" if spec.family == "maskrcnn" or model.label_mode == "instances" or split_instances \
+    kind = "instances" if spec.family == "maskrcnn" or is_instance_mode(model.label_mode) or split_instances \
         else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import signal
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -27,17 +29,39 @@ from .data import (
     Normalization,
     PatchSampler,
     Sample,
+    check_scale,
+    median_diameter,
     percentiles,
+    resample_image,
+    resample_labels,
+    scale_for,
+    scaled_shape,
     split_validation,
     to_chw,
 )
-from .device import describe, pick_device
+from .device import cpu_bf16_supported, describe, pick_device
 from .errors import InputError
 from .events import CheckpointSaved, EpochEnd, Message, Preview, TrainStep
 from .io import check_image_values, guess_axes
-from .labels import IGNORE, check_mode, make_target, n_classes_for, validate_labels
+from .labels import (
+    IGNORE,
+    check_mode,
+    is_instance_mode,
+    make_target,
+    n_classes_for,
+    object_instances,
+    validate_labels,
+)
 from .losses import balanced_class_weights, segmentation_loss
-from .models import DEFAULT_ARCH, ModelSpec, build_model, check_spec
+from .models import (
+    DEFAULT_ARCH,
+    DEFAULT_PRESET,
+    PRESETS,
+    ModelSpec,
+    build_model,
+    check_spec,
+    preset_spec,
+)
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -48,6 +72,8 @@ from .models import DEFAULT_ARCH, ModelSpec, build_model, check_spec
 DENSE_PATCH = {"cpu": 128, "cuda": 256}
 SPARSE_PATCH = {"cpu": 64, "cuda": 128}
 DENSE_BATCH, SPARSE_BATCH = 8, 32
+#: seconds of training when neither epochs nor a time limit is given (the Train dock's default too)
+DEFAULT_TIME_LIMIT = 120.0
 
 
 @dataclass
@@ -57,10 +83,11 @@ class TrainConfig:
     label_mode: str = "scribbles"
     family: str = "unet"
     arch: str = "Unet"
-    encoder: str = "resnet34"
+    encoder: str | None = None  # None: the preset's encoder
+    preset: str | None = None  # "fast" | "accurate"; None: "fast" on a CPU, "accurate" on CUDA
     pretrained: str | None = None  # None | "auto" | "imagenet" | "coco" | path
-    epochs: int | None = 20
-    time_limit: float | None = None  # seconds
+    epochs: int | None = None
+    time_limit: float | None = None  # seconds, set-up and the final save included; 120 when neither is given
     steps_per_epoch: int = 25
     patch: int | None = None  # None: see SPARSE_PATCH / DENSE_PATCH
     batch_size: int | None = None  # None: 32 for scribbles, 8 for dense labels
@@ -81,6 +108,13 @@ class TrainConfig:
     pseudo_threshold: float = 0.9
     read_255_as_foreground: bool = False
     allow_download: bool = False
+    scale: float | None = None  # object scale (resampling factor); None: from the painted objects, else 1
+    bf16: str = "auto"  # CPU training in bfloat16: "auto" (when the CPU has it, it is faster and agrees) | "on" | "off"
+    threads: int | None = None  # torch CPU threads; None: every core this process may use
+
+    def __post_init__(self):
+        if self.epochs is None and self.time_limit is None:
+            self.time_limit = DEFAULT_TIME_LIMIT
 
     def check(self) -> TrainConfig:
         check_mode(self.label_mode)
@@ -130,18 +164,28 @@ def _planes(image: np.ndarray, labels: np.ndarray, axes: str) -> list[tuple[np.n
 
 def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
                     axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
-                    norm: Normalization | None = None) -> tuple[list[Sample], Normalization, int]:
+                    norm: Normalization | None = None, scale: float | None = 1.0
+                    ) -> tuple[list[Sample], Normalization, int]:
     """Validate image/label pairs and turn them into normalised 2D samples.
 
-    Returns (samples, normalisation, input channels).
+    ``scale``: resampling factor applied to every plane (objects then reach the
+    size the network resolves best); None estimates it from the painted
+    objects (``instances`` / ``objects`` modes, see :func:`.data.scale_for`).
+    Returns (samples, normalisation, input channels);
+    :func:`prepare_training_data` also returns the scale used.
     """
+    samples, norm, channels, _ = prepare_training_data(images, labels, mode, axes=axes, norm=norm, scale=scale,
+                                                        read_255_as_foreground=read_255_as_foreground)
+    return samples, norm, channels
+
+
+def _annotated_planes(images, labels, mode, axes, read_255_as_foreground):
+    """Validated (image plane, label plane) pairs of every annotated plane, and the channel count."""
     if len(images) != len(labels):
         raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s); give one labels per image")
     if not images:
         raise InputError("no training images")
-    norm = norm or Normalization()
-    samples: list[Sample] = []
-    channels = None
+    planes, channels = [], None
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         img = check_image_values(np.asarray(img), f"image {i + 1}")
         ax = (axes[i] if axes else None) or guess_axes(img.shape)
@@ -156,15 +200,36 @@ def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
             chw = to_chw(plane).astype(np.float32, copy=False)
             if float(chw.max()) == float(chw.min()):
                 raise InputError(f"image {i + 1} is constant (all pixels {chw.min():g}); nothing to learn from")
-            target = make_target(plane_lab, mode)
-            samples.append(Sample(norm.apply(chw), target, plane_lab if mode == "instances" else None))
-    if not samples:
+            planes.append((chw, plane_lab))
+    if not planes:
         raise InputError("no annotated plane found in the labels")
+    return planes, channels
+
+
+def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
+                          axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
+                          norm: Normalization | None = None, scale: float | None = None
+                          ) -> tuple[list[Sample], Normalization, int, float]:
+    """Like :func:`prepare_samples`, also returning the object scale used (None = estimated)."""
+    planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground)
+    if scale is None:
+        objects = [object_instances(lab, mode) for _, lab in planes]
+        scale = scale_for(median_diameter([o for o in objects if o is not None]))
+    scale = check_scale(scale)
+    norm = norm or Normalization()
+    samples: list[Sample] = []
+    for chw, lab in planes:
+        if scale != 1.0:
+            shape = scaled_shape(lab.shape, scale)
+            chw, lab = resample_image(chw, shape), resample_labels(lab, shape)
+        target = make_target(lab, mode)
+        samples.append(Sample(norm.apply(chw), target, lab if mode == "instances" else None))
     # record the training data's intensity range for images that need it
-    lo, hi = percentiles(to_chw(np.asarray(images[0])) if np.asarray(images[0]).ndim == 2 else
-                         np.moveaxis(np.asarray(images[0]).reshape(-1, channels), -1, 0), norm.low, norm.high)
+    first = np.asarray(images[0])
+    lo, hi = percentiles(to_chw(first) if first.ndim == 2 else np.moveaxis(first.reshape(-1, channels), -1, 0),
+                         norm.low, norm.high)
     norm.lo, norm.hi = tuple(lo), tuple(hi)
-    return samples, norm, channels
+    return samples, norm, channels, scale
 
 
 def _lr_factor(progress: float, warmup: float = 0.05) -> float:
@@ -280,33 +345,251 @@ def _preview(model, meta, device, plane: np.ndarray, mode: str, step: int) -> Pr
     return Preview(step=step, labels=pred.labels, probabilities=pred.probabilities)
 
 
+#: steps a model needs on the sample nuclei before its prediction is worth correcting (AP@0.5 above
+#: Otsu + watershed), per family, measured with benchmarks/quality_vs_time.py on 2 CPU cores
+STEPS_TO_USEFUL = {"unet": 150, "fcn": 300, "maskrcnn": 3000}
+#: typical seconds per CPU training step of the non-preset families (2 cores, default patch/batch)
+CPU_STEP_S = {"fcn": 2.5, "maskrcnn": 6.0}
+
+
+def _resolved(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """A copy of ``config`` with every ``None`` default decided for ``device``."""
+    config = copy.copy(config).check()
+    if config.preset is not None and config.preset not in PRESETS:
+        raise InputError(f"unknown model preset {config.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if config.bf16 not in ("auto", "on", "off"):
+        raise InputError(f"bf16 must be 'auto', 'on' or 'off'; got {config.bf16!r}")
+    if config.threads is not None and not (isinstance(config.threads, int) and 1 <= config.threads <= 1024):
+        raise InputError(f"threads must be a whole number from 1 to 1024; got {config.threads!r}")
+    if config.scale is not None:
+        config.scale = check_scale(config.scale)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    if config.patch is None:
+        config.patch = (SPARSE_PATCH if config.label_mode == "scribbles" else DENSE_PATCH)[kind]
+    if config.batch_size is None:
+        config.batch_size = SPARSE_BATCH if config.label_mode == "scribbles" else DENSE_BATCH
+    if config.lr is None:
+        # Mask R-CNN from scratch diverges with AdamW above ~1e-4; U-Nets and FCNs like 3e-3
+        config.lr = 1e-4 if config.family == "maskrcnn" else 1e-3 if (config.init or config.pretrained) else 3e-3
+    if config.family == "unet" and config.encoder is None:
+        config.preset = config.preset or DEFAULT_PRESET.get(device.type, "fast")
+    return config
+
+
+def _model_spec(config: TrainConfig, channels: int, n_classes: int) -> ModelSpec:
+    """The ModelSpec a fresh run builds (preset, or family/arch/encoder as given)."""
+    if config.family == "unet" and config.encoder is None and config.arch == "Unet":
+        return check_spec(preset_spec(config.preset, channels, n_classes))
+    arch = config.arch if config.family == "unet" or config.arch != "Unet" else DEFAULT_ARCH[config.family]
+    encoder = config.encoder or PRESETS[config.preset or "fast"].encoder
+    return check_spec(ModelSpec(family=config.family, arch=arch, encoder=encoder, in_channels=channels,
+                                n_classes=n_classes,
+                                options={"patch": config.patch} if config.family == "maskrcnn" else {}))
+
+
+def cost_note(spec: ModelSpec, device: torch.device, time_limit: float | None,
+              step_seconds: float | None = None) -> tuple[str, str]:
+    """What the chosen model costs per step here and how long it needs to be useful: (text, level).
+
+    ``step_seconds``: measured seconds per step (the first steps of a run);
+    None uses the figure measured on a 2-core CPU. The level is "warning"
+    when the time budget is far too small for the model to become useful.
+    """
+    if device.type != "cpu" and step_seconds is None:
+        return "", "info"
+    preset = next((p for p in PRESETS.values() if spec.family == "unet" and spec.encoder == p.encoder
+                   and spec.options.get("encoder_depth", 5) == p.encoder_depth), None)
+    typical = step_seconds or (preset.cpu_step_s if preset else CPU_STEP_S.get(spec.family, 0.4))
+    need = STEPS_TO_USEFUL.get(spec.family, 150) * typical
+    where = "measured" if step_seconds else "typical on a 2-core CPU"
+    text = f"{typical:.2f} s per step ({where}); useful after about {need:.0f} s"
+    level = "info"
+    if time_limit is not None and time_limit < 0.5 * need:
+        level = "warning"
+        better = " (the 'fast' U-Net preset is useful within a minute)" if preset is None or preset.name != "fast" \
+            else ""
+        text += f": a {time_limit:.0f} s budget is far too short{better}"
+    return text, level
+
+
+def _bf16_helps(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig, device: torch.device
+                ) -> tuple[bool, str]:
+    """Decide bfloat16 autocast for CPU training: supported, faster than float32 and agreeing with it."""
+    if device.type != "cpu" or config.bf16 == "off":
+        return False, ""
+    if config.bf16 == "auto" and not cpu_bf16_supported():
+        return False, "float32 (this CPU has no native bfloat16)"
+    times, outs = {}, {}
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for dtype in (torch.bfloat16, None, torch.bfloat16, None):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                    out = model(x).float()
+                times[dtype] = time.perf_counter() - t0  # the second round counts: the first warms up
+                outs[dtype] = out
+    finally:
+        model.train(was)
+    err = float((outs[torch.bfloat16] - outs[None]).norm() / outs[None].norm().clamp(min=1e-6))
+    faster = times[torch.bfloat16] < 0.9 * times[None]
+    if config.bf16 == "on":
+        return True, f"bfloat16 (asked for; {times[None] / times[torch.bfloat16]:.1f}x, deviation {err:.3f})"
+    if err > 0.05:
+        return False, f"float32 (bfloat16 deviates by {err:.2f} on this model)"
+    if not faster:
+        return False, "float32 (bfloat16 is not faster on this CPU)"
+    return True, f"bfloat16 ({times[None] / times[torch.bfloat16]:.1f}x faster than float32, deviation {err:.3f})"
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold Ctrl-C back while a checkpoint is written (main thread, POSIX); it arrives right after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _ThreadTuner:
+    """Picks torch's CPU thread count by measuring steps, and measures again now and then.
+
+    On an idle machine all cores win; when other programs share the cores
+    (the usual laptop), fewer threads win by far, because a thread that loses
+    its core makes the others wait at every barrier (2-core machine with
+    another job running: 1 thread 0.15-0.30 s per step, 2 threads 0.65-0.79 s).
+    Each candidate runs ``probe`` steps after a warm-up step; the fastest
+    median wins until the next round, ``every`` steps later.
+    """
+
+    def __init__(self, most: int, fixed: int | None, probe: int = 3, every: int = 150):
+        self.fixed = fixed
+        self.candidates = sorted({most, max(1, most // 2), 1}, reverse=True) if fixed is None else [fixed]
+        self.probe, self.every = probe, every
+        self.current = self.candidates[0]
+        self.best = self.current
+        self._plan: list[int] = []
+        self._times: dict[int, list[float]] = {}
+        self._next_round = 2  # after two warm-up steps
+        self.best_s: float | None = None
+        torch.set_num_threads(self.current)
+
+    def before_step(self, step: int) -> None:
+        if len(self.candidates) > 1 and step >= self._next_round and not self._plan:
+            self._plan = [c for c in self.candidates for _ in range(self.probe + 1)]
+            self._times = {c: [] for c in self.candidates}
+        if self._plan:
+            want = self._plan[0]
+            if want != self.current:
+                torch.set_num_threads(want)
+                self.current = want
+
+    def after_step(self, step: int, seconds: float) -> str | None:
+        """Record a step; returns a note when a round of measurements chose a thread count."""
+        if not self._plan:
+            return None
+        c = self._plan.pop(0)
+        self._times[c].append(seconds)  # the first step of each candidate pays for the switch; not counted
+        if self._plan:
+            return None
+        medians = {k: float(np.median(v[1:])) for k, v in self._times.items()}
+        best = min(medians, key=medians.get)
+        self.best_s = medians[best]
+        changed = best != self.best
+        self.best = best
+        torch.set_num_threads(best)
+        self.current = best
+        self._next_round = step + self.every
+        if not changed and step > self.every:
+            return None
+        parts = ", ".join(f"{k} thread{'s' if k > 1 else ''} {v:.2f} s" for k, v in sorted(medians.items()))
+        return f"CPU threads: {best} ({parts} per step)"
+
+
+class _Budget:
+    """Steps and time: when to stop so that a time limit holds, set-up and final save included.
+
+    A step starts only when the time left covers one more step (its running
+    mean) plus the work after the loop (the last validation and checkpoint
+    writes, as measured). Time-limited epochs end after ``steps_per_epoch``
+    steps or a twelfth of the budget, whichever comes first, so that a
+    one-minute run draws a validation curve.
+    """
+
+    def __init__(self, config: TrainConfig, clock, t_start: float):
+        self.clock, self.t_start = clock, t_start
+        self.limit = config.time_limit
+        self.total_steps = config.epochs * config.steps_per_epoch if config.epochs else None
+        self.steps_per_epoch = config.steps_per_epoch
+        # a pure time budget validates by the clock, so a short run still draws a curve
+        self.epoch_seconds = max(3.0, self.limit / 12) if self.limit and not config.epochs else None
+        self.step_s: float | None = None
+        self.final_s = 0.0  # validation + saves after the last step
+        self.step = 0
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t_start
+
+    def progress(self) -> float:
+        parts = [self.step / self.total_steps] if self.total_steps else []
+        if self.limit:
+            parts.append(self.elapsed() / self.limit)
+        return max(parts) if parts else 0.0
+
+    def exhausted(self) -> bool:
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return True
+        if self.limit is None:
+            return False
+        return self.elapsed() + (self.step_s or 0.0) + self.final_s >= self.limit
+
+    def record_interval(self, seconds: float) -> None:
+        """Wall time from one step's start to the next (its consumer's work included)."""
+        self.step_s = seconds if self.step_s is None else 0.7 * self.step_s + 0.3 * seconds
+
+    def epoch_over(self, steps: int, epoch_start: float) -> bool:
+        if steps >= self.steps_per_epoch:
+            return True
+        return self.epoch_seconds is not None and self.clock() - epoch_start >= self.epoch_seconds
+
+
 def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: TrainConfig, *,
           axes: Sequence[str | None] | None = None, stop: threading.Event | None = None,
-          preview_plane: np.ndarray | None = None) -> Generator[object, None, TrainResult]:
+          preview_plane: np.ndarray | None = None, clock=time.monotonic) -> Generator[object, None, TrainResult]:
     """Train a model on image/label pairs; yields progress events, returns a :class:`TrainResult`.
 
     ``images``: arrays in canonical axes (``axes`` per image, guessed when
     missing); ``labels``: integer arrays of the same spatial shape, in
-    ``config.label_mode``. Stacks train on their annotated planes.
+    ``config.label_mode``. Stacks train on their annotated planes. After the
+    first step, stopping, closing the generator or Ctrl-C always leave a
+    loadable ``config.model_out`` with the best weights so far.
+    ``clock``: the time source of the budget (tests pass a fake one).
     """
-    config = copy.copy(config).check()
+    t_start = clock()
+    device = pick_device(config.device)
+    config = _resolved(config, device)
+    tuner = None
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        tuner = _ThreadTuner(max(1, cores), config.threads)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
-    t_start = time.monotonic()
-    sparse = config.label_mode == "scribbles"
-    if config.patch is None:
-        config.patch = (SPARSE_PATCH if sparse else DENSE_PATCH)["cuda" if device.type == "cuda" else "cpu"]
-    if config.batch_size is None:
-        config.batch_size = SPARSE_BATCH if sparse else DENSE_BATCH
-    if config.lr is None:
-        # Mask R-CNN from scratch diverges with AdamW above ~1e-4; U-Nets and FCNs like 3e-3
-        config.lr = 1e-4 if config.family == "maskrcnn" else 1e-3 if (config.init or config.pretrained) else 3e-3
+    budget = _Budget(config, clock, t_start)
+    sparse = config.label_mode in ("scribbles", "objects")
 
     init_ckpt = load_checkpoint(config.init, with_optimizer=True) if config.init else None
     norm = Normalization.from_dict(init_ckpt.meta["normalization"]) if init_ckpt else None
-    samples, norm, channels = prepare_samples(images, labels, config.label_mode, axes=axes,
-                                              read_255_as_foreground=config.read_255_as_foreground, norm=norm)
+    scale = config.scale
+    if init_ckpt is not None and scale is None:
+        scale = float(init_ckpt.meta.get("scale", 1.0))
+    samples, norm, channels, scale = prepare_training_data(
+        images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
+        norm=norm, scale=scale)
     n_classes = n_classes_for([s.target + 1 if config.label_mode == "scribbles" else s.target
                                for s in samples], config.label_mode)
     if config.label_mode == "instances" and config.family == "maskrcnn":
@@ -322,21 +605,30 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
             raise InputError(f"{config.init}: knows {spec.n_classes} classes but the labels use {n_classes}")
         n_classes = spec.n_classes
     else:
-        arch = config.arch if config.family == "unet" or config.arch != "Unet" else DEFAULT_ARCH[config.family]
-        spec = check_spec(ModelSpec(family=config.family, arch=arch, encoder=config.encoder,
-                                    in_channels=channels, n_classes=n_classes,
-                                    options={"patch": config.patch} if config.family == "maskrcnn" else {}))
+        spec = _model_spec(config, channels, n_classes)
     model, note = build_model(spec, None if init_ckpt else config.pretrained, allow_download=config.allow_download)
     if init_ckpt is not None:
-        model.load_state_dict(init_ckpt.state_dict)
+        try:
+            model.load_state_dict(init_ckpt.state_dict)
+        except RuntimeError as exc:
+            raise InputError(f"{config.init}: weights do not fit the recorded model "
+                             f"({spec.family}/{spec.arch})") from exc
         note = f"starting from {config.init}"
     model.to(device).train()
     # channels_last speeds convolutions up on CPUs and tensor cores (not on MPS; detectors take lists)
     channels_last = device.type != "mps" and spec.family != "maskrcnn"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    yield Message(f"{spec.family} {spec.arch}" + (f"/{spec.encoder}" if spec.family == "unet" else "")
-                  + f", {n_classes} classes, on {describe(device)}; {note}")
+    name = f"{spec.family} {spec.arch}" + (f"/{spec.encoder}" if spec.family == "unet" else "")
+    if spec.family == "unet" and config.preset and config.encoder is None and init_ckpt is None:
+        name = f"'{config.preset}' preset ({name}, {spec.options.get('encoder_depth', 5)} levels)"
+    yield Message(f"{name}, {n_classes} classes, on {describe(device)}; {note}")
+    if scale != 1.0:
+        yield Message(f"object scale {scale:g}: images are resampled by {scale:g} so objects reach about "
+                      "the size the network resolves best (set the object scale to override)")
+    cost, level = cost_note(spec, device, config.time_limit)
+    if cost:
+        yield Message(cost, level)
 
     # validation hold-out
     # Mask R-CNN learns whole objects from every pixel of a patch: a blanked-out hold-out would
@@ -344,19 +636,22 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     val_fraction = 0.0 if spec.family == "maskrcnn" else config.val_fraction
     held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
     validator = _Validator(samples, held)
-    train_samples = [Sample(s.image, np.where(h, IGNORE, s.target), s.instances) for s, h in zip(samples, held, strict=True)]
+    train_samples = [Sample(s.image, np.where(h, IGNORE, s.target), s.instances)
+                     for s, h in zip(samples, held, strict=True)]
     if validator:
         yield Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")
-    else:
+    elif spec.family != "maskrcnn":
         if val_fraction <= 0:
             why = "no validation hold-out asked for"
         elif sparse:
-            why = f"fewer than {MIN_STROKES_FOR_HOLDOUT} strokes in a class, so every stroke trains"
+            what = "strokes" if config.label_mode == "scribbles" else "painted objects or background strokes"
+            why = f"fewer than {MIN_STROKES_FOR_HOLDOUT} {what} in a class, so every stroke trains"
         else:
             why = "annotation too small for a validation hold-out"
         yield Message(f"{why}: no validation Dice; the best model is chosen by training loss", "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
-    pending_rounds = sorted(config.self_training_at) if config.self_training and sparse and spec.semantic else []
+    pending_rounds = sorted(config.self_training_at) if config.self_training and config.label_mode == "scribbles" \
+        and spec.semantic else []
 
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]),
                          minlength=n_classes)[:n_classes]
@@ -373,144 +668,229 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
             yield Message("optimizer state of the checkpoint does not fit; starting a fresh optimizer", "warning")
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    use_bf16 = False
+    if spec.family != "maskrcnn":
+        x0 = torch.from_numpy(sampler.batch(min(config.batch_size, 4))[0]).to(device)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        use_bf16, why = _bf16_helps(model, x0, config, device)
+        if why:
+            yield Message(f"CPU arithmetic: {why}")
 
-    meta = {
-        "model": spec.to_dict(),
-        "label_mode": config.label_mode,
-        "n_classes": n_classes,
-        "class_names": ["background", "object"] if spec.family == "maskrcnn"
-        else ["background"] + [f"class {i}" for i in range(1, n_classes)]
-        if config.label_mode != "instances" else ["background", "interior", "boundary"],
-        "normalization": norm.to_dict(),
-        "patch": config.patch,
-        "training": {
-            "config": {k: v for k, v in asdict(config).items()},
-            "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
-            "class_pixels": counts.tolist(),
-            "weights": note,
-        },
-        "metrics": {},
-    }
-    total_steps = config.epochs * config.steps_per_epoch if config.epochs else None
+    meta = _meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16)
     history: list[dict] = []
-    best_score, best_state, best_epoch = (-math.inf, -math.inf), None, 0
-    ema = None
-    step, epoch, stopped = 0, 0, False
-    path = config.model_out
-    last_path = str(Path(path).with_suffix(".last.pt")) if path and config.save_last else None
-
-    def elapsed() -> float:
-        return time.monotonic() - t_start
-
-    def progress() -> float:
-        parts = []
-        if total_steps:
-            parts.append(step / total_steps)
-        if config.time_limit:
-            parts.append(elapsed() / config.time_limit)
-        return max(parts) if parts else 0.0
-
-    def out_of_budget() -> bool:
-        return (total_steps is not None and step >= total_steps) or \
-            (config.time_limit is not None and elapsed() >= config.time_limit)
-
-    def make_checkpoint(state: dict, metrics: dict) -> Checkpoint:
-        m = copy.deepcopy(meta)
-        m["metrics"] = metrics
-        m["training"].update(steps=step, epochs=epoch, seconds=round(elapsed(), 2))
-        return Checkpoint(meta=m, state_dict=state, path=path)
-
-    finished = False
+    state = _RunState(model, meta, config, budget)
+    stopped = False
+    epoch = 0
     try:
+        finished = False
         while not finished:
             epoch += 1
             losses = []
-            for _ in range(config.steps_per_epoch):
-                if (stop is not None and stop.is_set()):
+            epoch_start = clock()
+            last_start = None
+            while not budget.epoch_over(len(losses), epoch_start):
+                if stop is not None and stop.is_set():
                     stopped = True
                     break
-                if out_of_budget():
+                if budget.exhausted():
                     break
-                if pending_rounds and progress() >= pending_rounds[0]:
+                if pending_rounds and budget.progress() >= pending_rounds[0]:
                     pending_rounds.pop(0)
                     dense, added = _pseudo_labelled(model, meta, device, train_samples, held, config.pseudo_threshold)
                     sampler = PatchSampler(dense, config.patch, rng, favour=0.5)
                     yield Message(f"self-training: {added} confidently predicted pixels added to the painted ones")
+                if tuner is not None:
+                    tuner.before_step(budget.step)
+                t_step = clock()
+                if last_start is not None:  # wall time per step, whatever the consumer did in between
+                    budget.record_interval(t_step - last_start)
+                last_start = t_step
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * _lr_factor(progress())
-                x, y, inst = sampler.batch(config.batch_size)
-                xt = torch.from_numpy(x).to(device)
-                if channels_last:
-                    xt = xt.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    if spec.family == "maskrcnn":
-                        from .detection import detection_loss
-
-                        loss = detection_loss(model, xt, inst)
-                    else:
-                        logits = model(xt)
-                        loss = segmentation_loss(logits.float(), torch.from_numpy(y).to(device),
-                                                 class_weights=weights, focal_gamma=config.focal_gamma)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise InputError("training diverged (loss is NaN or Inf); lower the learning rate")
+                    group["lr"] = config.lr * _lr_factor(budget.progress())
+                value = _step(model, optimizer, scaler, sampler, config, spec, device, channels_last, use_bf16,
+                              weights)
+                budget.step += 1
+                note = tuner.after_step(budget.step, clock() - t_step) if tuner is not None else None
                 losses.append(value)
-                ema = value if ema is None else 0.9 * ema + 0.1 * value
-                yield TrainStep(step=step, total_steps=total_steps, epoch=epoch, loss=value,
-                                lr=optimizer.param_groups[0]["lr"], elapsed=elapsed(), time_limit=config.time_limit)
-                if config.preview_every and preview_plane is not None and step % config.preview_every == 0:
-                    yield _preview(model, meta, device, preview_plane, config.label_mode, step)
-            finished = stopped or out_of_budget() or (config.epochs is not None and epoch >= config.epochs)
+                state.ema = value if state.ema is None else _smooth(state.ema, value, budget.step)
+                yield TrainStep(step=budget.step, total_steps=budget.total_steps, epoch=epoch, loss=value,
+                                lr=optimizer.param_groups[0]["lr"], elapsed=budget.elapsed(),
+                                time_limit=config.time_limit)
+                if note:
+                    yield Message(note)
+                    if budget.step < 20:
+                        cost, level = cost_note(spec, device, config.time_limit, tuner.best_s)
+                        yield Message(cost, level)
+                if config.preview_every and preview_plane is not None and budget.step % config.preview_every == 0:
+                    yield _preview(model, meta, device, preview_plane, config.label_mode, budget.step)
+            finished = stopped or budget.exhausted() or (config.epochs is not None and epoch >= config.epochs)
             if not losses:
                 epoch -= 1
                 break
-            train_loss = float(np.mean(losses))
-            val_dice, per_class = None, ()
-            if validator:
-                val_dice, per = validator.score(model, meta, device, config.label_mode)
-                per_class = tuple(per)
-                # validation Dice saturates on small annotations: ties go to the lower training loss
-                score = (round(val_dice, 3), -ema)
-            else:
-                score = (0.0, -ema)
-            is_best = score > best_score
-            record = {"epoch": epoch, "step": step, "train_loss": train_loss, "val_dice": val_dice,
-                      "per_class_dice": list(per_class), "seconds": round(elapsed(), 2)}
+            t_end = clock()
+            record, event = state.end_epoch(epoch, losses, validator, device, config.epochs)
             history.append(record)
-            yield EpochEnd(epoch=epoch, epochs=config.epochs, train_loss=train_loss, val_dice=val_dice,
-                           per_class_dice=per_class, elapsed=elapsed(), is_best=is_best)
-            if is_best:
-                best_score, best_epoch = score, epoch
-                best_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-                metrics = {"val_dice": val_dice, "train_loss": train_loss, "epoch": epoch,
-                           "per_class_dice": [None if math.isnan(d) else d for d in per_class]}
-                best = make_checkpoint(best_state, metrics)
-                if path:
-                    save_checkpoint(path, model, best.meta)
-                    yield CheckpointSaved(path=path, epoch=epoch, metric=val_dice)
+            yield event
+            val_s = clock() - t_end
+            if event.is_best and state.path and not finished:  # the final write below saves the last best
+                t_save = clock()
+                with _sigint_deferred():
+                    save_checkpoint(state.path, model, state.best.meta)
+                state.written = True
+                state.save_s = clock() - t_save
+                yield CheckpointSaved(path=state.path, epoch=epoch, metric=event.val_dice)
+            # after the last step come one validation, the best model's write and the optimiser's
+            # (about 3x the weights): the budget keeps that much time in hand
+            budget.final_s = 1.2 * (val_s + state.save_s * (4.0 if state.last_path else 1.0))
+        state.completed = True
     finally:
-        # a closed generator (cancelled worker) still leaves the optimiser state for continue-training
-        if last_path and step > 0:
-            with contextlib.suppress(Exception):  # never mask the original error while cleaning up
-                save_checkpoint(last_path, model, make_checkpoint({}, {"history": history}).meta, optimizer)
-    if best_state is None:
+        state.rescue(history, optimizer)
+    if state.best_state is None:
         raise InputError("training was stopped before the first step; nothing to save")
-    best = make_checkpoint(best_state, {"val_dice": history[best_epoch - 1]["val_dice"],
-                                        "train_loss": history[best_epoch - 1]["train_loss"],
-                                        "epoch": best_epoch, "history": history})
-    if path:
-        save_checkpoint(path, _StateOnly(best_state), best.meta)
-    return TrainResult(checkpoint=best, path=path, history=history, stopped=stopped, steps=step,
-                       seconds=elapsed())
+    best = state.final(history)
+    return TrainResult(checkpoint=best, path=state.path, history=history, stopped=stopped, steps=budget.step,
+                       seconds=budget.elapsed())
+
+
+def _smooth(ema: float, value: float, step: int) -> float:
+    """Running mean whose memory grows with the run (1/step at first, 0.1 later): no lag in short runs."""
+    a = max(0.1, 1.0 / step)
+    return (1 - a) * ema + a * value
+
+
+def _step(model, optimizer, scaler, sampler, config, spec, device, channels_last, use_bf16, weights) -> float:
+    """One optimiser step on a fresh batch; returns the loss."""
+    x, y, inst = sampler.batch(config.batch_size)
+    xt = torch.from_numpy(x).to(device)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.float16)
+    else:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
+    with autocast:
+        if spec.family == "maskrcnn":
+            from .detection import detection_loss
+
+            loss = detection_loss(model, xt, inst)
+        else:
+            logits = model(xt)
+            loss = segmentation_loss(logits.float(), torch.from_numpy(y).to(device),
+                                     class_weights=weights, focal_gamma=config.focal_gamma)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise InputError("training diverged (loss is NaN or Inf); lower the learning rate")
+    return value
+
+
+def _meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16) -> dict:
+    if spec.family == "maskrcnn":
+        names = ["background", "object"]
+    elif is_instance_mode(config.label_mode):
+        names = ["background", "interior", "boundary"]
+    else:
+        names = ["background"] + [f"class {i}" for i in range(1, n_classes)]
+    return {
+        "model": spec.to_dict(),
+        "label_mode": config.label_mode,
+        "n_classes": n_classes,
+        "class_names": names,
+        "normalization": norm.to_dict(),
+        "patch": config.patch,
+        "scale": scale,
+        "training": {
+            "config": dict(asdict(config).items()),
+            "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
+            "class_pixels": counts.tolist(),
+            "weights": note,
+            "bf16": use_bf16,
+        },
+        "metrics": {},
+    }
+
+
+class _RunState:
+    """The best model so far and the checkpoints of one run (kept loadable at every moment)."""
+
+    def __init__(self, model, meta: dict, config: TrainConfig, budget: _Budget):
+        self.model, self.meta, self.budget = model, meta, budget
+        self.path = config.model_out
+        self.last_path = str(Path(self.path).with_suffix(".last.pt")) if self.path and config.save_last else None
+        self.best_score, self.best_state, self.best_epoch = (-math.inf, -math.inf), None, 0
+        self.best: Checkpoint | None = None
+        self.ema: float | None = None
+        self.written = False  # is the current best on disk?
+        self.completed = False  # did the loop end normally (final() then writes the best)?
+        self.save_s = 0.0  # seconds one checkpoint write took
+
+    def checkpoint(self, state: dict, metrics: dict, epoch: int) -> Checkpoint:
+        m = copy.deepcopy(self.meta)
+        m["metrics"] = metrics
+        m["training"].update(steps=self.budget.step, epochs=epoch, seconds=round(self.budget.elapsed(), 2))
+        return Checkpoint(meta=m, state_dict=state, path=self.path)
+
+    def end_epoch(self, epoch: int, losses: list[float], validator, device, epochs: int | None
+                  ) -> tuple[dict, EpochEnd]:
+        train_loss = float(np.mean(losses))
+        val_dice, per_class = None, ()
+        if validator:
+            val_dice, per = validator.score(self.model, self.meta, device, self.meta["label_mode"])
+            per_class = tuple(per)
+            # validation Dice saturates on small annotations: ties go to the lower training loss
+            score = (round(val_dice, 3), -self.ema)
+        else:
+            score = (0.0, -self.ema)
+        is_best = score > self.best_score
+        record = {"epoch": epoch, "step": self.budget.step, "train_loss": train_loss, "val_dice": val_dice,
+                  "per_class_dice": list(per_class), "seconds": round(self.budget.elapsed(), 2)}
+        if is_best:
+            self.best_score, self.best_epoch = score, epoch
+            self.best_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
+            metrics = {"val_dice": val_dice, "train_loss": train_loss, "epoch": epoch,
+                       "per_class_dice": [None if math.isnan(d) else d for d in per_class]}
+            self.best = self.checkpoint(self.best_state, metrics, epoch)
+            self.written = False
+        event = EpochEnd(epoch=epoch, epochs=epochs, train_loss=train_loss, val_dice=val_dice,
+                         per_class_dice=per_class, elapsed=self.budget.elapsed(), is_best=is_best)
+        return record, event
+
+    def rescue(self, history: list[dict], optimizer) -> None:
+        """On any exit: the best model (or, before the first epoch end, the current one) and the optimiser."""
+        if self.budget.step == 0:
+            return
+        with contextlib.suppress(Exception):  # never mask the original error while cleaning up
+            if self.best_state is None:
+                self.best_state = {k: v.detach().to("cpu").contiguous().clone()
+                                   for k, v in self.model.state_dict().items()}
+                self.best_epoch = 0
+                self.best = self.checkpoint(self.best_state, {"note": "stopped before the first validation"}, 0)
+            if self.path and not self.written and not self.completed:
+                with _sigint_deferred():
+                    save_checkpoint(self.path, _StateOnly(self.best_state), self.best.meta)
+                self.written = True
+        if self.last_path:
+            with contextlib.suppress(Exception), _sigint_deferred():
+                save_checkpoint(self.last_path, self.model,
+                                self.checkpoint({}, {"history": history}, len(history)).meta, optimizer)
+
+    def final(self, history: list[dict]) -> Checkpoint:
+        """The returned checkpoint: the best weights with the whole history (already on disk)."""
+        rec = history[self.best_epoch - 1] if self.best_epoch else {}
+        best = self.checkpoint(self.best_state, {"val_dice": rec.get("val_dice"), "train_loss": rec.get("train_loss"),
+                                                 "epoch": self.best_epoch, "history": history}, len(history))
+        if self.path:
+            with _sigint_deferred():
+                save_checkpoint(self.path, _StateOnly(self.best_state), best.meta)
+        return best
 
 
 class _StateOnly:

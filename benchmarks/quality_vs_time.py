@@ -1,0 +1,165 @@
+"""Quality against training time on a 2-core CPU: seglab vs a random forest and Otsu + watershed.
+
+For each annotation mode (dense ``instances``, sparse ``scribbles``, partially
+annotated ``objects``: a few whole nuclei plus background strokes), each
+protocol (*halves*: train on the left half of ``nuclei_train.tif``, predict
+the right half; *unseen*: train on all of it, predict ``nuclei_test.tif``) and
+each budget (30, 60, 120 s, set-up included), seglab trains with its defaults
+and predicts; the random forest (scikit-image multiscale features +
+scikit-learn RandomForestClassifier, the ilastik approach) learns from the same
+annotation, and Otsu + watershed needs none. Objects come from seglab's own
+decoding for instance modes and from ``instances_from_foreground`` for the
+semantic ones (and for the forest). Prints a table of Dice and AP@0.5 (mean
+and spread over seeds), steps per second for each preset and, last, the
+ratios seglab / forest per mode, protocol and budget.
+
+    python benchmarks/quality_vs_time.py                     # the full grid (about 1 hour)
+    python benchmarks/quality_vs_time.py --budgets 60 --seeds 0 --modes instances
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+
+from napari_seglab.core.instances import instances_from_foreground, otsu_watershed
+from napari_seglab.core.labels import is_instance_mode
+from napari_seglab.core.metrics import match_instances
+from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+from napari_seglab.core.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1] / "sample_data"
+MODES = ("instances", "scribbles", "objects")
+
+
+def partial_objects(instances: np.ndarray, scribbles: np.ndarray, n: int = 10, seed: int = 5) -> np.ndarray:
+    """A user's partial annotation: ``n`` whole nuclei (ids 2..) plus the background strokes (1)."""
+    rng = np.random.default_rng(seed)
+    ids = np.unique(instances)
+    ids = ids[ids > 0]
+    sl = ndi.find_objects(instances)
+    inner = [i for i in ids if sl[i - 1] is not None and sl[i - 1][0].start > 0 and sl[i - 1][1].start > 0
+             and sl[i - 1][0].stop < instances.shape[0] and sl[i - 1][1].stop < instances.shape[1]]
+    chosen = rng.choice(inner, size=min(n, len(inner)), replace=False)
+    out = np.where(scribbles == 1, 1, 0).astype(np.uint16)
+    for k, i in enumerate(chosen):
+        out[instances == i] = k + 2
+    return out
+
+
+def annotation(mode: str, instances: np.ndarray, scribbles: np.ndarray) -> np.ndarray:
+    if mode == "instances":
+        return instances
+    if mode == "scribbles":
+        return scribbles
+    return partial_objects(instances, scribbles)
+
+
+def rf_labels(mode: str, ann: np.ndarray) -> np.ndarray:
+    """The forest's training labels: 1 = background, 2 = nucleus, 0 = not annotated."""
+    if mode == "instances":
+        return np.where(ann > 0, 2, 1).astype(np.uint8)
+    if mode == "scribbles":
+        return ann.astype(np.uint8)
+    return np.where(ann >= 2, 2, ann).astype(np.uint8)
+
+
+def random_forest(train_img, labels, test_img, seed=0):
+    from skimage.feature import multiscale_basic_features
+    from skimage.future import fit_segmenter, predict_segmenter
+    from sklearn.ensemble import RandomForestClassifier
+
+    def feats(im):
+        im = im.astype(np.float32)
+        lo, hi = np.percentile(im, [1, 99.8])
+        return multiscale_basic_features((im - lo) / (hi - lo), sigma_min=1, sigma_max=16)
+
+    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
+    clf = fit_segmenter(labels, feats(train_img), clf)
+    return instances_from_foreground((predict_segmenter(feats(test_img), clf) == 2).astype(np.float32))
+
+
+def seglab(mode, train_img, ann, test_img, seconds, seed, preset):
+    cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset)
+    t0 = time.monotonic()
+    result = run_to_completion(train([train_img], [ann], cfg))
+    wall = time.monotonic() - t0
+    lm = load_model(result.checkpoint, "cpu")
+    pred = run_to_completion(predict_image(lm, test_img, probabilities=not is_instance_mode(mode)))
+    if is_instance_mode(mode):
+        labels = pred.labels
+    else:
+        labels = instances_from_foreground(pred.probabilities[1])
+    return labels, result.steps, wall
+
+
+def steps_per_second(img, lab, preset: str, steps: int = 12) -> float:
+    cfg = TrainConfig(label_mode="instances", epochs=1, steps_per_epoch=steps, time_limit=None, device="cpu",
+                      preset=preset, val_fraction=0.0, save_last=False)
+    from napari_seglab.core.events import TrainStep, collect
+
+    events, _ = collect(train([img], [lab], cfg))
+    t = [e.elapsed for e in events if isinstance(e, TrainStep)]
+    return (len(t) - 3) / (t[-1] - t[2])  # the first steps warm up
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budgets", type=float, nargs="+", default=[30, 60, 120])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--protocols", nargs="+", choices=("halves", "unseen"), default=["halves", "unseen"])
+    p.add_argument("--preset", default=None, help="model preset (default: seglab's default for the CPU)")
+    p.add_argument("--no-speed", action="store_true", help="skip the steps-per-second table")
+    args = p.parse_args(argv)
+    img = tifffile.imread(ROOT / "nuclei_train.tif")
+    inst = tifffile.imread(ROOT / "nuclei_train_instances.tif")
+    scrib = tifffile.imread(ROOT / "nuclei_train_scribbles.tif")
+    test = tifffile.imread(ROOT / "nuclei_test.tif")
+    test_inst = tifffile.imread(ROOT / "nuclei_test_instances.tif")
+    half = img.shape[1] // 2
+    data = {"halves": (img[:, :half], inst[:, :half], scrib[:, :half], img[:, half:], inst[:, half:]),
+            "unseen": (img, inst, scrib, test, test_inst)}
+    rows = []
+    for proto in args.protocols:
+        tr_img, tr_inst, tr_scrib, te_img, te_truth = data[proto]
+        otsu = match_instances(otsu_watershed(te_img), te_truth)
+        for mode in args.modes:
+            ann = annotation(mode, tr_inst, tr_scrib)
+            rf = match_instances(random_forest(tr_img, rf_labels(mode, ann), te_img), te_truth)
+            for budget in args.budgets:
+                runs = []
+                for seed in args.seeds:
+                    labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, seed, args.preset)
+                    m = match_instances(labels, te_truth)
+                    runs.append((m["dice"], m["ap50"], m["ap75"], steps, wall))
+                    print(f"  {proto:6s} {mode:9s} {budget:4.0f}s seed {seed}: dice {m['dice']:.3f} "
+                          f"ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} steps {steps} wall {wall:.1f}s", flush=True)
+                rows.append((proto, mode, budget, np.array(runs), rf, otsu))
+    print()
+    print("protocol mode      budget  seglab dice        seglab ap50        ap75   steps  wall  | "
+          "RF dice ap50  | otsu dice ap50")
+    for proto, mode, budget, r, rf, otsu in rows:
+        print(f"{proto:8s} {mode:9s} {budget:5.0f}s  {r[:, 0].mean():.3f}±{r[:, 0].std():.3f}  "
+              f"{r[:, 1].mean():.3f}±{r[:, 1].std():.3f}  {r[:, 2].mean():.3f}  {r[:, 3].mean():5.0f}  "
+              f"{r[:, 4].mean():4.0f}s | {rf['dice']:.3f} {rf['ap50']:.3f} | {otsu['dice']:.3f} {otsu['ap50']:.3f}")
+    if not args.no_speed:
+        from napari_seglab.core.models import PRESETS
+
+        for name in PRESETS:
+            print(f"preset {name}: {steps_per_second(data['unseen'][0], data['unseen'][1], name):.2f} steps/s "
+                  "(dense instances, 2 cores)")
+    print("seglab/RF: " + "; ".join(
+        f"{proto} {mode} {budget:.0f}s dice {r[:, 0].mean() / max(rf['dice'], 1e-9):.2f}x "
+        f"ap50 {r[:, 1].mean() / max(rf['ap50'], 1e-9):.2f}x" for proto, mode, budget, r, rf, _ in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
