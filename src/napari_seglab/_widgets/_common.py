@@ -15,6 +15,8 @@ from ..core.errors import InputError
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
 
+#: Qt object name of the status lines (what the layout test looks for)
+STATUS_NAME = "seglab_status"
 #: the progress bar counts in thousandths
 PROGRESS_MAX = 1000
 
@@ -105,6 +107,7 @@ class RunControls(Container):
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_MAX)
         self.status = wrapped_label("")
+        self.status.native.setObjectName(STATUS_NAME)
         super().__init__(widgets=[self.buttons, self.progress, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
 

@@ -20,6 +20,8 @@ from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QSizeP
 
 #: a scrolled section is never shorter than this (px), unless its content is
 SECTION_MIN_PX = 96
+#: a dock asks for this much more than its narrowest width
+WIDTH_SLACK_PX = 16
 #: marks the dock widgets of this plugin (a Qt dynamic property on their inner widget)
 DOCK_PROPERTY = "seglab_dock"
 
@@ -45,8 +47,10 @@ class ScrollSection(QScrollArea):
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        # as narrow as the content allows: on a laptop screen every pixel of width is the canvas's
         hint = self.widget().sizeHint()
-        return QSize(hint.width() + self._extra_width(), hint.height() + 2 * self.frameWidth())
+        width = self.widget().minimumSizeHint().width() + self._extra_width() + WIDTH_SLACK_PX
+        return QSize(width, hint.height() + 2 * self.frameWidth())
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
         inner = self.widget().minimumSizeHint()

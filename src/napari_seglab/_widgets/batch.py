@@ -79,6 +79,7 @@ class BatchWidget(Container):
         self._skip = CheckBox(text="skip files already done", value=False)
         self._controls = ui.RunControls("Run", self._on_run, self._on_stop)
         self._summary = ui.wrapped_label("", small=True)
+        self._summary.native.setObjectName(ui.STATUS_NAME)
         self._failed = ui.wrapped_label("", small=True)
         self._failed.visible = False
         self._result_choice = ComboBox(label="result", choices=self._result_choices, nullable=True)

@@ -104,6 +104,7 @@ class EvaluateWidget(Container):
         self._truth = ui.layer_picker(napari_viewer, Labels, "ground truth", "the correct labels, same shape")
         self._run = PushButton(text="Evaluate")
         self._summary = ui.wrapped_label("pick a prediction and its ground truth, then press Evaluate")
+        self._summary.native.setObjectName(ui.STATUS_NAME)
         self._caption = ui.wrapped_label("columns: objects matched one-to-one at IoU \u2265 0.5, 0.75, 0.9", small=True)
         self._table = Table(value=table_value(None))
         self._table.read_only = True

@@ -119,7 +119,7 @@ class PredictWidget(Container):
                                tooltip="turn semantic foreground into one id per object (watershed)")
         self._uncertainty = CheckBox(text="uncertainty map", value=False,
                                      tooltip="add '<image> uncertainty': bright where the model is unsure")
-        self._suggest = CheckBox(text="where to paint next", value=False,
+        self._suggest = CheckBox(text="paint-next boxes", value=False,
                                  tooltip=f"add '<image> paint next': the {SUGGESTIONS} most uncertain boxes "
                                          "(of the plane shown)")
         self._threshold = FloatSpinBox(label="score threshold", value=0.5, min=0.0, max=1.0, step=0.05,

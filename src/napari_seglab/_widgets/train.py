@@ -85,9 +85,10 @@ class TrainWidget(Container):
                                      "how to read the labels layer (see the legend below)")
         self._legend = ui.wrapped_label(legend_html("scribbles"), small=True)
         self._pairs = ui.PairList(napari_viewer)
-        self._matching = CheckBox(text="also all '<image> scribbles/labels/corrected' pairs", value=False,
-                                  tooltip="add every Labels layer named after an image layer plus one of: "
-                                          + ", ".join(ui.PAIR_SUFFIXES) + " (model outputs are skipped)")
+        self._matching = CheckBox(text="also all '<image> scribbles' pairs", value=False,
+                                  tooltip="also train on every Labels layer named '<image name> <suffix>', the "
+                                          "suffix one of: " + ", ".join(ui.PAIR_SUFFIXES)
+                                          + " (e.g. 'cells corrected'; model outputs are skipped)")
         self._init = ui.file_picker("start from", "r", "*.pt",
                                     tooltip="fine-tune a saved model (its architecture and classes are kept); "
                                             "empty = a new model")
