@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 
 from magicgui.widgets import Container
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QSizePolicy, QTabWidget
 
 #: a scrolled section is never shorter than this (px), unless its content is
@@ -180,6 +180,31 @@ def _tabify(qwidget) -> None:
         if ours and dock not in main.tabifiedDockWidgets(ours[-1]):
             main.tabifyDockWidget(ours[-1], dock)
         show_dock(dock)
+
+
+class _UndockWatch(QObject):
+    """Calls ``callback`` when its widget leaves the dock it was in (napari's close button reparents it)."""
+
+    def __init__(self, qwidget, callback):
+        super().__init__(qwidget)
+        self._callback = callback
+        self._docked = False
+
+    def eventFilter(self, obj, event):  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.ParentChange:
+            docked = dock_of(obj) is not None
+            if self._docked and not docked:
+                with contextlib.suppress(Exception):  # never raise in an event filter
+                    self._callback()
+            self._docked = docked
+        return False
+
+
+def on_undocked(container: Container, callback) -> None:
+    """Call ``callback`` when ``container`` is taken out of its dock (the dock was closed)."""
+    watch = _UndockWatch(container.native, callback)
+    container.native.installEventFilter(watch)
+    container._undock_watch = watch
 
 
 def show_dock(dock: QDockWidget) -> None:

@@ -41,23 +41,25 @@ def objects(count: int) -> str:
     return f"{count} object{'' if count == 1 else 's'}"
 
 
-def looks_like_scribbles(layer, data: np.ndarray) -> bool:
+def looks_like_scribbles(layer, data: np.ndarray, truth: np.ndarray) -> bool:
     """True when a labels layer picked as the prediction looks like painted strokes instead.
 
     Scribbles are named so, or (not written by a model) use a few small
-    values including 1 (background strokes) and 2 on a small share of the
-    pixels. A prediction uses 0 for background, so scoring scribbles counts
-    the background strokes as objects.
+    values including 1 and 2 on a small share of the pixels, with the 1s
+    (background strokes) mostly where ``truth`` has background. A
+    prediction uses 0 for background, so scoring scribbles would count the
+    background strokes as objects.
     """
     if layer.metadata.get(ROLE) in MODEL_ROLES:
         return False
     if "scribble" in layer.name.lower():
         return True
-    if data.size == 0 or data.max() > 16:
+    if data.size == 0 or data.max() > 16 or np.count_nonzero(data) > SCRIBBLE_COVER * data.size:
         return False
-    painted = np.count_nonzero(data)
-    values = set(np.unique(data).tolist())
-    return {1, 2} <= values and painted <= SCRIBBLE_COVER * data.size
+    ones = data == 1
+    if not ones.any() or not (data == 2).any():
+        return False
+    return np.count_nonzero(ones & (truth == 0)) >= 0.8 * np.count_nonzero(ones)
 
 
 def _truth_score(layer) -> int:
@@ -194,7 +196,7 @@ class EvaluateWidget(Container):
         truth = _layers.labels_from_layer(truth_layer)
         self._names = (pred_layer.name, truth_layer.name)
         self._warning = ""
-        if looks_like_scribbles(pred_layer, prediction):
+        if looks_like_scribbles(pred_layer, prediction, truth):
             self._warning = (f"'{pred_layer.name}' looks like scribbles, not a prediction (1 = background "
                              "strokes would count as objects): pick the predicted layer")
             from napari.utils.notifications import show_warning
@@ -210,6 +212,7 @@ class EvaluateWidget(Container):
         """Blank the table: it must never show the scores of an earlier pair next to a new message."""
         self.scores = None
         self._copy.text = "Copy as text"
+        self._copy.enabled = False
         self._table.value = table_value(None)
         self._row_tips()
 

@@ -171,6 +171,7 @@ class TrainWidget(Container):
         stop_on_destroy(self.native, self._slot)
         # Continue cannot outlive the dock: its optimizer state (3x the model) goes with it
         self.native.destroyed.connect(lambda *_args, ref=self._state_ref: drop_state(ref[0]))
+        _layout.on_undocked(self, lambda ref=self._state_ref: drop_state(ref[0]))
         _layout.tabify_when_docked(self)
         ui.warm_up()
 
