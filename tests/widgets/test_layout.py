@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import pytest
 from qtpy.QtCore import QPoint, QRect
-from qtpy.QtWidgets import QApplication, QDockWidget, QLabel, QProgressBar, QPushButton, QScrollArea, QTabWidget
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDockWidget,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QTabWidget,
+)
 
 from napari_seglab._widgets._plot import MIN_HEIGHT
 
@@ -39,8 +48,9 @@ def _scroll_into_view(widget) -> None:
 
 
 def _controls(container_widget, dock: QDockWidget) -> list:
-    """The buttons, progress bars and status lines of a dock that the user can see now."""
-    found = [w for kind in (QPushButton, QProgressBar) for w in container_widget.findChildren(kind)]
+    """The buttons, drop-downs, progress bars and status lines of a dock that the user can see now."""
+    # a squashed drop-down clips the underscores of layer names ("nuclei_test" read as "nuclei test")
+    found = [w for kind in (QPushButton, QComboBox, QProgressBar) for w in container_widget.findChildren(kind)]
     status = [w for w in container_widget.findChildren(QLabel) if w.objectName() == "seglab_status"]
     return [w for w in found + status if w.isVisibleTo(dock)]
 

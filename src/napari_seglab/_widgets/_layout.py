@@ -46,16 +46,28 @@ class ScrollSection(QScrollArea):
     def _extra_width(self) -> int:
         return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
+    def _content_height(self) -> int:
+        """The content's height at the width it gets (wrapped text grows taller when narrower)."""
+        inner = self.widget()
+        width = self.width() - self._extra_width()
+        if inner.hasHeightForWidth() and width > 0:
+            return max(inner.heightForWidth(width), inner.minimumSizeHint().height())
+        return inner.sizeHint().height()
+
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
         # as narrow as the content allows: on a laptop screen every pixel of width is the canvas's
-        hint = self.widget().sizeHint()
         width = self.widget().minimumSizeHint().width() + self._extra_width() + WIDTH_SLACK_PX
-        return QSize(width, hint.height() + 2 * self.frameWidth())
+        return QSize(width, self._content_height() + 2 * self.frameWidth())
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
         inner = self.widget().minimumSizeHint()
-        height = min(self._min_px, self.widget().sizeHint().height())
+        height = min(self._min_px, self._content_height())
         return QSize(inner.width() + self._extra_width(), height + 2 * self.frameWidth())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():
+            self.updateGeometry()  # the content's height for this width may differ
 
 
 class Scrolled(Container):
@@ -81,7 +93,8 @@ def _page_sized_tabs():
 
     class PageSizedTabs(QTabWidget):
         def _fit(self, hint, page_hint):
-            hint.setHeight(page_hint.height() + self.tabBar().sizeHint().height() + 2)
+            # the tab bar, plus the frame document mode still draws around the page
+            hint.setHeight(page_hint.height() + self.tabBar().sizeHint().height() + 6)
             return hint
 
         def sizeHint(self):  # noqa: N802 - Qt API

@@ -249,6 +249,7 @@ class TrainWidget(Container):
         path = ui.path_or_none(self._save_to)
         self._folder.value = folder_note(path.parent if path else MODELS_DIR)
         self._save_to.line_edit.tooltip = str(path) if path else "empty: the model is kept in memory only"
+        self._save_to.line_edit.native.setCursorPosition(0)  # show where it goes, not just the end of the name
 
     def _on_family(self, family: str) -> None:
         self._arch.choices = ARCHS[family]
