@@ -26,6 +26,15 @@ def default_model_path(folder: Path | None = None) -> Path:
     return (folder or MODELS_DIR) / f"model_{time.strftime('%Y%m%d-%H%M%S')}.pt"
 
 
+def unused_path(path: Path, taken: set[Path]) -> Path:
+    """``path``, or ``<stem>_2.pt``, ``_3`` ... when it is one of ``taken`` or exists."""
+    candidate, n = path, 2
+    while candidate in taken or candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
 def state_path(model: str | Path) -> Path:
     """The ``.last.pt`` (weights and optimizer state for Continue) written beside ``model``."""
     return Path(model).with_suffix(".last.pt")

@@ -26,7 +26,15 @@ from ..core.train import TrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
 from ._colors import apply_colors, legend_html, prediction_kind
-from ._models import MODELS_DIR, best_dice, default_model_path, drop_state, folder_note, state_path
+from ._models import (
+    MODELS_DIR,
+    best_dice,
+    default_model_path,
+    drop_state,
+    folder_note,
+    state_path,
+    unused_path,
+)
 from ._plot import TrainingPlot
 from ._train_job import TrainOutcome, auto_number, train_then_predict
 from ._worker import JobSlot, error_text, stop_on_destroy
@@ -38,15 +46,6 @@ ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
 COMMON_ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
                    "mobilenet_v2", "densenet121", "vgg16_bn", "timm-regnety_004")
 __all__ = ["MODELS_DIR", "TrainWidget", "default_model_path", "train_then_predict"]
-
-
-def _fresh(path: Path, taken: set[Path]) -> Path:
-    """``path``, or ``<stem>_2.pt``, ``_3`` ... when it is one of ``taken`` or exists."""
-    candidate, n = path, 2
-    while candidate in taken or candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    return candidate
 
 
 class TrainWidget(Container):
@@ -278,7 +277,7 @@ class TrainWidget(Container):
         start = (self.last_checkpoint, self._kept_dice) if continuing and self.last_checkpoint else None
         if config.model_out:
             # a run never writes over the model it starts from (a continued run may end worse)
-            out = _fresh(Path(config.model_out), {p for p in (self.last_checkpoint, self._continue_from) if p}) \
+            out = unused_path(Path(config.model_out), {p for p in (self.last_checkpoint, self._continue_from) if p}) \
                 if continuing else Path(config.model_out)
             config.model_out = str(out)
             if out.parent == MODELS_DIR:
@@ -400,7 +399,7 @@ class TrainWidget(Container):
         self._controls.say(text)
         # the next run should not overwrite this model unless the user chose the file
         if ui.path_or_none(self._save_to) == self._auto_path:
-            self._auto_path = _fresh(default_model_path(), {new} if new else set())
+            self._auto_path = unused_path(default_model_path(), {new} if new else set())
             self._save_to.value = self._auto_path
         self._show_folder()
 
