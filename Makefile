@@ -33,7 +33,9 @@ test: setup xvfb
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 
+# maximised under a window manager (openbox, installed when root), as a user sees it
 screenshot: setup xvfb
+	@command -v openbox >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq openbox >/dev/null; } || true
 	$(XVFB) $(PY) scripts/screenshot.py docs/screenshot.png
 
 sample-data: setup

@@ -1,29 +1,37 @@
-"""Make docs/screenshot.png: SegLab trained on the sample nuclei, its prediction, both widgets docked.
+"""Make docs/screenshot.png: napari maximised with all four SegLab docks, after training on the sample nuclei.
 
-Usage (from the repository root; on a headless machine under Xvfb)::
+Usage (from the repository root; on a headless machine under Xvfb whose
+screen has the size you want)::
 
-    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [--epochs 6] [--out docs/screenshot.png]
+    xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [OUT.png] [--epochs 8] [--quick]
 
-Trains a small U-Net from scratch on the CPU on the sample's dense instance
-mask (label mode "instances"; a fixed number of steps, so the picture does not
-depend on the machine's speed; a few minutes on 2 cores), predicts the image,
-and saves the whole window with the Train dock's loss/Dice plot (kept under
-1 MB).
+The window is maximised on the screen, with a window manager (openbox, when
+installed, is started for the picture) so that it gets a real frame. The
+four docks open the way the Plugins menu opens them (they tabify). Unless
+``--quick``, a small U-Net is trained from scratch on the CPU on the
+sample's dense instance mask (a fixed number of steps, so the picture does
+not depend on the machine's speed; a few minutes on 2 cores), the image is
+predicted from the Predict dock, and the Train dock is brought to the front
+with its loss/Dice plot. The PNG is kept under 1 MB.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import napari
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 1_000_000
+DOCKS = ("Train", "Predict", "Evaluate", "Batch")
 
 
 def wait_while_busy(widget, timeout: float) -> None:
@@ -54,19 +62,33 @@ def shrink_png(path: Path) -> None:
         scale -= 0.1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of 10 steps")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
-    args = parser.parse_args()
+@contextlib.contextmanager
+def window_manager():
+    """Run openbox for the picture when it is installed and no other window manager is asked for."""
+    process = None
+    if os.environ.get("DISPLAY") and shutil.which("openbox") and not os.environ.get("SEGLAB_NO_WM"):
+        process = subprocess.Popen(["openbox"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # let it take the screen before the window maps
+    try:
+        yield
+    finally:
+        if process is not None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
 
-    viewer = napari.Viewer(title="napari-seglab")
-    viewer.window._qt_window.resize(1800, 1000)
-    viewer.open_sample("napari-seglab", "nuclei_instances")
-    train_dock, train = viewer.window.add_plugin_dock_widget("napari-seglab", "Train")
-    predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-seglab", "Predict")
-    viewer.window._qt_window.splitDockWidget(train_dock, predict_dock, Qt.Orientation.Horizontal)
 
+def open_docks(viewer) -> dict:
+    """The four docks, opened one after the other as from the Plugins menu; returns {name: (dock, widget)}."""
+    docks = {}
+    for name in DOCKS:
+        docks[name] = viewer.window.add_plugin_dock_widget("napari-seglab", name)
+        settle(5)
+    return docks
+
+
+def train_and_predict(viewer, docks: dict, epochs: int) -> None:
+    train, predict = docks["Train"][1], docks["Predict"][1]
     model = Path(tempfile.mkdtemp()) / "nuclei_unet.pt"
     train._labels_combo.value = viewer.layers["instances"]
     train._mode.value = "instances"
@@ -74,7 +96,7 @@ def main() -> None:
     train._encoder.native.setEditText("resnet18")
     train._patch.value = "128"
     train._batch.value = "4"
-    train._epochs.value = args.epochs
+    train._epochs.value = epochs
     train._steps.value = 10
     train._save_to.value = model
     train._preview.value = 10
@@ -87,17 +109,43 @@ def main() -> None:
     predict._controls.run_button.native.click()
     wait_while_busy(predict, 300)
     print(predict._controls.status.value)
-
     viewer.layers["instances"].visible = False
-    viewer.layers["nuclei prediction"].visible = False
+    if "nuclei prediction" in viewer.layers:
+        viewer.layers["nuclei prediction"].visible = False
     viewer.layers.selection.active = viewer.layers["nuclei labels"]
-    viewer.reset_view()
-    settle()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(args.out), canvas_only=False)
-    shrink_png(args.out)
-    print(f"{args.out}: {args.out.stat().st_size / 1e3:.0f} kB")
-    viewer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs of 10 steps")
+    parser.add_argument("--quick", action="store_true", help="no training: the docks and the sample only")
+    parser.add_argument("--sample", default=None, help="sample to open (default: instances, or scribbles with --quick)")
+    args = parser.parse_args()
+
+    with window_manager():
+        viewer = napari.Viewer(title="napari-seglab")
+        window = viewer.window._qt_window
+        window.showMaximized()
+        settle()
+        viewer.open_sample("napari-seglab", args.sample or ("nuclei_scribbles" if args.quick else "nuclei_instances"))
+        docks = open_docks(viewer)
+        if not args.quick:
+            train_and_predict(viewer, docks, args.epochs)
+        train_dock = docks["Train"][0]
+        train_dock.show()
+        train_dock.raise_()
+        settle()
+        viewer.reset_view()
+        settle()
+        screen = QApplication.primaryScreen().geometry()
+        frame = window.frameGeometry()
+        print(f"screen {screen.width()}x{screen.height()}, window {frame.width()}x{frame.height()}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(args.out), canvas_only=False)
+        shrink_png(args.out)
+        print(f"{args.out}: {args.out.stat().st_size / 1e3:.0f} kB")
+        viewer.close()
 
 
 if __name__ == "__main__":

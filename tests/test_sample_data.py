@@ -44,3 +44,18 @@ def test_generates_when_files_are_missing(monkeypatch):
     _check_tuples(_sample_data.nuclei_with_scribbles(), ["image", "labels"])
     ((stack, _, _),) = _sample_data.nuclei_stack()
     assert stack.shape == (8, 128, 128)
+
+
+def test_samples_name_their_axes_and_colour_the_scribbles():
+    (_img, meta, _), (_scr, smeta, _) = _sample_data.nuclei_with_scribbles()
+    assert meta["axis_labels"] == ("y", "x") and smeta["axis_labels"] == ("y", "x")
+    colors = smeta["colormap"]
+    assert colors[0] == "transparent" and colors[1] != colors[2]  # background and nucleus strokes differ
+    ((_stack, stack_meta, _),) = _sample_data.nuclei_stack()
+    assert stack_meta["axis_labels"] == ("z", "y", "x")
+
+
+def test_the_stack_sample_shows_named_axes_in_napari(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-seglab", "nuclei_stack")
+    assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")

@@ -23,6 +23,7 @@ import contextlib
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
+from ._widgets._colors import apply_colors
 from .core.errors import InputError
 from .core.io import guess_axes
 
@@ -107,7 +108,7 @@ def _existing(viewer, name: str, kind: type):
 
 
 def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[int, ...] | None = None,
-                role: str | None = None):
+                role: str | None = None, colors: str | None = None):
     """Add labels as a Labels layer ``name``, or update the layer of that name.
 
     ``labels``: the image's spatial shape, integer. With ``plane`` given (an
@@ -115,6 +116,8 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
     the same shape is replaced and the other planes keep their values.
     ``role`` is stored as ``layer.metadata[ROLE]`` ("prediction", "preview",
     "correction"): model output is never mistaken for an annotation.
+    ``colors``: colour the values as labels of that kind ("scribbles",
+    "classes", "semantic", "instances"; see :mod:`._widgets._colors`).
     """
     labels = np.asarray(labels)
     layer = _existing(viewer, name, Labels)
@@ -134,11 +137,13 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
         layer = viewer.add_labels(labels, name=name, **_placement(like, labels.ndim))
     if role is not None:
         layer.metadata[ROLE] = role
+    if colors is not None:
+        apply_colors(layer, colors)
     return layer
 
 
 def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, ...],
-               plane: tuple[int, ...] = (), like=None, below=None, reset: bool = False):
+               plane: tuple[int, ...] = (), like=None, below=None, reset: bool = False, colors: str | None = None):
     """Write one plane of labels into the Labels layer ``name`` (created once, then updated in place).
 
     ``plane_labels``: ``(Y, X)`` integer (uint8/uint16 keep the update cheap);
@@ -147,6 +152,7 @@ def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, 
     the GUI thread one plane per update. ``reset`` clears the other planes
     of an existing layer too. A new layer goes just ``below`` the given
     layer and leaves the user's selection alone; a hidden one is shown again.
+    ``colors``: as in :func:`show_labels`.
     """
     plane_labels = np.asarray(plane_labels)
     layer = _existing(viewer, name, Labels)
@@ -158,6 +164,8 @@ def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, 
         else:
             layer.data = _full(plane_labels, spatial, plane)
         layer.visible = True
+        if colors is not None:
+            apply_colors(layer, colors)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -165,6 +173,8 @@ def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, 
     with kept_selection(viewer):
         layer = viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim))
     layer.metadata[ROLE] = "preview"
+    if colors is not None:
+        apply_colors(layer, colors)
     if below is not None and below in viewer.layers:
         viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(below))
     return layer
@@ -178,13 +188,14 @@ def _full(plane_labels: np.ndarray, spatial: tuple[int, ...], plane: tuple[int, 
     return data
 
 
-def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, like=None):
+def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, like=None,
+                    colors: str | None = None):
     """Show final ``labels`` as ``name``, reusing the live-preview layer ``preview_name`` when possible.
 
     Adding and removing napari layers costs the GUI thread a few hundred
     milliseconds each, so the preview layer is renamed when ``name`` does
-    not exist yet, and otherwise hidden (and reused by the next run) while
-    ``name`` is updated. The user's selection is kept either way.
+    not exist yet; otherwise ``name`` is updated and the preview, now stale,
+    is removed. The user's selection is kept either way.
     """
     preview = _existing(viewer, preview_name, Labels)
     with kept_selection(viewer):
@@ -193,11 +204,21 @@ def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, li
             preview.name = name
             preview.opacity = 0.7
             preview.metadata[ROLE] = "prediction"
+            if colors is not None:
+                apply_colors(preview, colors)
             return preview
-        layer = show_labels(viewer, labels, name, like=like, role="prediction")
-        if preview is not None:
-            preview.visible = False
+        layer = show_labels(viewer, labels, name, like=like, role="prediction", colors=colors)
+        remove_layer(viewer, preview_name, Labels)
     return layer
+
+
+def remove_layer(viewer, name: str, kind: type = Labels) -> bool:
+    """Remove the ``kind`` layer called ``name`` if there is one; True if one was removed."""
+    layer = next((existing for existing in viewer.layers if existing.name == name), None)
+    if isinstance(layer, kind):
+        viewer.layers.remove(layer)
+        return True
+    return False
 
 
 def reserve(viewer, kind: str, name: str, shape: tuple[int, ...], like=None):
@@ -241,9 +262,9 @@ def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None)
 
     The layer becomes the selected one, in paint mode, with a label that
     helps: a new object id (instances) or the first class (scribbles,
-    classes).
+    classes). Its classes have the colours of the prediction's.
     """
-    layer = show_labels(viewer, labels, name, like=like, role="correction")
+    layer = show_labels(viewer, labels, name, like=like, role="correction", colors=mode)
     viewer.layers.selection.active = layer
     layer.mode = "paint"
     top = int(np.max(layer.data)) if layer.data.size else 0

@@ -21,6 +21,9 @@ __all__ = ["nuclei_stack", "nuclei_with_instances", "nuclei_with_scribbles"]
 _TRAIN_SEED = 1
 _STACK_SEED = 3
 _SCRIBBLE_SEED = 11
+#: axis names napari shows (instead of its -2, -1)
+AXES_2D = ("y", "x")
+AXES_3D = ("z", "y", "x")
 
 
 def _read_sample(name: str) -> np.ndarray | None:
@@ -52,17 +55,21 @@ def nuclei_with_scribbles() -> list[tuple]:
     Returns
     -------
     list of LayerDataTuple
-        ``(image (256, 512) uint16, {"name": "nuclei"}, "image")`` and
-        ``(scribbles (256, 512) uint8, {"name": "scribbles"}, "labels")`` with
-        0 = not annotated, 1 = background, 2 = nucleus.
+        ``(image (256, 512) uint16, {"name": "nuclei", ...}, "image")`` and
+        ``(scribbles (256, 512) uint8, {"name": "scribbles", "colormap": ...}, "labels")``
+        with 0 = not annotated, 1 = background, 2 = nucleus, in the colours
+        the Train dock gives these classes in its predictions.
     """
+    from ._widgets._colors import COLORS_KEY, value_colors
+
     image, instances = _train_image_and_instances()
     scribbles = _read_sample("nuclei_train_scribbles.tif")
     if scribbles is None or scribbles.shape != image.shape:
         scribbles = make_scribbles(instances, seed=_SCRIBBLE_SEED)
     return [
-        (image, {"name": "nuclei"}, "image"),
-        (scribbles, {"name": "scribbles"}, "labels"),
+        (image, {"name": "nuclei", "axis_labels": AXES_2D}, "image"),
+        (scribbles, {"name": "scribbles", "axis_labels": AXES_2D, "colormap": value_colors("scribbles"),
+                     "metadata": {COLORS_KEY: "scribbles"}}, "labels"),
     ]
 
 
@@ -78,8 +85,8 @@ def nuclei_with_instances() -> list[tuple]:
     """
     image, instances = _train_image_and_instances()
     return [
-        (image, {"name": "nuclei"}, "image"),
-        (instances, {"name": "instances"}, "labels"),
+        (image, {"name": "nuclei", "axis_labels": AXES_2D}, "image"),
+        (instances, {"name": "instances", "axis_labels": AXES_2D}, "labels"),
     ]
 
 
@@ -89,10 +96,10 @@ def nuclei_stack() -> list[tuple]:
     Returns
     -------
     list of LayerDataTuple
-        ``(stack (8, 128, 128) uint16 ZYX, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0)}, "image")``;
-        the z step is three times the pixel size.
+        ``(stack (8, 128, 128) uint16 ZYX, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0), ...}, "image")``;
+        the z step is three times the pixel size; the axes are named z, y, x.
     """
     stack = _read_sample("nuclei_stack.tif")
     if stack is None:
         stack, _instances = make_nuclei((8, 128, 128), seed=_STACK_SEED)
-    return [(stack, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0)}, "image")]
+    return [(stack, {"name": "nuclei stack", "scale": (3.0, 1.0, 1.0), "axis_labels": AXES_3D}, "image")]

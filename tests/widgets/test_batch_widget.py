@@ -47,3 +47,26 @@ def test_missing_folders_are_reported(make_napari_viewer, tmp_path, errors):
     widget._input.value = tmp_path
     click(widget._controls.run_button)
     assert not widget.busy and "output folder" in errors[-1]
+
+
+def test_failed_files_and_their_reasons_are_listed(make_napari_viewer, qtbot, tmp_path, tiny_nuclei,
+                                                   tiny_checkpoint):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    tifffile.imwrite(src / "good.tif", tiny_nuclei[0])
+    (src / "broken.tif").write_text("not a tiff")
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Batch")
+    widget._input.value = src
+    widget._output.value = out
+    widget._model.value = tiny_checkpoint
+    widget._device.value = "cpu"
+    widget._scheduler.value = "sync"
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert widget.summary.ok == 1 and widget.summary.failed == 1
+    assert [done.path.rsplit("/", 1)[-1] for done in widget.failures] == ["broken.tif"]
+    listed = widget._failed.value
+    assert "broken.tif" in listed and "not a valid TIFF" in listed and "good.tif" not in listed
+    assert not widget._failed.native.isHidden() and "failed files below" in widget._summary.value

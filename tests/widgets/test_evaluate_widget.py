@@ -72,3 +72,52 @@ def test_labels_of_different_shapes_are_refused_with_a_clear_message(make_napari
     assert not widget.busy and widget.scores is None
     assert len(errors) == 1 and "'small' has shape (20, 20) but 'truth' has shape (40, 60)" in errors[0]
     assert "same image" in widget._summary.value and widget._run.enabled
+
+
+def test_prediction_and_truth_start_on_different_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_labels(_objects(), name="nuclei_test_instances")
+    viewer.add_labels(_objects(), name="cells scribbles")
+    prediction = viewer.add_labels(_objects(), name="cells labels")
+    prediction.metadata["seglab_role"] = "prediction"
+    widget = dock(viewer, "Evaluate")
+    assert widget._prediction.value is prediction
+    assert widget._truth.value is viewer.layers["nuclei_test_instances"]
+
+
+def test_an_error_clears_the_old_scores_and_counts_read_right(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    one = np.zeros((40, 60), np.uint16)
+    one[2:12, 2:12] = 1
+    truth = viewer.add_labels(one, name="truth")
+    pred = viewer.add_labels(one.copy(), name="pred")
+    viewer.add_labels(np.zeros((20, 20), np.uint8), name="small")
+    widget = dock(viewer, "Evaluate")
+    _evaluate(qtbot, widget, pred, truth)
+    assert "1 object in 'pred', 1 object in 'truth'" in widget._summary.value
+    assert widget._table.value["data"][0][0] == "1.000"
+
+    widget._prediction.value = viewer.layers["small"]
+    click(widget._run)
+    assert errors and widget.scores is None and not widget._copy.enabled
+    assert all(cell == "\u2013" for row in widget._table.value["data"] for cell in row)  # nothing stale
+
+
+def test_scoring_scribbles_as_a_prediction_warns(make_napari_viewer, qtbot, monkeypatch):
+    from napari.utils import notifications
+
+    warned = []
+    monkeypatch.setattr(notifications, "show_warning", lambda message: warned.append(str(message)))
+    viewer = make_napari_viewer()
+    truth = viewer.add_labels(_objects(), name="truth")
+    strokes = np.zeros((40, 60), np.uint8)
+    strokes[20, 30:40] = 1  # a background stroke
+    strokes[6, 4:10] = 2  # a stroke inside an object
+    paint = viewer.add_labels(strokes, name="paint")
+    widget = dock(viewer, "Evaluate")
+    _evaluate(qtbot, widget, paint, truth)
+    assert warned and "'paint' looks like scribbles" in warned[0]
+    assert "looks like scribbles" in widget._summary.value
+    warned.clear()
+    _evaluate(qtbot, widget, viewer.layers["truth"], viewer.layers["truth"])
+    assert not warned

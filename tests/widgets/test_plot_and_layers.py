@@ -31,7 +31,6 @@ def test_the_plot_keeps_the_last_values_and_paints(qtbot):
         plot.add_loss(step, 1.0 / step)
     plot.add_dice(1000, 1, 0.5, (0.9, 0.4, 0.2))
     plot.add_dice(2000, 2, 0.7, (0.95, 0.6, 0.55))
-    plot.mark(1000)
     assert len(plot.loss.visible()) <= MAX_POINTS + 1 and plot.loss.last == (2000.0, 1 / 2000)
     assert plot.smooth.last[1] < 0.01 and plot.best == (0.7, 2)
     assert len(plot.class_dice) == 3 and plot.class_dice[2].last == (2000.0, 0.55)
@@ -42,6 +41,36 @@ def test_the_plot_keeps_the_last_values_and_paints(qtbot):
     plot.add_dice(2500, 3, 0.8, (0.9, 0.7))  # two classes: only the mean is drawn
     plot.clear()
     assert plot.loss.count == 0 and plot.best is None and not plot.class_dice and not plot.marks
+
+
+def test_a_continued_run_starts_a_new_dice_line(qtbot):
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.resize(320, 220)
+    plot.add_dice(25, 1, 0.35)
+    plot.add_dice(50, 2, 0.348)
+    plot.mark(50)  # Continue: the next Dice values come from another held-out set
+    plot.add_dice(75, 3, 0.06)
+    assert [p for p in plot.earlier_dice[0].visible()] == [(25.0, 0.35), (50.0, 0.348)]
+    assert plot.dice.visible() == [(75.0, 0.06)]  # not joined to the earlier line
+    assert plot.best == (0.06, 3) and "best 0.060" in plot._dice_title()
+    assert plot.grab().toImage().width() == 320
+    plot.clear()
+    assert not plot.earlier_dice
+
+
+def test_the_smoothed_loss_keeps_up_in_a_short_run(qtbot):
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    # a short run: the loss halves over 20 steps (0.89 -> 0.44)
+    for step in range(1, 21):
+        plot.add_loss(step, 0.89 - (0.45 * (step - 1) / 19))
+    assert abs(plot.smooth.last[1] - plot.loss.last[1]) < 0.05
+    # a long noisy run is still smoothed: alternating 0/1 stays near 0.5
+    plot.clear()
+    for step in range(1, 2001):
+        plot.add_loss(step, float(step % 2))
+    assert abs(plot.smooth.last[1] - 0.5) < 0.1
 
 
 def test_corrections_keep_unpredicted_planes_unannotated():

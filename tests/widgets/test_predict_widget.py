@@ -226,6 +226,8 @@ def test_stock_model_without_cached_weights_is_explained(make_napari_viewer, qtb
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     widget = _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, "NOT in the torch cache")[1]
     assert len(errors) == 1 and "not in the torch cache" in errors[0]
+    # it says how to get the weights, and offers no option that does not exist ("allow downloading")
+    assert "get_weight('FCN_ResNet50_Weights.DEFAULT')" in errors[0] and "allow" not in errors[0]
     assert widget._controls.run_button.enabled
 
 

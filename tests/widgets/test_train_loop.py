@@ -88,9 +88,9 @@ def test_preview_of_a_stack_shows_the_plane_on_screen(make_napari_viewer, qtbot,
     seen = {}
     original = train_module.train_then_predict
 
-    def spy(data, config, preview_plane, plane, stop):
+    def spy(data, config, preview_plane, plane, stop, **kwargs):
         seen.update(preview_plane=preview_plane, plane=plane)
-        return original(data, config, preview_plane, plane, stop)
+        return original(data, config, preview_plane, plane, stop, **kwargs)
 
     monkeypatch.setattr(train_module, "train_then_predict", spy)
     shown = []

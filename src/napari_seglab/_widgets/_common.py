@@ -12,8 +12,11 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
+from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
 
+#: Qt object name of the status lines (what the layout test looks for)
+STATUS_NAME = "seglab_status"
 #: the progress bar counts in thousandths
 PROGRESS_MAX = 1000
 
@@ -104,6 +107,7 @@ class RunControls(Container):
         self.buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=PROGRESS_MAX)
         self.status = wrapped_label("")
+        self.status.native.setObjectName(STATUS_NAME)
         super().__init__(widgets=[self.buttons, self.progress, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
 
@@ -190,68 +194,6 @@ def holder(qwidget) -> Container:
     box.native.layout().addWidget(qwidget)
     box.native.setSizePolicy(qwidget.sizePolicy())
     return box
-
-
-def _page_sized_tabs():
-    """A QTabWidget as tall as the page shown (Qt's own is as tall as its tallest page)."""
-    from qtpy.QtWidgets import QSizePolicy, QTabWidget
-
-    class PageSizedTabs(QTabWidget):
-        def _fit(self, hint, page_hint):
-            hint.setHeight(page_hint.height() + self.tabBar().sizeHint().height() + 2)
-            return hint
-
-        def sizeHint(self):  # noqa: N802 - Qt API
-            page = self.currentWidget()
-            return self._fit(super().sizeHint(), page.sizeHint()) if page else super().sizeHint()
-
-        def minimumSizeHint(self):  # noqa: N802 - Qt API
-            page = self.currentWidget()
-            return self._fit(super().minimumSizeHint(), page.minimumSizeHint()) if page else \
-                super().minimumSizeHint()
-
-    def fit_to_page(index: int) -> None:
-        # pages not shown must not count towards the minimum height of Qt's page stack either
-        for i in range(tabs.count()):
-            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
-            tabs.widget(i).setSizePolicy(policy, policy)
-        tabs.updateGeometry()
-
-    tabs = PageSizedTabs()
-    tabs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-    tabs.currentChanged.connect(fit_to_page)
-    return tabs, fit_to_page
-
-
-class Tabs(Container):
-    """magicgui sub-forms as the pages of a tab widget (keeps a long dock widget short).
-
-    The tabs take the height of the page shown. ``reset_choices`` reaches
-    the pages, so their layer pickers still follow the viewer's layers.
-    """
-
-    def __init__(self, pages: list[tuple[str, Container]]):
-        self.pages = [page for _title, page in pages]
-        from qtpy.QtCore import Qt
-
-        self.tab_widget, fit_to_page = _page_sized_tabs()
-        self.tab_widget.setDocumentMode(True)
-        for title, page in pages:
-            page.native.layout().addStretch(1)  # rows stay at the top of a page taller than they need
-            self.tab_widget.addTab(page.native, title)
-        fit_to_page(0)
-        super().__init__(labels=False)
-        self.margins = (0, 0, 0, 0)
-        self.native.layout().addWidget(self.tab_widget, 0, Qt.AlignmentFlag.AlignTop)
-        self.native.setSizePolicy(self.tab_widget.sizePolicy())
-
-    def reset_choices(self, *_args) -> None:
-        super().reset_choices()
-        for page in self.pages:
-            page.reset_choices()
-
-    def show_page(self, index: int) -> None:
-        self.tab_widget.setCurrentIndex(index)
 
 
 class PairList(Container):

@@ -2,7 +2,8 @@
 
 Two panels share one x axis (optimiser steps): the loss per step (raw, faint,
 and smoothed) on top, the validation Dice per epoch (the mean, and each class
-when there are more than two) below. Points are averaged down to a few hundred
+when there are more than two) below. A continued run starts a new Dice line:
+it is measured on that run's own held-out pixels, so the lines are not joined. Points are averaged down to a few hundred
 per line as they arrive, and the widget repaints at most :data:`REPAINT_MS`
 after a change, so a long run costs the GUI thread the same as a short one.
 """
@@ -19,12 +20,17 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 MAX_POINTS = 300
 #: a change is drawn at most this long after it arrives (<= 5 repaints per second)
 REPAINT_MS = 200
-#: weight of the newest loss in the smoothed curve (exponential moving average)
-SMOOTHING = 0.1
+#: the smoothed loss averages over about this fraction of the steps so far ...
+SMOOTH_FRACTION = 0.2
+#: ... and at most this many steps (an exponential moving average of that span)
+SMOOTH_SPAN = 19
+#: the plot is never shorter than this (px): two readable panels
+MIN_HEIGHT = 150
 
 LOSS_RAW = QColor(150, 160, 175, 110)
 LOSS_SMOOTH = QColor("#4fc3f7")
 DICE_MEAN = QColor("#ffb300")
+DICE_EARLIER = QColor(255, 179, 0, 110)
 CLASS_COLORS = ("#7cff4f", "#ff4fd8", "#00e5ff", "#ff8c1a", "#b08cff", "#ff5252")
 
 
@@ -86,17 +92,19 @@ class TrainingPlot(QWidget):
         self.loss = Series()
         self.smooth = Series()
         self.dice = Series()
+        self.earlier_dice: list[Series] = []  # Dice lines of earlier runs (each on its own hold-out)
         self.class_dice: list[Series] = []
         self.marks: list[float] = []
         self.best: tuple[float, int] | None = None  # (Dice, epoch)
         self.class_names: tuple[str, ...] | None = None  # short names for the per-class legend
         self.no_validation = False
+        self.dice_every: int | None = None  # steps per epoch, for the "waiting" title
         self._ema: float | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REPAINT_MS)
         self._timer.timeout.connect(self.update)
-        self.setMinimumHeight(170)
+        self.setMinimumHeight(MIN_HEIGHT)
         # a tall dock gives the plot its spare height
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setToolTip("training loss per step (faint: raw, bright: smoothed) and validation Dice per epoch")
@@ -109,6 +117,7 @@ class TrainingPlot(QWidget):
         for series in (self.loss, self.smooth, self.dice, *self.class_dice):
             series.clear()
         self.class_dice = []
+        self.earlier_dice = []
         self.marks = []
         self.best = None
         self.no_validation = False
@@ -116,11 +125,18 @@ class TrainingPlot(QWidget):
         self._changed()
 
     def add_loss(self, step: float, loss: float) -> None:
-        """One training step's loss (also added to the smoothed curve, an exponential moving average)."""
+        """One training step's loss (also added to the smoothed curve).
+
+        The smoothed curve is an exponential moving average whose span grows
+        with the run (a fifth of the steps so far, at most
+        :data:`SMOOTH_SPAN`): a fixed long span lags far behind the raw
+        loss in a run of a few dozen steps.
+        """
         if not math.isfinite(loss):
             return
+        weight = smoothing_weight(self.loss.count + 1)
         # the average starts at the first loss (not at 0), so it needs no bias correction
-        self._ema = loss if self._ema is None else (1 - SMOOTHING) * self._ema + SMOOTHING * loss
+        self._ema = loss if self._ema is None else (1 - weight) * self._ema + weight * loss
         self.loss.add(step, loss)
         self.smooth.add(step, self._ema)
         self._changed()
@@ -144,8 +160,13 @@ class TrainingPlot(QWidget):
         self._changed()
 
     def mark(self, step: float) -> None:
-        """A vertical line at ``step`` (where a continued run begins)."""
+        """A vertical line at ``step`` where a continued run begins; its Dice starts a new line."""
         self.marks.append(float(step))
+        if self.dice.count:
+            self.earlier_dice.append(self.dice)
+            self.dice = Series()
+            self.class_dice = []
+        self.best = None
         self._changed()
 
     def _changed(self) -> None:
@@ -165,12 +186,13 @@ class TrainingPlot(QWidget):
             half = (height - 2) / 2
             top = QRectF(0, 0, width, half)
             bottom = QRectF(0, half + 2, width, half)
-            xmax = max([s.last[0] for s in (self.loss, self.dice) if s.last] + self.marks + [1.0])
+            xmax = max([s.last[0] for s in (self.loss, self.dice, *self.earlier_dice) if s.last] + self.marks + [1.0])
             self._panel(painter, top, line, xmax, "loss", self._loss_title(), self._loss_range(),
                         [(self.loss, LOSS_RAW, 1.0), (self.smooth, LOSS_SMOOTH, 1.8)], x_label=False)
             lines = [(s, QColor(CLASS_COLORS[i % len(CLASS_COLORS)]), 1.0) for i, s in enumerate(self.class_dice)]
+            earlier = [(s, DICE_EARLIER, 1.4) for s in self.earlier_dice]
             self._panel(painter, bottom, line, xmax, "Dice", self._dice_title(), (0.0, 1.0),
-                        [*lines, (self.dice, DICE_MEAN, 1.8)], x_label=True)
+                        [*earlier, *lines, (self.dice, DICE_MEAN, 1.8)], x_label=True)
         finally:
             painter.end()
 
@@ -181,8 +203,10 @@ class TrainingPlot(QWidget):
 
     def _dice_title(self) -> str:
         if self.dice.last is None:
-            return ("no validation Dice: too few annotated pixels to hold some out" if self.no_validation
-                    else "validation Dice: after the first epoch")
+            if self.no_validation:
+                return "no validation Dice: too few annotations to hold some out"
+            every = f" ({self.dice_every} steps)" if self.dice_every else ""
+            return f"validation Dice: after each epoch{every}"
         text = f"val Dice {self.dice.last[1]:.3f}"
         if self.best is not None:
             text += f"  (best {self.best[0]:.3f}, epoch {self.best[1]})"
@@ -256,7 +280,7 @@ class TrainingPlot(QWidget):
             for point in points[1:]:
                 path.lineTo(to_screen(*point))
             painter.drawPath(path)
-            if series is self.dice:  # few points: show each epoch
+            if series is self.dice or series in self.earlier_dice:  # few points: show each epoch
                 for point in points:
                     painter.drawEllipse(to_screen(*point), 1.8, 1.8)
         if y_label == "Dice" and self.class_dice:
@@ -275,6 +299,12 @@ class TrainingPlot(QWidget):
             painter.drawText(QRectF(x, plot.bottom() - line - 2, width + 2, line),
                              Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, piece)
             x -= metrics.horizontalAdvance("  ")
+
+
+def smoothing_weight(n: int) -> float:
+    """Weight of the ``n``-th loss in the smoothed curve (an EMA over a span that grows with the run)."""
+    span = min(SMOOTH_SPAN, max(1.0, SMOOTH_FRACTION * n))
+    return 2.0 / (span + 1.0)
 
 
 def _fmt(value: float) -> str:

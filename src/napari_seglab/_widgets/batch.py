@@ -13,10 +13,25 @@ from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import FileDone, Message
 from . import _common as ui
+from . import _layout
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
 
 if TYPE_CHECKING:
     import napari
+
+#: failed files listed in the dock (the manifest has them all)
+MAX_FAILURES_SHOWN = 8
+
+
+def failure_lines(failures: list[FileDone], limit: int = MAX_FAILURES_SHOWN) -> str:
+    """One line per failed file, ``name: reason`` (rich text), at most ``limit`` of them."""
+    import html
+
+    lines = [f"<b>{html.escape(Path(done.path).name)}</b>: {html.escape(str(done.error or 'failed'))}"
+             for done in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"... and {len(failures) - limit} more (see manifest.csv)")
+    return "<br>".join(lines)
 
 
 def batch_job(options: dict, stop: threading.Event):
@@ -46,6 +61,7 @@ class BatchWidget(Container):
         self._viewer = napari_viewer
         self._slot = JobSlot()
         self.results: list[FileDone] = []
+        self.failures: list[FileDone] = []
         self.summary = None
 
         self._input = ui.file_picker("input folder", "d", tooltip="folder with the images to segment")
@@ -63,6 +79,9 @@ class BatchWidget(Container):
         self._skip = CheckBox(text="skip files already done", value=False)
         self._controls = ui.RunControls("Run", self._on_run, self._on_stop)
         self._summary = ui.wrapped_label("", small=True)
+        self._summary.native.setObjectName(ui.STATUS_NAME)
+        self._failed = ui.wrapped_label("", small=True)
+        self._failed.visible = False
         self._result_choice = ComboBox(label="result", choices=self._result_choices, nullable=True)
         ui._elide_combo(self._result_choice)
         self._open = PushButton(text="Open result")
@@ -73,12 +92,15 @@ class BatchWidget(Container):
                       [self._probabilities, self._measurements, self._skip])
         results = Container(widgets=[self._result_choice, self._open], layout="horizontal", labels=False)
         results.margins = (0, 0, 0, 0)
-        done = ui.form("Results", [], [self._summary, results])
+        done = ui.form("Results", [], [self._summary, self._failed, results])
         ui.align_labels([files, run])
         self._inputs = [files, run]
-        super().__init__(widgets=[files, run, self._controls, done], labels=False)
+        settings = _layout.Scrolled([files, run])
+        super().__init__(widgets=[_layout.dock_body([settings, self._controls, done])], labels=False)
+        self.margins = (0, 0, 0, 0)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
+        _layout.tabify_when_docked(self)
 
     @property
     def busy(self) -> bool:
@@ -110,9 +132,12 @@ class BatchWidget(Container):
     def _start(self) -> None:
         options = self.batch_options()
         self.results = []
+        self.failures = []
         self.summary = None
         self._result_choice.reset_choices()
         self._summary.value = ""
+        self._failed.value = ""
+        self._failed.visible = False
         self._controls.set_fraction(0)
         self._controls.say("starting...")
         self._set_busy(True)
@@ -133,6 +158,10 @@ class BatchWidget(Container):
             self._controls.set_fraction(event.index / max(1, event.total))
             note = f": {event.error}" if event.error else ""
             self._controls.say(f"{event.index}/{event.total} {Path(event.path).name} {event.status}{note}")
+            if event.status == "failed":
+                self.failures.append(event)
+                self._failed.value = failure_lines(self.failures)
+                self._failed.visible = True
             if event.status == "ok" or (event.status == "skipped" and labels_output(event)):
                 self.results.append(event)
                 self._result_choice.reset_choices()
@@ -145,7 +174,8 @@ class BatchWidget(Container):
         self._controls.set_fraction(1.0)
         self._controls.say("done")
         self._summary.value = (f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped of "
-                               f"{summary.total} in {summary.seconds:.1f} s\n"
+                               f"{summary.total} in {summary.seconds:.1f} s"
+                               + (" (failed files below)" if self.failures else "") + "\n"
                                f"outputs: {summary.output_dir}\nmanifest: {os.path.basename(summary.manifest)}, "
                                f"summary: {os.path.basename(summary.summary_csv)}")
 
@@ -165,12 +195,14 @@ class BatchWidget(Container):
         image = read_image(done.path)
         stem = Path(done.path).stem
         channels = image.axes.endswith("C")
+        spatial = image.axes[:-1] if channels else image.axes
+        names = {"axis_labels": tuple(spatial.lower())}  # t, z, y, x rather than napari's -3, -2, -1
         if channels and image.data.shape[-1] in (3, 4):
-            self._viewer.add_image(image.data, name=stem, rgb=True)
+            self._viewer.add_image(image.data, name=stem, rgb=True, **names)
         elif channels:
-            self._viewer.add_image(image.data, name=stem, channel_axis=-1)
+            self._viewer.add_image(image.data, name=stem, channel_axis=-1, **names)
         else:
-            self._viewer.add_image(image.data, name=stem)
+            self._viewer.add_image(image.data, name=stem, **names)
         out = labels_output(done)
         if out and Path(out).is_file():
-            self._viewer.add_labels(read_labels(out), name=f"{stem} labels")
+            self._viewer.add_labels(read_labels(out), name=f"{stem} labels", **names)

@@ -10,10 +10,12 @@ from magicgui.widgets import Container, PushButton, Table
 from napari.layers import Labels
 
 from .. import _layers
+from .._layers import ROLE
 from ..core.errors import InputError
 from ..core.events import Message
 from ..core.metrics import match_instances
 from . import _common as ui
+from . import _layout
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -26,6 +28,44 @@ ROWS = (("precision", "precision_", False), ("recall", "recall_", False), ("F1",
         ("AP", "ap", False), ("TP", "tp_", True), ("FP", "fp_", True), ("FN", "fn_", True))
 ROW_TIPS = ("TP / (TP + FP)", "TP / (TP + FN)", "2 TP / (2 TP + FP + FN)", "TP / (TP + FP + FN)",
             "objects matched", "predicted objects with no match", "true objects missed")
+#: layers written by a model
+MODEL_ROLES = ("prediction", "preview")
+#: names that say "ground truth"
+TRUTH_WORDS = ("truth", "gt", "ground", "instances", "mask", "annotation")
+#: a labels layer with at most this share of pixels painted, with values 1 and 2, looks like scribbles
+SCRIBBLE_COVER = 0.2
+
+
+def objects(count: int) -> str:
+    """``"1 object"``, ``"3 objects"``."""
+    return f"{count} object{'' if count == 1 else 's'}"
+
+
+def looks_like_scribbles(layer, data: np.ndarray, truth: np.ndarray) -> bool:
+    """True when a labels layer picked as the prediction looks like painted strokes instead.
+
+    Scribbles are named so, or (not written by a model) use a few small
+    values including 1 and 2 on a small share of the pixels, with the 1s
+    (background strokes) mostly where ``truth`` has background. A
+    prediction uses 0 for background, so scoring scribbles would count the
+    background strokes as objects.
+    """
+    if layer.metadata.get(ROLE) in MODEL_ROLES:
+        return False
+    if "scribble" in layer.name.lower():
+        return True
+    if data.size == 0 or data.max() > 16 or np.count_nonzero(data) > SCRIBBLE_COVER * data.size:
+        return False
+    ones = data == 1
+    if not ones.any() or not (data == 2).any():
+        return False
+    return np.count_nonzero(ones & (truth == 0)) >= 0.8 * np.count_nonzero(ones)
+
+
+def _truth_score(layer) -> int:
+    name = layer.name.lower()
+    return int(any(word in name.split() or name.endswith(word) for word in TRUTH_WORDS)) * 2 + \
+        int(layer.metadata.get(ROLE) not in (*MODEL_ROLES, "correction") and "scribble" not in name)
 
 
 def evaluate(prediction: np.ndarray, truth: np.ndarray, _stop: threading.Event | None = None):
@@ -38,10 +78,13 @@ def _key(threshold: float) -> str:
     return f"{threshold * 100:g}".replace(".", "p")
 
 
-def table_value(scores: dict) -> dict:
-    """The Table's value for ``scores``: rows of :data:`ROWS`, one column per IoU threshold."""
+def table_value(scores: dict | None) -> dict:
+    """The Table's value for ``scores``: rows of :data:`ROWS`, one column per IoU threshold (None: blank)."""
     data = []
     for _name, prefix, count in ROWS:
+        if scores is None:
+            data.append(["\u2013"] * len(THRESHOLDS))
+            continue
         values = [scores[f"{prefix}{_key(t)}"] for t in THRESHOLDS]
         data.append([f"{int(v)}" if count else f"{float(v):.3f}" for v in values])
     return {"data": data, "index": [name for name, _p, _c in ROWS], "columns": [f"\u2265{t:g}" for t in THRESHOLDS]}
@@ -63,28 +106,45 @@ class EvaluateWidget(Container):
         self._truth = ui.layer_picker(napari_viewer, Labels, "ground truth", "the correct labels, same shape")
         self._run = PushButton(text="Evaluate")
         self._summary = ui.wrapped_label("pick a prediction and its ground truth, then press Evaluate")
+        self._summary.native.setObjectName(ui.STATUS_NAME)
         self._caption = ui.wrapped_label("columns: objects matched one-to-one at IoU \u2265 0.5, 0.75, 0.9", small=True)
-        self._table = Table(value=table_value({f"{p}{_key(t)}": 0 for _n, p, _c in ROWS for t in THRESHOLDS}))
+        self._table = Table(value=table_value(None))
         self._table.read_only = True
         self._fit_table()
         self._copy = PushButton(text="Copy as text", enabled=False, tooltip="copy the scores (tab-separated)")
         layers = ui.form("", [self._prediction, self._truth])
         ui.align_labels([layers])
-        super().__init__(widgets=[layers, self._run, self._summary, self._caption, self._table, self._copy],
-                         labels=False)
-        self.native.layout().addStretch(1)
+        super().__init__(widgets=[_layout.dock_body([layers, self._run, self._summary, self._caption, self._table,
+                                                     self._copy])], labels=False)
+        self.margins = (0, 0, 0, 0)
         self._run.changed.connect(lambda *_: self._on_run())
         self._copy.changed.connect(lambda *_: self._copy_text())
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
+        _layout.tabify_when_docked(self)
+
+    def reset_choices(self, *_args) -> None:
+        super().reset_choices()
+        self.pick_defaults()
+
+    def pick_defaults(self) -> None:
+        """Never leave prediction and truth on one layer: prefer a model's output and a truth-like name."""
+        layers = list(self._prediction.choices)
+        if len(layers) < 2 or self._prediction.value is not self._truth.value:
+            return
+        outputs = [layer for layer in layers if layer.metadata.get(ROLE) in MODEL_ROLES]
+        prediction = outputs[-1] if outputs else self._prediction.value
+        others = [layer for layer in layers if layer is not prediction]
+        self._prediction.value = prediction
+        self._truth.value = max(others, key=_truth_score)
 
     @property
     def busy(self) -> bool:
         return self._slot.busy
 
     def _fit_table(self) -> None:
-        """Show the cells as written (3 decimals), columns sharing the width, no scrolling."""
-        from qtpy.QtCore import Qt
+        """Show the cells as written (3 decimals), columns sharing the width, every row, no scrolling."""
+        from qtpy.QtCore import QEvent, QObject, Qt
         from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate
 
         view = self._table.native
@@ -92,9 +152,23 @@ class EvaluateWidget(Container):
         view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        height = (view.verticalHeader().defaultSectionSize() * len(ROWS)
-                  + view.horizontalHeader().sizeHint().height() + 2 * view.frameWidth() + 2)
-        view.setFixedHeight(height)
+
+        def fit() -> None:
+            # the rows' height comes from the style sheet napari applies once docked: measure what is drawn
+            rows = view.verticalHeader().length() or view.verticalHeader().defaultSectionSize() * len(ROWS)
+            header = max(view.horizontalHeader().height(), view.horizontalHeader().sizeHint().height())
+            view.setFixedHeight(rows + header + 2 * view.frameWidth() + 2)
+
+        class Refit(QObject):
+            def eventFilter(self, _obj, event):  # noqa: N802 - Qt API
+                if event.type() in (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange,
+                                    QEvent.Type.Polish):
+                    fit()
+                return False
+
+        self._refit = Refit(view)
+        view.installEventFilter(self._refit)
+        fit()
         self._row_tips()
 
     def _row_tips(self) -> None:
@@ -108,7 +182,7 @@ class EvaluateWidget(Container):
             self._start()
         except InputError as exc:
             report_error(exc)
-            self._summary.value = error_text(exc)
+            self._on_error(exc)
 
     def _start(self) -> None:
         pred_layer, truth_layer = self._prediction.value, self._truth.value
@@ -121,11 +195,30 @@ class EvaluateWidget(Container):
         prediction = _layers.labels_from_layer(pred_layer)
         truth = _layers.labels_from_layer(truth_layer)
         self._names = (pred_layer.name, truth_layer.name)
+        self._warning = ""
+        if looks_like_scribbles(pred_layer, prediction, truth):
+            self._warning = (f"'{pred_layer.name}' looks like scribbles, not a prediction (1 = background "
+                             "strokes would count as objects): pick the predicted layer")
+            from napari.utils.notifications import show_warning
+
+            show_warning(self._warning)
+        self._clear()
         self._set_busy(True)
         self._summary.value = "matching objects..."
         self._slot.start(lambda stop: evaluate(prediction, truth, stop), on_result=self._on_result,
-                         on_error=lambda exc: setattr(self._summary, "value", error_text(exc)),
-                         on_done=lambda: self._set_busy(False))
+                         on_error=self._on_error, on_done=lambda: self._set_busy(False))
+
+    def _clear(self) -> None:
+        """Blank the table: it must never show the scores of an earlier pair next to a new message."""
+        self.scores = None
+        self._copy.text = "Copy as text"
+        self._copy.enabled = False
+        self._table.value = table_value(None)
+        self._row_tips()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._clear()
+        self._summary.value = error_text(exc)
 
     def _set_busy(self, busy: bool) -> None:
         ui.set_enabled([self._prediction, self._truth, self._run], not busy)
@@ -138,10 +231,12 @@ class EvaluateWidget(Container):
         self._row_tips()
         pred_name, truth_name = self._names
         text = (f"<b>Dice {scores['dice']:.3f} &nbsp; IoU {scores['iou']:.3f}</b> (foreground)<br>"
-                f"{scores['n_pred']} objects in '{pred_name}', {scores['n_true']} in '{truth_name}'")
+                f"{objects(scores['n_pred'])} in '{pred_name}', {objects(scores['n_true'])} in '{truth_name}'")
         if scores["n_pred"] == 1 and scores["n_true"] > 1:
             text += ("<br>the prediction is one object: for instance scores predict with "
                      "'split touching objects'")
+        if getattr(self, "_warning", ""):
+            text += f"<br><b>warning</b>: {self._warning}"
         self._summary.value = text
 
     def as_text(self) -> str:

@@ -22,6 +22,8 @@ from ..core.predict import LoadedModel, Prediction, load_model, predict_image
 from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
+from . import _layout
+from ._colors import prediction_kind
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ class PredictWidget(Container):
                                tooltip="turn semantic foreground into one id per object (watershed)")
         self._uncertainty = CheckBox(text="uncertainty map", value=False,
                                      tooltip="add '<image> uncertainty': bright where the model is unsure")
-        self._suggest = CheckBox(text="where to paint next", value=False,
+        self._suggest = CheckBox(text="paint-next boxes", value=False,
                                  tooltip=f"add '<image> paint next': the {SUGGESTIONS} most uncertain boxes "
                                          "(of the plane shown)")
         self._threshold = FloatSpinBox(label="score threshold", value=0.5, min=0.0, max=1.0, step=0.05,
@@ -132,7 +134,9 @@ class PredictWidget(Container):
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
         self._inputs = [model, options]
-        super().__init__(widgets=[model, options, self._controls, self._correct], labels=False)
+        settings = _layout.Scrolled([model, options])
+        super().__init__(widgets=[_layout.dock_body([settings, self._controls, self._correct])], labels=False)
+        self.margins = (0, 0, 0, 0)
         self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
 
         self._file.changed.connect(self._on_file)
@@ -140,6 +144,7 @@ class PredictWidget(Container):
         self._threshold.changed.connect(self._on_threshold)
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
+        _layout.tabify_when_docked(self)
         ui.warm_up()
 
     # ------------------------------------------------------------------ public helpers
@@ -296,7 +301,8 @@ class PredictWidget(Container):
             self._drop_placeholders()
             self._controls.say("stopped: nothing was added")
             return
-        self.show_prediction(prediction, layer, plane, class_names=model.meta.get("class_names"))
+        self.show_prediction(prediction, layer, plane, class_names=model.meta.get("class_names"),
+                             label_mode=model.label_mode)
         note = ""
         if extras is not None:
             entropy, rows = extras
@@ -333,15 +339,21 @@ class PredictWidget(Container):
         mode = model.label_mode
         labels = ui.correction_labels(prediction.labels, prediction.kind, mode, [plane] if plane else None)
         corrected = _layers.show_correction(self._viewer, labels, f"{layer.name} corrected", mode, like=layer)
-        _dock, train = self._viewer.window.add_plugin_dock_widget("napari-seglab", "Train")
+        train = _layout.open_dock(self._viewer, "Train")
         train.prepare_retraining(layer, corrected, Path(key[0][0]), mode)
         self._viewer.layers.selection.active = corrected
         return corrected
 
-    def show_prediction(self, prediction: Prediction, layer, plane: tuple[int, ...] = (), class_names=None) -> None:
-        """Put a Prediction into the viewer as layers named after the image ``layer``."""
+    def show_prediction(self, prediction: Prediction, layer, plane: tuple[int, ...] = (), class_names=None,
+                        label_mode: str = "classes") -> None:
+        """Put a Prediction into the viewer as layers named after the image ``layer``.
+
+        Semantic labels get the class colours of the Train dock (class k
+        like scribble value k + 1); object ids, one colour each.
+        """
         _layers.show_labels(self._viewer, prediction.labels, f"{layer.name} labels", like=layer,
-                            plane=plane or None, role="prediction")
+                            plane=plane or None, role="prediction",
+                            colors=prediction_kind(label_mode, prediction.kind))
         if prediction.probabilities is not None:
             _layers.show_probabilities(self._viewer, prediction.probabilities, layer.name, like=layer,
                                        class_names=class_names)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +13,7 @@ from .. import _layers
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
-from ..core.labels import LABEL_MODES, LEGEND
+from ..core.labels import LABEL_MODES
 from ..core.models import (
     DEFAULT_ARCH,
     DEFAULT_ENCODER,
@@ -25,75 +22,30 @@ from ..core.models import (
     MASKRCNN_ARCHS,
     SMP_ARCHS,
 )
-from ..core.predict import load_model, predict_image
-from ..core.train import TrainConfig, TrainResult, train
-from ..core.uncertainty import paint_next
+from ..core.train import TrainConfig, TrainResult
 from . import _common as ui
+from . import _layout
+from ._colors import apply_colors, legend_html, prediction_kind
+from ._models import (
+    MODELS_DIR,
+    best_dice,
+    default_model_path,
+    drop_state,
+    folder_note,
+    state_path,
+    unused_path,
+)
 from ._plot import TrainingPlot
+from ._train_job import TrainOutcome, auto_number, train_then_predict
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
     import napari
 
 ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
-MODELS_DIR = Path.home() / "seglab_models"
 COMMON_ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
                    "mobilenet_v2", "densenet121", "vgg16_bn", "timm-regnety_004")
-#: "where to paint next" boxes computed after training
-SUGGESTIONS = 5
-
-
-def default_model_path() -> Path:
-    """``~/seglab_models/model_<YYYYmmdd-HHMMSS>.pt``."""
-    return MODELS_DIR / f"model_{time.strftime('%Y%m%d-%H%M%S')}.pt"
-
-
-def _light(event):
-    """A Preview reaches the GUI thread as a uint16 plane (drawn as is) without its probabilities."""
-    if isinstance(event, Preview):
-        return replace(event, labels=ui.compact_labels(event.labels), probabilities=None)
-    return event
-
-
-def _auto_number(text: str, kind: type, what: str, example: str):
-    """``"auto"`` (or empty) -> None (the core decides), else the number; InputError when neither."""
-    text = str(text).strip().lower()
-    if text in ("", "auto"):
-        return None
-    try:
-        return kind(text)
-    except ValueError:
-        raise InputError(f"{what} {text!r} is not a number (e.g. {example}) or 'auto'") from None
-
-
-def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig,
-                       preview_plane: np.ndarray | None, plane: tuple[int, ...], stop: threading.Event):
-    """Train on ``pairs`` ((image, axes, labels) copies), then predict the first image with the best model.
-
-    Yields the core's events; returns ``(TrainResult, Prediction or None,
-    (uncertainty, suggestion rows) or None)``. The uncertainty map and the
-    "paint next" boxes (on ``plane``) are computed here, in the worker. A
-    Stop during training ends it (the best model is kept) and the image is
-    still predicted; a second Stop skips that prediction.
-    """
-    images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
-    result: TrainResult = yield from ui.relay(
-        train(images, labels, config, axes=axes, stop=stop, preview_plane=preview_plane), _light)
-    stop.clear()
-    yield Message("predicting the image with the trained model")
-    model = load_model(result.checkpoint, config.device)
-    prediction = yield from predict_image(model, images[0], axes[0], probabilities=True, stop=stop)
-    if prediction.stopped:
-        return result, None, None
-    extras = None if prediction.probabilities is None else paint_next(prediction.probabilities, plane, SUGGESTIONS)
-    prediction.probabilities = None
-    prediction.labels = ui.compact_labels(prediction.labels)
-    return result, prediction, extras
-
-
-def legend_text(mode: str) -> str:
-    """The label legend of ``mode``, one convention per line."""
-    return "<br>".join(LEGEND[mode].split("; "))
+__all__ = ["MODELS_DIR", "TrainWidget", "default_model_path", "train_then_predict"]
 
 
 class TrainWidget(Container):
@@ -101,16 +53,22 @@ class TrainWidget(Container):
 
     While it trains, a plot shows the loss and validation Dice and (with live
     preview on) the Labels layer ``"<image> preview"`` follows the model. On
-    finish the best model's prediction appears as ``"<image> prediction"``;
+    finish the kept model's prediction appears as ``"<image> prediction"``;
     it can be corrected (``"<image> corrected"``) and trained on again with
-    Continue, which starts from the last run's model and optimizer state.
+    Continue, which starts from the last run's model and optimizer state. A
+    continued run that ends worse than the model it started from does not
+    replace it (:attr:`last_checkpoint` stays the better model).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         self._viewer = napari_viewer
+        #: the model "Predict with this model" uses: the latest run's, unless a continued run ended worse
         self.last_checkpoint: Path | None = None
         self.last_result: TrainResult | None = None
         self.last_prediction = None
+        self._kept_dice: float | None = None  # validation Dice of last_checkpoint
+        self._newer: Path | None = None  # a continued run's model that ended worse (kept aside)
+        self._state_ref: list[Path | None] = [None]  # the latest run's .last.pt (deleted once Continue cannot use it)
         self._extras = None  # (uncertainty map, suggestion rows) of the last prediction
         self._continue_from: Path | None = None
         self._slot = JobSlot()
@@ -124,11 +82,12 @@ class TrainWidget(Container):
         self._labels_combo = ui.layer_picker(napari_viewer, Labels, "labels", "painted labels, same shape as the image")
         self._mode = ui.choice_combo("label mode", LABEL_MODES, "scribbles",
                                      "how to read the labels layer (see the legend below)")
-        self._legend = ui.wrapped_label(legend_text("scribbles"), small=True)
+        self._legend = ui.wrapped_label(legend_html("scribbles"), small=True)
         self._pairs = ui.PairList(napari_viewer)
-        self._matching = CheckBox(text="also all '<image> scribbles/labels/corrected' pairs", value=False,
-                                  tooltip="add every Labels layer named after an image layer plus one of: "
-                                          + ", ".join(ui.PAIR_SUFFIXES) + " (model outputs are skipped)")
+        self._matching = CheckBox(text="also all '<image> scribbles' pairs", value=False,
+                                  tooltip="also train on every Labels layer named '<image name> <suffix>', the "
+                                          "suffix one of: " + ", ".join(ui.PAIR_SUFFIXES)
+                                          + " (e.g. 'cells corrected'; model outputs are skipped)")
         self._init = ui.file_picker("start from", "r", "*.pt",
                                     tooltip="fine-tune a saved model (its architecture and classes are kept); "
                                             "empty = a new model")
@@ -143,7 +102,8 @@ class TrainWidget(Container):
                                tooltip="0 = train for the time budget only")
         self._time = SpinBox(label="time budget (s)", value=0, min=0, max=7 * 24 * 3600, step=10,
                              tooltip="0 = no limit; training stops at the epochs or the budget, whichever comes first")
-        self._steps = SpinBox(label="steps per epoch", value=25, min=1, max=100000)
+        self._steps = SpinBox(label="steps per epoch", value=25, min=1, max=100000,
+                              tooltip="the validation Dice is measured after each epoch")
         self._patch = LineEdit(label="patch", value="auto",
                                tooltip="pixels, a multiple of 32; auto: dense labels 128 on the CPU, 256 on a GPU; "
                                        "scribbles 64 / 128")
@@ -158,7 +118,10 @@ class TrainWidget(Container):
         self._preview = SpinBox(label="live preview every", value=10, min=0, max=10000,
                                 tooltip="steps between live predictions of the plane on screen; 0 = off")
         self._save_to = ui.file_picker("save to", "w", "*.pt", value=self._auto_path,
-                                       tooltip="the best model is written here; empty = keep it in memory only")
+                                       tooltip="the best model is written here (about 100 MB for a resnet34 "
+                                               "U-Net; Continue's optimizer state, M.last.pt, about 3x more "
+                                               "until the next run); empty = keep it in memory only")
+        self._folder = ui.wrapped_label("", small=True)
         self._read_255 = CheckBox(text="read 255 as foreground", value=False)
 
         self._controls = ui.RunControls("Train", self._on_train, self._on_stop)
@@ -170,30 +133,45 @@ class TrainWidget(Container):
                                    tooltip="copy the prediction into an editable '<image> corrected' layer")
         self._show_uncertainty = PushButton(text="Uncertainty map", enabled=False,
                                             tooltip="where the model is unsure, and boxes where to paint next")
-        self._use_in_predict = PushButton(text="Predict with this model", enabled=False)
+        self._use_in_predict = PushButton(text="Predict with this model", enabled=False,
+                                          tooltip="open the Predict dock with the model kept by the last run")
+        self._use_newer = PushButton(text="Use the newer model", visible=False,
+                                     tooltip="the last (continued) run ended worse than its start model, which "
+                                             "is kept; use the newer one anyway")
 
         data = ui.form("", [self._image, self._labels_combo, self._mode], [self._legend, self._pairs, self._matching])
         model = ui.form("", [self._init, self._family, self._arch, self._encoder, self._pretrained])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
                               self._weights, self._gamma, self._device, self._preview, self._save_to],
-                         [self._read_255])
+                         [self._folder, self._read_255])
         ui.align_labels([data, model, budget])
         self._tabs = ui.Tabs([("Data", data), ("Model", model), ("Training", budget)])
         self._inputs = [data, model, budget]
         self._after = [self._correct, self._show_uncertainty, self._use_in_predict]
-        super().__init__(widgets=[self._tabs, self._controls, ui.holder(self.plot),
-                                  ui.button_row(self._correct, self._show_uncertainty), self._use_in_predict],
-                         labels=False)
+        body = _layout.dock_body([self._tabs, self._controls, ui.holder(self.plot),
+                                  ui.button_row(self._correct, self._show_uncertainty),
+                                  ui.button_row(self._use_in_predict, self._use_newer)], stretch=False)
+        super().__init__(widgets=[body], labels=False)
+        self.margins = (0, 0, 0, 0)
 
         self._mode.changed.connect(self._on_mode)
+        self._labels_combo.changed.connect(lambda *_: self._color_labels())
         self._family.changed.connect(self._on_family)
         self._init.changed.connect(self._on_init)
+        self._save_to.changed.connect(lambda *_: self._show_folder())
         self._continue.changed.connect(lambda *_: self._run(continuing=True))
         self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
         self._show_uncertainty.changed.connect(lambda *_: self._controls.attempt(self.show_uncertainty))
         self._use_in_predict.changed.connect(self._open_in_predict)
+        self._use_newer.changed.connect(lambda *_: self.use_newer_model())
         self.reset_choices()
+        self._color_labels()
+        self._show_folder()
         stop_on_destroy(self.native, self._slot)
+        # Continue cannot outlive the dock: its optimizer state (3x the model) goes with it
+        self.native.destroyed.connect(lambda *_args, ref=self._state_ref: drop_state(ref[0]))
+        _layout.on_undocked(self, lambda ref=self._state_ref: drop_state(ref[0]))
+        _layout.tabify_when_docked(self)
         ui.warm_up()
 
     # ------------------------------------------------------------------ state and settings
@@ -206,9 +184,9 @@ class TrainWidget(Container):
 
         ``init``: the checkpoint to start from; default the "start from" field.
         """
-        lr = _auto_number(self._lr.value, float, "learning rate", "1e-3")
-        patch = _auto_number(self._patch.value, int, "patch", "128")
-        batch = _auto_number(self._batch.value, int, "batch size", "8")
+        lr = auto_number(self._lr.value, float, "learning rate", "1e-3")
+        patch = auto_number(self._patch.value, int, "patch", "128")
+        batch = auto_number(self._batch.value, int, "batch size", "8")
         save_to = ui.path_or_none(self._save_to)
         init = init or ui.path_or_none(self._init)
         if init is not None and not init.is_file():
@@ -257,7 +235,20 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ callbacks
     def _on_mode(self, mode: str) -> None:
-        self._legend.value = legend_text(mode)
+        self._legend.value = legend_html(mode)
+        self._color_labels()
+
+    def _color_labels(self) -> None:
+        """Give the picked labels layer the class colours of its mode (unless the user chose colours)."""
+        layer = self._labels_combo.value
+        if layer is not None:
+            apply_colors(layer, self._mode.value, force=False)
+
+    def _show_folder(self) -> None:
+        path = ui.path_or_none(self._save_to)
+        self._folder.value = folder_note(path.parent if path else MODELS_DIR)
+        self._save_to.line_edit.tooltip = str(path) if path else "empty: the model is kept in memory only"
+        self._save_to.line_edit.native.setCursorPosition(0)  # show where it goes, not just the end of the name
 
     def _on_family(self, family: str) -> None:
         self._arch.choices = ARCHS[family]
@@ -283,13 +274,20 @@ class TrainWidget(Container):
             raise InputError("nothing to continue: the last run's model file is gone (train first)")
         pairs = self.pairs()
         config = self.config(init=self._continue_from if continuing else None)
-        if config.model_out and Path(config.model_out).parent == MODELS_DIR:
-            MODELS_DIR.mkdir(parents=True, exist_ok=True)
+        start = (self.last_checkpoint, self._kept_dice) if continuing and self.last_checkpoint else None
+        if config.model_out:
+            # a run never writes over the model it starts from (a continued run may end worse)
+            out = unused_path(Path(config.model_out), {p for p in (self.last_checkpoint, self._continue_from) if p}) \
+                if continuing else Path(config.model_out)
+            config.model_out = str(out)
+            if out.parent == MODELS_DIR:
+                MODELS_DIR.mkdir(parents=True, exist_ok=True)
         # copy on the main thread: the user may keep painting while the worker trains
         data = []
         for image_layer, labels_layer in pairs:
             image, axes = _layers.image_from_layer(image_layer)
             data.append((image, axes, _layers.labels_from_layer(labels_layer)))
+            apply_colors(labels_layer, config.label_mode, force=False)
         image, axes, _ = data[0]
         plane = _layers.current_plane(self._viewer, pairs[0][0], axes)
         preview_plane = (image[plane] if plane else image) if config.preview_every else None
@@ -297,23 +295,35 @@ class TrainWidget(Container):
         self._target = (pairs[0][0], axes, plane, spatial, pairs[0][1])
         if config.preview_every:  # created now, in answer to the click, so that previews only update it
             _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint16), self._name("preview"), spatial,
-                               plane, like=pairs[0][0], below=pairs[0][1], reset=True)
+                               plane, like=pairs[0][0], below=pairs[0][1], reset=True,
+                               colors=prediction_kind(config.label_mode, "semantic"))
         if continuing:
             self._offsets = self._last
-            self.plot.mark(self._last[0])
+            self.plot.mark(self._last[0])  # a new run: its Dice is measured on its own held-out pixels
         else:
             self._offsets = self._last = (0, 0)
             self.plot.clear()
         # target classes: instances learn background, inside and edge; other modes their class ids
         self.plot.class_names = ("bg", "inside", "edge") if config.label_mode == "instances" else ("bg",)
+        self.plot.dice_every = config.steps_per_epoch
         self._val_dice = None
         self._controls.set_fraction(0)
         self._controls.say("starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs...")
         self._set_busy(True)
-        self._slot.start(lambda stop: train_then_predict(data, config, preview_plane, plane, stop),
-                         on_event=self._on_event, on_result=self._on_result,
-                         on_error=lambda exc: self._controls.say(error_text(exc)),
+        names = [(image_layer.name, labels_layer.name) for image_layer, labels_layer in pairs]
+        self._slot.start(lambda stop: train_then_predict(data, config, preview_plane, plane, stop, names=names,
+                                                         start=start),
+                         on_event=self._on_event, on_result=self._on_result, on_error=self._on_error,
                          on_done=lambda: self._set_busy(False))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._controls.say(error_text(exc))
+        self._drop_preview()
+
+    def _drop_preview(self) -> None:
+        """Remove the live-preview layer of the run that just ended: empty or stale, it would mislead."""
+        if self._target is not None:
+            _layers.remove_layer(self._viewer, self._name("preview"))
 
     def _on_stop(self) -> None:
         self._slot.stop()
@@ -326,6 +336,7 @@ class TrainWidget(Container):
         self._correct.enabled = not busy and self.last_prediction is not None
         self._show_uncertainty.enabled = not busy and self._extras is not None
         self._use_in_predict.enabled = not busy and self.last_checkpoint is not None
+        self._use_newer.enabled = not busy
 
     def _name(self, what: str) -> str:
         return f"{self._target[0].name} {what}"
@@ -345,7 +356,7 @@ class TrainWidget(Container):
             self._last = (self._last[0], epochs + event.epoch)
             self.plot.add_dice(self._last[0], epochs + event.epoch, event.val_dice, event.per_class_dice)
         elif isinstance(event, CheckpointSaved):
-            self.last_checkpoint = Path(event.path)
+            pass  # the model to predict with is decided when the run ends (a continued run may end worse)
         elif isinstance(event, Preview):
             layer, _axes, plane, spatial, labels_layer = self._target
             _layers.show_plane(self._viewer, event.labels, self._name("preview"), spatial, plane, like=layer,
@@ -356,31 +367,54 @@ class TrainWidget(Container):
         elif isinstance(event, Message):
             say(event.text)
 
-    def _on_result(self, value) -> None:
-        result, prediction, extras = value
+    def _on_result(self, outcome: TrainOutcome) -> None:
+        result, prediction, verdict = outcome.result, outcome.prediction, outcome.verdict
         self.last_result = result
-        self._continue_from = None  # Continue follows the latest run only
-        if result.path:
-            self.last_checkpoint = Path(result.path)
-            last = Path(result.path).with_suffix(".last.pt")
-            self._continue_from = last if last.is_file() else Path(result.path)
+        new = Path(result.path) if result.path else None
+        state = state_path(new) if new else None
+        previous_state, self._state_ref[0] = self._state_ref[0], state if state and state.is_file() else None
+        if previous_state != self._state_ref[0]:
+            drop_state(previous_state)  # Continue follows this run now
+        dice = best_dice(result.checkpoint.meta)
+        if verdict.keep_new:
+            self.last_checkpoint, self._kept_dice, self._newer = new, dice, None
+            self._continue_from = self._state_ref[0] or new  # None: kept in memory only, nothing to continue
+        else:  # keep the start model: Predict and Continue go on from it
+            self._newer = new
+            self._continue_from = self.last_checkpoint
+        self._use_newer.visible = self._newer is not None
         layer = self._target[0]
         if prediction is not None and layer in self._viewer.layers:
             _layers.promote_preview(self._viewer, prediction.labels, self._name("preview"), self._name("prediction"),
-                                    like=layer)
-            self.last_prediction, self._extras = prediction, extras
-        dice = result.checkpoint.meta.get("metrics", {}).get("val_dice")
+                                    like=layer, colors=prediction_kind(self._mode.value, prediction.kind))
+            self.last_prediction, self._extras = prediction, outcome.extras
+        else:
+            self._drop_preview()
         text = (f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f} s"
-                + (f", val Dice {dice:.3f}" if isinstance(dice, float) else "")
+                + (f", val Dice {dice:.3f}" if dice is not None else "")
                 + (f"; model saved to {result.path}" if result.path else "; model kept in memory only"))
+        if not verdict.keep_new:
+            text += "; " + verdict.text()
         self._controls.set_fraction(1.0)
         self._controls.say(text)
         # the next run should not overwrite this model unless the user chose the file
         if ui.path_or_none(self._save_to) == self._auto_path:
-            self._auto_path = default_model_path()
-            if self._auto_path == Path(result.path or ""):
-                self._auto_path = self._auto_path.with_name(self._auto_path.stem + "_2.pt")
+            self._auto_path = unused_path(default_model_path(), {new} if new else set())
             self._save_to.value = self._auto_path
+        self._show_folder()
+
+    def use_newer_model(self) -> None:
+        """Use the last continued run's model after all (it ended worse than its start model)."""
+        if self._newer is None or not self._newer.is_file():
+            self._use_newer.visible = False
+            return
+        self.last_checkpoint, self._newer = self._newer, None
+        self._kept_dice = best_dice(self.last_result.checkpoint.meta) if self.last_result else None
+        state = self._state_ref[0]
+        self._continue_from = state if state is not None and state.is_file() else self.last_checkpoint
+        self._use_newer.visible = False
+        self._controls.say(f"using the newer model {self.last_checkpoint.name} (the prediction layer still "
+                           "shows the earlier model's: predict again to see this one)")
 
     # ------------------------------------------------------------------ after training
     def correct_prediction(self):
@@ -410,7 +444,7 @@ class TrainWidget(Container):
     def _open_in_predict(self, *_args) -> None:
         if self.last_checkpoint is None:
             return
-        _dock, widget = self._viewer.window.add_plugin_dock_widget("napari-seglab", "Predict")
+        widget = _layout.open_dock(self._viewer, "Predict")
         widget.set_checkpoint(self.last_checkpoint)
         if self._target is not None and self._target[0] in self._viewer.layers:
             widget.set_image(self._target[0])

@@ -1,8 +1,9 @@
 """Stock torchvision models (COCO Mask R-CNN, VOC FCN), ready to predict without training.
 
 They are loaded only from the torch hub cache (``$TORCH_HOME/hub/checkpoints``,
-by default ``~/.cache/torch/hub/checkpoints``) unless downloading is allowed:
-nothing downloads silently. They see everyday photographs, not microscopy, so
+by default ``~/.cache/torch/hub/checkpoints``) unless a caller passes
+``allow_download=True``: nothing downloads silently, and the message for
+missing weights says how to fetch them by hand. They see everyday photographs, not microscopy, so
 they are a starting point for fine-tuning more than an answer.
 """
 
@@ -31,6 +32,11 @@ def _weights_enum(arch: str):
         "fcn_resnet50": segmentation.FCN_ResNet50_Weights.DEFAULT,
         "fcn_resnet101": segmentation.FCN_ResNet101_Weights.DEFAULT,
     }[arch]
+
+
+def _weights_name(arch: str) -> str:
+    """The torchvision name of an architecture's default weights, e.g. ``FCN_ResNet50_Weights.DEFAULT``."""
+    return f"{type(_weights_enum(arch)).__name__}.DEFAULT"
 
 
 def stock_available(name: str) -> bool:
@@ -64,7 +70,9 @@ def load_stock(name: str, device: str | torch.device = "auto", *, in_channels: i
     url = _weights_enum(arch).url
     if not allow_download and not _hub_file(url).is_file():
         raise InputError(f"stock model {name}: its weights ({_hub_file(url).name}) are not in the torch cache "
-                         f"{_hub_file(url).parent}; copy them there on an offline machine, or allow downloading")
+                         f"{_hub_file(url).parent}; on a machine with internet, download them with python -c "
+                         f"\"import torchvision; torchvision.models.get_weight('{_weights_name(arch)}')"
+                         f".get_state_dict()\" and copy the file there")
     model, note = build_model(ModelSpec.from_dict(meta["model"]), source, allow_download=allow_download)
     if "random" in note:
         raise InputError(f"stock model {name}: {note}")

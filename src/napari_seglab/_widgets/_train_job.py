@@ -1,0 +1,103 @@
+"""The Train dock's job, run in a worker thread: train, pick the model to keep, predict the image with it."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.events import Message, Preview
+from ..core.predict import Prediction, load_model, predict_image
+from ..core.train import TrainConfig, TrainResult, train
+from ..core.uncertainty import paint_next
+from . import _common as ui
+from ._models import Verdict, judge
+
+#: "where to paint next" boxes computed after training
+SUGGESTIONS = 5
+
+
+@dataclass
+class TrainOutcome:
+    """What the Train dock's job returns."""
+
+    result: TrainResult
+    prediction: Prediction | None = None
+    #: (uncertainty map, "paint next" rows) of the prediction, or None
+    extras: tuple | None = None
+    #: a continued run against the model it started from (keep_new=True when there was none)
+    verdict: Verdict = Verdict(keep_new=True)
+
+
+def _light(event):
+    """A Preview reaches the GUI thread as a uint16 plane (drawn as is) without its probabilities."""
+    if isinstance(event, Preview):
+        return replace(event, labels=ui.compact_labels(event.labels), probabilities=None)
+    return event
+
+
+def name_layers(text: str, names: list[tuple[str, str]] | None) -> str:
+    """Say which layers the core's "image 2" and "labels 1" are: ``names`` holds (image, labels) layer names."""
+    if not names:
+        return text
+
+    def layer(kind: int):
+        def swap(match: re.Match) -> str:
+            index = int(match.group(2)) - 1
+            return f"{match.group(1)} '{names[index][kind]}'" if 0 <= index < len(names) else match.group(0)
+        return swap
+
+    text = re.sub(r"\b(image) (\d+)\b", layer(0), text)
+    return re.sub(r"\b(labels) (\d+)\b", layer(1), text)
+
+
+def auto_number(text: str, kind: type, what: str, example: str):
+    """``"auto"`` (or empty) -> None (the core decides), else the number; InputError when neither."""
+    text = str(text).strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise InputError(f"{what} {text!r} is not a number (e.g. {example}) or 'auto'") from None
+
+
+def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig,
+                       preview_plane: np.ndarray | None, plane: tuple[int, ...], stop: threading.Event, *,
+                       names: list[tuple[str, str]] | None = None,
+                       start: tuple[Path, float | None] | None = None):
+    """Train on ``pairs`` ((image, axes, labels) copies), then predict the first image with the model kept.
+
+    Yields the core's events; returns a :class:`TrainOutcome`. ``names``:
+    the (image, labels) layer names of the pairs, for error messages.
+    ``start``: (file, validation Dice) of the model a continued run starts
+    from; when the run ends worse than it, that model is kept and predicts.
+    The uncertainty map and "paint next" boxes (on ``plane``) are computed
+    here, in the worker. A Stop during training ends it (the best model is
+    kept) and the image is still predicted; a second Stop skips that.
+    """
+    images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
+    try:
+        result: TrainResult = yield from ui.relay(
+            train(images, labels, config, axes=axes, stop=stop, preview_plane=preview_plane), _light)
+    except InputError as exc:
+        raise InputError(name_layers(str(exc), names)) from exc
+    verdict = Verdict(keep_new=True)
+    if start is not None:
+        verdict = judge(result.checkpoint.meta, result.history, start[1])
+        if not verdict.keep_new and not Path(start[0]).is_file():
+            verdict = replace(verdict, keep_new=True)  # the earlier model is gone: nothing else to keep
+    stop.clear()
+    yield Message("predicting the image with the " + ("trained model" if verdict.keep_new else "earlier model"))
+    model = load_model(result.checkpoint if verdict.keep_new else start[0], config.device)
+    prediction = yield from predict_image(model, images[0], axes[0], probabilities=True, stop=stop)
+    if prediction.stopped:
+        return TrainOutcome(result, verdict=verdict)
+    extras = None if prediction.probabilities is None else paint_next(prediction.probabilities, plane, SUGGESTIONS)
+    prediction.probabilities = None
+    prediction.labels = ui.compact_labels(prediction.labels)
+    return TrainOutcome(result, prediction, extras, verdict)
