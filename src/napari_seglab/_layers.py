@@ -268,7 +268,7 @@ def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None)
     viewer.layers.selection.active = layer
     layer.mode = "paint"
     top = int(np.max(layer.data)) if layer.data.size else 0
-    layer.selected_label = top + 1 if mode == "instances" else (2 if mode == "scribbles" else 1)
+    layer.selected_label = top + 1 if mode in ("instances", "objects") else (2 if mode == "scribbles" else 1)
     return layer
 
 

@@ -66,7 +66,7 @@ def apply_colors(layer, kind: str, *, force: bool = True) -> None:
 
 def prediction_kind(label_mode: str, kind: str) -> str:
     """The colours of a model's prediction: "semantic" for classes, "instances" for object ids."""
-    return "instances" if kind == "instances" or label_mode == "instances" else "semantic"
+    return "instances" if kind == "instances" or label_mode in ("instances", "objects") else "semantic"
 
 
 def swatch(index: int) -> str:
@@ -86,4 +86,7 @@ def legend_html(mode: str, classes: int = 2) -> str:
         lines += [f"{swatch(c)} {c} = class {c}" for c in range(1, classes + 1)]
         lines[-1] += ", ..."
         return "<br>".join(lines)
+    if mode == "objects":
+        return ("0 = not annotated (ignored)<br>1 = background strokes<br>2, 3, ... = one id per whole painted "
+                "object (napari's 'new label'), each its own colour")
     return "0 = background<br>each object its own id (1, 2, 3, ...), each its own colour"

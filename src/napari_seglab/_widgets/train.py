@@ -13,16 +13,17 @@ from .. import _layers
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
-from ..core.labels import LABEL_MODES
+from ..core.data import median_diameter, scale_for
+from ..core.labels import LABEL_MODES, is_instance_mode, object_instances
 from ..core.models import (
     DEFAULT_ARCH,
-    DEFAULT_ENCODER,
     FAMILIES,
     FCN_ARCHS,
     MASKRCNN_ARCHS,
+    PRESETS,
     SMP_ARCHS,
 )
-from ..core.train import TrainConfig, TrainResult
+from ..core.train import DEFAULT_TIME_LIMIT, TrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
 from ._colors import apply_colors, legend_html, prediction_kind
@@ -43,7 +44,9 @@ if TYPE_CHECKING:
     import napari
 
 ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
-COMMON_ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
+#: the encoder entry that lets the preset decide
+FROM_PRESET = "(preset)"
+COMMON_ENCODERS = (FROM_PRESET, "resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
                    "mobilenet_v2", "densenet121", "vgg16_bn", "timm-regnety_004")
 __all__ = ["MODELS_DIR", "TrainWidget", "default_model_path", "train_then_predict"]
 
@@ -92,16 +95,28 @@ class TrainWidget(Container):
                                     tooltip="fine-tune a saved model (its architecture and classes are kept); "
                                             "empty = a new model")
         self._family = ui.choice_combo("family", FAMILIES, "unet")
+        self._preset = ui.choice_combo(
+            "preset", ("auto", *PRESETS), "auto",
+            "auto: 'fast' on a CPU, 'accurate' on a GPU. " + "; ".join(
+                f"{p.name}: {p.summary} (about {p.cpu_step_s:.2f} s per step on a 2-core laptop CPU)"
+                for p in PRESETS.values()))
+        self._diameter = LineEdit(label="object diameter", value="auto",
+                                  tooltip="typical object diameter in pixels; images are resampled so objects "
+                                          "reach the size the network resolves best. auto: measured on the "
+                                          "painted objects (instances / objects modes), else no resampling")
+        self._diameter_note = ui.wrapped_label("", small=True)
         self._arch = ui.choice_combo("architecture", SMP_ARCHS, DEFAULT_ARCH["unet"])
-        self._encoder = ui.choice_combo("encoder", COMMON_ENCODERS, DEFAULT_ENCODER,
-                                        "encoder of the U-Net family; type any segmentation-models-pytorch name")
+        self._encoder = ui.choice_combo("encoder", COMMON_ENCODERS, FROM_PRESET,
+                                        "encoder of the U-Net family; (preset): the preset's; or type any "
+                                        "segmentation-models-pytorch name")
         self._encoder.native.setEditable(True)
         self._pretrained = ui.choice_combo("pretrained", ("none", "auto"), "none",
                                            "auto: use stock weights when already on disk (nothing is downloaded)")
-        self._epochs = SpinBox(label="epochs", value=20, min=0, max=100000,
+        self._epochs = SpinBox(label="epochs", value=0, min=0, max=100000,
                                tooltip="0 = train for the time budget only")
-        self._time = SpinBox(label="time budget (s)", value=0, min=0, max=7 * 24 * 3600, step=10,
-                             tooltip="0 = no limit; training stops at the epochs or the budget, whichever comes first")
+        self._time = SpinBox(label="time budget (s)", value=int(DEFAULT_TIME_LIMIT), min=0, max=7 * 24 * 3600,
+                             step=30, tooltip="set-up and saving included; 0 = no limit; training stops at the "
+                                              "epochs or the budget, whichever comes first")
         self._steps = SpinBox(label="steps per epoch", value=25, min=1, max=100000,
                               tooltip="the validation Dice is measured after each epoch")
         self._patch = LineEdit(label="patch", value="auto",
@@ -140,7 +155,8 @@ class TrainWidget(Container):
                                              "is kept; use the newer one anyway")
 
         data = ui.form("", [self._image, self._labels_combo, self._mode], [self._legend, self._pairs, self._matching])
-        model = ui.form("", [self._init, self._family, self._arch, self._encoder, self._pretrained])
+        model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
+                             self._diameter], [self._diameter_note])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
                               self._weights, self._gamma, self._device, self._preview, self._save_to],
                          [self._folder, self._read_255])
@@ -156,6 +172,8 @@ class TrainWidget(Container):
 
         self._mode.changed.connect(self._on_mode)
         self._labels_combo.changed.connect(lambda *_: self._color_labels())
+        self._labels_combo.changed.connect(lambda *_: self._estimate_diameter())
+        self._diameter.changed.connect(lambda *_: self._estimate_diameter())
         self._family.changed.connect(self._on_family)
         self._init.changed.connect(self._on_init)
         self._save_to.changed.connect(lambda *_: self._show_folder())
@@ -166,6 +184,7 @@ class TrainWidget(Container):
         self._use_newer.changed.connect(lambda *_: self.use_newer_model())
         self.reset_choices()
         self._color_labels()
+        self._estimate_diameter()
         self._show_folder()
         stop_on_destroy(self.native, self._slot)
         # Continue cannot outlive the dock: its optimizer state (3x the model) goes with it
@@ -187,13 +206,19 @@ class TrainWidget(Container):
         lr = auto_number(self._lr.value, float, "learning rate", "1e-3")
         patch = auto_number(self._patch.value, int, "patch", "128")
         batch = auto_number(self._batch.value, int, "batch size", "8")
+        diameter = auto_number(self._diameter.value, float, "object diameter", "20")
+        if diameter is not None and not 1 <= diameter <= 10000:
+            raise InputError(f"object diameter must be from 1 to 10000 pixels; got {diameter:g}")
+        encoder = self._encoder.native.currentText().strip()
         save_to = ui.path_or_none(self._save_to)
         init = init or ui.path_or_none(self._init)
         if init is not None and not init.is_file():
             raise InputError(f"start-from model {init} does not exist")
         return TrainConfig(
             label_mode=self._mode.value, family=self._family.value, arch=self._arch.value,
-            encoder=self._encoder.native.currentText().strip() or DEFAULT_ENCODER,
+            encoder=None if encoder in ("", FROM_PRESET) else encoder,
+            preset=None if self._preset.value == "auto" else self._preset.value,
+            scale=scale_for(diameter) if diameter is not None else None,
             pretrained=None if self._pretrained.value == "none" else self._pretrained.value,
             epochs=self._epochs.value or None, time_limit=float(self._time.value) or None,
             steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
@@ -237,6 +262,28 @@ class TrainWidget(Container):
     def _on_mode(self, mode: str) -> None:
         self._legend.value = legend_html(mode)
         self._color_labels()
+        self._estimate_diameter()
+
+    def _estimate_diameter(self) -> None:
+        """Show the object diameter measured on the painted objects and the resampling it implies."""
+        layer, mode = self._labels_combo.value, self._mode.value
+        typed = self._diameter.value.strip().lower()
+        if typed not in ("", "auto"):
+            try:
+                d = float(typed)
+            except ValueError:
+                self._diameter_note.value = "type a number of pixels, or auto"
+                return
+            self._diameter_note.value = f"resampling by {scale_for(d):g}"
+            return
+        if layer is None or not is_instance_mode(mode) or np.asarray(layer.data).size > 64e6:
+            self._diameter_note.value = "auto: no resampling (paint whole objects in the instances or objects " \
+                                        "mode to measure them)"
+            return
+        objects = object_instances(np.asarray(layer.data), mode)
+        d = median_diameter([objects]) if objects is not None and objects.ndim == 2 else None
+        self._diameter_note.value = "auto: no object painted yet" if d is None else \
+            f"auto: painted objects measure {d:.0f} px; resampling by {scale_for(d):g}"
 
     def _color_labels(self) -> None:
         """Give the picked labels layer the class colours of its mode (unless the user chose colours)."""
@@ -254,6 +301,7 @@ class TrainWidget(Container):
         self._arch.choices = ARCHS[family]
         self._arch.value = DEFAULT_ARCH[family]
         self._encoder.enabled = family == "unet" and ui.path_or_none(self._init) is None
+        self._preset.enabled = self._encoder.enabled
         if family == "maskrcnn":
             self._mode.value = "instances"
 
@@ -262,6 +310,7 @@ class TrainWidget(Container):
         fresh = ui.path_or_none(self._init) is None
         ui.set_enabled([self._family, self._arch, self._pretrained], fresh)
         self._encoder.enabled = fresh and self._family.value == "unet"
+        self._preset.enabled = self._encoder.enabled
 
     def _on_train(self) -> None:
         self._run(continuing=False)
@@ -304,7 +353,7 @@ class TrainWidget(Container):
             self._offsets = self._last = (0, 0)
             self.plot.clear()
         # target classes: instances learn background, inside and edge; other modes their class ids
-        self.plot.class_names = ("bg", "inside", "edge") if config.label_mode == "instances" else ("bg",)
+        self.plot.class_names = ("bg", "inside", "edge") if is_instance_mode(config.label_mode) else ("bg",)
         self.plot.dice_every = config.steps_per_epoch
         self._val_dice = None
         self._controls.set_fraction(0)
@@ -349,8 +398,11 @@ class TrainWidget(Container):
             self.plot.add_loss(steps + event.step, event.loss)
             of = f"/{event.total_steps}" if event.total_steps else ""
             dice = f" | val Dice {self._val_dice:.3f}" if self._val_dice is not None else ""
-            self._controls.report(event.fraction, f"epoch {event.epoch} | step {event.step}{of} | "
-                                                  f"loss {event.loss:.4f}{dice} | {event.elapsed:.0f} s")
+            rate = f" | {event.step / event.elapsed:.1f} steps/s" if event.elapsed > 0 else ""
+            left = f" | {max(0.0, event.time_limit - event.elapsed):.0f} s left" if event.time_limit else \
+                f" | {event.elapsed:.0f} s"
+            self._controls.report(event.fraction, f"step {event.step}{of} | loss {event.loss:.4f}{dice}"
+                                                  f"{rate}{left}")
         elif isinstance(event, EpochEnd):
             self._val_dice = event.val_dice
             self._last = (self._last[0], epochs + event.epoch)
