@@ -256,6 +256,33 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     return data, axes
 
 
+def probe_tiff(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
+    """(shape, tifffile axes) of a TIFF's first series, read from its header only.
+
+    Runs every check :func:`read_tiff` runs before decoding (a regular,
+    readable file; a valid header; a declared size that fits in memory), so a
+    command can refuse a bad input before it loads a model.
+    """
+    import tifffile
+
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise InputError(f"{path}: TIFF contains no image data")
+                series = tif.series[0]
+                check_declared_size(path, series.shape, series.dtype)
+                return tuple(int(n) for n in series.shape), series.axes
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is the file's fault
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: not a valid TIFF file ({type(exc).__name__}: {first})") from exc
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read a TIFF image into canonical axis order (see module docstring)."""
     data, axes = read_tiff(path)
