@@ -75,8 +75,8 @@ def _check_output(path: str, inputs, flag: str) -> None:
     """Refuse an output that is an input or cannot be written, before any work (nothing is written)."""
     from .core.io import check_output_path, ensure_not_input
 
-    ensure_not_input(path, inputs)
     check_output_path(path, flag)
+    ensure_not_input(path, inputs)
 
 
 def _check_input(path: str | None, flag: str, what: str = "a TIFF file") -> None:

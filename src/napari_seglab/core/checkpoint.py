@@ -121,7 +121,7 @@ def _check_shape(meta: dict, bad) -> None:
         if nodes > MAX_NODES:
             raise bad(f"more than {MAX_NODES} values")
         if depth > MAX_DEPTH:
-            raise bad(f"nested deeper than {MAX_DEPTH} levels at {where}")
+            raise bad(f"nested deeper than {MAX_DEPTH} levels at {where[:60]}...")
         if isinstance(value, dict):
             for k, v in value.items():
                 if not isinstance(k, str) or len(k) > 200:

@@ -360,11 +360,11 @@ def check_output_path(final: str | os.PathLike, flag: str = "") -> Path:
     parent = final.parent if str(final.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{where}: folder {parent} does not exist")
-    if final.is_dir():
-        raise InputError(f"{where}: is a folder, expected a file name")
     if len(os.fsencode(final.name)) > _name_max(parent):
         raise InputError(f"{where}: file name too long ({len(os.fsencode(final.name))} bytes; this file "
                          f"system allows {_name_max(parent)})")
+    if final.is_dir():
+        raise InputError(f"{where}: is a folder, expected a file name")
     try:
         st = final.lstat()
     except FileNotFoundError:
