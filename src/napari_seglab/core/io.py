@@ -213,6 +213,22 @@ def check_declared_size(path, shape: Sequence[int], dtype, headroom: int | None 
                          f"the {_human(headroom)} of memory free; crop or split it, or use a larger machine")
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's warnings and log lines: a bad file becomes one InputError, not stderr noise."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def _codec_hint(exc: BaseException) -> str | None:
     text = str(exc)
     if "imagecodecs" in text:
@@ -228,15 +244,13 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     path = Path(path)
     _check_readable(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise InputError(f"{path}: TIFF contains no image data")
-                series = tif.series[0]
-                axes = series.axes
-                check_declared_size(path, series.shape, series.dtype)  # before decoding a byte
-                data = series.asarray()
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"{path}: TIFF contains no image data")
+            series = tif.series[0]
+            axes = series.axes
+            check_declared_size(path, series.shape, series.dtype)  # before decoding a byte
+            data = series.asarray()
     except InputError:
         raise
     except tifffile.TiffFileError as exc:
@@ -268,14 +282,12 @@ def probe_tiff(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
     path = Path(path)
     _check_readable(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise InputError(f"{path}: TIFF contains no image data")
-                series = tif.series[0]
-                check_declared_size(path, series.shape, series.dtype)
-                return tuple(int(n) for n in series.shape), series.axes
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"{path}: TIFF contains no image data")
+            series = tif.series[0]
+            check_declared_size(path, series.shape, series.dtype)
+            return tuple(int(n) for n in series.shape), series.axes
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is the file's fault
