@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from napari_seglab.cli import main
 
@@ -543,3 +545,78 @@ def test_ctrl_c_names_only_the_model_files_that_exist(image, scribbles, tmp_path
                  "--model-out", str(best), "--device", "cpu"])
     assert code == 130
     assert expected in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the CLI never ends in exit 1
+
+NUMBERS = st.sampled_from(["0", "-1", "1", "31", "32", "33", "64", "1e400", "nan", "inf", "-inf", "-0", "0.5",
+                           "1.5", str(2**64), str(-2**63), "1e-320", "", " ", "abc", "0x10", "١٢"])
+
+
+@pytest.fixture(scope="module")
+def odd_paths(tmp_path_factory, blobs):
+    """Paths a user may give by mistake: missing, folder, FIFO, device, empty, garbage, a real image."""
+    folder = tmp_path_factory.mktemp("odd")
+    tifffile.imwrite(folder / "real.tif", blobs[0])
+    (folder / "empty.tif").write_bytes(b"")
+    (folder / "garbage.tif").write_bytes(b"II*\0garbage" * 20)
+    os.mkfifo(folder / "fifo.tif")
+    write_bomb(folder / "bomb.tif")
+    return {"missing": str(folder / "nope.tif"), "folder": str(folder), "fifo": str(folder / "fifo.tif"),
+            "device": "/dev/null", "empty": str(folder / "empty.tif"), "garbage": str(folder / "garbage.tif"),
+            "bomb": str(folder / "bomb.tif"), "real": str(folder / "real.tif")}
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+    """The long work replaced by a stub that says it was reached (exit 2 with 'reached')."""
+    import napari_seglab.core.batch as batch_module
+    import napari_seglab.core.predict as predict_module
+    import napari_seglab.core.train as train_module
+    from napari_seglab.core.errors import InputError
+
+    def reached(*args, **kwargs):
+        raise InputError("reached")
+        yield  # pragma: no cover - a generator, like the real ones
+
+    for module, name in ((train_module, "train"), (predict_module, "predict_image"), (batch_module, "run_batch")):
+        monkeypatch.setattr(module, name, reached)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_option_value_or_odd_path_ends_in_exit_1(tmp_path, tiny_model, odd_paths, stubbed, capsys, data):
+    path = st.sampled_from(sorted(odd_paths)).map(odd_paths.get)
+    command = data.draw(st.sampled_from(["train", "predict", "batch", "evaluate", "export", "info"]))
+    out = str(tmp_path / "out" / "o.tif") if data.draw(st.booleans()) else str(tmp_path / "o.tif")
+    if command == "train":
+        argv = ["train", "--image", data.draw(path), "--labels", data.draw(path), "--label-mode",
+                data.draw(st.sampled_from(["scribbles", "instances", "classes", "x"])), "--model-out", out]
+        options = ["--patch", "--batch-size", "--seed", "--val-fraction", "--time-limit", "--epochs", "--lr",
+                   "--focal-gamma", "--steps-per-epoch"]
+    elif command == "predict":
+        argv = ["predict", "--model", data.draw(st.sampled_from([str(tiny_model), odd_paths["garbage"],
+                                                                 odd_paths["fifo"], odd_paths["missing"]])),
+                "--input", data.draw(path), "--output", out]
+        options = ["--tile", "--overlap", "--score-threshold"]
+    elif command == "batch":
+        argv = ["batch", "--model", str(tiny_model), "--input-dir", data.draw(path), "--output-dir",
+                str(tmp_path / "b"), "--pattern", data.draw(st.sampled_from(["*.tif", "", "/x/*.tif", "../*"]))]
+        options = ["--workers", "--tile", "--overlap"]
+    elif command == "evaluate":
+        argv, options = ["evaluate", "--pred", data.draw(path), "--truth", data.draw(path)], []
+    elif command == "export":
+        argv = ["export", "--model", data.draw(st.sampled_from([odd_paths["garbage"], odd_paths["real"],
+                                                                odd_paths["device"]])),
+                "--format", "torchscript", "--out", out]
+        options = []
+    else:
+        argv, options = ["info", data.draw(path)], []
+    for option in data.draw(st.lists(st.sampled_from(options), unique=True, max_size=3)) if options else []:
+        argv += [option, data.draw(NUMBERS)]
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code in (0, 2), (argv, captured.err)
+    if code == 2 and "usage:" not in captured.err:
+        one_error_line(captured.err)
