@@ -232,7 +232,7 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
             first = (str(exc).splitlines() or [""])[0][:200]
             raise InputError(f"could not connect to {what} {scheduler} ({type(exc).__name__}: {first}); "
                              "nothing was written") from exc
-        return client, None, f"the Dask scheduler {scheduler}", True
+        return client, None, f"on the Dask scheduler {scheduler}", True
     n = workers or auto_workers(n_files, device)
     # A file that kills its worker (out of memory) fails after two deaths instead of four;
     # one retry spares a file that merely waited in the dead worker's queue. The task
@@ -250,8 +250,8 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
     except BaseException:
         cluster.close()
         raise
-    where = (f"a local Dask cluster of {n} worker processes x {max(1, usable_cpus() // n)} torch thread(s)"
-             if processes else "this process (one Dask worker thread)")
+    where = (f"on a local Dask cluster of {n} worker processes x {max(1, usable_cpus() // n)} torch thread(s)"
+             if processes else "in this process (one Dask worker thread)")
     return client, cluster, where, processes
 
 
@@ -455,7 +455,7 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
             yield Message(f"{len(tasks)} file(s) to predict in this process")
             results = _local_results(tasks, stop)
         else:
-            yield Message(f"{len(tasks)} file(s) to predict on {where}")
+            yield Message(f"{len(tasks)} file(s) to predict {where}")
             results = _dask_results(client, tasks, stop, processes)
         done = len(skipped_events)
         base_of = {rel: outs for _, rel, outs in plan}
