@@ -620,3 +620,31 @@ def test_no_option_value_or_odd_path_ends_in_exit_1(tmp_path, tiny_model, odd_pa
     assert code in (0, 2), (argv, captured.err)
     if code == 2 and "usage:" not in captured.err:
         one_error_line(captured.err)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--image", "{missing}", "--labels", "{missing}", "--label-mode", "scribbles", "--model-out", "{out}"],
+    ["train", "--image", "{real}", "--labels", "{real}", "--label-mode", "scribbles", "--model-out",
+     "{nofolder}"],
+    ["predict", "--model", "{missing}", "--input", "{real}", "--output", "{out}"],
+    ["predict", "--model", "{real}", "--input", "{missing}", "--output", "{out}"],
+    ["predict", "--model", "{real}", "--input", "{real}", "--output", "{nofolder}"],
+    ["batch", "--model", "{missing}", "--input-dir", "{folder}", "--output-dir", "{folder}/o"],
+    ["batch", "--model", "{real}", "--input-dir", "{folder}", "--output-dir", "{real}/o"],
+    ["export", "--model", "{missing}", "--format", "onnx", "--out", "{out}"],
+    ["evaluate", "--pred", "{missing}", "--truth", "{real}"],
+    ["info", "{missing}"],
+])
+def test_wrong_paths_are_reported_before_torch_is_imported(tmp_path, blobs, argv):
+    """A wrong path is said at once, not after seconds of importing torch (issue 13)."""
+    tifffile.imwrite(tmp_path / "real.tif", blobs[0])
+    names = {"missing": tmp_path / "nope.tif", "out": tmp_path / "o.tif", "real": tmp_path / "real.tif",
+             "nofolder": tmp_path / "no" / "o.tif", "folder": tmp_path}
+    argv = [a.format(**names) for a in argv]
+    code = ("import sys\nfrom napari_seglab.cli import main\n"
+            f"code = main({argv!r})\nprint('torch' in sys.modules)\nraise SystemExit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert proc.returncode == 2, proc.stderr
+    one_error_line(proc.stderr)
+    assert proc.stdout.strip() == "False"
