@@ -13,6 +13,7 @@ command writes over one of its input files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -71,14 +72,56 @@ def _drive(gen, handle):
 
 
 def _check_output(path: str, inputs, flag: str) -> None:
-    from .core.io import ensure_not_input
+    """Refuse an output that is an input or cannot be written, before any work (nothing is written)."""
+    from .core.io import check_output_path, ensure_not_input
 
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise InputError(f"{flag} {path}: folder {parent} does not exist")
-    if Path(path).is_dir():
-        raise InputError(f"{flag} {path}: is a folder, expected a file name")
+    check_output_path(path, flag)
     ensure_not_input(path, inputs)
+
+
+def _check_input(path: str | None, flag: str, what: str = "a TIFF file") -> None:
+    """Refuse a missing, unreadable or special (FIFO, device) input file before heavy imports."""
+    from .core.io import check_regular_file
+
+    if path is not None:
+        try:
+            check_regular_file(path, what)
+        except InputError as exc:
+            raise InputError(f"{flag} {exc}") from None
+
+
+def _check_tiff(path: str, flag: str) -> None:
+    """An input TIFF's header: valid, and a declared size that fits in memory (nothing decoded)."""
+    from .core.io import probe_tiff
+
+    _check_input(path, flag)
+    try:
+        probe_tiff(path)
+    except InputError as exc:
+        raise InputError(f"{flag} {exc}") from None
+
+
+def _check_encoder(name: str) -> None:
+    """A timm encoder (``tu-NAME``) must be a plain name of timm's own registry, as in a checkpoint."""
+    if isinstance(name, str) and name.startswith("tu-"):
+        from .core.models import check_stored_encoder
+
+        check_stored_encoder(name)
+
+
+def _check_range(value, flag: str, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """Refuse NaN, Inf and values outside [low, high] (open ends where asked) for an option."""
+    inside = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not inside:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise InputError(f"{flag} must lie in {lo}{low:g}, {high:g}{hi}; got {value}")
+
+
+def _check_tile(tile: int) -> None:
+    if tile != 0 and not 32 <= tile <= 16384:
+        raise InputError(f"--tile must be 0 (automatic) or 32..16384 pixels; got {tile}")
 
 
 def _plain_json(value):
@@ -96,31 +139,55 @@ def _plain_json(value):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .core.events import CheckpointSaved, EpochEnd, Message, TrainStep
-    from .core.io import read_image, read_labels
-    from .core.labels import check_mode
-    from .core.models import ModelSpec, check_spec
-    from .core.train import TrainConfig, train
-
     if len(args.labels) != len(args.image):
         raise InputError(f"{len(args.image)} --image but {len(args.labels)} --labels; give one labels file per image")
-    check_mode(args.label_mode)
-    spec = check_spec(ModelSpec(family=args.family, arch=args.arch or "Unet", encoder=args.encoder))
+    # paths first, before torch is imported: a wrong path is reported at once
+    for flag, paths in (("--image", args.image), ("--labels", args.labels)):
+        for path in paths:
+            _check_tiff(path, flag)
+    _check_input(args.init, "--init", "a checkpoint file")
     inputs = [*args.image, *args.labels, args.init]
     _check_output(args.model_out, inputs, "--model-out")
     _check_output(str(Path(args.model_out).with_suffix(".last.pt")), inputs, "--model-out")
-    epochs = args.epochs if args.epochs is not None or args.time_limit is not None else 20
+    if args.pretrained.lower() not in ("none", "auto", "imagenet", "coco", "voc"):
+        _check_input(args.pretrained, "--pretrained", "a weights file")
+
+    from .core.events import CheckpointSaved, EpochEnd, Message, TrainStep
+    from .core.io import read_image, read_labels
+    from .core.labels import check_mode
+    from .core.data import scale_for
+    from .core.models import ModelSpec, check_spec
+    from .core.train import DEFAULT_TIME_LIMIT, TrainConfig, train
+
+    check_mode(args.label_mode)
+    if args.encoder is not None:
+        _check_encoder(args.encoder)
+    if args.preset is not None and args.encoder is not None:
+        raise InputError("give --preset or --encoder, not both (a preset chooses the encoder)")
+    spec = check_spec(ModelSpec(family=args.family, arch=args.arch or "Unet", encoder=args.encoder or "resnet18"))
+    if args.diameter is not None and args.scale is not None:
+        raise InputError("give --diameter or --scale, not both")
+    scale = args.scale
+    if scale is not None:
+        _check_range(scale, "--scale", 0.25, 4)
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise InputError(f"--threads must be from 1 to 1024; got {args.threads}")
+    if args.diameter is not None:
+        _check_range(args.diameter, "--diameter", 1, 10000)
+        scale = scale_for(args.diameter)
+    epochs = args.epochs
+    time_limit = args.time_limit if args.time_limit is not None or epochs is not None else DEFAULT_TIME_LIMIT
     pretrained = None if args.pretrained.lower() == "none" else args.pretrained
     config = TrainConfig(
-        label_mode=args.label_mode, family=spec.family, arch=spec.arch, encoder=spec.encoder,
-        pretrained=pretrained, epochs=epochs, time_limit=args.time_limit, steps_per_epoch=args.steps_per_epoch,
+        label_mode=args.label_mode, family=spec.family, arch=spec.arch,
+        encoder=spec.encoder if args.encoder is not None else None, preset=args.preset, scale=scale,
+        bf16=args.bf16, threads=args.threads,
+        pretrained=pretrained, epochs=epochs, time_limit=time_limit, steps_per_epoch=args.steps_per_epoch,
         patch=args.patch, batch_size=args.batch_size, lr=args.lr, class_weights=args.class_weights,
         focal_gamma=args.focal_gamma, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
         model_out=args.model_out, init=args.init, read_255_as_foreground=args.mask_255,
         self_training=args.self_training,
         allow_download=args.allow_download).check()
-    if args.steps_per_epoch < 1:
-        raise InputError("--steps-per-epoch must be at least 1")
     if config.class_weights not in ("none", "balanced"):
         raise InputError(f"unknown --class-weights {config.class_weights!r}; choose none or balanced")
 
@@ -147,8 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = _drive(train([i.data for i in images], labels, config, axes=[i.axes for i in images]), handle)
     except KeyboardInterrupt:
-        if saved:
-            status.line(f"interrupted: the best model so far is in {args.model_out}")
+        status.line(_what_was_kept(args.model_out, saved))
         raise
     metrics = result.checkpoint.meta.get("metrics", {})
     if metrics.get("val_dice") is not None:
@@ -157,6 +223,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = f"best train loss {metrics.get('train_loss', float('nan')):.4f} at epoch {metrics.get('epoch')}"
     print(f"model saved to {result.path} ({best}; {result.steps} steps, {result.seconds:.0f} s)")
     return EXIT_OK
+
+
+def _what_was_kept(model_out: str, saved: list[str]) -> str:
+    """After Ctrl-C: say which model files are on disk now, and only those."""
+    best, last = Path(model_out), Path(model_out).with_suffix(".last.pt")
+    if saved and best.is_file():
+        return f"interrupted: the best model so far is in {best}"
+    if last.is_file():
+        return f"interrupted: no best model was saved; the latest model is in {last}"
+    if best.is_file():
+        return f"interrupted: {best} is from an earlier run (nothing better was saved)"
+    return "interrupted: no model was saved"
 
 
 # ----------------------------------------------------------------------------- predict
@@ -190,26 +268,28 @@ def _boxes_from_labels(labels, axes: str, kind: str) -> list[dict]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .core.events import Message, TileDone
-    from .core.io import read_image, write_csv, write_tiff
-    from .core.predict import load_model, predict_image
-
+    _check_tiff(args.input, "--input")
+    if not args.model.startswith("stock:"):
+        _check_input(args.model, "--model", "a checkpoint file")
     protect = [args.input, args.model]
     outputs = [(f, p) for f, p in (("--output", args.output), ("--probabilities", args.probabilities),
                                    ("--boxes", args.boxes)) if p]
-    for flag, path in outputs:
-        _check_output(path, protect, flag)
     paths = [os.path.abspath(p) for _, p in outputs]
     if len(set(paths)) != len(paths):
         raise InputError("--output, --probabilities and --boxes must name different files")
+    for flag, path in outputs:  # every output, before the first write
+        _check_output(path, protect, flag)
     if args.boxes_from_labels and not args.boxes:
         raise InputError("--boxes-from-labels needs --boxes BOXES.csv to write them to")
-    if not 0 <= args.overlap < 1:
-        raise InputError(f"--overlap must lie in [0, 1); got {args.overlap}")
-    if args.tile < 0:
-        raise InputError(f"--tile must be positive (or 0 for automatic); got {args.tile}")
+    _check_range(args.overlap, "--overlap", 0, 1, high_open=True)
+    _check_range(args.score_threshold, "--score-threshold", 0, 1)
+    _check_tile(args.tile)
+
+    import numpy as np
+
+    from .core.events import Message, TileDone
+    from .core.io import read_image, restore_singletons, write_csv, write_tiff
+    from .core.predict import load_model, predict_image
 
     if args.model.startswith("stock:"):
         from .core.stock import load_stock
@@ -240,11 +320,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     axes = image.axes.replace("C", "")
     labels = pred.labels
     dtype = np.uint16 if int(labels.max(initial=0)) < 65536 else np.uint32
-    write_tiff(args.output, labels.astype(dtype), axes=axes, protect=protect)
-    print(f"labels written to {args.output} (shape {labels.shape}, {np.dtype(dtype).name})")
+    # the file's own axes (without C): a (1, Y, X) stack gives (1, Y, X) labels
+    written, out_axes = restore_singletons(labels.astype(dtype), axes, image.file_axes)
+    write_tiff(args.output, written, axes=out_axes, protect=protect)
+    print(f"labels written to {args.output} (shape {written.shape}, {np.dtype(dtype).name})")
     if args.probabilities:
-        write_tiff(args.probabilities, pred.probabilities.astype(np.float32), axes="C" + axes, protect=protect)
-        print(f"probabilities written to {args.probabilities} (shape {pred.probabilities.shape}, float32)")
+        probs = pred.probabilities.astype(np.float32).reshape(pred.probabilities.shape[:1] + written.shape)
+        write_tiff(args.probabilities, probs, axes="C" + out_axes, protect=protect)
+        print(f"probabilities written to {args.probabilities} (shape {probs.shape}, float32)")
     if args.boxes:
         from_labels = args.boxes_from_labels or model.spec.semantic
         rows = _boxes_from_labels(labels, axes, pred.kind) if from_labels else pred.boxes
@@ -257,6 +340,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_tiff(args.pred, "--pred")
+    _check_tiff(args.truth, "--truth")
     from .core.io import read_labels
     from .core.metrics import match_instances
 
@@ -269,15 +354,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_input(args.model, "--model", "a checkpoint file")
+    _check_output(args.out, [args.model], "--out")
     from .core.export import export_model
 
-    _check_output(args.out, [args.model], "--out")
     path = export_model(args.model, args.format, args.out, protect=(args.model,))
     print(f"exported {args.format} model to {path}")
     return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    _check_input(args.checkpoint, "", "a checkpoint file")
     from .core.checkpoint import describe_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -291,14 +378,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from .core.events import FileDone, Message
+    from .core.io import check_pattern
 
     folder = Path(args.input_dir)
     if not folder.is_dir():
         raise InputError(f"--input-dir {folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
-    if not Path(args.model).is_file():
-        raise InputError(f"--model {args.model}: no such checkpoint")
+    _check_input(args.model, "--model", "a checkpoint file")
+    _check_output_folder(args.output_dir)
+    check_pattern(args.pattern)
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers must be 0 (in this process) or more")
+    _check_range(args.overlap, "--overlap", 0, 1, high_open=True)
+    _check_tile(args.tile)
     from .core.batch import run_batch
 
     status = _Status()
@@ -328,6 +419,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
         status.line(f"seglab: {summary.failed} of {summary.total} files failed (see {summary.manifest})")
         return EXIT_FILES_FAILED
     return EXIT_OK
+
+
+def _check_output_folder(folder: str) -> None:
+    """The output folder exists and takes files, or its nearest existing parent does (nothing is created)."""
+    from .core.io import check_output_path
+
+    path = Path(folder).absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--output-dir {folder}: exists and is not a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--output-dir {folder}: {probe} is not a folder")
+    try:
+        check_output_path(probe / "manifest.csv")
+    except InputError:
+        raise InputError(f"--output-dir {folder}: folder {probe} does not accept new files "
+                         "(read-only or no permission)") from None
 
 
 # ----------------------------------------------------------------------------- parser
@@ -367,17 +477,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training image (repeat for several)")
     p.add_argument("--labels", action="append", required=True, metavar="LAB.tif",
                    help="labels of the image given at the same position (repeat for several)")
-    p.add_argument("--label-mode", required=True, metavar="{scribbles,instances,classes}",
+    p.add_argument("--label-mode", required=True, metavar="{scribbles,instances,objects,classes}",
                    help="scribbles: 0 unlabelled, 1 background, 2.. classes; instances: one id per object; "
+                        "objects: 0 unlabelled, 1 background, 2.. one id per whole painted object; "
                         "classes: dense class ids")
     p.add_argument("--model-out", required=True, metavar="M.pt", help="where to save the best model")
     p.add_argument("--family", default="unet", metavar="{unet,fcn,maskrcnn}", help="model family")
     p.add_argument("--arch", default=None, help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, "
                    "MAnet...; fcn: fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]); default per family")
-    p.add_argument("--encoder", default="resnet34", help="encoder of unet-family models (any smp encoder)")
+    p.add_argument("--preset", default=None, choices=("fast", "accurate"),
+                   help="U-Net preset (default: fast on a CPU, accurate on a GPU). fast: 3-level ResNet-18 U-Net, "
+                        "about 0.1-0.3 s per step on a 2-core CPU, useful within a minute; accurate: 5-level "
+                        "ResNet-34 U-Net, about 0.4-1.2 s per step there")
+    p.add_argument("--encoder", default=None,
+                   help="encoder of unet-family models (any smp encoder), instead of the preset's")
+    p.add_argument("--diameter", type=float, default=None, metavar="PX",
+                   help="typical object diameter in pixels; images are resampled so objects reach the size the "
+                        "network resolves best (default: measured on the painted objects, else no resampling)")
+    p.add_argument("--scale", type=float, default=None, metavar="F",
+                   help="resampling factor applied before the network (0.25-4), instead of --diameter")
     p.add_argument("--epochs", type=int, metavar="N", default=None,
-                   help="epochs (default 20; with only --time-limit: train until the time is up)")
-    p.add_argument("--time-limit", type=float, default=None, metavar="SEC", help="stop after this many seconds")
+                   help="epochs of --steps-per-epoch steps (default: train for --time-limit)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SEC",
+                   help="training time in seconds, set-up and saving included (default 120 when --epochs is "
+                        "not given)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: measured; fewer threads win when other programs share the cores)")
+    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
+                   help="CPU training in bfloat16 (auto: when the CPU has it natively, it is faster and it agrees "
+                        "with float32)")
     p.add_argument("--steps-per-epoch", type=int, metavar="N", default=25, help="optimizer steps per epoch")
     p.add_argument("--patch", type=int, metavar="PX", default=None,
                    help="training patch side in pixels, a multiple of 32 (default: dense labels 128 on the CPU, "
@@ -472,6 +600,10 @@ def _error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``seglab`` command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid text must never end a run
+        if hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # a closed or odd stream
+                stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -487,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         _error(exc)
         return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        _error(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except OSError as exc:  # a file or folder the user named: missing, no permission, full, read-only...
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         fresh_line = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
@@ -504,8 +637,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         hint = "" if args.debug else " (run with --debug to see the traceback)"
-        if is_oom(exc):
+        if is_oom(exc):  # sizes the user chose (image, patch, batch, tile) do not fit: exit 2, not a bug
             _error("out of memory; try a smaller --batch-size, --patch or --tile, or --device cpu" + hint)
+            return EXIT_USAGE
         else:
             first = (str(exc).splitlines() or [""])[0][:300]
             _error(f"unexpected {type(exc).__name__}: {first}{hint}")

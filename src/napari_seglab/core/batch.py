@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 from . import manifest as mf
 from .errors import InputError
 from .events import FileDone, Message
-from .io import ensure_not_input, read_image, scan_folder, write_csv, write_tiff
+from .io import ensure_not_input, read_image, restore_singletons, scan_folder, write_csv, write_tiff
 
 __all__ = ["BatchSummary", "FileTask", "process_file", "run_batch"]
 
@@ -166,10 +166,12 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         out = task.outputs
         Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
         protect = [task.input]
-        write_tiff(out["labels"], mf.compact_labels(pred.labels), axes=lab_axes, protect=protect)
+        labels, file_axes = restore_singletons(mf.compact_labels(pred.labels), lab_axes, img.file_axes)
+        write_tiff(out["labels"], labels, axes=file_axes, protect=protect)
         written = ["labels"]
         if "probabilities" in out and pred.probabilities is not None:
-            write_tiff(out["probabilities"], pred.probabilities, axes="C" + lab_axes, protect=protect)
+            probs = pred.probabilities.reshape(pred.probabilities.shape[:1] + labels.shape)
+            write_tiff(out["probabilities"], probs, axes="C" + file_axes, protect=protect)
             written.append("probabilities")
         if task.measurements:
             rows = mf.measure_labels(pred.labels, img.data, img.axes)
@@ -219,14 +221,18 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
     from distributed import Client, LocalCluster
 
     if scheduler:
+        is_file = Path(scheduler).is_file()
         try:
-            if Path(scheduler).is_file():
+            if is_file:
                 client = Client(scheduler_file=scheduler, timeout="20s")
             else:
                 client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise InputError(f"could not connect to the Dask scheduler {scheduler} ({exc})") from exc
-        return client, None, f"Dask scheduler {scheduler}", True
+        except Exception as exc:  # noqa: BLE001 - every way of failing to connect is the address's fault
+            what = "a Dask scheduler file" if is_file else "the Dask scheduler"
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise InputError(f"could not connect to {what} {scheduler} ({type(exc).__name__}: {first}); "
+                             "nothing was written") from exc
+        return client, None, f"on the Dask scheduler {scheduler}", True
     n = workers or auto_workers(n_files, device)
     # A file that kills its worker (out of memory) fails after two deaths instead of four;
     # one retry spares a file that merely waited in the dead worker's queue. The task
@@ -244,8 +250,8 @@ def _open_client(workers: int | None, scheduler: str | None, n_files: int, devic
     except BaseException:
         cluster.close()
         raise
-    where = (f"local Dask cluster: {n} worker processes x {max(1, usable_cpus() // n)} torch thread(s)"
-             if processes else "local Dask cluster: 1 worker thread in this process")
+    where = (f"on a local Dask cluster of {n} worker processes x {max(1, usable_cpus() // n)} torch thread(s)"
+             if processes else "in this process (one Dask worker thread)")
     return client, cluster, where, processes
 
 
@@ -367,8 +373,11 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     t0 = time.perf_counter()
     if workers is not None and scheduler is not None:
         raise InputError("give either a number of workers or a scheduler address, not both")
-    if workers is not None and (not isinstance(workers, int) or workers < 0):
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise InputError(f"workers must be a whole number >= 0; got {workers!r}")
+    if workers is not None and workers > max_workers():
+        raise InputError(f"{workers} workers is more than this machine can run usefully ({max_workers()}: one "
+                         "per CPU core or GPU); use fewer")
     if not 0 <= overlap < 1:
         raise InputError(f"tile overlap must lie in [0, 1); got {overlap}")
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
@@ -385,15 +394,16 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
     plan = mf.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
-                        measurements=measurements)
-    mf.make_folder(out_dir)
+                           measurements=measurements)
     manifest, summary_csv = out_dir / mf.MANIFEST_NAME, out_dir / mf.SUMMARY_NAME
     ensure_not_input(manifest, files)
     ensure_not_input(summary_csv, files)
-    yield Message(f"model: {describe_checkpoint(ckpt)}")
+    description = describe_checkpoint(ckpt)
     del ckpt
 
-    previous = mf.read_manifest(manifest) if skip_existing else {}
+    # read what earlier runs recorded: kept for every file this run does not redo (never truncated)
+    previous = mf.read_manifest(manifest)
+    previous_summary = mf.read_summary(summary_csv)
     model_id = mf.model_stamp(model)
     rows: dict[str, dict] = {}
     summaries: dict[str, dict] = {}
@@ -401,7 +411,10 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     tasks: list[FileTask] = []
     stamps: dict[str, tuple[str, str]] = {}
     for index, (path, rel, outs) in enumerate(plan):
-        stamp = stamps[rel] = mf.input_stamp(path)
+        try:
+            stamp = stamps[rel] = mf.input_stamp(path)
+        except OSError:  # gone since the scan: the task fails on its own
+            stamp = stamps[rel] = ("", "")
         if skip_existing and mf.is_complete(previous.get(rel), outs, out_dir, stamp, model_id):
             try:
                 summaries[rel] = mf.summary_of_outputs(outs)
@@ -416,21 +429,33 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
                               model=model, device=device, tile=tile, overlap=overlap, split_instances=split,
                               measurements=measurements))
 
-    writer = mf.ManifestWriter(manifest)
+    # connect (or start the local cluster) before the output folder is touched: a cluster that
+    # cannot be reached leaves every file there as it was
     client = cluster = None
+    local = workers == 0 or scheduler == "sync"
+    if tasks and not local and not (stop is not None and stop.is_set()):
+        client, cluster, where, processes = _open_client(workers, scheduler, len(tasks), device)
+    writer = mf.ManifestWriter(manifest)
     results: Iterator = iter(())
     counts = {"ok": 0, "failed": 0, "skipped": len(skipped_events)}
+
+    def merged() -> list[dict]:
+        """This run's rows, and earlier rows of every file it has not redone, in input order."""
+        order = [rel for _, rel, _ in plan] + [rel for rel in previous if rel not in stamps]
+        return [rows.get(rel) or previous[rel] for rel in order if rel in rows or rel in previous]
+
     try:
-        writer.start([rows[rel] for _, rel, _ in plan if rel in rows])
+        mf.make_folder(out_dir)
+        writer.start(merged())
+        yield Message(f"model: {description}")
         yield from skipped_events
         if not tasks or (stop is not None and stop.is_set()):
             pass
-        elif workers == 0 or scheduler == "sync":
+        elif local:
             yield Message(f"{len(tasks)} file(s) to predict in this process")
             results = _local_results(tasks, stop)
         else:
-            client, cluster, where, processes = _open_client(workers, scheduler, len(tasks), device)
-            yield Message(f"{len(tasks)} file(s) to predict on a {where}")
+            yield Message(f"{len(tasks)} file(s) to predict {where}")
             results = _dask_results(client, tasks, stop, processes)
         done = len(skipped_events)
         base_of = {rel: outs for _, rel, outs in plan}
@@ -460,9 +485,28 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
         if cluster is not None:
             cluster.close()
         _MODELS.clear()  # models loaded in this process (no Dask, or a worker thread)
-        writer.finish([rows[rel] for _, rel, _ in plan if rel in rows])
-        summary_rows = [{"input": rel, **summaries[rel]} for _, rel, _ in plan if rel in summaries]
-        write_csv(summary_csv, summary_rows, columns=None if summary_rows else mf.SUMMARY_COLUMNS)
+        if writer.started:
+            final_rows = merged()
+            writer.finish(final_rows)
+            summary_rows = []
+            for row in final_rows:
+                rel = row["input"]
+                if rel in summaries:
+                    summary_rows.append({"input": mf.quote_name(rel), **summaries[rel]})
+                elif rel not in rows and rel in previous_summary:  # an earlier run's file, not redone
+                    summary_rows.append(previous_summary[rel])
+            write_csv(summary_csv, summary_rows, columns=None if summary_rows else mf.SUMMARY_COLUMNS)
     return BatchSummary(total=len(plan), ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                         seconds=time.perf_counter() - t0, manifest=str(manifest), summary_csv=str(summary_csv),
                         output_dir=str(out_dir))
+
+
+def max_workers() -> int:
+    """The most local workers a run may ask for: one per CPU core, or per GPU where there are more."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - torch is a dependency
+        gpus = 0
+    return max(usable_cpus(), gpus, 1)

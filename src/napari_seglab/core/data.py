@@ -26,28 +26,64 @@ def to_chw(plane: np.ndarray, in_channels: int | None = None) -> np.ndarray:
     return chw
 
 
+def _magnitude(values: np.ndarray) -> float:
+    """A power of two near the largest finite magnitude of ``values`` (1.0 when there is none)."""
+    finite = values[np.isfinite(values)]
+    top = float(np.max(np.abs(finite))) if finite.size else 0.0
+    return float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0
+
+
 def percentiles(chw: np.ndarray, low: float = DEFAULT_PERCENTILES[0], high: float = DEFAULT_PERCENTILES[1],
                 max_samples: int = 2_000_000) -> tuple[list[float], list[float]]:
-    """Per-channel (low, high) percentiles of a (C, ...) array, on a strided sample when large."""
+    """Per-channel (low, high) percentiles of a (C, ...) array, on a strided sample when large.
+
+    Computed in float64 on values scaled by a power of two, so intensities of
+    any magnitude (1e-9 lifetimes in seconds, 1e300) neither lose precision
+    nor overflow.
+    """
     lo, hi = [], []
     for channel in chw:
         flat = channel.reshape(-1)
         step = max(1, flat.size // max_samples)
-        sample = np.asarray(flat[::step], dtype=np.float32)
-        a, b = np.percentile(sample, [low, high])
-        lo.append(float(a))
-        hi.append(float(b))
+        sample = np.asarray(flat[::step], dtype=np.float64)
+        scale = _magnitude(sample)
+        a, b = np.percentile(sample / scale, [low, high])
+        lo.append(float(a) * scale)
+        hi.append(float(b) * scale)
     return lo, hi
 
 
+#: normalised values are kept within +-this, far beyond anything a model sees in training, so an
+#: extreme outlier cannot become Inf in float32
+NORMALIZED_LIMIT = 1e6
+
+
 def normalize(chw: np.ndarray, lo: Sequence[float], hi: Sequence[float],
-              out: np.ndarray | None = None) -> np.ndarray:
-    """Scale each channel so that ``lo`` -> 0 and ``hi`` -> 1 (float32, not clipped)."""
+              out: np.ndarray | None = None, block: int = 1 << 22) -> np.ndarray:
+    """Scale each channel so that ``lo`` -> 0 and ``hi`` -> 1 (float32 result).
+
+    Arithmetic is float64, on values divided by a power of two near
+    max(|lo|, |hi|), so any intensity range works. A channel whose ``lo`` and
+    ``hi`` coincide (a flat image) maps to 0. Values are not clipped to
+    [0, 1]; only beyond +-:data:`NORMALIZED_LIMIT`.
+    """
     out = np.empty(chw.shape, np.float32) if out is None else out
     for c in range(chw.shape[0]):
-        scale = 1.0 / max(hi[c] - lo[c], 1e-6)
-        np.subtract(chw[c], lo[c], out=out[c], casting="unsafe")
-        out[c] *= scale
+        low, high = float(lo[c]), float(hi[c])
+        scale = _magnitude(np.array([low, high]))
+        span = high / scale - low / scale
+        inv = 1.0 / span if span > 0 and np.isfinite(span) else 0.0
+        src, dst = chw[c], out[c]
+        rows = max(1, block // max(1, src[0].size)) if src.ndim else 1
+        for start in range(0, len(src) if src.ndim else 1, rows):  # float64 work in bounded blocks
+            part = np.asarray(src[start:start + rows] if src.ndim else src, dtype=np.float64) / scale
+            part -= low / scale
+            part *= inv
+            np.clip(part, -NORMALIZED_LIMIT, NORMALIZED_LIMIT, out=part)
+            if src.ndim:
+                dst[start:start + rows] = part
+            else:
+                dst[...] = part
     return out
 
 

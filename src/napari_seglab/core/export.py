@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import warnings
 import zipfile
@@ -67,11 +68,22 @@ def exportable_model(source: str | os.PathLike | Checkpoint) -> ProbabilityModel
     return ProbabilityModel(ckpt.build("cpu")).eval()
 
 
+#: the largest example side traced and shipped as a test tensor: a traced network takes any size,
+#: and a big recorded patch (up to 8192) must not make export allocate gigabytes
+MAX_EXAMPLE = 512
+
+
 def example_input(source: str | os.PathLike | Checkpoint, size: int | None = None, seed: int = 0) -> torch.Tensor:
-    """A random (1, C, S, S) float32 input; S is the recorded patch size (multiple of 32) unless given."""
+    """A random (1, C, S, S) float32 input; S is the recorded patch size (a multiple of 32, at most
+    :data:`MAX_EXAMPLE`) unless given."""
     ckpt = _checkpoint(source)
-    side = int(size or ckpt.meta.get("patch") or 256)
+    side = size or ckpt.meta.get("patch") or 256
+    if isinstance(side, bool) or not isinstance(side, int):
+        raise InputError(f"example size {side!r:.40} is not a whole number of pixels")
     side = max(ALIGN, side // ALIGN * ALIGN)
+    if size is None:  # at most MAX_EXAMPLE, and about 16 M values over all channels
+        fits = int(math.sqrt(2**24 / ckpt.spec.in_channels)) // ALIGN * ALIGN
+        side = min(side, MAX_EXAMPLE, max(ALIGN, fits))
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((1, ckpt.spec.in_channels, side, side), generator=gen)
 

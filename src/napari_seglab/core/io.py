@@ -12,6 +12,7 @@ import contextlib
 import csv
 import errno
 import os
+import stat
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,9 @@ class ImageData:
     data: np.ndarray
     axes: str
     path: str | None = None
+    #: canonical axes of the file including the singleton axes that ``axes`` drops
+    #: (``"ZYX"`` for a (1, Y, X) stack); outputs keep them (:func:`restore_singletons`)
+    file_axes: str | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, int]:
@@ -52,6 +56,46 @@ def guess_axes(shape: Sequence[int], rgb: bool | None = None) -> str:
     return {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZYXC"}[ndim]
 
 
+def _map_axes(axes: str) -> list[str]:
+    """tifffile axis letters -> canonical letters (S -> C; I, Q... -> Z, or T when a Z exists)."""
+    mapped: list[str] = []
+    for a in axes:
+        if a == "S":
+            a = "C"
+        elif a not in CANONICAL:
+            a = "Z" if "Z" not in axes and "Z" not in mapped else "T"
+        mapped.append(a)
+    return mapped
+
+
+def file_axes(shape: Sequence[int], axes: str) -> str:
+    """Canonical axes of a file with tifffile ``axes``, singleton axes kept (once per letter)."""
+    mapped = _map_axes(axes.upper())
+    kept = {a for a, n in zip(mapped, shape, strict=False) if a in "YX" or n != 1}
+    letters = set(kept)
+    for a, n in zip(mapped, shape, strict=False):
+        if n == 1 and a not in letters:
+            letters.add(a)
+    return "".join(a for a in CANONICAL if a in letters)
+
+
+def restore_singletons(labels: np.ndarray, axes: str, wanted: str | None) -> tuple[np.ndarray, str]:
+    """Give ``labels`` (canonical ``axes``, no C) back the singleton axes of ``wanted`` (no C).
+
+    A (1, Y, X) stack read as (Y, X) is written back as (1, Y, X): outputs keep
+    the image's axes. Returns (array, axes).
+    """
+    if not wanted:
+        return labels, axes
+    wanted = wanted.replace("C", "")
+    if set(axes) - set(wanted) or len(axes) + sum(a not in axes for a in wanted) != len(wanted):
+        return labels, axes
+    for i, a in enumerate(wanted):
+        if a not in axes:
+            labels = np.expand_dims(labels, i)
+    return labels, wanted
+
+
 def normalize_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     """Reorder ``data`` with tifffile-style ``axes`` into canonical ``TZYXC`` order.
 
@@ -62,13 +106,7 @@ def normalize_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     axes = axes.upper()
     if len(axes) != data.ndim:
         raise InputError(f"axes {axes!r} do not match an array of {data.ndim} dimensions")
-    mapped = []
-    for a in axes:
-        if a == "S":
-            a = "C"
-        elif a not in CANONICAL:
-            a = "Z" if "Z" not in axes and "Z" not in mapped else "T"
-        mapped.append(a)
+    mapped = _map_axes(axes)
     if "Y" not in mapped or "X" not in mapped:
         raise InputError(f"the image has no Y and X axes (axes {axes!r})")
     # drop singleton non-spatial axes
@@ -82,15 +120,121 @@ def normalize_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     return data, "".join(mapped[i] for i in order)
 
 
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a TIFF file")
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "a TIFF file") -> os.stat_result:
+    """Stat of an existing, readable, non-empty regular file; anything else is an InputError.
+
+    A FIFO, socket or device is refused before it is opened (reading a FIFO
+    would block, a device may never end).
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, expected {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is {_file_kind(st.st_mode)}, expected {what}")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied (file is not readable)")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise InputError(f"{path}: file is empty (0 bytes)")
+    return st
+
+
+def _check_readable(path: Path) -> None:
+    check_regular_file(path)
+
+
+def memory_headroom() -> int:
+    """Bytes this process may still allocate: available RAM, capped by an address-space limit."""
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except ImportError:  # psutil is optional here
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 8 * 2**30
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            free = min(free, soft - used)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return max(0, free)
+
+
+#: bytes of working memory per pixel beyond the decoded image itself: labels (int32) and a
+#: float32 working copy, the least any use of an image needs
+WORK_BYTES_PER_PIXEL = 8
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_declared_size(path, shape: Sequence[int], dtype, headroom: int | None = None) -> None:
+    """Refuse an image whose declared size does not fit in memory, before anything is decoded.
+
+    A small compressed file can declare a huge image (a decompression bomb);
+    reading it would exhaust memory. Needs the decoded bytes plus
+    :data:`WORK_BYTES_PER_PIXEL` per pixel.
+    """
+    pixels = 1
+    for n in shape:
+        pixels *= int(n)
+    itemsize = np.dtype(dtype).itemsize if dtype is not None else 8
+    need = pixels * (itemsize + WORK_BYTES_PER_PIXEL)
+    headroom = memory_headroom() if headroom is None else headroom
+    if need > headroom:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise InputError(f"{path}: the TIFF declares a {dims} {np.dtype(dtype).name if dtype is not None else ''} "
+                         f"image ({_human(pixels * itemsize)} decoded, {_human(need)} to work on), more than "
+                         f"the {_human(headroom)} of memory free; crop or split it, or use a larger machine")
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's warnings and log lines: a bad file becomes one InputError, not stderr noise."""
+    import logging
+
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _codec_hint(exc: BaseException) -> str | None:
+    text = str(exc)
+    if "imagecodecs" in text:
+        return ("the TIFF is compressed with a codec that needs the imagecodecs package "
+                f"(pip install imagecodecs): {text.splitlines()[0][:200]}")
+    return None
 
 
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
@@ -100,32 +244,65 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     path = Path(path)
     _check_readable(path)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError(f"{path}: TIFF contains no image data")
             series = tif.series[0]
             axes = series.axes
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = series.asarray()
+            check_declared_size(path, series.shape, series.dtype)  # before decoding a byte
+            data = series.asarray()
     except InputError:
         raise
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path}: not a valid TIFF file ({exc})") from exc
-    except (ValueError, OSError, EOFError, IndexError, KeyError) as exc:
-        raise InputError(f"{path}: corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from exc
+    except MemoryError as exc:
+        raise InputError(f"{path}: the image does not fit in memory; crop or split it") from exc
+    except RecursionError as exc:
+        raise InputError(f"{path}: not a valid TIFF file (nested too deeply)") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is the file's fault
+        hint = _codec_hint(exc)
+        if hint:
+            raise InputError(f"{path}: {hint}") from exc
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: corrupt or truncated TIFF ({type(exc).__name__}: {first})") from exc
     if data is None or data.size == 0:
         raise InputError(f"{path}: TIFF contains no image data (header only?)")
     return data, axes
 
 
+def probe_tiff(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
+    """(shape, tifffile axes) of a TIFF's first series, read from its header only.
+
+    Runs every check :func:`read_tiff` runs before decoding (a regular,
+    readable file; a valid header; a declared size that fits in memory), so a
+    command can refuse a bad input before it loads a model.
+    """
+    import tifffile
+
+    path = Path(path)
+    _check_readable(path)
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"{path}: TIFF contains no image data")
+            series = tif.series[0]
+            check_declared_size(path, series.shape, series.dtype)
+            return tuple(int(n) for n in series.shape), series.axes
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file is the file's fault
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: not a valid TIFF file ({type(exc).__name__}: {first})") from exc
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read a TIFF image into canonical axis order (see module docstring)."""
     data, axes = read_tiff(path)
+    shape, raw_axes = data.shape, axes
     data, axes = normalize_axes(data, axes)
     if data.ndim > 5:
         raise InputError(f"{path}: images with more than 5 dimensions are not supported")
-    return ImageData(data=data, axes=axes, path=str(path))
+    return ImageData(data=data, axes=axes, path=str(path), file_axes=file_axes(shape, raw_axes))
 
 
 def read_labels(path: str | os.PathLike, spatial_like: ImageData | None = None) -> np.ndarray:
@@ -160,6 +337,86 @@ def check_image_values(data: np.ndarray, what: str = "image") -> np.ndarray:
 # ----------------------------------------------------------------------------- atomic files
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _tmp_name(final: Path, name_max: int) -> str:
+    """A hidden temporary name beside ``final`` that fits the file system's name limit."""
+    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    suffix = final.suffix if len(final.suffix) <= 16 else ""
+    room = name_max - len(os.fsencode("." + tag + suffix))
+    stem = os.fsencode(final.name)[: max(0, room)].decode("utf-8", "ignore")  # never split a character
+    return f".{stem}{tag}{suffix}"
+
+
+def _replace_error(final: Path, exc: OSError) -> InputError:
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        why += " (is it read-only, immutable or owned by someone else?)"
+    return InputError(f"{final}: cannot write this file: {why}; nothing was written")
+
+
+def check_output_path(final: str | os.PathLike, flag: str = "") -> Path:
+    """Refuse an output path that cannot be written, before any work and without writing it.
+
+    Checks: the folder exists and accepts a new file (probed for real with a
+    hidden file, removed at once), the name fits the file system, and an
+    existing file there is a regular file that may be replaced.
+    """
+    final = Path(final)
+    where = f"{flag} {final}" if flag else str(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{where}: folder {parent} does not exist")
+    if len(os.fsencode(final.name)) > _name_max(parent):
+        raise InputError(f"{where}: file name too long ({len(os.fsencode(final.name))} bytes; this file "
+                         f"system allows {_name_max(parent)})")
+    if final.is_dir():
+        raise InputError(f"{where}: is a folder, expected a file name")
+    try:
+        st = final.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"{where}: {exc.strerror or exc}") from exc
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise InputError(f"{where}: exists and is {_file_kind(st.st_mode)}; choose a file name")
+    if st is not None and stat.S_ISREG(st.st_mode) and _immutable(final):
+        raise InputError(f"{where}: the existing file is immutable or append-only and cannot be replaced")
+    probe = parent / _tmp_name(final, _name_max(parent))
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise InputError(f"{where}: cannot write in folder {parent}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+    return final
+
+
+def _immutable(path: Path) -> bool:
+    """True when the file carries the Linux immutable or append-only attribute."""
+    try:
+        import fcntl
+        import struct
+
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (ImportError, OSError):
+        return False
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]  # FS_IOC_GETFLAGS
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(flags & (0x10 | 0x20))  # FS_IMMUTABLE_FL | FS_APPEND_FL
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it replaces ``final`` atomically.
@@ -167,6 +424,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     On any exception (or a cancelled generator) the temporary file is removed
     and ``final`` keeps its previous content. A process killed mid-write leaves
     only a hidden ``.name.tmp-*`` file, never a partial file under ``final``.
+    The temporary name is shortened to fit the file system's name limit;
+    errors name ``final``, never the temporary.
     """
     final = Path(final)
     parent = final.parent if str(final.parent) else Path(".")
@@ -174,15 +433,27 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"{parent}: output folder does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{parent}: output folder is not writable")
-    tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{final.suffix}"
+    name_max = _name_max(parent)
+    if len(os.fsencode(final.name)) > name_max:
+        raise InputError(f"{final}: file name too long ({len(os.fsencode(final.name))} bytes; this file "
+                         f"system allows {name_max}); nothing was written")
+    tmp = parent / _tmp_name(final, name_max)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            raise _replace_error(final, exc) from exc
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise InputError(f"{final}: no space left on the device; nothing was written") from exc
+        if exc.errno in (errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG) or (
+                exc.filename is not None and tmp.name in str(exc.filename)):
+            raise InputError(f"{final}: {exc.strerror or exc}; nothing was written") from exc
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -232,7 +503,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[s
             for key in row:
                 seen.setdefault(key, None)
         columns = list(seen)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -255,5 +526,31 @@ def scan_folder(folder: str | os.PathLike, pattern: str = "*.tif", recursive: bo
         raise InputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: is not a folder")
-    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
-    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    check_pattern(pattern)
+    try:
+        found = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    except (ValueError, NotImplementedError, OSError) as exc:
+        raise InputError(f"file name pattern {pattern!r} cannot be used ({exc})") from exc
+    return sorted(p for p in found if not p.name.startswith(".") and _is_regular(p))
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def check_pattern(pattern) -> str:
+    """Refuse a glob pattern that is empty, absolute or climbs out of the input folder."""
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise InputError("the file name pattern is empty; give one such as '*.tif'")
+    if "\0" in pattern:
+        raise InputError("the file name pattern holds a NUL character")
+    if os.path.isabs(pattern) or pattern.startswith(("/", "\\")) or Path(pattern).drive:
+        raise InputError(f"file name pattern {pattern!r} is an absolute path; give a pattern relative to the "
+                         "input folder, such as '*.tif', and the folder with --input-dir")
+    if ".." in Path(pattern).parts:
+        raise InputError(f"file name pattern {pattern!r} climbs out of the input folder ('..'); point "
+                         "--input-dir at the folder instead")
+    return pattern

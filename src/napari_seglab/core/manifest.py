@@ -8,14 +8,18 @@ point). The manifest: one CSV row per input, written as the run goes.
 ``manifest.csv`` lives in the output folder. Its columns are
 :data:`MANIFEST_COLUMNS`: ``input`` (path relative to the input folder, ``/``
 separators), ``status`` (``ok`` | ``failed`` | ``skipped``), ``error``,
-``seconds``, ``outputs`` (``;``-separated paths relative to the output folder),
+``seconds``, ``outputs`` (``;``-separated paths relative to the output folder;
+names in ``input`` and ``outputs`` are quoted by :func:`quote_name`, so any name,
+with ``;``, backslashes or bytes that are not UTF-8, reads back exactly),
 ``input_size`` and ``input_mtime`` (to notice an input changed since),
 ``model`` (checkpoint name, size and mtime: a new model redoes the file), and
 ``started`` / ``finished`` (ISO 8601 timestamps).
 
 The manifest never claims more than is on disk: a row is appended (and
 fsync'ed) only after every output of its file was written atomically, and the
-whole file is rewritten atomically at the start and at the end of a run. A run
+whole file is rewritten atomically at the start and at the end of a run, keeping
+the rows of earlier runs for files this run has not (yet) redone: a run that fails
+or stops never truncates the manifest of a good one. A run
 killed mid-append leaves at worst a broken last line, which
 :func:`read_manifest` ignores, so the file is simply redone on resume.
 """
@@ -191,9 +195,69 @@ def input_stamp(path: str | os.PathLike) -> tuple[str, str]:
     return str(st.st_size), str(st.st_mtime_ns)
 
 
+def quote_name(name: str) -> str:
+    """A file name as manifest text that reads back exactly (:func:`unquote_name`).
+
+    Bytes that are not UTF-8 (a name from another system) and control
+    characters become ``\\xNN``; a backslash becomes ``\\\\`` and ``;`` (the
+    separator of the ``outputs`` field) ``\\;``. Every other character stays
+    as it is, so ordinary names read unchanged.
+    """
+    try:
+        text = os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeError:  # a lone surrogate that did not come from the file system
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif ch in "\\;":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unquote_parts(text: str, split: bool) -> list[str]:
+    parts, raw, i = [], bytearray(), 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1:i + 2] in ("\\", ";"):
+            raw += text[i + 1].encode()
+            i += 2
+            continue
+        digits = text[i + 2:i + 4]
+        if ch == "\\" and text[i + 1:i + 2] == "x" and len(digits) == 2 and all(
+                c in "0123456789abcdefABCDEF" for c in digits):
+            raw.append(int(digits, 16))
+            i += 4
+            continue
+        if split and ch == ";":
+            parts.append(os.fsdecode(bytes(raw)))
+            raw = bytearray()
+        else:
+            raw += ch.encode("utf-8", "surrogateescape")
+        i += 1
+    parts.append(os.fsdecode(bytes(raw)))
+    return parts
+
+
+def unquote_name(text: str) -> str:
+    """The file name that :func:`quote_name` turned into ``text``."""
+    return _unquote_parts(text, split=False)[0]
+
+
 def join_outputs(outputs: dict[str, str]) -> str:
-    """Output paths (relative to the output folder) as one ``;``-separated manifest field."""
-    return ";".join(outputs.values())
+    """Output paths (relative to the output folder) as one ``;``-separated manifest field (names quoted)."""
+    return ";".join(quote_name(p) for p in outputs.values())
+
+
+def split_outputs(field: str) -> list[str]:
+    """The output paths of a manifest ``outputs`` field (inverse of :func:`join_outputs`)."""
+    return [p for p in _unquote_parts(field or "", split=True) if p]
 
 
 def _one_line(text: str) -> str:
@@ -203,7 +267,8 @@ def _one_line(text: str) -> str:
 def manifest_row(row: dict) -> dict:
     """A row restricted to :data:`MANIFEST_COLUMNS`, with one-line text fields."""
     out = {key: row.get(key, "") for key in MANIFEST_COLUMNS}
-    out["error"] = _one_line(out["error"] or "")
+    out["error"] = _one_line(out["error"] or "").encode("utf-8", "backslashreplace").decode("utf-8")
+    out["input"] = quote_name(out["input"])
     if isinstance(out["outputs"], dict):
         out["outputs"] = join_outputs(out["outputs"])
     if isinstance(out["seconds"], float):
@@ -248,11 +313,25 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
                 row = dict(zip(MANIFEST_COLUMNS, fields, strict=True))
                 if row["status"] not in STATUSES or not row["input"]:
                     continue
+                row["input"] = unquote_name(row["input"])
                 try:
                     datetime.fromisoformat(row["finished"])
                 except ValueError:
                     continue
                 rows[row["input"]] = row
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    return rows
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, dict]:
+    """Rows of an existing ``summary.csv`` keyed by input name; ``{}`` when missing or unreadable."""
+    rows: dict[str, dict] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("input") and None not in row:
+                    rows[unquote_name(row["input"])] = row
     except (OSError, UnicodeDecodeError, csv.Error):
         return {}
     return rows
@@ -272,7 +351,7 @@ def is_complete(row: dict | None, outputs: dict[str, Path], output_dir: Path, st
     if row is None or row.get("status") not in ("ok", "skipped") or row.get("model") != model:
         return False
     planned = [p.relative_to(output_dir).as_posix() for p in outputs.values()]
-    listed = [p for p in row.get("outputs", "").split(";") if p]
+    listed = split_outputs(row.get("outputs", ""))
     if sorted(planned) != sorted(listed):
         return False
     if (row.get("input_size"), row.get("input_mtime")) != stamp:
@@ -301,14 +380,20 @@ class ManifestWriter:
         self._writer = None
 
     def _write_all(self, rows) -> None:
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                                 errors="backslashreplace") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(manifest_row(r) for r in rows)
 
+    @property
+    def started(self) -> bool:
+        return self._fh is not None
+
     def start(self, rows) -> None:
         self._write_all(rows)
-        self._fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._fh = open(self.path, "a", newline="", encoding="utf-8",  # noqa: SIM115 - kept open for the run
+                        errors="backslashreplace")
         self._writer = csv.DictWriter(self._fh, fieldnames=list(MANIFEST_COLUMNS), extrasaction="ignore")
 
     def append(self, row: dict) -> None:

@@ -151,6 +151,31 @@ def preset_spec(name: str, in_channels: int = 1, n_classes: int = 2) -> ModelSpe
                      n_classes=n_classes, options=preset.options())
 
 
+def check_stored_encoder(name) -> str:
+    """Validate an encoder name read from a file (untrusted) against SegLab's own registry.
+
+    Allowed: segmentation-models-pytorch's built-in encoder names, and
+    ``tu-NAME`` where NAME is a model in timm's in-process registry (plain
+    letters, digits, ``_`` and ``.``). Refused: hub or folder prefixes
+    (``hf-hub:``, ``local-dir:``), paths and anything else, so a checkpoint
+    can never make SegLab look something up on the network or on disk.
+    """
+    import re
+
+    if not isinstance(name, str) or not 0 < len(name) <= 100:
+        raise InputError(f"encoder name {str(name)[:40]!r} is not a name SegLab knows")
+    if name in smp_encoders():
+        return name
+    inner = name[3:] if name.startswith("tu-") else None
+    if inner and re.fullmatch(r"[A-Za-z0-9_.]+", inner) and ".." not in inner:
+        import timm
+
+        if inner in timm.list_models():
+            return name
+    raise InputError(f"encoder {name[:60]!r} is not in SegLab's registry of encoders (smp encoders and "
+                     "timm models by plain name); hub, folder and path names are never built from a file")
+
+
 # ----------------------------------------------------------------------------- pretrained weights
 
 

@@ -117,19 +117,66 @@ class TrainConfig:
             self.time_limit = DEFAULT_TIME_LIMIT
 
     def check(self) -> TrainConfig:
+        """Refuse settings out of range before anything is built or allocated (InputError)."""
+        import os
+
+        max_patch = 8192
+        train_bytes_per_pixel = {"unet": 1000, "fcn": 1500, "maskrcnn": 2000}  # a floor, float32 training
+        pooled = ("deeplabv3plus", "pan", "deeplabv3")  # pool the patch to 1x1 before a BatchNorm
+
+        def whole(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+
         check_mode(self.label_mode)
         if self.epochs is None and self.time_limit is None:
             raise InputError("give a number of epochs or a time limit")
-        if self.epochs is not None and self.epochs < 1:
-            raise InputError("epochs must be at least 1")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise InputError("the time limit must be positive")
-        if self.patch is not None and (self.patch < 32 or self.patch % 32):
+        if self.epochs is not None and (not whole(self.epochs) or self.epochs < 1):
+            raise InputError(f"epochs must be a whole number of at least 1; got {self.epochs!r}")
+        if self.time_limit is not None and (not number(self.time_limit) or self.time_limit <= 0):
+            raise InputError(f"the time limit must be a positive, finite number of seconds; got {self.time_limit!r}")
+        if not whole(self.steps_per_epoch) or self.steps_per_epoch < 1:
+            raise InputError(f"steps per epoch must be at least 1; got {self.steps_per_epoch!r}")
+        if self.patch is not None and (not whole(self.patch) or self.patch < 32 or self.patch % 32):
             raise InputError(f"patch size must be a multiple of 32 and at least 32; got {self.patch}")
-        if self.batch_size is not None and self.batch_size < 1:
+        if self.patch is not None and self.patch > max_patch:
+            raise InputError(f"patch size {self.patch} is above the largest SegLab trains with ({max_patch}); "
+                             "a patch larger than the image is padded, not more informative")
+        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
             raise InputError("batch size must be at least 1")
-        if self.lr is not None and not (0 < self.lr < 1):
+        if self.batch_size is not None and self.batch_size > 4096:
+            raise InputError(f"batch size {self.batch_size} is above 4096")
+        patch = self.patch or min(SPARSE_PATCH.values())
+        if self.patch is not None or self.batch_size is not None:
+            batch = self.batch_size or (SPARSE_BATCH if self.label_mode == "scribbles" else DENSE_BATCH)
+            need = batch * patch * patch * train_bytes_per_pixel.get(self.family, 1000)
+            try:
+                total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                total = None
+            if torch.cuda.is_available() and self.device != "cpu":
+                total = max(total or 0, torch.cuda.get_device_properties(0).total_memory)
+            if total and need > total:
+                raise InputError(f"--patch {patch} with --batch-size {batch} needs about {need / 2**30:.0f} GiB "
+                                 f"to train, more than this machine has ({total / 2**30:.0f} GiB); use a smaller "
+                                 "patch or batch")
+        is_pooled = str(self.arch).lower() in pooled
+        if self.family == "unet" and self.batch_size == 1 and (is_pooled or (patch // 32) ** 2 < 2):
+            why = (f"{self.arch} pools the whole patch to one value per channel" if is_pooled
+                   else f"a {patch} px patch leaves one pixel at the deepest level")
+            raise InputError(f"batch size 1 cannot train this model: {why}, and BatchNorm needs more than one "
+                             "value per channel; use --batch-size 2 or more" + ("" if is_pooled else " or --patch 64"))
+        if self.lr is not None and not (number(self.lr) and 0 < self.lr < 1):
             raise InputError(f"learning rate {self.lr} is out of range (0, 1)")
+        if not number(self.focal_gamma) or not 0 <= self.focal_gamma <= 10:
+            raise InputError(f"focal gamma must lie in [0, 10]; got {self.focal_gamma}")
+        if not number(self.val_fraction) or not 0 <= self.val_fraction < 1:
+            raise InputError(f"validation fraction must lie in [0, 1); got {self.val_fraction}")
+        if not whole(self.seed) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1; got {self.seed!r}")
         if self.family == "maskrcnn" and self.label_mode != "instances":
             raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
                              f"not {self.label_mode!r}")
