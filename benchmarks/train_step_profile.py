@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         for threads in sorted({1, cores}):
             torch.set_num_threads(threads)
             for bf16 in (False, True):
-                def step(model=model, opt=opt, bf16=bf16):
+                def step(model=model, opt=opt, bf16=bf16, xt=xt, yt=yt):
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         loss = segmentation_loss(model(xt).float(), yt)
                     opt.zero_grad()

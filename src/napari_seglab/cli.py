@@ -152,10 +152,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.pretrained.lower() not in ("none", "auto", "imagenet", "coco", "voc"):
         _check_input(args.pretrained, "--pretrained", "a weights file")
 
+    from .core.data import scale_for
     from .core.events import CheckpointSaved, EpochEnd, Message, TrainStep
     from .core.io import read_image, read_labels
     from .core.labels import check_mode
-    from .core.data import scale_for
     from .core.models import ModelSpec, check_spec
     from .core.train import DEFAULT_TIME_LIMIT, TrainConfig, train
 

@@ -10,10 +10,10 @@ from magicgui.widgets import CheckBox, Container, FloatSpinBox, LineEdit, PushBu
 from napari.layers import Image, Labels
 
 from .. import _layers
+from ..core.data import median_diameter, scale_for
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
-from ..core.data import median_diameter, scale_for
 from ..core.labels import LABEL_MODES, is_instance_mode, object_instances
 from ..core.models import (
     DEFAULT_ARCH,
