@@ -102,6 +102,21 @@ def test_targets_cut_by_a_patch_border_keep_the_whole_objects_centre():
     assert not np.allclose(own[1:], patch[1:], atol=0.1)
 
 
+@pytest.mark.parametrize("transpose,flip_y,flip_x", [(True, False, False), (False, True, False),
+                                                     (False, False, True), (True, True, True)])
+def test_transform_keeps_flows_pointing_at_the_centres(transpose, flip_y, flip_x):
+    lab = np.zeros((41, 51), np.int32)
+    lab[_disc(lab.shape, 20, 18, 9)] = 1
+    lab[5:12, 30:48] = 2  # a bar: not symmetric under transposition
+    moved = flows.transform(lab, transpose=transpose, flip_y=flip_y, flip_x=flip_x)
+    expected, _ = flows.targets(np.ascontiguousarray(moved), kind="flows")
+    turned = flows.transform(flows.targets(lab, kind="flows")[0], transpose=transpose, flip_y=flip_y,
+                             flip_x=flip_x, kind="flows")
+    cos = (expected[1:] * turned[1:]).sum(0)[moved > 0]
+    assert np.array_equal(turned[0], expected[0])
+    assert np.mean(cos > 0.9) > 0.95
+
+
 def test_one_id_in_two_pieces_gets_one_sink_per_piece():
     lab = np.zeros((30, 60), np.int32)
     lab[5:20, 5:20] = 4

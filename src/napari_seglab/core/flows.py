@@ -36,7 +36,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from .errors import InputError
 
 __all__ = ["FLOW_SCALE", "KINDS", "MODES", "decode", "decode_distance", "decode_flows", "distance_field",
-           "flow_field", "head_loss", "n_outputs", "predict_tiled", "targets"]
+           "flow_field", "head_loss", "n_outputs", "predict_tiled", "targets", "transform"]
 
 KINDS = ("flows", "distance")
 MODES = ("instances", "partial")
@@ -186,6 +186,31 @@ def targets(labels: np.ndarray, mode: str = "instances", kind: str = "flows") ->
     fg = (objects > 0).astype(np.float32)[None]
     field = flow_field(objects) if kind == "flows" else distance_field(objects)[None]
     return np.concatenate([fg, field]).astype(np.float32), ignore
+
+
+def transform(arr: np.ndarray, *, transpose: bool = False, flip_y: bool = False, flip_x: bool = False,
+              kind: str | None = None) -> np.ndarray:
+    """Flip / transpose the last two axes of an array; with ``kind="flows"`` also turn the vectors.
+
+    Use it for augmentation: the 8 combinations are the rotations and
+    reflections of the square. Apply it to the image with ``kind=None`` and to
+    a flow target (3, Y, X) with ``kind="flows"``, so that (dy, dx) keep
+    pointing at the object centres; a distance target needs no change.
+    """
+    out = np.swapaxes(arr, -1, -2) if transpose else arr
+    if flip_y:
+        out = out[..., ::-1, :]
+    if flip_x:
+        out = out[..., ::-1]
+    if kind == "flows":
+        out = out.copy()
+        if transpose:
+            out[[1, 2]] = out[[2, 1]]
+        if flip_y:
+            out[1] *= -1
+        if flip_x:
+            out[2] *= -1
+    return out
 
 
 def head_loss(outputs: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor, kind: str = "flows", *,
