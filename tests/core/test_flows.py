@@ -107,7 +107,7 @@ def test_targets_cut_by_a_patch_border_keep_the_whole_objects_centre():
 def test_transform_keeps_flows_pointing_at_the_centres(transpose, flip_y, flip_x):
     lab = np.zeros((41, 51), np.int32)
     lab[_disc(lab.shape, 20, 18, 9)] = 1
-    lab[5:12, 30:48] = 2  # a bar: not symmetric under transposition
+    lab[5:12, 30:47] = 2  # an odd-sized bar (a unique centre):: not symmetric under transposition
     moved = flows.transform(lab, transpose=transpose, flip_y=flip_y, flip_x=flip_x)
     expected, _ = flows.targets(np.ascontiguousarray(moved), kind="flows")
     turned = flows.transform(flows.targets(lab, kind="flows")[0], transpose=transpose, flip_y=flip_y,
