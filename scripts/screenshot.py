@@ -93,7 +93,6 @@ def train_and_predict(viewer, docks: dict, epochs: int) -> None:
     train._labels_combo.value = viewer.layers["instances"]
     train._mode.value = "instances"
     train._lr.value = "3e-3"  # from scratch
-    train._encoder.native.setEditText("resnet18")
     train._patch.value = "128"
     train._batch.value = "4"
     train._epochs.value = epochs

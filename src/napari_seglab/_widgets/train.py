@@ -354,7 +354,7 @@ class TrainWidget(Container):
             self.plot.clear()
         # target classes: instances learn background, inside and edge; other modes their class ids
         self.plot.class_names = ("bg", "inside", "edge") if is_instance_mode(config.label_mode) else ("bg",)
-        self.plot.dice_every = config.steps_per_epoch
+        self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
         self._val_dice = None
         self._controls.set_fraction(0)
         self._controls.say("starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs...")
