@@ -258,8 +258,10 @@ def _build_smp(spec: ModelSpec, pretrained: str | None, allow_download: bool) ->
     if pretrained in ("imagenet", "auto"):
         weights_file = _smp_imagenet_file(spec.encoder, allow_download)
         if weights_file is None:
+            why = "and could not be downloaded" if allow_download else \
+                "(downloading was not allowed: pass --allow-download on a connected machine)"
             note = (f"ImageNet weights for encoder {spec.encoder!r} are not in the local cache "
-                    f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and could not be downloaded; "
+                    f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) {why}; "
                     "training from random initialisation")
     elif pretrained:
         weights_file = Path(pretrained)
