@@ -168,7 +168,8 @@ def test_multiple_pairs_of_different_sizes_and_stack(blobs):
 @pytest.mark.parametrize("change,message", [
     (dict(family="maskrcnn"), "instances"),
     (dict(patch=50), "multiple of 32"),
-    (dict(epochs=None, time_limit=None), "epochs or a time limit"),
+    (dict(epochs=0), "epochs must be"),
+    (dict(time_limit=-1.0), "time limit"),
     (dict(encoder="resnet999"), "unknown encoder"),
     (dict(arch="NotANet"), "unknown unet architecture"),
 ])
