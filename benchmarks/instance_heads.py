@@ -159,8 +159,8 @@ def decode(raw, head, **kw):
 
 SWEEP = {
     "3class": [{}, {"split_seeds": False}],
-    "flows": [{}, {"flow_threshold": 0.8}, {"flow_threshold": None}, {"threshold": -1.0}, {"n_steps": 100}],
-    "distance": [{}, {"core": 0.4}, {"core": 0.6}, {"seeds": "hmax", "h": 0.1}, {"seeds": "hmax", "h": 0.2},
+    "flows": [{}, {"flow_threshold": 0.4}, {"flow_threshold": None}, {"threshold": -1.0}, {"n_steps": 100}],
+    "distance": [{}, {"seeds": "cores", "core": 0.4}, {"seeds": "cores", "core": 0.5}, {"seeds": "cores", "core": 0.6}, {"h": 0.2},
                  {"threshold": -1.0}],
 }
 

@@ -151,9 +151,9 @@ def test_perfect_targets_of_touching_discs_decode_to_the_same_objects(kind):
     assert r["ap90"] == 1.0
 
 
-def test_distance_hmax_seeds_also_split_touching_discs():
+def test_distance_core_seeds_also_split_touching_discs():
     truth = _touching_discs()
-    decoded = flows.decode_distance(_perfect_outputs(truth, "distance"), seeds="hmax")
+    decoded = flows.decode_distance(_perfect_outputs(truth, "distance"), seeds="cores")
     assert match_instances(decoded, truth, (0.9,))["ap90"] == 1.0
 
 
