@@ -158,7 +158,8 @@ def test_settings_errors_are_reported_before_starting(make_napari_viewer, tiny_n
     click(widget._controls.run_button)
     assert not widget.busy and "learning rate" in errors[-1]
     widget._lr.value = "1e-3"
-    widget._epochs.value = 0  # and no time budget
+    widget._epochs.value = 0
+    widget._time.value = 0  # and no time budget
     click(widget._controls.run_button)
     assert not widget.busy and "epochs or a time limit" in errors[-1]
 

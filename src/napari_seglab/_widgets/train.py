@@ -209,6 +209,8 @@ class TrainWidget(Container):
         diameter = auto_number(self._diameter.value, float, "object diameter", "20")
         if diameter is not None and not 1 <= diameter <= 10000:
             raise InputError(f"object diameter must be from 1 to 10000 pixels; got {diameter:g}")
+        if not self._epochs.value and not self._time.value:
+            raise InputError("give a number of epochs or a time limit (both are 0)")
         encoder = self._encoder.native.currentText().strip()
         save_to = ui.path_or_none(self._save_to)
         init = init or ui.path_or_none(self._init)
