@@ -177,3 +177,30 @@ def test_closing_the_viewer_stops_a_running_training(make_napari_viewer, qtbot, 
     qtbot.waitUntil(job.done_event.is_set, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not job.running, timeout=WAIT_MS)
     assert job.stop_event.is_set()
+
+
+def test_model_tab_preset_diameter_and_time_budget(make_napari_viewer, tiny_nuclei):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Train")
+    _image, instances, _ = tiny_nuclei
+    viewer.add_image(tiny_nuclei[0], name="cells")
+    viewer.add_labels(np.asarray(instances), name="objects painted")
+    config = widget.config()
+    # a new user gets the CPU-fast default: a 2-minute budget, the preset decides the encoder
+    assert config.time_limit == 120 and config.epochs is None
+    assert config.encoder is None and config.preset is None and config.scale is None
+    widget._preset.value = "accurate"
+    assert widget.config().preset == "accurate"
+    widget._mode.value = "instances"
+    assert "painted objects measure" in widget._diameter_note.value
+    widget._diameter.value = "12"
+    config = widget.config()
+    assert config.scale == pytest.approx(2.0) and "resampling by 2" in widget._diameter_note.value
+    widget._diameter.value = "0"
+    with pytest.raises(InputError, match="object diameter"):
+        widget.config()
+    widget._diameter.value = "auto"
+    widget._encoder.native.setEditText("resnet18")
+    assert widget.config().encoder == "resnet18"
+    widget._mode.value = "objects"
+    assert "whole painted object" in widget._legend.value
