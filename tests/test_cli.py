@@ -341,3 +341,44 @@ def test_predict_with_absent_stock_model_is_a_clear_error(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "not in the torch cache" in err[-1]
     assert not (tmp_path / "out.tif").exists()
+
+
+# ----------------------------------------------------------------------------- presets, object size, partial objects
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--preset", "fast", "--encoder", "resnet18"], "--preset or --encoder"),
+    (["--diameter", "20", "--scale", "2"], "--diameter or --scale"),
+    (["--scale", "9"], "--scale"),
+    (["--diameter", "nan"], "--diameter"),
+    (["--threads", "0"], "--threads"),
+])
+def test_train_model_choice_errors(data, tmp_path, capsys, extra, match):
+    code = main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "instances.tif"),
+                 "--label-mode", "instances", "--model-out", str(tmp_path / "m.pt"), "--epochs", "1", *extra])
+    assert code == 2 and match in error_line(capsys)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_partial_objects_with_a_preset_and_diameter(data, tmp_path):
+    from napari_seglab.core.checkpoint import load_checkpoint
+    from napari_seglab.core.models import PRESETS
+
+    inst = tifffile.imread(data / "instances.tif")
+    partial = np.zeros(inst.shape, np.uint16)
+    partial[inst == 0] = 1  # the background painted, then two whole objects; the rest unpainted
+    partial[(inst > 0) & (inst < 3)] = inst[(inst > 0) & (inst < 3)] + 1
+    partial[(inst >= 3)] = 0
+    tifffile.imwrite(tmp_path / "partial.tif", partial)
+    out = tmp_path / "m.pt"
+    code = main(["train", "--image", str(data / "img.tif"), "--labels", str(tmp_path / "partial.tif"),
+                 "--label-mode", "objects", "--model-out", str(out), "--preset", "fast", "--diameter", "12",
+                 "--patch", "64", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--device", "cpu", "--threads", "1", "--bf16", "off"])
+    assert code == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.meta["scale"] == pytest.approx(2.0) and ckpt.label_mode == "objects"
+    assert ckpt.spec.options["encoder_depth"] == PRESETS["fast"].encoder_depth
+    labels = tmp_path / "labels.tif"
+    assert main(["predict", "--model", str(out), "--input", str(data / "img.tif"), "--output", str(labels)]) == 0
+    assert tifffile.imread(labels).shape == inst.shape
