@@ -36,3 +36,21 @@ def nuclei_like(shape, seed=0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = rng.normal(300, 30, shape).astype(np.float32)
     return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+def random_forest_foreground(train_img: np.ndarray, labels: np.ndarray, test_img: np.ndarray,
+                             seed: int = 0) -> np.ndarray:
+    """The ilastik approach: scikit-image multiscale features + a random forest, trained on ``labels``
+    (1 = background, 2 = foreground, 0 = not annotated); returns the (Y, X) bool foreground of ``test_img``."""
+    from skimage.feature import multiscale_basic_features
+    from skimage.future import fit_segmenter, predict_segmenter
+    from sklearn.ensemble import RandomForestClassifier
+
+    def feats(im):
+        im = im.astype(np.float32)
+        lo, hi = np.percentile(im, [1, 99.8])
+        return multiscale_basic_features((im - lo) / (hi - lo), sigma_min=1, sigma_max=16)
+
+    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
+    clf = fit_segmenter(labels, feats(train_img), clf)
+    return predict_segmenter(feats(test_img), clf) == 2

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from _common import random_forest_foreground
 
 from napari_seglab.core.events import Message, collect
 from napari_seglab.core.instances import instances_from_foreground
@@ -35,18 +36,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sample_data"
 
 
 def random_forest(train_img, scribbles, test_img, seed=0):
-    from skimage.feature import multiscale_basic_features
-    from skimage.future import fit_segmenter, predict_segmenter
-    from sklearn.ensemble import RandomForestClassifier
-
-    def feats(im):
-        im = im.astype(np.float32)
-        lo, hi = np.percentile(im, [1, 99.8])
-        return multiscale_basic_features((im - lo) / (hi - lo), sigma_min=1, sigma_max=16)
-
-    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
-    clf = fit_segmenter(scribbles, feats(train_img), clf)
-    return predict_segmenter(feats(test_img), clf) == 2  # scribble value 2 = nucleus
+    return random_forest_foreground(train_img, scribbles, test_img, seed)  # scribble value 2 = nucleus
 
 
 def report(name, fg, truth):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from _common import random_forest_foreground
 from scipy import ndimage as ndi
 
 from napari_seglab.core.instances import instances_from_foreground, otsu_watershed
@@ -71,18 +72,8 @@ def rf_labels(mode: str, ann: np.ndarray) -> np.ndarray:
 
 
 def random_forest(train_img, labels, test_img, seed=0):
-    from skimage.feature import multiscale_basic_features
-    from skimage.future import fit_segmenter, predict_segmenter
-    from sklearn.ensemble import RandomForestClassifier
-
-    def feats(im):
-        im = im.astype(np.float32)
-        lo, hi = np.percentile(im, [1, 99.8])
-        return multiscale_basic_features((im - lo) / (hi - lo), sigma_min=1, sigma_max=16)
-
-    clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
-    clf = fit_segmenter(labels, feats(train_img), clf)
-    return instances_from_foreground((predict_segmenter(feats(test_img), clf) == 2).astype(np.float32))
+    fg = random_forest_foreground(train_img, labels, test_img, seed)
+    return instances_from_foreground(fg.astype(np.float32))
 
 
 def seglab(mode, train_img, ann, test_img, seconds, seed, preset):

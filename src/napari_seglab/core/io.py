@@ -237,6 +237,15 @@ def _codec_hint(exc: BaseException) -> str | None:
     return None
 
 
+def _checked_series(tif, path: Path):
+    """The first series of an open TiffFile, its declared size checked before a byte is decoded."""
+    if not tif.series:
+        raise InputError(f"{path}: TIFF contains no image data")
+    series = tif.series[0]
+    check_declared_size(path, series.shape, series.dtype)
+    return series
+
+
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     """Read the first series of a TIFF as (array, tifffile axes); errors become InputError."""
     import tifffile
@@ -245,11 +254,8 @@ def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     _check_readable(path)
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise InputError(f"{path}: TIFF contains no image data")
-            series = tif.series[0]
+            series = _checked_series(tif, path)
             axes = series.axes
-            check_declared_size(path, series.shape, series.dtype)  # before decoding a byte
             data = series.asarray()
     except InputError:
         raise
@@ -283,10 +289,7 @@ def probe_tiff(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
     _check_readable(path)
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise InputError(f"{path}: TIFF contains no image data")
-            series = tif.series[0]
-            check_declared_size(path, series.shape, series.dtype)
+            series = _checked_series(tif, path)
             return tuple(int(n) for n in series.shape), series.axes
     except InputError:
         raise
