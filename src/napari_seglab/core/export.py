@@ -11,7 +11,8 @@ Every exported network maps a normalised image batch to class probabilities:
   boundary).
 
 Mask R-CNN checkpoints are not exported (their output is a list of
-detections, not a tensor). Every file is written atomically.
+detections, not a tensor), nor models with a "flows" or "distance" instance
+head (their raw outputs become objects only through SegLab's decoding). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def exportable_model(source: str | os.PathLike | Checkpoint) -> ProbabilityModel
     if ckpt.spec.family == "maskrcnn":
         raise InputError("exporting Mask R-CNN models is not supported (their output is a list of detections); "
                          "export a unet or fcn model")
+    if ckpt.spec.has_regression_head:
+        raise InputError(f"exporting a model with the {ckpt.spec.head!r} instance head is not supported: its raw "
+                         "outputs only become objects through SegLab's decoding; predict with 'seglab predict' or "
+                         "'seglab batch', or train with the 'boundary' head to export")
     return ProbabilityModel(ckpt.build("cpu")).eval()
 
 

@@ -137,6 +137,25 @@ def make_target(labels: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(boundary_targets(labels), dtype=np.int64)
 
 
+def head_targets(labels: np.ndarray, mode: str, head: str) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of a "flows" or "distance" instance head for one validated 2D label plane.
+
+    Returns the foreground target (Y, X) int64 (0 background, 1 object, -1
+    ignored: unpainted pixels of ``objects`` labels) and the float target
+    (K, Y, X) float32 of :func:`.flows.targets` (foreground, then flow or
+    distance channels). Compute it on the whole plane, before patches are
+    cut, so an object cut by a patch border keeps the flows of the whole object.
+    """
+    from .flows import targets
+
+    if not is_instance_mode(mode):
+        raise InputError(f"the {head!r} instance head needs 'instances' or 'objects' labels, not {mode!r}")
+    regression, ignore = targets(np.asarray(labels), "instances" if mode == "instances" else "partial", head)
+    fg = regression[0].astype(np.int64)
+    fg[ignore] = IGNORE
+    return fg, regression
+
+
 def object_instances(labels: np.ndarray, mode: str) -> np.ndarray | None:
     """The object ids of a validated label plane (0 = none), or None for class modes."""
     if mode == "instances":
