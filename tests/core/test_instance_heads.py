@@ -197,3 +197,29 @@ def test_export_refuses_a_head_model_with_a_reason(tmp_path):
     with pytest.raises(InputError, match="instance head is not supported"):
         export_model(tmp_path / "m.pt", "torchscript", tmp_path / "m.ts")
     assert not (tmp_path / "m.ts").exists()
+
+
+def test_cli_trains_with_the_flows_head_and_predicts_objects(tmp_path, capsys):
+    import tifffile
+
+    from napari_seglab.cli import main
+
+    img, inst = discs()
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    tifffile.imwrite(tmp_path / "inst.tif", inst)
+    model = tmp_path / "m.pt"
+    code = main(["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "inst.tif"),
+                 "--label-mode", "instances", "--instance-head", "flows", "--model-out", str(model),
+                 "--patch", "64", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "2", "--device", "cpu",
+                 "--scale", "1", "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert load_checkpoint(model).spec.head == "flows"
+    code = main(["predict", "--model", str(model), "--input", str(tmp_path / "img.tif"),
+                 "--output", str(tmp_path / "pred.tif")])
+    assert code == 0, capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "pred.tif").shape == img.shape
+    capsys.readouterr()
+    code = main(["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "inst.tif"),
+                 "--label-mode", "instances", "--instance-head", "stardist", "--model-out", str(tmp_path / "x.pt")])
+    assert code == 2 and "stardist" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
