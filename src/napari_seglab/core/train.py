@@ -57,9 +57,9 @@ from .losses import balanced_class_weights, segmentation_loss
 from .models import (
     DEFAULT_ARCH,
     DEFAULT_PRESET,
+    INSTANCE_HEADS,
     PRESETS,
     ModelSpec,
-    INSTANCE_HEADS,
     build_model,
     check_head,
     check_spec,
@@ -879,9 +879,7 @@ def _step(model, optimizer, scaler, sampler, config, spec, device, channels_last
 
 
 def _meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16) -> dict:
-    if spec.family == "maskrcnn":
-        names = ["background", "object"]
-    elif spec.has_regression_head:
+    if spec.family == "maskrcnn" or spec.has_regression_head:
         names = ["background", "object"]
     elif is_instance_mode(config.label_mode):
         names = ["background", "interior", "boundary"]
