@@ -276,3 +276,12 @@ def test_validation_dice_and_preview_work_for_a_head():
     assert len(result.history[-1]["per_class_dice"]) == 2  # background, object
     previews = [e for e in events if isinstance(e, Preview)]
     assert previews and previews[-1].labels.shape == img.shape
+
+
+def test_fine_tuning_keeps_the_head_of_the_start_model(flows_objects_model, tmp_path):
+    img, inst = discs()
+    cfg = TrainConfig(label_mode="objects", init=str(flows_objects_model), epochs=1, steps_per_epoch=1, **TINY)
+    _, result = collect(train([img], [partial(inst)], cfg))
+    assert result.checkpoint.spec.head == "flows"
+    with pytest.raises(InputError, match="'flows' instance head, not 'distance'"):
+        collect(train([img], [partial(inst)], TrainConfig(**{**cfg.__dict__, "instance_head": "distance"})))

@@ -10,6 +10,10 @@ objects    not annotated (ignored) 1 = background, 2.. = one id   0 bg, 1 interi
 classes    background             class ids 1..K                 class = value
 ========== ====================== ============================== ===========================
 
+With the "flows" or "distance" instance head (see :func:`head_targets`), the
+``instances`` and ``objects`` targets are the foreground (0 / 1, -1 ignored)
+plus the head's float target.
+
 Predicted semantic labels use ``0 = background, k = class k`` in every mode
 (a scribble value minus one); ``instances`` predictions are object ids.
 """

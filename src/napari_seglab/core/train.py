@@ -664,6 +664,7 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         if head != "boundary" or not is_instance_mode(config.label_mode):
             raise InputError(f"{config.init}: has the {init_ckpt.spec.head!r} instance head, not {head!r}")
         head = init_ckpt.spec.head  # fine-tuning keeps the checkpoint's head unless another is asked for
+    config.instance_head = head
     samples, norm, channels, scale = prepare_training_data(
         images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
         norm=norm, scale=scale, head=head)
