@@ -204,6 +204,11 @@ def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
     return _forward(lm, chw, compact=False)
 
 
+def _tile_output(lm: LoadedModel, chw: np.ndarray, raw: bool) -> np.ndarray:
+    """Compact probabilities, or raw outputs, of one tile (:func:`_forward`, looked up at call time)."""
+    return _forward(lm, chw, compact=True, raw=True) if raw else _forward(lm, chw, compact=True)
+
+
 def forward_raw(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
     """Raw network outputs (K, Y, X) float32 of one normalised (C, Y, X) tile (no activation)."""
     return _forward(lm, chw, compact=False, raw=True)
@@ -238,7 +243,7 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
     tile_x, xs = plan_tiles(w, tile, overlap)
     positions = list(product(ys, xs))
     if len(positions) == 1:
-        yield 1, 1, _forward(lm, prepared(chw), compact=True, raw=raw)
+        yield 1, 1, _tile_output(lm, prepared(chw), raw)
         return
     k = lm.spec.out_channels if raw else 1 if lm.spec.out_channels == 1 else max(2, lm.spec.n_classes)
     acc = np.zeros((k, h, w), np.float32)
@@ -253,7 +258,7 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
     for i, (y0, x0) in enumerate(positions):
         if stop is not None and stop.is_set():
             return
-        out = _forward(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), compact=True, raw=raw)
+        out = _tile_output(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), raw)
         out *= weight
         acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += out
         if i + 1 < len(positions):
