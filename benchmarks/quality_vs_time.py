@@ -15,6 +15,13 @@ ratios seglab / forest per mode, protocol and budget.
 
     python benchmarks/quality_vs_time.py                     # the full grid (about 1 hour)
     python benchmarks/quality_vs_time.py --budgets 60 --seeds 0 --modes instances
+
+``--instance-head boundary flows`` trains each instance head in turn (instances
+and objects modes; the table gains a head column). ``--protocols dsb`` adds a
+real DSB2018 nuclei image (the one bundled in the StarDist 0.9.2 wheel; left
+half trains, right half is predicted; background strokes for the objects mode
+come from ``core.synthetic.make_scribbles``). ``--no-baselines`` skips the
+forest and Otsu.
 """
 
 from __future__ import annotations
@@ -76,8 +83,10 @@ def random_forest(train_img, labels, test_img, seed=0):
     return instances_from_foreground(fg.astype(np.float32))
 
 
-def seglab(mode, train_img, ann, test_img, seconds, seed, preset):
-    cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset)
+def seglab(mode, train_img, ann, test_img, seconds, seed, preset, head="boundary"):
+    head = head if is_instance_mode(mode) else "boundary"
+    cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset,
+                      instance_head=head)
     t0 = time.monotonic()
     result = run_to_completion(train([train_img], [ann], cfg))
     wall = time.monotonic() - t0
@@ -105,7 +114,11 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=[30, 60, 120])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--protocols", nargs="+", choices=("halves", "unseen"), default=["halves", "unseen"])
+    p.add_argument("--protocols", nargs="+", choices=("halves", "unseen", "dsb"), default=["halves", "unseen"])
+    p.add_argument("--instance-head", nargs="+", default=["boundary"], choices=("boundary", "flows", "distance"),
+                   help="instance head(s) of the instances / objects modes, each trained in turn")
+    p.add_argument("--stardist-wheel", default=None, help="the StarDist wheel holding the DSB image (dsb protocol)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the random forest and Otsu + watershed")
     p.add_argument("--preset", default=None, help="model preset (default: seglab's default for the CPU)")
     p.add_argument("--no-speed", action="store_true", help="skip the steps-per-second table")
     args = p.parse_args(argv)
@@ -117,27 +130,32 @@ def main(argv=None) -> int:
     half = img.shape[1] // 2
     data = {"halves": (img[:, :half], inst[:, :half], scrib[:, :half], img[:, half:], inst[:, half:]),
             "unseen": (img, inst, scrib, test, test_inst)}
+    if "dsb" in args.protocols:
+        data["dsb"] = dsb_data(args.stardist_wheel)
     rows = []
+    none = {"dice": float("nan"), "ap50": float("nan")}
     for proto in args.protocols:
         tr_img, tr_inst, tr_scrib, te_img, te_truth = data[proto]
-        otsu = match_instances(otsu_watershed(te_img), te_truth)
+        otsu = none if args.no_baselines else match_instances(otsu_watershed(te_img), te_truth)
         for mode in args.modes:
             ann = annotation(mode, tr_inst, tr_scrib)
-            rf = match_instances(random_forest(tr_img, rf_labels(mode, ann), te_img), te_truth)
-            for budget in args.budgets:
-                runs = []
-                for seed in args.seeds:
-                    labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, seed, args.preset)
-                    m = match_instances(labels, te_truth)
-                    runs.append((m["dice"], m["ap50"], m["ap75"], steps, wall))
-                    print(f"  {proto:6s} {mode:9s} {budget:4.0f}s seed {seed}: dice {m['dice']:.3f} "
-                          f"ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} steps {steps} wall {wall:.1f}s", flush=True)
-                rows.append((proto, mode, budget, np.array(runs), rf, otsu))
+            rf = none if args.no_baselines else \
+                match_instances(random_forest(tr_img, rf_labels(mode, ann), te_img), te_truth)
+            for head in (args.instance_head if is_instance_mode(mode) else ["boundary"]):
+                for budget in args.budgets:
+                    runs = []
+                    for seed in args.seeds:
+                        labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, seed, args.preset, head)
+                        m = match_instances(labels, te_truth)
+                        runs.append((m["dice"], m["ap50"], m["ap75"], steps, wall))
+                        print(f"  {proto:6s} {mode:9s} {head:8s} {budget:4.0f}s seed {seed}: dice {m['dice']:.3f} "
+                              f"ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} steps {steps} wall {wall:.1f}s", flush=True)
+                    rows.append((proto, mode, head, budget, np.array(runs), rf, otsu))
     print()
-    print("protocol mode      budget  seglab dice        seglab ap50        ap75   steps  wall  | "
+    print("protocol mode      head     budget  seglab dice        seglab ap50        ap75   steps  wall  | "
           "RF dice ap50  | otsu dice ap50")
-    for proto, mode, budget, r, rf, otsu in rows:
-        print(f"{proto:8s} {mode:9s} {budget:5.0f}s  {r[:, 0].mean():.3f}±{r[:, 0].std():.3f}  "
+    for proto, mode, head, budget, r, rf, otsu in rows:
+        print(f"{proto:8s} {mode:9s} {head:8s} {budget:5.0f}s  {r[:, 0].mean():.3f}±{r[:, 0].std():.3f}  "
               f"{r[:, 1].mean():.3f}±{r[:, 1].std():.3f}  {r[:, 2].mean():.3f}  {r[:, 3].mean():5.0f}  "
               f"{r[:, 4].mean():4.0f}s | {rf['dice']:.3f} {rf['ap50']:.3f} | {otsu['dice']:.3f} {otsu['ap50']:.3f}")
     if not args.no_speed:
@@ -146,10 +164,31 @@ def main(argv=None) -> int:
         for name in PRESETS:
             print(f"preset {name}: {steps_per_second(data['unseen'][0], data['unseen'][1], name):.2f} steps/s "
                   "(dense instances, 2 cores)")
-    print("seglab/RF: " + "; ".join(
-        f"{proto} {mode} {budget:.0f}s dice {r[:, 0].mean() / max(rf['dice'], 1e-9):.2f}x "
-        f"ap50 {r[:, 1].mean() / max(rf['ap50'], 1e-9):.2f}x" for proto, mode, budget, r, rf, _ in rows))
+    if len(args.instance_head) > 1:
+        base = {(pr, mo, bu): r for pr, mo, he, bu, r, _, _ in rows if he == args.instance_head[0]}
+        def ratio(a: float, b: float) -> str:
+            return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+        print(f"head/{args.instance_head[0]} (AP@0.5, AP@0.75): " + "; ".join(
+            f"{pr} {mo} {he} {bu:.0f}s {ratio(r[:, 1].mean(), base[pr, mo, bu][:, 1].mean())} "
+            f"{ratio(r[:, 2].mean(), base[pr, mo, bu][:, 2].mean())}"
+            for pr, mo, he, bu, r, _, _ in rows if he != args.instance_head[0] and (pr, mo, bu) in base))
+    if not args.no_baselines:
+        print("seglab/RF: " + "; ".join(
+            f"{proto} {mode} {head} {budget:.0f}s dice {r[:, 0].mean() / max(rf['dice'], 1e-9):.2f}x "
+            f"ap50 {r[:, 1].mean() / max(rf['ap50'], 1e-9):.2f}x" for proto, mode, head, budget, r, rf, _ in rows))
     return 0
+
+
+def dsb_data(wheel: str | None):
+    """The DSB2018 nuclei image of the StarDist wheel: (train img, instances, scribbles, test img, truth)."""
+    from instance_heads import real_data, stardist_wheel
+
+    from napari_seglab.core.synthetic import make_scribbles
+
+    tr_img, tr_inst, te_img, te_inst = real_data(stardist_wheel(wheel))
+    tr_inst = np.asarray(tr_inst, np.int64)
+    return tr_img, tr_inst, make_scribbles(tr_inst, seed=0), te_img, np.asarray(te_inst, np.int64)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch=args.patch, batch_size=args.batch_size, lr=args.lr, class_weights=args.class_weights,
         focal_gamma=args.focal_gamma, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
         model_out=args.model_out, init=args.init, read_255_as_foreground=args.mask_255,
-        self_training=args.self_training,
+        self_training=args.self_training, instance_head=args.instance_head,
         allow_download=args.allow_download).check()
     if config.class_weights not in ("none", "balanced"):
         raise InputError(f"unknown --class-weights {config.class_weights!r}; choose none or balanced")
@@ -491,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "ResNet-34 U-Net, about 0.4-1.2 s per step there")
     p.add_argument("--encoder", default=None,
                    help="encoder of unet-family models (any smp encoder), instead of the preset's")
+    p.add_argument("--instance-head", default=None, choices=("boundary", "flows", "distance"),
+                   help="how unet/fcn models separate objects (instances and objects modes): flows = foreground + "
+                        "flows towards each object's centre (cellpose-like; the default for instances); boundary = "
+                        "background / interior / boundary classes (the default for objects); distance = foreground "
+                        "+ distance to the object's boundary")
     p.add_argument("--diameter", type=float, default=None, metavar="PX",
                    help="typical object diameter in pixels; images are resampled so objects reach the size the "
                         "network resolves best (default: measured on the painted objects, else no resampling)")

@@ -23,7 +23,7 @@ from ..core.models import (
     PRESETS,
     SMP_ARCHS,
 )
-from ..core.train import DEFAULT_TIME_LIMIT, TrainConfig, TrainResult
+from ..core.train import DEFAULT_TIME_LIMIT, TrainConfig, TrainResult, default_instance_head
 from . import _common as ui
 from . import _layout
 from ._colors import apply_colors, legend_html, prediction_kind
@@ -100,6 +100,13 @@ class TrainWidget(Container):
             "auto: 'fast' on a CPU, 'accurate' on a GPU. " + "; ".join(
                 f"{p.name}: {p.summary} (about {p.cpu_step_s:.2f} s per step on a 2-core laptop CPU)"
                 for p in PRESETS.values()))
+        self._head = ui.choice_combo(
+            "instance head", ("auto", "boundary", "flows", "distance"), "auto",
+            "how objects are separated (instances / objects modes, unet and fcn): auto = flows for instances, "
+            "boundary for partially painted objects (measured best); boundary = background / "
+            "interior / boundary classes; flows = foreground + flows towards each object's centre; distance = "
+            "foreground + distance to the object's boundary")
+        self._head.enabled = False
         self._diameter = LineEdit(label="object diameter", value="auto",
                                   tooltip="typical object diameter in pixels; images are resampled so objects "
                                           "reach the size the network resolves best. auto: measured on the "
@@ -156,7 +163,7 @@ class TrainWidget(Container):
 
         data = ui.form("", [self._image, self._labels_combo, self._mode], [self._legend, self._pairs, self._matching])
         model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
-                             self._diameter], [self._diameter_note])
+                             self._head, self._diameter], [self._diameter_note])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
                               self._weights, self._gamma, self._device, self._preview, self._save_to],
                          [self._folder, self._read_255])
@@ -228,6 +235,7 @@ class TrainWidget(Container):
             device=self._device.value, model_out=str(save_to) if save_to else None,
             init=str(init) if init else None, preview_every=self._preview.value,
             read_255_as_foreground=self._read_255.value,
+            instance_head=self._head.value if self._head.enabled and self._head.value != "auto" else None,
         ).check()
 
     def pairs(self) -> list[tuple]:
@@ -263,6 +271,7 @@ class TrainWidget(Container):
     # ------------------------------------------------------------------ callbacks
     def _on_mode(self, mode: str) -> None:
         self._legend.value = legend_html(mode)
+        self._update_head()
         self._color_labels()
         self._estimate_diameter()
 
@@ -299,6 +308,11 @@ class TrainWidget(Container):
         self._save_to.line_edit.tooltip = str(path) if path else "empty: the model is kept in memory only"
         self._save_to.line_edit.native.setCursorPosition(0)  # show where it goes, not just the end of the name
 
+    def _update_head(self) -> None:
+        """The instance head applies to fresh unet / fcn models trained on instances or objects labels."""
+        self._head.enabled = (is_instance_mode(self._mode.value) and self._family.value != "maskrcnn"
+                              and ui.path_or_none(self._init) is None)
+
     def _on_family(self, family: str) -> None:
         self._arch.choices = ARCHS[family]
         self._arch.value = DEFAULT_ARCH[family]
@@ -306,6 +320,7 @@ class TrainWidget(Container):
         self._preset.enabled = self._encoder.enabled
         if family == "maskrcnn":
             self._mode.value = "instances"
+        self._update_head()
 
     def _on_init(self, *_args) -> None:
         # a start model brings its own architecture
@@ -313,6 +328,7 @@ class TrainWidget(Container):
         ui.set_enabled([self._family, self._arch, self._pretrained], fresh)
         self._encoder.enabled = fresh and self._family.value == "unet"
         self._preset.enabled = self._encoder.enabled
+        self._update_head()
 
     def _on_train(self) -> None:
         self._run(continuing=False)
@@ -355,7 +371,11 @@ class TrainWidget(Container):
             self._offsets = self._last = (0, 0)
             self.plot.clear()
         # target classes: instances learn background, inside and edge; other modes their class ids
-        self.plot.class_names = ("bg", "inside", "edge") if is_instance_mode(config.label_mode) else ("bg",)
+        head = config.instance_head or default_instance_head(config.label_mode, config.family)
+        if config.init:
+            head = None  # the start model's head: the plot learns its classes from the first Dice
+        self.plot.class_names = (("bg", "object") if head not in (None, "boundary")
+                                 else ("bg", "inside", "edge")) if is_instance_mode(config.label_mode) else ("bg",)
         self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
         self._val_dice = None
         self._controls.set_fraction(0)

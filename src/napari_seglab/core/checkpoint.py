@@ -157,6 +157,13 @@ def _check_model(model, bad) -> None:
             check_stored_encoder(model.get("encoder", "resnet34"))
         except InputError as exc:
             raise bad(f"model.encoder: {exc}") from None
+    if "head" in model.get("options", {}):
+        from .models import check_head
+
+        try:
+            check_head(model["options"]["head"], model.get("family", "unet"))
+        except InputError as exc:
+            raise bad(f"model.options.head: {exc}") from None
     for key, value in model.get("options", {}).items():
         if key in _DETECTOR_OPTIONS:
             _check_option(f"model.options.{key}", value, _DETECTOR_OPTIONS[key], bad)

@@ -120,11 +120,19 @@ class Normalization:
 
 @dataclass
 class Sample:
-    """One training plane: normalised image (C, Y, X) float32 and target (Y, X) int64."""
+    """One training plane: normalised image (C, Y, X) float32 and target (Y, X) int64.
+
+    ``regression``: the float target (K, Y, X) float32 of a "flows" or
+    "distance" instance head (see :func:`.labels.head_targets`), cropped and
+    augmented with the image; ``head`` names which, so flow vectors turn with
+    the patch. ``target`` then holds the foreground (0/1, -1 ignored).
+    """
 
     image: np.ndarray
     target: np.ndarray
     instances: np.ndarray | None = None  # object ids for detection models
+    regression: np.ndarray | None = None
+    head: str | None = None
 
     @property
     def annotated(self) -> int:
@@ -189,7 +197,10 @@ class PatchSampler:
 
     ``favour`` is the probability that a patch is centred near a randomly
     chosen annotated pixel (sparse scribbles need it); the rest are uniform.
-    Augmentation: flips, 90-degree rotations, intensity gain/offset/gamma.
+    Augmentation: the 8 rotations and reflections of the square (a transpose,
+    a vertical and a horizontal flip, each drawn), intensity gain/offset/noise.
+    Flow targets turn with the patch, so their vectors keep pointing at the
+    object centres.
     """
 
     def __init__(self, samples: Sequence[Sample], patch: int, rng: np.random.Generator,
@@ -197,7 +208,8 @@ class PatchSampler:
         if not samples:
             raise InputError("no training data")
         self.samples = [Sample(_pad_to(s.image, patch, None), _pad_to(s.target, patch, IGNORE),
-                               None if s.instances is None else _pad_to(s.instances, patch, 0))
+                               None if s.instances is None else _pad_to(s.instances, patch, 0),
+                               None if s.regression is None else _pad_to(s.regression, patch, 0.0), s.head)
                         for s in samples]
         self.patch = patch
         self.rng = rng
@@ -209,6 +221,9 @@ class PatchSampler:
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One patch: image (C, P, P) float32, target (P, P) int64, instances or None."""
+        return self._draw()[:3]
+
+    def _draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         rng, p = self.rng, self.patch
         i = int(rng.choice(len(self.samples), p=self._weights))
         s, coords = self.samples[i], self._coords[i]
@@ -222,37 +237,48 @@ class PatchSampler:
         img = s.image[:, y0:y0 + p, x0:x0 + p]
         tgt = s.target[y0:y0 + p, x0:x0 + p]
         ins = None if s.instances is None else s.instances[y0:y0 + p, x0:x0 + p]
+        reg = None if s.regression is None else s.regression[:, y0:y0 + p, x0:x0 + p]
         if self.augment:
-            img, tgt, ins = self._augment(img, tgt, ins)
+            img, tgt, ins, reg = self._augment(img, tgt, ins, reg, s.head)
         return (np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt),
-                None if ins is None else np.ascontiguousarray(ins))
+                None if ins is None else np.ascontiguousarray(ins),
+                None if reg is None else np.ascontiguousarray(reg, np.float32))
 
-    def _augment(self, img, tgt, ins):
+    def _augment(self, img, tgt, ins, reg=None, head=None):
+        from .flows import transform
+
         rng = self.rng
-        k = int(rng.integers(4))
-        flip = bool(rng.integers(2))
-
-        def geo(a):
-            if a is None:
-                return None
-            a = np.rot90(a, k, axes=(-2, -1))
-            return a[..., ::-1] if flip else a
-
-        img, tgt, ins = geo(img), geo(tgt), geo(ins)
+        draws = {"transpose": bool(rng.integers(2)), "flip_y": bool(rng.integers(2)), "flip_x": bool(rng.integers(2))}
+        img, tgt = transform(img, **draws), transform(tgt, **draws)
+        ins = None if ins is None else transform(ins, **draws)
+        if reg is not None:
+            reg = transform(reg, **draws, kind="flows" if head == "flows" else None)
         gain = rng.uniform(0.75, 1.3)
         offset = rng.uniform(-0.1, 0.1)
         img = img * gain + offset
         if rng.random() < 0.3:
             img = img + rng.normal(0, rng.uniform(0.0, 0.05), img.shape).astype(np.float32)
-        return img, tgt, ins
+        return img, tgt, ins, reg
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, list | None]:
         """A batch: images (B, C, P, P) float32, targets (B, P, P) int64, instances list or None."""
-        draws = [self.draw() for _ in range(size)]
+        return self._batch(size)[:3]
+
+    def head_batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch for a "flows" / "distance" head: images (B, C, P, P) float32, foreground targets
+        (B, P, P) int64 (-1 ignored) and float targets (B, K, P, P) float32."""
+        if self.samples[0].regression is None:
+            raise InputError("these samples carry no instance-head targets")
+        imgs, tgts, _, regs = self._batch(size)
+        return imgs, tgts, regs
+
+    def _batch(self, size: int):
+        draws = [self._draw() for _ in range(size)]
         imgs = np.stack([d[0] for d in draws])
         tgts = np.stack([d[1] for d in draws])
         ins = None if draws[0][2] is None else [d[2] for d in draws]
-        return imgs, tgts, ins
+        regs = None if draws[0][3] is None else np.stack([d[3] for d in draws])
+        return imgs, tgts, ins, regs
 
 
 # ----------------------------------------------------------------------------- object scale

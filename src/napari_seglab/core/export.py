@@ -10,8 +10,13 @@ Every exported network maps a normalised image batch to class probabilities:
   channel 0 = background (for ``instances`` models: background, interior,
   boundary).
 
-Mask R-CNN checkpoints are not exported (their output is a list of
-detections, not a tensor). Every file is written atomically.
+Models with a "flows" or "distance" instance head export their maps instead:
+channel 0 the foreground probability, then the flows towards each object's
+centre (dy, dx, times 5) or the normalised distance to the boundary; objects
+come from them by following the flows (or a watershed of the distance), as
+``napari_seglab.core.flows.decode`` does. Mask R-CNN checkpoints are not
+exported (their output is a list of detections, not a tensor). Every file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -45,14 +50,18 @@ class ProbabilityModel(nn.Module):
     (sigmoid for a one-logit binary network, softmax otherwise).
     """
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, head: bool = False):
         super().__init__()
         self.network = network
+        self.head = head  # a flows / distance head: foreground probability, then its maps as they are
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .losses import probabilities
 
-        return probabilities(self.network(x))
+        out = self.network(x)
+        if self.head:
+            return torch.cat([torch.sigmoid(out[:, :1]), out[:, 1:]], 1)
+        return probabilities(out)
 
 
 def _checkpoint(source: str | os.PathLike | Checkpoint) -> Checkpoint:
@@ -65,7 +74,17 @@ def exportable_model(source: str | os.PathLike | Checkpoint) -> ProbabilityModel
     if ckpt.spec.family == "maskrcnn":
         raise InputError("exporting Mask R-CNN models is not supported (their output is a list of detections); "
                          "export a unet or fcn model")
-    return ProbabilityModel(ckpt.build("cpu")).eval()
+    return ProbabilityModel(ckpt.build("cpu"), head=ckpt.spec.has_regression_head).eval()
+
+
+def output_description(ckpt: Checkpoint) -> str:
+    """What the exported network's output holds, in one sentence."""
+    if not ckpt.spec.has_regression_head:
+        return "(B, K, Y, X) float32 class probabilities, background first"
+    maps = "flows towards each object's centre (dy, dx) x 5" if ckpt.spec.head == "flows" else \
+        "distance to the object's boundary over its largest value"
+    return (f"(B, K, Y, X) float32: foreground probability, then the {maps}; objects come from "
+            "napari_seglab.core.flows.decode")
 
 
 #: the largest example side traced and shipped as a test tensor: a traced network takes any size,
@@ -106,7 +125,7 @@ def _save_script(module: torch.jit.ScriptModule, target, ckpt: Checkpoint) -> No
 def _meta_json(ckpt: Checkpoint) -> str:
     meta = dict(ckpt.meta)
     meta["export"] = {"input": "(B, C, Y, X) float32, percentile-normalised, Y and X multiples of 32",
-                      "output": "(B, K, Y, X) float32 class probabilities"}
+                      "output": output_description(ckpt)}
     return json.dumps(meta, default=str)
 
 
@@ -245,7 +264,7 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
         "test_output.npy": _npy_bytes(expected),
         "README.md": (f"# napari-seglab model\n\n{describe_checkpoint(ckpt)}.\n\n"
                       "Input: one image, channels first, percentile-normalised; spatial sizes multiples of "
-                      "32. Output: class probabilities, background first.\n").encode(),
+                      f"32. Output: {output_description(ckpt)}.\n").encode(),
     }
     hashes = {name: _sha256(data) for name, data in files.items()}
     rdf = _yaml_text(_rdf(ckpt, hashes)).encode()

@@ -10,6 +10,10 @@ objects    not annotated (ignored) 1 = background, 2.. = one id   0 bg, 1 interi
 classes    background             class ids 1..K                 class = value
 ========== ====================== ============================== ===========================
 
+With the "flows" or "distance" instance head (see :func:`head_targets`), the
+``instances`` and ``objects`` targets are the foreground (0 / 1, -1 ignored)
+plus the head's float target.
+
 Predicted semantic labels use ``0 = background, k = class k`` in every mode
 (a scribble value minus one); ``instances`` predictions are object ids.
 """
@@ -135,6 +139,25 @@ def make_target(labels: np.ndarray, mode: str) -> np.ndarray:
         target[labels == 0] = IGNORE
         return target
     return np.asarray(boundary_targets(labels), dtype=np.int64)
+
+
+def head_targets(labels: np.ndarray, mode: str, head: str) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of a "flows" or "distance" instance head for one validated 2D label plane.
+
+    Returns the foreground target (Y, X) int64 (0 background, 1 object, -1
+    ignored: unpainted pixels of ``objects`` labels) and the float target
+    (K, Y, X) float32 of :func:`.flows.targets` (foreground, then flow or
+    distance channels). Compute it on the whole plane, before patches are
+    cut, so an object cut by a patch border keeps the flows of the whole object.
+    """
+    from .flows import targets
+
+    if not is_instance_mode(mode):
+        raise InputError(f"the {head!r} instance head needs 'instances' or 'objects' labels, not {mode!r}")
+    regression, ignore = targets(np.asarray(labels), "instances" if mode == "instances" else "partial", head)
+    fg = regression[0].astype(np.int64)
+    fg[ignore] = IGNORE
+    return fg, regression
 
 
 def object_instances(labels: np.ndarray, mode: str) -> np.ndarray | None:

@@ -22,6 +22,10 @@ FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
 MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 DEFAULT_ARCH = {"unet": "Unet", "fcn": "fcn_resnet50", "maskrcnn": "maskrcnn_resnet50_fpn"}
 DEFAULT_ENCODER = "resnet34"
+#: instance heads of the unet / fcn families (``options["head"]``): "boundary" is the 3-class
+#: background / interior / boundary map (absent from older checkpoints); "flows" and "distance"
+#: are the regression heads of :mod:`.flows` (a foreground logit plus flow or distance channels)
+INSTANCE_HEADS = ("boundary", "flows", "distance")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,21 @@ class ModelSpec:
     options: dict = field(default_factory=dict)
 
     @property
+    def head(self) -> str:
+        """The instance head: "boundary" (also every semantic and old model), "flows" or "distance"."""
+        return (self.options or {}).get("head", "boundary") if self.family != "maskrcnn" else "boundary"
+
+    @property
+    def has_regression_head(self) -> bool:
+        """True for the "flows" and "distance" heads, whose raw outputs are decoded into objects."""
+        return self.head in ("flows", "distance")
+
+    @property
     def out_channels(self) -> int:
+        if self.has_regression_head:
+            from .flows import n_outputs
+
+            return n_outputs(self.head)
         return 1 if self.n_classes == 2 and self.family != "maskrcnn" else self.n_classes
 
     @property
@@ -124,11 +142,21 @@ def check_spec(spec: ModelSpec) -> ModelSpec:
             raise InputError(f"unknown encoder {spec.encoder!r}{hint}")
     if spec.family == "unet":
         _unet_options(spec)
+    check_head((spec.options or {}).get("head", "boundary"), spec.family)
     if spec.in_channels < 1:
         raise InputError("a model needs at least one input channel")
     if spec.n_classes < 2:
         raise InputError("a model needs at least two classes (background and one class)")
     return spec
+
+
+def check_head(head, family: str = "unet") -> str:
+    """Validate an instance head name (from a user or a checkpoint) for ``family``; InputError if unknown."""
+    if not isinstance(head, str) or head not in INSTANCE_HEADS:
+        raise InputError(f"unknown instance head {str(head)[:40]!r}; choose one of {', '.join(INSTANCE_HEADS)}")
+    if head != "boundary" and family == "maskrcnn":
+        raise InputError(f"Mask R-CNN has its own instance head; the {head!r} head is for the unet and fcn families")
+    return head
 
 
 def _unet_options(spec: ModelSpec) -> dict:
@@ -144,11 +172,14 @@ def _unet_options(spec: ModelSpec) -> dict:
     return {"encoder_depth": depth, "decoder_channels": tuple(dec)}
 
 
-def preset_spec(name: str, in_channels: int = 1, n_classes: int = 2) -> ModelSpec:
-    """The U-Net ModelSpec of preset ``name`` (see :data:`PRESETS`)."""
+def preset_spec(name: str, in_channels: int = 1, n_classes: int = 2, head: str = "boundary") -> ModelSpec:
+    """The U-Net ModelSpec of preset ``name`` (see :data:`PRESETS`), with instance ``head`` when not boundary."""
     preset = PRESETS[_choose(name, tuple(PRESETS), "model preset")]
+    options = preset.options()
+    if check_head(head) != "boundary":
+        options["head"] = head
     return ModelSpec(family="unet", arch="Unet", encoder=preset.encoder, in_channels=in_channels,
-                     n_classes=n_classes, options=preset.options())
+                     n_classes=n_classes, options=options)
 
 
 def check_stored_encoder(name) -> str:

@@ -17,6 +17,7 @@ from itertools import product
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import (
@@ -175,11 +176,13 @@ def _pad_to_multiple(chw: np.ndarray, multiple: int = ALIGN) -> tuple[np.ndarray
     return np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
 
 
-def _forward(lm: LoadedModel, chw: np.ndarray, *, compact: bool) -> np.ndarray:
+def _forward(lm: LoadedModel, chw: np.ndarray, *, compact: bool, raw: bool = False) -> np.ndarray:
     """Model output for one normalised (C, Y, X) tile, float32.
 
     ``compact``: binary models give (1, Y, X) foreground probability, others
     (K, Y, X) softmax; otherwise always (max(K, 2), Y, X) class probabilities.
+    ``raw``: the network's outputs (K, Y, X) as they are, no activation (the
+    "flows" / "distance" instance heads, decoded by :mod:`.flows`).
     """
     from .losses import probabilities
 
@@ -190,6 +193,8 @@ def _forward(lm: LoadedModel, chw: np.ndarray, *, compact: bool) -> np.ndarray:
     with torch.inference_mode(), lm.precision.autocast():
         logits = lm.model(x)
     logits = logits.float()[:, :, :h, :w]
+    if raw:
+        return logits[0].cpu().numpy()
     out = torch.sigmoid(logits) if compact and logits.shape[1] == 1 else probabilities(logits)
     return out[0].cpu().numpy()
 
@@ -199,13 +204,23 @@ def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
     return _forward(lm, chw, compact=False)
 
 
+def _tile_output(lm: LoadedModel, chw: np.ndarray, raw: bool) -> np.ndarray:
+    """Compact probabilities, or raw outputs, of one tile (:func:`_forward`, looked up at call time)."""
+    return _forward(lm, chw, compact=True, raw=True) if raw else _forward(lm, chw, compact=True)
+
+
+def forward_raw(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
+    """Raw network outputs (K, Y, X) float32 of one normalised (C, Y, X) tile (no activation)."""
+    return _forward(lm, chw, compact=False, raw=True)
+
+
 def expand_probabilities(out: np.ndarray) -> np.ndarray:
     """Compact output (1, Y, X) foreground probability -> (2, Y, X); (K, Y, X) unchanged."""
     return np.concatenate([1 - out, out]) if out.shape[0] == 1 else out
 
 
 def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, overlap: float,
-                                lohi: tuple | None = None, stop: threading.Event | None = None
+                                lohi: tuple | None = None, stop: threading.Event | None = None, raw: bool = False
                                 ) -> Iterator[tuple[int, int, np.ndarray | None]]:
     """Yield (tile index, tile count, None) per tile; the last item carries the blended output.
 
@@ -214,7 +229,9 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
     of the whole plane is made), else already normalised. The output is
     compact (see :func:`_forward`): (1, Y, X) foreground probability for
     binary models, (K, Y, X) otherwise. Overlapping tiles are blended with a
-    separable Hann window; a plane that fits is one tile.
+    separable Hann window; a plane that fits is one tile. ``raw``: blend the
+    network's raw outputs (K, Y, X) instead (instance heads: decode the
+    blended plane once, so objects on tile borders stay whole).
     """
     from .data import normalize
 
@@ -226,9 +243,9 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
     tile_x, xs = plan_tiles(w, tile, overlap)
     positions = list(product(ys, xs))
     if len(positions) == 1:
-        yield 1, 1, _forward(lm, prepared(chw), compact=True)
+        yield 1, 1, _tile_output(lm, prepared(chw), raw)
         return
-    k = 1 if lm.spec.out_channels == 1 else max(2, lm.spec.n_classes)
+    k = lm.spec.out_channels if raw else 1 if lm.spec.out_channels == 1 else max(2, lm.spec.n_classes)
     acc = np.zeros((k, h, w), np.float32)
     # the window is separable and tiles form a grid, so the weight sum is an outer product
     wy, wx = window(tile_y, 1)[:, 0], window(1, tile_x)[0]
@@ -241,7 +258,7 @@ def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, 
     for i, (y0, x0) in enumerate(positions):
         if stop is not None and stop.is_set():
             return
-        out = _forward(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), compact=True)
+        out = _tile_output(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), raw)
         out *= weight
         acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += out
         if i + 1 < len(positions):
@@ -275,6 +292,20 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
     if fg is not None:
         return (fg > 0.5).astype(np.int32)
     return _argmax_rows(probs)
+
+
+#: decoding settings of the instance heads. flows: following the flows for 200 steps and dropping
+#: objects whose own flows differ from the predicted ones by more than 0.8 (mean squared, unit
+#: vectors) scored best on AP@0.5 on a real DSB nuclei image (0.86-0.88; 0.4 drops good objects
+#: of a young model)
+HEAD_DECODING = {"flows": {"flow_threshold": 0.8}, "distance": {}}
+
+
+def decode_head(outputs: np.ndarray, head: str) -> np.ndarray:
+    """Objects (Y, X) int32 from the blended raw outputs (K, Y, X) of a "flows" / "distance" head."""
+    from .flows import decode
+
+    return decode(outputs, head, **HEAD_DECODING.get(head, {}))
 
 
 def plane_indices(image_shape: Sequence[int], axes: str) -> list[tuple[int, ...]]:
@@ -316,7 +347,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     scale = check_scale(model.meta.get("scale", 1.0)) if spec.semantic else 1.0
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
-        out_ch = 1 if spec.out_channels == 1 else spec.n_classes
+        out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
         tile = auto_tile(scaled_shape((ysize, xsize), scale), spec.family, budget, channels, out_ch)
     tile = max(ALIGN, int(tile))
     all_planes = plane_indices(image.shape, axes)
@@ -361,7 +392,8 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
         probs = None
         if scale != 1.0:
             raw = resample_image(raw, scaled_shape(raw.shape, scale))
-        for done, total, out in _with_oom_retry(model, raw, lohi, tile, overlap, stop):
+        head = spec.has_regression_head
+        for done, total, out in _with_oom_retry(model, raw, lohi, tile, overlap, stop, head):
             if isinstance(out, Message):
                 yield out
                 continue
@@ -371,7 +403,11 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
             stopped = True
             break
         # objects are found at the resampled size (the network's scale), then mapped back
-        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+        if head:  # decode the blended raw outputs of the whole plane, then keep [1 - p, p] of the foreground
+            plane_labels = decode_head(probs, spec.head)
+            probs = expit(probs[:1]).astype(np.float32, copy=False)
+        else:
+            plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
         labels[index] = resample_labels(plane_labels, (ysize, xsize))
         if probs_out is not None:
             if scale != 1.0:
@@ -384,11 +420,12 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
 
 
 def _with_oom_retry(model: LoadedModel, chw: np.ndarray, lohi: tuple | None, tile: int, overlap: float,
-                    stop: threading.Event | None):
+                    stop: threading.Event | None, raw: bool = False):
     """Run tiled prediction; on an out-of-memory error halve the tile, then fall back to the CPU."""
     while True:
         try:
-            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop)
+            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop,
+                                                   raw=raw)
             return
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc) and not isinstance(exc, MemoryError):
