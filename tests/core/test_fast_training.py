@@ -13,7 +13,8 @@ from napari_seglab.core.events import EpochEnd, Message, TrainStep, collect
 from napari_seglab.core.labels import make_target, to_correction, validate_labels
 from napari_seglab.core.models import PRESETS, ModelSpec, build_model, preset_spec
 from napari_seglab.core.predict import load_model, predict_image, run_to_completion
-from napari_seglab.core.train import TrainConfig, _ThreadTuner, cost_note, train
+from napari_seglab.core.runtime import ThreadTuner, cost_note
+from napari_seglab.core.train import TrainConfig, train
 
 TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1)
 
@@ -139,7 +140,7 @@ def test_cost_note_warns_when_the_budget_is_far_too_small():
 def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    tuner = _ThreadTuner(2, None, probe=2, every=100)
+    tuner = ThreadTuner(2, None, probe=2, every=100)
     seconds = {2: 0.8, 1: 0.3}  # a busy machine: one thread wins
     note, step = None, 0
     while note is None:
@@ -147,7 +148,7 @@ def test_thread_tuner_keeps_the_faster_thread_count(monkeypatch):
         step += 1
         note = tuner.after_step(step, seconds[tuner.current])
     assert tuner.best == 1 and calls[-1] == 1 and "1 thread" in note
-    fixed = _ThreadTuner(2, 2)
+    fixed = ThreadTuner(2, 2)
     fixed.before_step(5)
     assert fixed.after_step(6, 1.0) is None and fixed.current == 2
 

@@ -157,7 +157,7 @@ def test_old_checkpoint_without_a_head_predicts_with_the_boundary_head(tmp_path)
     img, inst = discs()
     path = tmp_path / "old.pt"
     cfg = TrainConfig(label_mode="instances", encoder="resnet18", epochs=1, steps_per_epoch=2,
-                      model_out=str(path), **TINY)
+                      model_out=str(path), instance_head="boundary", **TINY)
     _, result = collect(train([img], [inst], cfg))
     meta = result.checkpoint.meta
     assert "head" not in meta["model"]["options"]  # the boundary head is stored as before

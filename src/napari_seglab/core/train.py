@@ -9,16 +9,13 @@ also leaves the last good checkpoint intact: every write is atomic.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,9 +36,9 @@ from .data import (
     split_validation,
     to_chw,
 )
-from .device import cpu_bf16_supported, describe, pick_device
+from .device import describe, pick_device
 from .errors import InputError
-from .events import CheckpointSaved, EpochEnd, Message, Preview, TrainStep
+from .events import CheckpointSaved, Message, Preview, TrainStep
 from .io import check_image_values, guess_axes
 from .labels import (
     IGNORE,
@@ -65,6 +62,8 @@ from .models import (
     check_spec,
     preset_spec,
 )
+from .runtime import Budget, ThreadTuner, bf16_helps, cost_note, sigint_deferred
+from .train_state import RunState, Validator, run_meta
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -306,73 +305,6 @@ def _lr_factor(progress: float, warmup: float = 0.05) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def _dice_scores(pred: np.ndarray, target: np.ndarray, n_classes: int, mode: str) -> tuple[float, list[float]]:
-    """(mean Dice over classes, per-class Dice) on pixels where target != -1.
-
-    Background counts as a class: a foreground-only Dice would reward a model
-    that paints everything as foreground when the held-out strokes are
-    mostly objects. Classes absent from both prediction and target are NaN and
-    left out of the mean.
-    """
-    valid = target != IGNORE
-    p, t = pred[valid], target[valid]
-    per = []
-    for c in range(n_classes):
-        denom = np.count_nonzero(p == c) + np.count_nonzero(t == c)
-        per.append(float(2 * np.count_nonzero((p == c) & (t == c)) / denom) if denom else float("nan"))
-    vals = [d for d in per if not math.isnan(d)]
-    return (float(np.mean(vals)) if vals else 1.0), per
-
-
-class _Validator:
-    """Held-out crops and their targets; scores a model on them."""
-
-    def __init__(self, samples: list[Sample], held: list[np.ndarray], margin: int = 16):
-        self.crops = []
-        for s, h in zip(samples, held, strict=True):
-            if not h.any():
-                continue
-            ys, xs = np.nonzero(h)
-            y0, y1 = max(0, ys.min() - margin), min(h.shape[0], ys.max() + 1 + margin)
-            x0, x1 = max(0, xs.min() - margin), min(h.shape[1], xs.max() + 1 + margin)
-            tgt = np.where(h, s.target, IGNORE)[y0:y1, x0:x1]
-            self.crops.append((s.image[:, y0:y1, x0:x1], tgt))
-
-    def __bool__(self) -> bool:
-        return bool(self.crops)
-
-    def score(self, model: torch.nn.Module, meta: dict, device: torch.device, mode: str) -> tuple[float, list[float]]:
-        from .predict import forward_probabilities, wrap_model
-
-        lm = wrap_model(model, meta, device)
-        spec = ModelSpec.from_dict(meta["model"])
-        preds, tgts = [], []
-        was_training = model.training
-        model.eval()
-        try:
-            for img, tgt in self.crops:
-                if spec.family == "maskrcnn":
-                    from .detection import predict_instances_tiled
-                    from .predict import run_to_completion
-
-                    inst, _ = run_to_completion(predict_instances_tiled(lm, img, tile=max(img.shape[-2:]),
-                                                                         overlap=0.0, score_threshold=0.5))
-                    pred = (inst > 0).astype(np.int64)
-                    tgt = np.where(tgt == IGNORE, IGNORE, (tgt > 0).astype(np.int64))
-                elif spec.has_regression_head:  # foreground: sigmoid(logit) > 0.5
-                    from .predict import forward_raw
-
-                    pred = (forward_raw(lm, img)[0] > 0).astype(np.int64)
-                else:
-                    pred = np.argmax(forward_probabilities(lm, img), 0)
-                preds.append(pred.reshape(-1))
-                tgts.append(tgt.reshape(-1))
-        finally:
-            model.train(was_training)
-        n = 2 if spec.family == "maskrcnn" else max(2, spec.n_classes)
-        return _dice_scores(np.concatenate(preds), np.concatenate(tgts), n, mode)
-
-
 def _pseudo_labelled(model, meta, device, samples: list[Sample], held: list[np.ndarray],
                      threshold: float) -> tuple[list[Sample], int]:
     """Self-training: add the model's confident predictions to sparse targets.
@@ -414,13 +346,6 @@ def _preview(model, meta, device, plane: np.ndarray, mode: str, step: int) -> Pr
     finally:
         model.train(was_training)
     return Preview(step=step, labels=pred.labels, probabilities=pred.probabilities)
-
-
-#: steps a model needs on the sample nuclei before its prediction is worth correcting (AP@0.5 above
-#: Otsu + watershed), per family, measured with benchmarks/quality_vs_time.py on 2 CPU cores
-STEPS_TO_USEFUL = {"unet": 150, "fcn": 300, "maskrcnn": 3000}
-#: typical seconds per CPU training step of the non-preset families (2 cores, default patch/batch)
-CPU_STEP_S = {"fcn": 2.5, "maskrcnn": 6.0}
 
 
 def default_instance_head(label_mode: str, family: str) -> str:
@@ -472,177 +397,6 @@ def _model_spec(config: TrainConfig, channels: int, n_classes: int, head: str = 
                                 n_classes=n_classes, options=options))
 
 
-def cost_note(spec: ModelSpec, device: torch.device, time_limit: float | None,
-              step_seconds: float | None = None) -> tuple[str, str]:
-    """What the chosen model costs per step here and how long it needs to be useful: (text, level).
-
-    ``step_seconds``: measured seconds per step (the first steps of a run);
-    None uses the figure measured on a 2-core CPU. The level is "warning"
-    when the time budget is far too small for the model to become useful.
-    """
-    if device.type != "cpu" and step_seconds is None:
-        return "", "info"
-    preset = next((p for p in PRESETS.values() if spec.family == "unet" and spec.encoder == p.encoder
-                   and spec.options.get("encoder_depth", 5) == p.encoder_depth), None)
-    typical = step_seconds or (preset.cpu_step_s if preset else CPU_STEP_S.get(spec.family, 0.4))
-    need = STEPS_TO_USEFUL.get(spec.family, 150) * typical
-    where = "measured" if step_seconds else "typical on a 2-core CPU"
-    text = f"{typical:.2f} s per step ({where}); useful after about {need:.0f} s"
-    level = "info"
-    if time_limit is not None and time_limit < 0.5 * need:
-        level = "warning"
-        better = " (the 'fast' U-Net preset is useful within a minute)" if preset is None or preset.name != "fast" \
-            else ""
-        text += f": a {time_limit:.0f} s budget is far too short{better}"
-    return text, level
-
-
-def _bf16_helps(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig, device: torch.device
-                ) -> tuple[bool, str]:
-    """Decide bfloat16 autocast for CPU training: supported, faster than float32 and agreeing with it."""
-    if device.type != "cpu" or config.bf16 == "off":
-        return False, ""
-    if config.bf16 == "auto" and not cpu_bf16_supported():
-        return False, "float32 (this CPU has no native bfloat16)"
-    times, outs = {}, {}
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for dtype in (torch.bfloat16, None, torch.bfloat16, None):
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                    out = model(x).float()
-                times[dtype] = time.perf_counter() - t0  # the second round counts: the first warms up
-                outs[dtype] = out
-    finally:
-        model.train(was)
-    err = float((outs[torch.bfloat16] - outs[None]).norm() / outs[None].norm().clamp(min=1e-6))
-    faster = times[torch.bfloat16] < 0.9 * times[None]
-    if config.bf16 == "on":
-        return True, f"bfloat16 (asked for; {times[None] / times[torch.bfloat16]:.1f}x, deviation {err:.3f})"
-    if err > 0.05:
-        return False, f"float32 (bfloat16 deviates by {err:.2f} on this model)"
-    if not faster:
-        return False, "float32 (bfloat16 is not faster on this CPU)"
-    return True, f"bfloat16 ({times[None] / times[torch.bfloat16]:.1f}x faster than float32, deviation {err:.3f})"
-
-
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C back while a checkpoint is written (main thread, POSIX); it arrives right after."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-class _ThreadTuner:
-    """Picks torch's CPU thread count by measuring steps, and measures again now and then.
-
-    On an idle machine all cores win; when other programs share the cores
-    (the usual laptop), fewer threads win by far, because a thread that loses
-    its core makes the others wait at every barrier (2-core machine with
-    another job running: 1 thread 0.15-0.30 s per step, 2 threads 0.65-0.79 s).
-    Each candidate runs ``probe`` steps after a warm-up step; the fastest
-    median wins until the next round, ``every`` steps later.
-    """
-
-    def __init__(self, most: int, fixed: int | None, probe: int = 3, every: int = 150):
-        self.fixed = fixed
-        self.candidates = sorted({most, max(1, most // 2), 1}, reverse=True) if fixed is None else [fixed]
-        self.probe, self.every = probe, every
-        self.current = self.candidates[0]
-        self.best = self.current
-        self._plan: list[int] = []
-        self._times: dict[int, list[float]] = {}
-        self._next_round = 2  # after two warm-up steps
-        self.best_s: float | None = None
-        torch.set_num_threads(self.current)
-
-    def before_step(self, step: int) -> None:
-        if len(self.candidates) > 1 and step >= self._next_round and not self._plan:
-            self._plan = [c for c in self.candidates for _ in range(self.probe + 1)]
-            self._times = {c: [] for c in self.candidates}
-        if self._plan:
-            want = self._plan[0]
-            if want != self.current:
-                torch.set_num_threads(want)
-                self.current = want
-
-    def after_step(self, step: int, seconds: float) -> str | None:
-        """Record a step; returns a note when a round of measurements chose a thread count."""
-        if not self._plan:
-            return None
-        c = self._plan.pop(0)
-        self._times[c].append(seconds)  # the first step of each candidate pays for the switch; not counted
-        if self._plan:
-            return None
-        medians = {k: float(np.median(v[1:])) for k, v in self._times.items()}
-        best = min(medians, key=medians.get)
-        self.best_s = medians[best]
-        changed = best != self.best
-        self.best = best
-        torch.set_num_threads(best)
-        self.current = best
-        self._next_round = step + self.every
-        if not changed and step > self.every:
-            return None
-        parts = ", ".join(f"{k} thread{'s' if k > 1 else ''} {v:.2f} s" for k, v in sorted(medians.items()))
-        return f"CPU threads: {best} ({parts} per step)"
-
-
-class _Budget:
-    """Steps and time: when to stop so that a time limit holds, set-up and final save included.
-
-    A step starts only when the time left covers one more step (its running
-    mean) plus the work after the loop (the last validation and checkpoint
-    writes, as measured). Time-limited epochs end after ``steps_per_epoch``
-    steps or a twelfth of the budget, whichever comes first, so that a
-    one-minute run draws a validation curve.
-    """
-
-    def __init__(self, config: TrainConfig, clock, t_start: float):
-        self.clock, self.t_start = clock, t_start
-        self.limit = config.time_limit
-        self.total_steps = config.epochs * config.steps_per_epoch if config.epochs else None
-        self.steps_per_epoch = config.steps_per_epoch
-        # a pure time budget validates by the clock, so a short run still draws a curve
-        self.epoch_seconds = max(3.0, self.limit / 12) if self.limit and not config.epochs else None
-        self.step_s: float | None = None
-        self.final_s = 0.0  # validation + saves after the last step
-        self.step = 0
-
-    def elapsed(self) -> float:
-        return self.clock() - self.t_start
-
-    def progress(self) -> float:
-        parts = [self.step / self.total_steps] if self.total_steps else []
-        if self.limit:
-            parts.append(self.elapsed() / self.limit)
-        return max(parts) if parts else 0.0
-
-    def exhausted(self) -> bool:
-        if self.total_steps is not None and self.step >= self.total_steps:
-            return True
-        if self.limit is None:
-            return False
-        return self.elapsed() + (self.step_s or 0.0) + self.final_s >= self.limit
-
-    def record_interval(self, seconds: float) -> None:
-        """Wall time from one step's start to the next (its consumer's work included)."""
-        self.step_s = seconds if self.step_s is None else 0.7 * self.step_s + 0.3 * seconds
-
-    def epoch_over(self, steps: int, epoch_start: float) -> bool:
-        if steps >= self.steps_per_epoch:
-            return True
-        return self.epoch_seconds is not None and self.clock() - epoch_start >= self.epoch_seconds
-
-
 def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: TrainConfig, *,
           axes: Sequence[str | None] | None = None, stop: threading.Event | None = None,
           preview_plane: np.ndarray | None = None, clock=time.monotonic) -> Generator[object, None, TrainResult]:
@@ -661,10 +415,10 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     tuner = None
     if device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        tuner = _ThreadTuner(max(1, cores), config.threads)
+        tuner = ThreadTuner(max(1, cores), config.threads)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    budget = _Budget(config, clock, t_start)
+    budget = Budget(config.time_limit, config.epochs, config.steps_per_epoch, clock, t_start)
     sparse = config.label_mode in ("scribbles", "objects")
 
     init_ckpt = load_checkpoint(config.init, with_optimizer=True) if config.init else None
@@ -729,7 +483,7 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     # teach it 'background' there, so it chooses its best model by training loss instead
     val_fraction = 0.0 if spec.family == "maskrcnn" else config.val_fraction
     held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
-    validator = _Validator(samples, held)
+    validator = Validator(samples, held)
     train_samples = [replace(s, target=np.where(h, IGNORE, s.target)) for s, h in zip(samples, held, strict=True)]
     if validator:
         yield Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")
@@ -766,13 +520,13 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         x0 = torch.from_numpy(sampler.batch(min(config.batch_size, 4))[0]).to(device)
         if channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        use_bf16, why = _bf16_helps(model, x0, config, device)
+        use_bf16, why = bf16_helps(model, x0, config.bf16, device)
         if why:
             yield Message(f"CPU arithmetic: {why}")
 
-    meta = _meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16)
+    meta = run_meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16)
     history: list[dict] = []
-    state = _RunState(model, meta, config, budget)
+    state = RunState(model, meta, config, budget)
     stopped = False
     epoch = 0
     try:
@@ -828,7 +582,7 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
             val_s = clock() - t_end
             if event.is_best and state.path and not finished:  # the final write below saves the last best
                 t_save = clock()
-                with _sigint_deferred():
+                with sigint_deferred():
                     save_checkpoint(state.path, model, state.best.meta)
                 state.written = True
                 state.save_s = clock() - t_save
@@ -894,112 +648,4 @@ def _step(model, optimizer, scaler, sampler, config, spec, device, channels_last
     return value
 
 
-def _meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16) -> dict:
-    if spec.family == "maskrcnn" or spec.has_regression_head:
-        names = ["background", "object"]
-    elif is_instance_mode(config.label_mode):
-        names = ["background", "interior", "boundary"]
-    else:
-        names = ["background"] + [f"class {i}" for i in range(1, n_classes)]
-    return {
-        "model": spec.to_dict(),
-        "label_mode": config.label_mode,
-        "n_classes": n_classes,
-        "class_names": names,
-        "normalization": norm.to_dict(),
-        "patch": config.patch,
-        "scale": scale,
-        "training": {
-            "config": dict(asdict(config).items()),
-            "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
-            "class_pixels": counts.tolist(),
-            "weights": note,
-            "bf16": use_bf16,
-        },
-        "metrics": {},
-    }
 
-
-class _RunState:
-    """The best model so far and the checkpoints of one run (kept loadable at every moment)."""
-
-    def __init__(self, model, meta: dict, config: TrainConfig, budget: _Budget):
-        self.model, self.meta, self.budget = model, meta, budget
-        self.path = config.model_out
-        self.last_path = str(Path(self.path).with_suffix(".last.pt")) if self.path and config.save_last else None
-        self.best_score, self.best_state, self.best_epoch = (-math.inf, -math.inf), None, 0
-        self.best: Checkpoint | None = None
-        self.ema: float | None = None
-        self.written = False  # is the current best on disk?
-        self.completed = False  # did the loop end normally (final() then writes the best)?
-        self.save_s = 0.0  # seconds one checkpoint write took
-
-    def checkpoint(self, state: dict, metrics: dict, epoch: int) -> Checkpoint:
-        m = copy.deepcopy(self.meta)
-        m["metrics"] = metrics
-        m["training"].update(steps=self.budget.step, epochs=epoch, seconds=round(self.budget.elapsed(), 2))
-        return Checkpoint(meta=m, state_dict=state, path=self.path)
-
-    def end_epoch(self, epoch: int, losses: list[float], validator, device, epochs: int | None
-                  ) -> tuple[dict, EpochEnd]:
-        train_loss = float(np.mean(losses))
-        val_dice, per_class = None, ()
-        if validator:
-            val_dice, per = validator.score(self.model, self.meta, device, self.meta["label_mode"])
-            per_class = tuple(per)
-            # validation Dice saturates on small annotations: ties go to the lower training loss
-            score = (round(val_dice, 3), -self.ema)
-        else:
-            score = (0.0, -self.ema)
-        is_best = score > self.best_score
-        record = {"epoch": epoch, "step": self.budget.step, "train_loss": train_loss, "val_dice": val_dice,
-                  "per_class_dice": list(per_class), "seconds": round(self.budget.elapsed(), 2)}
-        if is_best:
-            self.best_score, self.best_epoch = score, epoch
-            self.best_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
-            metrics = {"val_dice": val_dice, "train_loss": train_loss, "epoch": epoch,
-                       "per_class_dice": [None if math.isnan(d) else d for d in per_class]}
-            self.best = self.checkpoint(self.best_state, metrics, epoch)
-            self.written = False
-        event = EpochEnd(epoch=epoch, epochs=epochs, train_loss=train_loss, val_dice=val_dice,
-                         per_class_dice=per_class, elapsed=self.budget.elapsed(), is_best=is_best)
-        return record, event
-
-    def rescue(self, history: list[dict], optimizer) -> None:
-        """On any exit: the best model (or, before the first epoch end, the current one) and the optimiser."""
-        if self.budget.step == 0:
-            return
-        with contextlib.suppress(Exception):  # never mask the original error while cleaning up
-            if self.best_state is None:
-                self.best_state = {k: v.detach().to("cpu").contiguous().clone()
-                                   for k, v in self.model.state_dict().items()}
-                self.best_epoch = 0
-                self.best = self.checkpoint(self.best_state, {"note": "stopped before the first validation"}, 0)
-            if self.path and not self.written and not self.completed:
-                with _sigint_deferred():
-                    save_checkpoint(self.path, _StateOnly(self.best_state), self.best.meta)
-                self.written = True
-        if self.last_path:
-            with contextlib.suppress(Exception), _sigint_deferred():
-                save_checkpoint(self.last_path, self.model,
-                                self.checkpoint({}, {"history": history}, len(history)).meta, optimizer)
-
-    def final(self, history: list[dict]) -> Checkpoint:
-        """The returned checkpoint: the best weights with the whole history (already on disk)."""
-        rec = history[self.best_epoch - 1] if self.best_epoch else {}
-        best = self.checkpoint(self.best_state, {"val_dice": rec.get("val_dice"), "train_loss": rec.get("train_loss"),
-                                                 "epoch": self.best_epoch, "history": history}, len(history))
-        if self.path:
-            with _sigint_deferred():
-                save_checkpoint(self.path, _StateOnly(self.best_state), best.meta)
-        return best
-
-
-class _StateOnly:
-    """Adapter so save_checkpoint can write a plain state dict."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
