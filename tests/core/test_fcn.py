@@ -46,9 +46,19 @@ def test_fcn_trains_on_classes_and_predicts(tmp_path, nuclei):
 
 def test_fcn_trains_on_instances_and_predicts_object_ids(nuclei):
     img, inst = nuclei
-    cfg = TrainConfig(label_mode="instances", steps_per_epoch=1, **FAST)
+    cfg = TrainConfig(label_mode="instances", steps_per_epoch=1, instance_head="boundary", **FAST)
     result = run_to_completion(train([img], [inst], cfg))
     lm = load_model(result.checkpoint, "cpu")
     assert lm.spec.n_classes == 3  # background, interior, boundary
     pred = run_to_completion(predict_image(lm, img))
     assert pred.kind == "instances" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32
+
+
+def test_fcn_on_dense_instances_gets_the_flows_head_by_default(nuclei):
+    img, inst = nuclei
+    result = run_to_completion(train([img], [inst], TrainConfig(label_mode="instances", steps_per_epoch=1, **FAST)))
+    lm = load_model(result.checkpoint, "cpu")
+    assert lm.spec.head == "flows" and lm.spec.out_channels == 3
+    pred = run_to_completion(predict_image(lm, img, probabilities=True))
+    assert pred.kind == "instances" and pred.labels.shape == img.shape
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1, atol=1e-5)

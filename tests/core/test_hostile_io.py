@@ -290,6 +290,8 @@ def test_normalisation_is_the_same_at_any_unit(exponent, offset, seed, dtype):
     scaled = (base * scale).astype(dtype)
     if dtype == np.float32 and not np.all(np.isfinite(scaled)) or not np.any(scaled):
         return  # not representable in this dtype: nothing to compare
+    if dtype == np.float32 and np.abs(scaled[scaled != 0]).min() < np.finfo(np.float32).tiny:
+        return  # subnormal float32 keeps a few bits: the input itself is already quantised
     if np.ptp(scaled) == 0:
         return  # every value collapsed to one in this dtype
     lo, hi = percentiles(scaled)

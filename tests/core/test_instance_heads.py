@@ -198,7 +198,8 @@ def test_export_of_a_head_model_gives_foreground_probability_and_maps(tmp_path):
     export_model(tmp_path / "m.pt", "torchscript", tmp_path / "m.ts")
     extra = {"seglab_meta.json": ""}
     traced = torch.jit.load(str(tmp_path / "m.ts"), _extra_files=extra)
-    assert "foreground probability, then the flows" in extra["seglab_meta.json"]
+    meta = extra["seglab_meta.json"]
+    assert "foreground probability, then the flows" in (meta.decode() if isinstance(meta, bytes) else meta)
     x = torch.rand(1, 1, 64, 64)
     out = traced(x)
     model.eval()
