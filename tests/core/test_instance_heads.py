@@ -296,3 +296,13 @@ def test_fine_tuning_keeps_the_head_of_the_start_model(flows_objects_model, tmp_
     assert result.checkpoint.spec.head == "flows"
     with pytest.raises(InputError, match="'flows' instance head, not 'distance'"):
         collect(train([img], [partial(inst)], TrainConfig(**{**cfg.__dict__, "instance_head": "distance"})))
+
+
+def test_describe_checkpoint_names_the_head_and_the_scale():
+    from napari_seglab.core.checkpoint import Checkpoint, describe_checkpoint
+
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=2, options={"head": "flows"})
+    text = describe_checkpoint(Checkpoint(meta={"model": spec.to_dict(), "label_mode": "instances", "scale": 1.5},
+                                          state_dict={}))
+    assert "flows instance head" in text and "resampled x1.5" in text
+

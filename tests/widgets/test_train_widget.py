@@ -192,6 +192,7 @@ def test_model_tab_preset_diameter_and_time_budget(make_napari_viewer, tiny_nucl
     widget._preset.value = "accurate"
     assert widget.config().preset == "accurate"
     widget._mode.value = "instances"
+    assert widget._head.enabled and widget._head.value == "auto" and widget.config().instance_head is None
     assert "painted objects measure" in widget._diameter_note.value
     widget._diameter.value = "12"
     config = widget.config()

@@ -342,5 +342,8 @@ def describe_checkpoint(ckpt: Checkpoint) -> str:
     m = m if isinstance(m, dict) else {}
     metric = f", val Dice {m['val_dice']:.3f}" if isinstance(m.get("val_dice"), float) else ""
     enc = f"/{spec.encoder}" if spec.family == "unet" else ""
-    return (f"{spec.family} {spec.arch}{enc}, {spec.in_channels} channel(s), {spec.n_classes} classes, "
-            f"label mode {ckpt.label_mode}{metric}")
+    head = f", {spec.head} instance head" if spec.has_regression_head else ""
+    scale = ckpt.meta.get("scale", 1.0)
+    resample = f", images resampled x{scale:g}" if isinstance(scale, (int, float)) and scale != 1.0 else ""
+    return (f"{spec.family} {spec.arch}{enc}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
+            f"label mode {ckpt.label_mode}{resample}{metric}")
