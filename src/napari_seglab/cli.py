@@ -487,8 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "MAnet...; fcn: fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]); default per family")
     p.add_argument("--preset", default=None, choices=("fast", "accurate"),
                    help="U-Net preset (default: fast on a CPU, accurate on a GPU). fast: 3-level ResNet-18 U-Net, "
-                        "about 0.1-0.3 s per step on a 2-core CPU, useful within a minute; accurate: 5-level "
-                        "ResNet-34 U-Net, about 0.4-1.2 s per step there")
+                        "0.08 s per step on a quiet 2-core CPU (0.15-0.3 s when it is busy), useful within a "
+                        "minute; accurate: 5-level ResNet-34 U-Net, 0.22 s per step there (0.5-1 s busy)")
     p.add_argument("--encoder", default=None,
                    help="encoder of unet-family models (any smp encoder), instead of the preset's")
     p.add_argument("--instance-head", default=None, choices=("boundary", "flows", "distance"),

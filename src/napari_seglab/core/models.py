@@ -33,9 +33,9 @@ class Preset:
     """A named U-Net choice for the Model tab and ``seglab train --preset``.
 
     ``cpu_step_s``: seconds per training step (batch 8 of 128 px, 1 channel,
-    bf16 autocast where the CPU has it) measured on this project's 2-core
-    machine with ``benchmarks/quality_vs_time.py``; a GPU step costs a few
-    milliseconds either way.
+    bfloat16 autocast, 2 threads) measured on this project's quiet 2-core
+    machine with ``benchmarks/train_step_profile.py``; float32 costs about
+    1.5-1.8x more, a busy machine 2-4x more; a GPU step costs milliseconds.
     """
 
     name: str
@@ -54,9 +54,9 @@ class Preset:
 #: reaches its quality within the first minute; ``accurate`` is the classic deep U-Net for a GPU
 #: or long runs.
 PRESETS = {
-    "fast": Preset("fast", "resnet18", 3, (64, 32, 16), 0.09,
+    "fast": Preset("fast", "resnet18", 3, (64, 32, 16), 0.08,
                    "3-level ResNet-18 U-Net, narrow decoder: useful within a minute on a laptop CPU"),
-    "accurate": Preset("accurate", "resnet34", 5, (256, 128, 64, 32, 16), 0.45,
+    "accurate": Preset("accurate", "resnet34", 5, (256, 128, 64, 32, 16), 0.22,
                        "5-level ResNet-34 U-Net: more context; slow on a CPU, the choice for a GPU"),
 }
 DEFAULT_PRESET = {"cpu": "fast", "cuda": "accurate", "mps": "fast"}
