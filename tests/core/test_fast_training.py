@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from painted import discs, partial
 
 from napari_seglab.core.checkpoint import load_checkpoint
 from napari_seglab.core.data import median_diameter, resample_labels, scale_for
@@ -17,16 +18,6 @@ from napari_seglab.core.runtime import ThreadTuner, cost_note
 from napari_seglab.core.train import TrainConfig, train
 
 TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1)
-
-
-def discs(shape=(96, 128), centres=((30, 30, 10), (30, 52, 10), (70, 90, 12)), seed=0):
-    """Image and instance labels of bright discs (two of them touching)."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    inst = np.zeros(shape, np.uint16)
-    for i, (cy, cx, r) in enumerate(centres, 1):
-        inst[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = i
-    img = np.random.default_rng(seed).normal(100, 8, shape).astype(np.float32) + 90 * (inst > 0)
-    return img, inst
 
 
 # ----------------------------------------------------------------------------- presets
@@ -217,15 +208,6 @@ def test_resample_labels_keeps_ids_and_shape():
 
 
 # ----------------------------------------------------------------------------- partially annotated objects
-
-
-def partial(inst):
-    """Objects 1 and 3 painted whole (ids 2, 3), a background stroke (1), the rest unpainted (0)."""
-    lab = np.zeros(inst.shape, np.uint16)
-    lab[85:90, 5:60] = 1
-    lab[inst == 1] = 2
-    lab[inst == 3] = 3
-    return lab
 
 
 def test_objects_mode_targets_ignore_unpainted_pixels():

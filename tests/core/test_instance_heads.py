@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from painted import discs, partial
 
 from napari_seglab.core import flows
 from napari_seglab.core.checkpoint import load_checkpoint, save_checkpoint
@@ -18,25 +19,6 @@ from napari_seglab.core.predict import load_model, predict_image, run_to_complet
 from napari_seglab.core.train import TrainConfig, prepare_training_data, train
 
 TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1, scale=1.0)
-
-
-def discs(shape=(96, 128), centres=((30, 30, 10), (30, 52, 10), (70, 90, 12)), seed=0):
-    """Image and instance labels of bright discs (the first two touching)."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    inst = np.zeros(shape, np.uint16)
-    for i, (cy, cx, r) in enumerate(centres, 1):
-        inst[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = i
-    img = np.random.default_rng(seed).normal(100, 8, shape).astype(np.float32) + 90 * (inst > 0)
-    return img, inst
-
-
-def partial(inst):
-    """Objects 1 and 3 painted whole (ids 2, 3), a background stroke (1), the rest unpainted (0)."""
-    lab = np.zeros(inst.shape, np.uint16)
-    lab[85:90, 5:60] = 1
-    lab[inst == 1] = 2
-    lab[inst == 3] = 3
-    return lab
 
 
 def labels_for(mode, inst):

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import napari
 
 ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
+#: the diameter estimate runs on the GUI thread at each labels change: only on planes this small
+MAX_ESTIMATE_PIXELS = 16e6
 #: the encoder entry that lets the preset decide
 FROM_PRESET = "(preset)"
 COMMON_ENCODERS = (FROM_PRESET, "resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
@@ -287,7 +289,7 @@ class TrainWidget(Container):
                 return
             self._diameter_note.value = f"resampling by {scale_for(d):g}"
             return
-        if layer is None or not is_instance_mode(mode) or np.asarray(layer.data).size > 64e6:
+        if layer is None or not is_instance_mode(mode) or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
             self._diameter_note.value = "auto: no resampling (paint whole objects in the instances or objects " \
                                         "mode to measure them)"
             return

@@ -105,7 +105,6 @@ class ThreadTuner:
     """
 
     def __init__(self, most: int, fixed: int | None, probe: int = 3, every: int = 150):
-        self.fixed = fixed
         self.candidates = sorted({most, max(1, most // 2), 1}, reverse=True) if fixed is None else [fixed]
         self.probe, self.every = probe, every
         self.current = self.candidates[0]

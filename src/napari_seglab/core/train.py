@@ -193,6 +193,14 @@ class TrainConfig:
         if self.family == "maskrcnn" and self.label_mode != "instances":
             raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
                              f"not {self.label_mode!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"unknown model preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise InputError(f"bf16 must be 'auto', 'on' or 'off'; got {self.bf16!r}")
+        if self.threads is not None and not (isinstance(self.threads, int) and 1 <= self.threads <= 1024):
+            raise InputError(f"threads must be a whole number from 1 to 1024; got {self.threads!r}")
+        if self.scale is not None:
+            self.scale = check_scale(self.scale)
         return self
 
 
@@ -363,14 +371,6 @@ def default_instance_head(label_mode: str, family: str) -> str:
 def _resolved(config: TrainConfig, device: torch.device) -> TrainConfig:
     """A copy of ``config`` with every ``None`` default decided for ``device``."""
     config = copy.copy(config).check()
-    if config.preset is not None and config.preset not in PRESETS:
-        raise InputError(f"unknown model preset {config.preset!r}; choose one of: {', '.join(PRESETS)}")
-    if config.bf16 not in ("auto", "on", "off"):
-        raise InputError(f"bf16 must be 'auto', 'on' or 'off'; got {config.bf16!r}")
-    if config.threads is not None and not (isinstance(config.threads, int) and 1 <= config.threads <= 1024):
-        raise InputError(f"threads must be a whole number from 1 to 1024; got {config.threads!r}")
-    if config.scale is not None:
-        config.scale = check_scale(config.scale)
     kind = "cuda" if device.type == "cuda" else "cpu"
     if config.patch is None:
         config.patch = (SPARSE_PATCH if config.label_mode == "scribbles" else DENSE_PATCH)[kind]
