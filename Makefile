@@ -1,7 +1,12 @@
 # napari-seglab: `make run` opens napari with the plugin and a sample; `make test` runs the tests.
-# Both create the virtual environment (.venv) on first use.
+# Both create the virtual environment (.venv, with the [dev] extra, which brings [napari]) on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A second venv with the plain package (no napari, no Qt), as a Dask worker or a server installs it.
+HEADLESS_VENV ?= .venv-headless
+HPY := $(HEADLESS_VENV)/bin/python
+# the torch build the dev venv resolves on these machines, so pip takes it from the local wheel index
+HEADLESS_PINS ?= torch==2.14.1 torchvision==0.29.1
 XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxkbcommon-x11-0 libxcb-cursor0 libdbus-1-3 libfontconfig1 \
 	libgl1 libegl1
@@ -9,7 +14,7 @@ XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench screenshot sample-data xvfb clean
+.PHONY: setup run test lint headless-test bench screenshot sample-data xvfb clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +37,23 @@ test: setup xvfb
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports --no-cache
+
+$(HEADLESS_VENV)/.installed: pyproject.toml
+	test -x $(HPY) || python3 -m venv $(HEADLESS_VENV)
+	echo '*' > $(HEADLESS_VENV)/.gitignore
+	$(HPY) -m pip install -q $(HEADLESS_PINS) . pytest pytest-timeout
+	touch $@
+
+# `pip install napari-seglab` without extras: the CLI trains, predicts and runs a batch on a Dask
+# cluster with napari and Qt absent. The package is reinstalled from this tree (as a wheel, not
+# editable) on every run so the test sees the current code.
+headless-test: $(HEADLESS_VENV)/.installed
+	rm -rf build  # setuptools never deletes stale modules from build/lib; a wheel would keep them
+	$(HPY) -m pip install -q --no-deps --force-reinstall .
+	@if $(HPY) -c "import napari" 2>/dev/null; then \
+		echo "napari is importable in $(HEADLESS_VENV): the headless install is not headless"; exit 1; fi
+	$(HPY) -m pytest -p no:cacheprovider tests/headless
 
 # maximised under a window manager (openbox, installed when root), as a user sees it
 screenshot: setup xvfb
@@ -46,4 +68,4 @@ bench: setup xvfb
 	for b in benchmarks/*.py; do echo "== $$b"; $(XVFB) $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(HEADLESS_VENV) build dist src/*.egg-info .pytest_cache

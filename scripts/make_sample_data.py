@@ -3,15 +3,20 @@
 Usage (from the repository root)::
 
     python scripts/make_sample_data.py [--out sample_data]
+    python scripts/make_sample_data.py --check      # do the files in sample_data/ still regenerate exactly?
 
-Every file comes from :mod:`napari_seglab.core.synthetic` with the fixed seeds
-below, so running this again gives the same pixels.
+Every file comes from :mod:`napari_seglab.core.synthetic` (the scribbles from
+:mod:`napari_seglab.core.scribbles`) with the fixed seeds below, so running
+this again gives the same bytes. ``--check`` regenerates into a temporary
+folder and compares byte for byte (exit 1 naming the files that differ): a
+refactoring of the generators must keep it passing.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +51,9 @@ def _write(path: Path, data: np.ndarray, axes: str, what: str, seed: int) -> Non
     print(f"wrote {path} {data.shape} {data.dtype} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "sample_data", help="output folder")
-    args = parser.parse_args(argv)
-    out: Path = args.out
+def write_all(out: Path) -> list[Path]:
+    """Write every sample file into ``out``; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
-
     image, instances = make_nuclei(SHAPE_2D, seed=TRAIN_SEED)
     scribbles = make_scribbles(instances, seed=SCRIBBLE_SEED)
     _write(out / "nuclei_train.tif", image, "YX", "image", TRAIN_SEED)
@@ -65,6 +66,31 @@ def main(argv: list[str] | None = None) -> int:
 
     stack, _stack_instances = make_nuclei(SHAPE_3D, seed=STACK_SEED)
     _write(out / "nuclei_stack.tif", stack, "ZYX", "image", STACK_SEED)
+    return sorted(out.glob("*.tif"))
+
+
+def check(folder: Path) -> int:
+    """0 when every generated file equals the one in ``folder`` byte for byte, else 1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = write_all(Path(tmp))
+        differ = [path.name for path in fresh
+                  if not (folder / path.name).is_file() or (folder / path.name).read_bytes() != path.read_bytes()]
+    if differ:
+        print(f"differ from {folder}: {', '.join(differ)}", file=sys.stderr)
+        return 1
+    print(f"all {len(fresh)} sample files in {folder} regenerate byte for byte")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "sample_data", help="output folder")
+    parser.add_argument("--check", action="store_true",
+                        help="compare a fresh generation with the files in --out instead of writing them")
+    args = parser.parse_args(argv)
+    if args.check:
+        return check(args.out)
+    write_all(args.out)
     return 0
 
 

@@ -5,6 +5,10 @@ generator in a thread worker (:mod:`._worker`) and turn its events into a
 progress bar, status text and layers (:mod:`napari_seglab._layers`). The
 classes are imported lazily so that ``import napari_seglab._widgets`` stays
 cheap.
+
+napari, magicgui and Qt come with the ``[napari]`` extra; without them,
+importing this package (as napari does for a dock widget) raises one
+:class:`ModuleNotFoundError` that says how to install them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,31 @@ import os
 import sys
 
 __all__ = ["BatchWidget", "EvaluateWidget", "PredictWidget", "TrainWidget"]
+
+INSTALL_HINT = 'pip install "napari-seglab[napari]"'
+_GUI_PACKAGES = ("napari", "magicgui", "qtpy")
+_QT_BINDINGS = ("PyQt6", "PyQt5", "PySide6", "PySide2")
+
+
+def _check_gui_stack() -> None:
+    """Fail with one clear line when the ``[napari]`` extra is not installed.
+
+    Without this, a headless install would fail on whichever of napari,
+    magicgui or qtpy a widget module happens to import first, or with qtpy's
+    long "no Qt bindings" error.
+    """
+    missing = [name for name in _GUI_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"the SegLab napari widgets need {', '.join(missing)}, which this install lacks: {INSTALL_HINT}",
+            name=missing[0])
+    if not any(importlib.util.find_spec(name) is not None for name in _QT_BINDINGS):
+        raise ModuleNotFoundError(
+            f"the SegLab napari widgets need a Qt binding (PyQt6, PyQt5, PySide6 or PySide2): {INSTALL_HINT}",
+            name="PyQt6")
+
+
+_check_gui_stack()
 
 
 def _preload_triton() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -71,17 +72,29 @@ class _Failure:
 
 
 _POOL = None
+#: workers started in :func:`job_pool` and not finished yet; asked to quit when the application quits
+_RUNNING: set[_ClosingWorker] = set()
 
 
 def job_pool():
     """SegLab's own thread pool (its threads run at background priority; napari's shared pool is left alone)."""
     global _POOL
     if _POOL is None:
-        from qtpy.QtCore import QThreadPool
+        from qtpy.QtCore import QCoreApplication, QThreadPool
 
         _POOL = QThreadPool()
         _POOL.setMaxThreadCount(4)  # Train, Predict and Batch can each run one job at a time
+        app = QCoreApplication.instance()
+        if app is not None:
+            # napari quits the workers of Qt's global pool when the application quits; ours too
+            app.aboutToQuit.connect(quit_running_jobs)
     return _POOL
+
+
+def quit_running_jobs() -> None:
+    """Ask every running SegLab worker to quit (each closes its generator in its own thread)."""
+    for worker in list(_RUNNING):
+        worker.quit()
 
 
 class _ClosingWorker(GeneratorWorker):
@@ -95,14 +108,22 @@ class _ClosingWorker(GeneratorWorker):
     on_abort: Callable[[], None] | None = None
 
     def start(self) -> None:
-        # as superqt's start, but in SegLab's pool: its threads may be re-niced for good
-        workers = getattr(self, "_worker_set", None)
-        if workers is not None:
-            if self in workers:
-                raise RuntimeError("this worker is already started")
-            workers.add(self)
-            self._finished.connect(self._set_discard)
-        job_pool().start(self)
+        """Run in SegLab's pool instead of Qt's global one (where superqt's ``start`` puts a worker).
+
+        A worker is a ``QRunnable``, so ``QThreadPool.start`` runs it in any
+        pool. Threads of our own pool may be re-niced for good without slowing
+        napari's other workers. :data:`_RUNNING` holds the worker until it
+        finishes, so that it is not collected while it runs and it quits with
+        the application.
+        """
+        if self in _RUNNING:
+            raise RuntimeError("this worker is already started")
+        pool = job_pool()
+        _RUNNING.add(self)
+        # a weak reference: a connection that held the worker would keep it (and its widget) alive for good
+        ref = weakref.ref(self)
+        self.finished.connect(lambda: _RUNNING.discard(ref()))
+        pool.start(self)
 
     def work(self):
         lower_thread_priority()

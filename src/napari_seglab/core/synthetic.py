@@ -15,7 +15,9 @@ trained model has something to win:
   noise, gain, offset and Gaussian read noise.
 
 Everything is drawn from one ``numpy.random.default_rng(seed)``, so a seed
-gives the same arrays on every run and platform.
+gives the same arrays on every run and platform. :func:`make_scribbles`
+(painted strokes from an instance mask) lives in :mod:`.scribbles` and is
+re-exported here, beside the images it annotates.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.draw import line as draw_line
-from skimage.measure import regionprops
-from skimage.morphology import disk, skeletonize
 
 from .errors import InputError
+from .scribbles import make_scribbles
 
 __all__ = ["make_nuclei", "make_scribbles"]
 
@@ -224,6 +224,30 @@ def _render(
     return signal, instances
 
 
+def _camera_image(rng: np.random.Generator, signal: np.ndarray, psf_sigma: float, z_scale: float) -> np.ndarray:
+    """Light ``signal`` (float32 photons), blur it with the PSF and record it with a camera (uint16)."""
+    shape = signal.shape
+    ndim = signal.ndim
+    # Illumination: vignetting (multiplicative) and a haze gradient (additive).
+    coords = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape[-2:]], indexing="ij")
+    shift = rng.uniform(-0.3, 0.3, 2)
+    r2 = (coords[0] - shift[0]) ** 2 + (coords[1] - shift[1]) ** 2
+    vignette = (1.0 - 0.22 * r2).astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (coords[0] * math.sin(angle) + coords[1] * math.cos(angle) + 1.0) / 2.0
+    haze = (14.0 + 40.0 * ramp).astype(np.float32)
+
+    photons = vignette * (signal + haze)
+    if ndim == 2:
+        sigma = (psf_sigma, psf_sigma)
+    else:
+        sigma = (2.0 * psf_sigma / z_scale, psf_sigma, psf_sigma)
+    photons = ndi.gaussian_filter(photons, sigma)
+    counts = rng.poisson(np.clip(photons, 0, None)).astype(np.float32)
+    adu = 100.0 + 6.0 * counts + rng.normal(0.0, 4.0, shape).astype(np.float32)
+    return np.clip(np.rint(adu), 0, _MAX_UINT16).astype(np.uint16)
+
+
 def make_nuclei(
     shape: tuple[int, ...] = (256, 512),
     seed: int = 0,
@@ -283,181 +307,5 @@ def make_nuclei(
     nuclei = _place_nuclei(rng, extent, (float(lo), float(hi)), coverage, cluster_fraction)
     signal, instances = _render(rng, shape, nuclei, spacing, dim_fraction)
 
-    # Illumination: vignetting (multiplicative) and a haze gradient (additive).
-    coords = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape[-2:]], indexing="ij")
-    shift = rng.uniform(-0.3, 0.3, 2)
-    r2 = (coords[0] - shift[0]) ** 2 + (coords[1] - shift[1]) ** 2
-    vignette = (1.0 - 0.22 * r2).astype(np.float32)
-    angle = rng.uniform(0, 2 * math.pi)
-    ramp = (coords[0] * math.sin(angle) + coords[1] * math.cos(angle) + 1.0) / 2.0
-    haze = (14.0 + 40.0 * ramp).astype(np.float32)
-
-    photons = vignette * (signal + haze)
-    if ndim == 2:
-        sigma = (psf_sigma, psf_sigma)
-    else:
-        sigma = (2.0 * psf_sigma / z_scale, psf_sigma, psf_sigma)
-    photons = ndi.gaussian_filter(photons, sigma)
-    counts = rng.poisson(np.clip(photons, 0, None)).astype(np.float32)
-    adu = 100.0 + 6.0 * counts + rng.normal(0.0, 4.0, shape).astype(np.float32)
-    image = np.clip(np.rint(adu), 0, _MAX_UINT16).astype(np.uint16)
+    image = _camera_image(rng, signal, psf_sigma, z_scale)
     return image, instances
-
-
-def _polyline(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of a polyline through ``points`` ((K, 2) float yx), clipped to ``shape``."""
-    rr_all, cc_all = [], []
-    pts = np.rint(points).astype(int)
-    for p, q in zip(pts[:-1], pts[1:], strict=True):
-        rr, cc = draw_line(int(p[0]), int(p[1]), int(q[0]), int(q[1]))
-        rr_all.append(rr)
-        cc_all.append(cc)
-    rr = np.concatenate(rr_all)
-    cc = np.concatenate(cc_all)
-    keep = (rr >= 0) & (rr < shape[0]) & (cc >= 0) & (cc < shape[1])
-    return rr[keep], cc[keep]
-
-
-def _brush(centreline: np.ndarray, radius: int, allowed: np.ndarray) -> np.ndarray:
-    """Stamp a disc brush of ``radius`` along a boolean centreline, kept inside ``allowed``."""
-    if radius <= 0:
-        return centreline & allowed
-    return ndi.binary_dilation(centreline, disk(radius)) & allowed
-
-
-def _background_walk(
-    rng: np.random.Generator, safe: np.ndarray, ys: np.ndarray, xs: np.ndarray
-) -> np.ndarray:
-    """Centreline (bool (Y, X)) of a gently turning walk that stays inside ``safe``."""
-    shape = safe.shape
-    j = int(rng.integers(ys.size))
-    pos = np.array([ys[j], xs[j]], float)
-    heading = rng.uniform(0, 2 * math.pi)
-    pts = [pos.copy()]
-    for _seg in range(int(rng.integers(3, 7))):
-        heading += rng.normal(0.0, 0.5)
-        pos = pos + rng.uniform(6.0, 12.0) * np.array([math.sin(heading), math.cos(heading)])
-        pts.append(pos.copy())
-    rr, cc = _polyline(np.array(pts), shape)
-    centre = np.zeros(shape, bool)
-    centre[rr, cc] = True
-    # Keep only the part of the path connected to its start.
-    centre &= safe
-    parts, _n = ndi.label(centre, np.ones((3, 3), bool))
-    return parts == parts[ys[j], xs[j]]
-
-
-def make_scribbles(
-    instances: np.ndarray,
-    seed: int = 0,
-    *,
-    n_objects: int = 25,
-    n_background: int = 8,
-    n_gaps: int = 6,
-    brush_radius: tuple[int, int] = (2, 3),
-) -> np.ndarray:
-    """Paint sparse, human-like scribbles from a dense instance mask.
-
-    Short strokes run along the long axis inside ``n_objects`` nuclei (value
-    2); curvy strokes wander through open background (value 1), and thin
-    strokes mark narrow background gaps between nearby nuclei (value 1).
-    Strokes of value 2 stay inside their nucleus and strokes of value 1 stay
-    in the background, so the scribbles never contradict ``instances``.
-
-    Parameters
-    ----------
-    instances : (Y, X) int array
-        0 = background, each nucleus its own id.
-    seed : int
-        Seed of the random generator.
-    n_objects, n_background, n_gaps : int
-        Number of nucleus strokes, open-background strokes and gap strokes.
-    brush_radius : (int, int)
-        Inclusive range of the brush radius in pixels.
-
-    Returns
-    -------
-    (Y, X) uint8
-        0 = not annotated, 1 = background, 2 = nucleus (the ``scribbles`` convention).
-    """
-    instances = np.asarray(instances)
-    if instances.ndim != 2:
-        raise InputError(
-            f"make_scribbles needs a 2D (Y, X) instance mask, got shape {instances.shape}."
-        )
-    if not np.issubdtype(instances.dtype, np.integer):
-        raise InputError(f"instances must be an integer label image, got dtype {instances.dtype}.")
-    rng = np.random.default_rng(seed)
-    shape = instances.shape
-    out = np.zeros(shape, np.uint8)
-    r_lo, r_hi = int(brush_radius[0]), int(brush_radius[1])
-
-    # Nucleus strokes.
-    props = [p for p in regionprops(instances) if p.area >= 60]
-    chosen = rng.permutation(len(props))[: max(int(n_objects), 0)]
-    for k in chosen:
-        p = props[int(k)]
-        y0, x0, y1, x1 = p.bbox
-        obj = p.image
-        radius = int(rng.integers(r_lo, r_hi + 1))
-        inner = ndi.binary_erosion(obj, disk(radius))
-        while not inner.any() and radius > 1:
-            radius -= 1
-            inner = ndi.binary_erosion(obj, disk(radius))
-        if not inner.any():
-            continue
-        cy, cx = p.centroid[0] - y0, p.centroid[1] - x0
-        angle = p.orientation + rng.normal(0.0, 0.25)
-        half = 0.5 * p.axis_major_length * rng.uniform(0.45, 0.8)
-        dy, dx = math.cos(angle), math.sin(angle)
-        bend = rng.normal(0.0, 0.12) * half
-        pts = np.array(
-            [
-                [cy - dy * half, cx - dx * half],
-                [cy + dx * bend, cx - dy * bend],
-                [cy + dy * half, cx + dx * half],
-            ]
-        )
-        rr, cc = _polyline(pts, obj.shape)
-        centre = np.zeros(obj.shape, bool)
-        centre[rr, cc] = True
-        stroke = _brush(centre & inner, radius, obj)
-        out[y0:y1, x0:x1][stroke] = 2
-
-    background = instances == 0
-    # Open-background strokes keep a margin from nuclei, as people do.
-    for _ in range(max(int(n_background), 0)):
-        radius = int(rng.integers(r_lo, r_hi + 1))
-        safe = ndi.binary_erosion(background, disk(radius + 2), border_value=1)
-        ys, xs = np.nonzero(safe)
-        if ys.size == 0:
-            break
-        best = None
-        # A walk that leaves the open background at once leaves a dot; try again.
-        for _try in range(10):
-            centre = _background_walk(rng, safe, ys, xs)
-            if best is None or centre.sum() > best.sum():
-                best = centre
-            if best.sum() >= 15:
-                break
-        out[_brush(best, radius, background) & (out == 0)] = 1
-
-    # Gap strokes: thin lines in background pinched between two nuclei.
-    big = np.iinfo(np.int64).max
-    labels64 = instances.astype(np.int64)
-    hi_lab = ndi.maximum_filter(labels64, size=7)
-    lo_lab = ndi.minimum_filter(np.where(labels64 > 0, labels64, big), size=7)
-    gap = background & (lo_lab != big) & (hi_lab != lo_lab)
-    # Only the pinch itself: at most 4 px from the nearest nucleus.
-    gap &= ndi.distance_transform_edt(background) <= 4
-    ys, xs = np.nonzero(gap)
-    if ys.size:
-        yy, xx = np.ogrid[: shape[0], : shape[1]]
-        for _ in range(max(int(n_gaps), 0)):
-            j = int(rng.integers(ys.size))
-            near = (yy - ys[j]) ** 2 + (xx - xs[j]) ** 2 <= 36
-            piece = gap & near
-            parts, _n = ndi.label(piece, np.ones((3, 3), bool))
-            piece = skeletonize(parts == parts[ys[j], xs[j]])
-            out[_brush(piece, 1, background) & (out == 0)] = 1
-    return out
