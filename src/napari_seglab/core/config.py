@@ -109,17 +109,17 @@ class Setting:
 class SettingError(InputError):
     """A setting out of its range: says which, the rule, and the value given."""
 
-    def __init__(self, setting: Setting, value: Any):
-        self.setting, self.value = setting, value
+    def __init__(self, setting: Setting, value: Any, name: str | None = None):
+        self.setting, self.value, self.name = setting, value, name
         shown = repr(value) if isinstance(value, str) else str(value)[:40]
         super().__init__(f"{setting.label} must be {setting.rule}; got {shown}")
 
     def with_flag(self) -> str:
         """The same message naming the command-line option too ("time limit (--time-limit) must be ...")."""
-        text = str(self)
-        if self.setting.flag:
-            text = text.replace(self.setting.label, f"{self.setting.label} ({self.setting.flag})", 1)
-        return text
+        flag = self.setting.flag
+        if flag is None:
+            flag = f"--{self.name.replace('_', '-')}" if self.name else ""
+        return str(self).replace(self.setting.label, f"{self.setting.label} ({flag})", 1) if flag else str(self)
 
 
 def setting(default: Any = None, **meta) -> Any:
@@ -138,11 +138,9 @@ def field_default(cls, name: str) -> Any:
     return f.default if f.default is not MISSING else f.default_factory()
 
 
-def _presets_help() -> str:
-    from .models import PRESETS
-
-    return "; ".join(f"{p.name}: {p.summary} (about {p.cpu_step_s:.2f} s per step on a 2-core laptop CPU)"
-                     for p in PRESETS.values())
+def _sci(value: float) -> str:
+    """3e-3, not 0.003: how learning rates are written."""
+    return f"{value:.0e}".replace("e-0", "e-")
 
 
 #: object diameter: the dock's field and ``--diameter``, turned into ``scale`` by :func:`.data.scale_for`
@@ -166,9 +164,14 @@ class TrainConfig:
     encoder: str | None = setting(label="encoder", auto="the preset's",
                                   help="encoder of unet-family models (any segmentation-models-pytorch name), "
                                        "instead of the preset's")
+    #: the step times are models.PRESETS' cpu_step_s (tests/core/test_config.py keeps them equal)
     preset: str | None = setting(label="model preset", choices=("fast", "accurate"),
-                                 auto="fast on a CPU, accurate on a GPU", help="U-Net preset")
-    pretrained: str | None = setting(label="pretrained weights", metavar="none|auto|PATH", flag="--pretrained",
+                                 auto="fast on a CPU, accurate on a GPU",
+                                 help="U-Net preset. fast: 3-level ResNet-18 U-Net, narrow decoder, about 0.08 s per "
+                                      "step on a quiet 2-core laptop CPU, useful within a minute; accurate: 5-level "
+                                      "ResNet-34 U-Net, more context, about 0.22 s per step there, the choice for a "
+                                      "GPU")
+    pretrained: str | None = setting(label="pretrained weights", metavar="none|auto|PATH", auto="none",
                                      help="encoder weights: none (random), auto (stock weights when already on "
                                           "disk; nothing is downloaded unless allowed), or a weights file")
     epochs: int | None = setting(label="epochs", kind=int, low=1, high=100000, metavar="N",
@@ -188,8 +191,8 @@ class TrainConfig:
                                      auto=f"{DENSE_BATCH} for dense labels, {SPARSE_BATCH} for scribbles")
     lr: float | None = setting(label="learning rate", kind=float, low=0, high=1, low_open=True, high_open=True,
                                metavar="LR", help="AdamW learning rate",
-                               auto=f"{LR_SCRATCH:g} from scratch, {LR_FINETUNE:g} fine-tuning, {LR_MASKRCNN:g} "
-                                    "for Mask R-CNN")
+                               auto=f"{_sci(LR_SCRATCH)} from scratch, {_sci(LR_FINETUNE)} fine-tuning, "
+                                    f"{_sci(LR_MASKRCNN)} for Mask R-CNN")
     weight_decay: float = setting(1e-4, label="weight decay", kind=float, low=0, high=1, flag="",
                                   help="AdamW weight decay")
     class_weights: str = setting("none", label="class weights", choices=("none", "balanced"),
@@ -246,26 +249,27 @@ class TrainConfig:
         Ranges and choices come from the fields' :class:`Setting` (a :class:`SettingError`
         names the setting); the rules between settings follow.
         """
+        self._check()
+        return self
+
+    def _check(self) -> tuple[str, str]:
+        """:meth:`check`'s work; returns the family and architecture names as the model registry spells them."""
         declared = settings_of(TrainConfig)
         if self.epochs is None and self.time_limit is None:
             raise InputError("give a number of epochs or a time limit")
         for name in ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
-                     "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights"):
+                     "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights", "scale"):
             value = getattr(self, name)
-            if name == "patch" or (value is None and field_default(TrainConfig, name) is None):
+            if value is None and field_default(TrainConfig, name) is None:
                 continue
             if not declared[name].accepts(value):
                 if name == "label_mode":
                     get_mode(value)  # the label modes' own message
-                raise SettingError(declared[name], value)
+                raise SettingError(declared[name], value, name)
         _check_patch(self.patch, declared["patch"])
-        if self.scale is not None:
-            from .data import check_scale
-
-            self.scale = check_scale(self.scale)
-        _check_model(self)
+        names = _check_model(self)
         _check_memory(self)
-        return self
+        return names
 
     def resolve(self, device) -> ResolvedTrainConfig:
         """Check, then decide every "auto" default for ``device`` (a torch.device or its type name).
@@ -274,17 +278,18 @@ class TrainConfig:
         """
         from .models import DEFAULT_PRESET
 
-        self.check()
+        family, arch = self._check()
         kind = getattr(device, "type", str(device).split(":")[0])
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(patch=self.patch or default_patch(self.label_mode, kind),
+        values.update(family=family, arch=arch, scale=None if self.scale is None else float(self.scale),
+                      patch=self.patch or default_patch(self.label_mode, kind),
                       batch_size=self.batch_size or default_batch(self.label_mode),
-                      lr=self.lr or default_lr(self.family, fine_tuning=bool(self.init or self.pretrained)),
+                      lr=self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained)),
                       device=str(device))
-        if self.family == "unet" and self.encoder is None:
+        if family == "unet" and self.encoder is None:
             values["preset"] = self.preset or DEFAULT_PRESET.get(kind, "fast")
         if self.instance_head is None and self.init is None:
-            values["instance_head"] = default_instance_head(self.label_mode, self.family)
+            values["instance_head"] = default_instance_head(self.label_mode, family)
         return ResolvedTrainConfig(**values)
 
 
@@ -343,11 +348,14 @@ def _check_patch(patch, declared: Setting) -> None:
         raise InputError(f"patch size {patch} is above the largest SegLab trains with ({MAX_PATCH}); "
                          "a patch larger than the image is padded, not more informative")
     if not declared.accepts(patch):
-        raise SettingError(declared, patch)
+        raise SettingError(declared, patch, "patch")
 
 
-def _check_model(config: TrainConfig) -> None:
-    """Family, architecture, encoder, preset and instance head: known names that fit together."""
+def _check_model(config: TrainConfig) -> tuple[str, str]:
+    """Family, architecture, encoder, preset and instance head: known names that fit together.
+
+    Returns the family and architecture as the registry spells them ("UNET" -> "unet").
+    """
     from .models import PRESETS, ModelSpec, check_head, check_spec, check_stored_encoder
 
     if config.preset is not None and config.encoder is not None:
@@ -355,8 +363,8 @@ def _check_model(config: TrainConfig) -> None:
                          "encoder)")
     if isinstance(config.encoder, str) and config.encoder.startswith("tu-"):
         check_stored_encoder(config.encoder)  # a plain name of timm's own registry, as in a checkpoint
-    check_spec(ModelSpec(family=config.family, arch=config.arch or "Unet",
-                         encoder=config.encoder or PRESETS[config.preset or "fast"].encoder))
+    spec = check_spec(ModelSpec(family=config.family, arch=config.arch or "Unet",
+                                encoder=config.encoder or PRESETS[config.preset or "fast"].encoder))
     mode = get_mode(config.label_mode)
     if config.instance_head not in (None, "boundary"):
         if not mode.instances:
@@ -366,6 +374,7 @@ def _check_model(config: TrainConfig) -> None:
     if config.family == "maskrcnn" and not mode.whole_objects:
         raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
                          f"not {config.label_mode!r}")
+    return spec.family, spec.arch
 
 
 def _check_memory(config: TrainConfig) -> None:
