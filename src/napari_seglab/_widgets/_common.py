@@ -12,6 +12,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
+from ..core.labels import compact_labels  # noqa: F401 - one copy, in the core; ui.compact_labels for the docks
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
 
@@ -238,23 +239,6 @@ class PairList(Container):
 
 
 # --------------------------------------------------------------------- arrays and layers for the widgets
-def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
-    """``labels`` in the smallest unsigned dtype that holds them, at least ``smallest``.
-
-    napari draws uint8/uint16 labels straight from the array, while wider
-    integers are re-mapped for every slice it shows, on the GUI thread; call
-    this in the worker. Negative or very large ids are returned unchanged.
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0 or labels.dtype.kind not in "ui":
-        return labels
-    low, high = int(labels.min()), int(labels.max())
-    for dtype in (np.uint8, np.uint16):
-        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and low >= 0 and high <= np.iinfo(dtype).max:
-            return labels if labels.dtype == dtype else labels.astype(dtype)
-    return labels
-
-
 def correction_labels(prediction: np.ndarray, kind: str, mode: str,
                       planes: list[tuple[int, ...]] | None = None) -> np.ndarray:
     """Labels in ``mode`` to correct from predicted ``prediction`` (image shape, integer).
