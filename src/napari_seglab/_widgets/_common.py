@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -12,7 +13,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
-from ..core.labels import compact_labels  # noqa: F401 - one copy, in the core; ui.compact_labels for the docks
+from ..core.labels import compact_labels as _compact_labels
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
 
@@ -239,6 +240,10 @@ class PairList(Container):
 
 
 # --------------------------------------------------------------------- arrays and layers for the widgets
+#: labels for napari in the worker: uint8 / uint16, which napari draws directly; wider ids stay as they are
+compact_labels = functools.partial(_compact_labels, widest=np.uint16)
+
+
 def correction_labels(prediction: np.ndarray, kind: str, mode: str,
                       planes: list[tuple[int, ...]] | None = None) -> np.ndarray:
     """Labels in ``mode`` to correct from predicted ``prediction`` (image shape, integer).

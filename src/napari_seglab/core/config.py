@@ -37,6 +37,7 @@ DEFAULT_TIME_LIMIT = 120.0
 #: learning rates: AdamW from scratch, fine-tuning or pretrained; Mask R-CNN from scratch diverges above ~1e-4
 LR_SCRATCH, LR_FINETUNE, LR_MASKRCNN = 3e-3, 1e-3, 1e-4
 MAX_PATCH, MAX_BATCH = 8192, 4096
+MAX_TIME = 30 * 24 * 3600.0  # a month of training, in seconds
 #: a floor of the training memory per patch pixel, float32 (bytes)
 TRAIN_BYTES_PER_PIXEL = {"unet": 1000, "fcn": 1500, "maskrcnn": 2000}
 #: smp architectures that pool the whole patch to 1x1 before a BatchNorm
@@ -72,16 +73,15 @@ class Setting:
         """The allowed values in words ("a whole number from 1 to 4096")."""
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
-        what = "a whole number" if self.kind is int else "a finite number"
-        if self.step:
-            what = f"a multiple of {self.step}"
+        what = f"a multiple of {self.step}" if self.step else "a whole number" if self.kind is int else "a finite number"
+        unit = f" {self.unit}" if self.unit else ""
+        low, high = _shown(self.low), _shown(self.high)
         if self.low is not None and self.high is not None and not (self.low_open or self.high_open):
-            return f"{what} from {self.low:g} to {self.high:g}" + (f" {self.unit}" if self.unit else "")
+            return f"{what} from {low} to {high}{unit}"
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{what} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}{unit}"
         if self.low is not None:
-            return f"{what} {'above' if self.low_open else 'of at least'} {self.low:g}" + \
-                (f" {self.unit}" if self.unit else "")
+            return f"{what} {'above' if self.low_open else 'of at least'} {low}{unit}"
         return what
 
     @property
@@ -104,6 +104,15 @@ class Setting:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def _shown(value: float | None) -> str:
+    """A bound in words: whole numbers without exponent, 2**63 - 1 by its name."""
+    if value is None:
+        return ""
+    if value == 2**63 - 1:
+        return "2**63 - 1"
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:g}"
 
 
 class SettingError(InputError):
@@ -176,7 +185,7 @@ class TrainConfig:
                                           "disk; nothing is downloaded unless allowed), or a weights file")
     epochs: int | None = setting(label="epochs", kind=int, low=1, high=100000, metavar="N",
                                  auto="train for the time limit", help="epochs of steps-per-epoch steps")
-    time_limit: float | None = setting(label="time limit", kind=float, low=0, low_open=True, unit="seconds",
+    time_limit: float | None = setting(label="time limit", kind=float, low=0, high=MAX_TIME, low_open=True, unit="seconds",
                                        metavar="SEC", auto=f"{DEFAULT_TIME_LIMIT:g} s when epochs are not given",
                                        help="training time in seconds, set-up and saving included; training stops "
                                             "at the epochs or the time limit, whichever comes first")

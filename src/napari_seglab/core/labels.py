@@ -325,12 +325,13 @@ def to_correction(pred: np.ndarray, mode: str, kind: str = "semantic") -> np.nda
     return get_mode(mode).correction(pred, kind)
 
 
-def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
-    """``labels`` in the smallest unsigned dtype from ``smallest`` up to uint32 that holds them.
+def compact_labels(labels: np.ndarray, smallest=np.uint16, widest=np.uint32) -> np.ndarray:
+    """``labels`` in the smallest unsigned dtype from ``smallest`` to ``widest`` that holds them.
 
     uint16 labels are what TIFF readers and napari handle best (napari draws
     uint8/uint16 straight from the array and re-maps wider integers on the GUI
-    thread). Non-integer, negative or larger-than-uint32 labels come back unchanged.
+    thread, so the docks pass ``widest=np.uint16``). Non-integer, negative or
+    too large labels come back unchanged.
     """
     labels = np.asarray(labels)
     if labels.size == 0 or labels.dtype.kind not in "ui":
@@ -339,6 +340,7 @@ def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
     if low < 0:
         return labels
     for dtype in (np.uint8, np.uint16, np.uint32):
-        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and high <= np.iinfo(dtype).max:
+        size = np.dtype(dtype).itemsize
+        if np.dtype(smallest).itemsize <= size <= np.dtype(widest).itemsize and high <= np.iinfo(dtype).max:
             return labels if labels.dtype == dtype else labels.astype(dtype)
     return labels
