@@ -24,8 +24,10 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 from ._widgets._colors import apply_colors
+from .core.boxes import boxes_to_rectangles
 from .core.errors import InputError
 from .core.io import guess_axes
+from .core.labels import get_mode
 
 #: more boxes than this are not drawn (the Shapes layer gets slow); the best-scoring are kept
 MAX_BOXES = 3000
@@ -267,8 +269,7 @@ def show_correction(viewer, labels: np.ndarray, name: str, mode: str, like=None)
     layer = show_labels(viewer, labels, name, like=like, role="correction", colors=mode)
     viewer.layers.selection.active = layer
     layer.mode = "paint"
-    top = int(np.max(layer.data)) if layer.data.size else 0
-    layer.selected_label = top + 1 if mode in ("instances", "objects") else (2 if mode == "scribbles" else 1)
+    layer.selected_label = get_mode(mode).new_label(layer.data)
     return layer
 
 
@@ -337,33 +338,6 @@ def show_probabilities(viewer, probabilities: np.ndarray, base_name: str, like=N
                                      **_placement(like, data.ndim))
         layers.append(layer)
     return layers
-
-
-def _plane_of(row: dict) -> tuple[int, ...]:
-    plane = row.get("plane", "")
-    if plane in ("", None):
-        return ()
-    if isinstance(plane, (tuple, list)):
-        return tuple(int(p) for p in plane)
-    return tuple(int(p) for p in str(plane).split(","))
-
-
-def boxes_to_rectangles(rows: list[dict], ndim: int = 2) -> list[np.ndarray]:
-    """Box rows (y0, x0, y1, x1[, plane]) -> napari rectangles, each a (4, ndim) float array.
-
-    ``ndim`` is the labels' dimensionality; for stacks the row's ``plane``
-    ("3" or "1,2") fills the leading coordinates.
-    """
-    rects = []
-    for row in rows:
-        y0, x0, y1, x1 = (float(row[k]) for k in ("y0", "x0", "y1", "x1"))
-        corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
-        n_lead = ndim - 2
-        lead = ((0,) * n_lead + _plane_of(row))[-n_lead:] if n_lead else ()
-        if lead:
-            corners = np.hstack([np.tile(np.asarray(lead, float), (4, 1)), corners])
-        rects.append(corners)
-    return rects
 
 
 def keep_best(rows: list[dict], limit: int | None = None) -> tuple[list[dict], int]:

@@ -9,6 +9,8 @@ module level: the sample data uses the plain dictionaries.
 
 from __future__ import annotations
 
+from ..core.labels import MODES, get_mode
+
 #: colour of class 0 (background), then of classes 1, 2, ... (which cycle past the end)
 CLASS_COLORS = ("#4f7dff", "#ffd400", "#ff4fd8", "#7cff4f", "#ff8c1a", "#00e5ff", "#b08cff", "#ff5252")
 #: label values given a colour (larger values are not drawn)
@@ -28,13 +30,14 @@ def class_color(index: int) -> str:
 def value_colors(kind: str) -> dict | None:
     """``{label value: colour}`` (with ``None``: values not listed) for labels of ``kind``.
 
-    ``kind``: "scribbles" (value v is class v - 1), "classes" or "semantic"
-    (value k is class k); "instances" gives None (napari's colour per object).
+    ``kind``: a label mode ("scribbles": value v is class v - 1; "classes":
+    value k is class k) or "semantic" (a prediction: value k is class k);
+    object modes and "instances" give None (napari's colour per object).
     """
-    if kind == "scribbles":
-        shift = 1
-    elif kind in ("classes", "semantic"):
+    if kind == "semantic":
         shift = 0
+    elif kind in MODES and not MODES[kind].instances:
+        shift = MODES[kind].shift
     else:
         return None
     colors: dict = {None: TRANSPARENT, 0: TRANSPARENT}
@@ -66,7 +69,7 @@ def apply_colors(layer, kind: str, *, force: bool = True) -> None:
 
 def prediction_kind(label_mode: str, kind: str) -> str:
     """The colours of a model's prediction: "semantic" for classes, "instances" for object ids."""
-    return "instances" if kind == "instances" or label_mode in ("instances", "objects") else "semantic"
+    return "instances" if kind == "instances" or get_mode(label_mode).instances else "semantic"
 
 
 def swatch(index: int) -> str:
@@ -76,17 +79,11 @@ def swatch(index: int) -> str:
 
 def legend_html(mode: str, classes: int = 2) -> str:
     """The label legend of ``mode`` with the colour of each class, one convention per line."""
-    if mode == "scribbles":
-        lines = ["0 = not annotated (ignored)", f"{swatch(0)} 1 = background"]
-        lines += [f"{swatch(c)} {c + 1} = class {c}" for c in range(1, classes + 1)]
-        lines[-1] += ", ..."
-        return "<br>".join(lines)
-    if mode == "classes":
-        lines = ["0 = background (every pixel annotated)"]
-        lines += [f"{swatch(c)} {c} = class {c}" for c in range(1, classes + 1)]
-        lines[-1] += ", ..."
-        return "<br>".join(lines)
-    if mode == "objects":
-        return ("0 = not annotated (ignored)<br>1 = background strokes<br>2, 3, ... = one id per whole painted "
-                "object (napari's 'new label'), each its own colour")
-    return "0 = background<br>each object its own id (1, 2, 3, ...), each its own colour"
+    mode = get_mode(mode)
+    if mode.instances:
+        return mode.legend.replace("; ", "<br>") + ", each its own colour"
+    lines = ["0 = not annotated (ignored)", f"{swatch(0)} {mode.shift} = background"] if mode.sparse else \
+        ["0 = background (every pixel annotated)"]
+    lines += [f"{swatch(c)} {c + mode.shift} = class {c}" for c in range(1, classes + 1)]
+    lines[-1] += ", ..."
+    return "<br>".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -12,6 +13,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
+from ..core.labels import compact_labels as _compact_labels
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
 
@@ -238,21 +240,8 @@ class PairList(Container):
 
 
 # --------------------------------------------------------------------- arrays and layers for the widgets
-def compact_labels(labels: np.ndarray, smallest=np.uint16) -> np.ndarray:
-    """``labels`` in the smallest unsigned dtype that holds them, at least ``smallest``.
-
-    napari draws uint8/uint16 labels straight from the array, while wider
-    integers are re-mapped for every slice it shows, on the GUI thread; call
-    this in the worker. Negative or very large ids are returned unchanged.
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0 or labels.dtype.kind not in "ui":
-        return labels
-    low, high = int(labels.min()), int(labels.max())
-    for dtype in (np.uint8, np.uint16):
-        if np.dtype(dtype).itemsize >= np.dtype(smallest).itemsize and low >= 0 and high <= np.iinfo(dtype).max:
-            return labels if labels.dtype == dtype else labels.astype(dtype)
-    return labels
+#: labels for napari in the worker: uint8 / uint16, which napari draws directly; wider ids stay as they are
+compact_labels = functools.partial(_compact_labels, widest=np.uint16)
 
 
 def correction_labels(prediction: np.ndarray, kind: str, mode: str,

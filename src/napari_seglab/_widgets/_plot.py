@@ -26,6 +26,8 @@ SMOOTH_FRACTION = 0.2
 SMOOTH_SPAN = 19
 #: the plot is never shorter than this (px): two readable panels
 MIN_HEIGHT = 150
+#: the per-class Dice legend's short names of the label modes' class names ("class 2" -> "2")
+SHORT = {"background": "bg", "interior": "inside", "boundary": "edge"}
 
 LOSS_RAW = QColor(150, 160, 175, 110)
 LOSS_SMOOTH = QColor("#4fc3f7")
@@ -96,7 +98,7 @@ class TrainingPlot(QWidget):
         self.class_dice: list[Series] = []
         self.marks: list[float] = []
         self.best: tuple[float, int] | None = None  # (Dice, epoch)
-        self.class_names: tuple[str, ...] | None = None  # short names for the per-class legend
+        self.class_names: tuple[str, ...] | None = None  # the label mode's class names (legend: SHORT names)
         self.no_validation = False
         self.dice_every: int | None = None  # steps per epoch, for the "waiting" title
         self._ema: float | None = None
@@ -214,7 +216,7 @@ class TrainingPlot(QWidget):
 
     def _class_legend(self) -> list[tuple[str, QColor]]:
         """Each class's last Dice, in the colour of its line (class 0 first)."""
-        names = self.class_names or ()
+        names = [SHORT.get(n, n.removeprefix("class ")) for n in self.class_names or ()]
         return [(f"{names[i] if i < len(names) else i}: {s.last[1]:.2f}",
                  QColor(CLASS_COLORS[i % len(CLASS_COLORS)]))
                 for i, s in enumerate(self.class_dice) if s.last is not None]

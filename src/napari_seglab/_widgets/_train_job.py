@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import ResolvedTrainConfig, TrainConfig
 from ..core.errors import InputError
 from ..core.events import Message, Preview
 from ..core.predict import Prediction, load_model, predict_image
-from ..core.train import TrainConfig, TrainResult, train
+from ..core.train import TrainResult, train
 from ..core.uncertainty import paint_next
 from . import _common as ui
 from ._models import Verdict, judge
@@ -66,7 +67,7 @@ def auto_number(text: str, kind: type, what: str, example: str):
         raise InputError(f"{what} {text!r} is not a number (e.g. {example}) or 'auto'") from None
 
 
-def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig,
+def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig | ResolvedTrainConfig,
                        preview_plane: np.ndarray | None, plane: tuple[int, ...], stop: threading.Event, *,
                        names: list[tuple[str, str]] | None = None,
                        start: tuple[Path, float | None] | None = None):

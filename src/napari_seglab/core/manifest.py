@@ -36,6 +36,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import atomic_path, read_image, safe_child
+from .labels import compact_labels  # noqa: F401 - one copy; batch writes labels through mf.compact_labels
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
@@ -156,12 +157,6 @@ def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str) -> list[dic
     from .instances import measure_objects
 
     return per_plane(measure_objects, labels, image, axes)
-
-
-def compact_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels as uint16 when they fit, else uint32 (values are never negative)."""
-    top = int(labels.max()) if labels.size else 0
-    return labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
 
 
 def area_rows(labels: np.ndarray, _image=None) -> list[dict]:

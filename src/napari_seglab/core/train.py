@@ -21,6 +21,18 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import (  # noqa: F401 - the constants and TrainConfig are re-exported
+    DEFAULT_TIME_LIMIT,
+    DENSE_BATCH,
+    DENSE_PATCH,
+    SPARSE_BATCH,
+    SPARSE_PATCH,
+    TrainConfig,
+    default_batch,
+    default_instance_head,
+    default_lr,
+    default_patch,
+)
 from .data import (
     MIN_STROKES_FOR_HOLDOUT,
     Normalization,
@@ -42,11 +54,9 @@ from .events import CheckpointSaved, Message, Preview, TrainStep
 from .io import check_image_values, guess_axes
 from .labels import (
     IGNORE,
-    check_mode,
+    get_mode,
     head_targets,
-    is_instance_mode,
     make_target,
-    n_classes_for,
     object_instances,
     validate_labels,
 )
@@ -54,154 +64,14 @@ from .losses import balanced_class_weights, segmentation_loss
 from .models import (
     DEFAULT_ARCH,
     DEFAULT_PRESET,
-    INSTANCE_HEADS,
     PRESETS,
     ModelSpec,
     build_model,
-    check_head,
     check_spec,
     preset_spec,
 )
 from .runtime import Budget, ThreadTuner, bf16_helps, cost_note, sigint_deferred
 from .train_state import RunState, Validator, run_meta
-
-#: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
-#: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
-#: per step (the same pixels per step), put more painted pixels through the model per second.
-#: benchmarks/quality_scribbles.py, 120 s on the CPU, means of 3 seeds, 64 x 32 vs 128 x 8:
-#: halves Dice 0.86 vs 0.83, AP@0.5 0.36 vs 0.31; unseen image Dice 0.90 vs 0.89, AP@0.5 0.36 vs
-#: 0.47 (AP varies by +-0.1 between seeds either way)
-DENSE_PATCH = {"cpu": 128, "cuda": 256}
-SPARSE_PATCH = {"cpu": 64, "cuda": 128}
-DENSE_BATCH, SPARSE_BATCH = 8, 32
-#: seconds of training when neither epochs nor a time limit is given (the Train dock's default too)
-DEFAULT_TIME_LIMIT = 120.0
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (recorded in the checkpoint)."""
-
-    label_mode: str = "scribbles"
-    family: str = "unet"
-    arch: str = "Unet"
-    encoder: str | None = None  # None: the preset's encoder
-    preset: str | None = None  # "fast" | "accurate"; None: "fast" on a CPU, "accurate" on CUDA
-    pretrained: str | None = None  # None | "auto" | "imagenet" | "coco" | path
-    epochs: int | None = None
-    time_limit: float | None = None  # seconds, set-up and the final save included; 120 when neither is given
-    steps_per_epoch: int = 25
-    patch: int | None = None  # None: see SPARSE_PATCH / DENSE_PATCH
-    batch_size: int | None = None  # None: 32 for scribbles, 8 for dense labels
-    lr: float | None = None  # None: 3e-3 from scratch, 1e-3 when fine-tuning or pretrained
-    weight_decay: float = 1e-4
-    class_weights: str = "none"  # "none" | "balanced"
-    focal_gamma: float = 0.0
-    val_fraction: float = 0.15
-    device: str = "auto"
-    seed: int = 0
-    model_out: str | None = None
-    init: str | None = None  # checkpoint to start from (fine-tune / continue)
-    resume_optimizer: bool = True
-    save_last: bool = True
-    preview_every: int = 0  # steps; 0 = off
-    self_training: bool = False  # scribbles: add confident predictions as pseudo-labels
-    self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
-    pseudo_threshold: float = 0.9
-    read_255_as_foreground: bool = False
-    allow_download: bool = False
-    scale: float | None = None  # object scale (resampling factor); None: from the painted objects, else 1
-    bf16: str = "auto"  # CPU training in bfloat16: "auto" (when the CPU has it, it is faster and agrees) | "on" | "off"
-    threads: int | None = None  # torch CPU threads; None: every core this process may use
-    #: instances / objects labels, unet / fcn: "boundary" (3 classes) | "flows" | "distance" (see core/flows.py)
-    instance_head: str | None = None  # None: "flows" for dense instances (unet/fcn), else "boundary"
-
-    def __post_init__(self):
-        if self.epochs is None and self.time_limit is None:
-            self.time_limit = DEFAULT_TIME_LIMIT
-
-    def check(self) -> TrainConfig:
-        """Refuse settings out of range before anything is built or allocated (InputError)."""
-        import os
-
-        max_patch = 8192
-        train_bytes_per_pixel = {"unet": 1000, "fcn": 1500, "maskrcnn": 2000}  # a floor, float32 training
-        pooled = ("deeplabv3plus", "pan", "deeplabv3")  # pool the patch to 1x1 before a BatchNorm
-
-        def whole(value) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def number(value) -> bool:
-            return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
-                and math.isfinite(value)
-
-        check_mode(self.label_mode)
-        if self.epochs is None and self.time_limit is None:
-            raise InputError("give a number of epochs or a time limit")
-        if self.epochs is not None and (not whole(self.epochs) or self.epochs < 1):
-            raise InputError(f"epochs must be a whole number of at least 1; got {self.epochs!r}")
-        if self.time_limit is not None and (not number(self.time_limit) or self.time_limit <= 0):
-            raise InputError(f"the time limit must be a positive, finite number of seconds; got {self.time_limit!r}")
-        if not whole(self.steps_per_epoch) or self.steps_per_epoch < 1:
-            raise InputError(f"steps per epoch must be at least 1; got {self.steps_per_epoch!r}")
-        if self.patch is not None and (not whole(self.patch) or self.patch < 32 or self.patch % 32):
-            raise InputError(f"patch size must be a multiple of 32 and at least 32; got {self.patch}")
-        if self.patch is not None and self.patch > max_patch:
-            raise InputError(f"patch size {self.patch} is above the largest SegLab trains with ({max_patch}); "
-                             "a patch larger than the image is padded, not more informative")
-        if self.batch_size is not None and (not whole(self.batch_size) or self.batch_size < 1):
-            raise InputError("batch size must be at least 1")
-        if self.batch_size is not None and self.batch_size > 4096:
-            raise InputError(f"batch size {self.batch_size} is above 4096")
-        patch = self.patch or min(SPARSE_PATCH.values())
-        if self.patch is not None or self.batch_size is not None:
-            batch = self.batch_size or (SPARSE_BATCH if self.label_mode == "scribbles" else DENSE_BATCH)
-            need = batch * patch * patch * train_bytes_per_pixel.get(self.family, 1000)
-            try:
-                total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            except (ValueError, OSError, AttributeError):
-                total = None
-            if torch.cuda.is_available() and self.device != "cpu":
-                total = max(total or 0, torch.cuda.get_device_properties(0).total_memory)
-            if total and need > total:
-                raise InputError(f"--patch {patch} with --batch-size {batch} needs about {need / 2**30:.0f} GiB "
-                                 f"to train, more than this machine has ({total / 2**30:.0f} GiB); use a smaller "
-                                 "patch or batch")
-        is_pooled = str(self.arch).lower() in pooled
-        if self.family == "unet" and self.batch_size == 1 and (is_pooled or (patch // 32) ** 2 < 2):
-            why = (f"{self.arch} pools the whole patch to one value per channel" if is_pooled
-                   else f"a {patch} px patch leaves one pixel at the deepest level")
-            raise InputError(f"batch size 1 cannot train this model: {why}, and BatchNorm needs more than one "
-                             "value per channel; use --batch-size 2 or more" + ("" if is_pooled else " or --patch 64"))
-        if self.lr is not None and not (number(self.lr) and 0 < self.lr < 1):
-            raise InputError(f"learning rate {self.lr} is out of range (0, 1)")
-        if not number(self.focal_gamma) or not 0 <= self.focal_gamma <= 10:
-            raise InputError(f"focal gamma must lie in [0, 10]; got {self.focal_gamma}")
-        if not number(self.val_fraction) or not 0 <= self.val_fraction < 1:
-            raise InputError(f"validation fraction must lie in [0, 1); got {self.val_fraction}")
-        if not whole(self.seed) or not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be a whole number from 0 to 2**63 - 1; got {self.seed!r}")
-        if self.instance_head is not None and (not isinstance(self.instance_head, str)
-                                               or self.instance_head not in INSTANCE_HEADS):
-            raise InputError(f"unknown instance head {str(self.instance_head)[:40]!r}; choose one of "
-                             f"{', '.join(INSTANCE_HEADS)}")
-        if self.instance_head not in (None, "boundary"):
-            if not is_instance_mode(self.label_mode):
-                raise InputError(f"the {self.instance_head!r} instance head needs 'instances' or 'objects' labels, "
-                                 f"not {self.label_mode!r}")
-            check_head(self.instance_head, self.family)
-        if self.family == "maskrcnn" and self.label_mode != "instances":
-            raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
-                             f"not {self.label_mode!r}")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise InputError(f"unknown model preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise InputError(f"bf16 must be 'auto', 'on' or 'off'; got {self.bf16!r}")
-        if self.threads is not None and not (isinstance(self.threads, int) and 1 <= self.threads <= 1024):
-            raise InputError(f"threads must be a whole number from 1 to 1024; got {self.threads!r}")
-        if self.scale is not None:
-            self.scale = check_scale(self.scale)
-        return self
 
 
 @dataclass
@@ -297,7 +167,7 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
             samples.append(Sample(norm.apply(chw), target, None, regression, head))
             continue
         target = make_target(lab, mode)
-        samples.append(Sample(norm.apply(chw), target, lab if mode == "instances" else None))
+        samples.append(Sample(norm.apply(chw), target, get_mode(mode).detector_objects(lab)))
     # record the training data's intensity range for images that need it
     first = np.asarray(images[0])
     lo, hi = percentiles(to_chw(first) if first.ndim == 2 else np.moveaxis(first.reshape(-1, channels), -1, 0),
@@ -356,29 +226,17 @@ def _preview(model, meta, device, plane: np.ndarray, mode: str, step: int) -> Pr
     return Preview(step=step, labels=pred.labels, probabilities=pred.probabilities)
 
 
-def default_instance_head(label_mode: str, family: str) -> str:
-    """The instance head a fresh model gets: flows for dense ``instances`` labels (unet / fcn), else boundary.
-
-    Equal wall-clock time, fast preset (benchmarks/quality_vs_time.py, 2 seeds, busy 2-core machine):
-    dense labels, unseen sample image, 60 s AP@0.5 / AP@0.75 0.95 / 0.85 with flows vs 0.87 / 0.68 with the
-    boundary classes; DSB nuclei 0.87 / 0.78 vs 0.86 / 0.68. Partially painted objects lose with flows
-    (0.56 / 0.18 vs 0.83 / 0.40): a few painted objects rarely touch, so the flows never learn to part
-    touching nuclei, while the boundary class learns every painted outline.
-    """
-    return "flows" if label_mode == "instances" and family in ("unet", "fcn") else "boundary"
-
-
 def _resolved(config: TrainConfig, device: torch.device) -> TrainConfig:
     """A copy of ``config`` with every ``None`` default decided for ``device``."""
     config = copy.copy(config).check()
     kind = "cuda" if device.type == "cuda" else "cpu"
     if config.patch is None:
-        config.patch = (SPARSE_PATCH if config.label_mode == "scribbles" else DENSE_PATCH)[kind]
+        config.patch = default_patch(config.label_mode, kind)
     if config.batch_size is None:
-        config.batch_size = SPARSE_BATCH if config.label_mode == "scribbles" else DENSE_BATCH
+        config.batch_size = default_batch(config.label_mode)
     if config.lr is None:
         # Mask R-CNN from scratch diverges with AdamW above ~1e-4; U-Nets and FCNs like 3e-3
-        config.lr = 1e-4 if config.family == "maskrcnn" else 1e-3 if (config.init or config.pretrained) else 3e-3
+        config.lr = default_lr(config.family, fine_tuning=bool(config.init or config.pretrained))
     if config.family == "unet" and config.encoder is None:
         config.preset = config.preset or DEFAULT_PRESET.get(device.type, "fast")
     return config
@@ -419,7 +277,7 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     budget = Budget(config.time_limit, config.epochs, config.steps_per_epoch, clock, t_start)
-    sparse = config.label_mode in ("scribbles", "objects")
+    sparse = get_mode(config.label_mode).sparse
 
     init_ckpt = load_checkpoint(config.init, with_optimizer=True) if config.init else None
     norm = Normalization.from_dict(init_ckpt.meta["normalization"]) if init_ckpt else None
@@ -437,9 +295,8 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     samples, norm, channels, scale = prepare_training_data(
         images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
         norm=norm, scale=scale, head=head)
-    n_classes = n_classes_for([s.target + 1 if config.label_mode == "scribbles" else s.target
-                               for s in samples], config.label_mode)
-    if (config.label_mode == "instances" and config.family == "maskrcnn") or head != "boundary":
+    n_classes = get_mode(config.label_mode).target_classes([s.target for s in samples])
+    if (get_mode(config.label_mode).whole_objects and config.family == "maskrcnn") or head != "boundary":
         n_classes = 2  # background and object: the head's foreground channel
     if init_ckpt is not None:
         spec = init_ckpt.spec
@@ -491,13 +348,13 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
         if val_fraction <= 0:
             why = "no validation hold-out asked for"
         elif sparse:
-            what = "strokes" if config.label_mode == "scribbles" else "painted objects or background strokes"
+            what = get_mode(config.label_mode).units
             why = f"fewer than {MIN_STROKES_FOR_HOLDOUT} {what} in a class, so every stroke trains"
         else:
             why = "annotation too small for a validation hold-out"
         yield Message(f"{why}: no validation Dice; the best model is chosen by training loss", "warning")
     sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3)
-    pending_rounds = sorted(config.self_training_at) if config.self_training and config.label_mode == "scribbles" \
+    pending_rounds = sorted(config.self_training_at) if config.self_training and get_mode(config.label_mode).self_training \
         and spec.semantic else []
 
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]),

@@ -1,0 +1,227 @@
+"""The Train dock's settings: controls built from TrainConfig's declarations, and the TrainConfig they describe.
+
+Tooltips, ranges and choices come from the :class:`~napari_seglab.core.config.Setting`
+of each field, the same text ``seglab train --help`` prints; the core's
+``check()`` judges the values, so the dock and the CLI refuse the same things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, SpinBox
+from napari.layers import Image, Labels
+
+from ..core.config import (
+    DEFAULT_TIME_LIMIT,
+    DIAMETER,
+    SettingError,
+    TrainConfig,
+    field_default,
+    settings_of,
+)
+from ..core.data import median_diameter, scale_for
+from ..core.device import DEVICES
+from ..core.errors import InputError
+from ..core.labels import LABEL_MODES, get_mode
+from ..core.models import DEFAULT_ARCH, FAMILIES, FCN_ARCHS, MASKRCNN_ARCHS, PRESETS, SMP_ARCHS
+from . import _common as ui
+from ._colors import apply_colors, legend_html
+from ._models import MODELS_DIR, folder_note
+from ._train_job import auto_number
+
+ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
+#: the diameter estimate runs on the GUI thread at each labels change: only on planes this small
+MAX_ESTIMATE_PIXELS = 16e6
+#: the encoder entry that lets the preset decide
+FROM_PRESET = "(preset)"
+COMMON_ENCODERS = (FROM_PRESET, "resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
+                   "mobilenet_v2", "densenet121", "vgg16_bn", "timm-regnety_004")
+SETTINGS = settings_of(TrainConfig)
+
+
+def tip(name: str) -> str:
+    """The tooltip of setting ``name``: its help and what "auto" means, as in ``seglab train --help``."""
+    return SETTINGS[name].text
+
+
+def spin(name: str, label: str, value, *, zero: str = "", step=None, whole: bool = False):
+    """A spin box for setting ``name`` with the declared range; ``zero``: what 0 means (0 stands for None).
+
+    ``whole``: whole numbers for a float setting (seconds).
+    """
+    s = SETTINGS[name]
+    box = SpinBox if s.kind is int or whole else FloatSpinBox
+    low = 0 if zero else s.low
+    extra = {"step": step} if step is not None else {}
+    return box(label=label, value=value, min=low, max=s.high, tooltip=tip(name) + (f"; 0 = {zero}" if zero else ""),
+               **extra)
+
+
+def auto_edit(name: str, label: str) -> LineEdit:
+    """A text field holding "auto" (the core decides) or a number for setting ``name``."""
+    return LineEdit(label=label, value="auto", tooltip=tip(name))
+
+
+class TrainSettings:
+    """Mixin of :class:`~napari_seglab._widgets.train.TrainWidget`: the Data, Model and Training tabs' controls."""
+
+    def _build_settings(self, viewer, save_to: Path) -> list:
+        """Create the setting controls; returns the Data, Model and Training forms."""
+        self._image = ui.layer_picker(viewer, Image, "image", "the image to learn from")
+        self._labels_combo = ui.layer_picker(viewer, Labels, "labels", "painted labels, same shape as the image")
+        self._mode = ui.choice_combo("label mode", LABEL_MODES, "scribbles", tip("label_mode"))
+        self._legend = ui.wrapped_label(legend_html("scribbles"), small=True)
+        self._pairs = ui.PairList(viewer)
+        self._matching = CheckBox(text="also all '<image> scribbles' pairs", value=False,
+                                  tooltip="also train on every Labels layer named '<image name> <suffix>', the "
+                                          "suffix one of: " + ", ".join(ui.PAIR_SUFFIXES)
+                                          + " (e.g. 'cells corrected'; model outputs are skipped)")
+        self._init = ui.file_picker("start from", "r", "*.pt", tooltip=tip("init") + "; empty = a new model")
+        self._family = ui.choice_combo("family", FAMILIES, "unet", tip("family"))
+        self._preset = ui.choice_combo("preset", ("auto", *PRESETS), "auto", tip("preset"))
+        self._head = ui.choice_combo("instance head", ("auto", *SETTINGS["instance_head"].choices), "auto",
+                                     tip("instance_head"))
+        self._head.enabled = False
+        self._diameter = LineEdit(label=DIAMETER.label, value="auto", tooltip=DIAMETER.text)
+        self._diameter_note = ui.wrapped_label("", small=True)
+        self._arch = ui.choice_combo("architecture", SMP_ARCHS, DEFAULT_ARCH["unet"], tip("arch"))
+        self._encoder = ui.choice_combo("encoder", COMMON_ENCODERS, FROM_PRESET,
+                                        tip("encoder") + "; (preset): the preset's; or type any name")
+        self._encoder.native.setEditable(True)
+        self._pretrained = ui.choice_combo("pretrained", ("none", "auto"), "none", tip("pretrained"))
+        self._epochs = spin("epochs", "epochs", 0, zero="train for the time budget only")
+        self._time = spin("time_limit", "time budget (s)", int(DEFAULT_TIME_LIMIT), zero="no limit", step=30,
+                          whole=True)
+        self._steps = spin("steps_per_epoch", "steps per epoch", field_default(TrainConfig, "steps_per_epoch"))
+        self._patch, self._batch, self._lr = (auto_edit("patch", "patch"), auto_edit("batch_size", "batch size"),
+                                              auto_edit("lr", "learning rate"))
+        self._weights = ui.choice_combo("class weights", SETTINGS["class_weights"].choices, "none",
+                                        tip("class_weights"))
+        self._gamma = spin("focal_gamma", "focal gamma", 0.0, step=0.5)
+        self._device = ui.choice_combo("device", DEVICES, "auto", tip("device"))
+        self._preview = spin("preview_every", "live preview every", 10)
+        self._save_to = ui.file_picker("save to", "w", "*.pt", value=save_to,
+                                       tooltip="the best model is written here (about 100 MB for a resnet34 "
+                                               "U-Net; Continue's optimizer state, M.last.pt, about 3x more "
+                                               "until the next run); empty = keep it in memory only")
+        self._folder = ui.wrapped_label("", small=True)
+        self._read_255 = CheckBox(text=SETTINGS["read_255_as_foreground"].label, value=False,
+                                  tooltip=tip("read_255_as_foreground"))
+        data = ui.form("", [self._image, self._labels_combo, self._mode], [self._legend, self._pairs, self._matching])
+        model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
+                             self._head, self._diameter], [self._diameter_note])
+        budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
+                              self._weights, self._gamma, self._device, self._preview, self._save_to],
+                         [self._folder, self._read_255])
+        return [data, model, budget]
+
+    def _connect_settings(self) -> None:
+        self._mode.changed.connect(self._on_mode)
+        self._labels_combo.changed.connect(lambda *_: self._color_labels())
+        self._labels_combo.changed.connect(lambda *_: self._estimate_diameter())
+        self._diameter.changed.connect(lambda *_: self._estimate_diameter())
+        self._family.changed.connect(self._on_family)
+        self._init.changed.connect(self._on_init)
+        self._save_to.changed.connect(lambda *_: self._show_folder())
+
+    # ------------------------------------------------------------------ the TrainConfig
+    def config(self, init: Path | None = None) -> TrainConfig:
+        """The TrainConfig the controls describe, checked by the core (raises InputError on a bad value).
+
+        ``init``: the checkpoint to start from; default the "start from" field.
+        """
+        return self._settings(init).check()
+
+    def _settings(self, init: Path | None = None) -> TrainConfig:
+        """The TrainConfig the controls describe, not yet checked (see :meth:`config`)."""
+        lr = auto_number(self._lr.value, float, "learning rate", "1e-3")
+        patch = auto_number(self._patch.value, int, "patch", "128")
+        batch = auto_number(self._batch.value, int, "batch size", "8")
+        diameter = auto_number(self._diameter.value, float, DIAMETER.label, "20")
+        if diameter is not None and not DIAMETER.accepts(diameter):
+            raise SettingError(DIAMETER, diameter)
+        if not self._epochs.value and not self._time.value:
+            raise InputError("give a number of epochs or a time limit (both are 0)")
+        encoder = self._encoder.native.currentText().strip()
+        encoder = None if encoder in ("", FROM_PRESET) else encoder
+        save_to = ui.path_or_none(self._save_to)
+        init = init or ui.path_or_none(self._init)
+        if init is not None and not init.is_file():
+            raise InputError(f"start-from model {init} does not exist")
+        return TrainConfig(
+            label_mode=self._mode.value, family=self._family.value, arch=self._arch.value, encoder=encoder,
+            # a typed encoder replaces the preset's (the core refuses both from other callers)
+            preset=None if self._preset.value == "auto" or encoder else self._preset.value,
+            scale=scale_for(diameter) if diameter is not None else None,
+            pretrained=None if self._pretrained.value == "none" else self._pretrained.value,
+            epochs=self._epochs.value or None, time_limit=float(self._time.value) or None,
+            steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
+            lr=lr, class_weights=self._weights.value, focal_gamma=float(self._gamma.value),
+            device=self._device.value, model_out=str(save_to) if save_to else None,
+            init=str(init) if init else None, preview_every=self._preview.value,
+            read_255_as_foreground=self._read_255.value,
+            instance_head=self._head.value if self._head.enabled and self._head.value != "auto" else None)
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_mode(self, mode: str) -> None:
+        self._legend.value = legend_html(mode)
+        self._update_head()
+        self._color_labels()
+        self._estimate_diameter()
+
+    def _estimate_diameter(self) -> None:
+        """Show the object diameter measured on the painted objects and the resampling it implies."""
+        layer, mode = self._labels_combo.value, get_mode(self._mode.value)
+        typed = self._diameter.value.strip().lower()
+        if typed not in ("", "auto"):
+            try:
+                d = float(typed)
+            except ValueError:
+                self._diameter_note.value = "type a number of pixels, or auto"
+                return
+            self._diameter_note.value = f"resampling by {scale_for(d):g}"
+            return
+        if layer is None or not mode.instances or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
+            self._diameter_note.value = "auto: no resampling (paint whole objects in the instances or objects " \
+                                        "mode to measure them)"
+            return
+        objects = mode.objects(np.asarray(layer.data))
+        d = median_diameter([objects]) if objects is not None and objects.ndim == 2 else None
+        self._diameter_note.value = "auto: no object painted yet" if d is None else \
+            f"auto: painted objects measure {d:.0f} px; resampling by {scale_for(d):g}"
+
+    def _color_labels(self) -> None:
+        """Give the picked labels layer the class colours of its mode (unless the user chose colours)."""
+        layer = self._labels_combo.value
+        if layer is not None:
+            apply_colors(layer, self._mode.value, force=False)
+
+    def _show_folder(self) -> None:
+        path = ui.path_or_none(self._save_to)
+        self._folder.value = folder_note(path.parent if path else MODELS_DIR)
+        self._save_to.line_edit.tooltip = str(path) if path else "empty: the model is kept in memory only"
+        self._save_to.line_edit.native.setCursorPosition(0)  # show where it goes, not just the end of the name
+
+    def _update_head(self) -> None:
+        """The instance head applies to fresh unet / fcn models trained on instances or objects labels."""
+        self._head.enabled = (get_mode(self._mode.value).instances and self._family.value != "maskrcnn"
+                              and ui.path_or_none(self._init) is None)
+
+    def _on_family(self, family: str) -> None:
+        self._arch.choices = ARCHS[family]
+        self._arch.value = DEFAULT_ARCH[family]
+        self._encoder.enabled = family == "unet" and ui.path_or_none(self._init) is None
+        self._preset.enabled = self._encoder.enabled
+        if family == "maskrcnn":
+            self._mode.value = next(name for name in LABEL_MODES if get_mode(name).whole_objects)
+        self._update_head()
+
+    def _on_init(self, *_args) -> None:
+        # a start model brings its own architecture
+        fresh = ui.path_or_none(self._init) is None
+        ui.set_enabled([self._family, self._arch, self._pretrained], fresh)
+        self._encoder.enabled = fresh and self._family.value == "unet"
+        self._preset.enabled = self._encoder.enabled
+        self._update_head()

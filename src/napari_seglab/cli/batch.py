@@ -1,0 +1,79 @@
+"""``seglab batch``: every matching TIFF of a folder, locally or on a Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.errors import InputError
+from .common import (
+    EXIT_FILES_FAILED,
+    EXIT_OK,
+    Status,
+    add_tiling,
+    check_input,
+    check_output_folder,
+    check_tiling,
+    drive,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--input-dir", required=True, metavar="DIR", help="folder of images")
+    p.add_argument("--output-dir", required=True, metavar="OUT", help="folder for the results")
+    p.add_argument("--pattern", default="*.tif", help="file name pattern")
+    p.add_argument("--recursive", action="store_true", help="also look in sub-folders (mirrored in OUT)")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    p.add_argument("--no-measurements", action="store_true", help="skip the per-object measurements CSV")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="local worker processes (0 = in this process, no Dask; default: automatic)")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="address of a running Dask scheduler whose workers see the same paths")
+    p.add_argument("--skip-existing", action="store_true", help="skip files whose outputs already exist")
+    add_tiling(p, "predict")
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from ..core.events import FileDone, Message
+    from ..core.io import check_pattern
+
+    folder = Path(args.input_dir)
+    if not folder.is_dir():
+        raise InputError(f"--input-dir {folder}: " + ("is not a folder" if folder.exists() else "no such folder"))
+    check_input(args.model, "--model", "a checkpoint file")
+    check_output_folder(args.output_dir)
+    check_pattern(args.pattern)
+    if args.workers is not None and args.workers < 0:
+        raise InputError("--workers must be 0 (in this process) or more")
+    check_tiling(args)
+    from ..core.batch import run_batch
+
+    status = Status()
+    done = 0
+
+    def handle(event) -> None:
+        nonlocal done
+        if isinstance(event, FileDone):
+            done += 1
+            line = f"[{done}/{event.total}] {event.status}: "
+            if event.error:  # the error names the file already, or should
+                line += event.error if str(event.path) in event.error else f"{event.path}: {event.error}"
+            else:
+                line += str(event.path) + (f" ({event.seconds:.1f} s)" if event.status == "ok" else "")
+            status.line(line)
+        elif isinstance(event, Message):
+            status.message(event)
+
+    summary = drive(run_batch(args.model, args.input_dir, args.output_dir, pattern=args.pattern,
+                              recursive=args.recursive, probabilities=args.probabilities,
+                              measurements=not args.no_measurements, skip_existing=args.skip_existing,
+                              workers=args.workers, scheduler=args.scheduler, device=args.device,
+                              tile=args.tile or None, overlap=args.overlap), handle)
+    print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
+          f"manifest: {summary.manifest}")
+    if summary.failed:
+        status.line(f"seglab: {summary.failed} of {summary.total} files failed (see {summary.manifest})")
+        return EXIT_FILES_FAILED
+    return EXIT_OK

@@ -1,0 +1,191 @@
+"""What the ``seglab`` commands share: progress on stderr, the generator driver, early checks of paths and options."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_FILES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class Status:
+    """Progress on stderr: permanent lines, plus one overwritten line when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.stream = sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = 0
+
+    def transient(self, text: str, *, fallback: bool = False) -> None:
+        """Overwrite the status line (TTY); elsewhere print it only when ``fallback``."""
+        if self.tty:
+            text = text[:150]
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = len(text)
+        elif fallback:
+            self.line(text)
+
+    def line(self, text: str) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+        print(text, file=self.stream, flush=True)
+
+    def message(self, event) -> None:
+        self.line(("warning: " if event.level == "warning" else "") + event.text)
+
+
+def drive(gen, handle):
+    """Run a core generator, passing each event to ``handle``; returns its result.
+
+    The generator is closed on the way out (Ctrl-C included), so its cleanup runs.
+    """
+    try:
+        while True:
+            handle(next(gen))
+    except StopIteration as fin:
+        return fin.value
+    finally:
+        gen.close()
+
+
+def check_output(path: str, inputs, flag: str) -> None:
+    """Refuse an output that is an input or cannot be written, before any work (nothing is written)."""
+    from ..core.io import check_output_path, ensure_not_input
+
+    check_output_path(path, flag)
+    ensure_not_input(path, inputs)
+
+
+def check_input(path: str | None, flag: str, what: str = "a TIFF file") -> None:
+    """Refuse a missing, unreadable or special (FIFO, device) input file before heavy imports."""
+    from ..core.io import check_regular_file
+
+    if path is not None:
+        try:
+            check_regular_file(path, what)
+        except InputError as exc:
+            raise InputError(f"{flag} {exc}") from None
+
+
+def check_tiff(path: str, flag: str) -> None:
+    """An input TIFF's header: valid, and a declared size that fits in memory (nothing decoded)."""
+    from ..core.io import probe_tiff
+
+    check_input(path, flag)
+    try:
+        probe_tiff(path)
+    except InputError as exc:
+        raise InputError(f"{flag} {exc}") from None
+
+
+def check_range(value, flag: str, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """Refuse NaN, Inf and values outside [low, high] (open ends where asked) for an option."""
+    inside = math.isfinite(value) and (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    if not inside:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise InputError(f"{flag} must lie in {lo}{low:g}, {high:g}{hi}; got {value}")
+
+
+def check_tile(tile: int) -> None:
+    if tile != 0 and not 32 <= tile <= 16384:
+        raise InputError(f"--tile must be 0 (automatic) or 32..16384 pixels; got {tile}")
+
+
+def check_tiling(args: argparse.Namespace) -> None:
+    """``--tile`` and ``--overlap`` of predict and batch."""
+    check_range(args.overlap, "--overlap", 0, 1, high_open=True)
+    check_tile(args.tile)
+
+
+def check_output_folder(folder: str) -> None:
+    """The output folder exists and takes files, or its nearest existing parent does (nothing is created)."""
+    from ..core.io import check_output_path
+
+    path = Path(folder).absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--output-dir {folder}: exists and is not a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--output-dir {folder}: {probe} is not a folder")
+    try:
+        check_output_path(probe / "manifest.csv")
+    except InputError:
+        raise InputError(f"--output-dir {folder}: folder {probe} does not accept new files "
+                         "(read-only or no permission)") from None
+
+
+def plain_json(value):
+    """Replace NaN/Inf (not valid JSON) with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- options
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help text with "(default: ...)" where a default is worth telling."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not quiet and "%(default)" not in text and "(default:" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_common(sub, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command's parser, with ``--debug``."""
+    p = sub.add_parser(name, help=help_text, description=description, formatter_class=HelpFormatter)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an unexpected error")
+    return p
+
+
+def add_tiling(p: argparse.ArgumentParser, where: str) -> None:
+    """``--device``, ``--tile`` and ``--overlap`` of predict and batch."""
+    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help=f"where to {where}")
+    p.add_argument("--tile", type=int, metavar="PX", default=0, help="tile side in pixels (0 = automatic)")
+    p.add_argument("--overlap", type=float, metavar="F", default=0.25, help="tile overlap fraction")
+
+
+def option_flag(name: str, setting) -> str:
+    """The command-line option of settings field ``name`` ("--time-limit"; a Setting may name another)."""
+    return setting.flag or "--" + name.replace("_", "-")
+
+
+def add_settings(parser: argparse.ArgumentParser, cls, names, *, required=()) -> None:
+    """One option per field ``names`` of settings dataclass ``cls``, from the fields' Setting metadata.
+
+    Help, metavar, type and default come from the declaration (see
+    :mod:`napari_seglab.core.config`); ranges and choices are checked by the
+    core's ``check()``, so an out-of-range value gets the core's message.
+    """
+    from ..core.config import field_default, settings_of
+
+    declared = settings_of(cls)
+    for name in names:
+        s = declared[name]
+        help_text = s.help + (f" (default: {s.auto})" if s.auto else "")
+        if s.kind is bool:
+            parser.add_argument(option_flag(name, s), dest=name, action="store_true", help=help_text)
+            continue
+        metavar = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else None)
+        parser.add_argument(option_flag(name, s), dest=name, help=help_text, metavar=metavar,
+                            required=name in required, type=s.kind if s.kind in (int, float) else None,
+                            default=None if name in required else field_default(cls, name))

@@ -1,0 +1,122 @@
+"""``seglab predict``: one image through a trained checkpoint or a stock model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..core.errors import InputError
+from .common import (
+    EXIT_OK,
+    Status,
+    add_tiling,
+    check_input,
+    check_output,
+    check_range,
+    check_tiff,
+    check_tiling,
+    drive,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="M.pt",
+                   help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
+                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc)")
+    p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
+    p.add_argument("--output", required=True, metavar="LABELS.tif",
+                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C)")
+    p.add_argument("--probabilities", default=None, metavar="P.tif", help="also write class probabilities "
+                   "(float32, classes first)")
+    p.add_argument("--boxes", default=None, metavar="BOXES.csv",
+                   help="also write bounding boxes: y0,x0,y1,x1,class,score,plane")
+    p.add_argument("--boxes-from-labels", action="store_true",
+                   help="derive the boxes from the predicted labels (score 1.0); always so for unet/fcn")
+    add_tiling(p, "predict")
+    p.add_argument("--split-instances", action="store_true",
+                   help="split the foreground of a semantic model into objects (watershed)")
+    p.add_argument("--score-threshold", type=float, metavar="S", default=0.5,
+                   help="Mask R-CNN detection score threshold")
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """Every path and option, before anything is read or written; returns the files never to write over."""
+    check_tiff(args.input, "--input")
+    if not args.model.startswith("stock:"):
+        check_input(args.model, "--model", "a checkpoint file")
+    protect = [args.input, args.model]
+    outputs = [(f, p) for f, p in (("--output", args.output), ("--probabilities", args.probabilities),
+                                   ("--boxes", args.boxes)) if p]
+    paths = [os.path.abspath(p) for _, p in outputs]
+    if len(set(paths)) != len(paths):
+        raise InputError("--output, --probabilities and --boxes must name different files")
+    for flag, path in outputs:  # every output, before the first write
+        check_output(path, protect, flag)
+    if args.boxes_from_labels and not args.boxes:
+        raise InputError("--boxes-from-labels needs --boxes BOXES.csv to write them to")
+    check_range(args.score_threshold, "--score-threshold", 0, 1)
+    check_tiling(args)
+    return protect
+
+
+def _load(args: argparse.Namespace):
+    """(model, image): the input TIFF is read once, before a stock model that needs its channel count."""
+    from ..core.io import read_image
+    from ..core.predict import load_model
+
+    if args.model.startswith("stock:"):
+        from ..core.stock import load_stock
+
+        image = read_image(args.input)
+        model = load_stock(args.model.removeprefix("stock:"), args.device,
+                           in_channels=image.data.shape[-1] if "C" in image.axes else 1)
+    else:
+        model = load_model(args.model, args.device)
+        image = None
+    if args.probabilities and not model.spec.semantic:
+        raise InputError("--probabilities: a Mask R-CNN model gives objects, not per-pixel probabilities")
+    return model, image if image is not None else read_image(args.input)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    protect = _check_args(args)
+
+    import numpy as np
+
+    from ..core.boxes import BOX_COLUMNS, label_box_rows
+    from ..core.events import Message, TileDone
+    from ..core.io import restore_singletons, write_csv, write_tiff
+    from ..core.labels import compact_labels
+    from ..core.predict import predict_image
+
+    model, image = _load(args)
+    status = Status()
+
+    def handle(event) -> None:
+        if isinstance(event, TileDone):
+            where = f"plane {event.plane + 1}/{event.planes}, " if event.planes > 1 else ""
+            # off a terminal: every tile of a single image, else one line per plane
+            status.transient(f"{where}tile {event.tile}/{event.tiles}",
+                             fallback=event.planes == 1 or event.tile == event.tiles)
+        elif isinstance(event, Message):
+            status.message(event)
+
+    pred = drive(predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
+                               probabilities=bool(args.probabilities), split_instances=args.split_instances,
+                               score_threshold=args.score_threshold), handle)
+    status.line(f"predicted {args.input} ({pred.kind})")
+    axes = image.axes.replace("C", "")
+    # the file's own axes (without C): a (1, Y, X) stack gives (1, Y, X) labels
+    written, out_axes = restore_singletons(compact_labels(pred.labels), axes, image.file_axes)
+    write_tiff(args.output, written, axes=out_axes, protect=protect)
+    print(f"labels written to {args.output} (shape {written.shape}, {written.dtype.name})")
+    if args.probabilities:
+        probs = pred.probabilities.astype(np.float32).reshape(pred.probabilities.shape[:1] + written.shape)
+        write_tiff(args.probabilities, probs, axes="C" + out_axes, protect=protect)
+        print(f"probabilities written to {args.probabilities} (shape {probs.shape}, float32)")
+    if args.boxes:
+        from_labels = args.boxes_from_labels or model.spec.semantic
+        rows = label_box_rows(pred.labels, axes, pred.kind) if from_labels else pred.boxes
+        write_csv(args.boxes, rows, columns=BOX_COLUMNS, protect=protect)
+        print(f"{len(rows)} boxes written to {args.boxes}" + (" (from the labels)" if from_labels else ""))
+    return EXIT_OK

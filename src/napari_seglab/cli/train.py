@@ -1,0 +1,117 @@
+"""``seglab train``: options built from :class:`~napari_seglab.core.config.TrainConfig`'s declarations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.errors import InputError
+from .common import EXIT_OK, Status, add_settings, check_input, check_output, check_tiff, drive
+
+#: TrainConfig fields offered as ``seglab train`` options, in the order ``--help`` lists them
+OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "epochs",
+           "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
+           "focal_gamma", "val_fraction", "init", "pretrained", "allow_download", "device",
+           "read_255_as_foreground", "self_training", "seed")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..core.config import DIAMETER, TrainConfig
+
+    p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
+                   help="training image (repeat for several)")
+    p.add_argument("--labels", action="append", required=True, metavar="LAB.tif",
+                   help="labels of the image given at the same position (repeat for several)")
+    add_settings(p, TrainConfig, OPTIONS[:7], required=("label_mode", "model_out"))
+    p.add_argument(DIAMETER.flag, type=float, default=None, metavar=DIAMETER.metavar,
+                   help=f"{DIAMETER.help} (default: {DIAMETER.auto})")
+    add_settings(p, TrainConfig, OPTIONS[7:])
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the options describe, resolved for the device asked for (checked once, in the core)."""
+    from ..core.config import DIAMETER, SettingError, TrainConfig
+    from ..core.data import scale_for
+    from ..core.device import pick_device
+
+    values = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    if str(values.get("pretrained", "")).lower() == "none":
+        del values["pretrained"]
+    if args.diameter is not None:
+        if args.scale is not None:
+            raise InputError("give --diameter or --scale, not both")
+        if not DIAMETER.accepts(args.diameter):
+            raise SettingError(DIAMETER, args.diameter)
+        values["scale"] = scale_for(args.diameter)
+    config = TrainConfig(**values)
+    return config.resolve(pick_device(config.device))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if len(args.labels) != len(args.image):
+        raise InputError(f"{len(args.image)} --image but {len(args.labels)} --labels; give one labels file per image")
+    # paths first, before torch is imported: a wrong path is reported at once
+    for flag, paths in (("--image", args.image), ("--labels", args.labels)):
+        for path in paths:
+            check_tiff(path, flag)
+    check_input(args.init, "--init", "a checkpoint file")
+    inputs = [*args.image, *args.labels, args.init]
+    check_output(args.model_out, inputs, "--model-out")
+    check_output(str(Path(args.model_out).with_suffix(".last.pt")), inputs, "--model-out")
+    if args.pretrained is not None and args.pretrained.lower() not in ("none", "auto", "imagenet", "coco", "voc"):
+        check_input(args.pretrained, "--pretrained", "a weights file")
+    config = config_from_args(args)
+
+    from ..core import train as core_train
+    from ..core.io import read_image, read_labels
+
+    images = [read_image(p) for p in args.image]
+    labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)]
+    status = Status()
+    saved: list[str] = []
+    try:
+        result = drive(core_train.train([i.data for i in images], labels, config, axes=[i.axes for i in images]),
+                       _progress(status, saved, f"/{config.epochs}" if config.epochs else ""))
+    except KeyboardInterrupt:
+        status.line(_what_was_kept(args.model_out, saved))
+        raise
+    metrics = result.checkpoint.meta.get("metrics", {})
+    if metrics.get("val_dice") is not None:
+        best = f"best val Dice {metrics['val_dice']:.3f} at epoch {metrics.get('epoch')}"
+    else:
+        best = f"best train loss {metrics.get('train_loss', float('nan')):.4f} at epoch {metrics.get('epoch')}"
+    print(f"model saved to {result.path} ({best}; {result.steps} steps, {result.seconds:.0f} s)")
+    return EXIT_OK
+
+
+def _progress(status: Status, saved: list[str], of_epochs: str):
+    """The handler of training events: a status line per step, a line per epoch, messages."""
+    from ..core.events import CheckpointSaved, EpochEnd, Message, TrainStep
+
+    def handle(event) -> None:
+        if isinstance(event, TrainStep):
+            total = f"/{event.total_steps}" if event.total_steps else ""
+            status.transient(f"epoch {event.epoch}{of_epochs}  step {event.step}{total}  "
+                             f"loss {event.loss:.4f}  {event.elapsed:.0f}s")
+        elif isinstance(event, EpochEnd):
+            dice = f"{event.val_dice:.3f}" if event.val_dice is not None else "n/a"
+            status.line(f"epoch {event.epoch}{of_epochs}  loss {event.train_loss:.4f}  val Dice {dice}  "
+                        f"{event.elapsed:.1f}s" + ("  (best)" if event.is_best else ""))
+        elif isinstance(event, Message):
+            status.message(event)
+        elif isinstance(event, CheckpointSaved):
+            saved.append(event.path)  # the epoch line already says "(best)"
+
+    return handle
+
+
+def _what_was_kept(model_out: str, saved: list[str]) -> str:
+    """After Ctrl-C: say which model files are on disk now, and only those."""
+    best, last = Path(model_out), Path(model_out).with_suffix(".last.pt")
+    if saved and best.is_file():
+        return f"interrupted: the best model so far is in {best}"
+    if last.is_file():
+        return f"interrupted: no best model was saved; the latest model is in {last}"
+    if best.is_file():
+        return f"interrupted: {best} is from an earlier run (nothing better was saved)"
+    return "interrupted: no model was saved"

@@ -1,0 +1,122 @@
+"""Settings declared once: a :class:`Setting` per dataclass field, read by the core, the CLI and the docks.
+
+A settings dataclass (see :class:`.config.TrainConfig`) declares each field
+with :func:`setting`; its metadata holds the help text, the range or choices,
+what "auto" (None) means, the unit and the command-line flag. The CLI builds
+its argparse options from it, the docks their tooltips and ranges, and the
+core's checks refuse a value with a :class:`SettingError` that names the
+setting and its rule, the same words for every caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a front needs to offer one setting: help, range or choices, "auto" meaning, unit, flag.
+
+    ``low``/``high`` bound numbers (open ends with ``low_open``/``high_open``);
+    ``step`` asks for a multiple; ``auto`` says what None ("auto") means;
+    ``flag`` is the ``seglab train`` option ("" = none) and ``label`` the
+    name used in messages and in the dock.
+    """
+
+    help: str
+    label: str
+    kind: type = str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    step: int | None = None
+    choices: tuple = ()
+    auto: str = ""
+    unit: str = ""
+    flag: str | None = None
+    metavar: str | None = None
+
+    @property
+    def rule(self) -> str:
+        """The allowed values in words ("a whole number from 1 to 4096")."""
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        what = f"a multiple of {self.step}" if self.step else "a whole number" if self.kind is int else "a finite number"
+        unit = f" {self.unit}" if self.unit else ""
+        low, high = _shown(self.low), _shown(self.high)
+        if self.low is not None and self.high is not None and not (self.low_open or self.high_open):
+            return f"{what} from {low} to {high}{unit}"
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}{unit}"
+        if self.low is not None:
+            return f"{what} {'above' if self.low_open else 'of at least'} {low}{unit}"
+        return what
+
+    @property
+    def text(self) -> str:
+        """Help text with what "auto" means: the ``--help`` line and the dock's tooltip."""
+        return self.help + (f" (auto: {self.auto})" if self.auto else "")
+
+    def accepts(self, value: Any) -> bool:
+        """True when ``value`` (not None) is allowed."""
+        if self.choices:
+            return isinstance(value, str) and value in self.choices
+        if self.kind is str:
+            return isinstance(value, str)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            return False
+        if self.kind is int and not isinstance(value, (int, np.integer)):
+            return False
+        if not math.isfinite(value) or (self.step and value % self.step):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def _shown(value: float | None) -> str:
+    """A bound in words: whole numbers without exponent, 2**63 - 1 by its name."""
+    if value is None:
+        return ""
+    if value == 2**63 - 1:
+        return "2**63 - 1"
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:g}"
+
+
+class SettingError(InputError):
+    """A setting out of its range: says which, the rule, and the value given."""
+
+    def __init__(self, setting: Setting, value: Any, name: str | None = None):
+        self.setting, self.value, self.name = setting, value, name
+        shown = repr(value) if isinstance(value, str) else str(value)[:40]
+        super().__init__(f"{setting.label} must be {setting.rule}; got {shown}")
+
+    def with_flag(self) -> str:
+        """The same message naming the command-line option too ("time limit (--time-limit) must be ...")."""
+        flag = self.setting.flag
+        if flag is None:
+            flag = f"--{self.name.replace('_', '-')}" if self.name else ""
+        return str(self).replace(self.setting.label, f"{self.setting.label} ({flag})", 1) if flag else str(self)
+
+
+def setting(default: Any = None, **meta) -> Any:
+    """A dataclass field with a :class:`Setting` in its metadata."""
+    return field(default=default, metadata={"setting": Setting(**meta)})
+
+
+def settings_of(cls) -> dict[str, Setting]:
+    """``{field name: Setting}`` of a settings dataclass, in declaration order."""
+    return {f.name: f.metadata["setting"] for f in fields(cls) if "setting" in f.metadata}
+
+
+def field_default(cls, name: str) -> Any:
+    """The declared default of field ``name`` of dataclass ``cls``."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default if f.default is not MISSING else f.default_factory()

@@ -1,0 +1,48 @@
+"""The Train dock's settings come from TrainConfig's declarations, like ``seglab train --help``."""
+
+import pytest
+from widget_helpers import dock
+
+from napari_seglab.core.config import DIAMETER, SettingError, TrainConfig, settings_of
+
+SETTINGS = settings_of(TrainConfig)
+
+
+def test_tooltips_and_ranges_are_the_declared_ones(make_napari_viewer):
+    from napari_seglab.cli import build_parser
+
+    widget = dock(make_napari_viewer(), "Train")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    cli_help = {a.dest: a.help for a in sub.choices["train"]._actions}
+    for control, name in ((widget._patch, "patch"), (widget._batch, "batch_size"), (widget._lr, "lr"),
+                          (widget._preset, "preset"), (widget._head, "instance_head"),
+                          (widget._weights, "class_weights")):
+        assert control.tooltip == SETTINGS[name].text
+        assert SETTINGS[name].help in cli_help[name]  # the same words in the dock and in --help
+    assert widget._diameter.tooltip == DIAMETER.text
+    assert (widget._steps.min, widget._steps.max) == (SETTINGS["steps_per_epoch"].low, SETTINGS["steps_per_epoch"].high)
+    assert widget._gamma.max == SETTINGS["focal_gamma"].high and widget._epochs.max == SETTINGS["epochs"].high
+    assert widget._time.max == SETTINGS["time_limit"].high
+    assert tuple(widget._head.choices) == ("auto", *SETTINGS["instance_head"].choices)
+
+
+def test_the_dock_refuses_what_the_core_refuses(make_napari_viewer):
+    widget = dock(make_napari_viewer(), "Train")
+    widget._lr.value = "2"
+    with pytest.raises(SettingError) as from_dock:
+        widget.config()
+    with pytest.raises(SettingError) as from_python:
+        TrainConfig(lr=2.0).check()
+    assert str(from_dock.value) == str(from_python.value) == "learning rate must be a finite number in (0, 1); got 2.0"
+    widget._lr.value = "auto"
+    widget._diameter.value = "0"
+    with pytest.raises(SettingError, match="object diameter must be a finite number from 1 to 10000 pixels"):
+        widget.config()
+
+
+def test_a_typed_encoder_replaces_the_preset_in_the_dock(make_napari_viewer):
+    widget = dock(make_napari_viewer(), "Train")
+    widget._preset.value = "accurate"
+    widget._encoder.native.setEditText("resnet18")
+    config = widget.config()
+    assert (config.preset, config.encoder) == (None, "resnet18")
