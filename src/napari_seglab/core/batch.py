@@ -36,6 +36,7 @@ from . import manifest as mf
 from .errors import InputError
 from .events import FileDone, Message
 from .io import ensure_not_input, read_image, restore_singletons, scan_folder, write_csv, write_tiff
+from .paths import resolved
 
 __all__ = ["BatchSummary", "FileTask", "process_file", "run_batch"]
 
@@ -381,15 +382,14 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     if not 0 <= overlap < 1:
         raise InputError(f"tile overlap must lie in [0, 1); got {overlap}")
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
-    model = str(Path(model).absolute())
+    model = str(resolved(model))
     ckpt = load_checkpoint(model)
     ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
     spec = ckpt.spec
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
-    out_real, in_real = out_dir.resolve(), in_dir.resolve()
     files = scan_folder(in_dir, pattern, recursive)
-    if in_real in out_real.parents:  # outputs inside the input folder are never inputs
-        files = [p for p in files if out_real not in p.resolve().parents]
+    if in_dir in out_dir.parents:  # outputs inside the input folder are never inputs
+        files = [p for p in files if out_dir not in p.parents and out_dir not in p.resolve().parents]
     if not files:
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
-from .io import atomic_path, read_image, safe_child
+from .io import read_image
+from .paths import folder_path, safe_child
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
@@ -84,7 +86,7 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
         if measurements:
             outs["objects"] = safe_child(output_dir, f"{stem.as_posix()}_objects.csv")
         for out in outs.values():
-            if out in inputs:
+            if out in inputs or out.resolve() in inputs:
                 raise InputError(f"{out}: an output would overwrite an input file; choose another output folder")
         plan.append((path, rel.as_posix(), outs))
     return plan
@@ -109,11 +111,15 @@ def summary_of_outputs(outs: dict[str, Path]) -> dict:
 
 
 def check_folders(input_dir, output_dir) -> tuple[Path, Path]:
-    """Absolute (input folder, output folder); refuses an output folder that is the input folder."""
-    in_dir, out_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
+    """(input folder, output folder) resolved once (:func:`.paths.folder_path`); every later path derives from them.
+
+    Refuses a missing input folder, an output folder that is the input folder
+    (under any name, links included) and an output path that is a file.
+    """
+    in_dir, out_dir = folder_path(input_dir), folder_path(output_dir)
     if not in_dir.is_dir():
         raise InputError(f"{input_dir}: no such input folder")
-    if out_dir.resolve() == in_dir.resolve():
+    if out_dir == in_dir:
         raise InputError(f"{output_dir}: the output folder is the input folder; choose another folder so "
                          "outputs never mix with the inputs")
     if out_dir.exists() and not out_dir.is_dir():
