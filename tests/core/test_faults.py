@@ -22,7 +22,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_seglab.core import predict as predict_module
+from napari_seglab.core import forward as forward_module
 from napari_seglab.core.batch import run_batch
 from napari_seglab.core.checkpoint import save_checkpoint
 from napari_seglab.core.data import Normalization
@@ -254,7 +254,7 @@ def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, 
     shapes = write_inputs(inp, stack_second=True)
     stop = threading.Event()
     calls: list[bool] = []  # per forward pass: was stop already set?
-    real_forward = predict_module._forward
+    real_forward = forward_module._forward
 
     def counting_forward(lm, chw, *, compact):
         calls.append(stop.is_set())
@@ -262,7 +262,7 @@ def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, 
             stop.set()
         return real_forward(lm, chw, compact=compact)
 
-    monkeypatch.setattr(predict_module, "_forward", counting_forward)
+    monkeypatch.setattr(forward_module, "_forward", counting_forward)
     events, summary = drive(run_batch(random_model, str(inp), str(out), workers=0, device="cpu", stop=stop))
 
     assert calls == [False, False], "forward passes ran after stop was set"
