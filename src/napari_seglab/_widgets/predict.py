@@ -76,6 +76,11 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     return model, prediction, extras, len(np.unique(counted)) - 1
 
 
+def _start_file(checkpoint_key: tuple) -> Path | None:
+    """The checkpoint file a prediction came from, for Train to start from; None for a stock model (no file)."""
+    return None if checkpoint_key[0] == "stock" else Path(checkpoint_key[0])
+
+
 class PredictWidget(Container):
     """Dock widget: choose a checkpoint and an image layer, predict labels (and boxes).
 
@@ -340,7 +345,7 @@ class PredictWidget(Container):
         labels = ui.correction_labels(prediction.labels, prediction.kind, mode, [plane] if plane else None)
         corrected = _layers.show_correction(self._viewer, labels, f"{layer.name} corrected", mode, like=layer)
         train = _layout.open_dock(self._viewer, "Train")
-        train.prepare_retraining(layer, corrected, Path(key[0][0]), mode)
+        train.prepare_retraining(layer, corrected, _start_file(key[0]), mode)
         self._viewer.layers.selection.active = corrected
         return corrected
 
