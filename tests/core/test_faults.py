@@ -208,7 +208,8 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
                     ARMED[0] = False
             return wrapper
 
-        batch.write_tiff, batch.write_csv = arming(batch.write_tiff), arming(batch.write_csv)
+        import napari_seglab.core.batch_task as task_module
+        task_module.write_tiff, task_module.write_csv = arming(task_module.write_tiff), arming(task_module.write_csv)
         real_append = mf.ManifestWriter.append
 
         def append(self, row):
