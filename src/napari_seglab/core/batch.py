@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import manifest as mf
+from . import outputs
 from .batch_dask import auto_workers, dask_results, max_workers, open_client  # noqa: F401 (part of the API)
 from .batch_task import FileTask, clear_models, model_loads, process_file, usable_cpus  # noqa: F401 (API)
 from .errors import InputError
@@ -109,7 +110,7 @@ def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabi
     if not files:
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
-    plan = mf.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
+    plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
                            measurements=measurements)
     setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
                    {rel: outs for _, rel, outs in plan})
@@ -149,7 +150,7 @@ class _Ledger:
                 stamp = self.stamps[rel] = ("", "")
             if skip_existing and mf.is_complete(self.previous.get(rel), outs, setup.out_dir, stamp, setup.model_id):
                 try:
-                    self.summaries[rel] = mf.summary_of_outputs(outs)
+                    self.summaries[rel] = outputs.summary_of_outputs(outs)
                 except (OSError, ValueError, KeyError):
                     pass  # an output no longer reads: redo the file
                 else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import manifest as mf
+from . import outputs as out_mod
 from .errors import InputError
 from .events import drive
 from .io import read_image, restore_singletons, write_csv, write_tiff
@@ -140,7 +141,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         out = task.outputs
         Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
         protect = [task.input]
-        labels, file_axes = restore_singletons(mf.compact_labels(pred.labels), lab_axes, img.file_axes)
+        labels, file_axes = restore_singletons(out_mod.compact_labels(pred.labels), lab_axes, img.file_axes)
         write_tiff(out["labels"], labels, axes=file_axes, protect=protect)
         written = ["labels"]
         if "probabilities" in out and pred.probabilities is not None:
@@ -148,12 +149,12 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             write_tiff(out["probabilities"], probs, axes="C" + file_axes, protect=protect)
             written.append("probabilities")
         if task.measurements:
-            rows = mf.measure_labels(pred.labels, img.data, img.axes)
-            columns = None if rows else mf.object_columns(img.data, img.axes)
+            rows = out_mod.measure_labels(pred.labels, img.data, img.axes)
+            columns = None if rows else out_mod.object_columns(img.data, img.axes)
             write_csv(out["objects"], rows, columns=columns, protect=protect)
             written.append("objects")
         else:
-            rows = mf.per_plane(mf.area_rows, pred.labels, None, lab_axes)
+            rows = out_mod.per_plane(out_mod.area_rows, pred.labels, None, lab_axes)
         result.update(status="ok", written=written, summary=summarize_objects(rows))
     except InputError as exc:
         result["error"] = str(exc)
