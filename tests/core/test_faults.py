@@ -27,7 +27,7 @@ from napari_seglab.core.batch import run_batch
 from napari_seglab.core.checkpoint import save_checkpoint
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import FileDone, TrainStep
+from napari_seglab.core.events import FileDone, TrainStep, collect
 from napari_seglab.core.io import write_csv, write_tiff
 from napari_seglab.core.manifest import ManifestWriter, read_manifest
 from napari_seglab.core.models import ModelSpec, build_model
@@ -177,14 +177,8 @@ def check_outputs_valid(out, shapes: dict[str, tuple]) -> None:
 
 
 def drive(gen) -> tuple[list[FileDone], object]:
-    events = []
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, FileDone):
-                events.append(ev)
-    except StopIteration as fin:
-        return events, fin.value
+    events, result = collect(gen)
+    return [e for e in events if isinstance(e, FileDone)], result
 
 
 @pytest.mark.parametrize("target", ["b_labels.tif", "b_objects.csv", "manifest row"])

@@ -18,7 +18,7 @@ from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
-from ..core.predict import LoadedModel, Prediction, load_model, predict_image
+from ..core.predict import LoadedModel, Prediction, iter_predict_image, load_model
 from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
@@ -62,8 +62,8 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
         yield Message(f"model loaded on {model.device}")
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
-    prediction = yield from predict_image(model, image, axes, stop=stop,
-                                          **{**options, "probabilities": keep or wanted})
+    prediction = yield from iter_predict_image(model, image, axes, stop=stop,
+                                               **{**options, "probabilities": keep or wanted})
     extras = None
     if wanted and prediction.probabilities is not None and not prediction.stopped:
         yield Message("measuring the uncertainty")
