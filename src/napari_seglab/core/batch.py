@@ -32,7 +32,7 @@ from pathlib import Path
 from . import manifest as mf
 from . import outputs
 from .batch_dask import auto_workers, dask_results, max_workers, open_client  # noqa: F401 (part of the API)
-from .batch_task import FileTask, clear_models, model_loads, process_file, usable_cpus  # noqa: F401 (API)
+from .batch_task import FileTask, TaskDone, clear_models, model_loads, process_file, usable_cpus  # noqa: F401 (API)
 from .errors import InputError
 from .events import FileDone, Message
 from .io import ensure_not_input, scan_folder, write_csv
@@ -194,11 +194,11 @@ class _Ledger:
         write_csv(self.setup.summary_csv, summary_rows, columns=None if summary_rows else mf.SUMMARY_COLUMNS)
 
 
-def _local_results(tasks: list[FileTask], stop: threading.Event | None) -> Iterator[tuple[FileTask, dict]]:
+def _local_results(tasks: list[FileTask], stop: threading.Event | None) -> Iterator[TaskDone]:
     for task in tasks:
         if _stopped(stop):
             return
-        yield task, process_file(task, stop=stop)
+        yield TaskDone(task, process_file(task, stop=stop))
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.tif", recursive: bool = False,
@@ -243,7 +243,7 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
             yield Message(f"{len(tasks)} file(s) to predict " + ("in this process" if local else where))
             results = _local_results(tasks, stop) if local else dask_results(client, tasks, stop, processes)
         for item in results:
-            event = item if isinstance(item, Message) else ledger.record(*item, writer)
+            event = item if isinstance(item, Message) else ledger.record(item.task, item.result, writer)
             if event is not None:
                 yield event
     finally:

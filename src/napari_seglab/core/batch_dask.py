@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import manifest as mf
-from .batch_task import FileTask, process_file, usable_cpus
+from .batch_task import FileTask, TaskDone, process_file, usable_cpus
 from .errors import InputError
 from .events import Message
 
@@ -113,8 +113,8 @@ def _failure(exc: BaseException) -> dict:
 
 
 def dask_results(client, tasks: list[FileTask], stop: threading.Event | None, processes: bool
-                  ) -> Iterator[Message | tuple[FileTask, dict]]:
-    """Submit tasks a window at a time; yield (task, result) as each completes.
+                  ) -> Iterator[Message | TaskDone]:
+    """Submit tasks a window at a time; yield a TaskDone as each completes.
 
     The window (two tasks per worker thread) keeps every worker busy without
     queueing the whole folder. On ``stop``: tasks not yet running are
@@ -130,16 +130,16 @@ def dask_results(client, tasks: list[FileTask], stop: threading.Event | None, pr
         yield Message("the Dask scheduler has no workers yet: files wait until workers join", "warning")
     checked = time.monotonic()
 
-    def collect(futures) -> Iterator[Message | tuple[FileTask, dict]]:
+    def collect(futures) -> Iterator[Message | TaskDone]:
         for fut in futures:
             task = running.pop(fut)
             if fut.cancelled():  # not by us: the scheduler went away; the file is redone on resume
                 yield Message(f"{task.rel}: cancelled by the Dask cluster; not recorded", "warning")
                 continue
             try:
-                yield task, fut.result()
+                yield TaskDone(task, fut.result())
             except Exception as exc:  # noqa: BLE001 - recorded as this file's failure
-                yield task, _failure(exc)
+                yield TaskDone(task, _failure(exc))
 
     try:
         while queue or running:

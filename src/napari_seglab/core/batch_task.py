@@ -21,7 +21,7 @@ from .errors import InputError
 from .events import drive
 from .io import read_image, restore_singletons, write_csv, write_tiff
 
-__all__ = ["FileTask", "clear_models", "model_loads", "process_file", "usable_cpus"]
+__all__ = ["FileTask", "TaskDone", "clear_models", "model_loads", "process_file", "usable_cpus"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,14 @@ class FileTask:
     measurements: bool = True
     host_threads: dict | None = None
 
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A finished task as the runners hand it back: the task and :func:`process_file`'s dict."""
+
+    task: FileTask
+    result: dict
 
 
 _MODELS: dict = {}
