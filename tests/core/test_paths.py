@@ -77,3 +77,14 @@ def test_folder_path_and_safe_child_agree_on_resolved_paths(tmp_path):
     assert child.relative_to(folder).as_posix() == "sub/a_labels.tif"
     with pytest.raises(InputError, match="escape"):
         safe_child(folder, "../x.tif")
+
+
+def test_an_output_name_that_is_a_link_to_an_input_is_refused(tiny_model, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _inputs(inp, 1)
+    out.mkdir()
+    (out / "img0_labels.tif").symlink_to(inp / "img0.tif")
+    before = (inp / "img0.tif").read_bytes()
+    with pytest.raises(InputError, match="overwrite an input"):
+        collect(run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
+    assert (inp / "img0.tif").read_bytes() == before
