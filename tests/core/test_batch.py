@@ -13,7 +13,7 @@ import tifffile
 
 from napari_seglab.core.batch import run_batch
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import FileDone
+from napari_seglab.core.events import FileDone, collect
 from napari_seglab.core.io import read_image
 from napari_seglab.core.manifest import MANIFEST_COLUMNS, read_manifest
 from napari_seglab.core.predict import run_to_completion
@@ -68,14 +68,8 @@ def hashes(folder):
 
 def drive(gen):
     """Run a batch generator to the end: (FileDone events, BatchSummary)."""
-    events = []
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, FileDone):
-                events.append(ev)
-    except StopIteration as fin:
-        return events, fin.value
+    events, result = collect(gen)
+    return [e for e in events if isinstance(e, FileDone)], result
 
 
 def read_rows(path):

@@ -14,6 +14,7 @@ import tifffile
 
 from napari_seglab.core.batch import run_batch
 from napari_seglab.core.events import FileDone
+from napari_seglab.core.events import drive as run
 from napari_seglab.core.io import read_image
 from napari_seglab.core.manifest import read_manifest
 from napari_seglab.core.predict import run_to_completion
@@ -47,16 +48,16 @@ def write_folder(folder, n_good=3, broken=True):
 
 
 def drive(gen, on_event=None):
-    events = []
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, FileDone):
-                events.append(ev)
-                if on_event:
-                    on_event(ev)
-    except StopIteration as fin:
-        return events, fin.value
+    """(FileDone events, BatchSummary); ``on_event`` sees each FileDone as it comes."""
+    events: list[FileDone] = []
+
+    def keep(ev):
+        if isinstance(ev, FileDone):
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+
+    return events, run(gen, keep)
 
 
 @pytest.mark.timeout(120)

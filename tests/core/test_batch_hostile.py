@@ -10,18 +10,11 @@ import tifffile
 
 from napari_seglab.core.batch import run_batch
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import Message
+from napari_seglab.core.events import Message, collect
 from napari_seglab.core.manifest import read_manifest
 from napari_seglab.core.predict import run_to_completion
 
-
-def _drive(gen):
-    events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as fin:
-        return events, fin.value
+_drive = collect  # (events, result) of a core generator
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from napari_seglab.core.detection import (
     predict_instances_tiled,
 )
 from napari_seglab.core.device import precision_for
-from napari_seglab.core.events import TileDone, collect
+from napari_seglab.core.events import Stopped, TileDone, collect
 from napari_seglab.core.instances import boxes_from_labels
 from napari_seglab.core.models import ModelSpec, build_model
 from napari_seglab.core.predict import LoadedModel, load_model, predict_image, run_to_completion
@@ -190,7 +190,7 @@ def test_object_cut_by_tile_borders_comes_out_once():
     truth = objects_across_tile_borders()
     lm = stub_model(GroundTruthDetector(truth))
     events, (labels, rows) = drive(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5))
-    assert events == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [(e.tile, e.tiles) for e in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert labels.dtype == np.int32 and labels.shape == (96, 96)
     assert labels.max() == len(rows) == 6
     assert_same_objects(labels, truth)
@@ -220,13 +220,13 @@ def test_one_tile_when_the_plane_fits():
     assert_same_objects(labels, truth)
 
 
-def test_stop_returns_none_and_predict_image_reports_stopped():
+def test_stop_raises_stopped_and_predict_image_reports_stopped():
     truth = objects_across_tile_borders()
     stop = threading.Event()
     stop.set()
     lm = stub_model(GroundTruthDetector(truth))
-    assert run_to_completion(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5,
-                                                     stop=stop)) is None
+    with pytest.raises(Stopped):
+        run_to_completion(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5, stop=stop))
     assert run_to_completion(predict_image(lm, coordinate_plane(96, 96)[0], tile=64, overlap=0.5,
                                            stop=stop)).stopped
 

@@ -22,12 +22,12 @@ import pytest
 import tifffile
 import torch
 
-from napari_seglab.core import predict as predict_module
+from napari_seglab.core import forward as forward_module
 from napari_seglab.core.batch import run_batch
 from napari_seglab.core.checkpoint import save_checkpoint
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import FileDone, TrainStep
+from napari_seglab.core.events import FileDone, TrainStep, collect
 from napari_seglab.core.io import write_csv, write_tiff
 from napari_seglab.core.manifest import ManifestWriter, read_manifest
 from napari_seglab.core.models import ModelSpec, build_model
@@ -177,14 +177,8 @@ def check_outputs_valid(out, shapes: dict[str, tuple]) -> None:
 
 
 def drive(gen) -> tuple[list[FileDone], object]:
-    events = []
-    try:
-        while True:
-            ev = next(gen)
-            if isinstance(ev, FileDone):
-                events.append(ev)
-    except StopIteration as fin:
-        return events, fin.value
+    events, result = collect(gen)
+    return [e for e in events if isinstance(e, FileDone)], result
 
 
 @pytest.mark.parametrize("target", ["b_labels.tif", "b_objects.csv", "manifest row"])
@@ -208,7 +202,8 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
                     ARMED[0] = False
             return wrapper
 
-        batch.write_tiff, batch.write_csv = arming(batch.write_tiff), arming(batch.write_csv)
+        import napari_seglab.core.batch_task as task_module
+        task_module.write_tiff, task_module.write_csv = arming(task_module.write_tiff), arming(task_module.write_csv)
         real_append = mf.ManifestWriter.append
 
         def append(self, row):
@@ -254,7 +249,7 @@ def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, 
     shapes = write_inputs(inp, stack_second=True)
     stop = threading.Event()
     calls: list[bool] = []  # per forward pass: was stop already set?
-    real_forward = predict_module._forward
+    real_forward = forward_module._forward
 
     def counting_forward(lm, chw, *, compact):
         calls.append(stop.is_set())
@@ -262,7 +257,7 @@ def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, 
             stop.set()
         return real_forward(lm, chw, compact=compact)
 
-    monkeypatch.setattr(predict_module, "_forward", counting_forward)
+    monkeypatch.setattr(forward_module, "_forward", counting_forward)
     events, summary = drive(run_batch(random_model, str(inp), str(out), workers=0, device="cpu", stop=stop))
 
     assert calls == [False, False], "forward passes ran after stop was set"

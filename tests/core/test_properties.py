@@ -11,7 +11,8 @@ from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.labels import LABEL_MODES, make_target, n_classes_for, validate_labels
 from napari_seglab.core.models import ModelSpec
-from napari_seglab.core.predict import LoadedModel, plan_tiles, predict_image, run_to_completion
+from napari_seglab.core.predict import LoadedModel, predict_image, run_to_completion
+from napari_seglab.core.tiling import TilePlan
 
 label_dtypes = st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, bool])
 
@@ -46,7 +47,8 @@ def test_label_conversion_never_crashes_and_stays_aligned(data, mode, dtype):
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 5000), st.integers(32, 2048), st.floats(0, 0.5))
 def test_tile_plan_covers_axis_with_requested_overlap(length, tile, overlap):
-    size, starts = plan_tiles(length, tile, overlap)
+    plan = TilePlan.balanced((length, 1), tile, overlap)
+    size, starts = plan.size[0], plan.ys
     assert size <= max(tile, 1) or size == length
     assert size <= length
     assert starts[0] == 0 and starts[-1] + size == length

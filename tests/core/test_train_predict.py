@@ -18,9 +18,8 @@ from napari_seglab.core.events import (
 from napari_seglab.core.predict import (
     load_model,
     predict_image,
-    tile_starts,
-    window,
 )
+from napari_seglab.core.tiling import TilePlan, window
 from napari_seglab.core.train import TrainConfig, train
 
 TINY = dict(encoder="resnet18", patch=64, batch_size=2, lr=3e-3, device="cpu")
@@ -206,8 +205,8 @@ def test_predict_refuses_wrong_channels(tiny_model, blobs):
 
 
 def test_tiling_helpers():
-    assert tile_starts(100, 128, 0.25) == [0]
-    starts = tile_starts(1000, 256, 0.25)
+    assert TilePlan.fixed((100, 100), 128, 0.25).ys == (0,)
+    starts = TilePlan.fixed((1000, 10), 256, 0.25).ys
     assert starts[0] == 0 and starts[-1] == 1000 - 256
     assert all(b - a <= 192 for a, b in zip(starts, starts[1:], strict=False))
     w = window(64, 64)

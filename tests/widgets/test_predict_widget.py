@@ -243,3 +243,23 @@ def test_cached_stock_model_predicts(make_napari_viewer, qtbot, tiny_nuclei, tmp
     viewer = _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, "in the torch cache")[0]
     labels = viewer.layers["cells labels"].data
     assert labels.shape == tiny_nuclei[0].shape and labels.max() < 21
+
+
+def test_correcting_a_stock_prediction_starts_train_without_a_bogus_file(make_napari_viewer, qtbot, tiny_nuclei,
+                                                                          tmp_path, monkeypatch):
+    """Regression: "Correct this prediction" after a stock model handed Path("stock") to Train as its start."""
+    import torch
+    from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    model = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    torch.save(model.state_dict(), cache / FCN_ResNet50_Weights.DEFAULT.url.rsplit("/", 1)[-1])
+    viewer, widget = _stock_fcn_on_cells(make_napari_viewer, qtbot, tiny_nuclei, "in the torch cache")
+    train = dock(viewer, "Train")
+    before = train._init.value
+    corrected = widget.correct_prediction()
+    assert corrected.name == "cells corrected"
+    assert "stock" not in str(train._init.value) and train._init.value == before
+    assert train._labels_combo.value.name == corrected.name

@@ -18,7 +18,7 @@ from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
-from ..core.predict import LoadedModel, Prediction, load_model, predict_image
+from ..core.predict import LoadedModel, Prediction, iter_predict_image, load_model
 from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
@@ -62,8 +62,8 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
         yield Message(f"model loaded on {model.device}")
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
-    prediction = yield from predict_image(model, image, axes, stop=stop,
-                                          **{**options, "probabilities": keep or wanted})
+    prediction = yield from iter_predict_image(model, image, axes, stop=stop,
+                                               **{**options, "probabilities": keep or wanted})
     extras = None
     if wanted and prediction.probabilities is not None and not prediction.stopped:
         yield Message("measuring the uncertainty")
@@ -74,6 +74,11 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     planes = options.get("planes")
     counted = prediction.labels[planes[0]] if planes and len(planes) == 1 else prediction.labels
     return model, prediction, extras, len(np.unique(counted)) - 1
+
+
+def _start_file(checkpoint_key: tuple) -> Path | None:
+    """The checkpoint file a prediction came from, for Train to start from; None for a stock model (no file)."""
+    return None if checkpoint_key[0] == "stock" else Path(checkpoint_key[0])
 
 
 class PredictWidget(Container):
@@ -340,7 +345,7 @@ class PredictWidget(Container):
         labels = ui.correction_labels(prediction.labels, prediction.kind, mode, [plane] if plane else None)
         corrected = _layers.show_correction(self._viewer, labels, f"{layer.name} corrected", mode, like=layer)
         train = _layout.open_dock(self._viewer, "Train")
-        train.prepare_retraining(layer, corrected, Path(key[0][0]), mode)
+        train.prepare_retraining(layer, corrected, _start_file(key[0]), mode)
         self._viewer.layers.selection.active = corrected
         return corrected
 

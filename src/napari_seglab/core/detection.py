@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Sequence
-from itertools import product
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .errors import InputError
+from .events import TileDone, check_stop
 from .models import ModelSpec, _ChannelAdapter, _hub_file, _load_state_file
 
 DEFAULTS = {
@@ -235,12 +235,6 @@ def detection_loss(model: nn.Module, images: torch.Tensor, instances: Sequence[n
 # ----------------------------------------------------------------------------- prediction
 
 
-def _cores(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
-    """Per tile, the [lo, hi) span closer to its centre than to a neighbour's (the overlap midline)."""
-    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(len(starts) - 1)] + [length]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
 def _paste_compact(mask: torch.Tensor, box: Sequence[float], h: int, w: int) -> tuple[int, int, np.ndarray]:
     """A (M, M) box-frame mask probability -> (y0, x0, bool crop) in a (h, w) tile, threshold 0.5."""
     m = mask.shape[-1]
@@ -310,29 +304,26 @@ def _merge(detections: list[tuple], shape: tuple[int, int], min_pixels: int = MI
 
 def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, score_threshold: float = 0.5,
                             stop: threading.Event | None = None
-                            ) -> Generator[tuple[int, int], None, tuple[np.ndarray, list[dict]] | None]:
+                            ) -> Generator[TileDone, None, tuple[np.ndarray, list[dict]]]:
     """Detect objects in a normalised (C, Y, X) float32 plane tile by tile.
 
     ``lm`` is a :class:`~napari_seglab.core.predict.LoadedModel`. Yields
-    (tiles done, tiles total); returns (labels (Y, X) int32, rows) where row
+    TileDone per tile; returns (labels (Y, X) int32, rows) where row
     ``i`` (keys y0, x0, y1, x1, class, score; half-open pixel bounds) describes
-    object id ``i + 1``; returns None when ``stop`` is set. Each tile keeps the
+    object id ``i + 1``; raises Stopped when ``stop`` is set. Each tile keeps the
     detections whose box centre lies in its core (nearer its centre than a
     neighbour's), so an object cut by a tile border comes out once.
     """
-    from .predict import tile_starts
+    from .tiling import TilePlan
 
     h, w = chw.shape[-2:]
-    tile_y, tile_x = min(int(tile), h), min(int(tile), w)
-    ys, xs = tile_starts(h, tile_y, overlap), tile_starts(w, tile_x, overlap)
-    cores = list(product(_cores(ys, tile_y, h), _cores(xs, tile_x, w)))
-    positions = list(product(ys, xs))
+    plan = TilePlan.fixed((h, w), tile, overlap)
+    (tile_y, tile_x), cores, positions = plan.size, plan.cores(), plan.origins()
     model = lm.model
     model.eval()
     found: list[tuple] = []
     for i, ((y0, x0), ((cy0, cy1), (cx0, cx1))) in enumerate(zip(positions, cores, strict=True)):
-        if stop is not None and stop.is_set():
-            return None
+        check_stop(stop)
         x = torch.from_numpy(np.ascontiguousarray(chw[:, y0:y0 + tile_y, x0:x0 + tile_x], np.float32))
         # grad mode is thread-local: enter it per tile, never across a yield
         with torch.inference_mode(), lm.precision.autocast():
@@ -342,5 +333,5 @@ def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, s
             centre_y, centre_x = iy + crop.shape[0] / 2, ix + crop.shape[1] / 2
             if cy0 <= centre_y < cy1 and cx0 <= centre_x < cx1:
                 found.append((score, cls, iy, ix, crop))
-        yield i + 1, len(positions)
+        yield TileDone(i + 1, len(positions))
     return _merge(found, (h, w))

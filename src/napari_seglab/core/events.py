@@ -3,13 +3,21 @@
 A core function that runs long (training, tiled prediction, batch jobs) is a
 generator: it yields these small frozen dataclasses and returns its result.
 The same generator drives a napari thread worker, the CLI progress display and
-the tests.
+the tests; :func:`drive` runs one to its end (the blocking twins in
+:mod:`.api` are built on it). Every level speaks this protocol: a tiled plane
+yields :class:`TileDone`, a whole image re-yields them with its plane index,
+a batch yields :class:`FileDone`. A generator whose ``stop`` event was set
+raises :class:`Stopped` below the level that owns a partial result.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,19 +115,64 @@ class FileDone:
     outputs: dict = field(default_factory=dict)
 
 
-def run_to_completion(gen, on_event=None) -> Any:
-    """Drive a core generator to its end, handing each event to ``on_event`` (or dropping it); returns its result."""
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """A core generator's ``stop`` event was set: it ends by raising this instead of returning a value.
+
+    Raised by the inner steps (a plane, a tile loop); the function that owns a
+    partial result (:func:`~napari_seglab.core.predict.predict_image`,
+    :func:`~napari_seglab.core.batch.run_batch`) catches it and returns what
+    is done, marked as stopped.
+    """
+
+
+def check_stop(stop: threading.Event | None) -> None:
+    """Raise :class:`Stopped` when ``stop`` is set."""
+    if stop is not None and stop.is_set():
+        raise Stopped
+
+
+def drive(gen: Generator[Any, Any, T], on_event: Callable[[Any], object] | None = None) -> T:
+    """Run a core generator to its end, handing each event to ``on_event`` (or dropping it); returns its result.
+
+    The one driver of the core's generators: the blocking twins, the batch
+    workers and the CLI run through it. The generator is closed on the way
+    out (an exception in ``on_event``, Ctrl-C), so its clean-up runs.
+    """
     try:
         while True:
-            event = next(gen)
+            try:
+                event = next(gen)
+            except StopIteration as fin:
+                return fin.value
             if on_event is not None:
                 on_event(event)
-    except StopIteration as fin:
-        return fin.value
+    finally:
+        gen.close()
 
 
-def collect(gen) -> tuple[list, Any]:
+def relay(gen: Generator[Any, Any, T], change: Callable[[Any], Any]) -> Generator[Any, Any, T]:
+    """Re-yield ``gen``'s events passed through ``change``; return ``gen``'s value (use with ``yield from``).
+
+    How an outer level puts its own context on an inner level's events (a
+    plane's TileDone gets its plane index). Closing the relay closes ``gen``.
+    """
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as fin:
+                return fin.value
+            yield change(event)
+    finally:
+        gen.close()
+
+
+#: the name :func:`drive` had before; kept for existing callers
+run_to_completion = drive
+
+
+def collect(gen: Generator[Any, Any, T]) -> tuple[list, T]:
     """Drive a core generator to its end: (every event it yielded, its return value)."""
     events: list = []
-    result = run_to_completion(gen, events.append)
+    result = drive(gen, events.append)
     return events, result

@@ -34,6 +34,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from .errors import InputError
+from .tiling import Blender, TilePlan
 
 __all__ = ["FLOW_ERROR", "FLOW_SCALE", "KINDS", "MODES", "decode", "decode_distance", "decode_flows", "distance_field",
            "flow_field", "head_loss", "n_outputs", "predict_tiled", "targets", "transform"]
@@ -364,41 +365,26 @@ def decode(outputs: np.ndarray, kind: str | None = None, **kwargs) -> np.ndarray
     return decode_flows(outputs, **kwargs) if kind == "flows" else decode_distance(outputs, **kwargs)
 
 
-def _starts(length: int, tile: int, overlap: float) -> list[int]:
-    if length <= tile:
-        return [0]
-    stride = max(1, int(tile * (1 - overlap)))
-    n = int(np.ceil((length - tile) / stride)) + 1
-    return sorted({int(round(i * (length - tile) / (n - 1))) for i in range(n)})
-
-
-def _window(h: int, w: int) -> np.ndarray:
-    wy = np.sin(np.linspace(0, np.pi, h + 2)[1:-1]) ** 2
-    wx = np.sin(np.linspace(0, np.pi, w + 2)[1:-1]) ** 2
-    return np.maximum(np.outer(wy, wx), 1e-3).astype(np.float32)
-
-
 def predict_tiled(forward: Callable[[np.ndarray], np.ndarray], chw: np.ndarray, *, tile: int = 256,
                   overlap: float = 0.25) -> np.ndarray:
     """Blend raw outputs (K, Y, X) float32 of ``forward`` over overlapping tiles of ``chw`` (C, Y, X).
 
-    ``forward`` maps a (C, t, t) float32 tile to (K, t, t) outputs. A plane
-    smaller than ``tile`` is reflect-padded to it. Decode the blended outputs
-    once for the whole plane, so objects on tile borders are stitched.
+    ``forward`` maps a (C, t, t) float32 tile to (K, t, t) outputs. Tiles
+    follow :meth:`.tiling.TilePlan.fixed` and blend with its window, as in
+    :func:`~napari_seglab.core.predict.predict_image`. A plane smaller than
+    ``tile`` is reflect-padded to it. Decode the blended outputs once for the
+    whole plane, so objects on tile borders are stitched.
     """
     img = np.asarray(chw, np.float32)
     _, h, w = img.shape
     ph, pw = max(0, tile - h), max(0, tile - w)
     if ph or pw:
         img = np.pad(img, [(0, 0), (0, ph), (0, pw)], mode="reflect" if min(h, w) > 1 else "edge")
-    hh, ww = img.shape[1:]
-    win = _window(tile, tile)
-    acc, wsum = None, np.zeros((hh, ww), np.float32)
-    for y0 in _starts(hh, tile, overlap):
-        for x0 in _starts(ww, tile, overlap):
-            out = np.asarray(forward(img[:, y0:y0 + tile, x0:x0 + tile]), np.float32)
-            if acc is None:
-                acc = np.zeros((out.shape[0], hh, ww), np.float32)
-            acc[:, y0:y0 + tile, x0:x0 + tile] += out * win
-            wsum[y0:y0 + tile, x0:x0 + tile] += win
-    return (acc / wsum)[:, :h, :w]
+    plan = TilePlan.fixed(img.shape[1:], tile, overlap)
+    blender = None
+    for where in plan.slices():
+        out = np.array(forward(img[(slice(None), *where)]), np.float32)
+        if blender is None:
+            blender = Blender(plan, out.shape[0])
+        blender.add(where, out)
+    return blender.result()[:, :h, :w]

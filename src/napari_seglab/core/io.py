@@ -1,27 +1,41 @@
-"""TIFF reading and writing, axes normalisation, atomic files, folder scans.
+"""TIFF reading, axes normalisation and the checks an untrusted file passes before it is decoded.
 
 Image arrays in the core use one axis order, a subset of ``T Z Y X C``
 (channels last, as napari's RGB images), described by an ``axes`` string:
 ``"YX"``, ``"YXC"``, ``"ZYX"``, ``"TZYXC"``... Singleton axes other than Y and
 X are dropped on reading.
+
+Writing (atomic files, TIFF and CSV writers) lives in :mod:`.atomic` and paths
+(resolved folders, safe output names, folder scans) in :mod:`.paths`; both are
+re-exported here, so ``from napari_seglab.core.io import write_tiff`` keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import errno
 import os
-import stat
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path, check_output_path, write_csv, write_tiff
 from .errors import InputError
+from .paths import (
+    check_pattern,
+    check_regular_file,
+    ensure_not_input,
+    safe_child,
+    same_file,
+    scan_folder,
+)
+
+__all__ = ["CANONICAL", "ImageData", "atomic_path", "check_declared_size", "check_image_values",
+           "check_output_path", "check_pattern", "check_regular_file", "ensure_not_input", "file_axes",
+           "guess_axes", "memory_headroom", "normalize_axes", "probe_tiff", "read_image", "read_labels", "read_tiff",
+           "restore_singletons", "safe_child", "same_file", "scan_folder", "write_csv", "write_tiff"]
 
 CANONICAL = "TZYXC"
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -118,38 +132,6 @@ def normalize_axes(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     order = sorted(range(len(mapped)), key=lambda i: CANONICAL.index(mapped[i]))
     data = np.transpose(data, order)
     return data, "".join(mapped[i] for i in order)
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def check_regular_file(path: str | os.PathLike, what: str = "a TIFF file") -> os.stat_result:
-    """Stat of an existing, readable, non-empty regular file; anything else is an InputError.
-
-    A FIFO, socket or device is refused before it is opened (reading a FIFO
-    would block, a device may never end).
-    """
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a directory, expected {what}")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: is {_file_kind(st.st_mode)}, expected {what}")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: permission denied (file is not readable)")
-    if st.st_size == 0:
-        raise InputError(f"{path}: file is empty (0 bytes)")
-    return st
 
 
 def _check_readable(path: Path) -> None:
@@ -335,225 +317,3 @@ def check_image_values(data: np.ndarray, what: str = "image") -> np.ndarray:
             n = int((~finite).sum())
             raise InputError(f"the {what} contains {n} NaN or Inf values; replace them before segmenting")
     return data
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError, AttributeError):
-        return 255
-
-
-def _tmp_name(final: Path, name_max: int) -> str:
-    """A hidden temporary name beside ``final`` that fits the file system's name limit."""
-    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    suffix = final.suffix if len(final.suffix) <= 16 else ""
-    room = name_max - len(os.fsencode("." + tag + suffix))
-    stem = os.fsencode(final.name)[: max(0, room)].decode("utf-8", "ignore")  # never split a character
-    return f".{stem}{tag}{suffix}"
-
-
-def _replace_error(final: Path, exc: OSError) -> InputError:
-    why = exc.strerror or str(exc)
-    if exc.errno in (errno.EPERM, errno.EACCES):
-        why += " (is it read-only, immutable or owned by someone else?)"
-    return InputError(f"{final}: cannot write this file: {why}; nothing was written")
-
-
-def check_output_path(final: str | os.PathLike, flag: str = "") -> Path:
-    """Refuse an output path that cannot be written, before any work and without writing it.
-
-    Checks: the folder exists and accepts a new file (probed for real with a
-    hidden file, removed at once), the name fits the file system, and an
-    existing file there is a regular file that may be replaced.
-    """
-    final = Path(final)
-    where = f"{flag} {final}" if flag else str(final)
-    parent = final.parent if str(final.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{where}: folder {parent} does not exist")
-    if len(os.fsencode(final.name)) > _name_max(parent):
-        raise InputError(f"{where}: file name too long ({len(os.fsencode(final.name))} bytes; this file "
-                         f"system allows {_name_max(parent)})")
-    if final.is_dir():
-        raise InputError(f"{where}: is a folder, expected a file name")
-    try:
-        st = final.lstat()
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise InputError(f"{where}: {exc.strerror or exc}") from exc
-    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-        raise InputError(f"{where}: exists and is {_file_kind(st.st_mode)}; choose a file name")
-    if st is not None and stat.S_ISREG(st.st_mode) and _immutable(final):
-        raise InputError(f"{where}: the existing file is immutable or append-only and cannot be replaced")
-    probe = parent / _tmp_name(final, _name_max(parent))
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-    except OSError as exc:
-        raise InputError(f"{where}: cannot write in folder {parent}: {exc.strerror or exc}") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(probe)
-    return final
-
-
-def _immutable(path: Path) -> bool:
-    """True when the file carries the Linux immutable or append-only attribute."""
-    try:
-        import fcntl
-        import struct
-
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (ImportError, OSError):
-        return False
-    try:
-        flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]  # FS_IOC_GETFLAGS
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return bool(flags & (0x10 | 0x20))  # FS_IMMUTABLE_FL | FS_APPEND_FL
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success it replaces ``final`` atomically.
-
-    On any exception (or a cancelled generator) the temporary file is removed
-    and ``final`` keeps its previous content. A process killed mid-write leaves
-    only a hidden ``.name.tmp-*`` file, never a partial file under ``final``.
-    The temporary name is shortened to fit the file system's name limit;
-    errors name ``final``, never the temporary.
-    """
-    final = Path(final)
-    parent = final.parent if str(final.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{parent}: output folder does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent}: output folder is not writable")
-    name_max = _name_max(parent)
-    if len(os.fsencode(final.name)) > name_max:
-        raise InputError(f"{final}: file name too long ({len(os.fsencode(final.name))} bytes; this file "
-                         f"system allows {name_max}); nothing was written")
-    tmp = parent / _tmp_name(final, name_max)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        try:
-            os.replace(tmp, final)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise
-            raise _replace_error(final, exc) from exc
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise InputError(f"{final}: no space left on the device; nothing was written") from exc
-        if exc.errno in (errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG) or (
-                exc.filename is not None and tmp.name in str(exc.filename)):
-            raise InputError(f"{final}: {exc.strerror or exc}; nothing was written") from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when two paths name the same file (existing or not)."""
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
-def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse an output path that names one of the input files."""
-    for inp in inputs:
-        if inp is not None and same_file(output, inp):
-            raise InputError(f"{output}: output would overwrite the input file; choose another name")
-
-
-def write_tiff(path: str | os.PathLike, data: np.ndarray, *, axes: str | None = None,
-               compression: str | None = "zlib", protect: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``data`` to ``path`` atomically as a TIFF (never over a file in ``protect``)."""
-    import tifffile
-
-    path = Path(path)
-    ensure_not_input(path, protect)
-    metadata = {"axes": axes} if axes else None
-    with atomic_path(path) as tmp:
-        try:
-            tifffile.imwrite(tmp, data, compression=compression, metadata=metadata,
-                             photometric="minisblack")
-        except OSError:
-            raise
-    return path
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] | None = None,
-              protect: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write dict rows to a CSV atomically; columns default to the union in first-seen order."""
-    path = Path(path)
-    ensure_not_input(path, protect)
-    if columns is None:
-        seen: dict[str, None] = {}
-        for row in rows:
-            for key in row:
-                seen.setdefault(key, None)
-        columns = list(seen)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def safe_child(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
-    """``folder / relative``, refusing names that would escape ``folder`` (``..``, absolute)."""
-    folder = Path(folder).resolve()
-    candidate = (folder / relative).resolve()
-    if candidate != folder and folder not in candidate.parents:
-        raise InputError(f"{relative}: output name would escape the output folder {folder}")
-    return candidate
-
-
-def scan_folder(folder: str | os.PathLike, pattern: str = "*.tif", recursive: bool = False) -> list[Path]:
-    """Files in ``folder`` matching the glob ``pattern`` (sorted; hidden files skipped)."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise InputError(f"{folder}: no such folder")
-    if not folder.is_dir():
-        raise InputError(f"{folder}: is not a folder")
-    check_pattern(pattern)
-    try:
-        found = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
-    except (ValueError, NotImplementedError, OSError) as exc:
-        raise InputError(f"file name pattern {pattern!r} cannot be used ({exc})") from exc
-    return sorted(p for p in found if not p.name.startswith(".") and _is_regular(p))
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
-        return False
-
-
-def check_pattern(pattern) -> str:
-    """Refuse a glob pattern that is empty, absolute or climbs out of the input folder."""
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise InputError("the file name pattern is empty; give one such as '*.tif'")
-    if "\0" in pattern:
-        raise InputError("the file name pattern holds a NUL character")
-    if os.path.isabs(pattern) or pattern.startswith(("/", "\\")) or Path(pattern).drive:
-        raise InputError(f"file name pattern {pattern!r} is an absolute path; give a pattern relative to the "
-                         "input folder, such as '*.tif', and the folder with --input-dir")
-    if ".." in Path(pattern).parts:
-        raise InputError(f"file name pattern {pattern!r} climbs out of the input folder ('..'); point "
-                         "--input-dir at the folder instead")
-    return pattern

@@ -1,9 +1,6 @@
-"""Bookkeeping of a batch job: output names, object tables, and the run manifest.
+"""Bookkeeping of a batch job: its folders and the run manifest (output names and object tables: :mod:`.outputs`).
 
-Output names: :func:`plan_outputs` maps each input to ``<stem>_labels.tif``,
-``<stem>_probabilities.tif`` and ``<stem>_objects.csv`` under the output
-folder. Object tables: :func:`measure_labels` (one row per object, per time
-point). The manifest: one CSV row per input, written as the run goes.
+The manifest: one CSV row per input, written as the run goes.
 
 ``manifest.csv`` lives in the output folder. Its columns are
 :data:`MANIFEST_COLUMNS`: ``input`` (path relative to the input folder, ``/``
@@ -28,15 +25,21 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
+from .atomic import atomic_path
 from .errors import InputError
-from .io import atomic_path, read_image, safe_child
-from .labels import compact_labels  # noqa: F401 - one copy; batch writes labels through mf.compact_labels
+from .outputs import (  # noqa: F401 (part of this module's API)
+    area_rows,
+    compact_labels,
+    measure_labels,
+    object_columns,
+    per_plane,
+    plan_outputs,
+    summary_of_outputs,
+)
+from .paths import folder_path
 
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
@@ -46,75 +49,19 @@ STATUSES = ("ok", "failed", "skipped")
 SUMMARY_COLUMNS = ("input", "object_count", "total_area", "mean_area", "median_area", "min_area", "max_area")
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-def _stem(rel: Path) -> Path:
-    name = rel.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            return rel.with_name(name[: -len(suffix)])
-    return rel.with_suffix("")
-
-
-def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, probabilities: bool,
-                 measurements: bool) -> list[tuple[Path, str, dict[str, Path]]]:
-    """(input path, relative input name, {kind: output path}) for every input file.
-
-    Outputs mirror the input's sub-folder under ``output_dir``; inputs whose
-    names differ only by extension or case get the full name in their stem
-    so no two inputs share an output. An output that would land on any
-    input file is refused.
-    """
-    inputs = {p.resolve() for p in files}
-    taken: set[str] = set()
-    plan = []
-    for path in files:
-        rel = path.relative_to(input_dir)
-        stem = _stem(rel)
-        if stem.as_posix().lower() in taken:
-            stem = rel.with_name(rel.name.replace(".", "_"))
-        n = 1
-        while stem.as_posix().lower() in taken:
-            n += 1
-            stem = rel.with_name(f"{rel.name.replace('.', '_')}_{n}")
-        taken.add(stem.as_posix().lower())
-        outs = {"labels": safe_child(output_dir, f"{stem.as_posix()}_labels.tif")}
-        if probabilities:
-            outs["probabilities"] = safe_child(output_dir, f"{stem.as_posix()}_probabilities.tif")
-        if measurements:
-            outs["objects"] = safe_child(output_dir, f"{stem.as_posix()}_objects.csv")
-        for out in outs.values():
-            if out in inputs:
-                raise InputError(f"{out}: an output would overwrite an input file; choose another output folder")
-        plan.append((path, rel.as_posix(), outs))
-    return plan
-
-
-def summary_of_outputs(outs: dict[str, Path]) -> dict:
-    """Image summary of a file done in an earlier run, from its objects CSV or labels TIFF."""
-    from .instances import summarize_objects
-
-    if "objects" in outs:
-        with open(outs["objects"], newline="", encoding="utf-8") as fh:
-            rows = []
-            for r in csv.DictReader(fh):
-                row = {"area": float(r["area"])}
-                for key, value in r.items():
-                    if key.startswith("mean_intensity"):
-                        row[key] = float(value) if value not in ("", None) else float("nan")
-                rows.append(row)
-        return summarize_objects(rows)
-    labels = read_image(outs["labels"])
-    return summarize_objects(per_plane(area_rows, labels.data, None, labels.axes))
+# ----------------------------------------------------------------------------- folders
 
 
 def check_folders(input_dir, output_dir) -> tuple[Path, Path]:
-    """Absolute (input folder, output folder); refuses an output folder that is the input folder."""
-    in_dir, out_dir = Path(input_dir).absolute(), Path(output_dir).absolute()
+    """(input folder, output folder) resolved once (:func:`.paths.folder_path`); every later path derives from them.
+
+    Refuses a missing input folder, an output folder that is the input folder
+    (under any name, links included) and an output path that is a file.
+    """
+    in_dir, out_dir = folder_path(input_dir), folder_path(output_dir)
     if not in_dir.is_dir():
         raise InputError(f"{input_dir}: no such input folder")
-    if out_dir.resolve() == in_dir.resolve():
+    if out_dir == in_dir:
         raise InputError(f"{output_dir}: the output folder is the input folder; choose another folder so "
                          "outputs never mix with the inputs")
     if out_dir.exists() and not out_dir.is_dir():
@@ -128,52 +75,6 @@ def make_folder(out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
-
-
-def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str) -> list[dict]:
-    """Apply ``fn(labels_plane, image_plane)`` per (Y, X) plane, adding ``t`` / ``z`` columns.
-
-    ``axes``: canonical axes of ``image`` (or of ``labels`` when ``image`` is
-    None); the leading T and Z axes index the planes. Predictions label each
-    plane on its own, so objects are measured (and counted) per plane.
-    """
-    lead = [a for a in axes if a in "TZ"]
-    if not lead:
-        return fn(labels, image)
-    rows = []
-    for index in np.ndindex(*labels.shape[: len(lead)]):
-        where = {a.lower(): int(i) for a, i in zip(lead, index, strict=True)}
-        rows.extend({**where, **r} for r in fn(labels[index], None if image is None else image[index]))
-    return rows
-
-
-def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str) -> list[dict]:
-    """Object measurements of a predicted label image, one table over all planes.
-
-    ``image``: canonical axes ``axes`` (a subset of TZYXC); ``labels``: the
-    same shape without C, int. Rows as :func:`.instances.measure_objects`
-    gives them for 2D objects, with ``t`` / ``z`` first for stacks.
-    """
-    from .instances import measure_objects
-
-    return per_plane(measure_objects, labels, image, axes)
-
-
-def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
-    """``label`` and ``area`` of every object: the cheap table when measurements are off."""
-    counts = np.bincount(labels.ravel().astype(np.int64))
-    return [{"label": int(i), "area": int(counts[i])} for i in np.flatnonzero(counts[1:]) + 1]
-
-
-def object_columns(image: np.ndarray, axes: str) -> list[str]:
-    """CSV header of :func:`measure_labels` for this image, from a tiny dummy object."""
-    from .instances import measure_objects
-
-    lab = np.zeros((5, 5), np.int32)
-    lab[1:4, 1:4] = 1
-    channels = (image.shape[-1],) if "C" in axes else ()
-    keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32))[0])
-    return [a.lower() for a in axes if a in "TZ"] + keys
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -1,9 +1,13 @@
-"""Whole-image prediction: tiled inference with smooth blending, 2D/3D/time.
+"""Whole-image prediction: loaded models, tiled inference with smooth blending, 2D/3D/time.
 
-The public entry point :func:`predict_image` is a generator that yields
+:func:`iter_predict_image` (also known as :func:`predict_image`, the name the
+fronts use) is a generator that yields
 :class:`~napari_seglab.core.events.TileDone` events and returns a
-:class:`Prediction`. Planes of a stack (every index of the T and Z axes) are
-predicted one by one; outputs are aligned with the input's spatial axes.
+:class:`Prediction`; :func:`napari_seglab.core.api.predict_image` is its
+blocking twin. Planes of a stack (every index of the T and Z axes) are
+predicted one by one (:mod:`.forward` runs the network over the tiles of one
+plane, :mod:`.tiling` plans and blends them); outputs are aligned with the
+input's spatial axes.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import product
 
 import numpy as np
@@ -30,12 +35,20 @@ from .data import (
     scaled_shape,
     to_chw,
 )
-from .device import Precision, is_oom, pick_device, precision_for
+from .device import Precision, pick_device, precision_for
 from .errors import InputError
-from .events import Message, TileDone, run_to_completion  # noqa: F401 (part of this module's API)
+from .events import Message, Stopped, TileDone, check_stop, relay, run_to_completion  # noqa: F401 (API)
+from .forward import (  # noqa: F401 (forward_*, predict_plane_probabilities: part of this module's API)
+    expand_probabilities,
+    forward_probabilities,
+    forward_raw,
+    iter_plane_with_fallback,
+    predict_plane_probabilities,
+)
 from .io import check_image_values
 from .labels import is_instance_mode
 from .models import ModelSpec
+from .tiling import ALIGN, check_overlap
 
 # Bytes of working memory a forward pass needs per input pixel (float32, CPU,
 # channels_last, inference mode; measured peak RSS over the model's own size:
@@ -43,7 +56,6 @@ from .models import ModelSpec
 # pick the largest tile that fits the memory budget.
 BYTES_PER_PIXEL = {"unet": 540, "fcn": 900, "maskrcnn": 1500}
 CPU_BUDGET_CAP = 2.3 * 2**30
-ALIGN = 32
 
 
 def device_memory_budget(device: torch.device) -> float:
@@ -114,42 +126,6 @@ class Prediction:
     stopped: bool = False
 
 
-def window(size_y: int, size_x: int, min_weight: float = 1e-3) -> np.ndarray:
-    """Smooth blending weights (Y, X) float32: a separable Hann window floored at min_weight."""
-    def hann(n):
-        if n < 3:
-            return np.ones(n, np.float32)
-        return np.maximum(np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2, min_weight).astype(np.float32)
-
-    return np.outer(hann(size_y), hann(size_x))
-
-
-def plan_tiles(length: int, tile: int, overlap: float) -> tuple[int, list[int]]:
-    """Balanced tiling of one axis: (tile length, start offsets).
-
-    Uses the fewest tiles of at most ``tile`` pixels that share at least
-    ``overlap`` x ``tile`` pixels with their neighbours, then shrinks the tile
-    (to a multiple of 32 where possible) so no pixel work is wasted.
-    """
-    if length <= tile:
-        return length, [0]
-    ov = int(round(tile * overlap))
-    n = math.ceil((length - ov) / max(1, tile - ov))
-    size = min(tile, length, -(-math.ceil((length + (n - 1) * ov) / n) // ALIGN) * ALIGN)
-    if n == 1:
-        return size, [0]
-    return size, [round(i * (length - size) / (n - 1)) for i in range(n)]
-
-
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of :func:`plan_tiles` for tiles of exactly ``tile`` pixels."""
-    if length <= tile:
-        return [0]
-    ov = int(round(tile * overlap))
-    n = math.ceil((length - ov) / max(1, tile - ov))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
 def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels: int = 1,
               out_channels: int = 1) -> int:
     """The largest tile side (multiple of 32) whose forward pass fits ``budget_bytes``.
@@ -165,107 +141,6 @@ def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels
     if h * w <= max_pixels:
         return int(max(h, w))
     return max(128, int(math.sqrt(max_pixels)) // ALIGN * ALIGN)
-
-
-def _pad_to_multiple(chw: np.ndarray, multiple: int = ALIGN) -> tuple[np.ndarray, tuple[int, int]]:
-    h, w = chw.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return chw, (h, w)
-    mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
-    return np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
-
-
-def _forward(lm: LoadedModel, chw: np.ndarray, *, compact: bool, raw: bool = False) -> np.ndarray:
-    """Model output for one normalised (C, Y, X) tile, float32.
-
-    ``compact``: binary models give (1, Y, X) foreground probability, others
-    (K, Y, X) softmax; otherwise always (max(K, 2), Y, X) class probabilities.
-    ``raw``: the network's outputs (K, Y, X) as they are, no activation (the
-    "flows" / "distance" instance heads, decoded by :mod:`.flows`).
-    """
-    from .losses import probabilities
-
-    padded, (h, w) = _pad_to_multiple(chw)
-    x = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))[None].to(lm.device)
-    if lm.precision.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), lm.precision.autocast():
-        logits = lm.model(x)
-    logits = logits.float()[:, :, :h, :w]
-    if raw:
-        return logits[0].cpu().numpy()
-    out = torch.sigmoid(logits) if compact and logits.shape[1] == 1 else probabilities(logits)
-    return out[0].cpu().numpy()
-
-
-def forward_probabilities(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
-    """Class probabilities (K, Y, X) float32 of one normalised (C, Y, X) tile (K >= 2)."""
-    return _forward(lm, chw, compact=False)
-
-
-def _tile_output(lm: LoadedModel, chw: np.ndarray, raw: bool) -> np.ndarray:
-    """Compact probabilities, or raw outputs, of one tile (:func:`_forward`, looked up at call time)."""
-    return _forward(lm, chw, compact=True, raw=True) if raw else _forward(lm, chw, compact=True)
-
-
-def forward_raw(lm: LoadedModel, chw: np.ndarray) -> np.ndarray:
-    """Raw network outputs (K, Y, X) float32 of one normalised (C, Y, X) tile (no activation)."""
-    return _forward(lm, chw, compact=False, raw=True)
-
-
-def expand_probabilities(out: np.ndarray) -> np.ndarray:
-    """Compact output (1, Y, X) foreground probability -> (2, Y, X); (K, Y, X) unchanged."""
-    return np.concatenate([1 - out, out]) if out.shape[0] == 1 else out
-
-
-def predict_plane_probabilities(lm: LoadedModel, chw: np.ndarray, *, tile: int, overlap: float,
-                                lohi: tuple | None = None, stop: threading.Event | None = None, raw: bool = False
-                                ) -> Iterator[tuple[int, int, np.ndarray | None]]:
-    """Yield (tile index, tile count, None) per tile; the last item carries the blended output.
-
-    ``chw``: a (C, Y, X) plane, raw when ``lohi`` (per-channel percentiles)
-    is given (each tile is then normalised on the fly, so no normalised copy
-    of the whole plane is made), else already normalised. The output is
-    compact (see :func:`_forward`): (1, Y, X) foreground probability for
-    binary models, (K, Y, X) otherwise. Overlapping tiles are blended with a
-    separable Hann window; a plane that fits is one tile. ``raw``: blend the
-    network's raw outputs (K, Y, X) instead (instance heads: decode the
-    blended plane once, so objects on tile borders stay whole).
-    """
-    from .data import normalize
-
-    def prepared(a):
-        return normalize(a, *lohi) if lohi is not None else a
-
-    h, w = chw.shape[-2:]
-    tile_y, ys = plan_tiles(h, tile, overlap)
-    tile_x, xs = plan_tiles(w, tile, overlap)
-    positions = list(product(ys, xs))
-    if len(positions) == 1:
-        yield 1, 1, _tile_output(lm, prepared(chw), raw)
-        return
-    k = lm.spec.out_channels if raw else 1 if lm.spec.out_channels == 1 else max(2, lm.spec.n_classes)
-    acc = np.zeros((k, h, w), np.float32)
-    # the window is separable and tiles form a grid, so the weight sum is an outer product
-    wy, wx = window(tile_y, 1)[:, 0], window(1, tile_x)[0]
-    sum_y, sum_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
-    for y0 in ys:
-        sum_y[y0:y0 + tile_y] += wy
-    for x0 in xs:
-        sum_x[x0:x0 + tile_x] += wx
-    weight = np.outer(wy, wx)
-    for i, (y0, x0) in enumerate(positions):
-        if stop is not None and stop.is_set():
-            return
-        out = _tile_output(lm, prepared(chw[:, y0:y0 + tile_y, x0:x0 + tile_x]), raw)
-        out *= weight
-        acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += out
-        if i + 1 < len(positions):
-            yield i + 1, len(positions), None
-    for y in range(0, h, 1024):
-        acc[:, y:y + 1024] /= np.outer(sum_y[y:y + 1024], sum_x)
-    yield len(positions), len(positions), acc
 
 
 def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
@@ -314,24 +189,24 @@ def plane_indices(image_shape: Sequence[int], axes: str) -> list[tuple[int, ...]
     return list(product(*[range(n) for n in lead])) if lead else [()]
 
 
-def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
-                  tile: int | None = None, overlap: float = 0.25, planes: Sequence[tuple[int, ...]] | None = None,
-                  probabilities: bool = False, split_instances: bool = False,
-                  score_threshold: float = 0.5, memory_budget: float | None = None,
-                  stop: threading.Event | None = None) -> Generator[TileDone | Message, None, Prediction]:
-    """Predict every plane (or the ``planes`` given) of ``image``.
+@dataclass(frozen=True)
+class _Job:
+    """What :func:`predict_image` settled before the first plane: axes, shapes, tile, planes."""
 
-    ``image``: canonical axes (a subset of TZYXC, see :mod:`.io`); ``axes``
-    defaults to a guess from the shape and the model's channel count.
-    Yields TileDone per tile (and Messages); returns a :class:`Prediction`
-    whose ``labels`` have the image's shape without ``C``. Planes not
-    predicted stay 0. When ``stop`` is set, returns what is done with
-    ``stopped=True``.
-    """
+    axes: str
+    spatial: tuple[int, ...]
+    scale: float
+    tile: int
+    planes: list[tuple[int, ...]]
+
+
+def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int | None, overlap: float,
+              planes: Sequence[tuple[int, ...]] | None, memory_budget: float | None) -> _Job:
+    """Check the request against the model and the image (InputError on a mismatch); choose the tile."""
     from .io import guess_axes
 
     spec = model.spec
-    image = check_image_values(np.asarray(image))
+    check_overlap(overlap)
     if axes is None:
         axes = guess_axes(image.shape, rgb=spec.in_channels > 1 and image.ndim >= 3 and image.shape[-1] == spec.in_channels)
     if len(axes) != image.ndim:
@@ -355,92 +230,95 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     for p in todo:
         if p not in all_planes:
             raise InputError(f"plane {p} is outside the image's planes {all_planes[0]}..{all_planes[-1]}")
-    labels = np.zeros(spatial, np.int32)
-    k = max(2, spec.n_classes)
-    probs_out = np.zeros((k, *spatial), np.float32) if probabilities and spec.semantic else None
+    return _Job(axes, tuple(spatial), scale, tile, todo)
+
+
+def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job, overlap: float,
+                    split_instances: bool, want_probs: bool, stop: threading.Event | None):
+    """One plane through a semantic network (or an instance head): (labels, probabilities or None, model).
+
+    Objects are found at the resampled size (the network's scale), then
+    mapped back; the model returned is the one the plane ran on (a CPU copy
+    after an out-of-memory fallback).
+    """
+    spec = model.spec
+    size = raw.shape[-2:]
+    if job.scale != 1.0:
+        raw = resample_image(raw, scaled_shape(raw.shape, job.scale))
+    head = spec.has_regression_head
+    probs, model = yield from iter_plane_with_fallback(model, raw, tile=job.tile, overlap=overlap, lohi=lohi,
+                                                       stop=stop, raw=head)
+    if head:  # decode the blended raw outputs of the whole plane, then keep [1 - p, p] of the foreground
+        plane_labels = decode_head(probs, spec.head)
+        probs = expit(probs[:1]).astype(np.float32, copy=False)
+    else:
+        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+    if not want_probs:
+        probs = None
+    elif job.scale != 1.0:
+        probs = resample_image(probs, size)
+    return resample_labels(plane_labels, size), probs, model
+
+
+def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
+                       tile: int | None = None, overlap: float = 0.25,
+                       planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
+                       split_instances: bool = False, score_threshold: float = 0.5,
+                       memory_budget: float | None = None, stop: threading.Event | None = None
+                       ) -> Generator[TileDone | Message, None, Prediction]:
+    """Predict every plane (or the ``planes`` given) of ``image``: a generator of progress events.
+
+    ``image``: canonical axes (a subset of TZYXC, see :mod:`.io`); ``axes``
+    defaults to a guess from the shape and the model's channel count.
+    ``tile``: tile side in pixels (default: the largest that fits the memory
+    budget); ``overlap``: in [0, 1). Yields TileDone per tile (and warning
+    Messages); returns a :class:`Prediction` whose ``labels`` have the image's
+    shape without ``C``. Planes not predicted stay 0. When ``stop`` is set,
+    returns what is done with ``stopped=True``. For a blocking call use
+    :func:`napari_seglab.core.api.predict_image`.
+    """
+    spec = model.spec
+    image = check_image_values(np.asarray(image))
+    job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
+    labels = np.zeros(job.spatial, np.int32)
+    probs_out = np.zeros((max(2, spec.n_classes), *job.spatial), np.float32) if probabilities and spec.semantic \
+        else None
     boxes: list[dict] = []
     norm = Normalization.from_dict(model.meta.get("normalization", {}))
+    current = model  # becomes a CPU copy for the rest of this call after an out-of-memory fallback
     stopped = False
-    for pi, index in enumerate(todo):
-        if stop is not None and stop.is_set():  # planes of one tile have no tile loop that would notice
-            stopped = True
-            break
-        plane = image[index] if index else image
-        raw = to_chw(plane, spec.in_channels)
-        lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
-        if spec.family == "maskrcnn":
-            chw = normalize(raw, *lohi)
-            from .detection import predict_instances_tiled
+    try:
+        for pi, index in enumerate(job.planes):
+            check_stop(stop)  # planes of one tile have no tile loop that would notice
+            plane = image[index] if index else image
+            raw = to_chw(plane, spec.in_channels)
+            lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
+            tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
+            if spec.family == "maskrcnn":
+                from .detection import predict_instances_tiled
 
-            gen = predict_instances_tiled(model, chw, tile=tile, overlap=overlap,
-                                          score_threshold=score_threshold, stop=stop)
-            result = None
-            try:
-                while True:
-                    done, total = next(gen)
-                    yield TileDone(done, total, pi, len(todo))
-            except StopIteration as fin:
-                result = fin.value
-            if result is None:
-                stopped = True
-                break
-            inst, det = result
-            labels[index] = inst
-            for row in det:
-                boxes.append({**row, "plane": ",".join(map(str, index)) if index else ""})
-            continue
-        probs = None
-        if scale != 1.0:
-            raw = resample_image(raw, scaled_shape(raw.shape, scale))
-        head = spec.has_regression_head
-        for done, total, out in _with_oom_retry(model, raw, lohi, tile, overlap, stop, head):
-            if isinstance(out, Message):
-                yield out
+                inst, det = yield from relay(predict_instances_tiled(
+                    current, normalize(raw, *lohi), tile=job.tile, overlap=overlap,
+                    score_threshold=score_threshold, stop=stop), tagged)
+                labels[index] = inst
+                boxes.extend({**row, "plane": ",".join(map(str, index)) if index else ""} for row in det)
                 continue
-            yield TileDone(done, total, pi, len(todo))
-            probs = out
-        if probs is None:
-            stopped = True
-            break
-        # objects are found at the resampled size (the network's scale), then mapped back
-        if head:  # decode the blended raw outputs of the whole plane, then keep [1 - p, p] of the foreground
-            plane_labels = decode_head(probs, spec.head)
-            probs = expit(probs[:1]).astype(np.float32, copy=False)
-        else:
-            plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
-        labels[index] = resample_labels(plane_labels, (ysize, xsize))
-        if probs_out is not None:
-            if scale != 1.0:
-                probs = resample_image(probs, (ysize, xsize))
-            probs_out[(slice(None), *index)] = expand_probabilities(probs)
-        del probs
+            labels[index], probs, current = yield from relay(
+                _semantic_plane(current, raw, lohi, job, overlap, split_instances, probs_out is not None, stop), tagged)
+            if probs_out is not None:
+                probs_out[(slice(None), *index)] = expand_probabilities(probs)
+            del probs
+    except Stopped:
+        stopped = True
     kind = "instances" if spec.family == "maskrcnn" or is_instance_mode(model.label_mode) or split_instances \
         else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
 
-def _with_oom_retry(model: LoadedModel, chw: np.ndarray, lohi: tuple | None, tile: int, overlap: float,
-                    stop: threading.Event | None, raw: bool = False):
-    """Run tiled prediction; on an out-of-memory error halve the tile, then fall back to the CPU."""
-    while True:
-        try:
-            yield from predict_plane_probabilities(model, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop,
-                                                   raw=raw)
-            return
-        except (RuntimeError, MemoryError) as exc:
-            if not is_oom(exc) and not isinstance(exc, MemoryError):
-                raise
-            if model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if tile > 128:
-                tile = max(128, tile // 2 // ALIGN * ALIGN)
-                yield 0, 1, Message(f"out of memory: retrying with {tile}px tiles", "warning")
-                continue
-            if model.device.type != "cpu":
-                model.model.to("cpu")
-                model.device = torch.device("cpu")
-                model.precision = precision_for(model.device)
-                yield 0, 1, Message("out of GPU memory even with small tiles: continuing on the CPU", "warning")
-                continue
-            raise InputError("out of memory even with 128px tiles; close other programs or use a machine "
-                             "with more memory") from exc
+def _tag_plane(event, plane: int, planes: int):
+    """A plane-level TileDone with the plane's place in the image; other events as they are."""
+    return replace(event, plane=plane, planes=planes) if isinstance(event, TileDone) else event
+
+
+#: the generator under its historical name: the fronts (widgets, CLI, training previews) drive it
+predict_image = iter_predict_image

@@ -1,0 +1,71 @@
+"""The Python API: blocking twins of the core's long generators, and what a script needs around them.
+
+Each long core function is a generator of progress events (so one function
+drives a napari worker, the CLI and the tests); its twin here runs it to the
+end with :func:`~.events.drive` and returns the result, so a script never
+handles generator plumbing::
+
+    from napari_seglab.core.api import load_model, predict_image, read_image
+
+    prediction = predict_image(load_model("m.pt"), read_image("cells.tif").data)
+
+Every twin takes ``on_event`` (called with each event: ``print`` shows
+progress) and ``stop`` (a :class:`threading.Event` that ends the work early,
+as the generator would). The generators themselves:
+:func:`.predict.iter_predict_image`, :func:`.batch.run_batch`,
+:func:`.train.train`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .events import drive
+from .io import read_image, read_labels
+from .predict import LoadedModel, Prediction, load_model
+from .train import TrainConfig
+
+__all__ = ["TrainConfig", "drive", "load_model", "predict_image", "read_image", "read_labels", "run_batch", "train"]
+
+OnEvent = Callable[[Any], object] | None
+
+
+def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *, on_event: OnEvent = None,
+                  **options) -> Prediction:
+    """Predict ``image`` with a loaded model and return the :class:`~.predict.Prediction`.
+
+    ``options`` are those of :func:`.predict.iter_predict_image`: ``tile``,
+    ``overlap`` (in [0, 1)), ``planes``, ``probabilities``,
+    ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``.
+    """
+    from .predict import iter_predict_image
+
+    return drive(iter_predict_image(model, image, axes, **options), on_event)
+
+
+def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):
+    """Predict every TIFF of a folder and return the :class:`~.batch.BatchSummary`.
+
+    ``options`` are those of :func:`.batch.run_batch` (``pattern``,
+    ``recursive``, ``probabilities``, ``skip_existing``, ``workers``,
+    ``scheduler``, ``device``, ``tile``, ``overlap``, ``stop``...); pass
+    ``on_event=print`` to see each file as it finishes.
+    """
+    from .batch import run_batch as iter_batch
+
+    return drive(iter_batch(model, input_dir, output_dir, **options), on_event)
+
+
+def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config, *, on_event: OnEvent = None,
+          **options):
+    """Train a model and return the training result (its ``checkpoint`` holds the metadata and metrics).
+
+    ``config`` is a :class:`~.train.TrainConfig`; ``options`` are those of
+    :func:`.train.train` (``axes``, ``stop``...).
+    """
+    from .train import train as iter_train
+
+    return drive(iter_train(images, labels, config, **options), on_event)
