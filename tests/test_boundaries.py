@@ -30,7 +30,7 @@ def gui_loaded():
 import napari_seglab, napari_seglab.core
 names = ["napari_seglab", "napari_seglab.core"]
 names += [info.name for info in pkgutil.walk_packages(napari_seglab.core.__path__, "napari_seglab.core.")]
-names += ["napari_seglab.cli", "napari_seglab.__main__", "napari_seglab._sample_data"]
+names += ["napari_seglab.cli", "napari_seglab.__main__", "napari_seglab._sample_data", "napari_seglab._colors"]
 culprits = {}
 for name in names:
     before = set(gui_loaded())

@@ -23,7 +23,7 @@ import contextlib
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
-from ._widgets._colors import apply_colors
+from ._colors import apply_colors
 from .core.boxes import boxes_to_rectangles
 from .core.errors import InputError
 from .core.io import guess_axes
@@ -119,7 +119,7 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
     ``role`` is stored as ``layer.metadata[ROLE]`` ("prediction", "preview",
     "correction"): model output is never mistaken for an annotation.
     ``colors``: colour the values as labels of that kind ("scribbles",
-    "classes", "semantic", "instances"; see :mod:`._widgets._colors`).
+    "classes", "semantic", "instances"; see :mod:`._colors`).
     """
     labels = np.asarray(labels)
     layer = _existing(viewer, name, Labels)

@@ -60,7 +60,7 @@ def nuclei_with_scribbles() -> list[tuple]:
         with 0 = not annotated, 1 = background, 2 = nucleus, in the colours
         the Train dock gives these classes in its predictions.
     """
-    from ._widgets._colors import COLORS_KEY, value_colors
+    from ._colors import COLORS_KEY, value_colors
 
     image, instances = _train_image_and_instances()
     scribbles = _read_sample("nuclei_train_scribbles.tif")

@@ -125,3 +125,14 @@ def test_batch_on_a_dask_cluster(model, tmp_path):
     with open(outputs / "manifest.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(Path(row["input"]).stem for row in rows if row["status"] == "ok") == names
+
+
+def test_the_samples_open_without_napari():
+    """The npe2 sample functions return plain layer data: a script can use them without the GUI."""
+    from napari_seglab._sample_data import nuclei_with_instances, nuclei_with_scribbles
+
+    (image, _, kind), (scribbles, meta, label_kind) = nuclei_with_scribbles()
+    assert (kind, label_kind) == ("image", "labels")
+    assert image.shape == scribbles.shape and set(np.unique(scribbles)) <= {0, 1, 2}
+    assert meta["name"]
+    assert [k for *_, k in nuclei_with_instances()] == ["image", "labels"]

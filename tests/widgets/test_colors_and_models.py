@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
 
+from napari_seglab._colors import class_color, legend_html, value_colors
 from napari_seglab._widgets import _models
-from napari_seglab._widgets._colors import class_color, legend_html, value_colors
 from napari_seglab._widgets._train_job import name_layers
 from napari_seglab.core.synthetic import make_nuclei, make_scribbles
 

@@ -13,6 +13,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image, Labels
 
+from .._colors import apply_colors, legend_html
 from ..core.config import (
     DEFAULT_TIME_LIMIT,
     DIAMETER,
@@ -27,7 +28,6 @@ from ..core.errors import InputError
 from ..core.labels import LABEL_MODES, get_mode
 from ..core.models import DEFAULT_ARCH, FAMILIES, FCN_ARCHS, MASKRCNN_ARCHS, PRESETS, SMP_ARCHS
 from . import _common as ui
-from ._colors import apply_colors, legend_html
 from ._models import MODELS_DIR, folder_note
 from ._train_job import auto_number
 

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from .. import _layers
+from .._colors import prediction_kind
 from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.device import DEVICES
 from ..core.errors import InputError
@@ -23,7 +24,6 @@ from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
 from . import _layout
-from ._colors import prediction_kind
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:

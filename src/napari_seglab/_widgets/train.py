@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import Container, PushButton
 
 from .. import _layers
+from .._colors import apply_colors, prediction_kind
 from ..core.config import ResolvedTrainConfig
 from ..core.device import pick_device
 from ..core.errors import InputError
@@ -18,7 +19,6 @@ from ..core.labels import get_mode
 from ..core.train import TrainResult
 from . import _common as ui
 from . import _layout
-from ._colors import apply_colors, prediction_kind
 from ._models import (
     MODELS_DIR,
     best_dice,

@@ -9,7 +9,7 @@ module level: the sample data uses the plain dictionaries.
 
 from __future__ import annotations
 
-from ..core.labels import MODES, get_mode
+from .core.labels import MODES, get_mode
 
 #: colour of class 0 (background), then of classes 1, 2, ... (which cycle past the end)
 CLASS_COLORS = ("#4f7dff", "#ffd400", "#ff4fd8", "#7cff4f", "#ff8c1a", "#00e5ff", "#b08cff", "#ff5252")
