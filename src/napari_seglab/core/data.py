@@ -192,19 +192,42 @@ def _pad_to(arr: np.ndarray, size: int, fill: float | None) -> np.ndarray:
     return np.pad(arr, pad, mode="constant", constant_values=fill)
 
 
+def _zoom_patch(size: int, img, tgt, ins, reg):
+    """Resample a square crop and its targets to ``size``: images and float targets linearly,
+    class and object labels by nearest neighbour (the foreground channel of a head target stays 0/1
+    and the vectors or distances stay inside it)."""
+    f = size / img.shape[-1]
+
+    def zoom(arr, order):
+        out = ndi.zoom(arr, (1,) * (arr.ndim - 2) + (f, f), order=order, mode="nearest", grid_mode=True)
+        return out[..., :size, :size]
+
+    img, tgt = zoom(img, 1), zoom(tgt, 0)
+    ins = None if ins is None else zoom(ins, 0)
+    if reg is not None:
+        fg = zoom(reg[:1], 0)
+        reg = np.concatenate([fg, zoom(reg[1:], 1) * fg]) if len(reg) > 1 else fg
+    return img, tgt, ins, reg
+
+
 class PatchSampler:
     """Draws augmented training patches from samples, favouring annotated pixels.
 
     ``favour`` is the probability that a patch is centred near a randomly
     chosen annotated pixel (sparse scribbles need it); the rest are uniform.
     Augmentation: the 8 rotations and reflections of the square (a transpose,
-    a vertical and a horizontal flip, each drawn), intensity gain/offset/noise.
-    Flow targets turn with the patch, so their vectors keep pointing at the
-    object centres.
+    a vertical and a horizontal flip, each drawn), intensity gain/offset/noise,
+    and with ``scale_jitter`` > 1 a zoom drawn log-uniformly in
+    [1 / scale_jitter, scale_jitter] (a larger or smaller crop resampled to
+    the patch size), so objects are seen a little larger and smaller than
+    painted. Flow targets turn and zoom with the patch, so their vectors keep
+    pointing at the object centres.
     """
 
     def __init__(self, samples: Sequence[Sample], patch: int, rng: np.random.Generator,
-                 favour: float = 0.8, augment: bool = True):
+                 favour: float = 0.8, augment: bool = True, scale_jitter: float = 1.0):
+        if not scale_jitter >= 1.0:
+            raise InputError(f"scale jitter must be at least 1; got {scale_jitter}")
         if not samples:
             raise InputError("no training data")
         self.samples = [Sample(_pad_to(s.image, patch, None), _pad_to(s.target, patch, IGNORE),
@@ -215,6 +238,7 @@ class PatchSampler:
         self.rng = rng
         self.favour = favour
         self.augment = augment
+        self.scale_jitter = float(scale_jitter)
         self._coords = [np.flatnonzero(s.target.reshape(-1) != IGNORE) for s in self.samples]
         weights = np.array([max(1, len(c)) for c in self._coords], float)
         self._weights = weights / weights.sum()
@@ -224,10 +248,11 @@ class PatchSampler:
         return self._draw()[:3]
 
     def _draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        rng, p = self.rng, self.patch
+        rng = self.rng
         i = int(rng.choice(len(self.samples), p=self._weights))
         s, coords = self.samples[i], self._coords[i]
         h, w = s.target.shape
+        p = self._crop_size(h, w)
         if len(coords) and rng.random() < self.favour:
             cy, cx = divmod(int(coords[rng.integers(len(coords))]), w)
             y0 = int(np.clip(cy - rng.integers(p // 8, p - p // 8), 0, h - p))
@@ -238,11 +263,20 @@ class PatchSampler:
         tgt = s.target[y0:y0 + p, x0:x0 + p]
         ins = None if s.instances is None else s.instances[y0:y0 + p, x0:x0 + p]
         reg = None if s.regression is None else s.regression[:, y0:y0 + p, x0:x0 + p]
+        if p != self.patch:
+            img, tgt, ins, reg = _zoom_patch(self.patch, img, tgt, ins, reg)
         if self.augment:
             img, tgt, ins, reg = self._augment(img, tgt, ins, reg, s.head)
         return (np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt),
                 None if ins is None else np.ascontiguousarray(ins),
                 None if reg is None else np.ascontiguousarray(reg, np.float32))
+
+    def _crop_size(self, h: int, w: int) -> int:
+        """Side of the crop to cut: the patch, or with scale jitter a zoomed one (within the sample)."""
+        if not (self.augment and self.scale_jitter > 1.0):
+            return self.patch
+        zoom = float(np.exp(self.rng.uniform(-1.0, 1.0) * np.log(self.scale_jitter)))
+        return int(np.clip(round(self.patch / zoom), 8, min(h, w)))
 
     def _augment(self, img, tgt, ins, reg=None, head=None):
         from .flows import transform

@@ -151,11 +151,16 @@ def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
     return out
 
 
-def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False) -> np.ndarray:
+def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False,
+                              guide: np.ndarray | None = None) -> np.ndarray:
     """Probabilities -> (Y, X) int32 labels for the checkpoint's label mode.
 
     ``probs``: (K, Y, X) class probabilities, or the compact (1, Y, X)
-    foreground probability of a binary model.
+    foreground probability of a binary model. ``split_instances`` splits the
+    foreground into objects; with ``guide``, the normalised image (C, Y, X)
+    in [0, 1], the foreground first snaps to the image's edges
+    (:func:`.refine.snap_to_edges`), which parts objects a scribble-trained
+    network merges.
     """
     from .instances import instances_from_foreground, instances_from_probabilities
 
@@ -163,7 +168,12 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
         return instances_from_probabilities(probs).astype(np.int32)
     fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
-        return instances_from_foreground(fg if fg is not None else 1 - probs[0]).astype(np.int32)
+        fg = fg if fg is not None else 1 - probs[0]
+        if guide is None:
+            return instances_from_foreground(fg).astype(np.int32)
+        from .refine import SPLIT_THRESHOLD, snap_to_edges
+
+        return instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD).astype(np.int32)
     if fg is not None:
         return (fg > 0.5).astype(np.int32)
     return _argmax_rows(probs)
@@ -252,7 +262,9 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
         plane_labels = decode_head(probs, spec.head)
         probs = expit(probs[:1]).astype(np.float32, copy=False)
     else:
-        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances)
+        guide = np.clip(normalize(raw, *lohi), 0, 1) if split_instances else None
+        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances,
+                                                 guide=guide)
     if not want_probs:
         probs = None
     elif job.scale != 1.0:
