@@ -8,8 +8,11 @@ each budget (30, 60, 120 s, set-up included), seglab trains with its defaults
 and predicts; the random forest (scikit-image multiscale features +
 scikit-learn RandomForestClassifier, the ilastik approach) learns from the same
 annotation, and Otsu + watershed needs none. Objects come from seglab's own
-decoding for instance modes and from ``instances_from_foreground`` for the
-semantic ones (and for the forest). Prints a table of Dice and AP@0.5 (mean
+decoding for instance modes; for the semantic ones from the product's
+``split_instances`` (the foreground snapped to the image's edges, then split,
+see ``core/refine.py``). The forest's foreground is split plainly
+(``instances_from_foreground``, as an ilastik-style pipeline would) and, as a
+second baseline, after the same edge snapping ("RF+snap"). Prints a table of Dice and AP@0.5 (mean
 and spread over seeds), steps per second for each preset and, last, the
 ratios seglab / forest per mode, protocol and budget.
 
@@ -40,6 +43,7 @@ from napari_seglab.core.instances import instances_from_foreground, otsu_watersh
 from napari_seglab.core.labels import is_instance_mode
 from napari_seglab.core.metrics import match_instances
 from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+from napari_seglab.core.refine import SPLIT_THRESHOLD, snap_to_edges
 from napari_seglab.core.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_data"
@@ -79,24 +83,23 @@ def rf_labels(mode: str, ann: np.ndarray) -> np.ndarray:
 
 
 def random_forest(train_img, labels, test_img, seed=0):
-    fg = random_forest_foreground(train_img, labels, test_img, seed)
-    return instances_from_foreground(fg.astype(np.float32))
+    """Objects from the forest's foreground: split plainly, and after edge snapping."""
+    fg = random_forest_foreground(train_img, labels, test_img, seed).astype(np.float32)
+    lo, hi = np.percentile(test_img, [1, 99.8])
+    guide = np.clip((test_img.astype(np.float32) - lo) / (hi - lo), 0, 1)
+    return instances_from_foreground(fg), instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD)
 
 
-def seglab(mode, train_img, ann, test_img, seconds, seed, preset, head="boundary"):
-    head = head if is_instance_mode(mode) else "boundary"
+def seglab(mode, train_img, ann, test_img, seconds, seed, preset, head="auto"):
+    head = head if is_instance_mode(mode) and head != "auto" else None
     cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset,
                       instance_head=head)
     t0 = time.monotonic()
     result = run_to_completion(train([train_img], [ann], cfg))
     wall = time.monotonic() - t0
     lm = load_model(result.checkpoint, "cpu")
-    pred = run_to_completion(predict_image(lm, test_img, probabilities=not is_instance_mode(mode)))
-    if is_instance_mode(mode):
-        labels = pred.labels
-    else:
-        labels = instances_from_foreground(pred.probabilities[1])
-    return labels, result.steps, wall
+    pred = run_to_completion(predict_image(lm, test_img, split_instances=not is_instance_mode(mode)))
+    return pred.labels, result.steps, wall
 
 
 def steps_per_second(img, lab, preset: str, steps: int = 12) -> float:
@@ -115,8 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--protocols", nargs="+", choices=("halves", "unseen", "dsb"), default=["halves", "unseen"])
-    p.add_argument("--instance-head", nargs="+", default=["boundary"], choices=("boundary", "flows", "distance"),
-                   help="instance head(s) of the instances / objects modes, each trained in turn")
+    p.add_argument("--instance-head", nargs="+", default=["auto"], choices=("auto", "boundary", "flows", "distance"),
+                   help="instance head(s) of the instances / objects modes, each trained in turn "
+                        "(auto: the product's default per mode)")
     p.add_argument("--stardist-wheel", default=None, help="the StarDist wheel holding the DSB image (dsb protocol)")
     p.add_argument("--no-baselines", action="store_true", help="skip the random forest and Otsu + watershed")
     p.add_argument("--preset", default=None, help="model preset (default: seglab's default for the CPU)")
@@ -139,9 +143,11 @@ def main(argv=None) -> int:
         otsu = none if args.no_baselines else match_instances(otsu_watershed(te_img), te_truth)
         for mode in args.modes:
             ann = annotation(mode, tr_inst, tr_scrib)
-            rf = none if args.no_baselines else \
-                match_instances(random_forest(tr_img, rf_labels(mode, ann), te_img), te_truth)
-            for head in (args.instance_head if is_instance_mode(mode) else ["boundary"]):
+            rf = rf_snap = none
+            if not args.no_baselines:
+                rf, rf_snap = (match_instances(lab, te_truth)
+                               for lab in random_forest(tr_img, rf_labels(mode, ann), te_img))
+            for head in (args.instance_head if is_instance_mode(mode) else ["auto"]):
                 for budget in args.budgets:
                     runs = []
                     for seed in args.seeds:
@@ -150,14 +156,15 @@ def main(argv=None) -> int:
                         runs.append((m["dice"], m["ap50"], m["ap75"], steps, wall))
                         print(f"  {proto:6s} {mode:9s} {head:8s} {budget:4.0f}s seed {seed}: dice {m['dice']:.3f} "
                               f"ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} steps {steps} wall {wall:.1f}s", flush=True)
-                    rows.append((proto, mode, head, budget, np.array(runs), rf, otsu))
+                    rows.append((proto, mode, head, budget, np.array(runs), rf, otsu, rf_snap))
     print()
     print("protocol mode      head     budget  seglab dice        seglab ap50        ap75   steps  wall  | "
-          "RF dice ap50  | otsu dice ap50")
-    for proto, mode, head, budget, r, rf, otsu in rows:
+          "RF dice ap50  | RF+snap dice ap50 | otsu dice ap50")
+    for proto, mode, head, budget, r, rf, otsu, rf_snap in rows:
         print(f"{proto:8s} {mode:9s} {head:8s} {budget:5.0f}s  {r[:, 0].mean():.3f}±{r[:, 0].std():.3f}  "
               f"{r[:, 1].mean():.3f}±{r[:, 1].std():.3f}  {r[:, 2].mean():.3f}  {r[:, 3].mean():5.0f}  "
-              f"{r[:, 4].mean():4.0f}s | {rf['dice']:.3f} {rf['ap50']:.3f} | {otsu['dice']:.3f} {otsu['ap50']:.3f}")
+              f"{r[:, 4].mean():4.0f}s | {rf['dice']:.3f} {rf['ap50']:.3f} | {rf_snap['dice']:.3f} "
+              f"{rf_snap['ap50']:.3f}     | {otsu['dice']:.3f} {otsu['ap50']:.3f}")
     if not args.no_speed:
         from napari_seglab.core.models import PRESETS
 
@@ -165,18 +172,21 @@ def main(argv=None) -> int:
             print(f"preset {name}: {steps_per_second(data['unseen'][0], data['unseen'][1], name):.2f} steps/s "
                   "(dense instances, 2 cores)")
     if len(args.instance_head) > 1:
-        base = {(pr, mo, bu): r for pr, mo, he, bu, r, _, _ in rows if he == args.instance_head[0]}
+        base = {(pr, mo, bu): r for pr, mo, he, bu, r, *_ in rows if he == args.instance_head[0]}
         def ratio(a: float, b: float) -> str:
             return f"{a / b:.2f}x" if b > 0 else "n/a"
 
         print(f"head/{args.instance_head[0]} (AP@0.5, AP@0.75): " + "; ".join(
             f"{pr} {mo} {he} {bu:.0f}s {ratio(r[:, 1].mean(), base[pr, mo, bu][:, 1].mean())} "
             f"{ratio(r[:, 2].mean(), base[pr, mo, bu][:, 2].mean())}"
-            for pr, mo, he, bu, r, _, _ in rows if he != args.instance_head[0] and (pr, mo, bu) in base))
+            for pr, mo, he, bu, r, *_ in rows if he != args.instance_head[0] and (pr, mo, bu) in base))
     if not args.no_baselines:
+        print("seglab/(RF+snap): " + "; ".join(
+            f"{proto} {mode} {budget:.0f}s dice {r[:, 0].mean() / max(rs['dice'], 1e-9):.2f}x "
+            f"ap50 {r[:, 1].mean() / max(rs['ap50'], 1e-9):.2f}x" for proto, mode, head, budget, r, _, _, rs in rows))
         print("seglab/RF: " + "; ".join(
             f"{proto} {mode} {head} {budget:.0f}s dice {r[:, 0].mean() / max(rf['dice'], 1e-9):.2f}x "
-            f"ap50 {r[:, 1].mean() / max(rf['ap50'], 1e-9):.2f}x" for proto, mode, head, budget, r, rf, _ in rows))
+            f"ap50 {r[:, 1].mean() / max(rf['ap50'], 1e-9):.2f}x" for proto, mode, head, budget, r, rf, *_ in rows))
     return 0
 
 

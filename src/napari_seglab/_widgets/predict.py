@@ -121,7 +121,11 @@ class PredictWidget(Container):
                                     tooltip="for stacks: predict just the plane on screen (other planes keep their labels)")
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
         self._split = CheckBox(text="split touching objects", value=False,
-                               tooltip="turn semantic foreground into one id per object (watershed)")
+                               tooltip="turn semantic foreground into one id per object: the foreground snaps to "
+                                       "the image's edges, then touching objects are split (watershed)")
+        self._tta = CheckBox(text="flip averaging (TTA)", value=False,
+                             tooltip="test-time augmentation: also predict the image flipped three ways and "
+                                     "average; U-Net / FCN, about 4x the time")
         self._uncertainty = CheckBox(text="uncertainty map", value=False,
                                      tooltip="add '<image> uncertainty': bright where the model is unsure")
         self._suggest = CheckBox(text="paint-next boxes", value=False,
@@ -135,7 +139,7 @@ class PredictWidget(Container):
                                            "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file, self._stock], [self._about])
         options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
-                          [self._only_plane, self._probabilities, self._split,
+                          [self._only_plane, self._probabilities, ui.button_row(self._split, self._tta),
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
         self._inputs = [model, options]
@@ -217,6 +221,7 @@ class PredictWidget(Container):
             "tile": self._tile.value or None, "overlap": float(self._overlap.value),
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
             "split_instances": self._split.value, "score_threshold": float(self._threshold.value),
+            "tta": self._tta.value,
         }
         key = (self._checkpoint_key, self._device.value)
         cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None

@@ -70,7 +70,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               recursive=args.recursive, probabilities=args.probabilities,
                               measurements=not args.no_measurements, skip_existing=args.skip_existing,
                               workers=args.workers, scheduler=args.scheduler, device=args.device,
-                              tile=args.tile or None, overlap=args.overlap), handle)
+                              tile=args.tile or None, overlap=args.overlap, tta=args.tta), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")
     if summary.failed:

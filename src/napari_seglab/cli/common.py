@@ -162,6 +162,9 @@ def add_tiling(p: argparse.ArgumentParser, where: str) -> None:
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help=f"where to {where}")
     p.add_argument("--tile", type=int, metavar="PX", default=0, help="tile side in pixels (0 = automatic)")
     p.add_argument("--overlap", type=float, metavar="F", default=0.25, help="tile overlap fraction")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: also predict each tile flipped and average (U-Net / FCN; about "
+                        "4x the time)")
 
 
 def option_flag(name: str, setting) -> str:

@@ -103,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     pred = drive(predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
                                probabilities=bool(args.probabilities), split_instances=args.split_instances,
-                               score_threshold=args.score_threshold), handle)
+                               score_threshold=args.score_threshold, tta=args.tta), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     axes = image.axes.replace("C", "")
     # the file's own axes (without C): a (1, Y, X) stack gives (1, Y, X) labels

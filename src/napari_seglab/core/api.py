@@ -39,7 +39,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
 
     ``options`` are those of :func:`.predict.iter_predict_image`: ``tile``,
     ``overlap`` (in [0, 1)), ``planes``, ``probabilities``,
-    ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``.
+    ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``, ``tta``.
     """
     from .predict import iter_predict_image
 

@@ -204,8 +204,8 @@ def _local_results(tasks: list[FileTask], stop: threading.Event | None) -> Itera
 def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.tif", recursive: bool = False,
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
-              tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None
-              ) -> Generator[FileDone | Message, None, BatchSummary]:
+              tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
+              tta: bool = False) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
@@ -219,13 +219,14 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     multi-class models write class labels. ``stop`` returns after the files
     already running finish; their outputs and rows are kept. Folders (links
     included) are resolved once here; the summary names the resolved output folder.
+    ``tta``: test-time augmentation (see :func:`.predict.iter_predict_image`).
     """
     t0 = time.perf_counter()
     _check_request(workers, scheduler, overlap)
     setup = _set_up(model, input_dir, output_dir, pattern, recursive, probabilities, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
-                                                      "measurements": measurements})
+                                                      "measurements": measurements, "tta": tta})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

@@ -43,6 +43,7 @@ class FileTask:
     overlap: float = 0.25
     split_instances: bool = False
     measurements: bool = True
+    tta: bool = False
     host_threads: dict | None = None
 
 
@@ -141,7 +142,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         img = read_image(task.input)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,
-                                        split_instances=task.split_instances, stop=stop))
+                                        split_instances=task.split_instances, stop=stop, tta=task.tta))
         if pred.stopped:
             result["status"] = "stopped"
             return result

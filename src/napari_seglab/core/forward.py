@@ -72,9 +72,27 @@ def forward_raw(lm, chw: np.ndarray) -> np.ndarray:
     return _forward(lm, chw, compact=False, raw=True)
 
 
+#: test-time augmentation: the tile, flipped vertically, horizontally and both ways
+TTA_FLIPS = ((False, False), (True, False), (False, True), (True, True))
+
+
 def _tile_output(lm, chw: np.ndarray, raw: bool) -> np.ndarray:
-    """Compact probabilities, or raw outputs, of one tile (:func:`_forward`, looked up at call time)."""
-    return _forward(lm, chw, compact=True, raw=True) if raw else _forward(lm, chw, compact=True)
+    """Compact probabilities, or raw outputs, of one tile (:func:`_forward`, looked up at call time).
+
+    With ``lm.tta`` the tile also goes through the network flipped (:data:`TTA_FLIPS`); each
+    output is flipped back (flow vectors turned with it) and the outputs are averaged.
+    """
+    if not getattr(lm, "tta", False):
+        return _forward(lm, chw, compact=True, raw=raw)
+    from .flows import transform
+
+    vectors = "flows" if raw and lm.spec.head == "flows" else None
+    total = None
+    for flip_y, flip_x in TTA_FLIPS:
+        out = _forward(lm, np.ascontiguousarray(transform(chw, flip_y=flip_y, flip_x=flip_x)), compact=True, raw=raw)
+        out = transform(out, flip_y=flip_y, flip_x=flip_x, kind=vectors)
+        total = out if total is None else total + out
+    return total / len(TTA_FLIPS)
 
 
 def expand_probabilities(out: np.ndarray) -> np.ndarray:

@@ -78,6 +78,7 @@ class LoadedModel:
     meta: dict
     device: torch.device
     precision: Precision
+    tta: bool = False  # test-time augmentation (flips), see forward._tile_output
 
     @property
     def spec(self) -> ModelSpec:
@@ -276,8 +277,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
                        tile: int | None = None, overlap: float = 0.25,
                        planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
                        split_instances: bool = False, score_threshold: float = 0.5,
-                       memory_budget: float | None = None, stop: threading.Event | None = None
-                       ) -> Generator[TileDone | Message, None, Prediction]:
+                       memory_budget: float | None = None, stop: threading.Event | None = None,
+                       tta: bool = False) -> Generator[TileDone | Message, None, Prediction]:
     """Predict every plane (or the ``planes`` given) of ``image``: a generator of progress events.
 
     ``image``: canonical axes (a subset of TZYXC, see :mod:`.io`); ``axes``
@@ -286,10 +287,14 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     budget); ``overlap``: in [0, 1). Yields TileDone per tile (and warning
     Messages); returns a :class:`Prediction` whose ``labels`` have the image's
     shape without ``C``. Planes not predicted stay 0. When ``stop`` is set,
-    returns what is done with ``stopped=True``. For a blocking call use
+    returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
+    every tile also predicted flipped three ways and the outputs averaged
+    (U-Net / FCN models; about 4x the time). For a blocking call use
     :func:`napari_seglab.core.api.predict_image`.
     """
     spec = model.spec
+    if tta and spec.semantic:
+        model = replace(model, tta=True)  # the caller's (perhaps cached) model is left as it was
     image = check_image_values(np.asarray(image))
     job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
     labels = np.zeros(job.spatial, np.int32)
