@@ -10,17 +10,17 @@ import torch
 from torch import nn
 
 from napari_seglab.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_seglab.core.detection import (
+from napari_seglab.core.device import precision_for
+from napari_seglab.core.events import TileDone, collect
+from napari_seglab.core.instances import boxes_from_labels
+from napari_seglab.core.models import ModelSpec, build_model
+from napari_seglab.core.models.maskrcnn import (
     _paste_compact,
     build_maskrcnn,
     detection_loss,
     detection_targets,
     predict_instances_tiled,
 )
-from napari_seglab.core.device import precision_for
-from napari_seglab.core.events import TileDone, collect
-from napari_seglab.core.instances import boxes_from_labels
-from napari_seglab.core.models import ModelSpec, build_model
 from napari_seglab.core.predict import LoadedModel, load_model, predict_image, run_to_completion
 from napari_seglab.core.synthetic import make_nuclei
 from napari_seglab.core.train import TrainConfig, train

@@ -35,13 +35,10 @@ from .errors import InputError
 from .events import Message, TileDone, run_to_completion  # noqa: F401 (part of this module's API)
 from .io import check_image_values
 from .labels import is_instance_mode
-from .models import ModelSpec
+from .metadata import CheckpointMeta
+from .models import ModelSpec, get_family
+from .tiling import tile_starts  # noqa: F401 (part of this module's API)
 
-# Bytes of working memory a forward pass needs per input pixel (float32, CPU,
-# channels_last, inference mode; measured peak RSS over the model's own size:
-# Unet-resnet34 493-533 at 512-1024 px, FCN-resnet50 880 at 512 px). Used to
-# pick the largest tile that fits the memory budget.
-BYTES_PER_PIXEL = {"unet": 540, "fcn": 900, "maskrcnn": 1500}
 CPU_BUDGET_CAP = 2.3 * 2**30
 ALIGN = 32
 
@@ -58,26 +55,32 @@ def device_memory_budget(device: torch.device) -> float:
     return float(min(CPU_BUDGET_CAP, total / 2))
 
 
-@dataclass
 class LoadedModel:
-    """A model ready to predict: network in eval mode, its metadata and device."""
+    """A model ready to predict: network in eval mode, its metadata (``info``) and device.
 
-    model: torch.nn.Module
-    meta: dict
-    device: torch.device
-    precision: Precision
+    ``meta`` may be given typed or in its on-disk dict form; the :attr:`meta`
+    property gives the dict form back.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta | dict, device: torch.device,
+                 precision: Precision):
+        self.model, self.info, self.device, self.precision = model, CheckpointMeta.coerce(meta), device, precision
+
+    @property
+    def meta(self) -> dict:
+        return self.info.to_dict()
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.from_dict(self.meta["model"])
+        return self.info.model
 
     @property
     def label_mode(self) -> str:
-        return self.meta.get("label_mode", "scribbles")
+        return self.info.label_mode
 
     @property
     def normalization(self) -> Normalization:
-        return Normalization.from_dict(self.meta.get("normalization", {}))
+        return self.info.normalization
 
 
 def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
@@ -87,12 +90,12 @@ def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *,
     dev = device if isinstance(device, torch.device) else pick_device(device)
     precision = precision_for(dev, bf16_cpu=bf16_cpu)
     model = ckpt.build(dev)
-    if precision.channels_last and ckpt.spec.family != "maskrcnn":
+    if precision.channels_last and ckpt.spec.family_entry.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, meta=ckpt.meta, device=dev, precision=precision)
+    return LoadedModel(model=model, meta=ckpt.info, device=dev, precision=precision)
 
 
-def wrap_model(model: torch.nn.Module, meta: dict, device: torch.device) -> LoadedModel:
+def wrap_model(model: torch.nn.Module, meta: CheckpointMeta, device: torch.device) -> LoadedModel:
     """A LoadedModel around a live (training) model; used for previews and validation."""
     return LoadedModel(model=model, meta=meta, device=device, precision=precision_for(device, training=True))
 
@@ -141,15 +144,6 @@ def plan_tiles(length: int, tile: int, overlap: float) -> tuple[int, list[int]]:
     return size, [round(i * (length - size) / (n - 1)) for i in range(n)]
 
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of :func:`plan_tiles` for tiles of exactly ``tile`` pixels."""
-    if length <= tile:
-        return [0]
-    ov = int(round(tile * overlap))
-    n = math.ceil((length - ov) / max(1, tile - ov))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
 def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels: int = 1,
               out_channels: int = 1) -> int:
     """The largest tile side (multiple of 32) whose forward pass fits ``budget_bytes``.
@@ -160,7 +154,7 @@ def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels
     """
     h, w = spatial
     fixed = h * w * (4 * out_channels + 4 + 4 * channels)
-    per_pixel = BYTES_PER_PIXEL.get(family, 1000) * (1 + 0.1 * (channels - 1))
+    per_pixel = get_family(family).bytes_per_pixel * (1 + 0.1 * (channels - 1))
     max_pixels = max(128 * 128, (budget_bytes - fixed) / per_pixel)
     if h * w <= max_pixels:
         return int(max(h, w))
@@ -344,7 +338,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
     # the network sees planes resampled by the checkpoint's object scale (tiles are in its pixels)
-    scale = check_scale(model.meta.get("scale", 1.0)) if spec.semantic else 1.0
+    scale = check_scale(model.info.scale) if spec.semantic else 1.0
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
@@ -359,7 +353,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     k = max(2, spec.n_classes)
     probs_out = np.zeros((k, *spatial), np.float32) if probabilities and spec.semantic else None
     boxes: list[dict] = []
-    norm = Normalization.from_dict(model.meta.get("normalization", {}))
+    norm = model.normalization
     stopped = False
     for pi, index in enumerate(todo):
         if stop is not None and stop.is_set():  # planes of one tile have no tile loop that would notice
@@ -368,12 +362,10 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
         plane = image[index] if index else image
         raw = to_chw(plane, spec.in_channels)
         lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
-        if spec.family == "maskrcnn":
+        if not spec.semantic:
             chw = normalize(raw, *lohi)
-            from .detection import predict_instances_tiled
-
-            gen = predict_instances_tiled(model, chw, tile=tile, overlap=overlap,
-                                          score_threshold=score_threshold, stop=stop)
+            gen = spec.family_entry.predict_objects(model, chw, tile=tile, overlap=overlap,
+                                                    score_threshold=score_threshold, stop=stop)
             result = None
             try:
                 while True:
@@ -414,7 +406,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                 probs = resample_image(probs, (ysize, xsize))
             probs_out[(slice(None), *index)] = expand_probabilities(probs)
         del probs
-    kind = "instances" if spec.family == "maskrcnn" or is_instance_mode(model.label_mode) or split_instances \
+    kind = "instances" if not spec.semantic or is_instance_mode(model.label_mode) or split_instances \
         else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
