@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError
-
-if TYPE_CHECKING:
-    from .registry import ModelSpec
 
 #: what a family's network outputs: per-pixel classes, one mask per object, or one box per object
 KINDS = ("semantic", "instances", "boxes")
@@ -29,6 +26,20 @@ KINDS = ("semantic", "instances", "boxes")
 INSTANCE_HEADS = ("boundary", "flows", "distance")
 #: a rule for one stored option: (kind "int" | "num" | "nums", low, high[, list length])
 OptionRule = tuple
+
+
+class Spec(Protocol):
+    """What a family's hooks read from a :class:`~.registry.ModelSpec` (kept here so they need no registry)."""
+
+    family: str
+    arch: str
+    encoder: str
+    in_channels: int
+    n_classes: int
+    options: dict
+
+    @property
+    def out_channels(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class LossInputs:
     focal_gamma: float = 0.0
 
 
-Builder = Callable[["ModelSpec", "str | None", bool], "tuple[nn.Module, str]"]
+Builder = Callable[[Spec, "str | None", bool], "tuple[nn.Module, str]"]
 LossHook = Callable[[nn.Module, LossInputs], torch.Tensor]
 
 
@@ -113,7 +124,7 @@ class Family:
     label_modes: tuple[str, ...] | None = None  # None: every label mode
     label_modes_note: str = ""  # why only those
     stored_options: Mapping[str, OptionRule] = field(default_factory=dict)
-    check_options: Callable[[ModelSpec], None] | None = None
+    check_options: Callable[[Spec], None] | None = None
     check_stored: Callable[[Mapping], None] | None = None
     #: stock weights: stock model name -> (architecture, source) and architecture -> torchvision weights
     stock: Mapping[str, tuple[str, str]] = field(default_factory=dict)
@@ -141,7 +152,7 @@ class Family:
     def default_lr(self, fine_tune: bool) -> float:
         return self.lr_finetune if fine_tune else self.lr
 
-    def model_name(self, spec: ModelSpec) -> str:
+    def model_name(self, spec: Spec) -> str:
         """``arch`` or ``arch/encoder``: the network's name for messages."""
         return f"{spec.arch}/{spec.encoder}" if self.encoders is not None else spec.arch
 

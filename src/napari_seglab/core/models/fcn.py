@@ -7,16 +7,12 @@ only when they are in the torch hub cache (or downloading is allowed).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .dense import dense_loss
-from .family import INSTANCE_HEADS, Family
+from .family import INSTANCE_HEADS, Family, Spec
 from .weights import ChannelAdapter, hub_file, load_state_file, torchvision_stock
-
-if TYPE_CHECKING:
-    from .registry import ModelSpec
 
 FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
 #: ready-made torchvision models: name -> (architecture, weights source)
@@ -42,7 +38,7 @@ def stock_weights(arch: str):
     return {"fcn_resnet50": seg.FCN_ResNet50_Weights, "fcn_resnet101": seg.FCN_ResNet101_Weights}[arch].DEFAULT
 
 
-def build_fcn(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+def build_fcn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """The FCN of ``spec``; returns (model, weights note)."""
     from torchvision.models import segmentation as seg
 

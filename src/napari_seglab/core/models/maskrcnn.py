@@ -25,7 +25,6 @@ import os
 import threading
 from collections.abc import Generator, Mapping, Sequence
 from itertools import product
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,11 +35,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..errors import InputError
 from ..tiling import tile_starts
-from .family import Family, LossInputs
+from .family import Family, LossInputs, Spec
 from .weights import ChannelAdapter, hub_file, load_state_file
-
-if TYPE_CHECKING:
-    from .registry import ModelSpec
 
 MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 #: ready-made torchvision models: name -> (architecture, weights source)
@@ -61,7 +57,7 @@ DEFAULTS = {
 MIN_OBJECT_PIXELS = 4
 
 
-def _option(spec: ModelSpec, key: str):
+def _option(spec: Spec, key: str):
     return spec.options.get(key, DEFAULTS[key])
 
 
@@ -152,7 +148,7 @@ def _load_matching(module: nn.Module, state: dict, source: str) -> int:
     return len(usable)
 
 
-def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """Mask R-CNN of ``spec`` (arch ``maskrcnn_resnet50_fpn[_v2]``); returns (model, weights note).
 
     ``pretrained``: None (random), ``"coco"`` / ``"voc"`` / ``"auto"`` (stock

@@ -12,17 +12,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ..errors import InputError
 from .dense import dense_loss
-from .family import INSTANCE_HEADS, Family, Preset
+from .family import INSTANCE_HEADS, Family, Preset, Spec
 from .weights import load_state_file
-
-if TYPE_CHECKING:
-    from .registry import ModelSpec
 
 SMP_ARCHS = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet", "Linknet", "PAN", "PSPNet", "DeepLabV3")
 DEFAULT_ENCODER = "resnet34"
@@ -50,7 +46,7 @@ def smp_encoders() -> list[str]:
     return list(get_encoder_names())
 
 
-def unet_options(spec: ModelSpec) -> dict:
+def unet_options(spec: Spec) -> dict:
     """smp keyword arguments from ``spec.options`` (absent: smp's 5-level default, as old checkpoints)."""
     opts = spec.options or {}
     depth = opts.get("encoder_depth", 5)
@@ -63,7 +59,7 @@ def unet_options(spec: ModelSpec) -> dict:
     return {"encoder_depth": depth, "decoder_channels": tuple(dec)}
 
 
-def check_unet_spec(spec: ModelSpec) -> None:
+def check_unet_spec(spec: Spec) -> None:
     """Refuse an unknown encoder (with similar names) and bad depth / decoder options."""
     encoders = smp_encoders()
     if spec.encoder not in encoders and not spec.encoder.startswith("tu-"):
@@ -116,7 +112,7 @@ def _smp_imagenet_file(encoder: str, allow_download: bool) -> Path | None:
         return None
 
 
-def build_unet(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+def build_unet(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """The smp network of ``spec``; returns (model, weights note)."""
     import segmentation_models_pytorch as smp
 
