@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from napari_seglab.core.checkpoint import describe_checkpoint, load_checkpoint
+from napari_seglab.core.checkpoint import describe_checkpoint, load_checkpoint, save_checkpoint
 from napari_seglab.core.predict import load_model, predict_image, run_to_completion
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,3 +35,22 @@ def test_old_checkpoint_metadata_reads_the_same():
     assert ckpt.meta["class_names"] == ["background", "object"]
     assert ckpt.meta["training"]["config"]["instance_head"] == "flows"
     assert "flows instance head" in describe_checkpoint(ckpt)
+
+
+def test_old_checkpoint_reads_into_typed_metadata():
+    info = load_checkpoint(FIXTURES / "old_unet_flows.pt").info
+    assert info.model.options == {"encoder_depth": 3, "decoder_channels": [16, 8, 4], "head": "flows"}
+    assert info.label_mode == "instances" and info.scale == 1.5 and info.patch == 64
+    assert info.class_names == ("background", "object") and info.n_classes == 2
+    assert info.normalization.per_image and len(info.normalization.lo) == 1
+    assert info.metrics["epoch"] == 1 and info.training["config"]["patch"] == 64
+
+
+@pytest.mark.parametrize("name", ["old_unet_scribbles", "old_unet_flows"])
+def test_old_metadata_survives_a_load_and_save_unchanged(name, tmp_path):
+    """Reading an earlier release's file into CheckpointMeta and writing it again loses and adds nothing."""
+    on_disk = torch.load(FIXTURES / f"{name}.pt", weights_only=True)["meta"]
+    ckpt = load_checkpoint(FIXTURES / f"{name}.pt")
+    assert ckpt.meta == on_disk
+    save_checkpoint(tmp_path / "again.pt", ckpt.build(), ckpt.info)
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["meta"] == on_disk
