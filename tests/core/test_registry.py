@@ -28,6 +28,7 @@ from napari_seglab.core.models import (
     LossInputs,
     ModelSpec,
     build_model,
+    check_spec,
     families,
     get_family,
     registry,
@@ -179,9 +180,9 @@ def test_a_box_family_plugs_in_through_its_record_alone(monkeypatch, tmp_path):
                    bytes_per_pixel=100, train_bytes_per_pixel=200, lr=1e-4, lr_finetune=1e-4, exportable=False,
                    label_modes=("instances",), channels_last=False, holdout=False)
     monkeypatch.setitem(registry.REGISTRY, "boxnet", boxes)
-    spec = ModelSpec(family="BoxNet", arch="boxnet", n_classes=2)
+    spec = check_spec(ModelSpec(family="BoxNet", arch="BOXNET", n_classes=2))
+    assert (spec.family, spec.arch) == ("boxnet", "boxnet") and not spec.semantic
     model, _ = build_model(spec)
-    assert spec.family == "boxnet" and not spec.semantic
     save_checkpoint(tmp_path / "b.pt", model, CheckpointMeta(model=spec, label_mode="instances"))
     lm = load_model(tmp_path / "b.pt", "cpu")
     chw, inst = discs()

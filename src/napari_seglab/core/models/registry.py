@@ -7,7 +7,7 @@ up here; an unknown name raises an InputError listing the valid ones.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from torch import nn
 
@@ -34,9 +34,9 @@ def get_family(name: str) -> Family:
     return REGISTRY[choose(name, tuple(REGISTRY), "model family")]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model; stored in the checkpoint.
+    """Everything needed to rebuild a model; stored in the checkpoint (frozen: :func:`check_spec` returns a copy).
 
     ``out_channels`` is the number of logit channels (1 for a binary
     semantic model); ``n_classes`` counts background. ``options`` holds
@@ -88,12 +88,12 @@ class ModelSpec:
 
 
 def check_spec(spec: ModelSpec) -> ModelSpec:
-    """Normalise names and validate a spec; unknown names list the valid ones."""
+    """``spec`` with its names normalised, once validated; unknown names list the valid ones."""
     family = get_family(spec.family)
-    spec.family = family.name
-    if family.name != DEFAULT_FAMILY and spec.arch in REGISTRY[DEFAULT_FAMILY].archs:
-        spec.arch = family.default_arch  # the default family's architecture came with the defaults
-    spec.arch = choose(spec.arch, family.archs, f"{family.name} architecture")
+    arch = spec.arch
+    if family.name != DEFAULT_FAMILY and arch in REGISTRY[DEFAULT_FAMILY].archs:
+        arch = family.default_arch  # the default family's architecture came with the defaults
+    spec = replace(spec, family=family.name, arch=choose(arch, family.archs, f"{family.name} architecture"))
     if family.check_options is not None:
         family.check_options(spec)
     check_head((spec.options or {}).get("head", "boundary"), family.name)
