@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -91,8 +92,7 @@ def test_model_round_trips_through_a_checkpoint(tmp_path, detector):
 
 
 def test_multichannel_input_and_v2_build():
-    s = spec(rpn_pre_nms_top_n=100, rpn_post_nms_top_n=50)
-    s.arch, s.in_channels = "maskrcnn_resnet50_fpn_v2", 2
+    s = replace(spec(rpn_pre_nms_top_n=100, rpn_post_nms_top_n=50), arch="maskrcnn_resnet50_fpn_v2", in_channels=2)
     model, _ = build_maskrcnn(s, None, False)
     model.eval()
     with torch.inference_mode():
