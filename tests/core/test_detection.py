@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,17 +11,17 @@ import torch
 from torch import nn
 
 from napari_seglab.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_seglab.core.detection import (
+from napari_seglab.core.device import precision_for
+from napari_seglab.core.events import Stopped, TileDone, collect
+from napari_seglab.core.instances import boxes_from_labels
+from napari_seglab.core.models import ModelSpec, build_model
+from napari_seglab.core.models.maskrcnn import (
     _paste_compact,
     build_maskrcnn,
     detection_loss,
     detection_targets,
     predict_instances_tiled,
 )
-from napari_seglab.core.device import precision_for
-from napari_seglab.core.events import Stopped, TileDone, collect
-from napari_seglab.core.instances import boxes_from_labels
-from napari_seglab.core.models import ModelSpec, build_model
 from napari_seglab.core.predict import LoadedModel, load_model, predict_image, run_to_completion
 from napari_seglab.core.synthetic import make_nuclei
 from napari_seglab.core.train import TrainConfig, train
@@ -91,8 +92,7 @@ def test_model_round_trips_through_a_checkpoint(tmp_path, detector):
 
 
 def test_multichannel_input_and_v2_build():
-    s = spec(rpn_pre_nms_top_n=100, rpn_post_nms_top_n=50)
-    s.arch, s.in_channels = "maskrcnn_resnet50_fpn_v2", 2
+    s = replace(spec(rpn_pre_nms_top_n=100, rpn_post_nms_top_n=50), arch="maskrcnn_resnet50_fpn_v2", in_channels=2)
     model, _ = build_maskrcnn(s, None, False)
     model.eval()
     with torch.inference_mode():

@@ -328,10 +328,9 @@ def warm_up() -> threading.Thread:
                 lower_thread_priority()  # the imports must not take the CPU from the viewer
                 import torch
 
-                from ..core.models import ModelSpec, build_model
+                from ..core.models import DEFAULT_PRESET, build_model, preset_spec
 
-                model, _note = build_model(ModelSpec(family="unet", arch="Unet", encoder="resnet18",
-                                                     in_channels=1, n_classes=2))
+                model, _note = build_model(preset_spec(DEFAULT_PRESET["cpu"]))
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
                 model(torch.zeros(1, 1, 32, 32)).mean().backward()
                 optimizer.step()

@@ -14,6 +14,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core.metadata import CheckpointMeta
 
 #: the default folder of models trained in the Train dock
 MODELS_DIR = Path.home() / "seglab_models"
@@ -85,9 +89,10 @@ def _dice(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def best_dice(meta: dict) -> float | None:
-    """The validation Dice a checkpoint's metadata records (None without a hold-out)."""
-    return _dice((meta.get("metrics") or {}).get("val_dice"))
+def best_dice(meta: CheckpointMeta | dict) -> float | None:
+    """The validation Dice a checkpoint's metadata (typed, or its dict form) records (None without a hold-out)."""
+    metrics = meta.get("metrics") if isinstance(meta, dict) else meta.metrics
+    return _dice((metrics or {}).get("val_dice"))
 
 
 def start_dice(history: list[dict]) -> float | None:
@@ -117,7 +122,7 @@ class Verdict:
                 f"{self.before:.3f}, {where}): the earlier model is kept for predicting")
 
 
-def judge(meta: dict, history: list[dict], previous_dice: float | None) -> Verdict:
+def judge(meta: CheckpointMeta | dict, history: list[dict], previous_dice: float | None) -> Verdict:
     """Keep a continued run's best model (``meta``, ``history``) or the model it started from?
 
     The start model's score on this run's hold-out (``history``'s epoch 0)

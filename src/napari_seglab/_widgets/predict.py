@@ -139,7 +139,7 @@ class PredictWidget(Container):
                                            "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file, self._stock], [self._about])
         options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
-                          [self._only_plane, self._probabilities, ui.button_row(self._split, self._tta),
+                          [self._only_plane, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
         self._inputs = [model, options]

@@ -9,8 +9,8 @@ from ..core.errors import InputError
 from .common import EXIT_OK, Status, add_settings, check_input, check_output, check_tiff, drive
 
 #: TrainConfig fields offered as ``seglab train`` options, in the order ``--help`` lists them
-OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "epochs",
-           "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
+OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "scale_jitter",
+           "epochs", "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
            "focal_gamma", "val_fraction", "init", "pretrained", "allow_download", "device",
            "read_255_as_foreground", "self_training", "seed")
 

@@ -7,48 +7,60 @@ Layout (a plain dict saved with ``torch.save``)::
      "state_dict": {...},     # tensors
      "optimizer": {...}}      # optional, for continue-training
 
-``meta`` holds everything prediction needs: ``model`` (a ModelSpec dict),
-``label_mode``, ``class_names``, ``normalization``, ``patch``, ``training``
-(data summary, settings, steps, seconds) and ``metrics``.
+``meta`` is a :class:`~.metadata.CheckpointMeta` in its on-disk form (see
+:mod:`.metadata`): everything prediction needs, and how the model was trained.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, check_regular_file
+from .metadata import CheckpointMeta, parse_meta
 from .models import ModelSpec, build_model
 
 FORMAT = "napari-seglab"
 VERSION = 1
 
 
-@dataclass
 class Checkpoint:
-    """A loaded checkpoint: metadata, weights and (maybe) optimiser state."""
+    """A loaded checkpoint: typed metadata (``info``), weights and (maybe) optimiser state.
 
-    meta: dict
-    state_dict: dict
-    optimizer: dict | None = None
-    path: str | None = None
+    ``meta`` may be given as a :class:`CheckpointMeta` or in its on-disk dict
+    form; the :attr:`meta` property gives the on-disk form back (a new dict:
+    for JSON and for callers that read keys).
+    """
+
+    def __init__(self, meta: CheckpointMeta | Mapping, state_dict: dict, optimizer: dict | None = None,
+                 path: str | None = None):
+        self.info = CheckpointMeta.coerce(meta)
+        self.state_dict = state_dict
+        self.optimizer = optimizer
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(path={self.path!r}, {self.info.model})"
+
+    @property
+    def meta(self) -> dict:
+        return self.info.to_dict()
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.from_dict(self.meta["model"])
+        return self.info.model
 
     @property
     def label_mode(self) -> str:
-        return self.meta.get("label_mode", "scribbles")
+        return self.info.label_mode
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model with these weights, in eval mode, on ``device``."""
@@ -74,157 +86,18 @@ def _plain(value):
     return str(value)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict,
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta | Mapping,
                     optimizer: torch.optim.Optimizer | dict | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file + ``os.replace``)."""
+    """Write a checkpoint atomically (temporary file + ``os.replace``); ``meta`` typed or in its dict form."""
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "meta": _plain(meta), "state_dict": state}
+    layout = meta.to_dict() if isinstance(meta, CheckpointMeta) else meta
+    payload = {"format": FORMAT, "version": VERSION, "meta": _plain(layout), "state_dict": state}
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-# metadata fields the loader relies on, with the types a well-formed file holds
-_MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int, "n_classes": int,
-                 "options": dict}
-MAX_CHANNELS = 4096  # a sanity cap: a crafted file must not make the loader build a giant layer
-MAX_PATCH = 8192  # the largest patch side a checkpoint may record (export traces one such input)
-MAX_DEPTH, MAX_NODES, MAX_TEXT = 32, 200_000, 100_000  # bounds on the shape of the metadata
-# Mask R-CNN options: (kind, low, high[, length]) for each key a file may set
-_DETECTOR_OPTIONS = {
-    "patch": ("int", 32, MAX_PATCH), "detections_per_img": ("int", 1, 100_000),
-    "rpn_pre_nms_top_n": ("int", 1, 100_000), "rpn_post_nms_top_n": ("int", 1, 100_000),
-    "rpn_train_top_n": ("int", 1, 100_000), "box_batch_size_per_image": ("int", 1, 100_000),
-    "box_score_thresh": ("num", 0.0, 1.0), "anchor_sizes": ("nums", 1, 4096, 5),
-    "aspect_ratios": ("nums", 0.01, 100.0, 3), "image_mean": ("nums", -1e3, 1e3, 3),
-    "image_std": ("nums", 1e-6, 1e3, 3),
-}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _check_shape(meta: dict, bad) -> None:
-    """Walk the metadata without recursion: bounded depth, size and text; plain types only."""
-    stack, nodes = [(meta, 0, "meta")], 0
-    while stack:
-        value, depth, where = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise bad(f"more than {MAX_NODES} values")
-        if depth > MAX_DEPTH:
-            raise bad(f"nested deeper than {MAX_DEPTH} levels at {where[:60]}...")
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, str) or len(k) > 200:
-                    raise bad(f"a key of {where} is not a short text")
-                stack.append((v, depth + 1, f"{where}.{k}"))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value))
-        elif isinstance(value, str):
-            if len(value) > MAX_TEXT:
-                raise bad(f"{where} is a text of {len(value)} characters")
-        elif not (value is None or isinstance(value, (bool, int, float))):
-            raise bad(f"{where} is a {type(value).__name__}")
-
-
-def _check_model(model, bad) -> None:
-    from .models import FAMILIES, check_stored_encoder
-
-    if not isinstance(model, dict):
-        raise bad(f"'model' is a {type(model).__name__}, not a model description")
-    for key, kind in _MODEL_FIELDS.items():
-        value = model.get(key)
-        if key in model and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise bad(f"model.{key} = {value!r:.40} is not a {kind.__name__}")
-    if model.get("family", "unet") not in FAMILIES:
-        raise bad(f"unknown model family {model.get('family')!r:.40} in model.family; known: {', '.join(FAMILIES)}")
-    for key, low in (("in_channels", 1), ("n_classes", 2)):
-        if key in model and not low <= model[key] <= MAX_CHANNELS:
-            raise bad(f"model.{key} = {model[key]} is outside {low}..{MAX_CHANNELS}")
-    if len(model.get("arch", "")) > 100:
-        raise bad("model.arch is too long to be an architecture name")
-    if model.get("family", "unet") == "unet":
-        try:
-            check_stored_encoder(model.get("encoder", "resnet34"))
-        except InputError as exc:
-            raise bad(f"model.encoder: {exc}") from None
-    if "head" in model.get("options", {}):
-        from .models import check_head
-
-        try:
-            check_head(model["options"]["head"], model.get("family", "unet"))
-        except InputError as exc:
-            raise bad(f"model.options.head: {exc}") from None
-    for key, value in model.get("options", {}).items():
-        if key in _DETECTOR_OPTIONS:
-            _check_option(f"model.options.{key}", value, _DETECTOR_OPTIONS[key], bad)
-
-
-def _check_option(name: str, value, rule: tuple, bad) -> None:
-    kind, low, high = rule[:3]
-    values = value if kind == "nums" else [value]
-    if kind == "nums" and (not isinstance(value, list) or len(value) != rule[3]):
-        raise bad(f"{name} should be a list of {rule[3]} numbers")
-    for v in values:
-        ok = _is_int(v) if kind == "int" else _is_num(v)
-        if not ok or not low <= v <= high:
-            raise bad(f"{name} = {value!r:.60} is not {'a whole number' if kind == 'int' else 'a number'} "
-                      f"in {low}..{high}")
-
-
-def _check_normalization(norm, in_channels: int, bad) -> None:
-    if not isinstance(norm, dict):
-        raise bad("'normalization' is not a mapping")
-    for key in ("low", "high"):
-        if key in norm and not (_is_num(norm[key]) and 0 <= norm[key] <= 100):
-            raise bad(f"normalization.{key} = {norm[key]!r:.40} is not a percentile in [0, 100]")
-    if norm.get("low", 1.0) >= norm.get("high", 99.8):
-        raise bad(f"normalization.low = {norm.get('low', 1.0)} is not below normalization.high = "
-                  f"{norm.get('high', 99.8)}")
-    if "per_image" in norm and not isinstance(norm["per_image"], bool):
-        raise bad(f"normalization.per_image = {norm['per_image']!r:.40} is not true or false")
-    for key in ("lo", "hi"):
-        values = norm.get(key, [])
-        if not isinstance(values, list):
-            raise bad(f"normalization.{key} is not a list")
-        if not all(_is_num(v) for v in values):
-            raise bad(f"normalization.{key} holds non-numbers (or NaN/Inf)")
-    if not norm.get("per_image", True) and not (len(norm.get("lo", [])) == len(norm.get("hi", []))
-                                                == in_channels):
-        raise bad(f"normalization.lo and .hi need one value per channel ({in_channels})")
-
-
-def _check_meta(meta: dict, path: Path) -> None:
-    """Refuse metadata of the wrong shape (a crafted or damaged file) with an InputError naming the field."""
-    from .labels import LABEL_MODES
-
-    def bad(what: str) -> InputError:
-        return InputError(f"{path}: malformed checkpoint metadata ({what})")
-
-    _check_shape(meta, bad)
-    _check_model(meta["model"], bad)
-    _check_normalization(meta.get("normalization", {}), meta["model"].get("in_channels", 1), bad)
-    if meta.get("label_mode", "scribbles") not in LABEL_MODES:
-        raise bad(f"label_mode = {meta.get('label_mode')!r:.40} is not one of {', '.join(LABEL_MODES)}")
-    patch = meta.get("patch")
-    if patch is not None and not (_is_int(patch) and 32 <= patch <= MAX_PATCH):
-        raise bad(f"patch = {patch!r:.40} is not a whole number of pixels in 32..{MAX_PATCH}")
-    names = meta.get("class_names")
-    if names is not None and not (isinstance(names, list) and len(names) <= MAX_CHANNELS
-                                  and all(isinstance(n, str) and len(n) <= 200 for n in names)):
-        raise bad("class_names is not a list of short texts")
-    for key in ("metrics", "training"):
-        if key in meta and not isinstance(meta[key], dict):
-            raise bad(f"'{key}' is not a mapping")
 
 
 def check_weights_fit(spec: ModelSpec, state_dict: dict, path) -> None:
@@ -252,8 +125,8 @@ def check_weights_fit(spec: ModelSpec, state_dict: dict, path) -> None:
     if missing or unexpected or wrong:
         parts = [f"{len(v)} {what} (e.g. {v[0][:60]})" for v, what in
                  ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if v]
-        raise InputError(f"{path}: weights do not fit the recorded model ({spec.family}/{spec.arch}"
-                         f"{'/' + spec.encoder if spec.family == 'unet' else ''}): {', '.join(parts)}")
+        raise InputError(f"{path}: weights do not fit the recorded model ({spec.family}/"
+                         f"{spec.family_entry.model_name(spec)}): {', '.join(parts)}")
 
 
 def _foreign_format(path: Path) -> str | None:
@@ -283,8 +156,6 @@ def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) ->
     checked field by field and the weights against the model it describes
     (see :func:`check_weights_fit`) before anything is built.
     """
-    from .io import check_regular_file
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint")
@@ -323,11 +194,10 @@ def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) ->
     meta = payload.get("meta") or {}
     if not isinstance(meta, dict) or "model" not in meta:
         raise InputError(f"{path}: checkpoint metadata has no model description")
-    _check_meta(meta, path)
-    meta.setdefault("normalization", {})
+    info = parse_meta(meta, path)
     if not isinstance(payload.get("state_dict"), dict):
         raise InputError(f"{path}: checkpoint holds no weights (state_dict)")
-    ckpt = Checkpoint(meta=meta, state_dict=payload["state_dict"],
+    ckpt = Checkpoint(meta=info, state_dict=payload["state_dict"],
                       optimizer=payload.get("optimizer") if with_optimizer else None, path=str(path))
     check_weights_fit(ckpt.spec, ckpt.state_dict, path)
     if ckpt.optimizer is not None and not isinstance(ckpt.optimizer, dict):
@@ -337,13 +207,10 @@ def load_checkpoint(path: str | os.PathLike, *, with_optimizer: bool = False) ->
 
 def describe_checkpoint(ckpt: Checkpoint) -> str:
     """One line for the user: family, architecture, classes, metrics."""
-    spec = ckpt.spec
-    m = ckpt.meta.get("metrics", {})
-    m = m if isinstance(m, dict) else {}
-    metric = f", val Dice {m['val_dice']:.3f}" if isinstance(m.get("val_dice"), float) else ""
-    enc = f"/{spec.encoder}" if spec.family == "unet" else ""
+    spec, info = ckpt.spec, ckpt.info
+    val_dice = info.metrics.get("val_dice")
+    metric = f", val Dice {val_dice:.3f}" if isinstance(val_dice, float) else ""
     head = f", {spec.head} instance head" if spec.has_regression_head else ""
-    scale = ckpt.meta.get("scale", 1.0)
-    resample = f", images resampled x{scale:g}" if isinstance(scale, (int, float)) and scale != 1.0 else ""
-    return (f"{spec.family} {spec.arch}{enc}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
+    resample = f", images resampled x{info.scale:g}" if info.scale != 1.0 else ""
+    return (f"{spec.family} {spec.family_entry.model_name(spec)}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
             f"label mode {ckpt.label_mode}{resample}{metric}")

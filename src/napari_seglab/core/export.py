@@ -14,9 +14,9 @@ Models with a "flows" or "distance" instance head export their maps instead:
 channel 0 the foreground probability, then the flows towards each object's
 centre (dy, dx, times 5) or the normalised distance to the boundary; objects
 come from them by following the flows (or a watershed of the distance), as
-``napari_seglab.core.flows.decode`` does. Mask R-CNN checkpoints are not
-exported (their output is a list of detections, not a tensor). Every file is
-written atomically.
+``napari_seglab.core.flows.decode`` does. Families whose output is not a
+tensor (``Family.exportable`` False: Mask R-CNN's list of detections) are not
+exported. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from torch import nn
 from .checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from .errors import InputError
 from .io import atomic_path, ensure_not_input
+from .models import families
 
 FORMATS = ("torchscript", "onnx", "bioimageio")
 META_FILE = "seglab_meta.json"  # name of the metadata stored inside a TorchScript file
@@ -71,9 +72,11 @@ def _checkpoint(source: str | os.PathLike | Checkpoint) -> Checkpoint:
 def exportable_model(source: str | os.PathLike | Checkpoint) -> ProbabilityModel:
     """The checkpoint's network wrapped in :class:`ProbabilityModel`, on the CPU, in eval mode."""
     ckpt = _checkpoint(source)
-    if ckpt.spec.family == "maskrcnn":
-        raise InputError("exporting Mask R-CNN models is not supported (their output is a list of detections); "
-                         "export a unet or fcn model")
+    family = ckpt.spec.family_entry
+    if not family.exportable:
+        able = " or ".join(f.name for f in families() if f.exportable)
+        raise InputError(f"exporting {family.label} models is not supported (their output is not an image "
+                         f"tensor); export a {able} model")
     return ProbabilityModel(ckpt.build("cpu"), head=ckpt.spec.has_regression_head).eval()
 
 
@@ -96,7 +99,7 @@ def example_input(source: str | os.PathLike | Checkpoint, size: int | None = Non
     """A random (1, C, S, S) float32 input; S is the recorded patch size (a multiple of 32, at most
     :data:`MAX_EXAMPLE`) unless given."""
     ckpt = _checkpoint(source)
-    side = size or ckpt.meta.get("patch") or 256
+    side = size or ckpt.info.patch or 256
     if isinstance(side, bool) or not isinstance(side, int):
         raise InputError(f"example size {side!r:.40} is not a whole number of pixels")
     side = max(ALIGN, side // ALIGN * ALIGN)
@@ -123,7 +126,7 @@ def _save_script(module: torch.jit.ScriptModule, target, ckpt: Checkpoint) -> No
 
 
 def _meta_json(ckpt: Checkpoint) -> str:
-    meta = dict(ckpt.meta)
+    meta = ckpt.meta
     meta["export"] = {"input": "(B, C, Y, X) float32, percentile-normalised, Y and X multiples of 32",
                       "output": output_description(ckpt)}
     return json.dumps(meta, default=str)
@@ -197,12 +200,12 @@ def _yaml_text(doc: dict) -> str:
 
 def _rdf(ckpt: Checkpoint, hashes: dict[str, str]) -> dict:
     spec = ckpt.spec
-    norm = ckpt.meta.get("normalization", {})
+    norm = ckpt.info.normalization.to_dict()
     k = max(2, spec.n_classes)
-    names = list(ckpt.meta.get("class_names") or [])
+    names = list(ckpt.info.class_names or [])
     names = names if len(names) == k else ["background"] + [f"class{i}" for i in range(1, k)]
     ident = [n.replace(" ", "_") for n in names]
-    patch = int(ckpt.meta.get("patch") or 256)
+    patch = int(ckpt.info.patch or 256)
     channels = [f"channel{i}" for i in range(spec.in_channels)]
     space_in = [{"type": "space", "id": a, "size": {"min": ALIGN, "step": ALIGN}} for a in ("y", "x")]
     space_out = [{"type": "space", "id": a, "size": {"tensor_id": "input", "axis_id": a}} for a in ("y", "x")]

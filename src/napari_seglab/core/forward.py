@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Generator
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -72,6 +71,10 @@ def forward_raw(lm, chw: np.ndarray) -> np.ndarray:
     return _forward(lm, chw, compact=False, raw=True)
 
 
+def _once(lm, chw: np.ndarray, raw: bool) -> np.ndarray:
+    return _forward(lm, chw, compact=True, raw=True) if raw else _forward(lm, chw, compact=True)
+
+
 #: test-time augmentation: the tile, flipped vertically, horizontally and both ways
 TTA_FLIPS = ((False, False), (True, False), (False, True), (True, True))
 
@@ -83,13 +86,13 @@ def _tile_output(lm, chw: np.ndarray, raw: bool) -> np.ndarray:
     output is flipped back (flow vectors turned with it) and the outputs are averaged.
     """
     if not getattr(lm, "tta", False):
-        return _forward(lm, chw, compact=True, raw=raw)
+        return _once(lm, chw, raw)
     from .flows import transform
 
     vectors = "flows" if raw and lm.spec.head == "flows" else None
     total = None
     for flip_y, flip_x in TTA_FLIPS:
-        out = _forward(lm, np.ascontiguousarray(transform(chw, flip_y=flip_y, flip_x=flip_x)), compact=True, raw=raw)
+        out = _once(lm, np.ascontiguousarray(transform(chw, flip_y=flip_y, flip_x=flip_x)), raw)
         out = transform(out, flip_y=flip_y, flip_x=flip_x, kind=vectors)
         total = out if total is None else total + out
     return total / len(TTA_FLIPS)
@@ -150,7 +153,7 @@ def on_cpu(lm):
     for b in lm.model.buffers():
         memo[id(b)] = b.detach().to(cpu, copy=True)
     model = copy.deepcopy(lm.model, memo)
-    return replace(lm, model=model, device=cpu, precision=precision_for(cpu))
+    return lm.replace(model=model, device=cpu, precision=precision_for(cpu))
 
 
 def iter_plane_with_fallback(lm, chw: np.ndarray, *, tile: int, overlap: float, lohi: tuple | None = None,

@@ -47,14 +47,10 @@ from .forward import (  # noqa: F401 (forward_*, predict_plane_probabilities: pa
 )
 from .io import check_image_values
 from .labels import is_instance_mode
-from .models import ModelSpec
+from .metadata import CheckpointMeta
+from .models import ModelSpec, get_family
 from .tiling import ALIGN, check_overlap
 
-# Bytes of working memory a forward pass needs per input pixel (float32, CPU,
-# channels_last, inference mode; measured peak RSS over the model's own size:
-# Unet-resnet34 493-533 at 512-1024 px, FCN-resnet50 880 at 512 px). Used to
-# pick the largest tile that fits the memory budget.
-BYTES_PER_PIXEL = {"unet": 540, "fcn": 900, "maskrcnn": 1500}
 CPU_BUDGET_CAP = 2.3 * 2**30
 
 
@@ -70,27 +66,40 @@ def device_memory_budget(device: torch.device) -> float:
     return float(min(CPU_BUDGET_CAP, total / 2))
 
 
-@dataclass
 class LoadedModel:
-    """A model ready to predict: network in eval mode, its metadata and device."""
+    """A model ready to predict: network in eval mode, its metadata (``info``) and device.
 
-    model: torch.nn.Module
-    meta: dict
-    device: torch.device
-    precision: Precision
-    tta: bool = False  # test-time augmentation (flips), see forward._tile_output
+    ``meta`` may be given typed or in its on-disk dict form; the :attr:`meta`
+    property gives the dict form back. ``tta``: test-time augmentation (flips,
+    see :func:`.forward._tile_output`).
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta | dict, device: torch.device,
+                 precision: Precision, tta: bool = False):
+        self.model, self.info, self.device, self.precision = model, CheckpointMeta.coerce(meta), device, precision
+        self.tta = bool(tta)
+
+    def replace(self, **changes) -> LoadedModel:
+        """A copy with some of ``model``, ``meta``, ``device``, ``precision``, ``tta`` changed (this one is kept)."""
+        values = {"model": self.model, "meta": self.info, "device": self.device, "precision": self.precision,
+                  "tta": self.tta}
+        return LoadedModel(**{**values, **changes})
+
+    @property
+    def meta(self) -> dict:
+        return self.info.to_dict()
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec.from_dict(self.meta["model"])
+        return self.info.model
 
     @property
     def label_mode(self) -> str:
-        return self.meta.get("label_mode", "scribbles")
+        return self.info.label_mode
 
     @property
     def normalization(self) -> Normalization:
-        return Normalization.from_dict(self.meta.get("normalization", {}))
+        return self.info.normalization
 
 
 def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
@@ -100,12 +109,12 @@ def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *,
     dev = device if isinstance(device, torch.device) else pick_device(device)
     precision = precision_for(dev, bf16_cpu=bf16_cpu)
     model = ckpt.build(dev)
-    if precision.channels_last and ckpt.spec.family != "maskrcnn":
+    if precision.channels_last and ckpt.spec.family_entry.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, meta=ckpt.meta, device=dev, precision=precision)
+    return LoadedModel(model=model, meta=ckpt.info, device=dev, precision=precision)
 
 
-def wrap_model(model: torch.nn.Module, meta: dict, device: torch.device) -> LoadedModel:
+def wrap_model(model: torch.nn.Module, meta: CheckpointMeta | dict, device: torch.device) -> LoadedModel:
     """A LoadedModel around a live (training) model; used for previews and validation."""
     return LoadedModel(model=model, meta=meta, device=device, precision=precision_for(device, training=True))
 
@@ -137,7 +146,7 @@ def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels
     """
     h, w = spatial
     fixed = h * w * (4 * out_channels + 4 + 4 * channels)
-    per_pixel = BYTES_PER_PIXEL.get(family, 1000) * (1 + 0.1 * (channels - 1))
+    per_pixel = get_family(family).bytes_per_pixel * (1 + 0.1 * (channels - 1))
     max_pixels = max(128 * 128, (budget_bytes - fixed) / per_pixel)
     if h * w <= max_pixels:
         return int(max(h, w))
@@ -230,7 +239,7 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
     # the network sees planes resampled by the checkpoint's object scale (tiles are in its pixels)
-    scale = check_scale(model.meta.get("scale", 1.0)) if spec.semantic else 1.0
+    scale = check_scale(model.info.scale) if spec.semantic else 1.0
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
@@ -294,14 +303,14 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     """
     spec = model.spec
     if tta and spec.semantic:
-        model = replace(model, tta=True)  # the caller's (perhaps cached) model is left as it was
+        model = model.replace(tta=True)  # the caller's (perhaps cached) model is left as it was
     image = check_image_values(np.asarray(image))
     job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
     labels = np.zeros(job.spatial, np.int32)
     probs_out = np.zeros((max(2, spec.n_classes), *job.spatial), np.float32) if probabilities and spec.semantic \
         else None
     boxes: list[dict] = []
-    norm = Normalization.from_dict(model.meta.get("normalization", {}))
+    norm = model.normalization
     current = model  # becomes a CPU copy for the rest of this call after an out-of-memory fallback
     stopped = False
     try:
@@ -311,10 +320,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             raw = to_chw(plane, spec.in_channels)
             lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
-            if spec.family == "maskrcnn":
-                from .detection import predict_instances_tiled
-
-                inst, det = yield from relay(predict_instances_tiled(
+            if not spec.semantic:  # object and box families: their own tiled prediction
+                inst, det = yield from relay(spec.family_entry.predict_objects(
                     current, normalize(raw, *lohi), tile=job.tile, overlap=overlap,
                     score_threshold=score_threshold, stop=stop), tagged)
                 labels[index] = inst
@@ -327,7 +334,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             del probs
     except Stopped:
         stopped = True
-    kind = "instances" if spec.family == "maskrcnn" or is_instance_mode(model.label_mode) or split_instances \
+    kind = "instances" if not spec.semantic or is_instance_mode(model.label_mode) or split_instances \
         else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 

@@ -15,13 +15,7 @@ import numpy as np
 import torch
 
 from .device import cpu_bf16_supported
-from .models import PRESETS, ModelSpec
-
-#: steps a model needs on the sample nuclei before its prediction is worth correcting (AP@0.5 above
-#: Otsu + watershed), per family, measured with benchmarks/quality_vs_time.py on 2 CPU cores
-STEPS_TO_USEFUL = {"unet": 150, "fcn": 300, "maskrcnn": 3000}
-#: typical seconds per CPU training step of the non-preset families (2 cores, default patch/batch)
-CPU_STEP_S = {"fcn": 2.5, "maskrcnn": 6.0}
+from .models import ModelSpec
 
 
 def cost_note(spec: ModelSpec, device: torch.device, time_limit: float | None,
@@ -29,15 +23,19 @@ def cost_note(spec: ModelSpec, device: torch.device, time_limit: float | None,
     """What the chosen model costs per step here and how long it needs to be useful: (text, level).
 
     ``step_seconds``: measured seconds per step (the first steps of a run);
-    None uses the figure measured on a 2-core CPU. The level is "warning"
-    when the time budget is far too small for the model to become useful.
+    None uses the figure measured on a 2-core CPU (the family's preset or
+    ``Family.cpu_step_s``). The steps a model needs to be useful are the
+    family's ``steps_to_useful`` (AP@0.5 above Otsu + watershed on the sample
+    nuclei, benchmarks/quality_vs_time.py on 2 CPU cores). The level is
+    "warning" when the time budget is far too small for the model to become useful.
     """
     if device.type != "cpu" and step_seconds is None:
         return "", "info"
-    preset = next((p for p in PRESETS.values() if spec.family == "unet" and spec.encoder == p.encoder
+    family = spec.family_entry
+    preset = next((p for p in family.presets.values() if spec.encoder == p.encoder
                    and spec.options.get("encoder_depth", 5) == p.encoder_depth), None)
-    typical = step_seconds or (preset.cpu_step_s if preset else CPU_STEP_S.get(spec.family, 0.4))
-    need = STEPS_TO_USEFUL.get(spec.family, 150) * typical
+    typical = step_seconds or (preset.cpu_step_s if preset else family.cpu_step_s)
+    need = family.steps_to_useful * typical
     where = "measured" if step_seconds else "typical on a 2-core CPU"
     text = f"{typical:.2f} s per step ({where}); useful after about {need:.0f} s"
     level = "info"

@@ -7,24 +7,21 @@ checkpoint exists at every moment after the first step, whatever ends the run.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, save_checkpoint
-from .data import Sample
-from .events import EpochEnd
+from .data import Normalization, Sample
+from .events import EpochEnd, run_to_completion
 from .labels import IGNORE, is_instance_mode
+from .metadata import CheckpointMeta
 from .models import ModelSpec
+from .predict import forward_probabilities, forward_raw, wrap_model
 from .runtime import Budget, sigint_deferred
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 
 def _dice_scores(pred: np.ndarray, target: np.ndarray, n_classes: int, mode: str) -> tuple[float, list[float]]:
@@ -62,27 +59,23 @@ class Validator:
     def __bool__(self) -> bool:
         return bool(self.crops)
 
-    def score(self, model: torch.nn.Module, meta: dict, device: torch.device, mode: str) -> tuple[float, list[float]]:
-        from .predict import forward_probabilities, wrap_model
-
+    def score(self, model: torch.nn.Module, meta: CheckpointMeta, device: torch.device, mode: str
+              ) -> tuple[float, list[float]]:
+        """(mean Dice, per-class Dice) of ``model`` on the held-out crops; object families score foreground."""
         lm = wrap_model(model, meta, device)
-        spec = ModelSpec.from_dict(meta["model"])
+        spec = meta.model
         preds, tgts = [], []
         was_training = model.training
         model.eval()
         try:
             for img, tgt in self.crops:
-                if spec.family == "maskrcnn":
-                    from .detection import predict_instances_tiled
-                    from .predict import run_to_completion
-
-                    inst, _ = run_to_completion(predict_instances_tiled(lm, img, tile=max(img.shape[-2:]),
-                                                                         overlap=0.0, score_threshold=0.5))
+                if not spec.semantic:
+                    detect = spec.family_entry.predict_objects
+                    inst, _ = run_to_completion(detect(lm, img, tile=max(img.shape[-2:]), overlap=0.0,
+                                                       score_threshold=0.5))
                     pred = (inst > 0).astype(np.int64)
                     tgt = np.where(tgt == IGNORE, IGNORE, (tgt > 0).astype(np.int64))
                 elif spec.has_regression_head:  # foreground: sigmoid(logit) > 0.5
-                    from .predict import forward_raw
-
                     pred = (forward_raw(lm, img)[0] > 0).astype(np.int64)
                 else:
                     pred = np.argmax(forward_probabilities(lm, img), 0)
@@ -90,40 +83,34 @@ class Validator:
                 tgts.append(tgt.reshape(-1))
         finally:
             model.train(was_training)
-        n = 2 if spec.family == "maskrcnn" else max(2, spec.n_classes)
+        n = max(2, spec.n_classes) if spec.semantic else 2
         return _dice_scores(np.concatenate(preds), np.concatenate(tgts), n, mode)
 
 
-def run_meta(config, spec, n_classes, norm, scale, samples, counts, note, use_bf16) -> dict:
-    if spec.family == "maskrcnn" or spec.has_regression_head:
+def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples: list[Sample],
+             counts: np.ndarray, note: str, use_bf16: bool) -> CheckpointMeta:
+    """The metadata of a run's checkpoints (``config``: the resolved TrainConfig), before any metric."""
+    if not spec.semantic or spec.has_regression_head:
         names = ["background", "object"]
     elif is_instance_mode(config.label_mode):
         names = ["background", "interior", "boundary"]
     else:
-        names = ["background"] + [f"class {i}" for i in range(1, n_classes)]
-    return {
-        "model": spec.to_dict(),
-        "label_mode": config.label_mode,
-        "n_classes": n_classes,
-        "class_names": names,
-        "normalization": norm.to_dict(),
-        "patch": config.patch,
-        "scale": scale,
-        "training": {
-            "config": dict(asdict(config).items()),
-            "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
-            "class_pixels": counts.tolist(),
-            "weights": note,
-            "bf16": use_bf16,
-        },
-        "metrics": {},
+        names = ["background"] + [f"class {i}" for i in range(1, spec.n_classes)]
+    training = {
+        "config": dict(asdict(config).items()),
+        "data": [{"shape": list(s.target.shape), "annotated_pixels": s.annotated} for s in samples],
+        "class_pixels": counts.tolist(),
+        "weights": note,
+        "bf16": use_bf16,
     }
+    return CheckpointMeta(model=spec, label_mode=config.label_mode, class_names=tuple(names),
+                          normalization=norm, patch=config.patch, scale=scale, training=training)
 
 
 class RunState:
     """The best model so far and the checkpoints of one run (kept loadable at every moment)."""
 
-    def __init__(self, model, meta: dict, config: TrainConfig, budget: Budget):
+    def __init__(self, model, meta: CheckpointMeta, config, budget: Budget):
         self.model, self.meta, self.budget = model, meta, budget
         self.path = config.model_out
         self.last_path = str(Path(self.path).with_suffix(".last.pt")) if self.path and config.save_last else None
@@ -135,17 +122,16 @@ class RunState:
         self.save_s = 0.0  # seconds one checkpoint write took
 
     def checkpoint(self, state: dict, metrics: dict, epoch: int) -> Checkpoint:
-        m = copy.deepcopy(self.meta)
-        m["metrics"] = metrics
-        m["training"].update(steps=self.budget.step, epochs=epoch, seconds=round(self.budget.elapsed(), 2))
-        return Checkpoint(meta=m, state_dict=state, path=self.path)
+        training = {**self.meta.training, "steps": self.budget.step, "epochs": epoch,
+                    "seconds": round(self.budget.elapsed(), 2)}
+        return Checkpoint(meta=self.meta.replace(metrics=metrics, training=training), state_dict=state, path=self.path)
 
     def end_epoch(self, epoch: int, losses: list[float], validator, device, epochs: int | None
                   ) -> tuple[dict, EpochEnd]:
         train_loss = float(np.mean(losses))
         val_dice, per_class = None, ()
         if validator:
-            val_dice, per = validator.score(self.model, self.meta, device, self.meta["label_mode"])
+            val_dice, per = validator.score(self.model, self.meta, device, self.meta.label_mode)
             per_class = tuple(per)
             # validation Dice saturates on small annotations: ties go to the lower training loss
             score = (round(val_dice, 3), -self.ema)
@@ -177,12 +163,12 @@ class RunState:
                 self.best = self.checkpoint(self.best_state, {"note": "stopped before the first validation"}, 0)
             if self.path and not self.written and not self.completed:
                 with sigint_deferred():
-                    save_checkpoint(self.path, StateOnly(self.best_state), self.best.meta)
+                    save_checkpoint(self.path, StateOnly(self.best_state), self.best.info)
                 self.written = True
         if self.last_path:
             with contextlib.suppress(Exception), sigint_deferred():
                 save_checkpoint(self.last_path, self.model,
-                                self.checkpoint({}, {"history": history}, len(history)).meta, optimizer)
+                                self.checkpoint({}, {"history": history}, len(history)).info, optimizer)
 
     def final(self, history: list[dict]) -> Checkpoint:
         """The returned checkpoint: the best weights with the whole history (already on disk)."""
@@ -191,7 +177,7 @@ class RunState:
                                                  "epoch": self.best_epoch, "history": history}, len(history))
         if self.path:
             with sigint_deferred():
-                save_checkpoint(self.path, StateOnly(self.best_state), best.meta)
+                save_checkpoint(self.path, StateOnly(self.best_state), best.info)
         return best
 
 

@@ -1,4 +1,4 @@
-"""Mask R-CNN (torchvision) for microscopy: model, training targets and loss, tiled prediction.
+"""The ``maskrcnn`` family: torchvision Mask R-CNN for microscopy: model, targets and loss, tiled prediction.
 
 The detector is torchvision's ``maskrcnn_resnet50_fpn`` (or ``_v2``) with
 settings for many small objects (``ModelSpec.options`` overrides each):
@@ -16,14 +16,14 @@ settings for many small objects (``ModelSpec.options`` overrides each):
 
 Stock COCO weights are used only when already on disk (torch hub cache) or
 given as a file; the module layout never depends on that choice, so a
-checkpoint rebuilds with ``build_maskrcnn(spec, None)``.
+checkpoint rebuilds with ``build_maskrcnn(spec, None, False)``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,15 @@ from scipy import ndimage as ndi
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from .errors import InputError
-from .events import TileDone, check_stop
-from .models import ModelSpec, _ChannelAdapter, _hub_file, _load_state_file
+from ..errors import InputError
+from ..events import TileDone, check_stop
+from ..tiling import TilePlan
+from .family import Family, LossInputs, Spec
+from .weights import ChannelAdapter, hub_file, load_state_file
+
+MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+#: ready-made torchvision models: name -> (architecture, weights source)
+STOCK = {"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"), "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
@@ -51,7 +57,7 @@ DEFAULTS = {
 MIN_OBJECT_PIXELS = 4
 
 
-def _option(spec: ModelSpec, key: str):
+def _option(spec: Spec, key: str):
     return spec.options.get(key, DEFAULTS[key])
 
 
@@ -72,7 +78,7 @@ class MaskRCNNModel(nn.Module):
 
     def __init__(self, detector: nn.Module, in_channels: int):
         super().__init__()
-        self.adapt = _ChannelAdapter(in_channels)
+        self.adapt = ChannelAdapter(in_channels)
         self.detector = detector
 
     def forward(self, x: torch.Tensor, targets: list[dict] | None = None):
@@ -102,27 +108,33 @@ class MaskRCNNModel(nn.Module):
         return detections
 
 
-def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
-    """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
-    from torchvision.models import ResNet50_Weights
+def stock_weights(arch: str):
+    """The torchvision weights enum of ``arch``'s stock (COCO) weights."""
     from torchvision.models.detection import (
         MaskRCNN_ResNet50_FPN_V2_Weights,
         MaskRCNN_ResNet50_FPN_Weights,
     )
 
-    coco = (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
+    return (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
+
+
+def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
+    """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
+    from torchvision.models import ResNet50_Weights
+
+    coco = stock_weights(arch)
     imagenet = ResNet50_Weights.IMAGENET1K_V1
     order = [(imagenet, "backbone")] if pretrained == "imagenet" else [(coco, "detector")]
     if pretrained == "auto":
         order.append((imagenet, "backbone"))
     for weights, target in order:
-        cached = _hub_file(weights.url)
+        cached = hub_file(weights.url)
         if cached.is_file():
-            return _load_state_file(cached), f"stock weights {weights}", target
+            return load_state_file(cached), f"stock weights {weights}", target
         if allow_download:
             return weights.get_state_dict(progress=False, check_hash=True), f"stock weights {weights}", target
     names = " or ".join(os.path.basename(w.url) for w, _ in order)
-    return None, (f"stock {arch} weights ({names}) are not in the torch cache {_hub_file(coco.url).parent}; "
+    return None, (f"stock {arch} weights ({names}) are not in the torch cache {hub_file(coco.url).parent}; "
                   "random initialisation"), ""
 
 
@@ -136,7 +148,7 @@ def _load_matching(module: nn.Module, state: dict, source: str) -> int:
     return len(usable)
 
 
-def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """Mask R-CNN of ``spec`` (arch ``maskrcnn_resnet50_fpn[_v2]``); returns (model, weights note).
 
     ``pretrained``: None (random), ``"coco"`` / ``"voc"`` / ``"auto"`` (stock
@@ -154,6 +166,8 @@ def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool
     if len(sizes) != 5 or len(ratios[0]) != 3:
         raise InputError("Mask R-CNN options need 5 anchor sizes (one per FPN level) and 3 aspect ratios")
     mean, std = list(_option(spec, "image_mean")), list(_option(spec, "image_std"))
+    # the sizes of torchvision's resize step, which NoResizeTransform skips; checkpoints before
+    # CheckpointMeta recorded the training patch here
     patch = int(spec.options.get("patch", 256))
     detector = builder(
         weights=None, weights_backbone=None, num_classes=spec.n_classes,
@@ -175,7 +189,7 @@ def build_maskrcnn(spec: ModelSpec, pretrained: str | None, allow_download: bool
         if state is not None:
             _load_matching(detector.backbone.body if target == "backbone" else detector, state, note)
     elif pretrained:
-        state = _load_state_file(pretrained)
+        state = load_state_file(pretrained)
         state = {k.removeprefix("detector."): v for k, v in state.items() if not k.startswith("adapt.")}
         n = _load_matching(detector, state, str(pretrained))
         note = f"weights from {pretrained} ({n} tensors)"
@@ -314,8 +328,6 @@ def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, s
     detections whose box centre lies in its core (nearer its centre than a
     neighbour's), so an object cut by a tile border comes out once.
     """
-    from .tiling import TilePlan
-
     h, w = chw.shape[-2:]
     plan = TilePlan.fixed((h, w), tile, overlap)
     (tile_y, tile_x), cores, positions = plan.size, plan.cores(), plan.origins()
@@ -335,3 +347,44 @@ def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, s
                 found.append((score, cls, iy, ix, crop))
         yield TileDone(i + 1, len(positions))
     return _merge(found, (h, w))
+
+
+def _loss(model: nn.Module, batch: LossInputs) -> torch.Tensor:
+    return detection_loss(model, batch.images, batch.instances)
+
+
+#: the options a checkpoint may set, each (kind, low, high[, list length]); 8192 = the largest patch
+STORED_OPTIONS: Mapping[str, tuple] = {
+    "patch": ("int", 32, 8192), "detections_per_img": ("int", 1, 100_000),
+    "rpn_pre_nms_top_n": ("int", 1, 100_000), "rpn_post_nms_top_n": ("int", 1, 100_000),
+    "rpn_train_top_n": ("int", 1, 100_000), "box_batch_size_per_image": ("int", 1, 100_000),
+    "box_score_thresh": ("num", 0.0, 1.0), "anchor_sizes": ("nums", 1, 4096, 5),
+    "aspect_ratios": ("nums", 0.01, 100.0, 3), "image_mean": ("nums", -1e3, 1e3, 3),
+    "image_std": ("nums", 1e-6, 1e3, 3),
+}
+
+FAMILY = Family(
+    name="maskrcnn",
+    kind="instances",
+    label="Mask R-CNN",
+    archs=MASKRCNN_ARCHS,
+    default_arch="maskrcnn_resnet50_fpn",
+    build=build_maskrcnn,
+    loss=_loss,
+    predict_objects=predict_instances_tiled,
+    bytes_per_pixel=1500,
+    train_bytes_per_pixel=2000,
+    # from scratch, AdamW diverges above ~1e-4 (U-Nets and FCNs like 3e-3)
+    lr=1e-4,
+    lr_finetune=1e-4,
+    exportable=False,  # its output is a list of detections, not a tensor
+    label_modes=("instances",),
+    label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
+    stored_options=STORED_OPTIONS,
+    stock=STOCK,
+    stock_weights=stock_weights,
+    channels_last=False,
+    holdout=False,
+    steps_to_useful=3000,
+    cpu_step_s=6.0,
+)
