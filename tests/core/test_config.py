@@ -151,3 +151,13 @@ def test_cli_checks_the_settings_and_the_model_names_once(monkeypatch, tmp_path,
     assert code == 0, capsys.readouterr().err
     assert checks == [1] and specs == [1]
     assert isinstance(seen["config"], ResolvedTrainConfig) and seen["config"].patch == DENSE_PATCH["cpu"]
+
+
+def test_the_learning_rates_in_the_help_are_the_families_own():
+    from napari_seglab.core import config
+    from napari_seglab.core.models import get_family
+
+    assert (config.LR_SCRATCH, config.LR_FINETUNE) == (get_family("unet").lr, get_family("unet").lr_finetune)
+    assert config.LR_MASKRCNN == get_family("maskrcnn").lr
+    assert config.default_lr("maskrcnn") == config.LR_MASKRCNN
+    assert config.default_lr("unet", fine_tuning=True) == config.LR_FINETUNE

@@ -26,12 +26,12 @@ from ..core.data import median_diameter, scale_for
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.labels import LABEL_MODES, get_mode
-from ..core.models import DEFAULT_ARCH, FAMILIES, FCN_ARCHS, MASKRCNN_ARCHS, PRESETS, SMP_ARCHS
+from ..core.models import DEFAULT_FAMILY, FAMILIES, get_family
 from . import _common as ui
 from ._models import MODELS_DIR, folder_note
 from ._train_job import auto_number
 
-ARCHS = {"unet": SMP_ARCHS, "fcn": FCN_ARCHS, "maskrcnn": MASKRCNN_ARCHS}
+ARCHS = {name: get_family(name).archs for name in FAMILIES}
 #: the diameter estimate runs on the GUI thread at each labels change: only on planes this small
 MAX_ESTIMATE_PIXELS = 16e6
 #: the encoder entry that lets the preset decide
@@ -79,14 +79,15 @@ class TrainSettings:
                                           "suffix one of: " + ", ".join(ui.PAIR_SUFFIXES)
                                           + " (e.g. 'cells corrected'; model outputs are skipped)")
         self._init = ui.file_picker("start from", "r", "*.pt", tooltip=tip("init") + "; empty = a new model")
-        self._family = ui.choice_combo("family", FAMILIES, "unet", tip("family"))
-        self._preset = ui.choice_combo("preset", ("auto", *PRESETS), "auto", tip("preset"))
+        self._family = ui.choice_combo("family", FAMILIES, DEFAULT_FAMILY, tip("family"))
+        self._preset = ui.choice_combo("preset", ("auto", *get_family(DEFAULT_FAMILY).presets), "auto", tip("preset"))
         self._head = ui.choice_combo("instance head", ("auto", *SETTINGS["instance_head"].choices), "auto",
                                      tip("instance_head"))
         self._head.enabled = False
         self._diameter = LineEdit(label=DIAMETER.label, value="auto", tooltip=DIAMETER.text)
         self._diameter_note = ui.wrapped_label("", small=True)
-        self._arch = ui.choice_combo("architecture", SMP_ARCHS, DEFAULT_ARCH["unet"], tip("arch"))
+        self._arch = ui.choice_combo("architecture", ARCHS[DEFAULT_FAMILY], get_family(DEFAULT_FAMILY).default_arch,
+                                     tip("arch"))
         self._encoder = ui.choice_combo("encoder", COMMON_ENCODERS, FROM_PRESET,
                                         tip("encoder") + "; (preset): the preset's; or type any name")
         self._encoder.native.setEditable(True)
@@ -206,22 +207,24 @@ class TrainSettings:
 
     def _update_head(self) -> None:
         """The instance head applies to fresh unet / fcn models trained on instances or objects labels."""
-        self._head.enabled = (get_mode(self._mode.value).instances and self._family.value != "maskrcnn"
+        self._head.enabled = (get_mode(self._mode.value).instances and len(get_family(self._family.value).heads) > 1
                               and ui.path_or_none(self._init) is None)
 
     def _on_family(self, family: str) -> None:
+        fam = get_family(family)
         self._arch.choices = ARCHS[family]
-        self._arch.value = DEFAULT_ARCH[family]
-        self._encoder.enabled = family == "unet" and ui.path_or_none(self._init) is None
-        self._preset.enabled = self._encoder.enabled
-        if family == "maskrcnn":
-            self._mode.value = next(name for name in LABEL_MODES if get_mode(name).whole_objects)
+        self._arch.value = fam.default_arch
+        self._encoder.enabled = fam.encoders is not None and ui.path_or_none(self._init) is None
+        self._preset.enabled = bool(fam.presets) and self._encoder.enabled
+        if fam.label_modes is not None and self._mode.value not in fam.label_modes:
+            self._mode.value = fam.label_modes[0]
         self._update_head()
 
     def _on_init(self, *_args) -> None:
         # a start model brings its own architecture
         fresh = ui.path_or_none(self._init) is None
         ui.set_enabled([self._family, self._arch, self._pretrained], fresh)
-        self._encoder.enabled = fresh and self._family.value == "unet"
-        self._preset.enabled = self._encoder.enabled
+        fam = get_family(self._family.value)
+        self._encoder.enabled = fresh and fam.encoders is not None
+        self._preset.enabled = bool(fam.presets) and self._encoder.enabled
         self._update_head()

@@ -40,8 +40,6 @@ MAX_TIME = 30 * 24 * 3600.0  # a month of training, in seconds
 #: scale jitter of dense instance labels. DSB nuclei (left half trains, right half predicted), flows head, 2000
 #: steps, 1 thread, 3 seeds: AP@0.5 / AP@0.75 with jitter 1.33 vs none, see benchmarks/instance_heads.py
 INSTANCE_SCALE_JITTER = 1.33
-#: a floor of the training memory per patch pixel, float32 (bytes)
-TRAIN_BYTES_PER_PIXEL = {"unet": 1000, "fcn": 1500, "maskrcnn": 2000}
 #: smp architectures that pool the whole patch to 1x1 before a BatchNorm
 POOLED_ARCHS = ("deeplabv3plus", "pan", "deeplabv3")
 
@@ -181,7 +179,7 @@ class TrainConfig:
                 raise SettingError(declared[name], value, name)
         _check_patch(self.patch, declared["patch"])
         names = _check_model(self)
-        _check_memory(self)
+        _check_memory(self, names[0])
         return names
 
     def resolve(self, device) -> ResolvedTrainConfig:
@@ -189,8 +187,6 @@ class TrainConfig:
 
         Returns a frozen :class:`ResolvedTrainConfig`; this config is not changed.
         """
-        from .models import DEFAULT_PRESET
-
         family, arch = self._check()
         kind = getattr(device, "type", str(device).split(":")[0])
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -199,8 +195,9 @@ class TrainConfig:
                       batch_size=self.batch_size or default_batch(self.label_mode),
                       lr=self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained)),
                       device=str(device))
-        if family == "unet" and self.encoder is None:
-            values["preset"] = self.preset or DEFAULT_PRESET.get(kind, "fast")
+        fam = _family(family)
+        if fam.presets and self.encoder is None:
+            values["preset"] = self.preset or fam.default_preset.get(kind, next(iter(fam.presets)))
         if self.instance_head is None and self.init is None:
             values["instance_head"] = default_instance_head(self.label_mode, family)
         if self.scale_jitter is None:
@@ -238,9 +235,16 @@ def default_batch(label_mode: str) -> int:
     return SPARSE_BATCH if get_mode(label_mode).self_training else DENSE_BATCH
 
 
+def _family(name: str):
+    """The model registry's record of family ``name`` (imported on use: the CLI's parser needs no torch)."""
+    from .models import get_family
+
+    return get_family(name)
+
+
 def default_lr(family: str, *, fine_tuning: bool = False) -> float:
-    """AdamW learning rate: Mask R-CNN from scratch diverges above ~1e-4; U-Nets and FCNs like 3e-3."""
-    return LR_MASKRCNN if family == "maskrcnn" else LR_FINETUNE if fine_tuning else LR_SCRATCH
+    """AdamW learning rate, the family's own (:data:`LR_SCRATCH` / :data:`LR_FINETUNE` / :data:`LR_MASKRCNN`)."""
+    return _family(family).default_lr(fine_tune=fine_tuning)
 
 
 def default_scale_jitter(label_mode: str) -> float:
@@ -249,7 +253,8 @@ def default_scale_jitter(label_mode: str) -> float:
 
 
 def default_instance_head(label_mode: str, family: str) -> str:
-    """The instance head a fresh model gets: flows for dense ``instances`` labels (unet / fcn), else boundary.
+    """The instance head a fresh model gets: flows for dense ``instances`` labels (families that carry it), else
+    boundary.
 
     Equal wall-clock time, fast preset (benchmarks/quality_vs_time.py, 2 seeds, busy 2-core machine):
     dense labels, unseen sample image, 60 s AP@0.5 / AP@0.75 0.95 / 0.85 with flows vs 0.87 / 0.68 with the
@@ -257,7 +262,7 @@ def default_instance_head(label_mode: str, family: str) -> str:
     (0.56 / 0.18 vs 0.83 / 0.40): a few painted objects rarely touch, so the flows never learn to part
     touching nuclei, while the boundary class learns every painted outline.
     """
-    return "flows" if get_mode(label_mode).whole_objects and family in ("unet", "fcn") else "boundary"
+    return "flows" if get_mode(label_mode).whole_objects and "flows" in _family(family).heads else "boundary"
 
 
 # ---------------------------------------------------------------------- rules between settings
@@ -291,20 +296,20 @@ def _check_model(config: TrainConfig) -> tuple[str, str]:
             raise InputError(f"the {config.instance_head!r} instance head needs 'instances' or 'objects' labels, "
                              f"not {config.label_mode!r}")
         check_head(config.instance_head, config.family)
-    if config.family == "maskrcnn" and not mode.whole_objects:
-        raise InputError("Mask R-CNN learns objects: it needs 'instances' labels (each object its own id), "
-                         f"not {config.label_mode!r}")
+    family = _family(spec.family)
+    if family.label_modes is not None and config.label_mode not in family.label_modes:
+        raise InputError(f"{family.label_modes_note}, not {config.label_mode!r}")
     return spec.family, spec.arch
 
 
-def _check_memory(config: TrainConfig) -> None:
+def _check_memory(config: TrainConfig, family_name: str) -> None:
     """Refuse a patch and batch that cannot fit in this machine's memory, and batch 1 where BatchNorm fails."""
     import torch
 
     patch = config.patch or min(SPARSE_PATCH.values())
     if config.patch is not None or config.batch_size is not None:
         batch = config.batch_size or default_batch(config.label_mode)
-        need = batch * patch * patch * TRAIN_BYTES_PER_PIXEL.get(config.family, 1000)
+        need = batch * patch * patch * _family(family_name).train_bytes_per_pixel
         try:
             total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
@@ -316,7 +321,7 @@ def _check_memory(config: TrainConfig) -> None:
                              f"to train, more than this machine has ({total / 2**30:.0f} GiB); use a smaller "
                              "patch or batch")
     is_pooled = str(config.arch).lower() in POOLED_ARCHS
-    if config.family == "unet" and config.batch_size == 1 and (is_pooled or (patch // 32) ** 2 < 2):
+    if _family(family_name).presets and config.batch_size == 1 and (is_pooled or (patch // 32) ** 2 < 2):
         why = (f"{config.arch} pools the whole patch to one value per channel" if is_pooled
                else f"a {patch} px patch leaves one pixel at the deepest level")
         raise InputError(f"batch size 1 cannot train this model: {why}, and BatchNorm needs more than one "
