@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
+from ..core.events import relay  # noqa: F401 - the docks relay core events through it
 from ..core.labels import compact_labels as _compact_labels
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error
@@ -288,22 +289,6 @@ def matching_pairs(viewer) -> list[tuple]:
         if suffix in PAIR_SUFFIXES and stem in images:
             pairs.append((images[stem], layer))
     return pairs
-
-
-def relay(gen: Generator, change: Callable[[object], object]) -> Generator:
-    """Pass ``gen``'s events through ``change`` (in the worker thread); return ``gen``'s value.
-
-    Closing the relay closes ``gen``, so the core's clean-up still runs.
-    """
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as end:
-                return end.value
-            yield change(event)
-    finally:
-        gen.close()
 
 
 _warm_up: threading.Thread | None = None
