@@ -148,14 +148,16 @@ def main(argv=None):
     ap.add_argument("--cellpose-python", default=None, help="interpreter with cellpose 3.1 (default: this one)")
     ap.add_argument("--stardist-wheel", default=None, help="stardist wheel holding the real image")
     ap.add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
+    ap.add_argument("--tools", nargs="+", default=["cellpose", "seglab"], choices=["cellpose", "seglab"],
+                    help="which tools to run (the ratios need both)")
     args = ap.parse_args(argv)
 
     from instance_heads import real_data, sample_data, stardist_wheel
 
     from napari_seglab.core.metrics import match_instances
 
-    python = _cellpose_python(args.cellpose_python)
-    if python is None:
+    python = _cellpose_python(args.cellpose_python) if "cellpose" in args.tools else None
+    if python is None and "cellpose" in args.tools:
         print("cellpose is not importable here; pass --cellpose-python (pip install cellpose==3.1.1.3 "
               "needs numpy<2.1, so give it its own environment). Cellpose skipped.")
     try:
@@ -164,7 +166,7 @@ def main(argv=None):
     except ImportError:
         print("StarDist skipped: it needs TensorFlow, which is not installed in this environment.")
     loaders = {"sample": sample_data, "real": lambda: real_data(stardist_wheel(args.stardist_wheel))}
-    tools = (["cellpose"] if python else []) + ["seglab"]
+    tools = (["cellpose"] if python else []) + (["seglab"] if "seglab" in args.tools else [])
     rows = []
     print(f"{'image':7} {'budget':>6} {'seed':>4} {'tool':9} {'AP50':>6} {'AP75':>6} {'Dice':>6} {'n/true':>8} "
           f"{'steps':>5} {'steps/s':>7} {'train s':>7} {'pred s':>6}", flush=True)
@@ -191,7 +193,7 @@ def main(argv=None):
                 print(f"{name:7} {budget:6g} {tool:9} AP50 {v[:, 0].mean():.3f} ({np.ptp(v[:, 0]):.3f}) "
                       f"AP75 {v[:, 1].mean():.3f} ({np.ptp(v[:, 1]):.3f}) Dice {v[:, 2].mean():.3f} "
                       f"({np.ptp(v[:, 2]):.3f}) steps/s {v[:, 3].mean():.3f}")
-    if "cellpose" in tools:
+    if tools == ["cellpose", "seglab"]:
         print("\nratios seglab / cellpose (AP50, AP75, Dice, steps/s)")
         for name in args.images:
             for budget in args.budget:
