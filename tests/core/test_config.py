@@ -157,7 +157,7 @@ def test_the_learning_rates_in_the_help_are_the_families_own():
     from napari_seglab.core import config
     from napari_seglab.core.models import get_family
 
-    assert (config.LR_SCRATCH, config.LR_FINETUNE) == (get_family("unet").lr, get_family("unet").lr_finetune)
-    assert config.LR_MASKRCNN == get_family("maskrcnn").lr
+    assert (get_family("unet").lr, get_family("unet").lr_finetune) == (config.LR_SCRATCH, config.LR_FINETUNE)
+    assert get_family("maskrcnn").lr == config.LR_MASKRCNN
     assert config.default_lr("maskrcnn") == config.LR_MASKRCNN
     assert config.default_lr("unet", fine_tuning=True) == config.LR_FINETUNE

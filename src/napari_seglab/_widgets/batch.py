@@ -12,6 +12,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import FileDone, Message
+from ..core.options import BatchOptions
+from ..core.settings import settings_of
 from . import _common as ui
 from . import _layout
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
@@ -67,16 +69,19 @@ class BatchWidget(Container):
         self._input = ui.file_picker("input folder", "d", tooltip="folder with the images to segment")
         self._output = ui.file_picker("output folder", "d", tooltip="where labels, tables and the manifest go")
         self._model = ui.file_picker("model file", "r", "*.pt")
-        self._pattern = LineEdit(label="pattern", value="*.tif", tooltip="file name pattern, e.g. *.tif or *_dapi.tiff")
-        self._device = ui.choice_combo("device", DEVICES, "auto")
-        self._workers = SpinBox(label="workers", value=0, min=0, max=256, tooltip="parallel processes; 0 = automatic")
+        opt = settings_of(BatchOptions)
+        self._pattern = LineEdit(label=opt["pattern"].label, value="*.tif", tooltip=opt["pattern"].text)
+        self._device = ui.choice_combo("device", DEVICES, "auto", opt["device"].text)
+        # a spin box has no "auto": here 0 means automatic (the core's None), not "in this process"
+        self._workers = SpinBox(label=opt["workers"].label, value=0, min=0, max=256,
+                                tooltip=f"local worker processes; 0 = automatic: {opt['workers'].auto}")
         self._scheduler = LineEdit(label="scheduler", value="",
                                    tooltip="a Dask scheduler address (tcp://host:8786); empty = local worker processes; sync = inside napari")
         self._scheduler.native.setPlaceholderText("local; or tcp://host:8786, or sync")
-        self._recursive = CheckBox(text="include sub-folders", value=False)
-        self._probabilities = CheckBox(text="write probabilities", value=False)
+        self._recursive = CheckBox(text=opt["recursive"].label, value=False, tooltip=opt["recursive"].text)
+        self._probabilities = CheckBox(text=opt["probabilities"].label, value=False, tooltip=opt["probabilities"].text)
         self._measurements = CheckBox(text="measure objects (CSV)", value=True)
-        self._skip = CheckBox(text="skip files already done", value=False)
+        self._skip = CheckBox(text=opt["skip_existing"].label, value=False, tooltip=opt["skip_existing"].text)
         self._controls = ui.RunControls("Run", self._on_run, self._on_stop)
         self._summary = ui.wrapped_label("", small=True)
         self._summary.native.setObjectName(ui.STATUS_NAME)

@@ -19,7 +19,9 @@ from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
+from ..core.options import PredictOptions
 from ..core.predict import LoadedModel, Prediction, iter_predict_image, load_model
+from ..core.settings import settings_of
 from ..core.stock import STOCK, stock_available, stock_meta
 from ..core.uncertainty import paint_next
 from . import _common as ui
@@ -113,26 +115,24 @@ class PredictWidget(Container):
         self._stock.tooltip = ("a stock torchvision model (COCO Mask R-CNN, VOC FCN) from the torch cache "
                                "instead of a file; trained on photographs, a starting point only")
         self._image = ui.layer_picker(napari_viewer, Image, "image", "the image to segment")
-        self._device = ui.choice_combo("device", DEVICES, "auto")
-        self._tile = SpinBox(label="tile size", value=0, min=0, max=16384, step=32,
-                             tooltip="pixels per tile side; 0 = choose from the memory budget")
-        self._overlap = FloatSpinBox(label="tile overlap", value=0.25, min=0.0, max=0.75, step=0.05)
+        opt = settings_of(PredictOptions)
+        self._device = ui.choice_combo("device", DEVICES, "auto", opt["device"].text)
+        self._tile = SpinBox(label=opt["tile"].label, value=0, min=0, max=int(opt["tile"].high), step=32,
+                             tooltip=opt["tile"].text)
+        self._overlap = FloatSpinBox(label=opt["overlap"].label, value=0.25, min=0.0, max=0.75, step=0.05,
+                                     tooltip=opt["overlap"].text)
         self._only_plane = CheckBox(text="only the plane shown", value=False,
                                     tooltip="for stacks: predict just the plane on screen (other planes keep their labels)")
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
-        self._split = CheckBox(text="split touching objects", value=False,
-                               tooltip="turn semantic foreground into one id per object: the foreground snaps to "
-                                       "the image's edges, then touching objects are split (watershed)")
-        self._tta = CheckBox(text="flip averaging (TTA)", value=False,
-                             tooltip="test-time augmentation: also predict the image flipped three ways and "
-                                     "average; U-Net / FCN, about 4x the time")
+        self._split = CheckBox(text=opt["split_instances"].label, value=False, tooltip=opt["split_instances"].text)
+        self._tta = CheckBox(text=opt["tta"].label, value=False, tooltip=opt["tta"].text)
         self._uncertainty = CheckBox(text="uncertainty map", value=False,
                                      tooltip="add '<image> uncertainty': bright where the model is unsure")
         self._suggest = CheckBox(text="paint-next boxes", value=False,
                                  tooltip=f"add '<image> paint next': the {SUGGESTIONS} most uncertain boxes "
                                          "(of the plane shown)")
-        self._threshold = FloatSpinBox(label="score threshold", value=0.5, min=0.0, max=1.0, step=0.05,
-                                       tooltip="minimum detection score (Mask R-CNN); changing it re-filters the boxes")
+        self._threshold = FloatSpinBox(label=opt["score_threshold"].label, value=0.5, min=0.0, max=1.0, step=0.05,
+                                       tooltip=opt["score_threshold"].text + "; changing it re-filters the boxes")
         self._controls = ui.RunControls("Predict", self._on_predict, self._on_stop)
         self._correct = PushButton(text="Correct this prediction", enabled=False,
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "

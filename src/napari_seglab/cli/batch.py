@@ -10,29 +10,30 @@ from .common import (
     EXIT_FILES_FAILED,
     EXIT_OK,
     Status,
-    add_tiling,
+    add_settings,
     check_input,
     check_output_folder,
-    check_tiling,
     drive,
+    options_from_args,
 )
+
+#: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
+OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "tile", "overlap", "tta")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
     p.add_argument("--input-dir", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="folder for the results")
-    p.add_argument("--pattern", default="*.tif", help="file name pattern")
-    p.add_argument("--recursive", action="store_true", help="also look in sub-folders (mirrored in OUT)")
-    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    from ..core.options import BatchOptions
+
+    add_settings(p, BatchOptions, OPTIONS[:4])
     p.add_argument("--no-measurements", action="store_true", help="skip the per-object measurements CSV")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None, metavar="N",
-                       help="local worker processes (0 = in this process, no Dask; default: automatic)")
+    add_settings(where, BatchOptions, ("workers",))
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="address of a running Dask scheduler whose workers see the same paths")
-    p.add_argument("--skip-existing", action="store_true", help="skip files whose outputs already exist")
-    add_tiling(p, "predict")
+    add_settings(p, BatchOptions, OPTIONS[4:])
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -45,9 +46,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_input(args.model, "--model", "a checkpoint file")
     check_output_folder(args.output_dir)
     check_pattern(args.pattern)
-    if args.workers is not None and args.workers < 0:
-        raise InputError("--workers must be 0 (in this process) or more")
-    check_tiling(args)
+    from ..core.options import BatchOptions
+
+    options_from_args(args, BatchOptions, (*OPTIONS, "workers"))
     from ..core.batch import run_batch
 
     status = Status()

@@ -84,27 +84,6 @@ def check_tiff(path: str, flag: str) -> None:
         raise InputError(f"{flag} {exc}") from None
 
 
-def check_range(value, flag: str, low: float, high: float, *, low_open: bool = False,
-                high_open: bool = False) -> None:
-    """Refuse NaN, Inf and values outside [low, high] (open ends where asked) for an option."""
-    inside = math.isfinite(value) and (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
-    if not inside:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise InputError(f"{flag} must lie in {lo}{low:g}, {high:g}{hi}; got {value}")
-
-
-def check_tile(tile: int) -> None:
-    if tile != 0 and not 32 <= tile <= 16384:
-        raise InputError(f"--tile must be 0 (automatic) or 32..16384 pixels; got {tile}")
-
-
-def check_tiling(args: argparse.Namespace) -> None:
-    """``--tile`` and ``--overlap`` of predict and batch."""
-    check_range(args.overlap, "--overlap", 0, 1, high_open=True)
-    check_tile(args.tile)
-
-
 def check_output_folder(folder: str) -> None:
     """The output folder exists and takes files, or its nearest existing parent does (nothing is created)."""
     from ..core.io import check_output_path
@@ -157,16 +136,6 @@ def add_common(sub, name: str, help_text: str, description: str) -> argparse.Arg
     return p
 
 
-def add_tiling(p: argparse.ArgumentParser, where: str) -> None:
-    """``--device``, ``--tile`` and ``--overlap`` of predict and batch."""
-    p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}", help=f"where to {where}")
-    p.add_argument("--tile", type=int, metavar="PX", default=0, help="tile side in pixels (0 = automatic)")
-    p.add_argument("--overlap", type=float, metavar="F", default=0.25, help="tile overlap fraction")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: also predict each tile flipped and average (U-Net / FCN; about "
-                        "4x the time)")
-
-
 def option_flag(name: str, setting) -> str:
     """The command-line option of settings field ``name`` ("--time-limit"; a Setting may name another)."""
     return setting.flag or "--" + name.replace("_", "-")
@@ -192,3 +161,8 @@ def add_settings(parser: argparse.ArgumentParser, cls, names, *, required=()) ->
         parser.add_argument(option_flag(name, s), dest=name, help=help_text, metavar=metavar,
                             required=name in required, type=s.kind if s.kind in (int, float) else None,
                             default=None if name in required else field_default(cls, name))
+
+
+def options_from_args(args: argparse.Namespace, cls, names):
+    """The settings dataclass ``cls`` the options ``names`` describe, checked by the core (SettingError)."""
+    return cls(**{name: getattr(args, name) for name in names if getattr(args, name) is not None}).check()

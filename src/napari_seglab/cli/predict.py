@@ -9,14 +9,16 @@ from ..core.errors import InputError
 from .common import (
     EXIT_OK,
     Status,
-    add_tiling,
+    add_settings,
     check_input,
     check_output,
-    check_range,
     check_tiff,
-    check_tiling,
     drive,
+    options_from_args,
 )
+
+#: PredictOptions fields offered as ``seglab predict`` options
+OPTIONS = ("device", "tile", "overlap", "split_instances", "tta", "score_threshold")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,11 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write bounding boxes: y0,x0,y1,x1,class,score,plane")
     p.add_argument("--boxes-from-labels", action="store_true",
                    help="derive the boxes from the predicted labels (score 1.0); always so for unet/fcn")
-    add_tiling(p, "predict")
-    p.add_argument("--split-instances", action="store_true",
-                   help="split the foreground of a semantic model into objects (watershed)")
-    p.add_argument("--score-threshold", type=float, metavar="S", default=0.5,
-                   help="Mask R-CNN detection score threshold")
+    from ..core.options import PredictOptions
+
+    add_settings(p, PredictOptions, OPTIONS)
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
@@ -54,8 +54,9 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         check_output(path, protect, flag)
     if args.boxes_from_labels and not args.boxes:
         raise InputError("--boxes-from-labels needs --boxes BOXES.csv to write them to")
-    check_range(args.score_threshold, "--score-threshold", 0, 1)
-    check_tiling(args)
+    from ..core.options import PredictOptions
+
+    options_from_args(args, PredictOptions, OPTIONS)
     return protect
 
 

@@ -36,8 +36,8 @@ from .batch_task import FileTask, TaskDone, clear_models, model_loads, process_f
 from .errors import InputError
 from .events import FileDone, Message
 from .io import ensure_not_input, scan_folder, write_csv
+from .options import BatchOptions
 from .paths import resolved
-from .tiling import check_overlap
 
 __all__ = ["BatchSummary", "FileTask", "process_file", "run_batch"]
 
@@ -82,15 +82,14 @@ def _stopped(stop: threading.Event | None) -> bool:
     return stop is not None and stop.is_set()
 
 
-def _check_request(workers, scheduler, overlap) -> None:
+def _check_request(options: BatchOptions, scheduler) -> None:
+    options.check()
+    workers = options.workers
     if workers is not None and scheduler is not None:
         raise InputError("give either a number of workers or a scheduler address, not both")
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
-        raise InputError(f"workers must be a whole number >= 0; got {workers!r}")
     if workers is not None and workers > max_workers():
         raise InputError(f"{workers} workers is more than this machine can run usefully ({max_workers()}: one "
                          "per CPU core or GPU); use fewer")
-    check_overlap(overlap)
 
 
 def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabilities: bool,
@@ -222,7 +221,9 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     ``tta``: test-time augmentation (see :func:`.predict.iter_predict_image`).
     """
     t0 = time.perf_counter()
-    _check_request(workers, scheduler, overlap)
+    _check_request(BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
+                                skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
+                                overlap=overlap, tta=tta), scheduler)
     setup = _set_up(model, input_dir, output_dir, pattern, recursive, probabilities, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,

@@ -37,8 +37,9 @@ DEFAULT_TIME_LIMIT = 120.0
 LR_SCRATCH, LR_FINETUNE, LR_MASKRCNN = 3e-3, 1e-3, 1e-4
 MAX_PATCH, MAX_BATCH = 8192, 4096
 MAX_TIME = 30 * 24 * 3600.0  # a month of training, in seconds
-#: scale jitter of dense instance labels. DSB nuclei (left half trains, right half predicted), flows head, 2000
-#: steps, 1 thread, 3 seeds: AP@0.5 / AP@0.75 with jitter 1.33 vs none, see benchmarks/instance_heads.py
+#: scale jitter of dense instance labels. Real DSB2018 nuclei (left half trains, right half is predicted), flows
+#: head, fast preset, 2000 steps on one thread, seeds 0-2: AP@0.5 0.948 (spread 0.034) and AP@0.75 0.842 (0.044)
+#: with jitter 1.33, against 0.920 (0.051) and 0.786 (0.020) without; Dice 0.939 for both
 INSTANCE_SCALE_JITTER = 1.33
 #: smp architectures that pool the whole patch to 1x1 before a BatchNorm
 POOLED_ARCHS = ("deeplabv3plus", "pan", "deeplabv3")

@@ -49,6 +49,7 @@ from .io import check_image_values
 from .labels import is_instance_mode
 from .metadata import CheckpointMeta
 from .models import ModelSpec, get_family
+from .options import PredictOptions
 from .tiling import ALIGN, check_overlap
 
 CPU_BUDGET_CAP = 2.3 * 2**30
@@ -301,6 +302,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     (U-Net / FCN models; about 4x the time). For a blocking call use
     :func:`napari_seglab.core.api.predict_image`.
     """
+    PredictOptions(tile=tile or 0, overlap=overlap, split_instances=split_instances, tta=tta,
+                   score_threshold=score_threshold).check()
     spec = model.spec
     if tta and spec.semantic:
         model = model.replace(tta=True)  # the caller's (perhaps cached) model is left as it was

@@ -48,6 +48,8 @@ class Setting:
         """The allowed values in words ("a whole number from 1 to 4096")."""
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
+        if self.kind is bool:
+            return "true or false"
         what = f"a multiple of {self.step}" if self.step else "a whole number" if self.kind is int else "a finite number"
         unit = f" {self.unit}" if self.unit else ""
         low, high = _shown(self.low), _shown(self.high)
@@ -70,6 +72,8 @@ class Setting:
             return isinstance(value, str) and value in self.choices
         if self.kind is str:
             return isinstance(value, str)
+        if self.kind is bool:
+            return isinstance(value, (bool, np.bool_))
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             return False
         if self.kind is int and not isinstance(value, (int, np.integer)):
