@@ -1,4 +1,4 @@
-"""SegLab against Cellpose 3 trained from scratch: same images, labels and wall-clock budget.
+"""SegLab against Cellpose 3 and StarDist trained from scratch: same images, labels and wall-clock budget.
 
 For each image pair (``sample``: train ``nuclei_train.tif``, predict
 ``nuclei_test.tif``; ``real``: the DSB2018 nuclei image in the StarDist wheel,
@@ -8,24 +8,28 @@ train the left half, predict the right half), budget and seed, trains
   SGD lr 0.2, batch 8, 128 px crops, no pretrained weights), stopped when the
   budget (set-up included) runs out, then ``CellposeModel.eval`` at the
   diameter it learned;
+- StarDist 0.9 (its U-Net, 32 base filters, 32 rays, grid 2, 256 px patches,
+  batch 4, flips and turns), stopped by a Keras callback when the budget runs
+  out, then ``predict_instances`` with its default thresholds;
 - SegLab through its Python API (``core.train.train`` with
   ``TrainConfig(label_mode="instances", time_limit=budget)``, then
   ``core.predict.predict_image``),
 
-one after the other, and scores both with ``core.metrics.match_instances``.
+one after the other, and scores all with ``core.metrics.match_instances``.
 
-Cellpose 3.1.1.3 pins numpy < 2.1, so it usually lives in its own environment;
-``--cellpose-python`` names that interpreter (it runs this file in worker mode,
-which imports only numpy, torch and cellpose). StarDist needs TensorFlow, which
-is not installed here: it is skipped, and the script says so.
+Cellpose 3.1.1.3 pins numpy < 2.1 and StarDist needs TensorFlow, so each
+usually lives in its own environment: ``--cellpose-python`` and
+``--stardist-python`` name those interpreters (this file runs there in worker
+mode, importing only numpy and the peer). A peer that is not importable is
+skipped, and the script says so.
 
-Run pinned (the machine is shared):
+Run on a quiet machine (the budget is wall-clock time):
 
-    taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/peers.py --budget 120 600 --seeds 0 1 2 \\
-        --images sample real --cellpose-python /path/to/cellpose-venv/bin/python
+    python benchmarks/peers.py --budget 120 600 --seeds 0 1 2 --images sample real \\
+        --cellpose-python /path/to/cellpose-venv/bin/python --stardist-python /path/to/stardist-venv/bin/python
 
 Prints a row per run, the mean and spread per tool, and last the ratios
-seglab / cellpose of AP@0.5, AP@0.75, Dice and steps per second.
+seglab / peer of AP@0.5, AP@0.75, Dice and steps per second.
 """
 
 from __future__ import annotations
@@ -84,15 +88,70 @@ def cellpose_worker(job: str, out: str) -> None:
              predict_seconds=time.monotonic() - t1)
 
 
-def run_cellpose(python: str, data, budget: float, seed: int) -> dict:
+def stardist_worker(job: str, out: str) -> None:
+    """Train StarDist 2D from scratch within the budget and predict; runs in the StarDist interpreter.
+
+    Its U-Net with 32 base filters, 32 rays, grid 2, 256 px patches (the image's size where smaller), batch 4,
+    flips and 90-degree turns; the training image doubles as validation data (a user with one painted image
+    has no other). Default thresholds (optimising them would spend the budget).
+    """
+    import tensorflow as tf
+    from csbdeep.utils import normalize
+    from stardist import fill_label_holes
+    from stardist.models import Config2D, StarDist2D
+
+    d = np.load(job)
+    budget, seed = float(d["budget"]), int(d["seed"])
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.random.set_seed(seed)
+    np.random.seed(seed)
+    t0 = time.monotonic()
+    x = normalize(d["train_image"].astype(np.float32), 1, 99.8)
+    y = fill_label_holes(d["train_labels"].astype(np.int32))
+    patch = tuple(min(256, s // 16 * 16) for s in x.shape)
+    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=patch, train_batch_size=4,
+                    unet_n_filter_base=32)
+    steps = 0
+
+    class Budget(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            nonlocal steps
+            steps += 1
+            if time.monotonic() - t0 > budget:
+                self.model.stop_training = True
+
+    def augment(img, lbl):
+        k = np.random.randint(4)
+        img, lbl = np.rot90(img, k), np.rot90(lbl, k)
+        if np.random.rand() < 0.5:
+            img, lbl = img[:, ::-1], lbl[:, ::-1]
+        return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = StarDist2D(conf, name="peer", basedir=tmp)
+        model.prepare_for_training()
+        model.callbacks.append(Budget())
+        model.train([x], [y], validation_data=([x], [y]), augmenter=augment, epochs=10**6, steps_per_epoch=20)
+        seconds = time.monotonic() - t0
+        t1 = time.monotonic()
+        labels, _ = model.predict_instances(normalize(d["test_image"].astype(np.float32), 1, 99.8))
+    np.savez(out, labels=np.asarray(labels, np.int32), steps=steps, seconds=seconds,
+             predict_seconds=time.monotonic() - t1)
+
+
+def run_peer(tool: str, python: str, data, budget: float, seed: int) -> dict:
+    """Train and predict with a peer (``cellpose`` or ``stardist``) in its own interpreter."""
     tr_img, tr_lab, te_img, _ = data
     with tempfile.TemporaryDirectory() as tmp:
         job, out = Path(tmp) / "job.npz", Path(tmp) / "out.npz"
         np.savez(job, train_image=tr_img, train_labels=tr_lab, test_image=te_img, budget=budget, seed=seed)
-        proc = subprocess.run([python, __file__, "--worker", "cellpose", str(job), str(out)],
+        proc = subprocess.run([python, __file__, "--worker", tool, str(job), str(out)],
                               capture_output=True, text=True)
         if proc.returncode:
-            raise RuntimeError(f"cellpose worker failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"{tool} worker failed:\n{proc.stderr[-3000:]}")
         r = np.load(out)
         return {"labels": r["labels"], "steps": int(r["steps"]), "seconds": float(r["seconds"]),
                 "predict_seconds": float(r["predict_seconds"])}
@@ -133,11 +192,16 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _cellpose_python(arg: str | None) -> str | None:
+def _peer_python(arg: str | None, module: str) -> str | None:
+    """The interpreter that runs a peer: the one given, else this one when it can import ``module``."""
     if arg:
         return arg
-    ok = subprocess.run([sys.executable, "-c", "import cellpose"], capture_output=True).returncode == 0
+    ok = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
     return sys.executable if ok else None
+
+
+def _cellpose_python(arg: str | None) -> str | None:
+    return _peer_python(arg, "cellpose")
 
 
 def main(argv=None):
@@ -148,8 +212,10 @@ def main(argv=None):
     ap.add_argument("--cellpose-python", default=None, help="interpreter with cellpose 3.1 (default: this one)")
     ap.add_argument("--stardist-wheel", default=None, help="stardist wheel holding the real image")
     ap.add_argument("--seglab", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
-    ap.add_argument("--tools", nargs="+", default=["cellpose", "seglab"], choices=["cellpose", "seglab"],
-                    help="which tools to run (the ratios need both)")
+    ap.add_argument("--stardist-python", default=None,
+                    help="interpreter with stardist 0.9 and TensorFlow (default: this one, when it has them)")
+    ap.add_argument("--tools", nargs="+", default=["cellpose", "stardist", "seglab"],
+                    choices=["cellpose", "stardist", "seglab"], help="which tools to run (a ratio needs its peer)")
     args = ap.parse_args(argv)
 
     from instance_heads import real_data, sample_data, stardist_wheel
@@ -160,13 +226,13 @@ def main(argv=None):
     if python is None and "cellpose" in args.tools:
         print("cellpose is not importable here; pass --cellpose-python (pip install cellpose==3.1.1.3 "
               "needs numpy<2.1, so give it its own environment). Cellpose skipped.")
-    try:
-        import tensorflow  # noqa: F401
-        print("tensorflow is installed, but the StarDist run is not implemented yet: StarDist skipped.")
-    except ImportError:
-        print("StarDist skipped: it needs TensorFlow, which is not installed in this environment.")
+    sd_python = _peer_python(args.stardist_python, "stardist.models") if "stardist" in args.tools else None
+    if sd_python is None and "stardist" in args.tools:
+        print("stardist (with TensorFlow) is not importable here; pass --stardist-python (a venv with "
+              "stardist==0.9.2 and tensorflow-cpu). StarDist skipped.")
+    interpreters = {"cellpose": python, "stardist": sd_python}
     loaders = {"sample": sample_data, "real": lambda: real_data(stardist_wheel(args.stardist_wheel))}
-    tools = (["cellpose"] if python else []) + (["seglab"] if "seglab" in args.tools else [])
+    tools = [t for t in ("cellpose", "stardist") if interpreters[t]] + (["seglab"] if "seglab" in args.tools else [])
     rows = []
     print(f"{'image':7} {'budget':>6} {'seed':>4} {'tool':9} {'AP50':>6} {'AP75':>6} {'Dice':>6} {'n/true':>8} "
           f"{'steps':>5} {'steps/s':>7} {'train s':>7} {'pred s':>6}", flush=True)
@@ -175,8 +241,8 @@ def main(argv=None):
         for budget in args.budget:
             for seed in args.seeds:
                 for tool in tools:
-                    r = run_cellpose(python, data, budget, seed) if tool == "cellpose" else \
-                        run_seglab(data, budget, seed, _overrides(args.seglab))
+                    r = run_seglab(data, budget, seed, _overrides(args.seglab)) if tool == "seglab" else \
+                        run_peer(tool, interpreters[tool], data, budget, seed)
                     m = match_instances(r["labels"], data[3], (0.5, 0.75))
                     rate = r["steps"] / max(r["seconds"], 1e-9)
                     rows.append((name, budget, tool, m["ap50"], m["ap75"], m["dice"], rate))
@@ -193,17 +259,17 @@ def main(argv=None):
                 print(f"{name:7} {budget:6g} {tool:9} AP50 {v[:, 0].mean():.3f} ({np.ptp(v[:, 0]):.3f}) "
                       f"AP75 {v[:, 1].mean():.3f} ({np.ptp(v[:, 1]):.3f}) Dice {v[:, 2].mean():.3f} "
                       f"({np.ptp(v[:, 2]):.3f}) steps/s {v[:, 3].mean():.3f}")
-    if tools == ["cellpose", "seglab"]:
-        print("\nratios seglab / cellpose (AP50, AP75, Dice, steps/s)")
+    for peer in (t for t in tools if t != "seglab" and "seglab" in tools):
+        print(f"\nratios seglab / {peer} (AP50, AP75, Dice, steps/s)")
         for name in args.images:
             for budget in args.budget:
-                s, c = means[name, budget, "seglab"], means[name, budget, "cellpose"]
+                s, c = means[name, budget, "seglab"], means[name, budget, peer]
                 print(f"{name:7} {budget:6g} " + "  ".join(f"{a / b:.2f}" if b > 0 else "inf" for a, b in zip(s, c,
                                                                                                      strict=True)))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        cellpose_worker(sys.argv[3], sys.argv[4])
+        {"cellpose": cellpose_worker, "stardist": stardist_worker}[sys.argv[2]](sys.argv[3], sys.argv[4])
     else:
         main()
