@@ -113,7 +113,7 @@ def stardist_worker(job: str, out: str) -> None:
     y = fill_label_holes(d["train_labels"].astype(np.int32))
     patch = tuple(min(256, s // 16 * 16) for s in x.shape)
     conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=patch, train_batch_size=4,
-                    unet_n_filter_base=32)
+                    unet_n_filter_base=32, train_tensorboard=False)
     steps = 0
 
     class Budget(tf.keras.callbacks.Callback):
