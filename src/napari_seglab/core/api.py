@@ -3,11 +3,9 @@
 Each long core function is a generator of progress events (so one function
 drives a napari worker, the CLI and the tests); its twin here runs it to the
 end with :func:`~.events.drive` and returns the result, so a script never
-handles generator plumbing::
+handles generator plumbing (``api`` being this module)::
 
-    from napari_seglab.core.api import load_model, predict_image, read_image
-
-    prediction = predict_image(load_model("m.pt"), read_image("cells.tif").data)
+    prediction = api.predict_image(api.load_model("m.pt"), api.read_image("cells.tif").data)
 
 Every twin takes ``on_event`` (called with each event: ``print`` shows
 progress) and ``stop`` (a :class:`threading.Event` that ends the work early,
