@@ -20,7 +20,14 @@ import numpy as np
 
 from .errors import InputError
 from .labels import LABEL_MODES, get_mode
-from .settings import Setting, SettingError, field_default, setting, settings_of  # noqa: F401 - re-exported
+from .settings import (  # noqa: F401 - re-exported
+    Setting,
+    SettingError,
+    check_fields,
+    field_default,
+    setting,
+    settings_of,
+)
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -168,16 +175,11 @@ class TrainConfig:
         declared = settings_of(TrainConfig)
         if self.epochs is None and self.time_limit is None:
             raise InputError("give a number of epochs or a time limit")
-        for name in ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
-                     "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights", "scale",
-                     "scale_jitter"):
-            value = getattr(self, name)
-            if value is None and field_default(TrainConfig, name) is None:
-                continue
-            if not declared[name].accepts(value):
-                if name == "label_mode":
-                    get_mode(value)  # the label modes' own message
-                raise SettingError(declared[name], value, name)
+        if not declared["label_mode"].accepts(self.label_mode):
+            get_mode(self.label_mode)  # the label modes' own message
+        check_fields(self, ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
+                            "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights",
+                            "scale", "scale_jitter"))
         _check_patch(self.patch, declared["patch"])
         names = _check_model(self)
         _check_memory(self, names[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import InputError
-from .settings import Setting, SettingError, setting, settings_of
+from .settings import Setting, check_fields, setting
 
 #: tile sides: 0 (automatic) or from MIN_TILE to MAX_TILE pixels
 MIN_TILE, MAX_TILE = 32, 16384
@@ -23,13 +23,8 @@ DEVICE_HELP = "where to predict: auto (CUDA, then Apple MPS, then the CPU), cpu,
 
 
 def _check(options) -> None:
-    """Every field of a settings dataclass against its Setting (a SettingError names the first wrong one)."""
-    for name, declared in settings_of(type(options)).items():
-        value = getattr(options, name)
-        if value is None:
-            continue
-        if not declared.accepts(value):
-            raise SettingError(declared, value, name)
+    """Every field against its Setting, then the tile rule a range cannot say (0, or 32 and more)."""
+    check_fields(options)
     if options.tile and options.tile < MIN_TILE:
         raise InputError(f"tile size must be 0 (automatic) or {MIN_TILE} to {MAX_TILE} pixels; got {options.tile}")
 

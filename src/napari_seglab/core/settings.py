@@ -120,6 +120,21 @@ def settings_of(cls) -> dict[str, Setting]:
     return {f.name: f.metadata["setting"] for f in fields(cls) if "setting" in f.metadata}
 
 
+def check_fields(obj, names=None) -> None:
+    """Each field ``names`` (default: every declared one) of settings dataclass ``obj`` against its Setting.
+
+    None passes where None is the field's default ("auto"); the first value out of its rule raises a
+    :class:`SettingError` naming the setting.
+    """
+    declared = settings_of(type(obj))
+    for name in names or declared:
+        value = getattr(obj, name)
+        if value is None and field_default(type(obj), name) is None:
+            continue
+        if not declared[name].accepts(value):
+            raise SettingError(declared[name], value, name)
+
+
 def field_default(cls, name: str) -> Any:
     """The declared default of field ``name`` of dataclass ``cls``."""
     f = next(f for f in fields(cls) if f.name == name)
