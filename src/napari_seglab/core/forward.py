@@ -19,11 +19,11 @@ import torch
 
 from .device import is_oom, precision_for
 from .errors import InputError
-from .events import Message, Stopped, TileDone, check_stop, drive
+from .events import Message, TileDone, check_stop, drive
 from .tiling import ALIGN, Blender, TilePlan
 
 __all__ = ["expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "iter_plane_with_fallback",
-           "on_cpu", "predict_plane", "predict_plane_probabilities"]
+           "on_cpu", "predict_plane"]
 
 #: the smallest tile the out-of-memory retries go down to
 MIN_TILE = 128
@@ -192,16 +192,3 @@ def predict_plane(lm, chw: np.ndarray, *, tile: int, overlap: float = 0.25, lohi
                   raw: bool = False) -> np.ndarray:
     """Blocking twin of :func:`iter_plane`: the blended output of one plane."""
     return drive(iter_plane(lm, chw, tile=tile, overlap=overlap, lohi=lohi, raw=raw))
-
-
-def predict_plane_probabilities(lm, chw: np.ndarray, *, tile: int, overlap: float, lohi: tuple | None = None,
-                                stop: threading.Event | None = None, raw: bool = False):
-    """Deprecated form of :func:`predict_plane` for callers not yet moved: yields one (n, n, output) item.
-
-    Yields nothing when ``stop`` is set.
-    """
-    try:
-        out = drive(iter_plane(lm, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop, raw=raw))
-    except Stopped:
-        return
-    yield 1, 1, out

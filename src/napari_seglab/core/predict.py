@@ -38,12 +38,11 @@ from .data import (
 from .device import Precision, pick_device, precision_for
 from .errors import InputError
 from .events import Message, Stopped, TileDone, check_stop, relay, run_to_completion  # noqa: F401 (API)
-from .forward import (  # noqa: F401 (forward_*, predict_plane_probabilities: part of this module's API)
+from .forward import (  # noqa: F401 (forward_*: part of this module's API)
     expand_probabilities,
     forward_probabilities,
     forward_raw,
     iter_plane_with_fallback,
-    predict_plane_probabilities,
 )
 from .io import check_image_values
 from .labels import is_instance_mode

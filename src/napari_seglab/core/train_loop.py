@@ -20,10 +20,11 @@ from .checkpoint import save_checkpoint
 from .data import PatchSampler, Sample
 from .errors import InputError
 from .events import CheckpointSaved, Message, Preview, TrainStep, run_to_completion
+from .forward import predict_plane
 from .labels import IGNORE
 from .metadata import CheckpointMeta
 from .models import LossInputs
-from .predict import expand_probabilities, predict_image, predict_plane_probabilities, wrap_model
+from .predict import expand_probabilities, predict_image, wrap_model
 from .runtime import cost_note, sigint_deferred
 from .train_setup import TrainRun
 
@@ -178,10 +179,7 @@ def _pseudo_labelled(model, meta: CheckpointMeta, device, samples: list[Sample],
     out, added = [], 0
     try:
         for s, h in zip(samples, held, strict=True):
-            probs = None
-            for _, _, o in predict_plane_probabilities(lm, s.image, tile=512, overlap=0.25):
-                probs = o
-            probs = expand_probabilities(probs)
+            probs = expand_probabilities(predict_plane(lm, s.image, tile=512, overlap=0.25))
             sure = (probs.max(0) >= threshold) & (s.target == IGNORE) & ~h
             target = np.where(sure, np.argmax(probs, 0), s.target)
             added += int(sure.sum())
