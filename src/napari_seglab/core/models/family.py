@@ -70,7 +70,9 @@ class LossInputs:
     ``images``: (B, C, P, P) float32 on the model's device. ``targets``: (B,
     P, P) int64 class per pixel, -1 where not annotated. ``instances``: B (P,
     P) object-id arrays (instance labels only). ``regression``: (B, K, P, P)
-    float32 targets of a "flows" / "distance" head, else None.
+    float32 targets of a "flows" / "distance" head, else None. ``boxes``: B
+    (N, 5) float32 arrays [y0, x0, y1, x1, class] in patch pixels (y1/x1
+    exclusive, class >= 1; N may be 0) for box families, else None.
     """
 
     images: torch.Tensor
@@ -80,6 +82,7 @@ class LossInputs:
     head: str = "boundary"
     class_weights: Sequence[float] | None = None  # one weight per class (see ..losses.balanced_class_weights)
     focal_gamma: float = 0.0
+    boxes: Sequence[np.ndarray] | None = None
 
 
 Builder = Callable[[Spec, "str | None", bool], "tuple[nn.Module, str]"]
