@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
 
-__all__ = ["dice", "iou", "match_instances", "per_class_dice"]
+__all__ = ["box_iou", "box_scores", "dice", "iou", "match_instances", "per_class_dice"]
 
 
 def _same_shape(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,3 +245,102 @@ def match_instances(
         if i == 0:
             result["mean_matched_iou"] = mean_iou
     return result
+
+
+# ----------------------------------------------------------------------------- boxes
+
+#: the IoU thresholds of COCO's AP@[.5:.95]
+COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of boxes ``a`` (N, >=4) and ``b`` (M, >=4), columns y0, x0, y1, x1 (pixel edges)."""
+    a, b = _corners(a), _corners(b)
+    top = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _corners(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64)
+    return boxes.reshape(-1, boxes.shape[-1] if boxes.ndim == 2 else 4)[:, :4]
+
+
+def _greedy_matches(ious: np.ndarray, threshold: float) -> np.ndarray:
+    """For predictions in score order, whether each matches a still unmatched true box at ``threshold``
+    (the best-IoU one), as COCO and PASCAL VOC match detections."""
+    taken = np.zeros(ious.shape[1], bool)
+    hit = np.zeros(ious.shape[0], bool)
+    for i in range(ious.shape[0]):
+        free = np.where(taken, -1.0, ious[i])
+        j = int(np.argmax(free)) if free.size else -1
+        if j >= 0 and free[j] >= threshold:
+            taken[j] = hit[i] = True
+    return hit
+
+
+def _average_precision(hit: np.ndarray, n_true: int) -> float:
+    """Area under the precision/recall curve of score-ordered hits (precision made monotone, all points)."""
+    if n_true == 0:
+        return 1.0 if hit.size == 0 else 0.0
+    if hit.size == 0:
+        return 0.0
+    tp = np.cumsum(hit)
+    precision = tp / np.arange(1, hit.size + 1)
+    recall = tp / n_true
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(steps * precision))
+
+
+def box_scores(pred: Sequence[dict] | np.ndarray, truth: Sequence[dict] | np.ndarray,
+               score_threshold: float = 0.5) -> dict:
+    """Box detection scores of ``pred`` against ``truth`` (one image or plane).
+
+    ``pred``: rows with y0, x0, y1, x1 and ``score`` (1.0 when absent) or an
+    (N, >=4) array, then all scored 1; ``truth``: rows or an (M, >=4) array.
+    Classes are not compared (one object class). Returns ``ap50``, ``ap75``
+    (area under the precision/recall curve over every score, PASCAL/COCO
+    style, at IoU 0.5 and 0.75), ``ap`` (COCO's mean over IoU 0.5:0.95) and,
+    for the predictions scoring at least ``score_threshold`` at IoU 0.5,
+    ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``; ``n_pred``
+    (above the threshold), ``n_true`` and ``count_error`` (n_pred - n_true).
+    """
+    boxes_p, scores = _box_table(pred, "prediction")
+    boxes_t, _ = _box_table(truth, "truth")
+    order = np.argsort(-scores, kind="stable")
+    boxes_p, scores = boxes_p[order], scores[order]
+    ious = box_iou(boxes_p, boxes_t)
+    aps = {t: _average_precision(_greedy_matches(ious, t), len(boxes_t)) for t in COCO_THRESHOLDS}
+    kept = scores >= score_threshold
+    tp = int(_greedy_matches(ious[kept], 0.5).sum())
+    n_pred, n_true = int(kept.sum()), len(boxes_t)
+    both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
+    return {"ap50": aps[0.5], "ap75": aps[0.75], "ap": float(np.mean(list(aps.values()))),
+            "precision": _ratio(tp, n_pred, both_empty), "recall": _ratio(tp, n_true, both_empty),
+            "f1": _ratio(2 * tp, n_pred + n_true, both_empty), "tp": tp, "fp": n_pred - tp, "fn": n_true - tp,
+            "n_pred": n_pred, "n_true": n_true, "count_error": n_pred - n_true,
+            "score_threshold": float(score_threshold)}
+
+
+def _box_table(boxes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) float corners and (N,) scores of rows or an array; InputError for a malformed box."""
+    if isinstance(boxes, np.ndarray):
+        arr = boxes.reshape(-1, boxes.shape[-1]) if boxes.size else np.zeros((0, 4))
+        if arr.shape[1] < 4:
+            raise InputError(f"{name}: boxes need 4 columns (y0, x0, y1, x1)")
+        corners, scores = arr[:, :4].astype(np.float64), np.ones(len(arr))
+    else:
+        try:
+            corners = np.array([[float(r[k]) for k in ("y0", "x0", "y1", "x1")] for r in boxes]).reshape(-1, 4)
+            scores = np.array([float(r.get("score", 1.0) if r.get("score") not in (None, "") else 1.0)
+                               for r in boxes])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{name}: every box needs numeric y0, x0, y1, x1 (and score)") from None
+    if not np.isfinite(corners).all() or np.any(corners[:, 2:] < corners[:, :2]):
+        raise InputError(f"{name}: box corners must be finite with y1 >= y0 and x1 >= x0")
+    return corners, scores
