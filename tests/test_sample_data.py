@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from napari_seglab import _sample_data
@@ -59,3 +61,70 @@ def test_the_stack_sample_shows_named_axes_in_napari(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-seglab", "nuclei_stack")
     assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
+
+
+def _object_boxes(instances: np.ndarray) -> set[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) of every object, y1/x1 exclusive, computed here from the pixels."""
+    boxes = set()
+    for i in np.unique(instances[instances > 0]):
+        ys, xs = np.nonzero(instances == i)
+        boxes.add((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1))
+    return boxes
+
+
+def _rectangle_boxes(rectangles) -> set[tuple[int, int, int, int]]:
+    boxes = set()
+    for corners in rectangles:
+        assert corners.shape == (4, 2)
+        (y0, x0), (y1, x1) = corners.min(0), corners.max(0)
+        boxes.add((int(y0), int(x0), int(y1), int(x1)))
+    return boxes
+
+
+def test_nuclei_with_boxes_draws_one_rectangle_per_nucleus():
+    (img, meta, kind), (rects, bmeta, bkind) = _sample_data.nuclei_with_boxes()
+    assert (kind, bkind) == ("image", "shapes") and meta["name"] == "nuclei" and img.shape == (256, 512)
+    _img, instances = _sample_data._train_image_and_instances()
+    assert len(rects) == len(np.unique(instances)) - 1 > 50
+    assert _rectangle_boxes(rects) == _object_boxes(instances)
+    assert bmeta["name"] == "nuclei boxes" and bmeta["shape_type"] == "rectangle"
+    assert list(bmeta["features"]["class"]) == [1] * len(rects)
+
+
+def test_nuclei_with_boxes_generates_when_files_are_missing(monkeypatch):
+    monkeypatch.setattr(_sample_data, "_read_sample", lambda name: None)
+    (img, _, _), (rects, _, _) = _sample_data.nuclei_with_boxes()
+    from napari_seglab.core.synthetic import make_nuclei
+
+    _image, instances = make_nuclei((256, 512), seed=_sample_data._TRAIN_SEED)
+    assert img.shape == instances.shape and _rectangle_boxes(rects) == _object_boxes(instances)
+
+
+def test_the_boxes_sample_opens_in_napari_as_rectangles(make_napari_viewer):
+    from napari_seglab.core.boxes import read_boxes_csv, rows_from_rectangles
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-seglab", "nuclei_boxes")
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei boxes"]
+    boxes = viewer.layers["nuclei boxes"]
+    assert type(boxes).__name__ == "Shapes" and set(boxes.shape_type) == {"rectangle"}
+    assert list(boxes.features["class"]) == [1] * len(boxes.data)
+    # what a detector would train from is exactly the shipped annotation
+    rows = rows_from_rectangles(boxes.data, boxes.shape_type, list(boxes.features["class"]), boxes.name)
+    shipped = read_boxes_csv(Path(__file__).resolve().parents[1] / "sample_data" / "nuclei_boxes.csv")
+    key = ("y0", "x0", "y1", "x1", "class")
+    assert sorted(tuple(r[k] for k in key) for r in rows) == sorted(tuple(r[k] for k in key) for r in shipped)
+
+
+def test_the_manifest_validates_and_lists_every_sample():
+    from npe2 import PluginManifest
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = PluginManifest.from_file(root / "napari.yaml")
+    manifest.validate_imports()  # every python_name, the new sample's included, imports
+    assert {s.key for s in manifest.contributions.sample_data} == {
+        "nuclei_scribbles", "nuclei_instances", "nuclei_stack", "nuclei_boxes"}
+    boxes = next(s for s in manifest.contributions.sample_data if s.key == "nuclei_boxes")
+    assert boxes.display_name == "Nuclei + boxes"
+    packaged = root / "src" / "napari_seglab" / "napari.yaml"
+    assert packaged.read_text() == (root / "napari.yaml").read_text()

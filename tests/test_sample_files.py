@@ -36,3 +36,16 @@ def test_check_names_a_sample_that_differs(tmp_path):
     result = run_check(tmp_path)
     assert result.returncode == 1
     assert "nuclei_train_scribbles.tif" in result.stderr and "nuclei_train.tif," not in result.stderr
+
+
+def test_the_boxes_csv_is_the_box_of_every_shipped_instance():
+    import tifffile
+
+    from napari_seglab.core.boxes import label_box_rows, read_boxes_csv
+
+    instances = tifffile.imread(ROOT / "sample_data" / "nuclei_train_instances.tif")
+    expected = [(r["y0"], r["x0"], r["y1"], r["x1"], r["class"]) for r in label_box_rows(instances, "YX", "instances")]
+    shipped = [(r["y0"], r["x0"], r["y1"], r["x1"], r["class"])
+               for r in read_boxes_csv(ROOT / "sample_data" / "nuclei_boxes.csv")]
+    assert shipped == expected and len(shipped) == len(set(instances.ravel().tolist()) - {0})
+    assert (ROOT / "sample_data" / "nuclei_boxes.csv").read_text().splitlines()[0] == "y0,x0,y1,x1,class"
