@@ -1,4 +1,4 @@
-"""EvaluateWidget: score a predicted labels layer against ground truth (Dice, IoU, instance AP)."""
+"""EvaluateWidget: score a prediction against ground truth: labels (Dice, IoU, instance AP) or boxes (box AP)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import Container, PushButton, Table
-from napari.layers import Labels
+from magicgui.widgets import Container, FloatSpinBox, PushButton, Table
+from napari.layers import Labels, Shapes
 
 from .. import _layers
 from .._layers import ROLE
@@ -15,6 +15,7 @@ from ..core.errors import InputError
 from ..core.events import Message
 from ..core.metrics import match_instances
 from . import _common as ui
+from . import _evaluate_boxes as boxes
 from . import _layout
 from ._worker import JobSlot, error_text, report_error, stop_on_destroy
 
@@ -34,6 +35,8 @@ MODEL_ROLES = ("prediction", "preview")
 TRUTH_WORDS = ("truth", "gt", "ground", "instances", "mask", "annotation")
 #: a labels layer with at most this share of pixels painted, with values 1 and 2, looks like scribbles
 SCRIBBLE_COVER = 0.2
+#: the caption over the labels table
+LABELS_CAPTION = "columns: objects matched one-to-one at IoU \u2265 0.5, 0.75, 0.9"
 
 
 def objects(count: int) -> str:
@@ -91,34 +94,48 @@ def table_value(scores: dict | None) -> dict:
 
 
 class EvaluateWidget(Container):
-    """Dock widget: pick a predicted and a ground-truth Labels layer; show Dice, IoU and instance scores.
+    """Dock widget: pick a prediction and its ground truth; show Dice, IoU and instance scores, or box scores.
 
-    Instance scores follow the DSB2018 / StarDist convention: objects match
-    one-to-one at IoU >= t, ``AP = TP / (TP + FP + FN)``. The matching runs in
-    a worker; :attr:`scores` keeps the last result (match_instances' dict).
+    Labels against labels: instance scores follow the DSB2018 / StarDist
+    convention: objects match one-to-one at IoU >= t, ``AP = TP / (TP + FP + FN)``.
+    A Shapes prediction (rectangles, ranked by its ``score`` feature) against
+    Shapes rectangles or instance Labels: box AP at IoU 0.5, 0.75 and
+    0.5:0.95, and precision, recall, F1 and counts at the score threshold,
+    which rescores live. The matching runs in a worker; :attr:`scores` keeps
+    the last result (match_instances' dict, or the box scores).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         self._viewer = napari_viewer
         self._slot = JobSlot()
         self.scores: dict | None = None
-        self._prediction = ui.layer_picker(napari_viewer, Labels, "prediction", "the labels to score")
-        self._truth = ui.layer_picker(napari_viewer, Labels, "ground truth", "the correct labels, same shape")
+        self._prediction = ui.layer_picker(napari_viewer, (Labels, Shapes), "prediction",
+                                           "the labels, or the boxes (a Shapes layer of rectangles), to score")
+        self._truth = ui.layer_picker(napari_viewer, (Labels, Shapes), "ground truth",
+                                      "the correct labels (same shape), or for boxes: rectangles or instance labels")
+        self._threshold = FloatSpinBox(label="score threshold", value=0.5, min=0.0, max=1.0, step=0.05,
+                                       tooltip="boxes: precision, recall, F1 and counts use the predicted boxes "
+                                               "scoring at least this (the 'score' feature); AP uses every score")
+        self._boxes_mode = False  # the table shows box scores
+        self._box_rows: tuple | None = None  # (pred rows, truth rows) of the last box evaluation, for rescoring
+        self._rescore = False
         self._run = PushButton(text="Evaluate")
         self._summary = ui.wrapped_label("pick a prediction and its ground truth, then press Evaluate")
         self._summary.native.setObjectName(ui.STATUS_NAME)
-        self._caption = ui.wrapped_label("columns: objects matched one-to-one at IoU \u2265 0.5, 0.75, 0.9", small=True)
+        self._caption = ui.wrapped_label(LABELS_CAPTION, small=True)
         self._table = Table(value=table_value(None))
         self._table.read_only = True
         self._fit_table()
         self._copy = PushButton(text="Copy as text", enabled=False, tooltip="copy the scores (tab-separated)")
-        layers = ui.form("", [self._prediction, self._truth])
+        layers = ui.form("", [self._prediction, self._truth, self._threshold])
         ui.align_labels([layers])
         super().__init__(widgets=[_layout.dock_body([layers, self._run, self._summary, self._caption, self._table,
                                                      self._copy])], labels=False)
         self.margins = (0, 0, 0, 0)
         self._run.changed.connect(lambda *_: self._on_run())
         self._copy.changed.connect(lambda *_: self._copy_text())
+        self._threshold.changed.connect(lambda *_: self._on_threshold())
+        self._prediction.changed.connect(lambda *_: self._follow_prediction())
         self.reset_choices()
         stop_on_destroy(self.native, self._slot)
         _layout.tabify_when_docked(self)
@@ -126,6 +143,11 @@ class EvaluateWidget(Container):
     def reset_choices(self, *_args) -> None:
         super().reset_choices()
         self.pick_defaults()
+        self._follow_prediction()
+
+    def _follow_prediction(self) -> None:
+        """The score threshold applies to boxes only."""
+        self._threshold.enabled = isinstance(self._prediction.value, Shapes)
 
     def pick_defaults(self) -> None:
         """Never leave prediction and truth on one layer: prefer a model's output and a truth-like name."""
@@ -133,8 +155,16 @@ class EvaluateWidget(Container):
         if len(layers) < 2 or self._prediction.value is not self._truth.value:
             return
         outputs = [layer for layer in layers if layer.metadata.get(ROLE) in MODEL_ROLES]
-        prediction = outputs[-1] if outputs else self._prediction.value
+        shapes = [layer for layer in layers if isinstance(layer, Shapes)]
+        if outputs:
+            prediction = outputs[-1]
+        elif shapes and sum(isinstance(layer, Labels) for layer in layers) < 2:
+            prediction = shapes[-1]  # boxes, scored against the one labels layer or other boxes
+        else:
+            prediction = self._prediction.value
         others = [layer for layer in layers if layer is not prediction]
+        if isinstance(prediction, Labels):  # labels score against labels only
+            others = [layer for layer in others if isinstance(layer, Labels)] or others
         self._prediction.value = prediction
         self._truth.value = max(others, key=_truth_score)
 
@@ -168,11 +198,12 @@ class EvaluateWidget(Container):
 
         self._refit = Refit(view)
         view.installEventFilter(self._refit)
+        self._fit = fit  # again when the table changes between the labels and the boxes rows
         fit()
         self._row_tips()
 
     def _row_tips(self) -> None:
-        for row, tip in enumerate(ROW_TIPS):
+        for row, tip in enumerate(boxes.BOX_TIPS if self._boxes_mode else ROW_TIPS):
             item = self._table.native.verticalHeaderItem(row)
             if item is not None:
                 item.setToolTip(tip)
@@ -188,6 +219,13 @@ class EvaluateWidget(Container):
         pred_layer, truth_layer = self._prediction.value, self._truth.value
         if pred_layer is None or truth_layer is None:
             raise InputError("choose a predicted and a ground-truth Labels layer")
+        self._box_rows = None
+        if isinstance(pred_layer, Shapes):
+            self._start_boxes(pred_layer, truth_layer)
+            return
+        if isinstance(truth_layer, Shapes):
+            raise InputError(f"'{truth_layer.name}' holds boxes: score it against a Shapes prediction of "
+                             f"rectangles, or pick a Labels ground truth for '{pred_layer.name}'")
         pred_shape, truth_shape = _layers.labels_shape(pred_layer), _layers.labels_shape(truth_layer)
         if pred_shape != truth_shape:
             raise InputError(f"'{pred_layer.name}' has shape {pred_shape} but '{truth_layer.name}' has shape "
@@ -202,21 +240,63 @@ class EvaluateWidget(Container):
             from napari.utils.notifications import show_warning
 
             show_warning(self._warning)
-        self._clear()
+        self._clear(boxes_mode=False)
         self._set_busy(True)
         self._summary.value = "matching objects..."
         self._slot.start(lambda stop: evaluate(prediction, truth, stop), on_result=self._on_result,
                          on_error=self._on_error, on_done=lambda: self._set_busy(False))
 
-    def _clear(self) -> None:
+    def _start_boxes(self, pred_layer, truth_layer) -> None:
+        pred, truth, warning = boxes.box_inputs(pred_layer, truth_layer)
+        self._names = (pred_layer.name, truth_layer.name)
+        self._warning = warning
+        self._box_rows = (pred, truth)
+        self._clear(boxes_mode=True)
+        self._run_boxes()
+
+    def _run_boxes(self) -> None:
+        pred, truth = self._box_rows
+        threshold = float(self._threshold.value)
+        self._set_busy(True)
+        self._summary.value = "matching boxes..."
+        self._slot.start(lambda stop: boxes.evaluate_boxes(pred, truth, threshold, stop), on_result=self._on_result,
+                         on_error=self._on_error, on_done=self._box_job_done)
+
+    def _box_job_done(self) -> None:
+        self._set_busy(False)
+        if self._rescore and self._box_rows is not None:
+            self._rescore = False
+            self._run_boxes()
+
+    def _on_threshold(self) -> None:
+        """Rescore the last boxes at the new threshold (after the running job, if one runs)."""
+        if self._box_rows is None:
+            return
+        if self.busy:
+            self._rescore = True
+        else:
+            self._run_boxes()
+
+    def _clear(self, boxes_mode: bool | None = None) -> None:
         """Blank the table: it must never show the scores of an earlier pair next to a new message."""
+        if boxes_mode is not None:
+            self._boxes_mode = boxes_mode
+            self._caption.value = boxes.BOX_CAPTION if boxes_mode else LABELS_CAPTION
         self.scores = None
         self._copy.text = "Copy as text"
         self._copy.enabled = False
-        self._table.value = table_value(None)
+        self._show_table(None)
+
+    def _show_table(self, scores: dict | None) -> None:
+        rows_before = self._table.native.rowCount()
+        self._table.value = boxes.box_table_value(scores) if self._boxes_mode else table_value(scores)
         self._row_tips()
+        if self._table.native.rowCount() != rows_before:
+            self._fit()
 
     def _on_error(self, exc: BaseException) -> None:
+        self._box_rows = None
+        self._rescore = False
         self._clear()
         self._summary.value = error_text(exc)
 
@@ -227,9 +307,14 @@ class EvaluateWidget(Container):
     def _on_result(self, scores: dict) -> None:
         self.scores = scores
         self._copy.text = "Copy as text"
-        self._table.value = table_value(scores)
-        self._row_tips()
+        self._show_table(scores)
         pred_name, truth_name = self._names
+        if self._boxes_mode:
+            text = boxes.box_summary(scores, pred_name, truth_name, len(self._box_rows[0]) if self._box_rows else 0)
+            if getattr(self, "_warning", ""):
+                text += f"<br><b>note</b>: {self._warning}"
+            self._summary.value = text
+            return
         text = (f"<b>Dice {scores['dice']:.3f} &nbsp; IoU {scores['iou']:.3f}</b> (foreground)<br>"
                 f"{objects(scores['n_pred'])} in '{pred_name}', {objects(scores['n_true'])} in '{truth_name}'")
         if scores["n_pred"] == 1 and scores["n_true"] > 1:
@@ -243,6 +328,11 @@ class EvaluateWidget(Container):
         """The last scores as tab-separated text (Dice, IoU, then the table)."""
         if self.scores is None:
             return ""
+        if self._boxes_mode:
+            value = boxes.box_table_value(self.scores)
+            lines = [f"score threshold\t{self.scores['score_threshold']:g}"]
+            lines += [f"{name}\t{row[0]}" for name, row in zip(value["index"], value["data"], strict=True)]
+            return "\n".join(lines)
         value = table_value(self.scores)
         lines = [f"dice\t{self.scores['dice']:.4f}", f"iou\t{self.scores['iou']:.4f}",
                  "\t".join(["", *value["columns"]])]
