@@ -71,10 +71,13 @@ def test_the_threshold_rescored_live(make_napari_viewer, qtbot):
     assert (rows["TP"], rows["FP"], rows["FN"], rows["predicted"], rows["count error"]) == ("3", "1", "0", "4", "+1")
     assert rows["recall"] == "1.000" and rows["AP@0.5"] == "0.917"  # AP uses every score: unchanged
 
+    # two changes in a row (the second while the first rescoring may still run): the last one wins
+    widget._threshold.value = 0.85
     widget._threshold.value = 0.95  # nothing scores this high
     qtbot.waitUntil(lambda: not widget.busy and widget.scores is not None
                     and widget.scores["score_threshold"] == 0.95, timeout=WAIT_MS)
     assert _table(widget)["predicted"] == "0" and _table(widget)["recall"] == "0.000"
+    assert "0 of 4 boxes in 'boxes' score \u2265 0.95" in widget._summary.value
 
 
 def test_instance_labels_as_the_truth(make_napari_viewer, qtbot):
@@ -113,3 +116,23 @@ def test_labels_prediction_against_boxes_is_refused(make_napari_viewer, errors):
     assert not widget._threshold.enabled  # the threshold is for boxes only
     widget._prediction.value = viewer.layers["boxes"]
     assert widget._threshold.enabled
+
+
+def test_a_stack_matches_boxes_within_their_plane(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    labels = np.zeros((3, 40, 40), np.uint16)
+    labels[0, 5:15, 5:15], labels[2, 20:30, 10:20] = 1, 2
+    instances = viewer.add_labels(labels, name="instances")
+
+    def on(z, rect):
+        return np.hstack([np.full((4, 1), float(z)), rect])
+
+    # the right boxes on planes 0 and 2, and plane 0's box again on plane 1, where nothing is
+    pred = viewer.add_shapes([on(0, _rect(5, 5, 15, 15)), on(2, _rect(20, 10, 30, 20)), on(1, _rect(5, 5, 15, 15))],
+                             shape_type="rectangle", name="boxes", features={"score": [0.9, 0.8, 0.7]})
+    widget = dock(viewer, "Evaluate")
+
+    scores = _run(qtbot, widget, pred, instances)
+
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 1, 0) and scores["ap50"] == 1.0
+    assert set(scores["planes"]) == {"0", "1", "2"} and "over 3 planes" in widget._summary.value
