@@ -25,6 +25,8 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from napari_seglab.core.atomic import write_csv  # noqa: E402
+from napari_seglab.core.boxes import BOX_COLUMNS, label_box_rows  # noqa: E402
 from napari_seglab.core.synthetic import make_nuclei, make_scribbles  # noqa: E402
 
 TRAIN_SEED = 1
@@ -59,6 +61,7 @@ def write_all(out: Path) -> list[Path]:
     _write(out / "nuclei_train.tif", image, "YX", "image", TRAIN_SEED)
     _write(out / "nuclei_train_instances.tif", instances, "YX", "instances", TRAIN_SEED)
     _write(out / "nuclei_train_scribbles.tif", scribbles, "YX", "scribbles", SCRIBBLE_SEED)
+    write_csv(out / "nuclei_boxes.csv", label_box_rows(instances, "YX", "instances"), columns=BOX_COLUMNS[:5])
 
     image, instances = make_nuclei(SHAPE_2D, seed=TEST_SEED)
     _write(out / "nuclei_test.tif", image, "YX", "image", TEST_SEED)
@@ -66,7 +69,7 @@ def write_all(out: Path) -> list[Path]:
 
     stack, _stack_instances = make_nuclei(SHAPE_3D, seed=STACK_SEED)
     _write(out / "nuclei_stack.tif", stack, "ZYX", "image", STACK_SEED)
-    return sorted(out.glob("*.tif"))
+    return sorted([*out.glob("*.tif"), *out.glob("*.csv")])
 
 
 def check(folder: Path) -> int:

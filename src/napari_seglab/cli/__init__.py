@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", "segment one image with a trained model",
          "Predict labels (and optionally probabilities and boxes) for one TIFF image.", _predict.add_arguments,
          cmd_predict),
-        ("evaluate", "compare predicted labels with ground truth",
-         "Print Dice, IoU and instance scores (AP, F1, precision, recall at IoU 0.5/0.75/0.9) as JSON.",
+        ("evaluate", "compare predicted labels or boxes with ground truth",
+         "Print Dice, IoU and instance scores (AP, F1, precision, recall at IoU 0.5/0.75/0.9) as JSON; with "
+         "--pred-boxes, box AP@0.5/0.75, AP@[.5:.95], precision, recall, F1 and the count error as a table.",
          _evaluate.add_evaluate_arguments, cmd_evaluate),
         ("export", "export a model to TorchScript, ONNX or bioimage.io",
          "Export a checkpoint: input (B, C, Y, X) float32 percentile-normalised, output (B, K, Y, X) class "
