@@ -136,3 +136,19 @@ def test_a_stack_matches_boxes_within_their_plane(make_napari_viewer, qtbot):
 
     assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 1, 0) and scores["ap50"] == 1.0
     assert set(scores["planes"]) == {"0", "1", "2"} and "over 3 planes" in widget._summary.value
+
+
+def test_a_predict_dock_layer_is_scored_with_the_boxes_its_threshold_hides(make_napari_viewer, qtbot):
+    from napari_seglab import _layers
+
+    viewer, _pred, truth = _boxes_viewer(make_napari_viewer)
+    rows = [{"y0": r[0, 0], "x0": r[0, 1], "y1": r[2, 0], "x1": r[2, 1], "class": 1, "score": s, "plane": ""}
+            for r, s in zip(PRED, SCORES, strict=True)]
+    shown = _layers.show_boxes(viewer, rows, "predicted boxes", score_threshold=0.75)
+    assert len(shown.data) == 2  # the 0.7 and 0.3 boxes are hidden
+    widget = dock(viewer, "Evaluate")
+
+    scores = _run(qtbot, widget, shown, truth)
+
+    assert scores["ap50"] == pytest.approx(11 / 12)  # as with all four boxes drawn
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (2, 1, 1)

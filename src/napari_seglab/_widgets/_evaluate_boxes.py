@@ -14,7 +14,7 @@ import numpy as np
 
 from .._layers import labels_from_layer
 from ..core.box_eval import box_scores_by_plane
-from ..core.boxes import label_box_rows, rows_from_rectangles
+from ..core.boxes import check_box, label_box_rows, rows_from_rectangles
 from ..core.errors import InputError
 from ..core.events import Message
 
@@ -78,13 +78,17 @@ def box_inputs(pred_layer, truth_layer) -> tuple[list[dict], list[dict], str]:
     if pred_layer.ndim != truth_ndim:
         raise InputError(f"'{pred_layer.name}' has {pred_layer.ndim} dimensions but '{truth_layer.name}' has "
                          f"{truth_ndim}: choose boxes and truth of the same image")
-    pred = shapes_rows(pred_layer, scored=True)
+    stored = pred_layer.metadata.get("seglab_boxes")
+    if stored is not None:  # a Predict dock layer: every detection, also those its display threshold hides
+        pred = [check_box(r, f"'{pred_layer.name}', box {i + 1}") for i, r in enumerate(stored)]
+    else:
+        pred = shapes_rows(pred_layer, scored=True)
     if type(truth_layer).__name__ == "Shapes":
         truth = shapes_rows(truth_layer, scored=False)
     else:
         truth = labels_rows(truth_layer)
     warnings = []
-    if _feature(pred_layer, "score") is None and pred:
+    if stored is None and _feature(pred_layer, "score") is None and pred:
         warnings.append(f"'{pred_layer.name}' has no score feature: every box scores 1")
     if not (np.allclose(pred_layer.scale, truth_layer.scale) and np.allclose(pred_layer.translate,
                                                                               truth_layer.translate)):
