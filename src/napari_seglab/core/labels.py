@@ -313,9 +313,9 @@ MODES: dict[str, LabelMode] = {mode.name: mode for mode in (
              "painted object (napari's 'new label')", sparse=True, instances=True,
              units="painted objects or background strokes", shift=1),
     _Classes("classes", "0 = background; 1, 2, ... = class ids (every pixel is annotated)"),
-    _BoxArea("boxes", "box detectors: a box (rectangle) around every object, class 1, 2, ...; the optional "
-             "annotated area (nonzero) says where every object is boxed, 0 = not annotated; no area = the whole "
-             "image", sparse=True, painted="boxes", units="boxes"),
+    _BoxArea("boxes", "0 = not annotated; nonzero = the annotated area, where every object has its box "
+             "(boxes drawn apart: rectangles, class 1, 2, ...); no area = the whole image is annotated",
+             sparse=True, painted="boxes", units="boxes"),
 )}
 LABEL_MODES = tuple(MODES)
 #: modes whose models predict objects (one id each) rather than classes
