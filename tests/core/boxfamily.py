@@ -60,7 +60,7 @@ def boxes_of_bright_regions(lm, chw, *, tile, overlap, score_threshold=0.5, stop
         x = torch.from_numpy(np.ascontiguousarray(chw, np.float32))[None].to(next(model.parameters()).device)
         score = float(torch.sigmoid(model(x))[0])
     rows = []
-    for i, sl in enumerate(ndi.find_objects(labels), 1):
+    for sl in ndi.find_objects(labels):
         if sl is None or score < score_threshold:
             continue
         rows.append({"y0": float(sl[0].start), "x0": float(sl[1].start), "y1": float(sl[0].stop),

@@ -25,7 +25,15 @@ import torch
 
 from .box_patches import clip_boxes, empty_boxes, zoom_boxes
 from .boxes import boxes_array, check_box
-from .data import Normalization, Sample, check_scale, percentiles, resample_image, scaled_shape, to_chw
+from .data import (
+    Normalization,
+    Sample,
+    check_scale,
+    percentiles,
+    resample_image,
+    scaled_shape,
+    to_chw,
+)
 from .errors import InputError
 from .events import Message, run_to_completion
 from .io import check_image_values, guess_axes

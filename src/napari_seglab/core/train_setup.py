@@ -28,7 +28,6 @@ from .train_boxes import BoxValidator, box_classes, prepare_box_data, split_boxe
 from .train_data import prepare_training_data
 from .train_state import RunState, Validator, run_meta
 
-
 #: label modes a box family trains on: boxes (rows), or instance labels (one box per object)
 BOX_LABEL_MODES = ("boxes", "instances")
 #: probability that a box run's patch is placed around a box (the rest are uniform, background included)
