@@ -58,7 +58,7 @@ def boxes_of_bright_regions(lm, chw, *, tile, overlap, score_threshold=0.5, stop
     model = lm.model
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(chw, np.float32))[None].to(next(model.parameters()).device)
-        score = float(torch.sigmoid(model(x))[0])
+        score = 0.5 + 0.5 * float(torch.sigmoid(model(x))[0])  # always shown at predict's default threshold
     rows = []
     for sl in ndi.find_objects(labels):
         if sl is None or score < score_threshold:
