@@ -92,7 +92,7 @@ def test_bad_boxes_csvs_are_named(files, tmp_path, capsys):
                                                  {"y0": 500, "x0": 1, "y1": 505, "x1": 5, "class": 1}])
     assert main(["train", "--image", str(image), "--boxes", str(outside), "--model-out", str(tmp_path / "m.pt"),
                  *FAST]) == 2
-    assert "box 2: the box (y0=500" in error_line(capsys)
+    assert "out.csv, line 3: the box (y0=500" in error_line(capsys)  # the CSV line, not the row index
     assert main(["train", "--image", str(image), "--boxes", str(tmp_path / "missing.csv"), "--model-out",
                  str(tmp_path / "m.pt"), *FAST]) == 2
     assert "--boxes" in error_line(capsys)

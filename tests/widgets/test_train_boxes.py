@@ -102,3 +102,14 @@ def test_training_from_rectangles_shows_the_boxes_found(box_dock, qtbot, tmp_pat
     found = viewer.layers["cells boxes"]
     assert tuple(found.scale) == SCALE and len(found.data) == 3  # the stand-in boxes each bright square
     assert (tmp_path / "det.pt").is_file() and widget.last_checkpoint == tmp_path / "det.pt"
+
+
+def test_a_box_outside_the_image_is_named_by_its_layer_and_shape(box_dock, qtbot, tmp_path):
+    viewer, widget, image, shapes, rows = box_dock
+    shapes.add_rectangles(np.array([world(200, 10), world(210, 20)]))
+    widget._save_to.value = tmp_path / "det.pt"
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    status = widget._controls.status.value
+    assert "layer 'boxes', shape 4: the box" in status and "outside the image (96 x 128" in status, status
+    assert not (tmp_path / "det.pt").exists()

@@ -43,9 +43,18 @@ def _light(event):
 
 
 def name_layers(text: str, names: list[tuple[str, str]] | None) -> str:
-    """Say which layers the core's "image 2" and "labels 1" are: ``names`` holds (image, labels) layer names."""
+    """Say which layers the core's "image 2" and "labels 1" are: ``names`` holds (image, labels) layer names,
+    and for box runs (image, area, boxes) names: "boxes of image 1, box 3" becomes the boxes layer's shape 3."""
     if not names:
         return text
+
+    def shape(match: re.Match) -> str:  # a box row of the core is a rectangle of the boxes layer
+        index = int(match.group(1)) - 1
+        if 0 <= index < len(names) and len(names[index]) > 2:
+            return f"layer '{names[index][2]}', shape {match.group(2)}"
+        return match.group(0)
+
+    text = re.sub(r"\bboxes of image (\d+), box (\d+)\b", shape, text)
 
     def layer(kind: int):
         def swap(match: re.Match) -> str:

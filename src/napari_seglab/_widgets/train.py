@@ -212,7 +212,8 @@ class TrainWidget(TrainSettings, Container):
                 boxes.append(shapes_rows(annotation, like=image_layer))
                 mask = None if area_layer is None else area_from_shapes(area_layer, image_layer, spatial)
                 data.append((image, axes, mask))
-                names.append((image_layer.name, area_layer.name if area_layer is not None else "whole image"))
+                names.append((image_layer.name, area_layer.name if area_layer is not None else "whole image",
+                              annotation.name))
                 continue
             data.append((image, axes, _layers.labels_from_layer(annotation)))
             apply_colors(annotation, config.label_mode, force=False)
