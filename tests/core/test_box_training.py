@@ -191,3 +191,24 @@ def test_the_model_kept_is_the_one_with_the_best_validation_ap(recorder, monkeyp
     for k, v in seen[1].items():
         torch.testing.assert_close(result.checkpoint.state_dict[k], v)
     assert any(not torch.equal(seen[2][k], v) for k, v in seen[1].items())  # epoch 3 had moved on
+
+
+def test_stop_keeps_the_best_box_model(recorder, tmp_path):
+    """Stop during epoch 3: the run ends at once and the file holds the best model of the epochs done."""
+    import threading
+
+    from napari_seglab.core.events import TrainStep
+
+    stop = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, TrainStep) and event.step == 7:
+            stop.set()
+
+    img, rows = bright_squares(shape=(96, 224), squares=GRID)
+    result = api.train([img], None, config(epochs=5, model_out=str(tmp_path / "m.pt")), boxes=[rows], stop=stop,
+                       on_event=on_event)
+    assert result.stopped and result.steps == 7 and len(result.history) == 3
+    on_disk = load_checkpoint(tmp_path / "m.pt")
+    assert on_disk.info.metrics["epoch"] == result.checkpoint.info.metrics["epoch"]
+    assert on_disk.info.metrics["val_ap50"] is not None
