@@ -113,3 +113,16 @@ def test_a_box_outside_the_image_is_named_by_its_layer_and_shape(box_dock, qtbot
     status = widget._controls.status.value
     assert "layer 'boxes', shape 4: the box" in status and "outside the image (96 x 128" in status, status
     assert not (tmp_path / "det.pt").exists()
+
+
+def test_rectangles_on_a_stack_name_their_plane_in_the_image_pixels():
+    from napari.layers import Image, Shapes
+
+    image = Image(np.zeros((4, 40, 60), np.float32), scale=(2.0, 0.5, 0.5), translate=(0.0, 3.0, 4.0))
+    # a rectangle on plane 2 (world z = 4), drawn on a layer of its own placement
+    shapes = Shapes([np.array([[4.0, *world(10, 12)], [4.0, *world(10, 26)], [4.0, *world(24, 26)],
+                               [4.0, *world(24, 12)]])], shape_type="rectangle", name="boxes")
+    [row] = shapes_rows(shapes, like=image)
+    assert row["plane"] == "2" and [row[k] for k in ("y0", "x0", "y1", "x1")] == [10, 12, 24, 26]
+    area = area_from_shapes(shapes, image, (4, 40, 60))
+    assert area[2, 10:24, 12:26].all() and area.sum() == 14 * 14

@@ -16,6 +16,7 @@ from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
 from ..core.labels import get_mode
+from ..core.models import get_family
 from ..core.train import TrainResult
 from . import _common as ui
 from . import _layout
@@ -243,6 +244,9 @@ class TrainWidget(TrainSettings, Container):
         mode = get_mode(config.label_mode)
         self.plot.class_names = mode.class_names(3 if mode.instances else 2, config.instance_head or "boundary")
         self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
+        # a box detector's validation score is its box AP@0.5, drawn where the Dice goes
+        score = "box AP@0.5" if mode.name == "boxes" or get_family(config.family).kind == "boxes" else "Dice"
+        self.plot.setToolTip(f"training loss per step (faint: raw, bright: smoothed) and validation {score} per epoch")
         self._val_dice = None
 
     def _on_error(self, exc: BaseException) -> None:
