@@ -37,4 +37,4 @@ def test_stock_model_reads_the_input_tiff_once(tmp_path, tiny_model, blobs, monk
 def test_python_dash_m_runs_the_cli_package():
     done = subprocess.run([sys.executable, "-m", "napari_seglab.cli", "train", "--help"], capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 0 and "--label-mode {scribbles,instances,objects,classes}" in done.stdout
+    assert done.returncode == 0 and "--label-mode {scribbles,instances,objects,classes,boxes}" in done.stdout

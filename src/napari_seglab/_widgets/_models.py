@@ -90,16 +90,25 @@ def _dice(value) -> float | None:
 
 
 def best_dice(meta: CheckpointMeta | dict) -> float | None:
-    """The validation Dice a checkpoint's metadata (typed, or its dict form) records (None without a hold-out)."""
-    metrics = meta.get("metrics") if isinstance(meta, dict) else meta.metrics
-    return _dice((metrics or {}).get("val_dice"))
+    """The validation Dice a checkpoint's metadata (typed, or its dict form) records (None without a hold-out).
+
+    A box detector's validation score is its box AP@0.5 ("val_ap50"), used in the same places.
+    """
+    metrics = (meta.get("metrics") if isinstance(meta, dict) else meta.metrics) or {}
+    return _dice(metrics.get("val_dice") if metrics.get("val_dice") is not None else metrics.get("val_ap50"))
+
+
+def score_name(meta: CheckpointMeta | dict) -> str:
+    """What :func:`best_dice` measured: "val Dice", or "val box AP@0.5" for a box detector."""
+    metrics = (meta.get("metrics") if isinstance(meta, dict) else meta.metrics) or {}
+    return "val box AP@0.5" if metrics.get("val_ap50") is not None else "val Dice"
 
 
 def start_dice(history: list[dict]) -> float | None:
     """The start model's Dice on this run's own hold-out, when the run measured it (epoch 0)."""
     for record in history or ():
         if record.get("epoch") == 0:
-            return _dice(record.get("val_dice"))
+            return _dice(record.get("val_dice") if record.get("val_dice") is not None else record.get("val_ap50"))
     return None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.boxes import rows_from_rectangles
 from ..core.config import ResolvedTrainConfig, TrainConfig
 from ..core.errors import InputError
 from ..core.events import Message, Preview
@@ -42,9 +43,18 @@ def _light(event):
 
 
 def name_layers(text: str, names: list[tuple[str, str]] | None) -> str:
-    """Say which layers the core's "image 2" and "labels 1" are: ``names`` holds (image, labels) layer names."""
+    """Say which layers the core's "image 2" and "labels 1" are: ``names`` holds (image, labels) layer names,
+    and for box runs (image, area, boxes) names: "boxes of image 1, box 3" becomes the boxes layer's shape 3."""
     if not names:
         return text
+
+    def shape(match: re.Match) -> str:  # a box row of the core is a rectangle of the boxes layer
+        index = int(match.group(1)) - 1
+        if 0 <= index < len(names) and len(names[index]) > 2:
+            return f"layer '{names[index][2]}', shape {match.group(2)}"
+        return match.group(0)
+
+    text = re.sub(r"\bboxes of image (\d+), box (\d+)\b", shape, text)
 
     def layer(kind: int):
         def swap(match: re.Match) -> str:
@@ -54,6 +64,68 @@ def name_layers(text: str, names: list[tuple[str, str]] | None) -> str:
 
     text = re.sub(r"\b(image) (\d+)\b", layer(0), text)
     return re.sub(r"\b(labels) (\d+)\b", layer(1), text)
+
+
+# ---------------------------------------------------------------------- Shapes layers -> box rows
+def _to_pixels(vertices: np.ndarray, layer, like) -> np.ndarray:
+    """Vertices in ``layer``'s data coordinates -> pixel coordinates of image layer ``like``.
+
+    napari places a layer by its scale and translate (world = data * scale +
+    translate, the trailing axes aligned); the boxes must be in the image's
+    pixels whatever either layer's placement is.
+    """
+    v = np.asarray(vertices, float)
+    d = v.shape[-1]
+
+    def placement(lay):
+        if lay is None:
+            return np.ones(d), np.zeros(d)
+        scale, translate = np.asarray(lay.scale, float), np.asarray(lay.translate, float)
+        if len(scale) < d:
+            scale = np.concatenate([np.ones(d - len(scale)), scale])
+            translate = np.concatenate([np.zeros(d - len(translate)), translate])
+        return scale[-d:], translate[-d:]
+
+    s_scale, s_translate = placement(layer)
+    i_scale, i_translate = placement(like)
+    return (v * s_scale + s_translate - i_translate) / i_scale
+
+
+def shapes_rows(layer, like=None) -> list[dict]:
+    """Box rows of the rectangles of Shapes ``layer``, in the pixels of image layer ``like``.
+
+    A ``class`` feature (column of ``layer.features``), when present, gives
+    each rectangle's class; otherwise every box is class 1. Anything but an
+    axis-aligned rectangle raises an InputError naming the layer and the shape.
+    """
+    classes = None
+    features = getattr(layer, "features", None)
+    if features is not None and "class" in getattr(features, "columns", ()):
+        classes = list(features["class"])
+    shapes = [_to_pixels(v, layer, like) for v in layer.data]
+    return rows_from_rectangles(shapes, list(layer.shape_type), classes, name=f"layer '{layer.name}'")
+
+
+def area_from_shapes(layer, like, spatial: tuple[int, ...]) -> np.ndarray:
+    """The annotated area (``spatial`` uint8, 1 inside) of the rectangles of Shapes ``layer``.
+
+    A rectangle on a plane of a stack marks that plane; a 2D rectangle over a
+    stack marks every plane. Pixels count when their centre is inside.
+    """
+    area = np.zeros(spatial, np.uint8)
+    for row in shapes_rows(layer, like):
+        y0, x0 = (int(np.clip(np.round(row[k]), 0, n)) for k, n in (("y0", spatial[-2]), ("x0", spatial[-1])))
+        y1, x1 = (int(np.clip(np.round(row[k]), 0, n)) for k, n in (("y1", spatial[-2]), ("x1", spatial[-1])))
+        plane = tuple(int(p) for p in row["plane"].split(",")) if row["plane"] else ()
+        lead = len(spatial) - 2
+        index = plane[-lead:] if lead and len(plane) >= lead else ()
+        if index and any(not 0 <= p < n for p, n in zip(index, spatial[:lead], strict=True)):
+            continue  # a rectangle on a plane the image does not have marks nothing
+        area[(*index, Ellipsis, slice(y0, y1), slice(x0, x1))] = 1
+    if not area.any():
+        raise InputError(f"the annotated area layer '{layer.name}' marks no pixel of the image; draw rectangles "
+                         "over the image (or choose 'whole image')")
+    return area
 
 
 def auto_number(text: str, kind: type, what: str, example: str):
@@ -67,14 +139,17 @@ def auto_number(text: str, kind: type, what: str, example: str):
         raise InputError(f"{what} {text!r} is not a number (e.g. {example}) or 'auto'") from None
 
 
-def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: TrainConfig | ResolvedTrainConfig,
+def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
+                       config: TrainConfig | ResolvedTrainConfig,
                        preview_plane: np.ndarray | None, plane: tuple[int, ...], stop: threading.Event, *,
                        names: list[tuple[str, str]] | None = None,
-                       start: tuple[Path, float | None] | None = None):
+                       start: tuple[Path, float | None] | None = None, boxes: list[list[dict]] | None = None):
     """Train on ``pairs`` ((image, axes, labels) copies), then predict the first image with the model kept.
 
     Yields the core's events; returns a :class:`TrainOutcome`. ``names``:
     the (image, labels) layer names of the pairs, for error messages.
+    ``boxes``: per pair the box rows of a box detector (labels then hold the
+    annotated area, or None for the whole image).
     ``start``: (file, validation Dice) of the model a continued run starts
     from; when the run ends worse than it, that model is kept and predicts.
     The uncertainty map and "paint next" boxes (on ``plane``) are computed
@@ -84,7 +159,7 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray]], config: 
     images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
     try:
         result: TrainResult = yield from ui.relay(
-            train(images, labels, config, axes=axes, stop=stop, preview_plane=preview_plane), _light)
+            train(images, labels, config, boxes=boxes, axes=axes, stop=stop, preview_plane=preview_plane), _light)
     except InputError as exc:
         raise InputError(name_layers(str(exc), names)) from exc
     verdict = Verdict(keep_new=True)

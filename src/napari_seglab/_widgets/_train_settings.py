@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, FloatSpinBox, LineEdit, SpinBox
-from napari.layers import Image, Labels
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox
+from napari.layers import Image, Labels, Shapes
 
 from .._colors import apply_colors, legend_html
 from ..core.config import (
@@ -39,6 +39,32 @@ FROM_PRESET = "(preset)"
 COMMON_ENCODERS = (FROM_PRESET, "resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
                    "mobilenet_v2", "densenet121", "vgg16_bn", "timm-regnety_004")
 SETTINGS = settings_of(TrainConfig)
+#: the "annotated area" choice that means: the whole image is annotated
+WHOLE_IMAGE = "(whole image)"
+#: label modes of a box family that declares none, and the modes every other family offers
+BOX_MODES = ("boxes", "instances")
+DENSE_MODES = tuple(m for m in LABEL_MODES if m != "boxes")
+
+
+def family_modes(family: str) -> tuple[str, ...]:
+    """The label modes the dock offers for ``family``: box families boxes (and instances), others the rest."""
+    fam = get_family(family)
+    if fam.kind == "boxes":
+        return tuple(m for m in BOX_MODES if fam.label_modes is None or m in fam.label_modes) or BOX_MODES
+    return DENSE_MODES
+
+
+def area_picker(viewer) -> ComboBox:
+    """The "annotated area" picker: the whole image, or a Shapes layer of rectangles."""
+
+    def choices(_widget=None):
+        return [(WHOLE_IMAGE, WHOLE_IMAGE), *((layer.name, layer) for layer in viewer.layers
+                                              if isinstance(layer, Shapes))]
+
+    return ComboBox(label="annotated area", choices=choices, nullable=False,
+                    tooltip="rectangles marking where every object has its box: patches are cut only there, so "
+                            "unboxed objects elsewhere are never taught as background; (whole image): every object "
+                            "of the image is boxed")
 
 
 def tip(name: str) -> str:
@@ -71,7 +97,11 @@ class TrainSettings:
         """Create the setting controls; returns the Data, Model and Training forms."""
         self._image = ui.layer_picker(viewer, Image, "image", "the image to learn from")
         self._labels_combo = ui.layer_picker(viewer, Labels, "labels", "painted labels, same shape as the image")
-        self._mode = ui.choice_combo("label mode", LABEL_MODES, "scribbles", tip("label_mode"))
+        self._boxes_combo = ui.layer_picker(viewer, Shapes, "boxes", "a Shapes layer of rectangles, one around "
+                                            "each object (a 'class' feature gives classes 1, 2, ...)")
+        self._area_combo = area_picker(viewer)
+        self._boxes_combo.visible = self._area_combo.visible = False
+        self._mode = ui.choice_combo("label mode", DENSE_MODES, "scribbles", tip("label_mode"))
         self._legend = ui.wrapped_label(legend_html("scribbles"), small=True)
         self._pairs = ui.PairList(viewer)
         self._matching = CheckBox(text="also all '<image> scribbles' pairs", value=False,
@@ -110,7 +140,8 @@ class TrainSettings:
         self._folder = ui.wrapped_label("", small=True)
         self._read_255 = CheckBox(text=SETTINGS["read_255_as_foreground"].label, value=False,
                                   tooltip=tip("read_255_as_foreground"))
-        data = ui.form("", [self._image, self._labels_combo, self._mode], [self._legend, self._pairs, self._matching])
+        data = ui.form("", [self._image, self._labels_combo, self._boxes_combo, self._area_combo, self._mode],
+                       [self._legend, self._pairs, self._matching])
         model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
                              self._head, self._diameter], [self._diameter_note])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
@@ -161,12 +192,27 @@ class TrainSettings:
             steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
             lr=lr, class_weights=self._weights.value, focal_gamma=float(self._gamma.value),
             device=self._device.value, model_out=str(save_to) if save_to else None,
-            init=str(init) if init else None, preview_every=self._preview.value,
+            init=str(init) if init else None,
+            # a detector's live prediction costs many steps' time on a CPU: box runs show the result at the end
+            preview_every=0 if get_family(self._family.value).kind == "boxes" else self._preview.value,
             read_255_as_foreground=self._read_255.value,
             instance_head=self._head.value if self._head.enabled and self._head.value != "auto" else None)
 
     # ------------------------------------------------------------------ callbacks
+    @property
+    def box_mode(self) -> bool:
+        """True when the dock trains a box detector from Shapes rectangles (label mode "boxes")."""
+        return self._mode.value == "boxes"
+
     def _on_mode(self, mode: str) -> None:
+        boxes = mode == "boxes"
+        self._labels_combo.visible = not boxes
+        self._boxes_combo.visible = self._area_combo.visible = boxes
+        self._pairs.visible = self._matching.visible = not boxes
+        if boxes:
+            self._legend.value = "box detector: draw a rectangle around every object<br>" \
+                                 + get_mode(mode).legend.replace("; ", "<br>")
+            return
         self._legend.value = legend_html(mode)
         self._update_head()
         self._color_labels()
@@ -175,6 +221,8 @@ class TrainSettings:
     def _estimate_diameter(self) -> None:
         """Show the object diameter measured on the painted objects and the resampling it implies."""
         layer, mode = self._labels_combo.value, get_mode(self._mode.value)
+        if self.box_mode:
+            layer = None
         typed = self._diameter.value.strip().lower()
         if typed not in ("", "auto"):
             try:
@@ -196,7 +244,7 @@ class TrainSettings:
     def _color_labels(self) -> None:
         """Give the picked labels layer the class colours of its mode (unless the user chose colours)."""
         layer = self._labels_combo.value
-        if layer is not None:
+        if layer is not None and not self.box_mode:
             apply_colors(layer, self._mode.value, force=False)
 
     def _show_folder(self) -> None:
@@ -212,12 +260,19 @@ class TrainSettings:
 
     def _on_family(self, family: str) -> None:
         fam = get_family(family)
-        self._arch.choices = ARCHS[family]
+        # callables: a static list would fall back to the first one at the next reset_choices (a layer added)
+        self._arch.choices = lambda _widget=None, archs=fam.archs: archs
         self._arch.value = fam.default_arch
         self._encoder.enabled = fam.encoders is not None and ui.path_or_none(self._init) is None
         self._preset.enabled = bool(fam.presets) and self._encoder.enabled
-        if fam.label_modes is not None and self._mode.value not in fam.label_modes:
-            self._mode.value = fam.label_modes[0]
+        modes, mode = family_modes(family), self._mode.value
+        self._mode.choices = lambda _widget=None, modes=modes: modes
+        if fam.kind == "boxes" and mode != "boxes" and "boxes" in modes:
+            mode = "boxes"  # a box detector learns from drawn boxes first
+        elif fam.label_modes is not None and mode not in fam.label_modes:
+            mode = fam.label_modes[0]
+        self._mode.value = mode if mode in modes else modes[0]
+        self._on_mode(self._mode.value)
         self._update_head()
 
     def _on_init(self, *_args) -> None:

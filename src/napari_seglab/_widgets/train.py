@@ -16,6 +16,7 @@ from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
 from ..core.labels import get_mode
+from ..core.models import get_family
 from ..core.train import TrainResult
 from . import _common as ui
 from . import _layout
@@ -24,12 +25,20 @@ from ._models import (
     best_dice,
     default_model_path,
     drop_state,
+    score_name,
     state_path,
     unused_path,
 )
 from ._plot import TrainingPlot
-from ._train_job import TrainOutcome, train_then_predict
-from ._train_settings import ARCHS, COMMON_ENCODERS, FROM_PRESET, MAX_ESTIMATE_PIXELS, TrainSettings  # noqa: F401
+from ._train_job import TrainOutcome, area_from_shapes, shapes_rows, train_then_predict
+from ._train_settings import (  # noqa: F401
+    ARCHS,
+    COMMON_ENCODERS,
+    FROM_PRESET,
+    MAX_ESTIMATE_PIXELS,
+    WHOLE_IMAGE,
+    TrainSettings,
+)
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -117,7 +126,17 @@ class TrainWidget(TrainSettings, Container):
         return self._slot.busy
 
     def pairs(self) -> list[tuple]:
-        """The (image layer, labels layer) pairs to train on; the picked pair first."""
+        """The (image layer, labels layer) pairs to train on; the picked pair first.
+
+        Box mode: one (image layer, boxes Shapes layer, area Shapes layer or None) triple.
+        """
+        if self.box_mode:
+            image, boxes, area = self._image.value, self._boxes_combo.value, self._area_combo.value
+            if image is None:
+                raise InputError("no image layer: open an image first")
+            if boxes is None:
+                raise InputError("no boxes layer: add a Shapes layer and draw a rectangle around each object")
+            return [(image, boxes, None if area == WHOLE_IMAGE else area)]
         pairs = [(self._image.value, self._labels_combo.value), *self._pairs.pairs()]
         for i, (image, labels) in enumerate(pairs):
             if image is None:
@@ -160,11 +179,7 @@ class TrainWidget(TrainSettings, Container):
         config = self._run_config(continuing)
         start = (self.last_checkpoint, self._kept_dice) if continuing and self.last_checkpoint else None
         # copy on the main thread: the user may keep painting while the worker trains
-        data = []
-        for image_layer, labels_layer in pairs:
-            image, axes = _layers.image_from_layer(image_layer)
-            data.append((image, axes, _layers.labels_from_layer(labels_layer)))
-            apply_colors(labels_layer, config.label_mode, force=False)
+        data, boxes, names = self._copy_data(pairs, config)
         image, axes, _ = data[0]
         plane = _layers.current_plane(self._viewer, pairs[0][0], axes)
         preview_plane = (image[plane] if plane else image) if config.preview_every else None
@@ -178,11 +193,33 @@ class TrainWidget(TrainSettings, Container):
         self._controls.set_fraction(0)
         self._controls.say("starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs...")
         self._set_busy(True)
-        names = [(image_layer.name, labels_layer.name) for image_layer, labels_layer in pairs]
         self._slot.start(lambda stop: train_then_predict(data, config, preview_plane, plane, stop, names=names,
-                                                         start=start),
+                                                         start=start, boxes=boxes),
                          on_event=self._on_event, on_result=self._on_result, on_error=self._on_error,
                          on_done=lambda: self._set_busy(False))
+
+    def _copy_data(self, pairs: list[tuple], config) -> tuple[list[tuple], list[list[dict]] | None, list]:
+        """(image, axes, labels) copies, box rows (box mode) and the layer names of ``pairs``, on the main thread.
+
+        Box mode: the rectangles become rows in the image's pixels (InputError naming the layer for an
+        ellipse or a rotated rectangle), the area layer an area mask (None: the whole image).
+        """
+        data, boxes, names = [], [] if self.box_mode else None, []
+        for image_layer, annotation, *area in pairs:
+            image, axes = _layers.image_from_layer(image_layer)
+            if boxes is not None:
+                spatial = _layers.spatial_shape(image, axes)
+                area_layer = area[0] if area else None
+                boxes.append(shapes_rows(annotation, like=image_layer))
+                mask = None if area_layer is None else area_from_shapes(area_layer, image_layer, spatial)
+                data.append((image, axes, mask))
+                names.append((image_layer.name, area_layer.name if area_layer is not None else "whole image",
+                              annotation.name))
+                continue
+            data.append((image, axes, _layers.labels_from_layer(annotation)))
+            apply_colors(annotation, config.label_mode, force=False)
+            names.append((image_layer.name, annotation.name))
+        return data, boxes, names
 
     def _run_config(self, continuing: bool) -> ResolvedTrainConfig:
         """The run's settings, checked once and resolved for the device; a continued run gets a fresh file."""
@@ -207,6 +244,9 @@ class TrainWidget(TrainSettings, Container):
         mode = get_mode(config.label_mode)
         self.plot.class_names = mode.class_names(3 if mode.instances else 2, config.instance_head or "boundary")
         self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
+        # a box detector's validation score is its box AP@0.5, drawn where the Dice goes
+        score = "box AP@0.5" if mode.name == "boxes" or get_family(config.family).kind == "boxes" else "Dice"
+        self.plot.setToolTip(f"training loss per step (faint: raw, bright: smoothed) and validation {score} per epoch")
         self._val_dice = None
 
     def _on_error(self, exc: BaseException) -> None:
@@ -280,14 +320,21 @@ class TrainWidget(TrainSettings, Container):
             self._continue_from = self.last_checkpoint
         self._use_newer.visible = self._newer is not None
         layer = self._target[0]
-        if prediction is not None and layer in self._viewer.layers:
+        found = ""
+        if prediction is not None and layer in self._viewer.layers and \
+                result.checkpoint.spec.family_entry.kind == "boxes":
+            _layers.show_boxes(self._viewer, prediction.boxes, self._name("boxes"), like=layer,
+                               ndim=len(self._target[3]))
+            self.last_prediction, self._extras = None, None  # boxes are corrected in their Shapes layer
+            found = f"; {len(prediction.boxes)} boxes found"
+        elif prediction is not None and layer in self._viewer.layers:
             _layers.promote_preview(self._viewer, prediction.labels, self._name("preview"), self._name("prediction"),
                                     like=layer, colors=prediction_kind(self._mode.value, prediction.kind))
             self.last_prediction, self._extras = prediction, outcome.extras
         else:
             self._drop_preview()
         text = (f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f} s"
-                + (f", val Dice {dice:.3f}" if dice is not None else "")
+                + (f", {score_name(result.checkpoint.meta)} {dice:.3f}" if dice is not None else "") + found
                 + (f"; model saved to {result.path}" if result.path else "; model kept in memory only"))
         if not verdict.keep_new:
             text += "; " + verdict.text()

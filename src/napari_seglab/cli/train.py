@@ -20,9 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
                    help="training image (repeat for several)")
-    p.add_argument("--labels", action="append", required=True, metavar="LAB.tif",
-                   help="labels of the image given at the same position (repeat for several)")
-    add_settings(p, TrainConfig, OPTIONS[:7], required=("label_mode", "model_out"))
+    p.add_argument("--labels", action="append", metavar="LAB.tif",
+                   help="labels of the image given at the same position (repeat for several); with --boxes, "
+                        "optional: the annotated area (nonzero = every object there is boxed; without it the "
+                        "whole image is)")
+    p.add_argument("--boxes", action="append", metavar="BOXES.csv",
+                   help="box annotations of the image at the same position, to train a box detector: a CSV with "
+                        "y0,x0,y1,x1[,class][,plane] (what predict --boxes writes); an empty CSV makes the image a "
+                        "negative; sets --label-mode boxes")
+    add_settings(p, TrainConfig, OPTIONS[:7], required=("model_out",))
+    p.set_defaults(label_mode=None)  # required, except with --boxes (then "boxes"): see _check_annotations
     p.add_argument(DIAMETER.flag, type=float, default=None, metavar=DIAMETER.metavar,
                    help=f"{DIAMETER.help} (default: {DIAMETER.auto})")
     add_settings(p, TrainConfig, OPTIONS[7:])
@@ -47,15 +54,39 @@ def config_from_args(args: argparse.Namespace):
     return config.resolve(pick_device(config.device))
 
 
+def _check_annotations(args: argparse.Namespace) -> None:
+    """--labels and --boxes: one per --image, and a label mode that fits them (``boxes`` with --boxes)."""
+    if args.boxes:
+        if args.label_mode is None:
+            args.label_mode = "boxes"
+        elif args.label_mode != "boxes":
+            raise InputError(f"--boxes trains from boxes: use --label-mode boxes (or leave it out), not "
+                             f"{args.label_mode!r}")
+        if len(args.boxes) != len(args.image):
+            raise InputError(f"{len(args.image)} --image but {len(args.boxes)} --boxes; give one boxes CSV per image "
+                             "(an empty one for an image without objects)")
+    elif args.label_mode is None:
+        raise InputError("--label-mode is required (or give --boxes to train a box detector from boxes)")
+    elif args.label_mode == "boxes":
+        raise InputError("--label-mode boxes needs --boxes BOXES.csv (one per --image)")
+    elif not args.labels:
+        raise InputError("--labels is required: one labels file per --image (or --boxes for a box detector)")
+    if args.labels and len(args.labels) != len(args.image):
+        what = "area" if args.boxes else "labels"
+        raise InputError(f"{len(args.image)} --image but {len(args.labels)} --labels; give one {what} file per image")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if len(args.labels) != len(args.image):
-        raise InputError(f"{len(args.image)} --image but {len(args.labels)} --labels; give one labels file per image")
+    _check_annotations(args)
+    args.labels = args.labels or []
     # paths first, before torch is imported: a wrong path is reported at once
     for flag, paths in (("--image", args.image), ("--labels", args.labels)):
         for path in paths:
             check_tiff(path, flag)
+    for path in args.boxes or ():
+        check_input(path, "--boxes", "a boxes CSV file")
     check_input(args.init, "--init", "a checkpoint file")
-    inputs = [*args.image, *args.labels, args.init]
+    inputs = [*args.image, *args.labels, *(args.boxes or ()), args.init]
     check_output(args.model_out, inputs, "--model-out")
     check_output(str(Path(args.model_out).with_suffix(".last.pt")), inputs, "--model-out")
     if args.pretrained is not None and args.pretrained.lower() not in ("none", "auto", "imagenet", "coco", "voc"):
@@ -63,20 +94,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
 
     from ..core import train as core_train
+    from ..core.boxes import read_boxes_csv
     from ..core.io import read_image, read_labels
 
+    boxes = [read_boxes_csv(b) for b in args.boxes] if args.boxes else None
     images = [read_image(p) for p in args.image]
-    labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)]
+    labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)] \
+        if args.labels else None
     status = Status()
     saved: list[str] = []
     try:
-        result = drive(core_train.train([i.data for i in images], labels, config, axes=[i.axes for i in images]),
-                       _progress(status, saved, f"/{config.epochs}" if config.epochs else ""))
+        result = drive(core_train.train([i.data for i in images], labels, config, boxes=boxes,
+                                        axes=[i.axes for i in images]),
+                       _progress(status, saved, f"/{config.epochs}" if config.epochs else "",
+                                 "val AP@0.5" if boxes is not None or _box_family(config.family) else "val Dice"))
     except KeyboardInterrupt:
         status.line(_what_was_kept(args.model_out, saved))
         raise
+    except InputError as exc:
+        raise InputError(_csv_lines(str(exc), args.boxes)) from exc
     metrics = result.checkpoint.meta.get("metrics", {})
-    if metrics.get("val_dice") is not None:
+    if metrics.get("val_ap50") is not None:
+        best = f"best val box AP@0.5 {metrics['val_ap50']:.3f} at epoch {metrics.get('epoch')}"
+    elif metrics.get("val_dice") is not None:
         best = f"best val Dice {metrics['val_dice']:.3f} at epoch {metrics.get('epoch')}"
     else:
         best = f"best train loss {metrics.get('train_loss', float('nan')):.4f} at epoch {metrics.get('epoch')}"
@@ -84,8 +124,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress(status: Status, saved: list[str], of_epochs: str):
-    """The handler of training events: a status line per step, a line per epoch, messages."""
+def _csv_lines(text: str, csvs: list[str] | None) -> str:
+    """The core's "boxes of image 2, box 5" as the CSV file and line it came from ("b.csv, line 6")."""
+    import re
+
+    def line(match: re.Match) -> str:
+        index = int(match.group(1)) - 1
+        if csvs and 0 <= index < len(csvs):
+            return f"{csvs[index]}, line {int(match.group(2)) + 1}"
+        return match.group(0)
+
+    return re.sub(r"\bboxes of image (\d+), box (\d+)\b", line, text)
+
+
+def _box_family(name: str) -> bool:
+    from ..core.models import get_family
+
+    return get_family(name).kind == "boxes"
+
+
+def _progress(status: Status, saved: list[str], of_epochs: str, metric: str = "val Dice"):
+    """The handler of training events: a status line per step, a line per epoch, messages.
+
+    ``metric``: the name of the validation score the epochs report ("val Dice", or a box run's "val AP@0.5").
+    """
     from ..core.events import CheckpointSaved, EpochEnd, Message, TrainStep
 
     def handle(event) -> None:
@@ -95,7 +157,7 @@ def _progress(status: Status, saved: list[str], of_epochs: str):
                              f"loss {event.loss:.4f}  {event.elapsed:.0f}s")
         elif isinstance(event, EpochEnd):
             dice = f"{event.val_dice:.3f}" if event.val_dice is not None else "n/a"
-            status.line(f"epoch {event.epoch}{of_epochs}  loss {event.train_loss:.4f}  val Dice {dice}  "
+            status.line(f"epoch {event.epoch}{of_epochs}  loss {event.train_loss:.4f}  {metric} {dice}  "
                         f"{event.elapsed:.1f}s" + ("  (best)" if event.is_best else ""))
         elif isinstance(event, Message):
             status.message(event)

@@ -57,13 +57,16 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent 
     return drive(iter_batch(model, input_dir, output_dir, **options), on_event)
 
 
-def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config, *, on_event: OnEvent = None,
-          **options):
+def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None] | None, config, *,
+          boxes: Sequence[Sequence[dict] | None] | None = None, on_event: OnEvent = None, **options):
     """Train a model and return the training result (its ``checkpoint`` holds the metadata and metrics).
 
     ``config`` is a :class:`~.train.TrainConfig`; ``options`` are those of
-    :func:`.train.train` (``axes``, ``stop``...).
+    :func:`.train.train` (``axes``, ``stop``...). Box detectors take
+    ``boxes``: per image a list of box rows (e.g. from
+    :func:`.boxes.read_boxes_csv`), with ``label_mode="boxes"``; ``labels``
+    then marks the annotated area, or is None for whole images.
     """
     from .train import train as iter_train
 
-    return drive(iter_train(images, labels, config, **options), on_event)
+    return drive(iter_train(images, labels, config, boxes=boxes, **options), on_event)

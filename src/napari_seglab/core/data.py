@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .box_patches import box_centres, clip_boxes, transform_boxes, zoom_boxes
 from .errors import InputError
 from .labels import IGNORE
 
@@ -126,6 +127,10 @@ class Sample:
     "distance" instance head (see :func:`.labels.head_targets`), cropped and
     augmented with the image; ``head`` names which, so flow vectors turn with
     the patch. ``target`` then holds the foreground (0/1, -1 ignored).
+
+    ``boxes``: the (N, 5) float32 boxes [y0, x0, y1, x1, class] of a box
+    detector's sample, in the sample's pixels (N may be 0: a negative);
+    ``target`` then marks the annotated pixels (0; -1 ignored).
     """
 
     image: np.ndarray
@@ -133,6 +138,7 @@ class Sample:
     instances: np.ndarray | None = None  # object ids for detection models
     regression: np.ndarray | None = None
     head: str | None = None
+    boxes: np.ndarray | None = None
 
     @property
     def annotated(self) -> int:
@@ -222,6 +228,15 @@ class PatchSampler:
     the patch size), so objects are seen a little larger and smaller than
     painted. Flow targets turn and zoom with the patch, so their vectors keep
     pointing at the object centres.
+
+    Box samples (``Sample.boxes`` set): boxes are cropped, zoomed, transposed
+    and flipped exactly like the image (:mod:`.box_patches`); a box cut by
+    the patch border is clipped, and dropped when less than
+    :data:`.box_patches.MIN_VISIBLE` of it is visible. ``favour`` is then the
+    probability that a patch is placed around a randomly chosen box; the rest
+    are uniform (background patches, and patches of images without boxes).
+    Samples are drawn in proportion to their area, and a sample smaller than
+    the patch is padded with 0 (a reflection would show unboxed objects).
     """
 
     def __init__(self, samples: Sequence[Sample], patch: int, rng: np.random.Generator,
@@ -230,17 +245,21 @@ class PatchSampler:
             raise InputError(f"scale jitter must be at least 1; got {scale_jitter}")
         if not samples:
             raise InputError("no training data")
-        self.samples = [Sample(_pad_to(s.image, patch, None), _pad_to(s.target, patch, IGNORE),
+        self.samples = [Sample(_pad_to(s.image, patch, 0.0 if s.boxes is not None else None),
+                               _pad_to(s.target, patch, IGNORE),
                                None if s.instances is None else _pad_to(s.instances, patch, 0),
-                               None if s.regression is None else _pad_to(s.regression, patch, 0.0), s.head)
+                               None if s.regression is None else _pad_to(s.regression, patch, 0.0), s.head,
+                               None if s.boxes is None else np.asarray(s.boxes, np.float32).reshape(-1, 5))
                         for s in samples]
         self.patch = patch
         self.rng = rng
         self.favour = favour
         self.augment = augment
         self.scale_jitter = float(scale_jitter)
-        self._coords = [np.flatnonzero(s.target.reshape(-1) != IGNORE) for s in self.samples]
-        weights = np.array([max(1, len(c)) for c in self._coords], float)
+        self._coords = [np.flatnonzero(s.target.reshape(-1) != IGNORE) if s.boxes is None
+                        else box_centres(s.boxes, s.target.shape) for s in self.samples]
+        weights = np.array([max(1, len(c) if s.boxes is None else int(np.count_nonzero(s.target != IGNORE)))
+                            for c, s in zip(self._coords, self.samples, strict=True)], float)
         self._weights = weights / weights.sum()
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -248,6 +267,11 @@ class PatchSampler:
         return self._draw()[:3]
 
     def _draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One patch: image, target, instances, head target (None where absent)."""
+        return self._draw_all()[:4]
+
+    def _draw_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """One patch: image, target, instances, head target and boxes (None where absent)."""
         rng = self.rng
         i = int(rng.choice(len(self.samples), p=self._weights))
         s, coords = self.samples[i], self._coords[i]
@@ -263,13 +287,16 @@ class PatchSampler:
         tgt = s.target[y0:y0 + p, x0:x0 + p]
         ins = None if s.instances is None else s.instances[y0:y0 + p, x0:x0 + p]
         reg = None if s.regression is None else s.regression[:, y0:y0 + p, x0:x0 + p]
+        boxes = None if s.boxes is None else clip_boxes(s.boxes, y0, x0, p, p)
         if p != self.patch:
             img, tgt, ins, reg = _zoom_patch(self.patch, img, tgt, ins, reg)
+            if boxes is not None:  # clipped again: the zoomed crop is cut to the patch
+                boxes = clip_boxes(zoom_boxes(boxes, self.patch / p), 0, 0, self.patch, self.patch)
         if self.augment:
-            img, tgt, ins, reg = self._augment(img, tgt, ins, reg, s.head)
+            img, tgt, ins, reg, boxes = self._augment(img, tgt, ins, reg, s.head, boxes)
         return (np.ascontiguousarray(img, np.float32), np.ascontiguousarray(tgt),
                 None if ins is None else np.ascontiguousarray(ins),
-                None if reg is None else np.ascontiguousarray(reg, np.float32))
+                None if reg is None else np.ascontiguousarray(reg, np.float32), boxes)
 
     def _crop_size(self, h: int, w: int) -> int:
         """Side of the crop to cut: the patch, or with scale jitter a zoomed one (within the sample)."""
@@ -278,11 +305,13 @@ class PatchSampler:
         zoom = float(np.exp(self.rng.uniform(-1.0, 1.0) * np.log(self.scale_jitter)))
         return int(np.clip(round(self.patch / zoom), 8, min(h, w)))
 
-    def _augment(self, img, tgt, ins, reg=None, head=None):
+    def _augment(self, img, tgt, ins, reg=None, head=None, boxes=None):
         from .flows import transform
 
         rng = self.rng
         draws = {"transpose": bool(rng.integers(2)), "flip_y": bool(rng.integers(2)), "flip_x": bool(rng.integers(2))}
+        if boxes is not None:
+            boxes = transform_boxes(boxes, tgt.shape[-2:], **draws)
         img, tgt = transform(img, **draws), transform(tgt, **draws)
         ins = None if ins is None else transform(ins, **draws)
         if reg is not None:
@@ -292,7 +321,7 @@ class PatchSampler:
         img = img * gain + offset
         if rng.random() < 0.3:
             img = img + rng.normal(0, rng.uniform(0.0, 0.05), img.shape).astype(np.float32)
-        return img, tgt, ins, reg
+        return img, tgt, ins, reg, boxes
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, list | None]:
         """A batch: images (B, C, P, P) float32, targets (B, P, P) int64, instances list or None."""
@@ -303,16 +332,25 @@ class PatchSampler:
         (B, P, P) int64 (-1 ignored) and float targets (B, K, P, P) float32."""
         if self.samples[0].regression is None:
             raise InputError("these samples carry no instance-head targets")
-        imgs, tgts, _, regs = self._batch(size)
+        imgs, tgts, _, regs, _ = self._batch(size)
         return imgs, tgts, regs
 
+    def box_batch(self, size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """A batch for a box detector: images (B, C, P, P) float32, annotated-pixel targets (B, P, P)
+        int64 (0 annotated, -1 not) and B (N, 5) float32 box arrays in patch pixels (N may be 0)."""
+        if self.samples[0].boxes is None:
+            raise InputError("these samples carry no boxes")
+        imgs, tgts, _, _, boxes = self._batch(size)
+        return imgs, tgts, boxes
+
     def _batch(self, size: int):
-        draws = [self._draw() for _ in range(size)]
+        draws = [self._draw_all() for _ in range(size)]
         imgs = np.stack([d[0] for d in draws])
         tgts = np.stack([d[1] for d in draws])
         ins = None if draws[0][2] is None else [d[2] for d in draws]
         regs = None if draws[0][3] is None else np.stack([d[3] for d in draws])
-        return imgs, tgts, ins, regs
+        boxes = None if draws[0][4] is None else [d[4] for d in draws]
+        return imgs, tgts, ins, regs, boxes
 
 
 # ----------------------------------------------------------------------------- object scale

@@ -8,7 +8,16 @@ instances  background             one id per object              0 bg, 1 interio
 objects    not annotated (ignored) 1 = background, 2.. = one id   0 bg, 1 interior, 2 boundary
                                   per whole painted object       (unpainted pixels ignored)
 classes    background             class ids 1..K                 class = value
+boxes      not annotated (ignored) annotated area (any value)     boxes drawn apart (rows)
 ========== ====================== ============================== ===========================
+
+``boxes`` trains box detectors from box rows given beside the labels (see
+:mod:`.boxes`); its labels, when given, only mark the *annotated area*: the
+places where every object has its box. Patches are cut inside the bounding
+rectangle of each connected annotated region (so draw the area as
+rectangles), and nothing outside it is ever taught as background. No area
+labels (None) means the whole image is annotated; a region or image without
+a box is a valid negative: it teaches "nothing here".
 
 Each mode is a :class:`LabelMode` object (look one up with :func:`get_mode`)
 that carries its legend, validation, targets, class names and correction.
@@ -252,6 +261,49 @@ class _Objects(LabelMode):
         return (int(np.max(labels)) if np.size(labels) else 0) + 1
 
 
+@dataclass(frozen=True)
+class _BoxArea(LabelMode):
+    """``boxes``: the objects come as boxes; the labels (optional) mark the annotated area (nonzero)."""
+
+    def validate(self, labels, spatial_shape, *, read_255_as_foreground=False, name="labels"):
+        """The annotated area as (Y, X...) int64 0 / 1, or None (no labels: the whole image is annotated)."""
+        if labels is None:
+            return None
+        labels = np.asarray(labels)
+        if tuple(labels.shape) != tuple(spatial_shape):
+            raise InputError(f"{name} (the annotated area) shape {tuple(labels.shape)} does not match the image "
+                             f"shape {tuple(spatial_shape)} (without channels)")
+        if labels.dtype.kind not in "uib":
+            raise InputError(f"{name} (the annotated area) have dtype {labels.dtype}; mark the area with integers "
+                             "(nonzero = annotated)")
+        if not labels.any():
+            raise InputError(f"{name}: the annotated area is empty; mark where every object is boxed (nonzero), "
+                             "or give no area to count the whole image as annotated")
+        return (labels != 0).astype(np.int64)
+
+    def targets(self, labels):
+        return np.where(np.asarray(labels) != 0, 0, IGNORE).astype(np.int64)
+
+    def ignore_mask(self, labels):
+        return np.asarray(labels) == 0
+
+    def n_classes(self, labels):
+        return 2
+
+    def target_classes(self, targets):
+        return 2
+
+    def class_names(self, n_classes, head="boundary"):
+        return ("background", "object") if n_classes <= 2 else \
+            ("background", *(f"class {i}" for i in range(1, n_classes)))
+
+    def decode(self, classes):
+        raise InputError("'boxes' labels mark the annotated area; they have no classes to decode")
+
+    def correction(self, pred, kind="semantic"):
+        raise InputError("a box detector's prediction is boxes: correct them in the Shapes layer, not as labels")
+
+
 MODES: dict[str, LabelMode] = {mode.name: mode for mode in (
     _Scribbles("scribbles", "0 = not annotated (ignored); 1 = background; 2, 3, ... = classes", sparse=True,
                self_training=True, painted="strokes", shift=1),
@@ -261,6 +313,9 @@ MODES: dict[str, LabelMode] = {mode.name: mode for mode in (
              "painted object (napari's 'new label')", sparse=True, instances=True,
              units="painted objects or background strokes", shift=1),
     _Classes("classes", "0 = background; 1, 2, ... = class ids (every pixel is annotated)"),
+    _BoxArea("boxes", "0 = not annotated; nonzero = the annotated area, where every object has its box "
+             "(boxes drawn apart: rectangles, class 1, 2, ...); no area = the whole image is annotated",
+             sparse=True, painted="boxes", units="boxes"),
 )}
 LABEL_MODES = tuple(MODES)
 #: modes whose models predict objects (one id each) rather than classes

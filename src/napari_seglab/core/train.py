@@ -59,9 +59,10 @@ def _resolved(config: TrainConfig | ResolvedTrainConfig, device: torch.device) -
     return config.resolve(device)
 
 
-def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: TrainConfig, *,
-          axes: Sequence[str | None] | None = None, stop: threading.Event | None = None,
-          preview_plane: np.ndarray | None = None, clock=time.monotonic) -> Generator[object, None, TrainResult]:
+def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None] | None, config: TrainConfig, *,
+          boxes: Sequence[Sequence[dict] | None] | None = None, axes: Sequence[str | None] | None = None,
+          stop: threading.Event | None = None, preview_plane: np.ndarray | None = None,
+          clock=time.monotonic) -> Generator[object, None, TrainResult]:
     """Train a model on image/label pairs; yields progress events, returns a :class:`TrainResult`.
 
     ``images``: arrays in canonical axes (``axes`` per image, guessed when
@@ -70,11 +71,18 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: Tr
     first step, stopping, closing the generator or Ctrl-C always leave a
     loadable ``config.model_out`` with the best weights so far.
     ``clock``: the time source of the budget (tests pass a fake one).
+
+    Box detectors (families of kind "boxes"): ``boxes`` gives per image a
+    list of box rows (see :mod:`.boxes`; None or [] = no box, a negative) with
+    ``config.label_mode`` "boxes"; ``labels`` (or an entry of it) may then be
+    None, else it marks the annotated area (see :mod:`.train_boxes` for the
+    rule). They also train from "instances" labels, one box per object.
+    Validation is box AP@0.5 on a held-out part of the annotated area.
     """
     t_start = clock()
     device = pick_device(config.device)
     config = _resolved(config, device)
-    run = yield from set_up(images, labels, config, device, axes=axes, clock=clock, t_start=t_start)
+    run = yield from set_up(images, labels, config, device, axes=axes, clock=clock, t_start=t_start, boxes=boxes)
     history, stopped = yield from run_loop(run, stop=stop, preview_plane=preview_plane)
     best = run.state.final(history)
     return TrainResult(checkpoint=best, path=run.state.path, history=history, stopped=stopped,

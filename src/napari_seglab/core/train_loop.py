@@ -134,8 +134,10 @@ def _smooth(ema: float, value: float, step: int) -> float:
 def _step(run: TrainRun) -> float:
     """One optimiser step on a fresh batch; returns the loss."""
     config, spec, device = run.config, run.spec, run.device
-    reg, inst = None, None
-    if spec.has_regression_head:
+    reg, inst, boxes = None, None, None
+    if spec.family_entry.kind == "boxes":  # a box detector learns the patches' boxes (LossInputs.boxes)
+        x, y, boxes = run.sampler.box_batch(config.batch_size)
+    elif spec.has_regression_head:
         x, y, reg = run.sampler.head_batch(config.batch_size)
     else:
         x, y, inst = run.sampler.batch(config.batch_size)
@@ -147,7 +149,7 @@ def _step(run: TrainRun) -> float:
     else:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16)
     batch = LossInputs(images=xt, targets=y, instances=inst, regression=reg, head=spec.head,
-                       class_weights=run.class_weights, focal_gamma=config.focal_gamma)
+                       class_weights=run.class_weights, focal_gamma=config.focal_gamma, boxes=boxes)
     with autocast:
         loss = spec.family_entry.loss(run.model, batch)
     run.optimizer.zero_grad(set_to_none=True)

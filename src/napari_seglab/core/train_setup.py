@@ -22,9 +22,16 @@ from .events import Message
 from .labels import IGNORE, get_mode
 from .losses import balanced_class_weights
 from .models import ModelSpec, build_model, check_spec, get_family, preset_spec
+from .models.registry import REGISTRY
 from .runtime import Budget, ThreadTuner, bf16_helps, cost_note
+from .train_boxes import BoxValidator, box_classes, prepare_box_data, split_boxes
 from .train_data import prepare_training_data
 from .train_state import RunState, Validator, run_meta
+
+#: label modes a box family trains on: boxes (rows), or instance labels (one box per object)
+BOX_LABEL_MODES = ("boxes", "instances")
+#: probability that a box run's patch is placed around a box (the rest are uniform, background included)
+BOX_FAVOUR = 0.7
 
 
 @dataclass
@@ -82,13 +89,18 @@ def _start_from(config) -> tuple[Checkpoint | None, Normalization | None, float 
 
 def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: int, head: str) -> ModelSpec:
     """The spec of the model to train: the checkpoint's (checked against the data) or a fresh one."""
-    n_classes = get_mode(config.label_mode).target_classes([s.target for s in samples])
-    if not get_family(config.family).semantic or head != "boundary":
+    family = get_family(config.family)
+    if family.kind == "boxes":
+        n_classes = box_classes(samples)  # background and the box classes
+    elif not family.semantic or head != "boundary":
         n_classes = 2  # background and object: the detector's classes, the head's foreground channel
+    else:
+        n_classes = get_mode(config.label_mode).target_classes([s.target for s in samples])
     if init is None:
         return model_spec(config, channels, n_classes, head)
     spec = init.spec
-    if init.label_mode != config.label_mode:
+    both_boxes = family.kind == "boxes" and {init.label_mode, config.label_mode} <= set(BOX_LABEL_MODES)
+    if init.label_mode != config.label_mode and not both_boxes:
         raise InputError(f"{config.init}: was trained on {init.label_mode!r} labels, not {config.label_mode!r}")
     if spec.in_channels != channels:
         raise InputError(f"{config.init}: expects {spec.in_channels} channel(s), the images have {channels}")
@@ -132,9 +144,28 @@ def _describe(config, spec: ModelSpec, init, device: torch.device, note: str, sc
     return out
 
 
+def _box_holdout(config, samples: list[Sample], rng) -> tuple[list[np.ndarray], BoxValidator, list[Sample],
+                                                                list[Message]]:
+    """A box run's hold-out (see :func:`.train_boxes.split_boxes`): part of the annotated area with its boxes.
+
+    The held-out part is cut out of the training samples (not blanked), so a
+    box family trains on it nowhere, whatever its ``holdout`` flag says.
+    """
+    kept, held, why = split_boxes(samples, config.val_fraction, rng)
+    validator = BoxValidator(held)
+    masks = [np.zeros(s.target.shape, bool) for s in kept]
+    if validator:
+        return masks, validator, kept, [Message(f"validation: box AP@0.5 on {validator.n_boxes} held-out boxes "
+                                                f"({len(held)} held-out part(s) of the annotated area)")]
+    return masks, validator, kept, [
+        Message(f"{why}: no validation AP; the best model is chosen by training loss", "warning")]
+
+
 def _holdout(config, spec: ModelSpec, samples: list[Sample], rng, sparse: bool
              ) -> tuple[list[np.ndarray], Validator, list[Sample], list[Message]]:
     """(held-out pixels per sample, validator, training samples without them, messages)."""
+    if spec.family_entry.kind == "boxes":
+        return _box_holdout(config, samples, rng)
     val_fraction = config.val_fraction if spec.family_entry.holdout else 0.0
     held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
     validator = Validator(samples, held)
@@ -177,27 +208,53 @@ def _thread_tuner(config, device: torch.device) -> ThreadTuner | None:
     return ThreadTuner(max(1, cores), config.threads)
 
 
-def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], config, device: torch.device, *,
-           axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float
-           ) -> Generator[Message, None, TrainRun]:
-    """Prepare a run of the resolved ``config`` on ``device``; yields Messages, returns the :class:`TrainRun`."""
+def check_box_run(config, boxes) -> bool:
+    """True when ``config`` trains a box family; InputError when boxes, label mode and family do not fit."""
+    family = get_family(config.family)
+    if family.kind != "boxes":
+        if boxes is not None or config.label_mode == "boxes":
+            what = "boxes are given" if boxes is not None else "the 'boxes' label mode is chosen"
+            able = ", ".join(f.name for f in REGISTRY.values() if f.kind == "boxes") or "none is installed"
+            raise InputError(f"{what}, but {family.label} learns from painted labels, not boxes; choose a box "
+                             f"detector family ({able})")
+        return False
+    if config.label_mode not in BOX_LABEL_MODES:
+        raise InputError(f"{family.label} learns boxes: give boxes (label mode 'boxes') or 'instances' labels, "
+                         f"not {config.label_mode!r}")
+    return True
+
+
+def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
+           axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float,
+           boxes: Sequence[Sequence[dict] | None] | None = None) -> Generator[Message, None, TrainRun]:
+    """Prepare a run of the resolved ``config`` on ``device``; yields Messages, returns the :class:`TrainRun`.
+
+    ``boxes``: per image a list of box rows, for box families (see :mod:`.train_boxes`).
+    """
     tuner = _thread_tuner(config, device)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     budget = Budget(config.time_limit, config.epochs, config.steps_per_epoch, clock, t_start)
     sparse = get_mode(config.label_mode).sparse
+    box_run = check_box_run(config, boxes)
     init, norm, scale, head = _start_from(config)
     config = replace(config, instance_head=head)
-    samples, norm, channels, scale = prepare_training_data(
-        images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
-        norm=norm, scale=scale, head=head)
+    if box_run:
+        samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
+                                                                      axes=axes, norm=norm, scale=scale)
+    else:
+        samples, norm, channels, scale = prepare_training_data(
+            images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
+            norm=norm, scale=scale, head=head)
+        data_notes = []
     spec = _spec_for(config, init, samples, channels, head)
     model, note, channels_last = _build(config, spec, init, device)
     yield from _describe(config, spec, init, device, note, scale)
+    yield from data_notes
     held, validator, train_samples, notes = _holdout(config, spec, samples, rng, sparse)
     yield from notes
-    sampler = PatchSampler(train_samples, config.patch, rng, favour=0.8 if sparse else 0.3,
-                           scale_jitter=config.scale_jitter or 1.0)
+    favour = BOX_FAVOUR if box_run else 0.8 if sparse else 0.3
+    sampler = PatchSampler(train_samples, config.patch, rng, favour=favour, scale_jitter=config.scale_jitter or 1.0)
     self_training = config.self_training and get_mode(config.label_mode).self_training and spec.semantic
     n = spec.n_classes
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]), minlength=n)[:n]

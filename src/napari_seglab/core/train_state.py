@@ -17,7 +17,7 @@ import torch
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import Normalization, Sample
 from .events import EpochEnd, run_to_completion
-from .labels import IGNORE, is_instance_mode
+from .labels import IGNORE, get_mode, is_instance_mode
 from .metadata import CheckpointMeta
 from .models import ModelSpec
 from .predict import forward_probabilities, forward_raw, wrap_model
@@ -90,7 +90,9 @@ class Validator:
 def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples: list[Sample],
              counts: np.ndarray, note: str, use_bf16: bool) -> CheckpointMeta:
     """The metadata of a run's checkpoints (``config``: the resolved TrainConfig), before any metric."""
-    if not spec.semantic or spec.has_regression_head:
+    if spec.family_entry.kind == "boxes":
+        names = list(get_mode("boxes").class_names(spec.n_classes))
+    elif not spec.semantic or spec.has_regression_head:
         names = ["background", "object"]
     elif is_instance_mode(config.label_mode):
         names = ["background", "interior", "boundary"]
@@ -128,6 +130,14 @@ class RunState:
 
     def end_epoch(self, epoch: int, losses: list[float], validator, device, epochs: int | None
                   ) -> tuple[dict, EpochEnd]:
+        """Validate after an epoch and keep the model when it is the best so far; returns (record, event).
+
+        The validation score is the validator's ``metric``: "val_dice" (the
+        default) or a box detector's "val_ap50" (box AP@0.5). The record and
+        the metrics hold it under that key (the other one is None); the
+        event's ``val_dice`` carries it either way, for the loss plot.
+        """
+        key = getattr(validator, "metric", "val_dice")
         train_loss = float(np.mean(losses))
         val_dice, per_class = None, ()
         if validator:
@@ -140,11 +150,15 @@ class RunState:
         is_best = score > self.best_score
         record = {"epoch": epoch, "step": self.budget.step, "train_loss": train_loss, "val_dice": val_dice,
                   "per_class_dice": list(per_class), "seconds": round(self.budget.elapsed(), 2)}
+        if key != "val_dice":
+            record.update({"val_dice": None, key: val_dice})
         if is_best:
             self.best_score, self.best_epoch = score, epoch
             self.best_state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
-            metrics = {"val_dice": val_dice, "train_loss": train_loss, "epoch": epoch,
+            metrics = {"val_dice": record["val_dice"], "train_loss": train_loss, "epoch": epoch,
                        "per_class_dice": [None if math.isnan(d) else d for d in per_class]}
+            if key != "val_dice":
+                metrics[key] = val_dice
             self.best = self.checkpoint(self.best_state, metrics, epoch)
             self.written = False
         event = EpochEnd(epoch=epoch, epochs=epochs, train_loss=train_loss, val_dice=val_dice,
@@ -173,8 +187,11 @@ class RunState:
     def final(self, history: list[dict]) -> Checkpoint:
         """The returned checkpoint: the best weights with the whole history (already on disk)."""
         rec = history[self.best_epoch - 1] if self.best_epoch else {}
-        best = self.checkpoint(self.best_state, {"val_dice": rec.get("val_dice"), "train_loss": rec.get("train_loss"),
-                                                 "epoch": self.best_epoch, "history": history}, len(history))
+        metrics = {"val_dice": rec.get("val_dice"), "train_loss": rec.get("train_loss"), "epoch": self.best_epoch,
+                   "history": history}
+        if "val_ap50" in rec:
+            metrics["val_ap50"] = rec["val_ap50"]
+        best = self.checkpoint(self.best_state, metrics, len(history))
         if self.path:
             with sigint_deferred():
                 save_checkpoint(self.path, StateOnly(self.best_state), best.info)
