@@ -22,11 +22,12 @@ from ..core.config import (
     field_default,
     settings_of,
 )
-from ..core.data import median_diameter, scale_for
+from ..core.data import Normalization, scale_for, to_chw
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.labels import LABEL_MODES, get_mode
 from ..core.models import DEFAULT_FAMILY, FAMILIES, get_family
+from ..core.scale import estimate_scale, target_diameter
 from . import _common as ui
 from ._models import MODELS_DIR, folder_note
 from ._train_job import auto_number
@@ -153,6 +154,7 @@ class TrainSettings:
         self._mode.changed.connect(self._on_mode)
         self._labels_combo.changed.connect(lambda *_: self._color_labels())
         self._labels_combo.changed.connect(lambda *_: self._estimate_diameter())
+        self._image.changed.connect(lambda *_: self._estimate_diameter())
         self._diameter.changed.connect(lambda *_: self._estimate_diameter())
         self._family.changed.connect(self._on_family)
         self._init.changed.connect(self._on_init)
@@ -186,7 +188,7 @@ class TrainSettings:
             label_mode=self._mode.value, family=self._family.value, arch=self._arch.value, encoder=encoder,
             # a typed encoder replaces the preset's (the core refuses both from other callers)
             preset=None if self._preset.value == "auto" or encoder else self._preset.value,
-            scale=scale_for(diameter) if diameter is not None else None,
+            scale=scale_for(diameter, target_diameter(self._mode.value)) if diameter is not None else None,
             pretrained=None if self._pretrained.value == "none" else self._pretrained.value,
             epochs=self._epochs.value or None, time_limit=float(self._time.value) or None,
             steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
@@ -230,16 +232,26 @@ class TrainSettings:
             except ValueError:
                 self._diameter_note.value = "type a number of pixels, or auto"
                 return
-            self._diameter_note.value = f"resampling by {scale_for(d):g}"
+            self._diameter_note.value = f"resampling by {scale_for(d, target_diameter(mode.name)):g}"
             return
-        if layer is None or not mode.instances or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
-            self._diameter_note.value = "auto: no resampling (paint whole objects in the instances or objects " \
-                                        "mode to measure them)"
+        measurable = mode.instances or mode.painted == "strokes"
+        if layer is None or not measurable or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
+            self._diameter_note.value = "auto: no resampling (paint whole objects or strokes to measure them)"
             return
-        objects = mode.objects(np.asarray(layer.data))
-        d = median_diameter([objects]) if objects is not None and objects.ndim == 2 else None
-        self._diameter_note.value = "auto: no object painted yet" if d is None else \
-            f"auto: painted objects measure {d:.0f} px; resampling by {scale_for(d):g}"
+        labels = np.asarray(layer.data)
+        image = self._image.value
+        if labels.ndim != 2 or image is None or np.asarray(image.data).shape[:2] != labels.shape:
+            self._diameter_note.value = "auto: measured when training starts"
+            return
+        try:
+            chw = Normalization().apply(to_chw(np.asarray(image.data, np.float32)))
+            scale, d = estimate_scale([(chw, labels)], mode.name)
+        except (InputError, ValueError):
+            self._diameter_note.value = "auto: measured when training starts"
+            return
+        what = "painted objects measure" if mode.instances else "objects at your strokes measure about"
+        self._diameter_note.value = "auto: nothing painted to measure yet" if d is None else \
+            f"auto: {what} {d:.0f} px; resampling by {scale:g}"
 
     def _color_labels(self) -> None:
         """Give the picked labels layer the class colours of its mode (unless the user chose colours)."""

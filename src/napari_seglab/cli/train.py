@@ -40,6 +40,7 @@ def config_from_args(args: argparse.Namespace):
     from ..core.config import DIAMETER, SettingError, TrainConfig
     from ..core.data import scale_for
     from ..core.device import pick_device
+    from ..core.scale import target_diameter
 
     values = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
     if str(values.get("pretrained", "")).lower() == "none":
@@ -49,8 +50,9 @@ def config_from_args(args: argparse.Namespace):
             raise InputError("give --diameter or --scale, not both")
         if not DIAMETER.accepts(args.diameter):
             raise SettingError(DIAMETER, args.diameter)
-        values["scale"] = scale_for(args.diameter)
     config = TrainConfig(**values)
+    if args.diameter is not None:  # scribbles aim at a larger size than whole objects (core.scale)
+        config.scale = scale_for(args.diameter, target_diameter(config.label_mode))
     return config.resolve(pick_device(config.device))
 
 

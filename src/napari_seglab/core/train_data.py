@@ -10,17 +10,16 @@ from .data import (
     Normalization,
     Sample,
     check_scale,
-    median_diameter,
     percentiles,
     resample_image,
     resample_labels,
-    scale_for,
     scaled_shape,
     to_chw,
 )
 from .errors import InputError
 from .io import check_image_values, guess_axes
-from .labels import get_mode, head_targets, make_target, object_instances, validate_labels
+from .labels import get_mode, head_targets, make_target, validate_labels
+from .scale import estimate_scale
 
 
 def _planes(image: np.ndarray, labels: np.ndarray, axes: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -45,7 +44,8 @@ def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
 
     ``scale``: resampling factor applied to every plane (objects then reach the
     size the network resolves best); None estimates it from the painted
-    objects (``instances`` / ``objects`` modes, see :func:`.data.scale_for`).
+    objects (``instances`` / ``objects`` modes) or from the image at the
+    strokes (``scribbles``), see :func:`.scale.estimate_scale`.
     ``head``: "flows" / "distance" give each sample the foreground target and
     the head's float target (instance modes only); "boundary" the 3 classes.
     Returns (samples, normalisation, input channels);
@@ -90,8 +90,7 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
     """Like :func:`prepare_samples`, also returning the object scale used (None = estimated)."""
     planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground)
     if scale is None:
-        objects = [object_instances(lab, mode) for _, lab in planes]
-        scale = scale_for(median_diameter([o for o in objects if o is not None]))
+        scale, _diameter = estimate_scale(planes, mode)
     scale = check_scale(scale)
     norm = norm or Normalization()
     samples: list[Sample] = []
