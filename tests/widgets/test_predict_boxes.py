@@ -16,12 +16,14 @@ from napari_seglab.core.models import ModelSpec, build_model
 
 @pytest.fixture
 def box_checkpoint(tmp_path):
-    """An untrained RetinaNet whose candidates all score about 0.5 (at most 30 boxes per tile)."""
+    """An untrained RetinaNet whose candidates score 0.2-0.8, by anchor shape."""
     torch.manual_seed(0)
     spec = ModelSpec(family="retinanet", arch="retinanet_resnet18_fpn",
-                     options={"box_score_thresh": 0.0, "detections_per_img": 30})
+                     options={"box_score_thresh": 0.0})
     model, _ = build_model(spec)
-    torch.nn.init.zeros_(model.detector.head.classification_head.cls_logits.bias)
+    bias = model.detector.head.classification_head.cls_logits.bias
+    with torch.no_grad():
+        bias.copy_(torch.linspace(-1.5, 1.5, bias.numel()))
     path = tmp_path / "boxes.pt"
     save_checkpoint(path, model, CheckpointMeta(model=spec, label_mode="instances", patch=64))
     return path
@@ -53,7 +55,7 @@ def test_a_box_model_adds_scored_rectangles_and_counts_them_live(make_napari_vie
     rows = widget.last_prediction.boxes
     assert widget.last_prediction.kind == "boxes" and rows
     at = {t: sum(r["score"] >= t for r in rows) for t in (0.3, 0.5)}
-    assert 0 < at[0.5] < at[0.3]  # the untrained scores straddle 0.5, so the threshold matters
+    assert 0 < at[0.5] < at[0.3]  # the scores straddle 0.5, so the threshold matters
     assert boxes.nshapes == at[0.3] and set(boxes.shape_type) == {"rectangle"}
     assert {"class", "score"} <= set(boxes.features.columns)
     assert min(boxes.features["score"]) >= 0.3 and set(boxes.features["class"]) == {1}
