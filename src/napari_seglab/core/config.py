@@ -77,8 +77,8 @@ class TrainConfig:
     arch: str = setting("Unet", label="architecture", auto="per family", metavar="ARCH",
                         help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, MAnet...; fcn: "
                              "fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]; retinanet: "
-                             "retinanet_resnet18_fpn, retinanet_resnet50_fpn[_v2]; fcos: fcos_resnet18_fpn, fcos_resnet50_fpn; fasterrcnn: "
-                             "fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn[_v2])")
+                             "retinanet_resnet18_fpn, retinanet_resnet50_fpn[_v2]; fcos: fcos_resnet18_fpn, "
+                             "fcos_resnet50_fpn; fasterrcnn: fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn[_v2])")
     encoder: str | None = setting(label="encoder", auto="the preset's",
                                   help="encoder of unet-family models (any segmentation-models-pytorch name), "
                                        "instead of the preset's")

@@ -105,6 +105,7 @@ FAMILY = Family(
     holdout=False,
     steps_to_useful=1000,
     # the default ResNet-18 FPN: CPU seconds per AdamW step, batch 4 of 256 px (about 75 boxes each), float32,
-    # 1 thread on this project's 2-core machine (ResNet-50 FPN 2.42 s); a core shared with other jobs costs 2-4x the wall time
+    # 1 thread on this project's 2-core machine (ResNet-50 FPN 2.42 s);
+    # a core shared with other jobs costs 2-4x the wall time
     cpu_step_s=1.4,
 )

@@ -69,7 +69,8 @@ def _anchors(spec: Spec):
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     # three scales per level, 2^0, 2^(1/3), 2^(2/3), as torchvision's RetinaNet
-    sizes = tuple((int(s), int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in option(spec, DEFAULTS, "anchor_sizes"))
+    bases = option(spec, DEFAULTS, "anchor_sizes")
+    sizes = tuple((int(s), int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in bases)
     ratios = (tuple(float(r) for r in option(spec, DEFAULTS, "aspect_ratios")),) * len(sizes)
     return AnchorGenerator(sizes, ratios)
 
@@ -123,6 +124,7 @@ FAMILY = Family(
     holdout=False,
     steps_to_useful=1000,
     # the default ResNet-18 FPN: CPU seconds per AdamW step, batch 4 of 256 px (about 75 boxes each), float32,
-    # 1 thread on this project's 2-core machine (ResNet-50 FPN 2.40 s, v2 2.46 s); a core shared with other jobs costs 2-4x the wall time
+    # 1 thread on this project's 2-core machine (ResNet-50 FPN 2.40 s, v2 2.46 s);
+    # a core shared with other jobs costs 2-4x the wall time
     cpu_step_s=1.45,
 )
