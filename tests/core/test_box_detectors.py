@@ -198,3 +198,32 @@ def test_merging_keeps_neighbours_that_barely_touch():
     tile = np.array([_row(0, 0, 10, 10, 1, 0.9), _row(0, 8, 10, 18, 1, 0.8)], np.float32)  # IoU 0.11
     assert len(merge_tile_boxes([((0, 0), core, tile)])) == 2
     assert merge_tile_boxes([((0, 0), core, np.zeros((0, 6), np.float32))]) == []
+
+
+def test_stock_weights_absent_offline_leave_a_clear_note(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    spec = ModelSpec(family="retinanet", arch="retinanet_resnet50_fpn")
+    model, note = build_model(spec, "coco")
+    assert "retinanet_resnet50_fpn_coco" in note and "not in the torch cache" in note and "random" in note
+    _, note = build_model(spec_of("fcos"), "auto")  # the ResNet-18 architecture: no COCO weights, a backbone
+    assert "resnet18" in note and "random" in note
+    # a state dict file (one of ours) is loaded into a fresh model, tensor for tensor
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    again, note = build_model(spec, str(tmp_path / "w.pth"))
+    assert note.startswith("weights from")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_train_learns_a_box_family_from_instance_labels(tmp_path):
+    from napari_seglab.core.synthetic import make_nuclei
+    from napari_seglab.core.train import TrainConfig, train
+
+    image, instances = make_nuclei((64, 64), seed=3)
+    config = TrainConfig(family="retinanet", label_mode="instances", epochs=1, steps_per_epoch=2, patch=64,
+                         batch_size=2, device="cpu", pretrained=None, model_out=str(tmp_path / "r.pt"),
+                         save_last=False)
+    run_to_completion(train([image], [instances], config))
+    ckpt = load_checkpoint(tmp_path / "r.pt")
+    assert ckpt.spec.family == "retinanet" and ckpt.spec.arch == "retinanet_resnet18_fpn"
+    pred = run_to_completion(predict_image(load_model(tmp_path / "r.pt", "cpu"), image, score_threshold=0.0))
+    assert pred.kind == "boxes" and not pred.labels.any()
