@@ -24,7 +24,8 @@ OPTIONS = ("device", "tile", "overlap", "split_instances", "tta", "score_thresho
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M.pt",
                    help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
-                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc)")
+                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc; box detectors: "
+                        "retinanet_coco, retinanet_v2_coco, fcos_coco, fasterrcnn_coco, fasterrcnn_v2_coco)")
     p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
     p.add_argument("--output", default=None, metavar="LABELS.tif",
                    help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C); "

@@ -33,9 +33,9 @@ from torch import nn
 from ..errors import InputError
 from ..events import TileDone, check_stop
 from ..tiling import TilePlan
-from .detector import NoResizeTransform, load_matching, stock_state
+from .detector import NoResizeTransform, load_pretrained
 from .family import Family, LossInputs, Spec
-from .weights import ChannelAdapter, load_state_file
+from .weights import ChannelAdapter
 
 MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 #: ready-made torchvision models: name -> (architecture, weights source)
@@ -110,13 +110,6 @@ def stock_weights(arch: str):
     return (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
 
 
-def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
-    """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
-    from torchvision.models import ResNet50_Weights
-
-    return stock_state(stock_weights(arch), ResNet50_Weights.IMAGENET1K_V1, arch, pretrained, allow_download)
-
-
 def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """Mask R-CNN of ``spec`` (arch ``maskrcnn_resnet50_fpn[_v2]``); returns (model, weights note).
 
@@ -152,16 +145,10 @@ def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> 
     # the v2 builder fixes its own anchor generator: swap ours in (same 3 anchors per location)
     detector.rpn.anchor_generator = AnchorGenerator(sizes, ratios)
     detector.transform = NoResizeTransform(patch, patch, mean, std)
-    note = "random initialisation"
-    if pretrained in ("coco", "voc", "auto", "imagenet"):
-        state, note, target = _stock_weights(spec.arch, pretrained, allow_download)
-        if state is not None:
-            load_matching(detector.backbone.body if target == "backbone" else detector, state, note)
-    elif pretrained:
-        state = load_state_file(pretrained)
-        state = {k.removeprefix("detector."): v for k, v in state.items() if not k.startswith("adapt.")}
-        n = load_matching(detector, state, str(pretrained))
-        note = f"weights from {pretrained} ({n} tensors)"
+    from torchvision.models import ResNet50_Weights
+
+    note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
+                           ResNet50_Weights.IMAGENET1K_V1)
     return MaskRCNNModel(detector, spec.in_channels), note
 
 
