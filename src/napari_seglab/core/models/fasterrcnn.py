@@ -106,7 +106,9 @@ FAMILY = Family(
     predict_objects=predict_boxes_tiled,
     bytes_per_pixel=1400,
     train_bytes_per_pixel=1800,
-    lr=1e-4,
+    # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px), AdamW 3e-4: box AP@0.5 0.74 after 50
+    # steps and 0.94 (AP@0.75 0.62, F1 0.89 at score 0.3) after 100: the fastest learner of the three
+    lr=3e-4,
     lr_finetune=1e-4,
     exportable=False,  # its output is a list of detections, not a tensor
     label_modes=("instances",),
@@ -120,7 +122,7 @@ FAMILY = Family(
     stock_weights=stock_weights,
     channels_last=False,
     holdout=False,
-    steps_to_useful=1000,
+    steps_to_useful=100,
     # the default ResNet-18 FPN: CPU seconds per AdamW step, batch 4 of 256 px (about 75 boxes each), float32,
     # 1 thread on this project's 2-core machine (ResNet-50 FPN 4.21 s, v2 8.93 s);
     # a core shared with other jobs costs 2-4x the wall time
