@@ -377,6 +377,11 @@ def show_boxes(viewer, rows: list[dict], name: str, like=None, ndim: int = 2, sc
     return layer
 
 
+def count_boxes(layer, score_threshold: float) -> int:
+    """How many stored rows of a :func:`show_boxes` layer score >= ``score_threshold`` (drawn or not)."""
+    return sum(float(r.get("score", 1.0)) >= score_threshold for r in layer.metadata.get("seglab_boxes", []))
+
+
 def filter_boxes(layer, score_threshold: float) -> int:
     """Redraw a :func:`show_boxes` layer with the stored rows scoring >= ``score_threshold``.
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 #: "where to paint next" boxes
 SUGGESTIONS = 5
 
+#: a box model predicts down to this score, so the threshold can be lowered live (to it) without predicting again
+LIVE_SCORE_FLOOR = 0.05
+
 #: pause between creating two output layers, so that the viewer draws the first before the next
 REPAINT_PAUSE_MS = 80
 
@@ -89,6 +92,9 @@ class PredictWidget(Container):
     Outputs: Labels ``"<image> labels"`` (the image's scale and translate),
     optional probability Image layers, and a Shapes layer ``"<image> boxes"``
     when the model detects objects; the score threshold re-filters it live.
+    A box detector (RetinaNet, FCOS, Faster R-CNN) adds the Shapes layer
+    alone, with features ``class`` and ``score``; the status shows how many
+    boxes score at or above the threshold, following it as it changes.
     Optional: an ``"<image> uncertainty"`` map and ``"<image> paint next"``
     boxes. "Correct this prediction" copies the labels into an editable
     ``"<image> corrected"`` layer and sets the Train widget up to fine-tune
@@ -217,18 +223,21 @@ class PredictWidget(Container):
         image, axes = _layers.image_from_layer(layer, channels=checkpoint.spec.in_channels)
         shown = _layers.current_plane(self._viewer, layer, axes)
         plane = shown if self._only_plane.value else ()
+        boxes = checkpoint.spec.family_entry.kind == "boxes"
+        threshold = float(self._threshold.value)
         options = {
             "tile": self._tile.value or None, "overlap": float(self._overlap.value),
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
-            "split_instances": self._split.value, "score_threshold": float(self._threshold.value),
-            "tta": self._tta.value,
+            "split_instances": self._split.value, "tta": self._tta.value,
+            # boxes: keep the weaker ones too, for the live threshold to show them
+            "score_threshold": min(threshold, LIVE_SCORE_FLOOR) if boxes else threshold,
         }
         key = (self._checkpoint_key, self._device.value)
         cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
         self._target = (layer, plane, key)
         # output layers are created now, in answer to the click; the result only fills them
         spatial = _layers.spatial_shape(image, axes)
-        wanted = [("labels", "labels", True), ("uncertainty", "uncertainty", self._uncertainty.value),
+        wanted = [("labels", "labels", not boxes), ("uncertainty", "uncertainty", self._uncertainty.value),
                   ("regions", "paint next", self._suggest.value)]
         self._placeholders = []
         self._pending_layers = [(kind, f"{layer.name} {suffix}", spatial, layer) for kind, suffix, on in wanted if on]
@@ -292,7 +301,8 @@ class PredictWidget(Container):
     def _set_busy(self, busy: bool) -> None:
         ui.set_enabled(self._inputs, not busy)
         self._controls.set_busy(busy)
-        self._correct.enabled = not busy and self.last_prediction is not None and not self.last_prediction.stopped
+        last = self.last_prediction
+        self._correct.enabled = not busy and last is not None and not last.stopped and last.kind != "boxes"
 
     def _on_event(self, event) -> None:
         if isinstance(event, TileDone):
@@ -328,6 +338,10 @@ class PredictWidget(Container):
         self._placeholders = []
         seconds = time.monotonic() - self._started
         self._controls.set_fraction(1.0)
+        if prediction.kind == "boxes":
+            self._controls.say(f"done in {seconds:.1f} s: {self._box_count_text(float(self._threshold.value))}"
+                               + note)
+            return
         what = ("object" if count == 1 else "objects") if prediction.kind == "instances" else (
             "class" if count == 1 else "classes")
         self._controls.say(f"done in {seconds:.1f} s: {count} {what}"
@@ -359,8 +373,14 @@ class PredictWidget(Container):
         """Put a Prediction into the viewer as layers named after the image ``layer``.
 
         Semantic labels get the class colours of the Train dock (class k
-        like scribble value k + 1); object ids, one colour each.
+        like scribble value k + 1); object ids, one colour each. A box
+        detector's prediction is its boxes alone (no labels layer).
         """
+        if prediction.kind == "boxes":
+            self._boxes_layer = _layers.show_boxes(
+                self._viewer, prediction.boxes, f"{layer.name} boxes", like=layer,
+                ndim=prediction.labels.ndim, score_threshold=float(self._threshold.value))
+            return
         _layers.show_labels(self._viewer, prediction.labels, f"{layer.name} labels", like=layer,
                             plane=plane or None, role="prediction",
                             colors=prediction_kind(label_mode, prediction.kind))
@@ -372,8 +392,19 @@ class PredictWidget(Container):
                 self._viewer, prediction.boxes, f"{layer.name} boxes", like=layer,
                 ndim=prediction.labels.ndim, score_threshold=float(self._threshold.value))
 
+    def box_count(self, score_threshold: float) -> int:
+        """How many boxes of the last prediction's Shapes layer score at or above ``score_threshold``."""
+        layer = self._boxes_layer
+        if layer is None or layer not in self._viewer.layers:
+            return 0
+        return _layers.count_boxes(layer, score_threshold)
+
+    def _box_count_text(self, value: float) -> str:
+        count = self.box_count(value)
+        return f"{count} {'box' if count == 1 else 'boxes'} with score >= {value:.2f}"
+
     def _on_threshold(self, value: float) -> None:
         layer = self._boxes_layer
         if layer is not None and layer in self._viewer.layers and "seglab_boxes" in layer.metadata:
-            shown = _layers.filter_boxes(layer, float(value))
-            self._controls.say(f"{shown} boxes with score >= {value:.2f}")
+            _layers.filter_boxes(layer, float(value))
+            self._controls.say(self._box_count_text(float(value)))

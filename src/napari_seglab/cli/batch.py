@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="address of a running Dask scheduler whose workers see the same paths")
     add_settings(p, BatchOptions, OPTIONS[4:])
+    from ..core.options import PredictOptions
+
+    add_settings(p, PredictOptions, ("score_threshold",))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -49,6 +52,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ..core.options import BatchOptions
 
     options_from_args(args, BatchOptions, (*OPTIONS, "workers"))
+    from ..core.options import PredictOptions
+
+    options_from_args(args, PredictOptions, ("score_threshold",))
     from ..core.batch import run_batch
 
     status = Status()
@@ -71,7 +77,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               recursive=args.recursive, probabilities=args.probabilities,
                               measurements=not args.no_measurements, skip_existing=args.skip_existing,
                               workers=args.workers, scheduler=args.scheduler, device=args.device,
-                              tile=args.tile or None, overlap=args.overlap, tta=args.tta), handle)
+                              tile=args.tile or None, overlap=args.overlap, tta=args.tta,
+                              score_threshold=args.score_threshold), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")
     if summary.failed:

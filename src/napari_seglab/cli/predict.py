@@ -24,14 +24,17 @@ OPTIONS = ("device", "tile", "overlap", "split_instances", "tta", "score_thresho
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M.pt",
                    help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
-                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc)")
+                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc; box detectors: "
+                        "retinanet_coco, retinanet_v2_coco, fcos_coco, fasterrcnn_coco, fasterrcnn_v2_coco)")
     p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
-    p.add_argument("--output", required=True, metavar="LABELS.tif",
-                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C)")
+    p.add_argument("--output", default=None, metavar="LABELS.tif",
+                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C); "
+                        "required except for a box detector (retinanet, fcos, fasterrcnn), which writes --boxes")
     p.add_argument("--probabilities", default=None, metavar="P.tif", help="also write class probabilities "
                    "(float32, classes first)")
     p.add_argument("--boxes", default=None, metavar="BOXES.csv",
-                   help="also write bounding boxes: y0,x0,y1,x1,class,score,plane")
+                   help="also write bounding boxes: y0,x0,y1,x1,class,score,plane (a box detector's "
+                        "detections at or above --score-threshold)")
     p.add_argument("--boxes-from-labels", action="store_true",
                    help="derive the boxes from the predicted labels (score 1.0); always so for unet/fcn")
     from ..core.options import PredictOptions
@@ -74,9 +77,22 @@ def _load(args: argparse.Namespace):
     else:
         model = load_model(args.model, args.device)
         image = None
-    if args.probabilities and not model.spec.semantic:
-        raise InputError("--probabilities: a Mask R-CNN model gives objects, not per-pixel probabilities")
+    _check_kind(args, model.spec.family_entry)
     return model, image if image is not None else read_image(args.input)
+
+
+def _check_kind(args: argparse.Namespace, family) -> None:
+    """The outputs asked for against what the model gives (objects, boxes or per-pixel classes)."""
+    if args.probabilities and not family.semantic:
+        raise InputError(f"--probabilities: a {family.label} model gives {family.kind}, not per-pixel probabilities")
+    if family.kind == "boxes":
+        if not args.boxes:
+            raise InputError(f"a {family.label} model gives boxes: write them with --boxes BOXES.csv")
+        if args.output or args.boxes_from_labels:
+            flag = "--output" if args.output else "--boxes-from-labels"
+            raise InputError(f"{flag}: a {family.label} model gives boxes, not labels; use --boxes alone")
+    elif not args.output:
+        raise InputError("--output LABELS.tif is required (only a box detector writes --boxes alone)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -107,6 +123,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                score_threshold=args.score_threshold, tta=args.tta), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     axes = image.axes.replace("C", "")
+    if pred.kind == "boxes":
+        write_csv(args.boxes, pred.boxes, columns=BOX_COLUMNS, protect=protect)
+        print(f"{len(pred.boxes)} boxes at or above score {args.score_threshold:g} written to {args.boxes}")
+        return EXIT_OK
     # the file's own axes (without C): a (1, Y, X) stack gives (1, Y, X) labels
     written, out_axes = restore_singletons(compact_labels(pred.labels), axes, image.file_axes)
     write_tiff(args.output, written, axes=out_axes, protect=protect)

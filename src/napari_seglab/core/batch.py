@@ -36,7 +36,7 @@ from .batch_task import FileTask, TaskDone, clear_models, model_loads, process_f
 from .errors import InputError
 from .events import FileDone, Message
 from .io import ensure_not_input, scan_folder, write_csv
-from .options import BatchOptions
+from .options import BatchOptions, PredictOptions
 from .paths import resolved
 
 __all__ = ["BatchSummary", "FileTask", "process_file", "run_batch"]
@@ -110,7 +110,7 @@ def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabi
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
-                           measurements=measurements)
+                                measurements=measurements, boxes=spec.family_entry.kind == "boxes")
     setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
                    {rel: outs for _, rel, outs in plan})
     ensure_not_input(setup.manifest, files)
@@ -204,7 +204,8 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False) -> Generator[FileDone | Message, None, BatchSummary]:
+              tta: bool = False, score_threshold: float = 0.5
+              ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
@@ -219,15 +220,20 @@ def run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.
     already running finish; their outputs and rows are kept. Folders (links
     included) are resolved once here; the summary names the resolved output folder.
     ``tta``: test-time augmentation (see :func:`.predict.iter_predict_image`).
+    A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
+    (columns :data:`.boxes.BOX_COLUMNS`, the boxes scoring at least
+    ``score_threshold``) and their count as the summary's ``object_count``.
     """
     t0 = time.perf_counter()
     _check_request(BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                                 skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
                                 overlap=overlap, tta=tta), scheduler)
+    PredictOptions(score_threshold=score_threshold).check()
     setup = _set_up(model, input_dir, output_dir, pattern, recursive, probabilities, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
-                                                      "measurements": measurements, "tta": tta})
+                                                      "measurements": measurements, "tta": tta,
+                                                      "score_threshold": float(score_threshold)})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

@@ -28,8 +28,8 @@ __all__ = ["FileTask", "TaskDone", "clear_models", "model_loads", "process_file"
 class FileTask:
     """One file's work, sent to a worker (plain, picklable fields).
 
-    ``outputs`` maps kind (``labels``, ``probabilities``, ``objects``) to an
-    absolute path. ``host_threads`` maps a worker host to the Dask threads
+    ``outputs`` maps kind (``labels``, ``probabilities``, ``objects``; or
+    ``boxes`` alone for a box detector) to an absolute path. ``host_threads`` maps a worker host to the Dask threads
     running there, so each worker can give torch its share of the cores.
     """
 
@@ -45,6 +45,7 @@ class FileTask:
     measurements: bool = True
     tta: bool = False
     host_threads: dict | None = None
+    score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
 
 
 
@@ -118,6 +119,16 @@ def _cached_model(path: str, device: str):
         return _MODELS[key]
 
 
+def _write_boxes(task: FileTask, rows: list[dict], result: dict) -> None:
+    """A box detector's file: its boxes CSV (columns :data:`.boxes.BOX_COLUMNS`) and the box count."""
+    from .boxes import BOX_COLUMNS
+
+    path = Path(task.outputs["boxes"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, rows, columns=BOX_COLUMNS, protect=[task.input])
+    result.update(status="ok", written=["boxes"], summary=out_mod.summarize_boxes(rows))
+
+
 def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
     """Predict one file and write its outputs; never raises for a bad file.
 
@@ -142,9 +153,13 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         img = read_image(task.input)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,
-                                        split_instances=task.split_instances, stop=stop, tta=task.tta))
+                                        split_instances=task.split_instances, stop=stop, tta=task.tta,
+                                        score_threshold=task.score_threshold))
         if pred.stopped:
             result["status"] = "stopped"
+            return result
+        if pred.kind == "boxes":
+            _write_boxes(task, pred.boxes, result)
             return result
         lab_axes = img.axes.replace("C", "")
         out = task.outputs

@@ -71,10 +71,14 @@ class TrainConfig:
     label_mode: str = setting("scribbles", label="label mode", choices=LABEL_MODES, metavar="{" + ",".join(
         LABEL_MODES) + "}", help="how to read the labels: " + "; ".join(
         f"{name}: {get_mode(name).legend}" for name in LABEL_MODES))
-    family: str = setting("unet", label="model family", help="model family", metavar="{unet,fcn,maskrcnn}")
+    family: str = setting("unet", label="model family",
+                          help="model family (retinanet, fcos, fasterrcnn: box detectors)",
+                          metavar="{unet,fcn,maskrcnn,retinanet,fcos,fasterrcnn}")
     arch: str = setting("Unet", label="architecture", auto="per family", metavar="ARCH",
                         help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, MAnet...; fcn: "
-                             "fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2])")
+                             "fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]; retinanet: "
+                             "retinanet_resnet18_fpn, retinanet_resnet50_fpn[_v2]; fcos: fcos_resnet18_fpn, "
+                             "fcos_resnet50_fpn; fasterrcnn: fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn[_v2])")
     encoder: str | None = setting(label="encoder", auto="the preset's",
                                   help="encoder of unet-family models (any segmentation-models-pytorch name), "
                                        "instead of the preset's")

@@ -2,7 +2,8 @@
 
 :func:`plan_outputs` maps each input to ``<stem>_labels.tif``,
 ``<stem>_probabilities.tif`` and ``<stem>_objects.csv`` under the output
-folder; :func:`measure_labels` gives one row per object, per time point.
+folder (a box detector: ``<stem>_boxes.csv`` alone); :func:`measure_labels`
+gives one row per object, per time point; :func:`summarize_boxes` counts boxes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .labels import compact_labels  # noqa: F401 - one copy, in labels; batch wr
 from .paths import safe_child
 
 __all__ = ["area_rows", "compact_labels", "measure_labels", "object_columns", "per_plane", "plan_outputs",
-           "summary_of_outputs"]
+           "summarize_boxes", "summary_of_outputs"]
 
 
 def _stem(rel: Path) -> Path:
@@ -31,8 +32,11 @@ def _stem(rel: Path) -> Path:
 
 
 def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, probabilities: bool,
-                 measurements: bool) -> list[tuple[Path, str, dict[str, Path]]]:
+                 measurements: bool, boxes: bool = False) -> list[tuple[Path, str, dict[str, Path]]]:
     """(input path, relative input name, {kind: output path}) for every input file.
+
+    ``boxes``: a box detector's run, whose one output per input is its
+    boxes CSV (kind ``boxes``; no labels, probabilities or object table).
 
     Outputs mirror the input's sub-folder under ``output_dir``; inputs whose
     names differ only by extension or case get the full name in their stem
@@ -52,10 +56,13 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
             n += 1
             stem = rel.with_name(f"{rel.name.replace('.', '_')}_{n}")
         taken.add(stem.as_posix().lower())
-        outs = {"labels": safe_child(output_dir, f"{stem.as_posix()}_labels.tif")}
-        if probabilities:
+        if boxes:
+            outs = {"boxes": safe_child(output_dir, f"{stem.as_posix()}_boxes.csv")}
+        else:
+            outs = {"labels": safe_child(output_dir, f"{stem.as_posix()}_labels.tif")}
+        if probabilities and not boxes:
             outs["probabilities"] = safe_child(output_dir, f"{stem.as_posix()}_probabilities.tif")
-        if measurements:
+        if measurements and not boxes:
             outs["objects"] = safe_child(output_dir, f"{stem.as_posix()}_objects.csv")
         for out in outs.values():
             if out in inputs or out.resolve() in inputs:
@@ -65,9 +72,13 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
 
 
 def summary_of_outputs(outs: dict[str, Path]) -> dict:
-    """Image summary of a file done in an earlier run, from its objects CSV or labels TIFF."""
+    """Image summary of a file done in an earlier run, from its boxes CSV, objects CSV or labels TIFF."""
     from .instances import summarize_objects
 
+    if "boxes" in outs:
+        with open(outs["boxes"], newline="", encoding="utf-8") as fh:
+            return summarize_boxes([{k: float(r[k]) for k in ("y0", "x0", "y1", "x1", "score")}
+                                    for r in csv.DictReader(fh)])
     if "objects" in outs:
         with open(outs["objects"], newline="", encoding="utf-8") as fh:
             rows = []
@@ -126,3 +137,17 @@ def object_columns(image: np.ndarray, axes: str) -> list[str]:
     channels = (image.shape[-1],) if "C" in axes else ()
     keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32))[0])
     return [a.lower() for a in axes if a in "TZ"] + keys
+
+
+def summarize_boxes(rows: Sequence[dict]) -> dict:
+    """Image summary of a box detector's rows (those at or above the score threshold: all it writes).
+
+    ``object_count``: the number of boxes; ``mean_score`` and
+    ``mean_box_area`` (pixels) over them, None when there are none.
+    """
+    count = len(rows)
+    if not count:
+        return {"object_count": 0, "mean_score": None, "mean_box_area": None}
+    areas = [(float(r["y1"]) - float(r["y0"])) * (float(r["x1"]) - float(r["x0"])) for r in rows]
+    return {"object_count": count, "mean_score": float(np.mean([float(r["score"]) for r in rows])),
+            "mean_box_area": float(np.mean(areas))}

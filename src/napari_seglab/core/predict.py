@@ -124,15 +124,17 @@ class Prediction:
     """What :func:`predict_image` returns.
 
     ``labels``: the image's shape without channels, int32 (class index, 0 =
-    background; or object ids for instance outputs). ``probabilities``: float32
-    (K, *spatial) when asked for. ``boxes``: rows with y0, x0, y1, x1, class,
-    score, plane (detections or object bounding boxes).
+    background; or object ids for instance outputs; all 0 for a box
+    detector). ``probabilities``: float32 (K, *spatial) when asked for.
+    ``boxes``: rows with y0, x0, y1, x1, class, score, plane (detections or
+    object bounding boxes); for a box detector (``kind`` "boxes"), the
+    detections at or above the score threshold, the whole result.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     boxes: list[dict] = field(default_factory=list)
-    kind: str = "semantic"  # "semantic" | "instances"
+    kind: str = "semantic"  # "semantic" | "instances" | "boxes"
     stopped: bool = False
 
 
@@ -295,7 +297,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     ``tile``: tile side in pixels (default: the largest that fits the memory
     budget); ``overlap``: in [0, 1). Yields TileDone per tile (and warning
     Messages); returns a :class:`Prediction` whose ``labels`` have the image's
-    shape without ``C``. Planes not predicted stay 0. When ``stop`` is set,
+    shape without ``C`` (all 0 for a box detector, whose result is
+    ``boxes``, kind "boxes"). Planes not predicted stay 0. When ``stop`` is set,
     returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
     every tile also predicted flipped three ways and the outputs averaged
     (U-Net / FCN models; about 4x the time). For a blocking call use
@@ -336,8 +339,10 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             del probs
     except Stopped:
         stopped = True
-    kind = "instances" if not spec.semantic or is_instance_mode(model.label_mode) or split_instances \
-        else "semantic"
+    if not spec.semantic:
+        kind = spec.family_entry.kind  # "instances" (Mask R-CNN) or "boxes" (the box detectors)
+    else:
+        kind = "instances" if is_instance_mode(model.label_mode) or split_instances else "semantic"
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
 

@@ -1,8 +1,9 @@
 """Model families: one module per family, one registry (see :mod:`.registry` and :mod:`.family`).
 
 Layers inside this package, top to bottom: ``registry`` (the table, ModelSpec,
-build_model) > the family modules (``unet``, ``fcn``, ``maskrcnn``) > their
-shared pieces (``dense``, ``weights``, ``family``).
+build_model) > the family modules (``unet``, ``fcn``, ``maskrcnn``, and the box
+detectors ``retinanet``, ``fcos``, ``fasterrcnn``) > their shared pieces
+(``dense``, ``detector`` for the torchvision detectors, ``weights``, ``family``).
 """
 
 from .family import INSTANCE_HEADS, KINDS, Family, LossInputs, Preset

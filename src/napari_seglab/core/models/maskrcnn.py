@@ -21,7 +21,6 @@ checkpoint rebuilds with ``build_maskrcnn(spec, None, False)``.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Generator, Mapping, Sequence
 
@@ -30,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..errors import InputError
 from ..events import TileDone, check_stop
 from ..tiling import TilePlan
+from .detector import NoResizeTransform, load_pretrained
 from .family import Family, LossInputs, Spec
-from .weights import ChannelAdapter, hub_file, load_state_file
+from .weights import ChannelAdapter
 
 MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 #: ready-made torchvision models: name -> (architecture, weights source)
@@ -59,13 +58,6 @@ MIN_OBJECT_PIXELS = 4
 
 def _option(spec: Spec, key: str):
     return spec.options.get(key, DEFAULTS[key])
-
-
-class NoResizeTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform minus the resize: images keep their pixel size."""
-
-    def resize(self, image, target=None):
-        return image, target
 
 
 class MaskRCNNModel(nn.Module):
@@ -118,36 +110,6 @@ def stock_weights(arch: str):
     return (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
 
 
-def _stock_weights(arch: str, pretrained: str, allow_download: bool) -> tuple[dict | None, str, str]:
-    """(state dict or None, what it is, where it goes: "detector" | "backbone") for a stock name."""
-    from torchvision.models import ResNet50_Weights
-
-    coco = stock_weights(arch)
-    imagenet = ResNet50_Weights.IMAGENET1K_V1
-    order = [(imagenet, "backbone")] if pretrained == "imagenet" else [(coco, "detector")]
-    if pretrained == "auto":
-        order.append((imagenet, "backbone"))
-    for weights, target in order:
-        cached = hub_file(weights.url)
-        if cached.is_file():
-            return load_state_file(cached), f"stock weights {weights}", target
-        if allow_download:
-            return weights.get_state_dict(progress=False, check_hash=True), f"stock weights {weights}", target
-    names = " or ".join(os.path.basename(w.url) for w, _ in order)
-    return None, (f"stock {arch} weights ({names}) are not in the torch cache {hub_file(coco.url).parent}; "
-                  "random initialisation"), ""
-
-
-def _load_matching(module: nn.Module, state: dict, source: str) -> int:
-    """Load the entries of ``state`` whose names and shapes fit ``module``; returns how many."""
-    own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if len(usable) < len(own) // 2:
-        raise InputError(f"{source}: does not hold weights for this model ({len(usable)} of {len(own)} tensors fit)")
-    module.load_state_dict(usable, strict=False)
-    return len(usable)
-
-
 def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
     """Mask R-CNN of ``spec`` (arch ``maskrcnn_resnet50_fpn[_v2]``); returns (model, weights note).
 
@@ -183,16 +145,10 @@ def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> 
     # the v2 builder fixes its own anchor generator: swap ours in (same 3 anchors per location)
     detector.rpn.anchor_generator = AnchorGenerator(sizes, ratios)
     detector.transform = NoResizeTransform(patch, patch, mean, std)
-    note = "random initialisation"
-    if pretrained in ("coco", "voc", "auto", "imagenet"):
-        state, note, target = _stock_weights(spec.arch, pretrained, allow_download)
-        if state is not None:
-            _load_matching(detector.backbone.body if target == "backbone" else detector, state, note)
-    elif pretrained:
-        state = load_state_file(pretrained)
-        state = {k.removeprefix("detector."): v for k, v in state.items() if not k.startswith("adapt.")}
-        n = _load_matching(detector, state, str(pretrained))
-        note = f"weights from {pretrained} ({n} tensors)"
+    from torchvision.models import ResNet50_Weights
+
+    note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
+                           ResNet50_Weights.IMAGENET1K_V1)
     return MaskRCNNModel(detector, spec.in_channels), note
 
 

@@ -13,11 +13,12 @@ from torch import nn
 
 from ..errors import InputError
 from ..flows import n_outputs
-from . import fcn, maskrcnn, unet
+from . import fasterrcnn, fcn, fcos, maskrcnn, retinanet, unet
 from .family import INSTANCE_HEADS, Family, choose
 
 #: every family, the default first (the order of the drop-downs)
-_FAMILIES: tuple[Family, ...] = (unet.FAMILY, fcn.FAMILY, maskrcnn.FAMILY)
+_FAMILIES: tuple[Family, ...] = (unet.FAMILY, fcn.FAMILY, maskrcnn.FAMILY, retinanet.FAMILY, fcos.FAMILY,
+                                  fasterrcnn.FAMILY)
 REGISTRY: dict[str, Family] = {f.name: f for f in _FAMILIES}
 FAMILIES = tuple(REGISTRY)  # the names
 DEFAULT_FAMILY = _FAMILIES[0].name
