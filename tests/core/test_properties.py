@@ -9,7 +9,13 @@ from hypothesis.extra.numpy import arrays
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.labels import LABEL_MODES, make_target, n_classes_for, validate_labels
+from napari_seglab.core.labels import (
+    LABEL_MODES,
+    get_mode,
+    make_target,
+    n_classes_for,
+    validate_labels,
+)
 from napari_seglab.core.models import ModelSpec
 from napari_seglab.core.predict import LoadedModel, predict_image, run_to_completion
 from napari_seglab.core.tiling import TilePlan
@@ -38,7 +44,7 @@ def test_label_conversion_never_crashes_and_stays_aligned(data, mode, dtype):
     assert target.shape == labels.shape and target.dtype == np.int64
     k = n_classes_for([valid], mode)
     assert target.min() >= -1 and target.max() < k
-    if mode in ("scribbles", "objects"):  # 0 = not annotated: ignored, and nothing else is
+    if get_mode(mode).sparse:  # 0 = not annotated: ignored, and nothing else is
         assert ((target == -1) == (valid == 0)).all()
     else:
         assert (target >= 0).all()

@@ -5,7 +5,12 @@ import pytest
 
 from napari_seglab.core.data import TARGET_DIAMETER
 from napari_seglab.core.labels import IGNORE
-from napari_seglab.core.scale import STROKE_TARGET_DIAMETER, estimate_scale, stroke_diameter, target_diameter
+from napari_seglab.core.scale import (
+    STROKE_TARGET_DIAMETER,
+    estimate_scale,
+    stroke_diameter,
+    target_diameter,
+)
 from napari_seglab.core.synthetic import make_nuclei
 from napari_seglab.core.train_data import prepare_training_data
 

@@ -101,6 +101,7 @@ class TrainingPlot(QWidget):
         self.class_names: tuple[str, ...] | None = None  # the label mode's class names (legend: SHORT names)
         self.no_validation = False
         self.dice_every: int | None = None  # steps per epoch, for the "waiting" title
+        self.score_name = "Dice"  # what the lower panel shows: "box AP@0.5" for a box detector
         self._ema: float | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -193,7 +194,7 @@ class TrainingPlot(QWidget):
                         [(self.loss, LOSS_RAW, 1.0), (self.smooth, LOSS_SMOOTH, 1.8)], x_label=False)
             lines = [(s, QColor(CLASS_COLORS[i % len(CLASS_COLORS)]), 1.0) for i, s in enumerate(self.class_dice)]
             earlier = [(s, DICE_EARLIER, 1.4) for s in self.earlier_dice]
-            self._panel(painter, bottom, line, xmax, "Dice", self._dice_title(), (0.0, 1.0),
+            self._panel(painter, bottom, line, xmax, self.score_name, self._dice_title(), (0.0, 1.0),
                         [*earlier, *lines, (self.dice, DICE_MEAN, 1.8)], x_label=True)
         finally:
             painter.end()
@@ -206,10 +207,10 @@ class TrainingPlot(QWidget):
     def _dice_title(self) -> str:
         if self.dice.last is None:
             if self.no_validation:
-                return "no validation Dice: too few annotations to hold some out"
+                return f"no validation {self.score_name}: too few annotations to hold some out"
             every = f" ({self.dice_every} steps)" if self.dice_every else ""
-            return f"validation Dice: after each epoch{every}"
-        text = f"val Dice {self.dice.last[1]:.3f}"
+            return f"validation {self.score_name}: after each epoch{every}"
+        text = f"val {self.score_name} {self.dice.last[1]:.3f}"
         if self.best is not None:
             text += f"  (best {self.best[0]:.3f}, epoch {self.best[1]})"
         return text
@@ -285,7 +286,7 @@ class TrainingPlot(QWidget):
             if series is self.dice or series in self.earlier_dice:  # few points: show each epoch
                 for point in points:
                     painter.drawEllipse(to_screen(*point), 1.8, 1.8)
-        if y_label == "Dice" and self.class_dice:
+        if y_label == self.score_name and self.class_dice:
             self._legend(painter, plot, line)
 
     def _legend(self, painter: QPainter, plot: QRectF, line: int) -> None:

@@ -246,6 +246,7 @@ class TrainWidget(TrainSettings, Container):
         self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
         # a box detector's validation score is its box AP@0.5, drawn where the Dice goes
         score = "box AP@0.5" if mode.name == "boxes" or get_family(config.family).kind == "boxes" else "Dice"
+        self.plot.score_name = score
         self.plot.setToolTip(f"training loss per step (faint: raw, bright: smoothed) and validation {score} per epoch")
         self._val_dice = None
 

@@ -60,8 +60,8 @@ def _sci(value: float) -> str:
 #: object diameter: the dock's field and ``--diameter``, turned into ``scale`` by :func:`.data.scale_for`
 DIAMETER = Setting("typical object diameter in pixels; images are resampled so objects reach the size the network "
                    "resolves best", "object diameter", float, 1, 10000, unit="pixels", flag="--diameter",
-                   metavar="PX", auto="measured on the painted objects (instances / objects modes), else no "
-                   "resampling")
+                   metavar="PX", auto="measured on the painted objects (instances / objects modes) or read from "
+                   "the image at the foreground strokes (scribbles), else no resampling")
 
 
 @dataclass
@@ -118,8 +118,9 @@ class TrainConfig:
     focal_gamma: float = setting(0.0, label="focal gamma", kind=float, low=0, high=10, metavar="G",
                                  help="focal loss gamma: 0 = plain cross-entropy; 2 = focus on hard pixels")
     val_fraction: float = setting(0.15, label="validation fraction", kind=float, low=0, high=1, high_open=True,
-                                  metavar="F", help="fraction of strokes or tiles held out for validation "
-                                                    "(scribbles: only when every class has 10 strokes or more; "
+                                  metavar="F", help="fraction of strokes, tiles or annotated area held out "
+                                                    "for validation (scribbles: only when every class has 10 "
+                                                    "strokes or more; boxes: when 10 boxes or more; "
                                                     "0 = no hold-out)")
     device: str = setting("auto", label="device", metavar="{auto,cpu,cuda,mps}", help="where to train")
     seed: int = setting(0, label="seed", kind=int, low=0, high=2**63 - 1, metavar="N", help="random seed")

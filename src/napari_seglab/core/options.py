@@ -56,7 +56,7 @@ class PredictOptions:
                                          "(watershed)")
     tta: bool = _declared(False, TTA)
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
-                                     help="minimum detection score (Mask R-CNN)")
+                                     help="minimum detection score (Mask R-CNN and the box detectors)")
 
     def check(self) -> PredictOptions:
         _check(self)

@@ -111,7 +111,7 @@ FAMILY = Family(
     lr=3e-4,
     lr_finetune=1e-4,
     exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("instances",),
+    label_modes=("boxes", "instances"),
     label_modes_note=("Faster R-CNN learns boxes: it trains on drawn boxes, or on 'instances' labels "
                       "(one box per object)"),
     stored_options={**BOX_STORED_OPTIONS, "rpn_pre_nms_top_n": ("int", 1, 100_000),

@@ -124,7 +124,7 @@ FAMILY = Family(
     lr=1e-4,
     lr_finetune=1e-4,
     exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("instances",),
+    label_modes=("boxes", "instances"),
     label_modes_note="RetinaNet learns boxes: it trains on drawn boxes, or on 'instances' labels (one box per object)",
     stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000),
                     "aspect_ratios": ("nums", 0.01, 100.0, 3)},
