@@ -123,8 +123,8 @@ FAMILY = Family(
     channels_last=False,
     holdout=False,
     steps_to_useful=100,
-    # the default ResNet-18 FPN: CPU seconds per AdamW step, batch 4 of 256 px (about 75 boxes each), float32,
-    # 1 thread on this project's 2-core machine (ResNet-50 FPN 4.21 s, v2 8.93 s);
+    # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
+    # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 3.0 s (ResNet-50 FPN 4.21 s, v2 8.93 s);
     # a core shared with other jobs costs 2-4x the wall time
-    cpu_step_s=3.0,
+    cpu_step_s=2.7,
 )
