@@ -227,3 +227,23 @@ def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     assert ckpt.spec.family == "retinanet" and ckpt.spec.arch == "retinanet_resnet18_fpn"
     pred = run_to_completion(predict_image(load_model(tmp_path / "r.pt", "cpu"), image, score_threshold=0.0))
     assert pred.kind == "boxes" and not pred.labels.any()
+
+
+@pytest.mark.parametrize("family", ["fcos", "fasterrcnn"])
+def test_train_learns_a_box_family_from_drawn_boxes_and_batch_counts_them(family, tmp_path):
+    """The whole path a user takes: box rows (as a Shapes layer or CSV gives them) -> train -> predict boxes."""
+    from napari_seglab.core.boxes import label_box_rows
+    from napari_seglab.core.synthetic import make_nuclei
+    from napari_seglab.core.train import TrainConfig, train
+
+    image, instances = make_nuclei((96, 96), seed=4)
+    rows = label_box_rows(instances, "YX", "instances")
+    config = TrainConfig(family=family, label_mode="boxes", epochs=1, steps_per_epoch=2, patch=64, batch_size=2,
+                         device="cpu", model_out=str(tmp_path / "d.pt"), save_last=False)
+    result = run_to_completion(train([image], [None], config, boxes=[rows]))
+    assert result.steps == 2
+    ckpt = load_checkpoint(tmp_path / "d.pt")
+    assert ckpt.spec.family == family and ckpt.label_mode == "boxes"
+    pred = run_to_completion(predict_image(load_model(tmp_path / "d.pt", "cpu"), image, score_threshold=0.0))
+    assert pred.kind == "boxes" and not pred.labels.any()
+    assert all(0 <= r["y0"] < r["y1"] <= 96 and 0 <= r["x0"] < r["x1"] <= 96 for r in pred.boxes)
