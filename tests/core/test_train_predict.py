@@ -137,7 +137,8 @@ def test_few_strokes_all_train_without_holdout():
     target = scrib.astype(np.int64) - 1
     assert not split_validation(target, True, 0.15).any()
     assert split_validation(target, True, 0.15, min_strokes=3).any()
-    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **TINY)
+    # scale 1: the painted pixels are counted at the image's own size (scribbles otherwise resample)
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, scale=1.0, **TINY)
     events, result = drive(train([img], [scrib], cfg))
     assert any(isinstance(e, Message) and "every stroke trains" in e.text for e in events)
     assert [e.val_dice for e in events if isinstance(e, EpochEnd)] == [None]

@@ -9,6 +9,7 @@ from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_t
 
 from napari_seglab._widgets import train as train_module
 from napari_seglab.core.checkpoint import load_checkpoint
+from napari_seglab.core.data import scaled_shape
 
 
 def _config_of(path: Path) -> dict:
@@ -44,9 +45,11 @@ def test_correct_then_continue_trains_a_new_round_from_the_last_model(make_napar
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
 
     assert widget.last_checkpoint == tmp_path / "second.pt"
-    second = load_checkpoint(tmp_path / "second.pt").meta["training"]
+    meta = load_checkpoint(tmp_path / "second.pt").meta
+    second = meta["training"]
     assert second["config"]["init"] == str(last)  # model and optimizer state of the first run's last step
-    assert second["data"][0]["annotated_pixels"] == image_layer.data.size  # trained on the dense correction
+    # trained on the dense correction: every pixel, at the object scale the first run chose
+    assert second["data"][0]["annotated_pixels"] == np.prod(scaled_shape(image_layer.data.shape, meta["scale"]))
     assert widget.plot.marks == [2.0] and widget.plot.loss.last[0] == 4  # the plot carries on after step 2
 
 
