@@ -98,10 +98,32 @@ def _placement(like, ndim: int) -> dict:
     return {"scale": tuple(scale[-ndim:]), "translate": tuple(translate[-ndim:])}
 
 
+#: metadata key SegLab sets on every layer it makes (the value: the name it was made under)
+OWNER = "seglab_layer"
+
+
+def _ours(layer) -> bool:
+    """True for a layer SegLab made (an output, a preview, a correction), False for the user's own."""
+    return any(key in layer.metadata for key in (OWNER, ROLE, "seglab_boxes"))
+
+
+def _made(layer, name: str):
+    """Mark a new layer as SegLab's, so a later update may reuse or replace it; returns it."""
+    layer.metadata[OWNER] = name
+    return layer
+
+
 def _existing(viewer, name: str, kind: type):
-    """The layer called ``name`` if it is a ``kind``; a layer of another kind is removed."""
-    if name in viewer.layers:
-        layer = viewer.layers[name]
+    """SegLab's layer called ``name`` if it is a ``kind`` (one of another kind is removed), else None.
+
+    A layer the user made or loaded under that name (their own boxes called
+    "cells boxes", say) is never reused or removed: SegLab then adds its own
+    beside it, and napari gives that one a numbered name.
+    """
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is not None and not _ours(layer):  # ours, if any, got a numbered name beside the user's
+        layer = next((other for other in viewer.layers if other.metadata.get(OWNER) == name), None)
+    if layer is not None:
         # isinstance, not type(): plugin widgets see layers through napari's PublicOnlyProxy
         if isinstance(layer, kind):
             return layer
@@ -136,7 +158,7 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
     else:
         if layer is not None:
             viewer.layers.remove(layer)
-        layer = viewer.add_labels(labels, name=name, **_placement(like, labels.ndim))
+        layer = _made(viewer.add_labels(labels, name=name, **_placement(like, labels.ndim)), name)
     if role is not None:
         layer.metadata[ROLE] = role
     if colors is not None:
@@ -173,7 +195,7 @@ def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, 
         viewer.layers.remove(layer)
     data = _full(plane_labels, spatial, plane)
     with kept_selection(viewer):
-        layer = viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim))
+        layer = _made(viewer.add_labels(data, name=name, opacity=0.5, **_placement(like, data.ndim)), name)
     layer.metadata[ROLE] = "preview"
     if colors is not None:
         apply_colors(layer, colors)
@@ -204,6 +226,7 @@ def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, li
         if preview is not None and name not in viewer.layers and preview.data.shape == np.shape(labels):
             preview.data = np.asarray(labels)
             preview.name = name
+            _made(preview, name)
             preview.opacity = 0.7
             preview.metadata[ROLE] = "prediction"
             if colors is not None:
@@ -215,9 +238,9 @@ def promote_preview(viewer, labels: np.ndarray, preview_name: str, name: str, li
 
 
 def remove_layer(viewer, name: str, kind: type = Labels) -> bool:
-    """Remove the ``kind`` layer called ``name`` if there is one; True if one was removed."""
+    """Remove SegLab's ``kind`` layer called ``name`` if there is one; True if one was removed."""
     layer = next((existing for existing in viewer.layers if existing.name == name), None)
-    if isinstance(layer, kind):
+    if isinstance(layer, kind) and _ours(layer):
         viewer.layers.remove(layer)
         return True
     return False
@@ -234,7 +257,7 @@ def reserve(viewer, kind: str, name: str, shape: tuple[int, ...], like=None):
     """
     cls = {"labels": Labels, "uncertainty": Image, "regions": Shapes}[kind]
     layer = next((existing for existing in viewer.layers if existing.name == name), None)
-    if isinstance(layer, cls) and (kind == "regions" and layer.ndim == len(shape)
+    if isinstance(layer, cls) and _ours(layer) and (kind == "regions" and layer.ndim == len(shape)
                                    or kind != "regions" and labels_shape(layer) == tuple(shape)):
         return None
     with kept_selection(viewer):
@@ -282,8 +305,8 @@ def show_uncertainty(viewer, uncertainty: np.ndarray, name: str, like=None):
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    return viewer.add_image(uncertainty, name=name, colormap="magma", contrast_limits=(0.0, 1.0),
-                            blending="additive", opacity=0.8, **_placement(like, uncertainty.ndim))
+    return _made(viewer.add_image(uncertainty, name=name, colormap="magma", contrast_limits=(0.0, 1.0),
+                                  blending="additive", opacity=0.8, **_placement(like, uncertainty.ndim)), name)
 
 
 def show_regions(viewer, rows: list[dict], name: str, like=None, ndim: int = 2):
@@ -333,9 +356,9 @@ def show_probabilities(viewer, probabilities: np.ndarray, base_name: str, like=N
         else:
             if layer is not None:
                 viewer.layers.remove(layer)
-            layer = viewer.add_image(data, name=name, colormap=colormaps[(c - 1) % len(colormaps)],
-                                     contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
-                                     **_placement(like, data.ndim))
+            layer = _made(viewer.add_image(data, name=name, colormap=colormaps[(c - 1) % len(colormaps)],
+                                           contrast_limits=(0.0, 1.0), blending="additive", opacity=0.7,
+                                           **_placement(like, data.ndim)), name)
         layers.append(layer)
     return layers
 
@@ -369,8 +392,8 @@ def show_boxes(viewer, rows: list[dict], name: str, like=None, ndim: int = 2, sc
     layer = _existing(viewer, name, Shapes)
     if layer is None:
         # created with (empty) feature columns so the text template always finds them
-        layer = viewer.add_shapes(name=name, ndim=ndim, face_color="transparent", edge_width=1.5,
-                                  features=_box_features([]), text=BOX_TEXT, **_placement(like, ndim))
+        layer = _made(viewer.add_shapes(name=name, ndim=ndim, face_color="transparent", edge_width=1.5,
+                                        features=_box_features([]), text=BOX_TEXT, **_placement(like, ndim)), name)
     layer.metadata["seglab_boxes"] = [dict(r) for r in rows]
     layer.metadata["seglab_ndim"] = ndim
     filter_boxes(layer, score_threshold)
