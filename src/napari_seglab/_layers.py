@@ -120,7 +120,7 @@ def _existing(viewer, name: str, kind: type):
     "cells boxes", say) is never reused or removed: SegLab then adds its own
     beside it, and napari gives that one a numbered name.
     """
-    layer = viewer.layers[name] if name in viewer.layers else None
+    layer = next((existing for existing in viewer.layers if existing.name == name), None)
     if layer is not None and not _ours(layer):  # ours, if any, got a numbered name beside the user's
         layer = next((other for other in viewer.layers if other.metadata.get(OWNER) == name), None)
     if layer is not None:
