@@ -7,6 +7,7 @@ import re
 import numpy as np
 from widget_helpers import WAIT_MS, click, dock
 
+from napari_seglab import _layers
 from napari_seglab.core.predict import Prediction
 
 
@@ -44,7 +45,9 @@ def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nucle
     viewer = make_napari_viewer()
     stack = np.stack([tiny_nuclei[0]] * 3)
     viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
-    earlier = viewer.add_labels(np.full(stack.shape, 7, np.int32), name="stack labels")
+    # an earlier prediction of this dock (SegLab's role mark: a user's own layer would be left alone)
+    earlier = viewer.add_labels(np.full(stack.shape, 7, np.int32), name="stack labels",
+                                metadata={_layers.ROLE: "prediction"})
     viewer.dims.set_point(0, 3.0)  # world z = 3 is plane 1 at a z-scale of 3
     widget = dock(viewer, "Predict")
     widget.set_checkpoint(tiny_checkpoint)
