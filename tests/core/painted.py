@@ -22,3 +22,12 @@ def partial(inst):
     lab[inst == 1] = 2
     lab[inst == 3] = 3
     return lab
+
+
+def two_discs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A (1, size, size) float32 image of two bright discs and their (size, size) int32 object ids."""
+    yy, xx = np.mgrid[:size, :size]
+    inst = np.zeros((size, size), np.int32)
+    inst[(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 1
+    inst[(yy - 42) ** 2 + (xx - 44) ** 2 < 81] = 2
+    return (0.1 + 0.8 * (inst > 0)).astype(np.float32)[None], inst

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from painted import two_discs
 
 from napari_seglab.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_seglab.core.errors import InputError
@@ -43,15 +44,6 @@ def scores_near_half(model) -> None:
         torch.nn.init.zeros_(head.classification_head.cls_logits.bias)
 
 
-def discs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A (1, size, size) float32 image of two bright discs and their int32 object ids."""
-    yy, xx = np.mgrid[:size, :size]
-    inst = np.zeros((size, size), np.int32)
-    inst[(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 1
-    inst[(yy - 42) ** 2 + (xx - 44) ** 2 < 81] = 2
-    return (0.1 + 0.8 * (inst > 0)).astype(np.float32)[None], inst
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("family", BOX_FAMILIES)
 def test_box_family_builds_from_scratch_and_detects(family, channels):
@@ -73,7 +65,7 @@ def test_loss_step_on_boxes_and_on_negative_patches(family):
     spec = spec_of(family, n_classes=3)
     model, _ = build_model(spec)
     entry = get_family(family)
-    chw, _ = discs()
+    chw, _ = two_discs()
     images = torch.from_numpy(np.stack([chw, chw]))
     with_boxes = [np.array([[12, 12, 29, 29, 1], [33, 35, 52, 54, 2]], np.float32), np.zeros((0, 5), np.float32)]
     for boxes in (with_boxes, [np.zeros((0, 5), np.float32)] * 2):  # one negative patch; then all negative
@@ -85,7 +77,7 @@ def test_loss_step_on_boxes_and_on_negative_patches(family):
 
 
 def test_instance_patches_give_the_same_targets_as_explicit_boxes():
-    chw, inst = discs()
+    chw, inst = two_discs()
     inst[0, 0:2] = 3  # a 2-pixel sliver at the patch border: no box
     images = torch.from_numpy(np.stack([chw, chw]))
     negative = np.zeros_like(inst)
@@ -122,7 +114,7 @@ def test_checkpoint_round_trip_predicts_the_same_rows(family, tmp_path):
     save_checkpoint(tmp_path / "m.pt", model, CheckpointMeta(model=spec, label_mode="instances", patch=64))
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert ckpt.spec == spec and ckpt.spec.family_entry.kind == "boxes"
-    chw, _ = discs()
+    chw, _ = two_discs()
     image = np.stack([chw[0], chw[0, ::-1]])  # a (Z, Y, X) stack: planes tagged in the rows
     lm = load_model(tmp_path / "m.pt", "cpu")
     pred = run_to_completion(predict_image(lm, image, "ZYX", tile=64, score_threshold=0.3))

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from painted import two_discs
 from torch import nn
 
 from napari_seglab.core.checkpoint import load_checkpoint, save_checkpoint
@@ -48,15 +49,6 @@ def tiny_spec(family: Family, n_classes: int = 2) -> ModelSpec:
                      n_classes=n_classes, options=options)
 
 
-def discs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A (1, size, size) float32 image of two bright discs and their (size, size) int32 object ids."""
-    yy, xx = np.mgrid[:size, :size]
-    inst = np.zeros((size, size), np.int32)
-    inst[(yy - 20) ** 2 + (xx - 20) ** 2 < 64] = 1
-    inst[(yy - 42) ** 2 + (xx - 44) ** 2 < 81] = 2
-    return (0.1 + 0.8 * (inst > 0)).astype(np.float32)[None], inst
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_record_is_consistent(family):
     assert family.kind in KINDS and family.default_arch in family.archs and family.label
@@ -76,7 +68,7 @@ def test_family_builds_and_predicts_its_kind(family):
     model, note = build_model(spec)
     assert "random" in note
     model.eval()
-    chw, _ = discs()
+    chw, _ = two_discs()
     if family.semantic:
         with torch.no_grad():
             out = model(torch.from_numpy(chw)[None])
@@ -96,7 +88,7 @@ def test_family_loss_hook_gives_a_gradient(family):
     torch.manual_seed(0)
     model, _ = build_model(tiny_spec(family))
     model.train()
-    chw, inst = discs()
+    chw, inst = two_discs()
     images = torch.from_numpy(np.stack([chw, chw[:, ::-1].copy()]))
     targets = np.stack([inst > 0, (inst > 0)[::-1]]).astype(np.int64)
     targets[:, :4] = -1  # unannotated rows are ignored
@@ -188,7 +180,7 @@ def test_a_box_family_plugs_in_through_its_record_alone(monkeypatch, tmp_path):
     model, _ = build_model(spec)
     save_checkpoint(tmp_path / "b.pt", model, CheckpointMeta(model=spec, label_mode="instances"))
     lm = load_model(tmp_path / "b.pt", "cpu")
-    chw, inst = discs()
+    chw, inst = two_discs()
     pred = run_to_completion(predict_image(lm, chw[0], tile=64))
     assert pred.kind == "boxes" and pred.labels.max() == 1  # the kind is the family's
     ys, xs = np.nonzero(inst)

@@ -35,6 +35,9 @@ from ._train_job import auto_number
 ARCHS = {name: get_family(name).archs for name in FAMILIES}
 #: the diameter estimate runs on the GUI thread at each labels change: only on planes this small
 MAX_ESTIMATE_PIXELS = 16e6
+#: ... and the estimate through the image at scribbles (about 0.25 s at this size, 2 s at 1024x1024); larger planes are
+#: measured when training starts, in the worker
+MAX_STROKE_ESTIMATE_PIXELS = 1 << 17
 #: the encoder entry that lets the preset decide
 FROM_PRESET = "(preset)"
 COMMON_ENCODERS = (FROM_PRESET, "resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b3",
@@ -240,7 +243,9 @@ class TrainSettings:
             return
         labels = np.asarray(layer.data)
         image = self._image.value
-        if labels.ndim != 2 or image is None or np.asarray(image.data).shape[:2] != labels.shape:
+        # strokes are measured through the image (18 filtered copies): only small planes on the GUI thread
+        too_big = not mode.instances and labels.size > MAX_STROKE_ESTIMATE_PIXELS
+        if labels.ndim != 2 or too_big or image is None or np.asarray(image.data).shape[:2] != labels.shape:
             self._diameter_note.value = "auto: measured when training starts"
             return
         try:
