@@ -10,9 +10,8 @@ import numpy as np
 
 def random_unet_checkpoint(path: Path, encoder: str = "resnet34", n_classes: int = 2, in_channels: int = 1) -> Path:
     """Save a random-init smp Unet as a seglab checkpoint (weights do not matter for speed/memory)."""
-    from napari_seglab.core.checkpoint import save_checkpoint
     from napari_seglab.core.data import Normalization
-    from napari_seglab.core.models import ModelSpec, build_model
+    from napari_seglab.core.models import ModelSpec, build_model, save_checkpoint
 
     spec = ModelSpec(family="unet", arch="Unet", encoder=encoder, in_channels=in_channels, n_classes=n_classes)
     model, _ = build_model(spec)

@@ -1,4 +1,4 @@
-"""Overhead of `run_batch` on a local Dask cluster against a plain in-process loop.
+"""Overhead of `iter_run_batch` on a local Dask cluster against a plain in-process loop.
 
 Both paths do the same work per file with the same model (a random-init
 U-Net resnet18 checkpoint saved once): read the TIFF, predict, write the
@@ -60,11 +60,12 @@ def make_model(path: Path) -> None:
 
 def warm_up(model: Path, inputs: Path) -> None:
     """One untimed prediction, so that neither path pays this process's first-call costs."""
+    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.io import read_image
-    from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+    from napari_seglab.core.predict import iter_predict_image, load_model
 
     img = read_image(sorted(inputs.glob("*.tif"))[0])
-    run_to_completion(predict_image(load_model(str(model), "auto"), img.data, img.axes, split_instances=True))
+    run_to_completion(iter_predict_image(load_model(str(model), "auto"), img.data, img.axes, split_instances=True))
 
 
 def in_thread(fn, *args):
@@ -78,9 +79,11 @@ def in_thread(fn, *args):
 
 def plain_loop(model: Path, inputs: Path, out: Path) -> float:
     """The baseline: load once, then per file predict + write labels + measurements."""
+    from napari_seglab.core.batch import measure_labels, object_columns
+    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.io import read_image, write_csv, write_tiff
-    from napari_seglab.core.manifest import compact_labels, measure_labels, object_columns
-    from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+    from napari_seglab.core.labels import compact_labels
+    from napari_seglab.core.predict import iter_predict_image, load_model
 
     out.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -88,7 +91,7 @@ def plain_loop(model: Path, inputs: Path, out: Path) -> float:
     split = lm.spec.n_classes == 2 and lm.label_mode != "instances"
     for path in sorted(inputs.glob("*.tif")):
         img = read_image(path)
-        pred = run_to_completion(predict_image(lm, img.data, img.axes, split_instances=split))
+        pred = run_to_completion(iter_predict_image(lm, img.data, img.axes, split_instances=split))
         write_tiff(out / f"{path.stem}_labels.tif", compact_labels(pred.labels), axes=img.axes, protect=[path])
         rows = measure_labels(pred.labels, img.data, img.axes)
         write_csv(out / f"{path.stem}_objects.csv", rows,
@@ -97,12 +100,12 @@ def plain_loop(model: Path, inputs: Path, out: Path) -> float:
 
 
 def batch(model: Path, inputs: Path, out: Path, workers: int | None) -> tuple[float, str]:
-    """Time run_batch; returns (seconds, a line on where the time went)."""
-    from napari_seglab.core.batch import run_batch
+    """Time iter_run_batch; returns (seconds, a line on where the time went)."""
+    from napari_seglab.core.batch import iter_run_batch
     from napari_seglab.core.events import FileDone, Message
 
     t0 = time.perf_counter()
-    gen = run_batch(str(model), str(inputs), str(out), workers=workers)
+    gen = iter_run_batch(str(model), str(inputs), str(out), workers=workers)
     notes, first, busy, last = [], None, 0.0, 0.0
     try:
         while True:
@@ -133,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
-    parser.add_argument("--workers", type=int, default=None, help="local workers (default: run_batch's choice)")
+    parser.add_argument("--workers", type=int, default=None, help="local workers (default: iter_run_batch's choice)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run loop and batch back to back this many times; the median pair ratio counts")
     parser.add_argument("--main-thread", action="store_true", help="run the loop on the main thread")

@@ -239,9 +239,9 @@ def main() -> int:
     trained = train._controls.status.value
     # the noise floor: the same training in a plain thread, with no widget and no GUI updates at all
     # (after the widget's run, so imports and first-time set-up are charged to the widget, not to it)
-    from napari_seglab.core.predict import run_to_completion
+    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.train import TrainConfig
-    from napari_seglab.core.train import train as core_train
+    from napari_seglab.core.train import iter_train as core_train
 
     finished = threading.Event()
     config = TrainConfig(encoder="resnet18", patch=128, batch_size=4, epochs=2, steps_per_epoch=max(1, args.steps // 2),

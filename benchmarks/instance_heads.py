@@ -3,7 +3,7 @@
 Trains one small smp U-Net (resnet18, encoder depth 4, decoder 128-64-32-16)
 per head and step budget, from scratch, with the same patches, batch, optimiser
 and schedule, then predicts an unseen image and scores it with
-``napari_seglab.core.metrics.match_instances``:
+``napari_seglab.core.evaluate.match_instances``:
 
 - ``3class``: background / interior / boundary (CE + Dice), decoded by
   ``core.instances.instances_from_probabilities`` (today's product);
@@ -38,10 +38,10 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_seglab.core import flows
-from napari_seglab.core.instances import boundary_targets, instances_from_probabilities
-from napari_seglab.core.losses import ce_dice
-from napari_seglab.core.metrics import match_instances
+from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.models import ce_dice
+from napari_seglab.core.objects import _flows as flows
+from napari_seglab.core.objects import boundary_targets, instances_from_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ("3class", "flows", "distance")

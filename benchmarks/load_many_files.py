@@ -1,7 +1,7 @@
-"""Many small files: 500 TIFFs of 64x64 through `run_batch`, in-process and on a local Dask cluster.
+"""Many small files: 500 TIFFs of 64x64 through `iter_run_batch`, in-process and on a local Dask cluster.
 
 A folder of small nuclei images (uint8 and uint16 alternating) goes through
-:func:`napari_seglab.core.batch.run_batch` twice with the same random-init
+:func:`napari_seglab.core.batch.iter_run_batch` twice with the same random-init
 U-Net resnet18 checkpoint: with ``workers=0`` (in this process, no Dask: the
 baseline) and on a local Dask cluster (``--workers``, default 2 worker
 processes). Each run must finish with every file ok, a manifest of one ok
@@ -54,12 +54,11 @@ def make_model(path: Path) -> None:
 
 def run(model: Path, inputs: Path, out: Path, n: int, **kwargs) -> tuple[float, str]:
     """Run the batch to the end and check its bookkeeping; returns (seconds, where it ran)."""
-    from napari_seglab.core.batch import run_batch
+    from napari_seglab.core.batch import iter_run_batch, read_manifest
     from napari_seglab.core.events import FileDone, Message, collect
-    from napari_seglab.core.manifest import read_manifest
 
     t0 = time.perf_counter()
-    events, summary = collect(run_batch(str(model), str(inputs), str(out), device="cpu", **kwargs))
+    events, summary = collect(iter_run_batch(str(model), str(inputs), str(out), device="cpu", **kwargs))
     seconds = time.perf_counter() - t0
     done = sum(isinstance(ev, FileDone) for ev in events)
     notes = [ev.text for ev in events if isinstance(ev, Message)]

@@ -11,9 +11,9 @@ train the left half, predict the right half), budget and seed, trains
 - StarDist 0.9 (its U-Net, 32 base filters, 32 rays, grid 2, 256 px patches,
   batch 4, flips and turns), stopped by a Keras callback when the budget runs
   out, then ``predict_instances`` with its default thresholds;
-- SegLab through its Python API (``core.train.train`` with
+- SegLab through its Python API (``core.train.iter_train`` with
   ``TrainConfig(label_mode="instances", time_limit=budget)``, then
-  ``core.predict.predict_image``),
+  ``core.predict.iter_predict_image``),
 
 one after the other, and scores all with ``core.metrics.match_instances``.
 
@@ -161,18 +161,18 @@ def run_seglab(data, budget: float, seed: int, overrides: dict) -> dict:
     import torch
 
     from napari_seglab.core.events import run_to_completion
-    from napari_seglab.core.predict import load_model, predict_image
-    from napari_seglab.core.train import TrainConfig, train
+    from napari_seglab.core.predict import iter_predict_image, load_model
+    from napari_seglab.core.train import TrainConfig, iter_train
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     tr_img, tr_lab, te_img, _ = data
     config = TrainConfig(label_mode="instances", epochs=None, time_limit=budget, seed=seed, device="cpu",
                          save_last=False, **overrides)
     t0 = time.monotonic()
-    result = run_to_completion(train([tr_img], [tr_lab.astype(np.int32)], config))
+    result = run_to_completion(iter_train([tr_img], [tr_lab.astype(np.int32)], config))
     seconds = time.monotonic() - t0
     t1 = time.monotonic()
-    pred = run_to_completion(predict_image(load_model(result.checkpoint, "cpu"), te_img))
+    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img))
     return {"labels": np.asarray(pred.labels, np.int32), "steps": int(result.steps), "seconds": seconds,
             "predict_seconds": time.monotonic() - t1}
 
@@ -220,7 +220,7 @@ def main(argv=None):
 
     from instance_heads import real_data, sample_data, stardist_wheel
 
-    from napari_seglab.core.metrics import match_instances
+    from napari_seglab.core.evaluate import match_instances
 
     python = _cellpose_python(args.cellpose_python) if "cellpose" in args.tools else None
     if python is None and "cellpose" in args.tools:

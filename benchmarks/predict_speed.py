@@ -3,7 +3,7 @@
 Same U-Net (smp Unet-resnet34, 1 channel, random weights), same CPU threads, same run:
 
 * raw:    one ``model(x)`` over the whole normalised image (float32, eager, no tiling);
-* seglab: ``predict_image`` end to end (normalisation, tiling plan, blending, labels);
+* seglab: ``iter_predict_image`` end to end (normalisation, tiling plan, blending, labels);
 * monai:  ``monai.inferers.sliding_window_inference`` with roi 256, overlap 0.25,
           gaussian mode (its defaults otherwise), plus the same argmax.
 
@@ -24,9 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_of, nuclei_like, random_unet_checkpoint  # noqa: E402
 
-from napari_seglab.core.checkpoint import load_checkpoint  # noqa: E402
 from napari_seglab.core.data import Normalization  # noqa: E402
-from napari_seglab.core.predict import load_model, predict_image, run_to_completion  # noqa: E402
+from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.models import load_checkpoint  # noqa: E402
+from napari_seglab.core.predict import iter_predict_image, load_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     t_raw = best_of(raw, args.repeats)
 
     def ours():
-        run_to_completion(predict_image(lm, img))
+        run_to_completion(iter_predict_image(lm, img))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
 
     t_monai = best_of(monai, args.repeats)
     print(f"image {args.size}x{args.size}, Unet-{args.encoder}, device {device}, {torch.get_num_threads()} threads")
-    print(f"raw forward: {t_raw:.2f} s   seglab predict_image: {t_ours:.2f} s   MONAI sliding window: {t_monai:.2f} s")
+    print(f"raw forward: {t_raw:.2f} s   seglab iter_predict_image: {t_ours:.2f} s   MONAI sliding window: {t_monai:.2f} s")
     print(f"seglab/raw {t_ours / t_raw:.2f}x (goal <= 1.15x); MONAI/seglab {t_monai / t_ours:.2f}x (goal >= 2x)")
     return 0
 

@@ -39,12 +39,17 @@ import tifffile
 from _common import random_forest_foreground
 from scipy import ndimage as ndi
 
-from napari_seglab.core.instances import instances_from_foreground, otsu_watershed
+from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.events import run_to_completion
 from napari_seglab.core.labels import is_instance_mode
-from napari_seglab.core.metrics import match_instances
-from napari_seglab.core.predict import load_model, predict_image, run_to_completion
-from napari_seglab.core.refine import SPLIT_THRESHOLD, snap_to_edges
-from napari_seglab.core.train import TrainConfig, train
+from napari_seglab.core.objects import (
+    SPLIT_THRESHOLD,
+    instances_from_foreground,
+    otsu_watershed,
+    snap_to_edges,
+)
+from napari_seglab.core.predict import iter_predict_image, load_model
+from napari_seglab.core.train import TrainConfig, iter_train
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_data"
 MODES = ("instances", "scribbles", "objects")
@@ -95,10 +100,10 @@ def seglab(mode, train_img, ann, test_img, seconds, seed, preset, head="auto"):
     cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset,
                       instance_head=head)
     t0 = time.monotonic()
-    result = run_to_completion(train([train_img], [ann], cfg))
+    result = run_to_completion(iter_train([train_img], [ann], cfg))
     wall = time.monotonic() - t0
     lm = load_model(result.checkpoint, "cpu")
-    pred = run_to_completion(predict_image(lm, test_img, split_instances=not is_instance_mode(mode)))
+    pred = run_to_completion(iter_predict_image(lm, test_img, split_instances=not is_instance_mode(mode)))
     return pred.labels, result.steps, wall
 
 
@@ -107,7 +112,7 @@ def steps_per_second(img, lab, preset: str, steps: int = 12) -> float:
                       preset=preset, val_fraction=0.0, save_last=False)
     from napari_seglab.core.events import TrainStep, collect
 
-    events, _ = collect(train([img], [lab], cfg))
+    events, _ = collect(iter_train([img], [lab], cfg))
     t = [e.elapsed for e in events if isinstance(e, TrainStep)]
     return (len(t) - 3) / (t[-1] - t[2])  # the first steps warm up
 

@@ -2,7 +2,7 @@
 
 A tiny U-Net (resnet18, 64x64 patches, batch 2, 100 steps per epoch, 10
 epochs) trains on synthetic nuclei scribbles (``make_nuclei((128, 128))``)
-through :func:`napari_seglab.core.train.train`, writing its best checkpoint
+through :func:`napari_seglab.core.train.iter_train`, writing its best checkpoint
 as it goes and (unless ``--no-preview``) a live preview every 100 steps, as
 the Train widget does. The resident set size of this process is sampled at
 step 50 (the baseline: after warm-up, when the allocator pools and the
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     from napari_seglab.core.events import TrainStep
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
-    from napari_seglab.core.train import TrainConfig, train
+    from napari_seglab.core.train import TrainConfig, iter_train
 
     image, instances = make_nuclei((128, 128), seed=0)
     scribbles = make_scribbles(instances, seed=0)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
               f"{args.steps_per_epoch}, previews {'off' if args.no_preview else 'every 100 steps'}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
         t0 = time.perf_counter()
-        gen = train([image], [scribbles], cfg, preview_plane=None if args.no_preview else image)
+        gen = iter_train([image], [scribbles], cfg, preview_plane=None if args.no_preview else image)
         try:
             while True:
                 ev = next(gen)  # consumed and dropped, as a widget does after drawing it

@@ -23,8 +23,7 @@ import torch
 
 from napari_seglab.core.data import Normalization, PatchSampler, Sample
 from napari_seglab.core.labels import make_target
-from napari_seglab.core.losses import segmentation_loss
-from napari_seglab.core.models import PRESETS, build_model, preset_spec
+from napari_seglab.core.models import PRESETS, build_model, preset_spec, segmentation_loss
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_data"
 

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python scripts/make_sample_data.py --check      # do the files in sample_data/ still regenerate exactly?
 
 Every file comes from :mod:`napari_seglab.core.synthetic` (the scribbles from
-:mod:`napari_seglab.core.scribbles`) with the fixed seeds below, so running
+:mod:`napari_seglab.core.synthetic._scribbles`) with the fixed seeds below, so running
 this again gives the same bytes. ``--check`` regenerates into a temporary
 folder and compares byte for byte (exit 1 naming the files that differ): a
 refactoring of the generators must keep it passing.
@@ -25,8 +25,8 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_seglab.core.atomic import write_csv  # noqa: E402
-from napari_seglab.core.boxes import BOX_COLUMNS, label_box_rows  # noqa: E402
+from napari_seglab.core.io import write_csv  # noqa: E402
+from napari_seglab.core.labels import BOX_COLUMNS, label_box_rows  # noqa: E402
 from napari_seglab.core.synthetic import make_nuclei, make_scribbles  # noqa: E402
 
 TRAIN_SEED = 1

@@ -77,3 +77,49 @@ def test_widgets_without_napari_name_the_extra():
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ModuleNotFoundError: ") and 'pip install "napari-seglab[napari]"' in last, last
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of the napari_seglab modules (and names) a source file imports."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found |= {f"{module}.{alias.name}" for alias in node.names} | {module}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.startswith("napari_seglab.")}
+
+
+def test_core_packages_are_reached_through_their_public_face():
+    """A stage package's private modules (``core/<stage>/_x.py``) are imported only inside that package."""
+    core = PACKAGE_DIR / "core"
+    offences = []
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if parts[-1] == "__init__" else module.rsplit(".", 1)[0]
+        for name in _imported_modules(path, package):
+            pieces = name.split(".")
+            if len(pieces) > 3 and pieces[1] == "core" and pieces[3].startswith("_") \
+                    and not (module + ".").startswith(".".join(pieces[:3]) + "."):
+                offences.append(f"{path.relative_to(core.parent)} imports {name}")
+    assert offences == []
+
+
+def test_every_stage_package_lists_what_it_exports():
+    import importlib
+
+    for path in sorted((PACKAGE_DIR / "core").glob("*/__init__.py")):
+        package = importlib.import_module(f"napari_seglab.core.{path.parent.name}")
+        exported = getattr(package, "__all__", None)
+        assert exported, f"{package.__name__} has no __all__"
+        missing = [name for name in exported if not hasattr(package, name)]
+        assert missing == [], f"{package.__name__}.__all__ names what it lacks: {missing}"

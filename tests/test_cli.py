@@ -61,7 +61,7 @@ def error_line(capsys) -> str:
 
 
 def test_train_saves_a_loadable_model_and_reports_progress(trained):
-    from napari_seglab.core.checkpoint import load_checkpoint
+    from napari_seglab.core.models import load_checkpoint
 
     model, out, err = trained
     ckpt = load_checkpoint(model)
@@ -208,8 +208,7 @@ def test_info_prints_the_metadata(trained, capsys):
 def test_export_torchscript_matches_the_model(trained, tmp_path, capsys):
     import torch
 
-    from napari_seglab.core.checkpoint import load_checkpoint
-    from napari_seglab.core.losses import probabilities
+    from napari_seglab.core.models import load_checkpoint, probabilities
 
     out = tmp_path / "m.torchscript.pt"
     assert main(["export", "--model", str(trained[0]), "--format", "torchscript", "--out", str(out)]) == 0
@@ -276,7 +275,7 @@ def test_console_script_help():
 
 def test_time_limit_alone_trains_until_the_time_is_up(data, tmp_path, monkeypatch, capsys):
     import napari_seglab.core.train as core_train
-    from napari_seglab.core.checkpoint import Checkpoint
+    from napari_seglab.core.models import Checkpoint
 
     seen = {}
 
@@ -286,7 +285,7 @@ def test_time_limit_alone_trains_until_the_time_is_up(data, tmp_path, monkeypatc
         return core_train.TrainResult(checkpoint=Checkpoint(meta={"metrics": {"train_loss": 0.5, "epoch": 1}},
                                                             state_dict={}), path=config.model_out)
 
-    monkeypatch.setattr(core_train, "train", fake_train)
+    monkeypatch.setattr(core_train, "iter_train", fake_train)
     code = main(["train", "--image", str(data / "img.tif"), "--labels", str(data / "scribbles.tif"),
                  "--label-mode", "scribbles", "--model-out", str(tmp_path / "m.pt"), "--time-limit", "30",
                  "--encoder", "resnet18"])
@@ -361,8 +360,7 @@ def test_train_model_choice_errors(data, tmp_path, capsys, extra, match):
 
 
 def test_train_partial_objects_with_a_preset_and_diameter(data, tmp_path):
-    from napari_seglab.core.checkpoint import load_checkpoint
-    from napari_seglab.core.models import PRESETS
+    from napari_seglab.core.models import PRESETS, load_checkpoint
 
     inst = tifffile.imread(data / "instances.tif")
     partial = np.zeros(inst.shape, np.uint16)

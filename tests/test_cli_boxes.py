@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from boxfamily import bright_squares, register
 
-sys.path.insert(0, str(Path(__file__).parent / "core"))
-from boxfamily import bright_squares, register  # noqa: E402
-
-from napari_seglab.cli import main  # noqa: E402
-from napari_seglab.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_seglab.cli import main
+from napari_seglab.core.models import load_checkpoint
 
 FAST = ["--family", "boxnet", "--epochs", "1", "--steps-per-epoch", "2", "--patch", "32", "--batch-size", "2",
         "--device", "cpu", "--threads", "1"]

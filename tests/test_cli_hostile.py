@@ -195,7 +195,7 @@ def test_impossible_training_options_exit_2_before_training(image, scribbles, tm
                                                             option, value, message):
     import napari_seglab.core.train as train_module
 
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(train_module, "iter_train", lambda *a, **k: pytest.fail("training started"))
     code = main(["train", "--image", str(image), "--labels", str(scribbles), "--label-mode", "scribbles",
                  "--model-out", str(tmp_path / "m.pt"), "--device", "cpu", option, value])
     assert code == 2
@@ -317,7 +317,7 @@ def test_torchscript_export_given_as_model_says_what_it_is(tmp_path, tiny_model,
 @pytest.fixture
 def no_writes_in(monkeypatch):
     """Make a folder refuse new files (as a read-only folder does for a normal user; tests run as root)."""
-    import napari_seglab.core.io as io_mod
+    import napari_seglab.core.io._tiff as io_mod
 
     denied: list[Path] = []
     real_open = os.open
@@ -353,7 +353,7 @@ def test_train_into_an_unwritable_folder_is_refused_before_training(image, scrib
                                                                     capsys, no_writes_in):
     import napari_seglab.core.train as train_module
 
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(train_module, "iter_train", lambda *a, **k: pytest.fail("training started"))
     folder = tmp_path / "models"
     folder.mkdir()
     no_writes_in.append(folder)
@@ -540,7 +540,7 @@ def test_ctrl_c_names_only_the_model_files_that_exist(image, scribbles, tmp_path
             (best if name == "best" else last).write_bytes(b"model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train", interrupted)
+    monkeypatch.setattr(train_module, "iter_train", interrupted)
     code = main(["train", "--image", str(image), "--labels", str(scribbles), "--label-mode", "scribbles",
                  "--model-out", str(best), "--device", "cpu"])
     assert code == 130
@@ -579,7 +579,8 @@ def stubbed(monkeypatch):
         raise InputError("reached")
         yield  # pragma: no cover - a generator, like the real ones
 
-    for module, name in ((train_module, "train"), (predict_module, "predict_image"), (batch_module, "run_batch")):
+    for module, name in ((train_module, "iter_train"), (predict_module, "iter_predict_image"),
+                         (batch_module, "iter_run_batch")):
         monkeypatch.setattr(module, name, reached)
 
 

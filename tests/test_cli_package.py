@@ -10,8 +10,8 @@ from napari_seglab.cli import main
 
 
 def test_stock_model_reads_the_input_tiff_once(tmp_path, tiny_model, blobs, monkeypatch, capsys):
-    import napari_seglab.core.io as io
-    import napari_seglab.core.stock as stock
+    import napari_seglab.core.io._tiff as io
+    import napari_seglab.core.predict._stock as stock
     from napari_seglab.core.predict import load_model
 
     tifffile.imwrite(tmp_path / "img.tif", blobs[0])

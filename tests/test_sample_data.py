@@ -101,7 +101,7 @@ def test_nuclei_with_boxes_generates_when_files_are_missing(monkeypatch):
 
 
 def test_the_boxes_sample_opens_in_napari_as_rectangles(make_napari_viewer):
-    from napari_seglab.core.boxes import read_boxes_csv, rows_from_rectangles
+    from napari_seglab.core.labels import read_boxes_csv, rows_from_rectangles
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-seglab", "nuclei_boxes")

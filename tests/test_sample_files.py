@@ -1,7 +1,7 @@
 """The TIFFs shipped in sample_data/ are exactly what scripts/make_sample_data.py generates.
 
 Guards refactorings of :mod:`napari_seglab.core.synthetic` and
-:mod:`napari_seglab.core.scribbles`: a change in the order of random draws
+:mod:`napari_seglab.core.synthetic._scribbles`: a change in the order of random draws
 changes the samples (and every figure measured on them).
 """
 
@@ -41,7 +41,7 @@ def test_check_names_a_sample_that_differs(tmp_path):
 def test_the_boxes_csv_is_the_box_of_every_shipped_instance():
     import tifffile
 
-    from napari_seglab.core.boxes import label_box_rows, read_boxes_csv
+    from napari_seglab.core.labels import label_box_rows, read_boxes_csv
 
     instances = tifffile.imread(ROOT / "sample_data" / "nuclei_train_instances.tif")
     expected = [(r["y0"], r["x0"], r["y1"], r["x1"], r["class"]) for r in label_box_rows(instances, "YX", "instances")]

@@ -24,10 +24,9 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 from ._colors import apply_colors
-from .core.boxes import boxes_to_rectangles
 from .core.errors import InputError
 from .core.io import guess_axes
-from .core.labels import get_mode
+from .core.labels import boxes_to_rectangles, get_mode
 
 #: more boxes than this are not drawn (the Shapes layer gets slow); the best-scoring are kept
 MAX_BOXES = 3000

@@ -132,7 +132,7 @@ def nuclei_stack() -> list[tuple]:
 
 def _box_rows(instances: np.ndarray, from_files: bool) -> list[dict]:
     """The shipped boxes CSV when it annotates the shipped image, else each object's box of ``instances``."""
-    from .core.boxes import label_box_rows, read_boxes_csv
+    from .core.labels import label_box_rows, read_boxes_csv
 
     if from_files:
         with _sample_path(BOXES_FILE) as path:
@@ -153,7 +153,7 @@ def nuclei_with_boxes() -> list[tuple]:
         y0, x0, y1, x1 of ``sample_data/nuclei_boxes.csv`` (y1, x1 exclusive),
         all of class 1.
     """
-    from .core.boxes import boxes_to_rectangles
+    from .core.labels import boxes_to_rectangles
 
     image, instances, shipped = _train_sample()
     rows = _box_rows(instances, shipped)

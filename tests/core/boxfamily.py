@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_seglab.core.models import Family, registry
+from napari_seglab.core.models import Family
+from napari_seglab.core.models import _registry as registry
 
 NAME = "boxnet"
 

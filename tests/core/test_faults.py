@@ -22,18 +22,16 @@ import pytest
 import tifffile
 import torch
 
-from napari_seglab.core import forward as forward_module
-from napari_seglab.core.batch import run_batch
-from napari_seglab.core.checkpoint import save_checkpoint
+from napari_seglab.core.batch import ManifestWriter, iter_run_batch, read_manifest
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.events import FileDone, TrainStep, collect
 from napari_seglab.core.io import write_csv, write_tiff
-from napari_seglab.core.manifest import ManifestWriter, read_manifest
-from napari_seglab.core.models import ModelSpec, build_model
-from napari_seglab.core.predict import load_model, predict_image
+from napari_seglab.core.models import ModelSpec, build_model, save_checkpoint
+from napari_seglab.core.predict import _forward as forward_module
+from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.synthetic import make_nuclei, make_scribbles
-from napari_seglab.core.train import TrainConfig, train
+from napari_seglab.core.train import TrainConfig, iter_train
 
 # Patches installed in a child process: the real writer writes part of the file, flushes, and the
 # process SIGKILLs itself. ``ARMED[0]`` says whether the next write dies (always, unless a test arms it).
@@ -118,7 +116,7 @@ def test_writer_killed_mid_write_keeps_the_previous_file(tmp_path, kind):
         writer.finish([{"input": "a.tif", "status": "ok", "outputs": "a_labels.tif", "started": "2024-01-01T00:00:00",
                         "finished": "2024-01-01T00:00:01"}])
         body = f"""
-            from napari_seglab.core.manifest import ManifestWriter
+            from napari_seglab.core.batch import ManifestWriter
             rows = [{{"input": f"f{{i}}.tif", "status": "failed", "error": "x"}} for i in range(500)]
             ManifestWriter({str(path)!r}).finish(rows)
         """
@@ -188,9 +186,9 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
     shapes = write_inputs(inp)
     run_killed(f"""
         ARMED[0] = False
-        import napari_seglab.core.batch as batch
-        import napari_seglab.core.manifest as mf
-        from napari_seglab.core.predict import run_to_completion
+        import napari_seglab.core.batch._manifest as mf
+        from napari_seglab.core.batch import iter_run_batch
+        from napari_seglab.core.events import run_to_completion
         TARGET = {target!r}
 
         def arming(real):
@@ -202,7 +200,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
                     ARMED[0] = False
             return wrapper
 
-        import napari_seglab.core.batch_task as task_module
+        import napari_seglab.core.batch._task as task_module
         task_module.write_tiff, task_module.write_csv = arming(task_module.write_tiff), arming(task_module.write_csv)
         real_append = mf.ManifestWriter.append
 
@@ -216,7 +214,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
             real_append(self, row)
 
         mf.ManifestWriter.append = append
-        run_to_completion(batch.run_batch({random_model!r}, {str(inp)!r}, {str(out)!r}, workers=0, device="cpu"))
+        run_to_completion(iter_run_batch({random_model!r}, {str(inp)!r}, {str(out)!r}, workers=0, device="cpu"))
     """)
 
     rows = read_manifest(out / "manifest.csv")
@@ -228,7 +226,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
     assert finals == sorted(["a_labels.tif", "a_objects.csv", "manifest.csv", *done_b[target]])
     assert all(".tmp-" in n for n in hidden_leftovers(out))
 
-    events, summary = drive(run_batch(random_model, str(inp), str(out), workers=0, device="cpu",
+    events, summary = drive(iter_run_batch(random_model, str(inp), str(out), workers=0, device="cpu",
                                       skip_existing=True))
     assert [e.status for e in events] == ["skipped", "ok", "ok"]
     assert (summary.ok, summary.skipped, summary.failed) == (2, 1, 0)
@@ -258,7 +256,7 @@ def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, 
         return real_forward(lm, chw, compact=compact)
 
     monkeypatch.setattr(forward_module, "_forward", counting_forward)
-    events, summary = drive(run_batch(random_model, str(inp), str(out), workers=0, device="cpu", stop=stop))
+    events, summary = drive(iter_run_batch(random_model, str(inp), str(out), workers=0, device="cpu", stop=stop))
 
     assert calls == [False, False], "forward passes ran after stop was set"
     assert [(e.path.split("/")[-1], e.status) for e in events] == [("a.tif", "ok")]
@@ -324,12 +322,12 @@ def test_malformed_checkpoint_is_an_input_error(tmp_path, payload, message):
 def test_channel_count_mismatch_is_refused_before_predicting(tmp_path, weights_channels, image_shape, axes):
     spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=weights_channels, n_classes=2)
     lm = load_model(_save(tmp_path / "m.pt", spec), "cpu")
-    gen = predict_image(lm, np.ones(image_shape, np.uint16), axes)
+    gen = iter_predict_image(lm, np.ones(image_shape, np.uint16), axes)
     with pytest.raises(InputError, match=f"trained on {weights_channels}-channel images"):
         next(gen)
 
 
-# ----------------------------------------------------------------------------- labels through train()
+# ----------------------------------------------------------------------------- labels through iter_train()
 
 
 def _labels_case(case: str, instances: np.ndarray) -> np.ndarray:
@@ -353,7 +351,7 @@ def test_training_refuses_bad_labels_before_any_step(tmp_path, case, message):
     out = tmp_path / "m.pt"
     cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=1, steps_per_epoch=2, patch=64,
                       batch_size=2, device="cpu", model_out=str(out))
-    gen = train([img], [_labels_case(case, inst)], cfg)
+    gen = iter_train([img], [_labels_case(case, inst)], cfg)
     seen = []
     with pytest.raises(InputError, match=message):
         for ev in gen:

@@ -101,7 +101,7 @@ def test_batch_on_a_dask_cluster(model, tmp_path):
         import sys
 
         tops = {name.split(".")[0] for name in sys.modules}
-        return sorted(tops & set(gui_packages)), "napari_seglab.core.batch_task" in sys.modules
+        return sorted(tops & set(gui_packages)), "napari_seglab.core.batch._task" in sys.modules
 
     image = tifffile.imread(packaged_sample("nuclei_test.tif", tmp_path))
     inputs, outputs = tmp_path / "in", tmp_path / "out"

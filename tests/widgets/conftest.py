@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from widget_helpers import TINY
 
-from napari_seglab.core.predict import run_to_completion
+from napari_seglab.core.events import run_to_completion
 from napari_seglab.core.synthetic import make_nuclei, make_scribbles
-from napari_seglab.core.train import TrainConfig, train
+from napari_seglab.core.train import TrainConfig, iter_train
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_nuclei):
     image, _instances, scribbles = tiny_nuclei
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     config = TrainConfig(epochs=1, steps_per_epoch=3, model_out=str(path), save_last=False, **TINY)
-    run_to_completion(train([image], [scribbles], config))
+    run_to_completion(iter_train([image], [scribbles], config))
     return path
 
 

@@ -2,7 +2,7 @@
 
 from widget_helpers import dock
 
-from napari_seglab.core.options import BatchOptions, PredictOptions
+from napari_seglab.core.predict import BatchOptions, PredictOptions
 from napari_seglab.core.settings import settings_of
 
 

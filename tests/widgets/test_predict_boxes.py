@@ -9,9 +9,7 @@ import pytest
 import torch
 from widget_helpers import WAIT_MS, click, dock
 
-from napari_seglab.core.checkpoint import save_checkpoint
-from napari_seglab.core.metadata import CheckpointMeta
-from napari_seglab.core.models import ModelSpec, build_model
+from napari_seglab.core.models import CheckpointMeta, ModelSpec, build_model, save_checkpoint
 
 
 @pytest.fixture

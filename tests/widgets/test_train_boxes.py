@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from boxfamily import NAME, bright_squares, register
 from widget_helpers import WAIT_MS, click, dock
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-from boxfamily import NAME, bright_squares, register  # noqa: E402
-
-from napari_seglab._widgets._train_job import area_from_shapes, shapes_rows  # noqa: E402
-from napari_seglab.core.models import FAMILIES  # noqa: E402
+from napari_seglab._widgets._train_job import area_from_shapes, shapes_rows
+from napari_seglab.core.models import FAMILIES
 
 SCALE, TRANSLATE = (0.5, 0.5), (3.0, 4.0)
 

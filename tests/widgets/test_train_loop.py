@@ -8,8 +8,8 @@ import numpy as np
 from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
 
 from napari_seglab._widgets import train as train_module
-from napari_seglab.core.checkpoint import load_checkpoint
 from napari_seglab.core.data import scaled_shape
+from napari_seglab.core.models import load_checkpoint
 
 
 def _config_of(path: Path) -> dict:

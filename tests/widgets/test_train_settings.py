@@ -3,7 +3,8 @@
 import pytest
 from widget_helpers import dock
 
-from napari_seglab.core.config import DIAMETER, SettingError, TrainConfig, settings_of
+from napari_seglab.core.settings import SettingError, settings_of
+from napari_seglab.core.train import DIAMETER, TrainConfig
 
 SETTINGS = settings_of(TrainConfig)
 

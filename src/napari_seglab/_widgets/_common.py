@@ -13,7 +13,6 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, 
 
 from .._layers import ROLE
 from ..core.errors import InputError
-from ..core.events import relay  # noqa: F401 - the docks relay core events through it
 from ..core.labels import compact_labels as _compact_labels
 from ._layout import Tabs  # noqa: F401 - re-exported for the docks
 from ._worker import error_text, report_error

@@ -13,10 +13,10 @@ import threading
 import numpy as np
 
 from .._layers import labels_from_layer
-from ..core.box_eval import box_scores_by_plane
-from ..core.boxes import check_box, label_box_rows, rows_from_rectangles
 from ..core.errors import InputError
+from ..core.evaluate import box_scores_by_plane
 from ..core.events import Message
+from ..core.labels import check_box, label_box_rows, rows_from_rectangles
 
 #: the table's rows: (name, key in the scores, is a count)
 BOX_ROWS = (("AP@0.5", "ap50", False), ("AP@0.75", "ap75", False), ("AP@[.5:.95]", "ap", False),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..core.metadata import CheckpointMeta
+    from ..core.models import CheckpointMeta
 
 #: the default folder of models trained in the Train dock
 MODELS_DIR = Path.home() / "seglab_models"

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.boxes import rows_from_rectangles
-from ..core.config import ResolvedTrainConfig, TrainConfig
 from ..core.errors import InputError
 from ..core.events import Message, Preview
-from ..core.predict import Prediction, load_model, predict_image
-from ..core.train import TrainResult, train
-from ..core.uncertainty import paint_next
+from ..core.labels import rows_from_rectangles
+from ..core.objects import paint_next
+from ..core.predict import Prediction, iter_predict_image, load_model
+from ..core.train import ResolvedTrainConfig, TrainConfig, TrainResult, iter_train
 from . import _common as ui
 from ._models import Verdict, judge
 
@@ -159,7 +158,7 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
     try:
         result: TrainResult = yield from ui.relay(
-            train(images, labels, config, boxes=boxes, axes=axes, stop=stop, preview_plane=preview_plane), _light)
+            iter_train(images, labels, config, boxes=boxes, axes=axes, stop=stop, preview_plane=preview_plane), _light)
     except InputError as exc:
         raise InputError(name_layers(str(exc), names)) from exc
     verdict = Verdict(keep_new=True)
@@ -170,7 +169,7 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     stop.clear()
     yield Message("predicting the image with the " + ("trained model" if verdict.keep_new else "earlier model"))
     model = load_model(result.checkpoint if verdict.keep_new else start[0], config.device)
-    prediction = yield from predict_image(model, images[0], axes[0], probabilities=True, stop=stop)
+    prediction = yield from iter_predict_image(model, images[0], axes[0], probabilities=True, stop=stop)
     if prediction.stopped:
         return TrainOutcome(result, verdict=verdict)
     extras = None if prediction.probabilities is None else paint_next(prediction.probabilities, plane, SUGGESTIONS)

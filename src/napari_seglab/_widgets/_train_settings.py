@@ -1,6 +1,6 @@
 """The Train dock's settings: controls built from TrainConfig's declarations, and the TrainConfig they describe.
 
-Tooltips, ranges and choices come from the :class:`~napari_seglab.core.config.Setting`
+Tooltips, ranges and choices come from the :class:`~napari_seglab.core.settings.Setting`
 of each field, the same text ``seglab train --help`` prints; the core's
 ``check()`` judges the values, so the dock and the CLI refuse the same things.
 """
@@ -14,20 +14,13 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image, Labels, Shapes
 
 from .._colors import apply_colors, legend_html
-from ..core.config import (
-    DEFAULT_TIME_LIMIT,
-    DIAMETER,
-    SettingError,
-    TrainConfig,
-    field_default,
-    settings_of,
-)
-from ..core.data import Normalization, scale_for, to_chw
+from ..core.data import Normalization, estimate_scale, scale_for, target_diameter, to_chw
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.labels import LABEL_MODES, get_mode
 from ..core.models import DEFAULT_FAMILY, FAMILIES, get_family
-from ..core.scale import estimate_scale, target_diameter
+from ..core.settings import SettingError, field_default, settings_of
+from ..core.train import DEFAULT_TIME_LIMIT, DIAMETER, TrainConfig
 from . import _common as ui
 from ._models import MODELS_DIR, folder_note
 from ._train_job import auto_number

@@ -12,7 +12,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import FileDone, Message
-from ..core.options import BatchOptions
+from ..core.predict import BatchOptions
 from ..core.settings import settings_of
 from . import _common as ui
 from . import _layout
@@ -37,12 +37,12 @@ def failure_lines(failures: list[FileDone], limit: int = MAX_FAILURES_SHOWN) -> 
 
 
 def batch_job(options: dict, stop: threading.Event):
-    """Run :func:`napari_seglab.core.batch.run_batch` with ``options``; returns its summary."""
+    """Run :func:`napari_seglab.core.batch.iter_run_batch` with ``options``; returns its summary."""
     try:
-        from ..core.batch import run_batch  # imported here: the widget opens even without it
+        from ..core.batch import iter_run_batch
     except ImportError as exc:
         raise InputError(f"batch processing is unavailable in this installation ({exc})") from exc
-    return (yield from run_batch(**options, stop=stop))
+    return (yield from iter_run_batch(**options, stop=stop))
 
 
 def labels_output(done: FileDone) -> str | None:
@@ -112,7 +112,7 @@ class BatchWidget(Container):
         return self._slot.busy
 
     def batch_options(self) -> dict:
-        """Keyword arguments for ``run_batch`` from the controls (InputError when incomplete)."""
+        """Keyword arguments for ``iter_run_batch`` from the controls (InputError when incomplete)."""
         input_dir, output_dir, model = (ui.path_or_none(w) for w in (self._input, self._output, self._model))
         if input_dir is None or not input_dir.is_dir():
             raise InputError("choose an existing input folder")

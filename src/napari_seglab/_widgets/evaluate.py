@@ -12,8 +12,8 @@ from napari.layers import Labels, Shapes
 from .. import _layers
 from .._layers import ROLE
 from ..core.errors import InputError
+from ..core.evaluate import match_instances
 from ..core.events import Message
-from ..core.metrics import match_instances
 from . import _common as ui
 from . import _evaluate_boxes as boxes
 from . import _layout

@@ -15,15 +15,22 @@ from qtpy.QtCore import QTimer
 
 from .. import _layers
 from .._colors import prediction_kind
-from ..core.checkpoint import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.device import DEVICES
 from ..core.errors import InputError
 from ..core.events import Message, TileDone
-from ..core.options import PredictOptions
-from ..core.predict import LoadedModel, Prediction, iter_predict_image, load_model
+from ..core.models import Checkpoint, describe_checkpoint, load_checkpoint
+from ..core.objects import paint_next
+from ..core.predict import (
+    STOCK,
+    LoadedModel,
+    Prediction,
+    PredictOptions,
+    iter_predict_image,
+    load_model,
+    stock_available,
+    stock_meta,
+)
 from ..core.settings import settings_of
-from ..core.stock import STOCK, stock_available, stock_meta
-from ..core.uncertainty import paint_next
 from . import _common as ui
 from . import _layout
 from ._worker import JobSlot, error_text, stop_on_destroy
@@ -57,7 +64,7 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     if cached is not None:
         model = cached
     elif str(checkpoint.path).startswith("stock:"):
-        from ..core.stock import load_stock
+        from ..core.predict import load_stock
 
         model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
                            in_channels=checkpoint.spec.in_channels)

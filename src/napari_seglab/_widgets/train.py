@@ -11,13 +11,12 @@ from magicgui.widgets import Container, PushButton
 
 from .. import _layers
 from .._colors import apply_colors, prediction_kind
-from ..core.config import ResolvedTrainConfig
 from ..core.device import pick_device
 from ..core.errors import InputError
 from ..core.events import CheckpointSaved, EpochEnd, Message, Preview, TileDone, TrainStep
 from ..core.labels import get_mode
 from ..core.models import get_family
-from ..core.train import TrainResult
+from ..core.train import ResolvedTrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
 from ._models import (

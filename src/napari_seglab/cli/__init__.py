@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message) -> None:
-    from ..core.config import SettingError
+    from ..core.settings import SettingError
 
     if isinstance(message, SettingError):  # name the option as well as the setting
         message = message.with_flag()

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
     p.add_argument("--input-dir", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="folder for the results")
-    from ..core.options import BatchOptions
+    from ..core.predict import BatchOptions
 
     add_settings(p, BatchOptions, OPTIONS[:4])
     p.add_argument("--no-measurements", action="store_true", help="skip the per-object measurements CSV")
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="address of a running Dask scheduler whose workers see the same paths")
     add_settings(p, BatchOptions, OPTIONS[4:])
-    from ..core.options import PredictOptions
+    from ..core.predict import PredictOptions
 
     add_settings(p, PredictOptions, ("score_threshold",))
 
@@ -49,13 +49,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     check_input(args.model, "--model", "a checkpoint file")
     check_output_folder(args.output_dir)
     check_pattern(args.pattern)
-    from ..core.options import BatchOptions
+    from ..core.predict import BatchOptions
 
     options_from_args(args, BatchOptions, (*OPTIONS, "workers"))
-    from ..core.options import PredictOptions
+    from ..core.predict import PredictOptions
 
     options_from_args(args, PredictOptions, ("score_threshold",))
-    from ..core.batch import run_batch
+    from ..core.batch import iter_run_batch
 
     status = Status()
     done = 0
@@ -73,7 +73,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         elif isinstance(event, Message):
             status.message(event)
 
-    summary = drive(run_batch(args.model, args.input_dir, args.output_dir, pattern=args.pattern,
+    summary = drive(iter_run_batch(args.model, args.input_dir, args.output_dir, pattern=args.pattern,
                               recursive=args.recursive, probabilities=args.probabilities,
                               measurements=not args.no_measurements, skip_existing=args.skip_existing,
                               workers=args.workers, scheduler=args.scheduler, device=args.device,

@@ -145,10 +145,10 @@ def add_settings(parser: argparse.ArgumentParser, cls, names, *, required=()) ->
     """One option per field ``names`` of settings dataclass ``cls``, from the fields' Setting metadata.
 
     Help, metavar, type and default come from the declaration (see
-    :mod:`napari_seglab.core.config`); ranges and choices are checked by the
+    :mod:`napari_seglab.core.train._config`); ranges and choices are checked by the
     core's ``check()``, so an out-of-range value gets the core's message.
     """
-    from ..core.config import field_default, settings_of
+    from ..core.settings import field_default, settings_of
 
     declared = settings_of(cls)
     for name in names:

@@ -40,8 +40,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_json_output(args, [args.pred, args.truth])
     check_tiff(args.pred, "--pred")
     check_tiff(args.truth, "--truth")
+    from ..core.evaluate import match_instances
     from ..core.io import read_labels
-    from ..core.metrics import match_instances
 
     pred, truth = read_labels(args.pred), read_labels(args.truth)
     if pred.shape != truth.shape:
@@ -74,8 +74,8 @@ def _truth_rows_from_labels(path: str) -> list[dict]:
     """Each object's box of an instance labels TIFF (planes of a stack tagged like predict's boxes CSV)."""
     import numpy as np
 
-    from ..core.boxes import label_box_rows
     from ..core.io import read_labels
+    from ..core.labels import label_box_rows
 
     check_tiff(path, "--truth")
     labels = read_labels(path)
@@ -91,8 +91,8 @@ def _evaluate_boxes(args: argparse.Namespace) -> int:
     inputs = [p for p in (args.pred_boxes, args.truth_boxes, args.truth) if p is not None]
     _check_json_output(args, inputs)
     check_input(args.pred_boxes, "--pred-boxes", "a boxes CSV file")
-    from ..core.box_eval import box_scores_by_plane
-    from ..core.boxes import read_boxes_csv
+    from ..core.evaluate import box_scores_by_plane
+    from ..core.labels import read_boxes_csv
 
     pred = read_boxes_csv(args.pred_boxes)
     if args.truth_boxes is not None:
@@ -139,8 +139,7 @@ def _check_json_output(args: argparse.Namespace, inputs: list[str]) -> None:
 
 
 def _write_json(path: str, doc: dict, inputs: list[str]) -> None:
-    from ..core.atomic import atomic_path
-    from ..core.paths import ensure_not_input
+    from ..core.io import atomic_path, ensure_not_input
 
     ensure_not_input(path, inputs)
     with atomic_path(path) as tmp:
@@ -156,7 +155,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     check_input(args.model, "--model", "a checkpoint file")
     check_output(args.out, [args.model], "--out")
-    from ..core.export import export_model
+    from ..core.models import export_model
 
     path = export_model(args.model, args.format, args.out, protect=(args.model,))
     print(f"exported {args.format} model to {path}")
@@ -169,7 +168,7 @@ def add_info_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     check_input(args.checkpoint, "", "a checkpoint file")
-    from ..core.checkpoint import describe_checkpoint, load_checkpoint
+    from ..core.models import describe_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     doc = {"path": str(args.checkpoint), "description": describe_checkpoint(ckpt), "meta": ckpt.meta}

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "detections at or above --score-threshold)")
     p.add_argument("--boxes-from-labels", action="store_true",
                    help="derive the boxes from the predicted labels (score 1.0); always so for unet/fcn")
-    from ..core.options import PredictOptions
+    from ..core.predict import PredictOptions
 
     add_settings(p, PredictOptions, OPTIONS)
 
@@ -57,7 +57,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         check_output(path, protect, flag)
     if args.boxes_from_labels and not args.boxes:
         raise InputError("--boxes-from-labels needs --boxes BOXES.csv to write them to")
-    from ..core.options import PredictOptions
+    from ..core.predict import PredictOptions
 
     options_from_args(args, PredictOptions, OPTIONS)
     return protect
@@ -69,7 +69,7 @@ def _load(args: argparse.Namespace):
     from ..core.predict import load_model
 
     if args.model.startswith("stock:"):
-        from ..core.stock import load_stock
+        from ..core.predict import load_stock
 
         image = read_image(args.input)
         model = load_stock(args.model.removeprefix("stock:"), args.device,
@@ -100,11 +100,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..core.boxes import BOX_COLUMNS, label_box_rows
     from ..core.events import Message, TileDone
     from ..core.io import restore_singletons, write_csv, write_tiff
-    from ..core.labels import compact_labels
-    from ..core.predict import predict_image
+    from ..core.labels import BOX_COLUMNS, compact_labels, label_box_rows
+    from ..core.predict import iter_predict_image
 
     model, image = _load(args)
     status = Status()
@@ -118,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif isinstance(event, Message):
             status.message(event)
 
-    pred = drive(predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
+    pred = drive(iter_predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
                                probabilities=bool(args.probabilities), split_instances=args.split_instances,
                                score_threshold=args.score_threshold, tta=args.tta), handle)
     status.line(f"predicted {args.input} ({pred.kind})")

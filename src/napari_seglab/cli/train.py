@@ -1,4 +1,4 @@
-"""``seglab train``: options built from :class:`~napari_seglab.core.config.TrainConfig`'s declarations."""
+"""``seglab train``: options built from :class:`~napari_seglab.core.train.TrainConfig`'s declarations."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "in
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.config import DIAMETER, TrainConfig
+    from ..core.train import DIAMETER, TrainConfig
 
     p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
                    help="training image (repeat for several)")
@@ -37,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the options describe, resolved for the device asked for (checked once, in the core)."""
-    from ..core.config import DIAMETER, SettingError, TrainConfig
-    from ..core.data import scale_for
+    from ..core.data import scale_for, target_diameter
     from ..core.device import pick_device
-    from ..core.scale import target_diameter
+    from ..core.settings import SettingError
+    from ..core.train import DIAMETER, TrainConfig
 
     values = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
     if str(values.get("pretrained", "")).lower() == "none":
@@ -95,9 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_input(args.pretrained, "--pretrained", "a weights file")
     config = config_from_args(args)
 
-    from ..core import train as core_train
-    from ..core.boxes import read_boxes_csv
     from ..core.io import read_image, read_labels
+    from ..core.labels import read_boxes_csv
+    from ..core.train import iter_train
 
     boxes = [read_boxes_csv(b) for b in args.boxes] if args.boxes else None
     images = [read_image(p) for p in args.image]
@@ -106,8 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     status = Status()
     saved: list[str] = []
     try:
-        result = drive(core_train.train([i.data for i in images], labels, config, boxes=boxes,
-                                        axes=[i.axes for i in images]),
+        result = drive(iter_train([i.data for i in images], labels, config, boxes=boxes,
+                                 axes=[i.axes for i in images]),
                        _progress(status, saved, f"/{config.epochs}" if config.epochs else "",
                                  "val AP@0.5" if boxes is not None or _box_family(config.family) else "val Dice"))
     except KeyboardInterrupt:

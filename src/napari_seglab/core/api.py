@@ -2,7 +2,7 @@
 
 Each long core function is a generator of progress events (so one function
 drives a napari worker, the CLI and the tests); its twin here runs it to the
-end with :func:`~.events.drive` and returns the result, so a script never
+end with :func:`~napari_seglab.core.events.drive` and returns the result, so a script never
 handles generator plumbing (``api`` being this module)::
 
     prediction = api.predict_image(api.load_model("m.pt"), api.read_image("cells.tif").data)
@@ -10,8 +10,8 @@ handles generator plumbing (``api`` being this module)::
 Every twin takes ``on_event`` (called with each event: ``print`` shows
 progress) and ``stop`` (a :class:`threading.Event` that ends the work early,
 as the generator would). The generators themselves:
-:func:`.predict.iter_predict_image`, :func:`.batch.run_batch`,
-:func:`.train.train`.
+:func:`~napari_seglab.core.predict._image.iter_predict_image`, :func:`~napari_seglab.core.batch._run.run_batch`,
+:func:`~napari_seglab.core.train._train.train`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ OnEvent = Callable[[Any], object] | None
 
 def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *, on_event: OnEvent = None,
                   **options) -> Prediction:
-    """Predict ``image`` with a loaded model and return the :class:`~.predict.Prediction`.
+    """Predict ``image`` with a loaded model and return the :class:`~napari_seglab.core.predict._image.Prediction`.
 
-    ``options`` are those of :func:`.predict.iter_predict_image`: ``tile``,
+    ``options`` are those of :func:`~napari_seglab.core.predict._image.iter_predict_image`: ``tile``,
     ``overlap`` (in [0, 1)), ``planes``, ``probabilities``,
     ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``, ``tta``.
     """
@@ -45,14 +45,14 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):
-    """Predict every TIFF of a folder and return the :class:`~.batch.BatchSummary`.
+    """Predict every TIFF of a folder and return the :class:`~napari_seglab.core.batch._run.BatchSummary`.
 
-    ``options`` are those of :func:`.batch.run_batch` (``pattern``,
+    ``options`` are those of :func:`~napari_seglab.core.batch._run.run_batch` (``pattern``,
     ``recursive``, ``probabilities``, ``skip_existing``, ``workers``,
     ``scheduler``, ``device``, ``tile``, ``overlap``, ``stop``...); pass
     ``on_event=print`` to see each file as it finishes.
     """
-    from .batch import run_batch as iter_batch
+    from .batch import iter_run_batch as iter_batch
 
     return drive(iter_batch(model, input_dir, output_dir, **options), on_event)
 
@@ -61,12 +61,12 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None] | No
           boxes: Sequence[Sequence[dict] | None] | None = None, on_event: OnEvent = None, **options):
     """Train a model and return the training result (its ``checkpoint`` holds the metadata and metrics).
 
-    ``config`` is a :class:`~.train.TrainConfig`; ``options`` are those of
-    :func:`.train.train` (``axes``, ``stop``...). Box detectors take
+    ``config`` is a :class:`~napari_seglab.core.train._train.TrainConfig`; ``options`` are those of
+    :func:`~napari_seglab.core.train._train.train` (``axes``, ``stop``...). Box detectors take
     ``boxes``: per image a list of box rows (e.g. from
-    :func:`.boxes.read_boxes_csv`), with ``label_mode="boxes"``; ``labels``
+    :func:`~napari_seglab.core.labels._boxes.read_boxes_csv`), with ``label_mode="boxes"``; ``labels``
     then marks the annotated area, or is None for whole images.
     """
-    from .train import train as iter_train
+    from .train import iter_train
 
     return drive(iter_train(images, labels, config, boxes=boxes, **options), on_event)

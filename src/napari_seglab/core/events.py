@@ -4,7 +4,7 @@ A core function that runs long (training, tiled prediction, batch jobs) is a
 generator: it yields these small frozen dataclasses and returns its result.
 The same generator drives a napari thread worker, the CLI progress display and
 the tests; :func:`drive` runs one to its end (the blocking twins in
-:mod:`.api` are built on it). Every level speaks this protocol: a tiled plane
+:mod:`napari_seglab.core.api` are built on it). Every level speaks this protocol: a tiled plane
 yields :class:`TileDone`, a whole image re-yields them with its plane index,
 a batch yields :class:`FileDone`. A generator whose ``stop`` event was set
 raises :class:`Stopped` below the level that owns a partial result.
@@ -119,8 +119,8 @@ class Stopped(Exception):  # noqa: N818 - a signal, not an error
     """A core generator's ``stop`` event was set: it ends by raising this instead of returning a value.
 
     Raised by the inner steps (a plane, a tile loop); the function that owns a
-    partial result (:func:`~napari_seglab.core.predict.predict_image`,
-    :func:`~napari_seglab.core.batch.run_batch`) catches it and returns what
+    partial result (:func:`~napari_seglab.core.predict.iter_predict_image`,
+    :func:`~napari_seglab.core.batch.iter_run_batch`) catches it and returns what
     is done, marked as stopped.
     """
 

@@ -1,6 +1,6 @@
 """Settings declared once: a :class:`Setting` per dataclass field, read by the core, the CLI and the docks.
 
-A settings dataclass (see :class:`.config.TrainConfig`) declares each field
+A settings dataclass (see :class:`~napari_seglab.core.train._config.TrainConfig`) declares each field
 with :func:`setting`; its metadata holds the help text, the range or choices,
 what "auto" (None) means, the unit and the command-line flag. The CLI builds
 its argparse options from it, the docks their tooltips and ranges, and the

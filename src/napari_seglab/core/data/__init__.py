@@ -1,0 +1,33 @@
+"""What a network sees: normalisation, object scale, training samples, patches and augmentation.
+
+Modules: ``_samples`` (normalisation, samples, patch sampling, augmentation), ``_box_patches``
+(the same geometry applied to box arrays), ``_scale`` (object size of strokes and objects).
+"""
+
+from ._box_patches import MIN_VISIBLE, clip_boxes, empty_boxes, transform_boxes, zoom_boxes
+from ._samples import (
+    MIN_STROKES_FOR_HOLDOUT,
+    TARGET_DIAMETER,
+    Normalization,
+    PatchSampler,
+    Sample,
+    check_scale,
+    median_diameter,
+    normalize,
+    percentiles,
+    resample_image,
+    resample_labels,
+    scale_for,
+    scaled_shape,
+    split_validation,
+    to_chw,
+)
+from ._scale import STROKE_TARGET_DIAMETER, estimate_scale, stroke_diameter, target_diameter
+
+__all__ = [
+    "MIN_STROKES_FOR_HOLDOUT", "MIN_VISIBLE", "Normalization", "PatchSampler",
+    "STROKE_TARGET_DIAMETER", "Sample", "TARGET_DIAMETER", "check_scale", "clip_boxes",
+    "empty_boxes", "estimate_scale", "median_diameter", "normalize", "percentiles",
+    "resample_image", "resample_labels", "scale_for", "scaled_shape", "split_validation",
+    "stroke_diameter", "target_diameter", "to_chw", "transform_boxes", "zoom_boxes",
+]

@@ -1,0 +1,344 @@
+"""Segmentation quality: Dice, IoU and instance matching.
+
+Instance scores follow the DSB2018 / StarDist convention: at an IoU threshold
+``t``, a predicted object and a true object match when their IoU is at least
+``t`` (one-to-one, the assignment that matches the most pairs), and
+``ap = TP / (TP + FP + FN)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linear_sum_assignment
+
+from ..errors import InputError
+
+
+def _same_shape(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred)
+    truth = np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise InputError(f"prediction shape {pred.shape} does not match truth shape {truth.shape}.")
+    return pred, truth
+
+
+def _overlap_counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int]:
+    """Intersection, |p| and |t| of two boolean masks."""
+    inter = int(np.count_nonzero(p & t))
+    return inter, int(np.count_nonzero(p)), int(np.count_nonzero(t))
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice coefficient of the foregrounds (value > 0) of two arrays.
+
+    Parameters
+    ----------
+    pred, truth : arrays of the same shape, any numeric dtype
+        Pixels > 0 are foreground.
+
+    Returns
+    -------
+    float
+        ``2 |P & T| / (|P| + |T|)``; 1.0 when both are empty.
+    """
+    pred, truth = _same_shape(pred, truth)
+    inter, np_, nt = _overlap_counts(pred > 0, truth > 0)
+    return 1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union (Jaccard) of the foregrounds (value > 0).
+
+    Parameters
+    ----------
+    pred, truth : arrays of the same shape, any numeric dtype
+        Pixels > 0 are foreground.
+
+    Returns
+    -------
+    float
+        ``|P & T| / |P | T|``; 1.0 when both are empty.
+    """
+    pred, truth = _same_shape(pred, truth)
+    inter, np_, nt = _overlap_counts(pred > 0, truth > 0)
+    union = np_ + nt - inter
+    return 1.0 if union == 0 else inter / union
+
+
+def per_class_dice(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    n_classes: int,
+    ignore: int | np.ndarray | None = None,
+) -> list[float]:
+    """Dice of each class ``0 .. n_classes - 1`` of a class map.
+
+    Parameters
+    ----------
+    pred, truth : int arrays of the same shape
+        Class ids per pixel.
+    n_classes : int
+        Number of classes scored (class 0 included).
+    ignore : None, int or bool array
+        Pixels left out of every score: an int is a value of ``truth`` to skip
+        (for example an "unlabelled" id); a bool array of the same shape marks
+        skipped pixels with True.
+
+    Returns
+    -------
+    list of float, length ``n_classes``
+        1.0 for a class absent from both.
+    """
+    pred, truth = _same_shape(pred, truth)
+    if n_classes < 1:
+        raise InputError(f"n_classes must be at least 1, got {n_classes}.")
+    if ignore is None:
+        keep = None
+    elif isinstance(ignore, (int, np.integer)):
+        keep = truth != ignore
+    else:
+        ignore_mask = np.asarray(ignore)
+        if ignore_mask.shape != truth.shape:
+            raise InputError(
+                f"ignore mask shape {ignore_mask.shape} does not match truth shape {truth.shape}."
+            )
+        keep = ~ignore_mask.astype(bool)
+    if keep is not None:
+        pred, truth = pred[keep], truth[keep]
+    scores = []
+    for c in range(int(n_classes)):
+        inter, np_, nt = _overlap_counts(pred == c, truth == c)
+        scores.append(1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt))
+    return scores
+
+
+def _check_labels(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{name} must be an integer label image, got dtype {arr.dtype}.")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{name} must not contain negative labels.")
+    return arr
+
+
+def _iou_pairs(pred: np.ndarray, truth: np.ndarray):
+    """IoU of every overlapping (pred, truth) object pair, from a sparse contingency table.
+
+    Returns (n_pred, n_true, rows, cols, ious) with rows / cols indexing the
+    objects 0..n-1 in ascending label order.
+    """
+    p_ids, p_idx = np.unique(pred.ravel(), return_inverse=True)
+    t_ids, t_idx = np.unique(truth.ravel(), return_inverse=True)
+    # Shift so that index 0 always means background, whether or not 0 occurs.
+    p_shift = 0 if p_ids[0] == 0 else 1
+    t_shift = 0 if t_ids[0] == 0 else 1
+    p_idx = p_idx.ravel() + p_shift
+    t_idx = t_idx.ravel() + t_shift
+    n_pred = len(p_ids) + p_shift - 1
+    n_true = len(t_ids) + t_shift - 1
+    table = sparse.coo_matrix(
+        (np.ones(p_idx.size, np.int64), (p_idx, t_idx)), shape=(n_pred + 1, n_true + 1)
+    ).tocsr()
+    p_area = np.asarray(table.sum(axis=1)).ravel()
+    t_area = np.asarray(table.sum(axis=0)).ravel()
+    coo = table.tocoo()
+    both = (coo.row > 0) & (coo.col > 0)
+    rows, cols, inter = coo.row[both], coo.col[both], coo.data[both].astype(np.float64)
+    ious = inter / (p_area[rows] + t_area[cols] - inter)
+    return n_pred, n_true, rows - 1, cols - 1, ious
+
+
+def _match_count(rows: np.ndarray, cols: np.ndarray, ious: np.ndarray) -> tuple[int, float]:
+    """Largest one-to-one matching among candidate pairs; returns (count, sum of IoU)."""
+    if rows.size == 0:
+        return 0, 0.0
+    row_n = np.bincount(rows)
+    col_n = np.bincount(cols)
+    lone = (row_n[rows] == 1) & (col_n[cols] == 1)
+    count = int(lone.sum())
+    total = float(ious[lone].sum())
+    rest = ~lone
+    if rest.any():
+        # Pairs that share an object: solve that small part exactly. The cost
+        # rewards each match by 1 and breaks ties by IoU (sum < 1 over all pairs).
+        r_ids, r = np.unique(rows[rest], return_inverse=True)
+        c_ids, c = np.unique(cols[rest], return_inverse=True)
+        weight = np.zeros((len(r_ids), len(c_ids)))
+        eps = 1.0 / (2.0 * (min(len(r_ids), len(c_ids)) + 1))
+        weight[r, c] = 1.0 + eps * ious[rest]
+        ri, ci = linear_sum_assignment(weight, maximize=True)
+        chosen = weight[ri, ci] > 0
+        count += int(chosen.sum())
+        total += float(((weight[ri, ci][chosen] - 1.0) / eps).sum())
+    return count, total
+
+
+def _key(t: float) -> str:
+    return f"{t * 100:g}".replace(".", "p")
+
+
+def _ratio(num: float, den: float, empty: float) -> float:
+    return empty if den == 0 else num / den
+
+
+def match_instances(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = (0.5, 0.75, 0.9),
+) -> dict:
+    """Match predicted objects to true objects and score them at IoU thresholds.
+
+    Parameters
+    ----------
+    pred, truth : int arrays of the same shape ((Y, X) or nD, any int dtype)
+        Instance label images, 0 = background; ids need not be consecutive.
+    thresholds : sequence of float in (0, 1]
+        IoU thresholds.
+
+    Returns
+    -------
+    dict (JSON-friendly, plain Python numbers)
+        ``n_pred``, ``n_true``, ``dice``, ``iou`` (foreground), ``thresholds``,
+        ``mean_matched_iou`` (at the first threshold), and per threshold ``t``
+        with suffix ``S = 100 t`` (``50``, ``75``; ``0.55`` -> ``55``,
+        ``0.505`` -> ``50p5``): ``apS``, ``tp_S``, ``fp_S``, ``fn_S``,
+        ``precision_S``, ``recall_S``, ``f1_S``, ``mean_matched_iou_S``.
+        With no predictions precision is 0 (1 when there are no true objects
+        either); the same rule holds for recall, f1 and ap.
+    """
+    pred, truth = _same_shape(pred, truth)
+    pred = _check_labels(pred, "prediction")
+    truth = _check_labels(truth, "truth")
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
+        raise InputError(f"thresholds must lie in (0, 1], got {thresholds}.")
+
+    n_pred, n_true, rows, cols, ious = _iou_pairs(pred, truth)
+    both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
+    result: dict = {
+        "n_pred": int(n_pred),
+        "n_true": int(n_true),
+        "dice": dice(pred, truth),
+        "iou": iou(pred, truth),
+        "thresholds": thresholds,
+    }
+    for i, t in enumerate(thresholds):
+        ok = ious >= t
+        tp, iou_sum = _match_count(rows[ok], cols[ok], ious[ok])
+        fp, fn = n_pred - tp, n_true - tp
+        s = _key(t)
+        mean_iou = _ratio(iou_sum, tp, 0.0)
+        result[f"ap{s}"] = _ratio(tp, tp + fp + fn, both_empty)
+        result[f"tp_{s}"] = tp
+        result[f"fp_{s}"] = fp
+        result[f"fn_{s}"] = fn
+        result[f"precision_{s}"] = _ratio(tp, tp + fp, both_empty)
+        result[f"recall_{s}"] = _ratio(tp, tp + fn, both_empty)
+        result[f"f1_{s}"] = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
+        result[f"mean_matched_iou_{s}"] = mean_iou
+        if i == 0:
+            result["mean_matched_iou"] = mean_iou
+    return result
+
+
+# ----------------------------------------------------------------------------- boxes
+
+#: the IoU thresholds of COCO's AP@[.5:.95]
+COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of boxes ``a`` (N, >=4) and ``b`` (M, >=4), columns y0, x0, y1, x1 (pixel edges)."""
+    a, b = _corners(a), _corners(b)
+    top = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _corners(boxes) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64)
+    return boxes.reshape(-1, boxes.shape[-1] if boxes.ndim == 2 else 4)[:, :4]
+
+
+def _greedy_matches(ious: np.ndarray, threshold: float) -> np.ndarray:
+    """For predictions in score order, whether each matches a still unmatched true box at ``threshold``
+    (the best-IoU one), as COCO and PASCAL VOC match detections."""
+    taken = np.zeros(ious.shape[1], bool)
+    hit = np.zeros(ious.shape[0], bool)
+    for i in range(ious.shape[0]):
+        free = np.where(taken, -1.0, ious[i])
+        j = int(np.argmax(free)) if free.size else -1
+        if j >= 0 and free[j] >= threshold:
+            taken[j] = hit[i] = True
+    return hit
+
+
+def _average_precision(hit: np.ndarray, n_true: int) -> float:
+    """Area under the precision/recall curve of score-ordered hits (precision made monotone, all points)."""
+    if n_true == 0:
+        return 1.0 if hit.size == 0 else 0.0
+    if hit.size == 0:
+        return 0.0
+    tp = np.cumsum(hit)
+    precision = tp / np.arange(1, hit.size + 1)
+    recall = tp / n_true
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(steps * precision))
+
+
+def box_scores(pred: Sequence[dict] | np.ndarray, truth: Sequence[dict] | np.ndarray,
+               score_threshold: float = 0.5) -> dict:
+    """Box detection scores of ``pred`` against ``truth`` (one image or plane).
+
+    ``pred``: rows with y0, x0, y1, x1 and ``score`` (1.0 when absent) or an
+    (N, >=4) array, then all scored 1; ``truth``: rows or an (M, >=4) array.
+    Classes are not compared (one object class). Returns ``ap50``, ``ap75``
+    (area under the precision/recall curve over every score, PASCAL/COCO
+    style, at IoU 0.5 and 0.75), ``ap`` (COCO's mean over IoU 0.5:0.95) and,
+    for the predictions scoring at least ``score_threshold`` at IoU 0.5,
+    ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``; ``n_pred``
+    (above the threshold), ``n_true`` and ``count_error`` (n_pred - n_true).
+    """
+    boxes_p, scores = _box_table(pred, "prediction")
+    boxes_t, _ = _box_table(truth, "truth")
+    order = np.argsort(-scores, kind="stable")
+    boxes_p, scores = boxes_p[order], scores[order]
+    ious = box_iou(boxes_p, boxes_t)
+    aps = {t: _average_precision(_greedy_matches(ious, t), len(boxes_t)) for t in COCO_THRESHOLDS}
+    kept = scores >= score_threshold
+    tp = int(_greedy_matches(ious[kept], 0.5).sum())
+    n_pred, n_true = int(kept.sum()), len(boxes_t)
+    both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
+    return {"ap50": aps[0.5], "ap75": aps[0.75], "ap": float(np.mean(list(aps.values()))),
+            "precision": _ratio(tp, n_pred, both_empty), "recall": _ratio(tp, n_true, both_empty),
+            "f1": _ratio(2 * tp, n_pred + n_true, both_empty), "tp": tp, "fp": n_pred - tp, "fn": n_true - tp,
+            "n_pred": n_pred, "n_true": n_true, "count_error": n_pred - n_true,
+            "score_threshold": float(score_threshold)}
+
+
+def _box_table(boxes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4) float corners and (N,) scores of rows or an array; InputError for a malformed box."""
+    if isinstance(boxes, np.ndarray):
+        arr = boxes.reshape(-1, boxes.shape[-1]) if boxes.size else np.zeros((0, 4))
+        if arr.shape[1] < 4:
+            raise InputError(f"{name}: boxes need 4 columns (y0, x0, y1, x1)")
+        corners, scores = arr[:, :4].astype(np.float64), np.ones(len(arr))
+    else:
+        try:
+            corners = np.array([[float(r[k]) for k in ("y0", "x0", "y1", "x1")] for r in boxes]).reshape(-1, 4)
+            scores = np.array([float(r.get("score", 1.0) if r.get("score") not in (None, "") else 1.0)
+                               for r in boxes])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{name}: every box needs numeric y0, x0, y1, x1 (and score)") from None
+    if not np.isfinite(corners).all() or np.any(corners[:, 2:] < corners[:, :2]):
+        raise InputError(f"{name}: box corners must be finite with y1 >= y0 and x1 >= x0")
+    return corners, scores

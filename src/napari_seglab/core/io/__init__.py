@@ -1,0 +1,33 @@
+"""Files in and out: TIFF reading with axes, the checks an untrusted file passes, atomic writes, paths.
+
+Modules: ``_tiff`` (reading, axes, value checks), ``_atomic`` (a write completes or leaves
+nothing), ``_paths`` (paths normalised once at the edge, folder scans, never an input overwritten).
+"""
+
+from ._atomic import atomic_path, check_output_path, write_csv, write_tiff
+from ._paths import (
+    check_pattern,
+    check_regular_file,
+    ensure_not_input,
+    folder_path,
+    resolved,
+    safe_child,
+    scan_folder,
+)
+from ._tiff import (
+    check_image_values,
+    file_axes,
+    guess_axes,
+    normalize_axes,
+    probe_tiff,
+    read_image,
+    read_labels,
+    restore_singletons,
+)
+
+__all__ = [
+    "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
+    "ensure_not_input", "file_axes", "folder_path", "guess_axes", "normalize_axes", "probe_tiff",
+    "read_image", "read_labels", "resolved", "restore_singletons", "safe_child", "scan_folder",
+    "write_csv", "write_tiff",
+]

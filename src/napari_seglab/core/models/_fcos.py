@@ -1,0 +1,113 @@
+"""The ``fcos`` family: torchvision FCOS (single-stage, anchor-free: one box per FPN location) for boxes.
+
+Architectures: ``fcos_resnet18_fpn`` (ours: a ResNet-18 FPN, much lighter
+on a CPU; the default) and torchvision's ``fcos_resnet50_fpn``, which has
+COCO weights. FCOS places one point per location of the levels P3-P7; its
+"anchor sizes" (8..128 px, torchvision's own) set each level's centre
+sampling radius and the object sizes it is responsible for, which suits
+cells of about 8-128 px. Up to 2000 detections per image and 4000 candidates
+per level before NMS (torchvision: 100 and 1000); no resizing.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ._detector import (
+    BOX_STORED_OPTIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DetectorModel,
+    check_box_options,
+    detector_loss,
+    load_pretrained,
+    no_resize,
+    option,
+    predict_boxes_tiled,
+    resnet18_fpn,
+)
+from ._family import Family, Spec
+
+FCOS_ARCHS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn")
+STOCK = {"fcos_coco": ("fcos_resnet50_fpn", "coco")}
+
+DEFAULTS = {
+    "anchor_sizes": [8, 16, 32, 64, 128],  # equal to the strides of P3-P7, as FCOS assumes
+    "detections_per_img": 2000,
+    "topk_candidates": 4000,  # per FPN level, before NMS (torchvision: 1000)
+    "box_score_thresh": 0.05,  # torchvision: 0.2; prediction raises it to the user's threshold
+    "nms_thresh": 0.6,
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+}
+
+
+def stock_weights(arch: str):
+    """The torchvision COCO weights enum of ``arch`` (None for the ResNet-18 architecture, which has none)."""
+    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
+
+    return FCOS_ResNet50_FPN_Weights.DEFAULT if "resnet50" in arch else None
+
+
+def _backbone_weights(arch: str):
+    from torchvision.models import ResNet18_Weights, ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V1 if "resnet50" in arch else ResNet18_Weights.IMAGENET1K_V1
+
+
+def build_fcos(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
+    """FCOS of ``spec``; returns (model, weights note). ``pretrained`` as :func:`~napari_seglab.core.models._detector.load_pretrained`."""
+    from torchvision.models import detection
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    check_box_options(spec, DEFAULTS)
+    sizes = tuple((int(s),) for s in option(spec, DEFAULTS, "anchor_sizes"))
+    anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
+    settings = {"detections_per_img": int(option(spec, DEFAULTS, "detections_per_img")),
+                "topk_candidates": int(option(spec, DEFAULTS, "topk_candidates")),
+                "score_thresh": float(option(spec, DEFAULTS, "box_score_thresh")),
+                "nms_thresh": float(option(spec, DEFAULTS, "nms_thresh"))}
+    if spec.arch == "fcos_resnet18_fpn":
+        backbone = resnet18_fpn([2, 3, 4], LastLevelP6P7(256, 256))
+        detector = detection.FCOS(backbone, spec.n_classes, anchor_generator=anchors, **settings)
+    else:
+        detector = detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=spec.n_classes,
+                                               **settings)
+        detector.anchor_generator = anchors
+    detector.transform = no_resize(spec, DEFAULTS)
+    note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
+                           _backbone_weights(spec.arch))
+    return DetectorModel(detector, spec.in_channels, spec.n_classes), note
+
+
+FAMILY = Family(
+    name="fcos",
+    kind="boxes",
+    label="FCOS (boxes)",
+    archs=FCOS_ARCHS,
+    default_arch="fcos_resnet18_fpn",
+    build=build_fcos,
+    loss=detector_loss,
+    predict_objects=predict_boxes_tiled,
+    bytes_per_pixel=1200,
+    train_bytes_per_pixel=1600,
+    # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px): AdamW 3e-4 learned without diverging
+    # (box AP@0.5 0.19 after 100 steps, 0.18 after 200: it over-counts, 339 boxes for 147 nuclei at score 0.3)
+    lr=3e-4,
+    lr_finetune=1e-4,
+    exportable=False,  # its output is a list of detections, not a tensor
+    label_modes=("boxes", "instances"),
+    label_modes_note="FCOS learns boxes: it trains on drawn boxes, or on 'instances' labels (one box per object)",
+    stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000)},
+    check_options=lambda spec: check_box_options(spec, DEFAULTS),
+    stock=STOCK,
+    stock_weights=stock_weights,
+    channels_last=False,
+    holdout=False,
+    steps_to_useful=800,  # benchmarks/detection.py, 300 s on 2 cores: 781 steps gave box AP@0.5 0.92
+    # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
+    # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 1.4 s (ResNet-50 FPN 2.42 s);
+    # a core shared with other jobs costs 2-4x the wall time
+    cpu_step_s=0.38,
+)

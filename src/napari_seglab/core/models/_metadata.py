@@ -1,0 +1,230 @@
+"""What a checkpoint records besides its weights: :class:`CheckpointMeta`, and the checks of an untrusted one.
+
+On disk (format version 1) the metadata is a plain dict::
+
+    {"model": {ModelSpec fields}, "label_mode": str, "n_classes": int, "class_names": [str],
+     "normalization": {Normalization fields}, "patch": int, "scale": float,
+     "training": {settings, data summary, steps, seconds}, "metrics": {val_dice, history, ...}}
+
+:meth:`CheckpointMeta.to_dict` writes that layout and :meth:`CheckpointMeta.from_dict`
+reads it, so files of earlier releases load unchanged; :func:`parse_meta` first
+refuses a dict of the wrong shape (a crafted or damaged file) naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..data import Normalization, check_scale
+from ..errors import InputError
+from ..labels import LABEL_MODES
+from ._registry import DEFAULT_FAMILY, FAMILIES, ModelSpec, check_head, get_family
+
+MAX_CHANNELS = 4096  # a sanity cap: a crafted file must not make the loader build a giant layer
+MAX_PATCH = 8192  # the largest patch side a checkpoint may record (export traces one such input)
+MAX_DEPTH, MAX_NODES, MAX_TEXT = 32, 200_000, 100_000  # bounds on the shape of the metadata
+# model fields the loader relies on, with the types a well-formed file holds
+_MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int, "n_classes": int,
+                 "options": dict}
+#: the top-level keys this version reads into fields (the others are kept in ``extra``)
+_KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "training",
+          "metrics")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything prediction needs to use a model, and a record of how it was trained.
+
+    ``model``: the network; ``label_mode``: the labels it learnt from;
+    ``class_names``: one name per class, background first (None in files
+    that have none); ``normalization``: of the input; ``patch``: the training
+    patch side in pixels; ``scale``: the factor images are resampled by
+    before the network sees them; ``training`` and ``metrics``: free-form
+    records (settings and data summary; validation results and history);
+    ``extra``: top-level keys this version does not know, kept as read.
+    """
+
+    model: ModelSpec
+    label_mode: str = "scribbles"
+    class_names: tuple[str, ...] | None = None
+    normalization: Normalization = field(default_factory=Normalization)
+    patch: int | None = None
+    scale: float = 1.0
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return self.model.n_classes
+
+    def replace(self, **changes) -> CheckpointMeta:
+        """A copy with ``changes`` (``training`` / ``metrics`` replace the whole record)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The on-disk layout (a new dict of plain values)."""
+        out = {"model": self.model.to_dict(), "label_mode": self.label_mode, "n_classes": self.n_classes}
+        if self.class_names is not None:
+            out["class_names"] = list(self.class_names)
+        out.update(normalization=self.normalization.to_dict(), patch=self.patch, scale=self.scale,
+                   training=copy.deepcopy(self.training), metrics=copy.deepcopy(self.metrics))
+        out.update(copy.deepcopy(self.extra))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CheckpointMeta:
+        """Read the on-disk layout (this release's or an earlier one); absent keys take their defaults."""
+        names = d.get("class_names")
+        scale = d.get("scale")
+        return cls(model=ModelSpec.from_dict(d.get("model") or {}),
+                   label_mode=d.get("label_mode", "scribbles"),
+                   class_names=tuple(names) if names is not None else None,
+                   normalization=Normalization.from_dict(d.get("normalization") or {}),
+                   patch=d.get("patch"), scale=1.0 if scale is None else float(scale),
+                   training=copy.deepcopy(dict(d.get("training") or {})),
+                   metrics=copy.deepcopy(dict(d.get("metrics") or {})),
+                   extra={k: copy.deepcopy(v) for k, v in d.items() if k not in _KNOWN})
+
+    @classmethod
+    def coerce(cls, meta: CheckpointMeta | Mapping) -> CheckpointMeta:
+        """``meta`` itself, or read from its on-disk dict form."""
+        return meta if isinstance(meta, CheckpointMeta) else cls.from_dict(meta)
+
+
+# ----------------------------------------------------------------------------- untrusted metadata
+
+Bad = Callable[[str], InputError]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_shape(meta: dict, bad: Bad) -> None:
+    """Walk the metadata without recursion: bounded depth, size and text; plain types only."""
+    stack, nodes = [(meta, 0, "meta")], 0
+    while stack:
+        value, depth, where = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise bad(f"more than {MAX_NODES} values")
+        if depth > MAX_DEPTH:
+            raise bad(f"nested deeper than {MAX_DEPTH} levels at {where[:60]}...")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str) or len(k) > 200:
+                    raise bad(f"a key of {where} is not a short text")
+                stack.append((v, depth + 1, f"{where}.{k}"))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise bad(f"{where} is a text of {len(value)} characters")
+        elif not (value is None or isinstance(value, (bool, int, float))):
+            raise bad(f"{where} is a {type(value).__name__}")
+
+
+def _check_model(model, bad: Bad) -> None:
+    if not isinstance(model, dict):
+        raise bad(f"'model' is a {type(model).__name__}, not a model description")
+    for key, kind in _MODEL_FIELDS.items():
+        value = model.get(key)
+        if key in model and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(f"model.{key} = {value!r:.40} is not a {kind.__name__}")
+    family_name = model.get("family", DEFAULT_FAMILY)
+    try:
+        family = get_family(family_name)
+    except InputError:
+        raise bad(f"unknown model family {family_name!r:.40} in model.family; known: {', '.join(FAMILIES)}") from None
+    if family.name != family_name:
+        raise bad(f"model.family = {family_name!r:.40} is not spelt as SegLab writes it ({family.name!r})")
+    for key, low in (("in_channels", 1), ("n_classes", 2)):
+        if key in model and not low <= model[key] <= MAX_CHANNELS:
+            raise bad(f"model.{key} = {model[key]} is outside {low}..{MAX_CHANNELS}")
+    if len(model.get("arch", "")) > 100:
+        raise bad("model.arch is too long to be an architecture name")
+    if family.check_stored is not None:
+        try:
+            family.check_stored(model)
+        except InputError as exc:
+            raise bad(f"model.encoder: {exc}") from None
+    if "head" in model.get("options", {}):
+        try:
+            check_head(model["options"]["head"], family.name)
+        except InputError as exc:
+            raise bad(f"model.options.head: {exc}") from None
+    for key, value in model.get("options", {}).items():
+        if key in family.stored_options:
+            _check_option(f"model.options.{key}", value, family.stored_options[key], bad)
+
+
+def _check_option(name: str, value, rule: tuple, bad: Bad) -> None:
+    kind, low, high = rule[:3]
+    values = value if kind == "nums" else [value]
+    if kind == "nums" and (not isinstance(value, list) or len(value) != rule[3]):
+        raise bad(f"{name} should be a list of {rule[3]} numbers")
+    for v in values:
+        ok = _is_int(v) if kind == "int" else _is_num(v)
+        if not ok or not low <= v <= high:
+            raise bad(f"{name} = {value!r:.60} is not {'a whole number' if kind == 'int' else 'a number'} "
+                      f"in {low}..{high}")
+
+
+def _check_normalization(norm, in_channels: int, bad: Bad) -> None:
+    if not isinstance(norm, dict):
+        raise bad("'normalization' is not a mapping")
+    for key in ("low", "high"):
+        if key in norm and not (_is_num(norm[key]) and 0 <= norm[key] <= 100):
+            raise bad(f"normalization.{key} = {norm[key]!r:.40} is not a percentile in [0, 100]")
+    if norm.get("low", 1.0) >= norm.get("high", 99.8):
+        raise bad(f"normalization.low = {norm.get('low', 1.0)} is not below normalization.high = "
+                  f"{norm.get('high', 99.8)}")
+    if "per_image" in norm and not isinstance(norm["per_image"], bool):
+        raise bad(f"normalization.per_image = {norm['per_image']!r:.40} is not true or false")
+    for key in ("lo", "hi"):
+        values = norm.get(key, [])
+        if not isinstance(values, list):
+            raise bad(f"normalization.{key} is not a list")
+        if not all(_is_num(v) for v in values):
+            raise bad(f"normalization.{key} holds non-numbers (or NaN/Inf)")
+    if not norm.get("per_image", True) and not (len(norm.get("lo", [])) == len(norm.get("hi", []))
+                                                == in_channels):
+        raise bad(f"normalization.lo and .hi need one value per channel ({in_channels})")
+
+
+def parse_meta(meta, path: Path | str) -> CheckpointMeta:
+    """The CheckpointMeta of an untrusted on-disk dict; InputError naming the field of a wrong shape."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: malformed checkpoint metadata ({what})")
+
+    _check_shape(meta, bad)
+    _check_model(meta["model"], bad)
+    _check_normalization(meta.get("normalization", {}), meta["model"].get("in_channels", 1), bad)
+    if meta.get("label_mode", "scribbles") not in LABEL_MODES:
+        raise bad(f"label_mode = {meta.get('label_mode')!r:.40} is not one of {', '.join(LABEL_MODES)}")
+    patch = meta.get("patch")
+    if patch is not None and not (_is_int(patch) and 32 <= patch <= MAX_PATCH):
+        raise bad(f"patch = {patch!r:.40} is not a whole number of pixels in 32..{MAX_PATCH}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) <= MAX_CHANNELS
+                                  and all(isinstance(n, str) and len(n) <= 200 for n in names)):
+        raise bad("class_names is not a list of short texts")
+    for key in ("metrics", "training"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise bad(f"'{key}' is not a mapping")
+    if meta.get("scale") is not None:
+        try:
+            check_scale(meta["scale"])
+        except InputError as exc:
+            raise bad(f"scale: {exc}") from None
+    return CheckpointMeta.from_dict(meta)

@@ -1,0 +1,27 @@
+"""Per-pixel maps to objects: instance decoding (flows, distances, watershed), refinement,
+measurements, uncertainty.
+
+Modules: ``_instances`` (labels from probabilities, measurements, boxes of objects), ``_flows``
+(the flows and distance heads: targets, decoding), ``_refine`` (edge snapping of a foreground),
+``_uncertainty`` (where to paint next).
+"""
+
+from ._flows import decode, head_loss, n_outputs, targets, transform
+from ._instances import (
+    boundary_targets,
+    boxes_from_labels,
+    instances_from_foreground,
+    instances_from_probabilities,
+    measure_objects,
+    otsu_watershed,
+    summarize_objects,
+)
+from ._refine import SPLIT_THRESHOLD, snap_to_edges
+from ._uncertainty import default_box, entropy_map, margin_map, paint_next, suggest_regions
+
+__all__ = [
+    "SPLIT_THRESHOLD", "boundary_targets", "boxes_from_labels", "decode", "default_box",
+    "entropy_map", "head_loss", "instances_from_foreground", "instances_from_probabilities",
+    "margin_map", "measure_objects", "n_outputs", "otsu_watershed", "paint_next", "snap_to_edges",
+    "suggest_regions", "summarize_objects", "targets", "transform",
+]

@@ -1,0 +1,329 @@
+"""Training settings, declared once: :class:`TrainConfig` and its frozen, resolved form.
+
+Each field carries a :class:`~napari_seglab.core.settings.Setting` in its metadata (help text,
+range or choices, what "auto" means, unit, command-line flag). The ``seglab train``
+options and the Train dock's tooltips and ranges are built from it, and
+:meth:`TrainConfig.check` applies the same rules to every caller, so a
+Python user, the CLI and the dock get the same error for the same value.
+
+``TrainConfig.resolve(device)`` decides every "auto" default for a device
+and returns a frozen :class:`ResolvedTrainConfig`; the caller's config is
+never changed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, make_dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..labels import LABEL_MODES, get_mode
+from ..settings import Setting, SettingError, check_fields, setting, settings_of
+
+#: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
+#: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
+#: per step (the same pixels per step), put more painted pixels through the model per second.
+#: benchmarks/quality_scribbles.py, 120 s on the CPU, means of 3 seeds, 64 x 32 vs 128 x 8:
+#: halves Dice 0.86 vs 0.83, AP@0.5 0.36 vs 0.31; unseen image Dice 0.90 vs 0.89, AP@0.5 0.36 vs
+#: 0.47 (AP varies by +-0.1 between seeds either way)
+DENSE_PATCH = {"cpu": 128, "cuda": 256}
+SPARSE_PATCH = {"cpu": 64, "cuda": 128}
+DENSE_BATCH, SPARSE_BATCH = 8, 32
+#: seconds of training when neither epochs nor a time limit is given (the Train dock's default too)
+DEFAULT_TIME_LIMIT = 120.0
+#: learning rates: AdamW from scratch, fine-tuning or pretrained; Mask R-CNN from scratch diverges above ~1e-4
+LR_SCRATCH, LR_FINETUNE, LR_MASKRCNN = 3e-3, 1e-3, 1e-4
+MAX_PATCH, MAX_BATCH = 8192, 4096
+MAX_TIME = 30 * 24 * 3600.0  # a month of training, in seconds
+#: scale jitter of dense instance labels. Real DSB2018 nuclei (left half trains, right half is predicted), flows
+#: head, fast preset, 2000 steps on one thread, seeds 0-2: AP@0.5 0.948 (spread 0.034) and AP@0.75 0.842 (0.044)
+#: with jitter 1.33, against 0.920 (0.051) and 0.786 (0.020) without; Dice 0.939 for both
+INSTANCE_SCALE_JITTER = 1.33
+#: smp architectures that pool the whole patch to 1x1 before a BatchNorm
+POOLED_ARCHS = ("deeplabv3plus", "pan", "deeplabv3")
+
+
+def _sci(value: float) -> str:
+    """3e-3, not 0.003: how learning rates are written."""
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+#: object diameter: the dock's field and ``--diameter``, turned into ``scale`` by :func:`~napari_seglab.core.data._samples.scale_for`
+DIAMETER = Setting("typical object diameter in pixels; images are resampled so objects reach the size the network "
+                   "resolves best", "object diameter", float, 1, 10000, unit="pixels", flag="--diameter",
+                   metavar="PX", auto="measured on the painted objects (instances / objects modes) or read from "
+                   "the image at the foreground strokes (scribbles), else no resampling")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (recorded in the checkpoint). None means "auto" (see each Setting)."""
+
+    label_mode: str = setting("scribbles", label="label mode", choices=LABEL_MODES, metavar="{" + ",".join(
+        LABEL_MODES) + "}", help="how to read the labels: " + "; ".join(
+        f"{name}: {get_mode(name).legend}" for name in LABEL_MODES))
+    family: str = setting("unet", label="model family",
+                          help="model family (retinanet, fcos, fasterrcnn: box detectors)",
+                          metavar="{unet,fcn,maskrcnn,retinanet,fcos,fasterrcnn}")
+    arch: str = setting("Unet", label="architecture", auto="per family", metavar="ARCH",
+                        help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, MAnet...; fcn: "
+                             "fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]; retinanet: "
+                             "retinanet_resnet18_fpn, retinanet_resnet50_fpn[_v2]; fcos: fcos_resnet18_fpn, "
+                             "fcos_resnet50_fpn; fasterrcnn: fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn[_v2])")
+    encoder: str | None = setting(label="encoder", auto="the preset's",
+                                  help="encoder of unet-family models (any segmentation-models-pytorch name), "
+                                       "instead of the preset's")
+    #: the step times are models.PRESETS' cpu_step_s (tests/core/test_config.py keeps them equal)
+    preset: str | None = setting(label="model preset", choices=("fast", "accurate"),
+                                 auto="fast on a CPU, accurate on a GPU",
+                                 help="U-Net preset. fast: 3-level ResNet-18 U-Net, narrow decoder, about 0.08 s per "
+                                      "step on a quiet 2-core laptop CPU, useful within a minute; accurate: 5-level "
+                                      "ResNet-34 U-Net, more context, about 0.22 s per step there, the choice for a "
+                                      "GPU")
+    pretrained: str | None = setting(label="pretrained weights", metavar="none|auto|PATH", auto="none",
+                                     help="encoder weights: none (random), auto (stock weights when already on "
+                                          "disk; nothing is downloaded unless allowed), or a weights file")
+    epochs: int | None = setting(label="epochs", kind=int, low=1, high=100000, metavar="N",
+                                 auto="train for the time limit", help="epochs of steps-per-epoch steps")
+    time_limit: float | None = setting(label="time limit", kind=float, low=0, high=MAX_TIME, low_open=True, unit="seconds",
+                                       metavar="SEC", auto=f"{DEFAULT_TIME_LIMIT:g} s when epochs are not given",
+                                       help="training time in seconds, set-up and saving included; training stops "
+                                            "at the epochs or the time limit, whichever comes first")
+    steps_per_epoch: int = setting(25, label="steps per epoch", kind=int, low=1, high=100000, metavar="N",
+                                   help="optimizer steps per epoch; the validation Dice is measured after each")
+    patch: int | None = setting(label="patch size", kind=int, low=32, high=MAX_PATCH, step=32, unit="pixels",
+                                metavar="PX", help="training patch side in pixels, a multiple of 32",
+                                auto=f"dense labels {DENSE_PATCH['cpu']} on the CPU, {DENSE_PATCH['cuda']} on a "
+                                     f"GPU; scribbles {SPARSE_PATCH['cpu']} / {SPARSE_PATCH['cuda']}")
+    batch_size: int | None = setting(label="batch size", kind=int, low=1, high=MAX_BATCH, metavar="N",
+                                     help="patches per step",
+                                     auto=f"{DENSE_BATCH} for dense labels, {SPARSE_BATCH} for scribbles")
+    lr: float | None = setting(label="learning rate", kind=float, low=0, high=1, low_open=True, high_open=True,
+                               metavar="LR", help="AdamW learning rate",
+                               auto=f"{_sci(LR_SCRATCH)} from scratch, {_sci(LR_FINETUNE)} fine-tuning, "
+                                    f"{_sci(LR_MASKRCNN)} for Mask R-CNN")
+    weight_decay: float = setting(1e-4, label="weight decay", kind=float, low=0, high=1, flag="",
+                                  help="AdamW weight decay")
+    class_weights: str = setting("none", label="class weights", choices=("none", "balanced"),
+                                 help="balanced: rare classes weigh more in the loss")
+    focal_gamma: float = setting(0.0, label="focal gamma", kind=float, low=0, high=10, metavar="G",
+                                 help="focal loss gamma: 0 = plain cross-entropy; 2 = focus on hard pixels")
+    val_fraction: float = setting(0.15, label="validation fraction", kind=float, low=0, high=1, high_open=True,
+                                  metavar="F", help="fraction of strokes, tiles or annotated area held out "
+                                                    "for validation (scribbles: only when every class has 10 "
+                                                    "strokes or more; boxes: when 10 boxes or more; "
+                                                    "0 = no hold-out)")
+    device: str = setting("auto", label="device", metavar="{auto,cpu,cuda,mps}", help="where to train")
+    seed: int = setting(0, label="seed", kind=int, low=0, high=2**63 - 1, metavar="N", help="random seed")
+    model_out: str | None = setting(label="model file", metavar="M.pt", help="where to save the best model")
+    init: str | None = setting(label="start model", metavar="M.pt",
+                               help="start from this checkpoint (fine-tune / continue); its architecture and "
+                                    "classes are kept")
+    resume_optimizer: bool = True
+    save_last: bool = True
+    preview_every: int = setting(0, label="live preview every", kind=int, low=0, high=10000, flag="",
+                                 help="steps between live predictions of the plane on screen; 0 = off")
+    self_training: bool = setting(False, label="self-training", kind=bool,
+                                  help="scribbles: add the model's confident predictions to the painted pixels "
+                                       "during training")
+    self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
+    pseudo_threshold: float = 0.9
+    read_255_as_foreground: bool = setting(False, label="read 255 as foreground", kind=bool, flag="--mask-255",
+                                           help="read 0/255 masks as background/foreground")
+    allow_download: bool = setting(False, label="allow downloads", kind=bool,
+                                   help="let --pretrained auto download weights")
+    scale: float | None = setting(label="object scale", kind=float, low=0.25, high=4, metavar="F",
+                                  auto="from the painted objects, else 1",
+                                  help="resampling factor applied before the network (0.25-4), instead of "
+                                       "--diameter")
+    bf16: str = setting("auto", label="bf16", choices=("auto", "on", "off"),
+                        help="CPU training in bfloat16 (auto: when the CPU has it natively, it is faster and it "
+                             "agrees with float32)")
+    threads: int | None = setting(label="threads", kind=int, low=1, high=1024, metavar="N",
+                                  auto="measured; fewer threads win when other programs share the cores",
+                                  help="CPU threads")
+    scale_jitter: float | None = setting(label="scale jitter", kind=float, low=1, high=2, metavar="F",
+                                         auto=f"{INSTANCE_SCALE_JITTER:g} for dense instance labels, else 1 (off)",
+                                         help="zoom training patches by up to this factor in and out, so objects "
+                                              "are seen a little larger and smaller than painted (1 = off)")
+    instance_head: str | None = setting(label="instance head", choices=("boundary", "flows", "distance"),
+                                        auto="flows for dense instances (unet / fcn), else boundary",
+                                        help="how unet/fcn models separate objects (instances and objects modes): "
+                                             "boundary = background / interior / boundary classes; flows = "
+                                             "foreground + flows towards each object's centre (cellpose-like); "
+                                             "distance = foreground + distance to the object's boundary")
+
+    def __post_init__(self):
+        if self.epochs is None and self.time_limit is None:
+            self.time_limit = DEFAULT_TIME_LIMIT
+
+    def check(self) -> TrainConfig:
+        """Refuse settings out of range before anything is built or allocated (InputError); returns self.
+
+        Ranges and choices come from the fields' :class:`Setting` (a :class:`SettingError`
+        names the setting); the rules between settings follow.
+        """
+        self._check()
+        return self
+
+    def _check(self) -> tuple[str, str]:
+        """:meth:`check`'s work; returns the family and architecture names as the model registry spells them."""
+        declared = settings_of(TrainConfig)
+        if self.epochs is None and self.time_limit is None:
+            raise InputError("give a number of epochs or a time limit")
+        if not declared["label_mode"].accepts(self.label_mode):
+            get_mode(self.label_mode)  # the label modes' own message
+        check_fields(self, ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
+                            "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights",
+                            "scale", "scale_jitter"))
+        _check_patch(self.patch, declared["patch"])
+        names = _check_model(self)
+        _check_memory(self, names[0])
+        return names
+
+    def resolve(self, device) -> ResolvedTrainConfig:
+        """Check, then decide every "auto" default for ``device`` (a torch.device or its type name).
+
+        Returns a frozen :class:`ResolvedTrainConfig`; this config is not changed.
+        """
+        family, arch = self._check()
+        kind = getattr(device, "type", str(device).split(":")[0])
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(family=family, arch=arch, scale=None if self.scale is None else float(self.scale),
+                      patch=self.patch or default_patch(self.label_mode, kind),
+                      batch_size=self.batch_size or default_batch(self.label_mode),
+                      lr=self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained)),
+                      device=str(device))
+        fam = _family(family)
+        if fam.presets and self.encoder is None:
+            values["preset"] = self.preset or fam.default_preset.get(kind, next(iter(fam.presets)))
+        if self.instance_head is None and self.init is None:
+            values["instance_head"] = default_instance_head(self.label_mode, family)
+        if self.scale_jitter is None:
+            values["scale_jitter"] = default_scale_jitter(self.label_mode)
+        return ResolvedTrainConfig(**values)
+
+
+def _resolved_check(self) -> TrainConfig:
+    """Already checked. Returns an editable :class:`TrainConfig` of the same values, for code that still
+    adjusts a copy: ``train()`` takes either form and checks a resolved config no second time."""
+    config = TrainConfig.__new__(TrainConfig)
+    config.__dict__.update({f.name: getattr(self, f.name) for f in fields(self)})  # no __post_init__: final values
+    return config
+
+
+#: A checked :class:`TrainConfig` with its defaults decided for one device (:meth:`TrainConfig.resolve`);
+#: frozen, with the same fields. ``patch``, ``batch_size``, ``lr`` and (without epochs) ``time_limit`` are
+#: always set, ``preset`` for preset-built U-Nets, ``instance_head`` for fresh models; ``device`` is the
+#: device picked; ``encoder`` stays None when the preset chooses it.
+ResolvedTrainConfig = make_dataclass(
+    "ResolvedTrainConfig", [(f.name, f.type) for f in fields(TrainConfig)], frozen=True,
+    namespace={"__module__": __name__, "__doc__": "A checked TrainConfig resolved for one device; frozen.",
+               "resolve": lambda self, device=None: self, "check": _resolved_check})
+
+
+# ---------------------------------------------------------------------- default policies (one copy each)
+def default_patch(label_mode: str, device_type: str = "cpu") -> int:
+    """Patch side for ``label_mode`` on a device of ``device_type`` (see DENSE_PATCH / SPARSE_PATCH)."""
+    table = SPARSE_PATCH if get_mode(label_mode).self_training else DENSE_PATCH
+    return table["cuda" if device_type == "cuda" else "cpu"]
+
+
+def default_batch(label_mode: str) -> int:
+    """Patches per step for ``label_mode``: scribbles many small patches, dense labels fewer larger ones."""
+    return SPARSE_BATCH if get_mode(label_mode).self_training else DENSE_BATCH
+
+
+def _family(name: str):
+    """The model registry's record of family ``name`` (imported on use: the CLI's parser needs no torch)."""
+    from ..models import get_family
+
+    return get_family(name)
+
+
+def default_lr(family: str, *, fine_tuning: bool = False) -> float:
+    """AdamW learning rate, the family's own (:data:`LR_SCRATCH` / :data:`LR_FINETUNE` / :data:`LR_MASKRCNN`)."""
+    return _family(family).default_lr(fine_tune=fine_tuning)
+
+
+def default_scale_jitter(label_mode: str) -> float:
+    """Largest training zoom: :data:`INSTANCE_SCALE_JITTER` for dense instance labels, else 1 (off)."""
+    return INSTANCE_SCALE_JITTER if get_mode(label_mode).whole_objects else 1.0
+
+
+def default_instance_head(label_mode: str, family: str) -> str:
+    """The instance head a fresh model gets: flows for dense ``instances`` labels (families that carry it), else
+    boundary.
+
+    Equal wall-clock time, fast preset (benchmarks/quality_vs_time.py, 2 seeds, busy 2-core machine):
+    dense labels, unseen sample image, 60 s AP@0.5 / AP@0.75 0.95 / 0.85 with flows vs 0.87 / 0.68 with the
+    boundary classes; DSB nuclei 0.87 / 0.78 vs 0.86 / 0.68. Partially painted objects lose with flows
+    (0.56 / 0.18 vs 0.83 / 0.40): a few painted objects rarely touch, so the flows never learn to part
+    touching nuclei, while the boundary class learns every painted outline.
+    """
+    return "flows" if get_mode(label_mode).whole_objects and "flows" in _family(family).heads else "boundary"
+
+
+# ---------------------------------------------------------------------- rules between settings
+def _check_patch(patch, declared: Setting) -> None:
+    if patch is None:
+        return
+    if isinstance(patch, (int, np.integer)) and not isinstance(patch, bool) and patch > MAX_PATCH:
+        raise InputError(f"patch size {patch} is above the largest SegLab trains with ({MAX_PATCH}); "
+                         "a patch larger than the image is padded, not more informative")
+    if not declared.accepts(patch):
+        raise SettingError(declared, patch, "patch")
+
+
+def _check_model(config: TrainConfig) -> tuple[str, str]:
+    """Family, architecture, encoder, preset and instance head: known names that fit together.
+
+    Returns the family and architecture as the registry spells them ("UNET" -> "unet").
+    """
+    from ..models import PRESETS, ModelSpec, check_head, check_spec, check_stored_encoder
+
+    if config.preset is not None and config.encoder is not None:
+        raise InputError("give a preset or an encoder, not both (--preset or --encoder: a preset chooses the "
+                         "encoder)")
+    if isinstance(config.encoder, str) and config.encoder.startswith("tu-"):
+        check_stored_encoder(config.encoder)  # a plain name of timm's own registry, as in a checkpoint
+    spec = check_spec(ModelSpec(family=config.family, arch=config.arch or "Unet",
+                                encoder=config.encoder or PRESETS[config.preset or "fast"].encoder))
+    mode = get_mode(config.label_mode)
+    if config.instance_head not in (None, "boundary"):
+        if not mode.instances:
+            raise InputError(f"the {config.instance_head!r} instance head needs 'instances' or 'objects' labels, "
+                             f"not {config.label_mode!r}")
+        check_head(config.instance_head, config.family)
+    family = _family(spec.family)
+    if family.label_modes is not None and config.label_mode not in family.label_modes:
+        raise InputError(f"{family.label_modes_note}, not {config.label_mode!r}")
+    return spec.family, spec.arch
+
+
+def _check_memory(config: TrainConfig, family_name: str) -> None:
+    """Refuse a patch and batch that cannot fit in this machine's memory, and batch 1 where BatchNorm fails."""
+    import torch
+
+    patch = config.patch or min(SPARSE_PATCH.values())
+    if config.patch is not None or config.batch_size is not None:
+        batch = config.batch_size or default_batch(config.label_mode)
+        need = batch * patch * patch * _family(family_name).train_bytes_per_pixel
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            total = None
+        if torch.cuda.is_available() and config.device != "cpu":
+            total = max(total or 0, torch.cuda.get_device_properties(0).total_memory)
+        if total and need > total:
+            raise InputError(f"--patch {patch} with --batch-size {batch} needs about {need / 2**30:.0f} GiB "
+                             f"to train, more than this machine has ({total / 2**30:.0f} GiB); use a smaller "
+                             "patch or batch")
+    is_pooled = str(config.arch).lower() in POOLED_ARCHS
+    if _family(family_name).presets and config.batch_size == 1 and (is_pooled or (patch // 32) ** 2 < 2):
+        why = (f"{config.arch} pools the whole patch to one value per channel" if is_pooled
+               else f"a {patch} px patch leaves one pixel at the deepest level")
+        raise InputError(f"batch size 1 cannot train this model: {why}, and BatchNorm needs more than one "
+                         "value per channel; use --batch-size 2 or more" + ("" if is_pooled else " or --patch 64"))

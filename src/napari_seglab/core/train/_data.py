@@ -1,0 +1,112 @@
+"""Training samples from image / label pairs: validation, annotated planes, resampling, normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..data import (
+    Normalization,
+    Sample,
+    check_scale,
+    estimate_scale,
+    percentiles,
+    resample_image,
+    resample_labels,
+    scaled_shape,
+    to_chw,
+)
+from ..errors import InputError
+from ..io import check_image_values, guess_axes
+from ..labels import get_mode, head_targets, make_target, validate_labels
+
+
+def _planes(image: np.ndarray, labels: np.ndarray, axes: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split an image and its labels into annotated 2D planes ((Y, X[, C]), (Y, X))."""
+    lead = [i for i, a in enumerate(axes) if a in "TZ"]
+    if not lead:
+        return [(image, labels)]
+    out = []
+    shape = [image.shape[i] for i in lead]
+    for idx in np.ndindex(*shape):
+        lab = labels[idx]
+        if np.any(lab):
+            out.append((image[idx], lab))
+    return out
+
+
+def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
+                    axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
+                    norm: Normalization | None = None, scale: float | None = 1.0, head: str = "boundary"
+                    ) -> tuple[list[Sample], Normalization, int]:
+    """Validate image/label pairs and turn them into normalised 2D samples.
+
+    ``scale``: resampling factor applied to every plane (objects then reach the
+    size the network resolves best); None estimates it from the painted
+    objects (``instances`` / ``objects`` modes) or from the image at the
+    strokes (``scribbles``), see :func:`~napari_seglab.core.data._scale.estimate_scale`.
+    ``head``: "flows" / "distance" give each sample the foreground target and
+    the head's float target (instance modes only); "boundary" the 3 classes.
+    Returns (samples, normalisation, input channels);
+    :func:`prepare_training_data` also returns the scale used.
+    """
+    samples, norm, channels, _ = prepare_training_data(images, labels, mode, axes=axes, norm=norm, scale=scale,
+                                                        read_255_as_foreground=read_255_as_foreground, head=head)
+    return samples, norm, channels
+
+
+def _annotated_planes(images, labels, mode, axes, read_255_as_foreground):
+    """Validated (image plane, label plane) pairs of every annotated plane, and the channel count."""
+    if len(images) != len(labels):
+        raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s); give one labels per image")
+    if not images:
+        raise InputError("no training images")
+    planes, channels = [], None
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        img = check_image_values(np.asarray(img), f"image {i + 1}")
+        ax = (axes[i] if axes else None) or guess_axes(img.shape)
+        spatial = img.shape[:-1] if "C" in ax else img.shape
+        lab = validate_labels(np.asarray(lab), spatial, mode, read_255_as_foreground=read_255_as_foreground,
+                              name=f"labels {i + 1}")
+        c = img.shape[-1] if "C" in ax else 1
+        if channels is not None and c != channels:
+            raise InputError(f"image {i + 1} has {c} channel(s) but image 1 has {channels}")
+        channels = c
+        for plane, plane_lab in _planes(img, lab, ax):
+            chw = to_chw(plane).astype(np.float32, copy=False)
+            if float(chw.max()) == float(chw.min()):
+                raise InputError(f"image {i + 1} is constant (all pixels {chw.min():g}); nothing to learn from")
+            planes.append((chw, plane_lab))
+    if not planes:
+        raise InputError("no annotated plane found in the labels")
+    return planes, channels
+
+
+def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
+                          axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
+                          norm: Normalization | None = None, scale: float | None = None, head: str = "boundary"
+                          ) -> tuple[list[Sample], Normalization, int, float]:
+    """Like :func:`prepare_samples`, also returning the object scale used (None = estimated)."""
+    planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground)
+    if scale is None:
+        scale, _diameter = estimate_scale(planes, mode)
+    scale = check_scale(scale)
+    norm = norm or Normalization()
+    samples: list[Sample] = []
+    for chw, lab in planes:
+        if scale != 1.0:
+            shape = scaled_shape(lab.shape, scale)
+            chw, lab = resample_image(chw, shape), resample_labels(lab, shape)
+        if head != "boundary":  # targets of the whole (resampled) plane, before any patch is cut
+            target, regression = head_targets(lab, mode, head)
+            samples.append(Sample(norm.apply(chw), target, None, regression, head))
+            continue
+        target = make_target(lab, mode)
+        samples.append(Sample(norm.apply(chw), target, get_mode(mode).detector_objects(lab)))
+    # record the training data's intensity range for images that need it
+    first = np.asarray(images[0])
+    lo, hi = percentiles(to_chw(first) if first.ndim == 2 else np.moveaxis(first.reshape(-1, channels), -1, 0),
+                         norm.low, norm.high)
+    norm.lo, norm.hi = tuple(lo), tuple(hi)
+    return samples, norm, channels, scale

@@ -1,0 +1,285 @@
+"""The set-up of a training run: samples, model, hold-out, optimiser; what :func:`set_up` hands the loop.
+
+:func:`set_up` is a generator of :class:`~napari_seglab.core.events.Message` events (what was
+built, on which device, what it costs) returning a :class:`TrainRun`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..data import MIN_STROKES_FOR_HOLDOUT, Normalization, PatchSampler, Sample, split_validation
+from ..device import describe
+from ..errors import InputError
+from ..events import Message
+from ..labels import IGNORE, get_mode
+from ..models import (
+    REGISTRY,
+    Checkpoint,
+    ModelSpec,
+    balanced_class_weights,
+    build_model,
+    check_spec,
+    get_family,
+    load_checkpoint,
+    preset_spec,
+)
+from ._boxes import BoxValidator, box_classes, prepare_box_data, split_boxes
+from ._config import default_instance_head
+from ._data import prepare_training_data
+from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
+from ._state import RunState, Validator, run_meta
+
+#: label modes a box family trains on: boxes (rows), or instance labels (one box per object)
+BOX_LABEL_MODES = ("boxes", "instances")
+#: probability that a box run's patch is placed around a box (the rest are uniform, background included)
+BOX_FAVOUR = 0.7
+
+
+@dataclass
+class TrainRun:
+    """Everything the training loop works with (``config``: the resolved TrainConfig)."""
+
+    config: object
+    device: torch.device
+    spec: ModelSpec
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    sampler: PatchSampler
+    samples: list[Sample]  # the training samples, held-out pixels ignored
+    held: list[np.ndarray]  # per sample, the held-out validation pixels
+    validator: Validator
+    state: RunState
+    budget: Budget
+    rng: np.random.Generator
+    tuner: ThreadTuner | None
+    class_weights: torch.Tensor | None
+    channels_last: bool
+    use_bf16: bool
+    pending_rounds: list[float]  # self-training rounds still to come (fractions of the budget)
+    clock: Callable[[], float]
+
+
+def model_spec(config, channels: int, n_classes: int, head: str = "boundary") -> ModelSpec:
+    """The ModelSpec a fresh run builds: the family's preset, or family/arch/encoder as given."""
+    family = get_family(config.family)
+    if family.presets and config.encoder is None and config.arch == family.default_arch:
+        return check_spec(preset_spec(config.preset, channels, n_classes, head, family.name))
+    encoder = config.encoder or (family.presets[config.preset].encoder if family.presets and config.preset
+                                 else ModelSpec.encoder)
+    options = {"head": head} if head != "boundary" else {}
+    return check_spec(ModelSpec(family=family.name, arch=config.arch, encoder=encoder, in_channels=channels,
+                                n_classes=n_classes, options=options))
+
+
+def _start_from(config) -> tuple[Checkpoint | None, Normalization | None, float | None, str]:
+    """(checkpoint to continue, its normalisation, object scale, instance head) of a run."""
+    init = load_checkpoint(config.init, with_optimizer=True) if config.init else None
+    scale = config.scale
+    if init is not None and scale is None:
+        scale = init.info.scale
+    head = config.instance_head
+    if init is not None:  # fine-tuning keeps the checkpoint's head; asking for another is an error
+        if head is not None and head != init.spec.head:
+            raise InputError(f"{config.init}: has the {init.spec.head!r} instance head, not {head!r}")
+        head = init.spec.head
+    elif head is None:
+        head = default_instance_head(config.label_mode, config.family)
+    return init, (replace(init.info.normalization) if init else None), scale, head
+
+
+def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: int, head: str) -> ModelSpec:
+    """The spec of the model to train: the checkpoint's (checked against the data) or a fresh one."""
+    family = get_family(config.family)
+    if family.kind == "boxes":
+        n_classes = box_classes(samples)  # background and the box classes
+    elif not family.semantic or head != "boundary":
+        n_classes = 2  # background and object: the detector's classes, the head's foreground channel
+    else:
+        n_classes = get_mode(config.label_mode).target_classes([s.target for s in samples])
+    if init is None:
+        return model_spec(config, channels, n_classes, head)
+    spec = init.spec
+    both_boxes = family.kind == "boxes" and {init.label_mode, config.label_mode} <= set(BOX_LABEL_MODES)
+    if init.label_mode != config.label_mode and not both_boxes:
+        raise InputError(f"{config.init}: was trained on {init.label_mode!r} labels, not {config.label_mode!r}")
+    if spec.in_channels != channels:
+        raise InputError(f"{config.init}: expects {spec.in_channels} channel(s), the images have {channels}")
+    if n_classes > spec.n_classes:
+        raise InputError(f"{config.init}: knows {spec.n_classes} classes but the labels use {n_classes}")
+    return spec
+
+
+def _build(config, spec: ModelSpec, init: Checkpoint | None, device: torch.device
+           ) -> tuple[torch.nn.Module, str, bool]:
+    """(model in train mode on ``device``, weights note, channels_last?)."""
+    model, note = build_model(spec, None if init else config.pretrained, allow_download=config.allow_download)
+    if init is not None:
+        try:
+            model.load_state_dict(init.state_dict)
+        except RuntimeError as exc:
+            raise InputError(f"{config.init}: weights do not fit the recorded model "
+                             f"({spec.family}/{spec.arch})") from exc
+        note = f"starting from {config.init}"
+    model.to(device).train()
+    # channels_last speeds convolutions up on CPUs and tensor cores (not on MPS)
+    channels_last = device.type != "mps" and spec.family_entry.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, note, channels_last
+
+
+def _describe(config, spec: ModelSpec, init, device: torch.device, note: str, scale: float) -> list[Message]:
+    family = spec.family_entry
+    name = f"{spec.family} {family.model_name(spec)}"
+    if family.presets and config.preset and config.encoder is None and init is None:
+        name = f"'{config.preset}' preset ({name}, {spec.options.get('encoder_depth', 5)} levels)"
+    what = f"{spec.head} instance head" if spec.has_regression_head else f"{spec.n_classes} classes"
+    out = [Message(f"{name}, {what}, on {describe(device)}; {note}")]
+    if scale != 1.0:
+        out.append(Message(f"object scale {scale:g}: images are resampled by {scale:g} so objects reach about "
+                           "the size the network resolves best (set the object scale to override)"))
+    cost, level = cost_note(spec, device, config.time_limit)
+    if cost:
+        out.append(Message(cost, level))
+    return out
+
+
+def _box_holdout(config, samples: list[Sample], rng) -> tuple[list[np.ndarray], BoxValidator, list[Sample],
+                                                                list[Message]]:
+    """A box run's hold-out (see :func:`~napari_seglab.core.train._boxes.split_boxes`): part of the annotated area with its boxes.
+
+    The held-out part is cut out of the training samples (not blanked), so a
+    box family trains on it nowhere, whatever its ``holdout`` flag says.
+    """
+    kept, held, why = split_boxes(samples, config.val_fraction, rng)
+    validator = BoxValidator(held)
+    masks = [np.zeros(s.target.shape, bool) for s in kept]
+    if validator:
+        return masks, validator, kept, [Message(f"validation: box AP@0.5 on {validator.n_boxes} held-out boxes "
+                                                f"({len(held)} held-out part(s) of the annotated area)")]
+    return masks, validator, kept, [
+        Message(f"{why}: no validation AP; the best model is chosen by training loss", "warning")]
+
+
+def _holdout(config, spec: ModelSpec, samples: list[Sample], rng, sparse: bool
+             ) -> tuple[list[np.ndarray], Validator, list[Sample], list[Message]]:
+    """(held-out pixels per sample, validator, training samples without them, messages)."""
+    if spec.family_entry.kind == "boxes":
+        return _box_holdout(config, samples, rng)
+    val_fraction = config.val_fraction if spec.family_entry.holdout else 0.0
+    held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
+    validator = Validator(samples, held)
+    train_samples = [replace(s, target=np.where(h, IGNORE, s.target)) for s, h in zip(samples, held, strict=True)]
+    if validator:
+        return held, validator, train_samples, [
+            Message(f"validation: {sum(int(h.sum()) for h in held)} held-out annotated pixels")]
+    if not spec.family_entry.holdout:
+        return held, validator, train_samples, []
+    if val_fraction <= 0:
+        why = "no validation hold-out asked for"
+    elif sparse:
+        what = get_mode(config.label_mode).units
+        why = f"fewer than {MIN_STROKES_FOR_HOLDOUT} {what} in a class, so every stroke trains"
+    else:
+        why = "annotation too small for a validation hold-out"
+    return held, validator, train_samples, [
+        Message(f"{why}: no validation Dice; the best model is chosen by training loss", "warning")]
+
+
+def _optimizer(config, model: torch.nn.Module, init: Checkpoint | None
+               ) -> tuple[torch.optim.Optimizer, list[Message]]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if init is None or not init.optimizer or not config.resume_optimizer:
+        return optimizer, []
+    try:
+        optimizer.load_state_dict(init.optimizer)
+    except (ValueError, KeyError):
+        return optimizer, [Message("optimizer state of the checkpoint does not fit; starting a fresh optimizer",
+                                   "warning")]
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr
+    return optimizer, [Message("optimizer state restored: continuing training")]
+
+
+def _thread_tuner(config, device: torch.device) -> ThreadTuner | None:
+    if device.type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ThreadTuner(max(1, cores), config.threads)
+
+
+def check_box_run(config, boxes) -> bool:
+    """True when ``config`` trains a box family; InputError when boxes, label mode and family do not fit."""
+    family = get_family(config.family)
+    if family.kind != "boxes":
+        if boxes is not None or config.label_mode == "boxes":
+            what = "boxes are given" if boxes is not None else "the 'boxes' label mode is chosen"
+            able = ", ".join(f.name for f in REGISTRY.values() if f.kind == "boxes") or "none is installed"
+            raise InputError(f"{what}, but {family.label} learns from painted labels, not boxes; choose a box "
+                             f"detector family ({able})")
+        return False
+    if config.label_mode not in BOX_LABEL_MODES:
+        raise InputError(f"{family.label} learns boxes: give boxes (label mode 'boxes') or 'instances' labels, "
+                         f"not {config.label_mode!r}")
+    return True
+
+
+def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
+           axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float,
+           boxes: Sequence[Sequence[dict] | None] | None = None) -> Generator[Message, None, TrainRun]:
+    """Prepare a run of the resolved ``config`` on ``device``; yields Messages, returns the :class:`TrainRun`.
+
+    ``boxes``: per image a list of box rows, for box families (see :mod:`napari_seglab.core.train._boxes`).
+    """
+    tuner = _thread_tuner(config, device)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    budget = Budget(config.time_limit, config.epochs, config.steps_per_epoch, clock, t_start)
+    sparse = get_mode(config.label_mode).sparse
+    box_run = check_box_run(config, boxes)
+    init, norm, scale, head = _start_from(config)
+    config = replace(config, instance_head=head)
+    if box_run:
+        samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
+                                                                      axes=axes, norm=norm, scale=scale)
+    else:
+        samples, norm, channels, scale = prepare_training_data(
+            images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
+            norm=norm, scale=scale, head=head)
+        data_notes = []
+    spec = _spec_for(config, init, samples, channels, head)
+    model, note, channels_last = _build(config, spec, init, device)
+    yield from _describe(config, spec, init, device, note, scale)
+    yield from data_notes
+    held, validator, train_samples, notes = _holdout(config, spec, samples, rng, sparse)
+    yield from notes
+    favour = BOX_FAVOUR if box_run else 0.8 if sparse else 0.3
+    sampler = PatchSampler(train_samples, config.patch, rng, favour=favour, scale_jitter=config.scale_jitter or 1.0)
+    self_training = config.self_training and get_mode(config.label_mode).self_training and spec.semantic
+    n = spec.n_classes
+    counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]), minlength=n)[:n]
+    weights = balanced_class_weights(counts) if config.class_weights == "balanced" else None
+    optimizer, notes = _optimizer(config, model, init)
+    yield from notes
+    use_bf16 = False
+    if spec.semantic:  # the probe compares dense outputs (a detector's are lists of boxes)
+        x0 = torch.from_numpy(sampler.batch(min(config.batch_size, 4))[0]).to(device)
+        if channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        use_bf16, why = bf16_helps(model, x0, config.bf16, device)
+        if why:
+            yield Message(f"CPU arithmetic: {why}")
+    meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16)
+    return TrainRun(config=config, device=device, spec=spec, model=model, optimizer=optimizer,
+                    scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None, sampler=sampler,
+                    samples=train_samples, held=held, validator=validator,
+                    state=RunState(model, meta, config, budget), budget=budget, rng=rng, tuner=tuner,
+                    class_weights=weights, channels_last=channels_last, use_bf16=use_bf16,
+                    pending_rounds=sorted(config.self_training_at) if self_training else [], clock=clock)

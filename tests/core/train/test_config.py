@@ -1,0 +1,161 @@
+"""TrainConfig declared once: metadata feeds argparse, one check for every caller, a frozen resolved form."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from painted import discs as painted_discs
+
+from napari_seglab.cli import build_parser, main
+from napari_seglab.core.errors import InputError
+from napari_seglab.core.settings import SettingError, field_default, settings_of
+from napari_seglab.core.train import (
+    DENSE_BATCH,
+    DENSE_PATCH,
+    SPARSE_BATCH,
+    SPARSE_PATCH,
+    ResolvedTrainConfig,
+    TrainConfig,
+)
+
+SETTINGS = settings_of(TrainConfig)
+
+
+def train_options() -> dict:
+    """``seglab train``'s argparse actions by destination."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.dest: a for a in sub.choices["train"]._actions}
+
+
+@pytest.mark.parametrize("name", ["patch", "batch_size", "lr", "time_limit", "val_fraction", "instance_head",
+                                  "preset", "threads"])
+def test_cli_help_is_the_declared_help(name):
+    action = train_options()[name]
+    setting = SETTINGS[name]
+    assert action.help.startswith(setting.help)
+    if setting.auto:
+        assert f"(default: {setting.auto})" in action.help
+    assert action.type is (setting.kind if setting.kind in (int, float) else None)
+    assert action.default == field_default(TrainConfig, name)  # None = "auto": the core decides
+
+
+def test_every_cli_option_of_train_is_a_declared_setting():
+    options = train_options()
+    declared = {name for name, s in SETTINGS.items() if s.flag != ""}
+    front_only = {"image", "labels", "boxes", "diameter", "help", "debug"}
+    assert set(options) - front_only == declared
+    assert options["read_255_as_foreground"].option_strings == ["--mask-255"]
+
+
+def test_preset_help_quotes_the_registry_step_times():
+    from napari_seglab.core.models import PRESETS
+
+    for preset in PRESETS.values():
+        assert f"{preset.cpu_step_s:.2f} s per step" in SETTINGS["preset"].help
+    assert set(SETTINGS["preset"].choices) == set(PRESETS)
+
+
+@pytest.mark.parametrize("name,value,flag", [
+    ("lr", 2.0, "--lr"), ("time_limit", float("nan"), "--time-limit"), ("seed", -1, "--seed"),
+    ("val_fraction", 1.5, "--val-fraction"), ("patch", 100, "--patch"), ("bf16", "maybe", "--bf16"),
+    ("instance_head", "stardist", "--instance-head"),
+])
+def test_python_and_cli_callers_get_the_same_error(tmp_path, capsys, name, value, flag):
+    with pytest.raises(SettingError) as python_error:
+        TrainConfig(label_mode="instances", **{name: value}).check()
+    image, labels = painted_discs()
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    code = main(["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"),
+                 "--label-mode", "instances", "--model-out", str(tmp_path / "m.pt"), flag, str(value)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and line == f"seglab: error: {python_error.value.with_flag()}"
+    assert str(python_error.value).replace(SETTINGS[name].label, "", 1) in line  # the same words, with the flag
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_resolve_decides_the_defaults_per_device_and_freezes_them():
+    config = TrainConfig(label_mode="scribbles")
+    before = dataclasses.asdict(config)
+    cpu, gpu = config.resolve("cpu"), config.resolve("cuda")
+    assert dataclasses.asdict(config) == before  # the caller's config is not changed
+    assert (cpu.patch, gpu.patch) == (SPARSE_PATCH["cpu"], SPARSE_PATCH["cuda"])
+    assert cpu.batch_size == SPARSE_BATCH and cpu.lr == 3e-3 and cpu.time_limit == 120
+    assert (cpu.preset, gpu.preset) == ("fast", "accurate") and cpu.encoder is None
+    dense = TrainConfig(label_mode="instances", init=None).resolve("cpu")
+    assert (dense.patch, dense.batch_size, dense.instance_head) == (DENSE_PATCH["cpu"], DENSE_BATCH, "flows")
+    assert TrainConfig(label_mode="objects").resolve("cpu").instance_head == "boundary"
+    assert TrainConfig(family="maskrcnn", label_mode="instances").resolve("cpu").lr == 1e-4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.patch = 32
+    assert isinstance(cpu, ResolvedTrainConfig) and cpu.resolve("cuda") is cpu
+    # what the user chose stays as chosen; registry spellings are normalised
+    chosen = TrainConfig(family="UNET", arch="fpn", encoder="resnet18", patch=96, batch_size=3, lr=1e-2)
+    assert (lambda r: (r.family, r.arch, r.patch, r.batch_size, r.lr, r.preset))(chosen.resolve("cuda")) == \
+        ("unet", "FPN", 96, 3, 1e-2, None)
+
+
+def test_resolve_refuses_what_check_refuses():
+    with pytest.raises(InputError, match="preset or an encoder"):
+        TrainConfig(preset="fast", encoder="resnet18").resolve("cpu")
+    with pytest.raises(InputError, match="unknown encoder"):
+        TrainConfig(encoder="resnet999").resolve("cpu")
+    with pytest.raises(InputError, match="registry"):
+        TrainConfig(encoder="tu-../../x").check()
+
+
+def test_train_checks_a_resolved_config_no_second_time(monkeypatch, tmp_path):
+    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.train import _config as config_module
+    from napari_seglab.core.train import iter_train
+
+    image, labels = painted_discs()
+    resolved = TrainConfig(label_mode="instances", encoder="resnet18", epochs=1, steps_per_epoch=1, patch=64,
+                           batch_size=2, bf16="off", threads=1, model_out=str(tmp_path / "m.pt")).resolve("cpu")
+    calls = []
+    original = config_module.TrainConfig._check
+    monkeypatch.setattr(config_module.TrainConfig, "_check", lambda self: calls.append(1) or original(self))
+    result = run_to_completion(iter_train([image], [labels], resolved))
+    assert calls == [] and result.steps == 1 and (tmp_path / "m.pt").is_file()
+    assert result.checkpoint.meta["training"]["config"]["patch"] == 64
+
+
+def test_cli_checks_the_settings_and_the_model_names_once(monkeypatch, tmp_path, capsys):
+    import tifffile
+
+    import napari_seglab.core.models as models
+    import napari_seglab.core.train as core_train
+    from napari_seglab.core.models import Checkpoint
+    from napari_seglab.core.train import _config as config_module
+
+    image, labels = painted_discs()
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels.astype(np.uint16))
+    checks, specs, seen = [], [], {}
+    original_check, original_spec = config_module.TrainConfig._check, models.check_spec
+    monkeypatch.setattr(config_module.TrainConfig, "_check", lambda self: checks.append(1) or original_check(self))
+    monkeypatch.setattr(models, "check_spec", lambda spec: specs.append(1) or original_spec(spec))
+
+    def fake_train(images, labels, config, **kwargs):
+        seen["config"] = config
+        yield from ()
+        return core_train.TrainResult(checkpoint=Checkpoint(meta={"metrics": {}}, state_dict={}), path=None)
+
+    monkeypatch.setattr(core_train, "iter_train", fake_train)
+    code = main(["train", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"),
+                 "--label-mode", "instances", "--model-out", str(tmp_path / "m.pt"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert checks == [1] and specs == [1]
+    assert isinstance(seen["config"], ResolvedTrainConfig) and seen["config"].patch == DENSE_PATCH["cpu"]
+
+
+def test_the_learning_rates_in_the_help_are_the_families_own():
+    from napari_seglab.core.models import get_family
+    from napari_seglab.core.train import _config as config
+
+    assert (get_family("unet").lr, get_family("unet").lr_finetune) == (config.LR_SCRATCH, config.LR_FINETUNE)
+    assert get_family("maskrcnn").lr == config.LR_MASKRCNN
+    assert config.default_lr("maskrcnn") == config.LR_MASKRCNN
+    assert config.default_lr("unet", fine_tuning=True) == config.LR_FINETUNE
