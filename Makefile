@@ -14,7 +14,7 @@ XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint headless-test bench screenshot sample-data xvfb clean
+.PHONY: setup run test lint docs headless-test bench screenshot sample-data xvfb clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test: setup xvfb
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports --no-cache
+
+# the documentation site (docs/*.md, mkdocs.yml) into site/; --strict: a warning or a broken link fails
+docs: setup
+	$(VENV)/bin/mkdocs build --strict -d site
 
 $(HEADLESS_VENV)/.installed: pyproject.toml
 	test -x $(HPY) || python3 -m venv $(HEADLESS_VENV)
@@ -68,4 +72,4 @@ bench: setup xvfb
 	for b in benchmarks/*.py; do echo "== $$b"; $(XVFB) $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(HEADLESS_VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(HEADLESS_VENV) build dist site src/*.egg-info .pytest_cache
