@@ -44,6 +44,7 @@ from ..tiling import ALIGN, check_overlap
 from ._forward import (
     expand_probabilities,
     iter_plane_with_fallback,
+    iter_with_fallback,
 )
 from ._options import PredictOptions
 
@@ -280,6 +281,20 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
     return resample_labels(plane_labels, size), probs, model
 
 
+def _object_plane(model: LoadedModel, chw: np.ndarray, tile: int, overlap: float, score_threshold: float,
+                  stop: threading.Event | None):
+    """One normalised plane through an object or box family's tiled detection, under the out-of-memory policy.
+
+    Returns ((labels, rows), the model it ran on), as :func:`_semantic_plane` does.
+    """
+    detect = model.spec.family_entry.predict_objects
+
+    def run(lm, side):
+        return detect(lm, chw, tile=side, overlap=overlap, score_threshold=score_threshold, stop=stop)
+
+    return (yield from iter_with_fallback(run, model, tile))
+
+
 def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
                        tile: int | None = None, overlap: float = 0.25,
                        planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
@@ -322,9 +337,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
             if not spec.semantic:  # object and box families: their own tiled prediction
-                inst, det = yield from relay(spec.family_entry.predict_objects(
-                    current, normalize(raw, *lohi), tile=job.tile, overlap=overlap,
-                    score_threshold=score_threshold, stop=stop), tagged)
+                (inst, det), current = yield from relay(
+                    _object_plane(current, normalize(raw, *lohi), job.tile, overlap, score_threshold, stop),
+                    tagged)
                 labels[index] = inst
                 boxes.extend({**row, "plane": ",".join(map(str, index)) if index else ""} for row in det)
                 continue
