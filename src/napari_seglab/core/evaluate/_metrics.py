@@ -314,15 +314,36 @@ def box_scores(pred: Sequence[dict] | np.ndarray, truth: Sequence[dict] | np.nda
     ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``; ``n_pred``
     (above the threshold), ``n_true`` and ``count_error`` (n_pred - n_true).
     """
+    return box_summary(*plane_matches(pred, truth, score_threshold), score_threshold)
+
+
+def plane_matches(pred, truth, score_threshold: float
+                  ) -> tuple[np.ndarray, dict[float, np.ndarray], int, int, int]:
+    """The box matches of one plane: (scores, hits, tp, n_pred, n_true), the input of :func:`box_summary`.
+
+    ``scores``: every prediction's score, best first; ``hits``: per COCO IoU
+    threshold, whether each of them matched a true box; ``tp`` and ``n_pred``:
+    at IoU 0.5 among the predictions scoring at least ``score_threshold``.
+    """
     boxes_p, scores = _box_table(pred, "prediction")
     boxes_t, _ = _box_table(truth, "truth")
     order = np.argsort(-scores, kind="stable")
-    boxes_p, scores = boxes_p[order], scores[order]
-    ious = box_iou(boxes_p, boxes_t)
-    aps = {t: _average_precision(_greedy_matches(ious, t), len(boxes_t)) for t in COCO_THRESHOLDS}
+    scores = scores[order]
+    ious = box_iou(boxes_p[order], boxes_t)
+    hits = {t: _greedy_matches(ious, t) for t in COCO_THRESHOLDS}
     kept = scores >= score_threshold
-    tp = int(_greedy_matches(ious[kept], 0.5).sum())
-    n_pred, n_true = int(kept.sum()), len(boxes_t)
+    return scores, hits, int(_greedy_matches(ious[kept], 0.5).sum()), int(kept.sum()), len(boxes_t)
+
+
+def box_summary(scores: np.ndarray, hits: dict[float, np.ndarray], tp: int, n_pred: int, n_true: int,
+                score_threshold: float) -> dict:
+    """The scores :func:`box_scores` returns, from the matches of one plane or of many put together.
+
+    The predictions are ranked by score here, all together, so that the
+    matches of several planes pool into one precision/recall curve.
+    """
+    order = np.argsort(-scores, kind="stable")
+    aps = {t: _average_precision(hits[t][order], n_true) for t in COCO_THRESHOLDS}
     both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
     return {"ap50": aps[0.5], "ap75": aps[0.75], "ap": float(np.mean(list(aps.values()))),
             "precision": _ratio(tp, n_pred, both_empty), "recall": _ratio(tp, n_true, both_empty),

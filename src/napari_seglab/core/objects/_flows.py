@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from ..errors import InputError
+from ._instances import renumber_objects
 
 KINDS = ("flows", "distance")
 MODES = ("instances", "partial")
@@ -234,15 +235,6 @@ def head_loss(outputs: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor,
     return bce + dice_weight * dice + regression_weight * mse
 
 
-def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size > 1 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_sequential(labels)[0].astype(np.int32, copy=False)
-
-
 def _fill_holes(labels: np.ndarray) -> np.ndarray:
     out = labels.copy()
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
@@ -316,11 +308,11 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
     ys, xs = np.nonzero(fg)
     ends = _follow(flow, ys.astype(np.float32), xs.astype(np.float32), n_steps)
     labels[ys, xs] = _cluster(ends, fg.shape, min_count=max(3, min_size // 2))
-    labels = _finish(_fill_holes(labels), min_size)
+    labels = renumber_objects(_fill_holes(labels), min_size)
     if flow_threshold is not None and labels.any():
         bad = np.flatnonzero(_flow_errors(labels, flow) > flow_threshold) + 1
         if bad.size:
-            labels = _finish(np.where(np.isin(labels, bad), 0, labels), min_size)
+            labels = renumber_objects(np.where(np.isin(labels, bad), 0, labels), min_size)
     return labels
 
 
@@ -349,7 +341,7 @@ def decode_distance(outputs: np.ndarray, *, threshold: float = 0.0, seeds: str =
     rest, n = ndi.label(fg & (labels == 0))
     if n:
         labels = np.where(rest > 0, rest + labels.max(), labels)
-    return _finish(labels, min_size)
+    return renumber_objects(labels, min_size)
 
 
 def decode(outputs: np.ndarray, kind: str | None = None, **kwargs) -> np.ndarray:
