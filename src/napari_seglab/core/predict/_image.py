@@ -25,7 +25,6 @@ import torch
 from scipy.special import expit
 
 from ..data import (
-    Normalization,
     check_scale,
     normalize,
     percentiles,
@@ -39,7 +38,7 @@ from ..errors import InputError
 from ..events import Message, Stopped, TileDone, check_stop, relay
 from ..io import check_image_values
 from ..labels import is_instance_mode
-from ..models import Checkpoint, CheckpointMeta, ModelSpec, get_family, load_checkpoint
+from ..models import Checkpoint, CheckpointMeta, DescribedModel, get_family, load_checkpoint
 from ..tiling import ALIGN, check_overlap
 from ._forward import (
     expand_probabilities,
@@ -63,7 +62,7 @@ def device_memory_budget(device: torch.device) -> float:
     return float(min(CPU_BUDGET_CAP, total / 2))
 
 
-class LoadedModel:
+class LoadedModel(DescribedModel):
     """A model ready to predict: network in eval mode, its metadata (``info``) and device.
 
     ``meta`` may be given typed or in its on-disk dict form; the :attr:`meta`
@@ -81,22 +80,6 @@ class LoadedModel:
         values = {"model": self.model, "meta": self.info, "device": self.device, "precision": self.precision,
                   "tta": self.tta}
         return LoadedModel(**{**values, **changes})
-
-    @property
-    def meta(self) -> dict:
-        return self.info.to_dict()
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.info.model
-
-    @property
-    def label_mode(self) -> str:
-        return self.info.label_mode
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.info.normalization
 
 
 def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
