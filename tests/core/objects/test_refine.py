@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.events import run_to_completion
 from napari_seglab.core.objects import SPLIT_THRESHOLD, instances_from_foreground, snap_to_edges
 
 SAMPLE = Path(__file__).resolve().parents[3] / "sample_data"

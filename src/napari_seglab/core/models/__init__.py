@@ -28,7 +28,7 @@ from ._maskrcnn import (
     detection_targets,
     predict_instances_tiled,
 )
-from ._metadata import CheckpointMeta
+from ._metadata import CheckpointMeta, DescribedModel
 from ._registry import (
     DEFAULT_ARCH,
     DEFAULT_FAMILY,
@@ -55,7 +55,7 @@ from ._weights import hub_file
 
 __all__ = [
     "Checkpoint", "CheckpointMeta", "DEFAULT_ARCH", "DEFAULT_ENCODER", "DEFAULT_FAMILY",
-    "DEFAULT_PRESET", "FAMILIES", "FCNWrapper", "FCN_ARCHS", "Family", "INSTANCE_HEADS", "KINDS",
+    "DEFAULT_PRESET", "DescribedModel", "FAMILIES", "FCNWrapper", "FCN_ARCHS", "Family", "INSTANCE_HEADS", "KINDS",
     "LossInputs", "MASKRCNN_ARCHS", "META_FILE", "ModelSpec", "PRESETS", "Preset", "REGISTRY",
     "SMP_ARCHS", "balanced_class_weights", "batch_box_targets", "bce_dice", "boxes_from_instances",
     "build_maskrcnn", "build_model", "ce_dice", "check_head", "check_spec", "check_stored_encoder",
