@@ -71,7 +71,6 @@ def test_predict_splits_semantic_foreground_on_the_image_edges():
 
 
 def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs, monkeypatch):
-    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.predict import _image as predict
 
     img = blobs[0]
