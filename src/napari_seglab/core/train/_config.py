@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import LABEL_MODES, get_mode
-from ..settings import Setting, SettingError, check_fields, setting, settings_of
+from ..settings import Setting, check_fields, setting, settings_of
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -175,10 +175,8 @@ class TrainConfig:
             raise InputError("give a number of epochs or a time limit")
         if not declared["label_mode"].accepts(self.label_mode):
             get_mode(self.label_mode)  # the label modes' own message
-        check_fields(self, ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
-                            "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights",
-                            "scale", "scale_jitter"))
-        _check_patch(self.patch, declared["patch"])
+        _check_patch(self.patch)
+        check_fields(self)
         names = _check_model(self)
         _check_memory(self, names[0])
         return names
@@ -267,14 +265,11 @@ def default_instance_head(label_mode: str, family: str) -> str:
 
 
 # ---------------------------------------------------------------------- rules between settings
-def _check_patch(patch, declared: Setting) -> None:
-    if patch is None:
-        return
+def _check_patch(patch) -> None:
+    """A patch above the largest is refused with why, before the declared range says only "from 32 to 8192"."""
     if isinstance(patch, (int, np.integer)) and not isinstance(patch, bool) and patch > MAX_PATCH:
         raise InputError(f"patch size {patch} is above the largest SegLab trains with ({MAX_PATCH}); "
                          "a patch larger than the image is padded, not more informative")
-    if not declared.accepts(patch):
-        raise SettingError(declared, patch, "patch")
 
 
 def _check_model(config: TrainConfig) -> tuple[str, str]:
