@@ -107,7 +107,7 @@ def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabi
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
-                                measurements=measurements, boxes=spec.family_entry.kind == "boxes")
+                                measurements=measurements, boxes=spec.family_entry.kind.boxes)
     setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
                    {rel: outs for _, rel, outs in plan})
     ensure_not_input(setup.manifest, files)

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..events import TileDone
+from ._catalogue import CATALOGUE
 from ._detector import (
     MIN_OBJECT_PIXELS,
     NoResizeTransform,
@@ -40,10 +41,6 @@ from ._detector import (
 )
 from ._family import Family, LossInputs, Spec
 from ._weights import ChannelAdapter
-
-MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
-#: ready-made torchvision models: name -> (architecture, weights source)
-STOCK = {"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"), "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
@@ -303,28 +300,5 @@ STORED_OPTIONS: Mapping[str, tuple] = {
     "image_std": ("nums", 1e-6, 1e3, 3),
 }
 
-FAMILY = Family(
-    name="maskrcnn",
-    kind="instances",
-    label="Mask R-CNN",
-    archs=MASKRCNN_ARCHS,
-    default_arch="maskrcnn_resnet50_fpn",
-    build=build_maskrcnn,
-    loss=_loss,
-    predict_objects=predict_instances_tiled,
-    bytes_per_pixel=1500,
-    train_bytes_per_pixel=2000,
-    # from scratch, AdamW diverges above ~1e-4 (U-Nets and FCNs like 3e-3)
-    lr=1e-4,
-    lr_finetune=1e-4,
-    exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("instances",),
-    label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
-    stored_options=STORED_OPTIONS,
-    stock=STOCK,
-    stock_weights=stock_weights,
-    channels_last=False,
-    holdout=False,
-    steps_to_useful=3000,
-    cpu_step_s=6.0,
-)
+FAMILY = Family.of(CATALOGUE["maskrcnn"], build=build_maskrcnn, loss=_loss, predict_objects=predict_instances_tiled,
+                   stored_options=STORED_OPTIONS, stock_weights=stock_weights)

@@ -38,7 +38,7 @@ from ..errors import InputError
 from ..events import Message, Stopped, TileDone, check_stop, relay
 from ..io import check_image_values
 from ..labels import is_instance_mode
-from ..models import Checkpoint, CheckpointMeta, DescribedModel, get_family, load_checkpoint
+from ..models import Checkpoint, CheckpointMeta, DescribedModel, Kind, get_family, load_checkpoint
 from ..tiling import ALIGN, check_overlap
 from ._forward import (
     expand_probabilities,
@@ -107,15 +107,19 @@ class Prediction:
     background; or object ids for instance outputs; all 0 for a box
     detector). ``probabilities``: float32 (K, *spatial) when asked for.
     ``boxes``: rows with y0, x0, y1, x1, class, score, plane (detections or
-    object bounding boxes); for a box detector (``kind`` "boxes"), the
-    detections at or above the score threshold, the whole result.
+    object bounding boxes); for a box detector (``kind.boxes``), the
+    detections at or above the score threshold, the whole result. ``kind``:
+    what the labels hold (a :class:`~napari_seglab.core.models.Kind`; its value string is taken too).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     boxes: list[dict] = field(default_factory=list)
-    kind: str = "semantic"  # "semantic" | "instances" | "boxes"
+    kind: Kind = Kind.SEMANTIC
     stopped: bool = False
+
+    def __post_init__(self):
+        self.kind = Kind(self.kind)
 
 
 def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels: int = 1,
@@ -292,7 +296,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     budget); ``overlap``: in [0, 1). Yields TileDone per tile (and warning
     Messages); returns a :class:`Prediction` whose ``labels`` have the image's
     shape without ``C`` (all 0 for a box detector, whose result is
-    ``boxes``, kind "boxes"). Planes not predicted stay 0. When ``stop`` is set,
+    ``boxes``, ``kind.boxes``). Planes not predicted stay 0. When ``stop`` is set,
     returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
     every tile also predicted flipped three ways and the outputs averaged
     (U-Net / FCN models; about 4x the time). For a blocking call use
@@ -334,9 +338,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     except Stopped:
         stopped = True
     if not spec.semantic:
-        kind = spec.family_entry.kind  # "instances" (Mask R-CNN) or "boxes" (the box detectors)
+        kind = spec.family_entry.kind  # Mask R-CNN's instances or a box detector's boxes
     else:
-        kind = "instances" if is_instance_mode(model.label_mode) or split_instances else "semantic"
+        kind = Kind.INSTANCES if is_instance_mode(model.label_mode) or split_instances else Kind.SEMANTIC
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
 

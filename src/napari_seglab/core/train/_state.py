@@ -78,7 +78,7 @@ class Validator:
 def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples: list[Sample],
              counts: np.ndarray, note: str, use_bf16: bool) -> CheckpointMeta:
     """The metadata of a run's checkpoints (``config``: the resolved TrainConfig), before any metric."""
-    if spec.family_entry.kind == "boxes":
+    if spec.family_entry.kind.boxes:
         names = list(get_mode("boxes").class_names(spec.n_classes))
     elif not spec.semantic or spec.has_regression_head:
         names = ["background", "object"]
