@@ -50,7 +50,7 @@ def families() -> tuple[Family, ...]:
 
 def get_family(name: str) -> Family:
     """The family called ``name`` (any letter case); InputError listing the families otherwise."""
-    return REGISTRY[choose(name, FAMILIES, "model family")]
+    return REGISTRY[choose(name, tuple(REGISTRY), "model family")]
 
 
 @dataclass(frozen=True)
