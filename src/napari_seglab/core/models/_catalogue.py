@@ -148,7 +148,21 @@ RETINANET_ARCHS = ("retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinane
 FCOS_ARCHS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn")
 FASTERRCNN_ARCHS = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
 
-_BOXES_NOTE = "{} learns boxes: it trains on drawn boxes, or on 'instances' labels (one box per object)"
+
+def _box_detector(short: str, **facts) -> FamilyCard:
+    """A box detector's card: what the three share, and its own ``facts``.
+
+    Their ``cpu_step_s``: the default ResNet-18 FPN with the default patches (8 of 128 px), 2
+    threads, quiet 2-core machine (benchmarks/detection.py); a core shared with other jobs costs
+    2-4x the wall time. Each card adds its time for batch 4 of 256 px on 1 thread.
+    """
+    return FamilyCard(kind=Kind.BOXES, label=f"{short} (boxes)",
+                      exportable=False,  # its output is a list of detections, not a tensor
+                      label_modes=("boxes", "instances"),
+                      label_modes_note=f"{short} learns boxes: it trains on drawn boxes, or on 'instances' "
+                                       "labels (one box per object)",
+                      channels_last=False, holdout=False, **facts)
+
 
 #: every family, the default first (the order of the drop-downs)
 CARDS: tuple[FamilyCard, ...] = (
@@ -179,54 +193,40 @@ CARDS: tuple[FamilyCard, ...] = (
                "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")},
         channels_last=False, holdout=False, steps_to_useful=3000, cpu_step_s=6.0,
     ),
-    FamilyCard(
-        name="retinanet", kind=Kind.BOXES, label="RetinaNet (boxes)", archs=RETINANET_ARCHS,
+    _box_detector(
+        "RetinaNet", name="retinanet", archs=RETINANET_ARCHS,
         default_arch="retinanet_resnet18_fpn", bytes_per_pixel=1200, train_bytes_per_pixel=1600,
         # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px, torchvision's plain head): AdamW 1e-4
         # reached box AP@0.5 0.26 after 200 steps, 3e-4 0.13 (0.50 after 400), 1e-3 0.08 with a noisier loss;
         # none diverged. With the GroupNorm head, 1e-4 gives 0.24 after 100 steps
         lr=1e-4, lr_finetune=1e-4,
-        exportable=False,  # its output is a list of detections, not a tensor
-        label_modes=("boxes", "instances"), label_modes_note=_BOXES_NOTE.format("RetinaNet"),
         stock={"retinanet_coco": ("retinanet_resnet50_fpn", "coco"),
                "retinanet_v2_coco": ("retinanet_resnet50_fpn_v2", "coco")},
-        channels_last=False, holdout=False,
         steps_to_useful=1500,  # benchmarks/detection.py, 300 s on 2 cores: 735 steps gave box AP@0.5 0.44 only
-        # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-        # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 1.45 s (ResNet-50 FPN 2.40 s, v2 2.46 s);
-        # a core shared with other jobs costs 2-4x the wall time
+        # batch 4 of 256 px on 1 thread: 1.45 s (ResNet-50 FPN 2.40 s, v2 2.46 s)
         cpu_step_s=0.41,
     ),
-    FamilyCard(
-        name="fcos", kind=Kind.BOXES, label="FCOS (boxes)", archs=FCOS_ARCHS, default_arch="fcos_resnet18_fpn",
+    _box_detector(
+        "FCOS", name="fcos", archs=FCOS_ARCHS, default_arch="fcos_resnet18_fpn",
         bytes_per_pixel=1200, train_bytes_per_pixel=1600,
         # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px): AdamW 3e-4 learned without diverging
         # (box AP@0.5 0.19 after 100 steps, 0.18 after 200: it over-counts, 339 boxes for 147 nuclei at score 0.3)
         lr=3e-4, lr_finetune=1e-4,
-        exportable=False,  # its output is a list of detections, not a tensor
-        label_modes=("boxes", "instances"), label_modes_note=_BOXES_NOTE.format("FCOS"),
         stock={"fcos_coco": ("fcos_resnet50_fpn", "coco")},
-        channels_last=False, holdout=False,
         steps_to_useful=800,  # benchmarks/detection.py, 300 s on 2 cores: 781 steps gave box AP@0.5 0.92
-        # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-        # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 1.4 s (ResNet-50 FPN 2.42 s);
-        # a core shared with other jobs costs 2-4x the wall time
+        # batch 4 of 256 px on 1 thread: 1.4 s (ResNet-50 FPN 2.42 s)
         cpu_step_s=0.38,
     ),
-    FamilyCard(
-        name="fasterrcnn", kind=Kind.BOXES, label="Faster R-CNN (boxes)", archs=FASTERRCNN_ARCHS,
+    _box_detector(
+        "Faster R-CNN", name="fasterrcnn", archs=FASTERRCNN_ARCHS,
         default_arch="fasterrcnn_resnet18_fpn", bytes_per_pixel=1400, train_bytes_per_pixel=1800,
         # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px), AdamW 3e-4: box AP@0.5 0.74 after 50
         # steps and 0.94 (AP@0.75 0.62, F1 0.89 at score 0.3) after 100: the fastest learner of the three
         lr=3e-4, lr_finetune=1e-4,
-        exportable=False,  # its output is a list of detections, not a tensor
-        label_modes=("boxes", "instances"), label_modes_note=_BOXES_NOTE.format("Faster R-CNN"),
         stock={"fasterrcnn_coco": ("fasterrcnn_resnet50_fpn", "coco"),
                "fasterrcnn_v2_coco": ("fasterrcnn_resnet50_fpn_v2", "coco")},
-        channels_last=False, holdout=False, steps_to_useful=100,
-        # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-        # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 3.0 s (ResNet-50 FPN 4.21 s, v2 8.93 s);
-        # a core shared with other jobs costs 2-4x the wall time
+        steps_to_useful=100,
+        # batch 4 of 256 px on 1 thread: 3.0 s (ResNet-50 FPN 4.21 s, v2 8.93 s)
         cpu_step_s=2.7,
     ),
 )
