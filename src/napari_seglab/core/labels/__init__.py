@@ -16,10 +16,10 @@ from ._boxes import (
 )
 from ._modes import (
     IGNORE,
-    OBJECT_MARGIN,
     LABEL_MODES,
     LEGEND,
     MODES,
+    OBJECT_MARGIN,
     compact_labels,
     get_mode,
     head_targets,
