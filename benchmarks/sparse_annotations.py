@@ -1,0 +1,202 @@
+"""A few painted nuclei against a full mask: the ``objects`` and ``scribbles`` modes on real images.
+
+What a biologist brings is a few whole nuclei (``objects``: painted with
+napari's "new label", plus background strokes) or a few strokes
+(``scribbles``). This benchmark paints a fraction of the nuclei of a real
+image the way a person would, trains SegLab with its defaults and scores the
+held-out half, next to dense labels (every nucleus) at the same budget and to
+a random forest on the same pixels (the ilastik approach; ``_common.py``).
+
+Images: the DSB2018 nuclei image bundled in the StarDist 0.9.2 wheel (left
+half trains, right half is scored; ``pip download stardist==0.9.2`` once, or
+``--stardist-wheel``), variants derived from it so that a default tuned to one
+image shows (``half`` and ``double``: rescaled 0.5x / 2x; ``inverted``:
+dark nuclei on a bright background; ``noisy``: Gaussian noise of 0.3x the
+image's spread, float32), and the synthetic sample (``sample``).
+
+Painting patterns: ``random`` nuclei, or ``first`` (the nuclei a person picks
+first: isolated ones, largest first), each at 10, 25 and 50 % of the nuclei of
+the training half; background strokes from ``core.synthetic.make_scribbles``.
+``scribbles`` strokes lie inside the same nuclei.
+
+    python benchmarks/sparse_annotations.py                       # the full grid: several hours
+    python benchmarks/sparse_annotations.py --images dsb --fractions 0.25 --budgets 120 --seeds 0 1 2
+    python benchmarks/sparse_annotations.py --steps 400 ...       # a step budget instead of seconds
+
+Prints one line per run and a table of Dice, AP@0.5, AP@0.75 and count error
+(mean ± spread over seeds), and last the ratios sparse / dense (AP@0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from _common import random_forest_foreground
+from scipy import ndimage as ndi
+
+from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.objects import instances_from_foreground
+from napari_seglab.core.predict import iter_predict_image, load_model
+from napari_seglab.core.synthetic import make_scribbles
+from napari_seglab.core.train import TrainConfig, iter_train
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+VARIANTS = ("plain", "half", "double", "inverted", "noisy")
+
+
+def stardist_image(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
+    with zipfile.ZipFile(wheel) as z:
+        img = tifffile.imread(BytesIO(z.read("stardist/data/images/img2d.tif")))
+        mask = tifffile.imread(BytesIO(z.read("stardist/data/images/mask2d.tif")))
+    return img, np.asarray(mask, np.int64)
+
+
+def find_wheel(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    from instance_heads import stardist_wheel
+
+    return stardist_wheel(None)
+
+
+def variant(img: np.ndarray, inst: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """A harder image derived from a real one, with its instance mask moved alike."""
+    if kind == "plain":
+        return img, inst
+    if kind in ("half", "double"):
+        f = 0.5 if kind == "half" else 2.0
+        return ndi.zoom(img.astype(np.float32), f, order=1), ndi.zoom(inst, f, order=0)
+    if kind == "inverted":
+        return (img.max() - img).astype(img.dtype), inst
+    if kind == "noisy":
+        f = img.astype(np.float32)
+        return f + np.random.default_rng(7).normal(0, 0.3 * f.std(), f.shape).astype(np.float32), inst
+    raise ValueError(kind)
+
+
+def halves(img, inst):
+    h = img.shape[1] // 2
+    return img[:, :h], inst[:, :h], img[:, h:], inst[:, h:]
+
+
+def chosen_nuclei(inst: np.ndarray, fraction: float, pattern: str, seed: int) -> np.ndarray:
+    """Ids of the nuclei a user paints: ``fraction`` of all, inside the image, by ``pattern``."""
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    sl = ndi.find_objects(inst)
+    inner = [i for i in ids if sl[i - 1] is not None and sl[i - 1][0].start > 0 and sl[i - 1][1].start > 0
+             and sl[i - 1][0].stop < inst.shape[0] and sl[i - 1][1].stop < inst.shape[1]]
+    n = min(max(1, round(fraction * len(ids))), len(inner))
+    if pattern == "random":
+        return np.random.default_rng(seed).choice(inner, size=n, replace=False)
+    grown = ndi.grey_dilation(inst, size=7)  # a neighbour within 3 px counts as touching
+    order = sorted(inner, key=lambda i: (np.setdiff1d(np.unique(grown[inst == i]), [0, i]).size > 0,
+                                         -int((inst == i).sum())))
+    return np.array(order[:n])
+
+
+def annotate(mode: str, inst: np.ndarray, ids: np.ndarray, seed: int) -> np.ndarray:
+    """The user's labels: dense instances, or the chosen nuclei whole / stroked plus background strokes."""
+    if mode == "instances":
+        return inst
+    strokes = make_scribbles(inst, seed=seed)
+    out = np.where(strokes == 1, 1, 0).astype(np.uint16)
+    if mode == "objects":
+        for k, i in enumerate(ids):
+            out[inst == i] = k + 2
+    else:
+        out[np.isin(inst, ids) & (strokes >= 2)] = 2
+    return out
+
+
+def seglab(mode, tr_img, ann, te_img, budget, steps, seed):
+    kw = {"epochs": max(1, steps // 50), "steps_per_epoch": 50, "time_limit": None} if steps else \
+        {"time_limit": budget, "epochs": None}
+    cfg = TrainConfig(label_mode=mode, device="cpu", seed=seed, **kw)
+    t0 = time.monotonic()
+    result = run_to_completion(iter_train([tr_img], [ann], cfg))
+    wall = time.monotonic() - t0
+    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img,
+                                                split_instances=mode == "scribbles"))
+    return pred.labels, result.steps, wall
+
+
+def forest(tr_img, ann, mode, te_img, seed):
+    labels = np.where(ann >= 2, 2, ann).astype(np.uint8) if mode != "instances" else \
+        np.where(ann > 0, 2, 1).astype(np.uint8)
+    return instances_from_foreground(random_forest_foreground(tr_img, labels, te_img, seed).astype(np.float32))
+
+
+def scores(labels, truth):
+    m = match_instances(labels, truth)
+    n_pred, n_true = len(np.unique(labels)) - 1, len(np.unique(truth)) - 1
+    return np.array([m["dice"], m["ap50"], m["ap75"], (n_pred - n_true) / max(n_true, 1)])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", nargs="+", default=["dsb", *(f"dsb-{v}" for v in VARIANTS[1:]), "sample"])
+    p.add_argument("--modes", nargs="+", default=["objects", "scribbles"], choices=("objects", "scribbles"))
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument("--patterns", nargs="+", default=["random", "first"], choices=("random", "first"))
+    p.add_argument("--budgets", type=float, nargs="+", default=[60, 120])
+    p.add_argument("--steps", type=int, default=0, help="a step budget instead of --budgets (busy machines)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--stardist-wheel", default=None)
+    p.add_argument("--no-forest", action="store_true")
+    args = p.parse_args(argv)
+    budgets = [None] if args.steps else args.budgets
+    rows = []
+    for name in args.images:
+        if name == "sample":
+            img = tifffile.imread(SAMPLE / "nuclei_train.tif")
+            inst = np.asarray(tifffile.imread(SAMPLE / "nuclei_train_instances.tif"), np.int64)
+        else:
+            img, inst = stardist_image(find_wheel(args.stardist_wheel))
+            img, inst = variant(img, inst, name.split("-", 1)[1] if "-" in name else "plain")
+        tr_img, tr_inst, te_img, te_inst = halves(img, inst)
+        for budget in budgets:
+            dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
+                                     te_inst) for s in args.seeds])
+            rows.append((name, "instances", 1.0, "all", budget, dense, None))
+            print(f"{name} dense {budget or args.steps}: {dense.mean(0).round(3)}", flush=True)
+            for mode in args.modes:
+                for fraction in args.fractions:
+                    for pattern in args.patterns:
+                        runs, rf = [], []
+                        for seed in args.seeds:
+                            ann = annotate(mode, tr_inst, chosen_nuclei(tr_inst, fraction, pattern, seed), seed)
+                            labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, args.steps, seed)
+                            runs.append(scores(labels, te_inst))
+                            if not args.no_forest:
+                                rf.append(scores(forest(tr_img, ann, mode, te_img, seed), te_inst))
+                            print(f"  {name} {mode} {fraction:.2f} {pattern} {budget or args.steps} seed {seed}: "
+                                  f"dice/ap50/ap75/count {runs[-1].round(3)} steps {steps} wall {wall:.0f}s",
+                                  flush=True)
+                        rows.append((name, mode, fraction, pattern, budget, np.array(runs),
+                                     np.array(rf) if rf else None))
+    print()
+    print("image        mode       frac pattern budget | Dice         AP@0.5       AP@0.75      count err | "
+          "forest Dice AP@0.5")
+    for name, mode, fraction, pattern, budget, r, rf in rows:
+        m, s = r.mean(0), r.std(0)
+        forest_cols = f"{rf.mean(0)[0]:.3f} {rf.mean(0)[1]:.3f}" if rf is not None else "-"
+        print(f"{name:12s} {mode:10s} {fraction:4.2f} {pattern:7s} {budget or args.steps!s:>6} | "
+              f"{m[0]:.3f}±{s[0]:.3f}  {m[1]:.3f}±{s[1]:.3f}  {m[2]:.3f}±{s[2]:.3f}  {m[3]:+.2f} | {forest_cols}")
+    dense = {(n, b): r[:, 1].mean() for n, mo, _, _, b, r, _ in rows if mo == "instances"}
+    print("sparse/dense AP@0.5: " + "; ".join(
+        f"{n} {mo} {f:.2f} {pa} {b or args.steps}: {r[:, 1].mean() / max(dense[n, b], 1e-9):.2f}x"
+        for n, mo, f, pa, b, r, _ in rows if mo != "instances"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
