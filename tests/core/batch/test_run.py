@@ -13,26 +13,18 @@ import tifffile
 
 from napari_seglab.core.batch import MANIFEST_COLUMNS, iter_run_batch, read_manifest
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import FileDone, collect, run_to_completion
+from napari_seglab.core.events import FileDone, collect
 from napari_seglab.core.io import read_image
-from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+from napari_seglab.core.synthetic import make_nuclei
 
 GOOD = ("a_2d_u8.tif", "b_2d_u16.tif", "c_3d_u16.tif", "d_3d_u8.tif")
 BAD = ("corrupt.tif", "empty.tif", "notes.tif", "rgb.tif", "six_d.tif")
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A tiny U-Net (resnet18) trained 3 steps on synthetic nuclei scribbles."""
-    from napari_seglab.core.train import TrainConfig, iter_train
-
-    image, instances = make_nuclei((64, 64), seed=1)
-    scribbles = make_scribbles(instances, seed=1)
-    path = tmp_path_factory.mktemp("batch_model") / "model.pt"
-    cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=1, steps_per_epoch=3, patch=64,
-                      batch_size=2, device="cpu", model_out=str(path))
-    run_to_completion(iter_train([image], [scribbles], cfg))
-    return str(path)
+def model_path(random_unet):
+    """The session's random-weight U-Net checkpoint: the batch plumbing needs no trained model."""
+    return str(random_unet)
 
 
 def write_folder(folder, good=GOOD, bad=BAD):

@@ -211,6 +211,7 @@ def test_stock_weights_absent_offline_leave_a_clear_note(monkeypatch, tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     from napari_seglab.core.synthetic import make_nuclei
     from napari_seglab.core.train import TrainConfig, iter_train
@@ -226,6 +227,7 @@ def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     assert pred.kind == "boxes" and not pred.labels.any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["fcos", "fasterrcnn"])
 def test_train_learns_a_box_family_from_drawn_boxes_and_batch_counts_them(family, tmp_path):
     """The whole path a user takes: box rows (as a Shapes layer or CSV gives them) -> train -> predict boxes."""

@@ -258,10 +258,12 @@ def test_compact_masks_are_pasted_into_their_boxes():
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_maskrcnn_trains_and_predicts_instances(tmp_path):
     img, inst = make_nuclei((64, 64), seed=5)
     cfg = TrainConfig(label_mode="instances", family="maskrcnn", patch=64, batch_size=1, epochs=1,
-                      steps_per_epoch=1, device="cpu", lr=1e-4, model_out=str(tmp_path / "m.pt"))
+                      steps_per_epoch=1, device="cpu", lr=1e-4, model_out=str(tmp_path / "m.pt"),
+                      save_last=False)
     _, result = drive(iter_train([img], [inst], cfg))
     assert result.steps == 1 and np.isfinite(result.history[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "m.pt")

@@ -15,7 +15,7 @@ from napari_seglab.core.models import PRESETS, ModelSpec, build_model, load_chec
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import ThreadTuner, TrainConfig, cost_note, iter_train
 
-TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1)
+TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1, save_last=False)
 
 
 # ----------------------------------------------------------------------------- presets

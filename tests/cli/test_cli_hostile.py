@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from napari_seglab.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # ----------------------------------------------------------------------------- hostile file makers
@@ -111,6 +111,7 @@ def test_bomb_tiff_is_refused_before_decoding(tmp_path, tiny_model, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tif"]
 
 
+@pytest.mark.slow
 def test_bomb_under_a_memory_limit_exits_2(tmp_path, tiny_model):
     """A 1 GiB address-space limit: decoding the bomb would need 9.3 GiB; the header check refuses it."""
     bomb = write_bomb(tmp_path / "bomb.tif")
@@ -121,6 +122,7 @@ def test_bomb_under_a_memory_limit_exits_2(tmp_path, tiny_model):
     assert not (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.slow
 def test_bomb_in_a_batch_fails_that_file_alone_under_a_memory_limit(tmp_path, tiny_model, blobs):
     """Batch (torch loaded, 6 GiB of address space): the bomb fails alone, the good file is done."""
     inp = tmp_path / "in"
@@ -584,6 +586,7 @@ def stubbed(monkeypatch):
         monkeypatch.setattr(module, name, reached)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_option_value_or_odd_path_ends_in_exit_1(tmp_path, tiny_model, odd_paths, stubbed, capsys, data):
