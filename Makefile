@@ -15,7 +15,7 @@ XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
 # the slowest tests of every run are listed, so a test that grows is seen in CI's log
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: setup run test test-fast lint headless-test bench screenshot sample-data xvfb clean
+.PHONY: setup run test test-fast lint docs headless-test bench screenshot sample-data xvfb clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports --no-cache
+
+# the documentation site (docs/*.md, mkdocs.yml) into site/; --strict: a warning or a broken link fails
+docs: setup
+	$(VENV)/bin/mkdocs build --strict -d site
 
 $(HEADLESS_VENV)/.installed: pyproject.toml
 	test -x $(HPY) || python3 -m venv $(HEADLESS_VENV)
@@ -74,4 +78,4 @@ bench: setup xvfb
 	for b in benchmarks/*.py; do echo "== $$b"; $(XVFB) $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(HEADLESS_VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(HEADLESS_VENV) build dist site src/*.egg-info .pytest_cache

@@ -27,7 +27,7 @@ CHILD = r"""
 import json, resource, sys, time, numpy as np
 sys.path.insert(0, {bench!r})
 from _common import nuclei_like
-from napari_seglab.core.predict import load_model, predict_image
+from napari_seglab.core.predict import iter_predict_image, load_model
 lm = load_model({ckpt!r}, "cpu")
 stack = np.empty(({planes}, {size}, {size}), np.uint16)
 for z in range({planes}):  # plane by plane: no stack-sized float temporary in either process
@@ -35,7 +35,7 @@ for z in range({planes}):  # plane by plane: no stack-sized float temporary in e
 tiles, seconds = 0, 0.0
 if {predict}:
     t0 = time.perf_counter()
-    gen = predict_image(lm, stack, "ZYX", probabilities={probabilities})
+    gen = iter_predict_image(lm, stack, "ZYX", probabilities={probabilities})
     try:
         while True:
             ev = next(gen); tiles = max(tiles, getattr(ev, "tiles", 0))

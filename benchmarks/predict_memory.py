@@ -19,12 +19,13 @@ CHILD = r"""
 import json, resource, sys, numpy as np
 sys.path.insert(0, {bench!r})
 from _common import nuclei_like
-from napari_seglab.core.predict import load_model, predict_image, run_to_completion
+from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.predict import iter_predict_image, load_model
 lm = load_model({ckpt!r}, "cpu")
 img = nuclei_like(({size}, {size}))
 tiles = 0
 if {predict}:
-    gen = predict_image(lm, img)
+    gen = iter_predict_image(lm, img)
     try:
         while True:
             ev = next(gen); tiles = max(tiles, getattr(ev, "tiles", 0))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.events import Message, Preview
+from ..core.events import Message, Preview, relay
 from ..core.labels import rows_from_rectangles
 from ..core.objects import paint_next
 from ..core.predict import Prediction, iter_predict_image, load_model
@@ -157,7 +157,7 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     """
     images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
     try:
-        result: TrainResult = yield from ui.relay(
+        result: TrainResult = yield from relay(
             iter_train(images, labels, config, boxes=boxes, axes=axes, stop=stop, preview_plane=preview_plane), _light)
     except InputError as exc:
         raise InputError(name_layers(str(exc), names)) from exc

@@ -10,8 +10,8 @@ handles generator plumbing (``api`` being this module)::
 Every twin takes ``on_event`` (called with each event: ``print`` shows
 progress) and ``stop`` (a :class:`threading.Event` that ends the work early,
 as the generator would). The generators themselves:
-:func:`~napari_seglab.core.predict._image.iter_predict_image`, :func:`~napari_seglab.core.batch._run.run_batch`,
-:func:`~napari_seglab.core.train._train.train`.
+:func:`~napari_seglab.core.predict.iter_predict_image`, :func:`~napari_seglab.core.batch.iter_run_batch`,
+:func:`~napari_seglab.core.train.iter_train`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
                   **options) -> Prediction:
     """Predict ``image`` with a loaded model and return the :class:`~napari_seglab.core.predict._image.Prediction`.
 
-    ``options`` are those of :func:`~napari_seglab.core.predict._image.iter_predict_image`: ``tile``,
+    ``options`` are those of :func:`~napari_seglab.core.predict.iter_predict_image`: ``tile``,
     ``overlap`` (in [0, 1)), ``planes``, ``probabilities``,
     ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``, ``tta``.
     """
@@ -45,9 +45,9 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):
-    """Predict every TIFF of a folder and return the :class:`~napari_seglab.core.batch._run.BatchSummary`.
+    """Predict every TIFF of a folder and return the :class:`~napari_seglab.core.batch.BatchSummary`.
 
-    ``options`` are those of :func:`~napari_seglab.core.batch._run.run_batch` (``pattern``,
+    ``options`` are those of :func:`~napari_seglab.core.batch.iter_run_batch` (``pattern``,
     ``recursive``, ``probabilities``, ``skip_existing``, ``workers``,
     ``scheduler``, ``device``, ``tile``, ``overlap``, ``stop``...); pass
     ``on_event=print`` to see each file as it finishes.
@@ -61,8 +61,8 @@ def train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None] | No
           boxes: Sequence[Sequence[dict] | None] | None = None, on_event: OnEvent = None, **options):
     """Train a model and return the training result (its ``checkpoint`` holds the metadata and metrics).
 
-    ``config`` is a :class:`~napari_seglab.core.train._train.TrainConfig`; ``options`` are those of
-    :func:`~napari_seglab.core.train._train.train` (``axes``, ``stop``...). Box detectors take
+    ``config`` is a :class:`~napari_seglab.core.train.TrainConfig`; ``options`` are those of
+    :func:`~napari_seglab.core.train.iter_train` (``axes``, ``stop``...). Box detectors take
     ``boxes``: per image a list of box rows (e.g. from
     :func:`~napari_seglab.core.labels._boxes.read_boxes_csv`), with ``label_mode="boxes"``; ``labels``
     then marks the annotated area, or is None for whole images.

@@ -128,7 +128,7 @@ def test_real_scheduler_and_worker_processes(model_path, tmp_path, dask_cluster)
     assert len(read_manifest(summary.manifest)) == 4
 
     def loaded(dask_worker=None):
-        from napari_seglab.core.batch import _run as batch
+        from napari_seglab.core.batch import _task as batch
 
         return batch.model_loads()
 

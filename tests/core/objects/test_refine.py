@@ -70,6 +70,7 @@ def test_predict_splits_semantic_foreground_on_the_image_edges():
 
 
 def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs, monkeypatch):
+    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.predict import _image as predict
 
     img = blobs[0]
@@ -82,10 +83,10 @@ def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs
 
     monkeypatch.setattr(predict, "labels_from_probabilities", spy)
     lm = predict.load_model(tiny_model, "cpu")
-    out = predict.run_to_completion(predict.iter_predict_image(lm, img, split_instances=True))
+    out = run_to_completion(predict.iter_predict_image(lm, img, split_instances=True))
     assert out.kind == "instances"
     guide = seen[-1]
     assert guide.shape == (1, *img.shape) and guide.min() >= 0 and guide.max() <= 1
     assert np.corrcoef(guide[0].ravel(), img.ravel())[0, 1] > 0.99  # the image itself, rescaled
-    predict.run_to_completion(predict.iter_predict_image(lm, img))
+    run_to_completion(predict.iter_predict_image(lm, img))
     assert seen[-1] is None  # no split, no guide

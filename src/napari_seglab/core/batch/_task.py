@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from ..errors import InputError
 from ..events import drive
 from ..io import read_image, restore_singletons, write_csv, write_tiff
+from ..labels import compact_labels
 from . import _manifest as mf
 from . import _outputs as out_mod
 
@@ -163,7 +164,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         out = task.outputs
         Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
         protect = [task.input]
-        labels, file_axes = restore_singletons(out_mod.compact_labels(pred.labels), lab_axes, img.file_axes)
+        labels, file_axes = restore_singletons(compact_labels(pred.labels), lab_axes, img.file_axes)
         write_tiff(out["labels"], labels, axes=file_axes, protect=protect)
         written = ["labels"]
         if "probabilities" in out and pred.probabilities is not None:

@@ -24,7 +24,7 @@ from ._samples import TARGET_DIAMETER, median_diameter, scale_for
 #: the object diameter (pixels) a network trained on scribbles resolves best: larger than for whole
 #: objects (:data:`~napari_seglab.core.data._samples.TARGET_DIAMETER`), because strokes never show the thin background between
 #: touching objects, and the network only learns to part them where that gap is a few pixels wide.
-#: 700 steps of the fast preset, split_instances, AP@0.5 (seeds 0-1 or 0-2): see the README
+#: 700 steps of the fast preset, split_instances, AP@0.5 (seeds 0-1 or 0-2): see docs/training-cpu.md
 STROKE_TARGET_DIAMETER = 36.0
 #: the diameters tried, in pixels: 2.8 .. 91 (sigma 1 .. 32), geometric steps
 SIGMAS = tuple(np.geomspace(1.0, 32.0, 18))

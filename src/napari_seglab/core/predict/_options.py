@@ -6,7 +6,7 @@ tiling, splitting, test-time augmentation, detection threshold);
 text and ranges that ``seglab predict`` / ``seglab batch`` build their options
 from and the Predict and Batch docks their tooltips and ranges from;
 ``check()`` applies the rules, and :func:`~napari_seglab.core.predict._image.iter_predict_image` and
-:func:`~napari_seglab.core.batch._run.run_batch` call it, so Python callers get the same answer as the
+:func:`~napari_seglab.core.batch.iter_run_batch` call it, so Python callers get the same answer as the
 command line.
 """
 
