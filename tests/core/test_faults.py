@@ -234,6 +234,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
     assert {p.name for p in out.glob("*_labels.tif")} == {"a_labels.tif", "b_labels.tif", "c_labels.tif"}
 
 
+@pytest.mark.slow
 def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, tmp_path, monkeypatch):
     """Stop pressed while the second file (a stack of one-tile planes) predicts.
 

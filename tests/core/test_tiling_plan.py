@@ -170,6 +170,7 @@ def test_a_stopped_plane_raises_stopped_instead_of_returning_none(tiny_model, bl
 # ----------------------------------------------------------------------------- out-of-memory fallback
 
 
+@pytest.mark.slow
 def test_cpu_fallback_after_out_of_memory_lasts_for_that_call_only(tiny_model, blobs, monkeypatch):
     """A cached model that ran out of GPU memory once is still the GPU model for the next call."""
     img = blobs[0]

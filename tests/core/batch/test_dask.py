@@ -51,6 +51,7 @@ def drive(gen, on_event=None):
     return events, run(gen, keep)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_local_cluster_one_worker_then_stop_and_resume(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -114,6 +115,7 @@ def dask_cluster(tmp_path):
                 proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_real_scheduler_and_worker_processes(model_path, tmp_path, dask_cluster):
     from distributed import Client

@@ -115,6 +115,7 @@ def test_folder_in_process_outputs_manifest_and_isolation(model_path, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_skips_finished_files(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, bad=())
@@ -137,6 +138,7 @@ def test_resume_after_interruption_skips_finished_files(model_path, tmp_path):
     assert len(read_rows(summary.summary_csv)) == 4
 
 
+@pytest.mark.slow
 def test_stop_event_then_resume_redoes_files_whose_outputs_are_gone(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, good=GOOD[:3], bad=())
@@ -160,6 +162,7 @@ def test_stop_event_then_resume_redoes_files_whose_outputs_are_gone(model_path, 
     assert (out / f"{GOOD[0][:-4]}_objects.csv").exists()
 
 
+@pytest.mark.slow
 def test_changed_input_or_new_outputs_are_redone(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, good=GOOD[:2], bad=())
@@ -178,6 +181,7 @@ def test_changed_input_or_new_outputs_are_redone(model_path, tmp_path):
     assert [e.status for e in events] == ["ok", "ok"]
 
 
+@pytest.mark.slow
 def test_recursive_mirrors_subfolders_and_never_reads_its_own_outputs(model_path, tmp_path):
     inp = tmp_path / "in"
     write_folder(inp / "day1", good=GOOD[:1], bad=())
@@ -192,6 +196,7 @@ def test_recursive_mirrors_subfolders_and_never_reads_its_own_outputs(model_path
     assert list(read_manifest(summary.manifest)) == [f"day1/{GOOD[0]}", f"day2/{GOOD[1]}"]
 
 
+@pytest.mark.slow
 def test_inputs_differing_only_by_extension_get_distinct_outputs(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()

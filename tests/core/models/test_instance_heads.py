@@ -145,6 +145,7 @@ def test_object_on_a_tile_border_is_one_object(tmp_path):
         assert iou > 0.9
 
 
+@pytest.mark.slow
 def test_old_checkpoint_without_a_head_predicts_with_the_boundary_head(tmp_path):
     img, inst = discs()
     path = tmp_path / "old.pt"

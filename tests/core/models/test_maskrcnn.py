@@ -84,6 +84,7 @@ def test_detection_loss_is_finite_with_and_without_objects(detector):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_model_round_trips_through_a_checkpoint(tmp_path, detector):
     model, _ = detector
     meta = {"model": spec().to_dict(), "label_mode": "instances"}
@@ -108,6 +109,7 @@ def test_stock_weights_missing_from_cache_fall_back_to_random(monkeypatch, tmp_p
     assert "not in the torch cache" in note and "random initialisation" in note
 
 
+@pytest.mark.slow
 def test_weights_file_loads_and_predictors_fit_our_classes(tmp_path, detector):
     model, _ = detector
     other, _ = build_model(ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", n_classes=5,
