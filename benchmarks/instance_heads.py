@@ -39,9 +39,10 @@ import tifffile
 import torch
 
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.models import ce_dice
+from napari_seglab.core.models import CheckpointMeta, ModelSpec, ce_dice
 from napari_seglab.core.objects import _flows as flows
 from napari_seglab.core.objects import boundary_targets, instances_from_probabilities
+from napari_seglab.core.predict import predict_plane, wrap_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ("3class", "flows", "distance")
@@ -141,14 +142,13 @@ def train(image, instances, head, steps, seed, batch=8, patch=128, lr=3e-3):
     return model.eval(), (time.perf_counter() - t0) / steps, float(loss.detach())
 
 
-def raw_outputs(model, image, tile=256):
-    x = _norm(image)
-
-    def forward(t):
-        with torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(t))[None])[0].numpy()
-
-    return flows.predict_tiled(forward, x, tile=tile, overlap=0.25)
+def raw_outputs(model, image, head, tile=256):
+    """The network's raw outputs over the whole image, tiled and blended as the product predicts."""
+    options = {} if head == "3class" else {"head": head}
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=3 if head == "3class" else 2,
+                     options=options)
+    lm = wrap_model(model, CheckpointMeta(model=spec), torch.device("cpu"))
+    return predict_plane(lm, _norm(image), tile=tile, overlap=0.25, raw=True)
 
 
 def decode(raw, head, **kw):
@@ -190,7 +190,7 @@ def main(argv=None):
             for head in args.heads:
                 for seed in args.seeds:
                     model, s_step, _ = train(tr_img, tr_ins, head, steps, seed)
-                    raw = raw_outputs(model, te_img)
+                    raw = raw_outputs(model, te_img, head)
                     t0 = time.perf_counter()
                     pred = decode(raw, head)
                     dec = (time.perf_counter() - t0) / mp

@@ -10,6 +10,7 @@ module level: the sample data uses the plain dictionaries.
 from __future__ import annotations
 
 from .core.labels import MODES, get_mode
+from .core.models import Kind
 
 #: colour of class 0 (background), then of classes 1, 2, ... (which cycle past the end)
 CLASS_COLORS = ("#4f7dff", "#ffd400", "#ff4fd8", "#7cff4f", "#ff8c1a", "#00e5ff", "#b08cff", "#ff5252")
@@ -67,9 +68,10 @@ def apply_colors(layer, kind: str, *, force: bool = True) -> None:
         layer.metadata[COLORS_KEY] = kind
 
 
-def prediction_kind(label_mode: str, kind: str) -> str:
-    """The colours of a model's prediction: "semantic" for classes, "instances" for object ids."""
-    return "instances" if kind == "instances" or get_mode(label_mode).instances else "semantic"
+def prediction_kind(label_mode: str, kind) -> str:
+    """The colours of a model's prediction of ``kind`` (a Kind or its value): "semantic" for classes,
+    "instances" for object ids."""
+    return "instances" if Kind(kind).instances or get_mode(label_mode).instances else "semantic"
 
 
 def swatch(index: int) -> str:

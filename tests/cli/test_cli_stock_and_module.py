@@ -11,8 +11,9 @@ from napari_seglab.cli import main
 
 
 def test_stock_model_reads_the_input_tiff_once(tmp_path, tiny_model, blobs, monkeypatch, capsys):
-    import napari_seglab.core.io._tiff as io
-    import napari_seglab.core.predict._stock as stock
+    # the CLI reaches both through the packages' public faces: patch them there
+    import napari_seglab.core.io as io
+    import napari_seglab.core.predict as stock
     from napari_seglab.core.predict import load_model
 
     tifffile.imwrite(tmp_path / "img.tif", blobs[0])

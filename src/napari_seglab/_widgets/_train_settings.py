@@ -46,7 +46,7 @@ DENSE_MODES = tuple(m for m in LABEL_MODES if m != "boxes")
 def family_modes(family: str) -> tuple[str, ...]:
     """The label modes the dock offers for ``family``: box families boxes (and instances), others the rest."""
     fam = get_family(family)
-    if fam.kind == "boxes":
+    if fam.kind.boxes:
         return tuple(m for m in BOX_MODES if fam.label_modes is None or m in fam.label_modes) or BOX_MODES
     return DENSE_MODES
 
@@ -192,7 +192,7 @@ class TrainSettings:
             device=self._device.value, model_out=str(save_to) if save_to else None,
             init=str(init) if init else None,
             # a detector's live prediction costs many steps' time on a CPU: box runs show the result at the end
-            preview_every=0 if get_family(self._family.value).kind == "boxes" else self._preview.value,
+            preview_every=0 if get_family(self._family.value).kind.boxes else self._preview.value,
             read_255_as_foreground=self._read_255.value,
             instance_head=self._head.value if self._head.enabled and self._head.value != "auto" else None)
 
@@ -277,7 +277,7 @@ class TrainSettings:
         self._preset.enabled = bool(fam.presets) and self._encoder.enabled
         modes, mode = family_modes(family), self._mode.value
         self._mode.choices = lambda _widget=None, modes=modes: modes
-        if fam.kind == "boxes" and mode != "boxes" and "boxes" in modes:
+        if fam.kind.boxes and mode != "boxes" and "boxes" in modes:
             mode = "boxes"  # a box detector learns from drawn boxes first
         elif fam.label_modes is not None and mode not in fam.label_modes:
             mode = fam.label_modes[0]

@@ -230,7 +230,7 @@ class PredictWidget(Container):
         image, axes = _layers.image_from_layer(layer, channels=checkpoint.spec.in_channels)
         shown = _layers.current_plane(self._viewer, layer, axes)
         plane = shown if self._only_plane.value else ()
-        boxes = checkpoint.spec.family_entry.kind == "boxes"
+        boxes = checkpoint.spec.family_entry.kind.boxes
         threshold = float(self._threshold.value)
         options = {
             "tile": self._tile.value or None, "overlap": float(self._overlap.value),
@@ -309,7 +309,7 @@ class PredictWidget(Container):
         ui.set_enabled(self._inputs, not busy)
         self._controls.set_busy(busy)
         last = self.last_prediction
-        self._correct.enabled = not busy and last is not None and not last.stopped and last.kind != "boxes"
+        self._correct.enabled = not busy and last is not None and not last.stopped and not last.kind.boxes
 
     def _on_event(self, event) -> None:
         if isinstance(event, TileDone):
@@ -345,11 +345,11 @@ class PredictWidget(Container):
         self._placeholders = []
         seconds = time.monotonic() - self._started
         self._controls.set_fraction(1.0)
-        if prediction.kind == "boxes":
+        if prediction.kind.boxes:
             self._controls.say(f"done in {seconds:.1f} s: {self._box_count_text(float(self._threshold.value))}"
                                + note)
             return
-        what = ("object" if count == 1 else "objects") if prediction.kind == "instances" else (
+        what = ("object" if count == 1 else "objects") if prediction.kind.instances else (
             "class" if count == 1 else "classes")
         self._controls.say(f"done in {seconds:.1f} s: {count} {what}"
                            + (f", {len(prediction.boxes)} boxes" if prediction.boxes else "") + note)
@@ -383,7 +383,7 @@ class PredictWidget(Container):
         like scribble value k + 1); object ids, one colour each. A box
         detector's prediction is its boxes alone (no labels layer).
         """
-        if prediction.kind == "boxes":
+        if prediction.kind.boxes:
             self._boxes_layer = _layers.show_boxes(
                 self._viewer, prediction.boxes, f"{layer.name} boxes", like=layer,
                 ndim=prediction.labels.ndim, score_threshold=float(self._threshold.value))

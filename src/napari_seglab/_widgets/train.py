@@ -244,7 +244,7 @@ class TrainWidget(TrainSettings, Container):
         self.plot.class_names = mode.class_names(3 if mode.instances else 2, config.instance_head or "boundary")
         self.plot.dice_every = config.steps_per_epoch if config.epochs else None  # time budgets validate by the clock
         # a box detector's validation score is its box AP@0.5, drawn where the Dice goes
-        score = "box AP@0.5" if mode.name == "boxes" or get_family(config.family).kind == "boxes" else "Dice"
+        score = "box AP@0.5" if mode.name == "boxes" or get_family(config.family).kind.boxes else "Dice"
         self.plot.score_name = score
         self.plot.setToolTip(f"training loss per step (faint: raw, bright: smoothed) and validation {score} per epoch")
         self._val_dice = None
@@ -322,7 +322,7 @@ class TrainWidget(TrainSettings, Container):
         layer = self._target[0]
         found = ""
         if prediction is not None and layer in self._viewer.layers and \
-                result.checkpoint.spec.family_entry.kind == "boxes":
+                result.checkpoint.spec.family_entry.kind.boxes:
             _layers.show_boxes(self._viewer, prediction.boxes, self._name("boxes"), like=layer,
                                ndim=len(self._target[3]))
             self.last_prediction, self._extras = None, None  # boxes are corrected in their Shapes layer

@@ -18,7 +18,8 @@ from .common import (
 )
 
 #: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
-OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "tile", "overlap", "tta")
+OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "tile", "overlap", "tta",
+           "score_threshold")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="address of a running Dask scheduler whose workers see the same paths")
     add_settings(p, BatchOptions, OPTIONS[4:])
-    from ..core.predict import PredictOptions
-
-    add_settings(p, PredictOptions, ("score_threshold",))
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -52,9 +50,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from ..core.predict import BatchOptions
 
     options_from_args(args, BatchOptions, (*OPTIONS, "workers"))
-    from ..core.predict import PredictOptions
-
-    options_from_args(args, PredictOptions, ("score_threshold",))
     from ..core.batch import iter_run_batch
 
     status = Status()

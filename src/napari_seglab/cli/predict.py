@@ -22,14 +22,19 @@ OPTIONS = ("device", "tile", "overlap", "split_instances", "tta", "score_thresho
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..core.models import CARDS
+
+    def stock(boxes: bool) -> str:
+        return ", ".join(name for card in CARDS if card.kind.boxes == boxes for name in card.stock)
+
+    box_families = ", ".join(card.name for card in CARDS if card.kind.boxes)
     p.add_argument("--model", required=True, metavar="M.pt",
                    help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
-                        "(maskrcnn_coco, maskrcnn_v2_coco, fcn_resnet50_voc, fcn_resnet101_voc; box detectors: "
-                        "retinanet_coco, retinanet_v2_coco, fcos_coco, fasterrcnn_coco, fasterrcnn_v2_coco)")
+                        f"({stock(False)}; box detectors: {stock(True)})")
     p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
     p.add_argument("--output", default=None, metavar="LABELS.tif",
                    help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C); "
-                        "required except for a box detector (retinanet, fcos, fasterrcnn), which writes --boxes")
+                        f"required except for a box detector ({box_families}), which writes --boxes")
     p.add_argument("--probabilities", default=None, metavar="P.tif", help="also write class probabilities "
                    "(float32, classes first)")
     p.add_argument("--boxes", default=None, metavar="BOXES.csv",
@@ -85,7 +90,7 @@ def _check_kind(args: argparse.Namespace, family) -> None:
     """The outputs asked for against what the model gives (objects, boxes or per-pixel classes)."""
     if args.probabilities and not family.semantic:
         raise InputError(f"--probabilities: a {family.label} model gives {family.kind}, not per-pixel probabilities")
-    if family.kind == "boxes":
+    if family.kind.boxes:
         if not args.boxes:
             raise InputError(f"a {family.label} model gives boxes: write them with --boxes BOXES.csv")
         if args.output or args.boxes_from_labels:
@@ -122,7 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                score_threshold=args.score_threshold, tta=args.tta), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     axes = image.axes.replace("C", "")
-    if pred.kind == "boxes":
+    if pred.kind.boxes:
         write_csv(args.boxes, pred.boxes, columns=BOX_COLUMNS, protect=protect)
         print(f"{len(pred.boxes)} boxes at or above score {args.score_threshold:g} written to {args.boxes}")
         return EXIT_OK

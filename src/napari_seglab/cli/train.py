@@ -142,7 +142,7 @@ def _csv_lines(text: str, csvs: list[str] | None) -> str:
 def _box_family(name: str) -> bool:
     from ..core.models import get_family
 
-    return get_family(name).kind == "boxes"
+    return get_family(name).kind.boxes
 
 
 def _progress(status: Status, saved: list[str], of_epochs: str, metric: str = "val Dice"):

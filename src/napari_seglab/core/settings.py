@@ -62,6 +62,15 @@ class Setting:
         return what
 
     @property
+    def checked(self) -> bool:
+        """True when the declaration states a rule a value can break: a range, choices, a number or a flag.
+
+        Free text (names, paths) has no rule here; the registry, the file checks and the label
+        modes refuse a bad one in their own words.
+        """
+        return bool(self.choices) or self.kind is not str
+
+    @property
     def text(self) -> str:
         """Help text with what "auto" means: the ``--help`` line and the dock's tooltip."""
         return self.help + (f" (auto: {self.auto})" if self.auto else "")
@@ -120,19 +129,22 @@ def settings_of(cls) -> dict[str, Setting]:
     return {f.name: f.metadata["setting"] for f in fields(cls) if "setting" in f.metadata}
 
 
-def check_fields(obj, names=None) -> None:
-    """Each field ``names`` (default: every declared one) of settings dataclass ``obj`` against its Setting.
+def check_fields(obj) -> None:
+    """Every field of settings dataclass ``obj`` whose Setting states a rule (:attr:`Setting.checked`).
 
-    None passes where None is the field's default ("auto"); the first value out of its rule raises a
-    :class:`SettingError` naming the setting.
+    What is checked is read from the declarations, so a new setting with a range is checked
+    without a list to update. None passes where None is the field's default ("auto"); the first
+    value out of its rule, in declaration order, raises a :class:`SettingError` naming the setting.
     """
     declared = settings_of(type(obj))
-    for name in names or declared:
+    for name, declaration in declared.items():
+        if not declaration.checked:
+            continue
         value = getattr(obj, name)
         if value is None and field_default(type(obj), name) is None:
             continue
-        if not declared[name].accepts(value):
-            raise SettingError(declared[name], value, name)
+        if not declaration.accepts(value):
+            raise SettingError(declaration, value, name)
 
 
 def field_default(cls, name: str) -> Any:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.evaluate import dice, iou, match_instances, per_class_dice
+from napari_seglab.core.evaluate import (
+    class_dice,
+    dice,
+    iou,
+    match_instances,
+    mean_dice,
+    per_class_dice,
+)
 
 
 def _squares(*boxes, shape=(40, 40), dtype=np.int32):
@@ -50,13 +57,30 @@ def test_per_class_dice_with_ignore():
     pred = np.array([[0, 1, 2, 2], [1, 0, 2, 2]])
     scores = per_class_dice(pred, truth, 3)
     assert scores == pytest.approx([2 * 2 / 5, 2 * 1 / 4, 2 * 3 / 7])
-    # Ignore every pixel where truth is 0: class 0 is then absent from both.
+    # Ignore every pixel where truth is 0: class 0 is then absent from both, and has no score.
     scores = per_class_dice(pred, truth, 3, ignore=0)
-    assert scores == pytest.approx([1.0, 2 * 1 / 3, 2 * 3 / 7])
+    assert scores == pytest.approx([np.nan, 2 * 1 / 3, 2 * 3 / 7], nan_ok=True)
     mask = np.zeros(truth.shape, bool)
     mask[0, 2] = True
     assert per_class_dice(pred, truth, 3, ignore=mask)[1] == pytest.approx(2 * 1 / 3)
-    assert per_class_dice(pred, truth, 4)[3] == 1.0
+    assert np.isnan(per_class_dice(pred, truth, 4)[3])
+
+
+def test_one_dice_policy_for_empty_classes():
+    """In neither: no score (NaN), left out of a mean; in one only: 0; a mean of nothing scored: 1."""
+    empty, some = np.zeros((3, 4), bool), np.eye(3, 4, dtype=bool)
+    assert np.isnan(class_dice(empty, empty))
+    assert class_dice(empty, some) == class_dice(some, empty) == 0.0
+    assert class_dice(some, some) == 1.0
+    assert mean_dice([np.nan, 0.5, 1.0]) == pytest.approx(0.75)
+    assert mean_dice([np.nan, np.nan]) == mean_dice([]) == 1.0
+    assert mean_dice([0.0, np.nan]) == 0.0
+    # the foreground Dice and the per-class Dice read the same policy
+    assert dice(empty, empty) == mean_dice([class_dice(empty, empty)]) == 1.0
+    assert dice(empty, some) == dice(some, empty) == 0.0
+    per = per_class_dice(some.astype(int), np.zeros((3, 4), int), 3)
+    assert per[0] == pytest.approx(2 * 9 / 21) and per[1] == 0.0 and np.isnan(per[2])
+    assert mean_dice(per) == pytest.approx((2 * 9 / 21) / 2)
 
 
 def test_perfect_match():

@@ -64,14 +64,15 @@ def test_instances_targets_part_touching_objects_with_a_boundary():
     assert mode.whole_objects and mode.new_label(lab) == 3
 
 
-def test_objects_mode_ignores_the_unpainted_pixels_only():
+def test_objects_mode_ignores_the_unpainted_pixels_beyond_the_margin():
     mode = get_mode("objects")
     painted = np.zeros((12, 12), np.uint16)
     painted[:, 10:] = 1  # background strokes
     painted[OBJECTS == 1] = 2  # one whole painted object; the other is left unpainted
     lab = mode.validate(painted, painted.shape)
     target = mode.targets(lab)
-    np.testing.assert_array_equal(target == IGNORE, painted == 0)
+    np.testing.assert_array_equal(target == IGNORE, mode.with_margin(lab) == 0)
+    assert (target == IGNORE).any() and ((target == 0) & (painted == 0)).any()  # a margin, then nothing
     assert (target[:, 10:] == 0).all() and (target[3:5, 3:5] == 1).all()
     np.testing.assert_array_equal(mode.objects(lab), np.where(painted >= 2, painted, 0))
     assert mode.detector_objects(lab) is None  # partial annotations cannot teach a detector

@@ -21,9 +21,9 @@ from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.events import run_to_completion
 from napari_seglab.core.models import (
-    KINDS,
     CheckpointMeta,
     Family,
+    Kind,
     LossInputs,
     ModelSpec,
     build_model,
@@ -54,7 +54,7 @@ def tiny_spec(family: Family, n_classes: int = 2) -> ModelSpec:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_record_is_consistent(family):
-    assert family.kind in KINDS and family.default_arch in family.archs and family.label
+    assert isinstance(family.kind, Kind) and family.default_arch in family.archs and family.label
     assert get_family(family.name) is family and get_family(family.name.upper()) is family
     assert (family.predict_objects is None) == family.semantic
     assert family.bytes_per_pixel > 0 and family.train_bytes_per_pixel > 0
@@ -81,7 +81,7 @@ def test_family_builds_and_predicts_its_kind(family):
     lm = LoadedModel(model, CheckpointMeta(model=spec), torch.device("cpu"), precision_for(torch.device("cpu")))
     labels, rows = run_to_completion(family.predict_objects(lm, chw, tile=64, overlap=0.0, score_threshold=0.0))
     assert labels.shape == (64, 64) and labels.dtype == np.int32
-    if family.kind == "boxes":  # a box detector's result is its rows; the label plane stays empty
+    if family.kind.boxes:  # a box detector's result is its rows; the label plane stays empty
         assert not labels.any() and all({"y0", "x0", "y1", "x1", "class", "score"} <= set(r) for r in rows)
         return
     assert len(rows) == int(labels.max())
@@ -189,7 +189,7 @@ def test_a_box_family_plugs_in_through_its_record_alone(monkeypatch, tmp_path):
     lm = load_model(tmp_path / "b.pt", "cpu")
     chw, inst = two_discs()
     pred = run_to_completion(iter_predict_image(lm, chw[0], tile=64))
-    assert pred.kind == "boxes" and pred.labels.max() == 1  # the kind is the family's
+    assert pred.kind is Kind.BOXES and pred.labels.max() == 1  # the kind is the family's
     ys, xs = np.nonzero(inst)
     assert [pred.boxes[0][k] for k in ("y0", "x0", "y1", "x1")] == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
 

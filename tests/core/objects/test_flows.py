@@ -1,4 +1,4 @@
-"""Flow and distance instance heads: targets, loss, decoding and tiled stitching."""
+"""Flow and distance instance heads: targets, loss, decoding (tiled stitching: tests/core/predict/test_stitching.py)."""
 
 from __future__ import annotations
 
@@ -193,40 +193,6 @@ def test_head_loss_is_small_for_perfect_outputs_and_ignores_unannotated_pixels()
         assert flows.head_loss(other, t, ig, kind) == pytest.approx(float(flows.head_loss(perfect, t, ig, kind)))
         everything = torch.ones_like(ig)
         assert flows.head_loss(wrong, t, everything, kind) == 0
-
-
-@pytest.mark.parametrize("kind", flows.KINDS)
-def test_tiled_prediction_stitches_an_object_on_a_tile_border(kind):
-    truth = np.zeros((96, 160), np.int32)
-    truth[_disc(truth.shape, 48, 64, 14)] = 1  # straddles the border between the first two 64 px tiles
-    truth[_disc(truth.shape, 20, 130, 9)] = 2
-    whole = _perfect_outputs(truth, kind)
-    calls = []
-
-    def oracle(tile_chw):  # a model that is right everywhere; it reads its position from the input
-        y0, x0 = int(tile_chw[0, 0, 0]), int(tile_chw[1, 0, 0])
-        calls.append((y0, x0))
-        return whole[:, y0:y0 + 64, x0:x0 + 64]
-
-    yy, xx = np.mgrid[:96, :160].astype(np.float32)
-    blended = flows.predict_tiled(oracle, np.stack([yy, xx]), tile=64, overlap=0.25)
-    assert len(calls) > 4 and blended.shape == whole.shape
-    assert np.allclose(blended, whole, atol=1e-4)
-    decoded = flows.decode(blended, kind)
-    assert match_instances(decoded, truth, (0.9,))["ap90"] == 1.0
-    # decoding tile by tile and pasting would cut the border object in two (or lose it)
-    pasted = np.zeros(truth.shape, np.int32)
-    for x0 in (0, 64, 128):
-        part = flows.decode(whole[:, :, x0:x0 + 64], kind, min_size=1)
-        pasted[:, x0:x0 + 64] = np.where(part > 0, part + pasted.max(), 0)
-    assert match_instances(pasted, truth, (0.9,))["tp_90"] < 2
-
-
-def test_predict_tiled_pads_a_plane_smaller_than_the_tile():
-    img = np.random.default_rng(1).random((1, 20, 30)).astype(np.float32)
-    out = flows.predict_tiled(lambda t: np.concatenate([t, 2 * t]), img, tile=32)
-    assert out.shape == (2, 20, 30)
-    assert np.allclose(out[0], img[0]) and np.allclose(out[1], 2 * img[0])
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.events import run_to_completion
 from napari_seglab.core.objects import SPLIT_THRESHOLD, instances_from_foreground, snap_to_edges
 
 SAMPLE = Path(__file__).resolve().parents[3] / "sample_data"
@@ -71,7 +72,6 @@ def test_predict_splits_semantic_foreground_on_the_image_edges():
 
 @pytest.mark.slow
 def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs, monkeypatch):
-    from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.predict import _image as predict
 
     img = blobs[0]

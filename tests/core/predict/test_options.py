@@ -58,10 +58,15 @@ def test_batch_refuses_bad_settings_from_python_and_the_cli(tiny_model, blobs, t
     assert not (tmp_path / "out").exists()
 
 
-def test_options_share_one_declaration():
-    ours, theirs = settings_of(BatchOptions), settings_of(PredictOptions)
-    for name in ("device", "tile", "overlap", "tta"):
-        assert ours[name] is theirs[name]
+def test_batch_refuses_a_bad_score_threshold_as_predict_does():
+    with pytest.raises(SettingError, match="score threshold must be") as batch_error:
+        BatchOptions(score_threshold=2.0).check()
+    with pytest.raises(SettingError) as predict_error:
+        PredictOptions(score_threshold=2.0).check()
+    assert str(batch_error.value) == str(predict_error.value)
+
+
+def test_options_check_their_values():
     assert PredictOptions().check() == PredictOptions()
     with pytest.raises(SettingError, match="true or false"):
         PredictOptions(tta="yes").check()

@@ -152,11 +152,23 @@ def test_cli_checks_the_settings_and_the_model_names_once(monkeypatch, tmp_path,
     assert isinstance(seen["config"], ResolvedTrainConfig) and seen["config"].patch == DENSE_PATCH["cpu"]
 
 
-def test_the_learning_rates_in_the_help_are_the_families_own():
-    from napari_seglab.core.models import get_family
+def test_the_learning_rates_are_declared_by_the_families_alone():
+    from napari_seglab.core.models import CARDS, get_family
     from napari_seglab.core.train import _config as config
 
-    assert (get_family("unet").lr, get_family("unet").lr_finetune) == (config.LR_SCRATCH, config.LR_FINETUNE)
-    assert get_family("maskrcnn").lr == config.LR_MASKRCNN
-    assert config.default_lr("maskrcnn") == config.LR_MASKRCNN
-    assert config.default_lr("unet", fine_tuning=True) == config.LR_FINETUNE
+    help_text = SETTINGS["lr"].text
+    for card in CARDS:
+        assert config.default_lr(card.name) == card.lr == get_family(card.name).lr
+        assert config.default_lr(card.name, fine_tuning=True) == card.lr_finetune
+        said = help_text[help_text.index(card.name):].split(";")[0]  # "unet, fcn 3e-3 from scratch, ..."
+        assert config._sci(card.lr) in said and config._sci(card.lr_finetune) in said
+
+
+def test_family_and_architecture_help_list_the_catalogue():
+    from napari_seglab.core.models import CARDS
+
+    for card in CARDS:
+        assert f"{card.name}: {', '.join(card.archs)}" in SETTINGS["arch"].help
+        assert (card.name in SETTINGS["family"].help) == card.kind.boxes  # the box detectors are named
+        assert card.name in SETTINGS["family"].metavar
+    assert SETTINGS["instance_head"].choices == CARDS[0].heads

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..events import FileDone, Message
 from ..io import ensure_not_input, resolved, scan_folder, write_csv
-from ..predict import BatchOptions, PredictOptions
+from ..predict import BatchOptions
 from . import _manifest as mf
 from . import _outputs as outputs
 from ._dask import dask_results, max_workers, open_client
@@ -107,7 +107,7 @@ def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabi
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
-                                measurements=measurements, boxes=spec.family_entry.kind == "boxes")
+                                measurements=measurements, boxes=spec.family_entry.kind.boxes)
     setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
                    {rel: outs for _, rel, outs in plan})
     ensure_not_input(setup.manifest, files)
@@ -224,8 +224,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     t0 = time.perf_counter()
     _check_request(BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                                 skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
-                                overlap=overlap, tta=tta), scheduler)
-    PredictOptions(score_threshold=score_threshold).check()
+                                overlap=overlap, tta=tta, score_threshold=score_threshold), scheduler)
     setup = _set_up(model, input_dir, output_dir, pattern, recursive, probabilities, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,

@@ -157,7 +157,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         if pred.stopped:
             result["status"] = "stopped"
             return result
-        if pred.kind == "boxes":
+        if pred.kind.boxes:
             _write_boxes(task, pred.boxes, result)
             return result
         lab_axes = img.axes.replace("C", "")

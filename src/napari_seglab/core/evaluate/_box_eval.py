@@ -16,15 +16,7 @@ import numpy as np
 from ..errors import InputError
 
 # the matching rules must be exactly those of box_scores, so its helpers are shared rather than copied
-from ._metrics import (
-    COCO_THRESHOLDS,
-    _average_precision,
-    _box_table,
-    _greedy_matches,
-    _ratio,
-    box_iou,
-    box_scores,
-)
+from ._metrics import COCO_THRESHOLDS, box_scores, box_summary, plane_matches
 
 
 def plane_key(row: dict) -> tuple[int, ...]:
@@ -73,32 +65,12 @@ def pooled_box_scores(pred: Sequence[dict], truth: Sequence[dict], score_thresho
     (every plane "") it equals ``box_scores(pred, truth, score_threshold)``.
     """
     planes, by_pred, by_truth = _split(pred, truth)
-    hits: dict[float, list[np.ndarray]] = {t: [] for t in COCO_THRESHOLDS}
-    scores_all: list[np.ndarray] = []
-    tp = n_pred = n_true = 0
-    for plane in planes:
-        boxes_p, scores = _box_table(by_pred.get(plane, []), "prediction")
-        boxes_t, _ = _box_table(by_truth.get(plane, []), "truth")
-        order = np.argsort(-scores, kind="stable")
-        boxes_p, scores = boxes_p[order], scores[order]
-        ious = box_iou(boxes_p, boxes_t)
-        for t in COCO_THRESHOLDS:
-            hits[t].append(_greedy_matches(ious, t))
-        scores_all.append(scores)
-        kept = scores >= score_threshold
-        tp += int(_greedy_matches(ious[kept], 0.5).sum())
-        n_pred += int(kept.sum())
-        n_true += len(boxes_t)
-    scores_cat = np.concatenate(scores_all) if scores_all else np.zeros(0)
-    order = np.argsort(-scores_cat, kind="stable")  # one ranking over every plane, as COCO ranks an image set
-    aps = {t: _average_precision(np.concatenate(hits[t])[order] if scores_all else np.zeros(0, bool), n_true)
-           for t in COCO_THRESHOLDS}
-    both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
-    return {"ap50": aps[0.5], "ap75": aps[0.75], "ap": float(np.mean(list(aps.values()))),
-            "precision": _ratio(tp, n_pred, both_empty), "recall": _ratio(tp, n_true, both_empty),
-            "f1": _ratio(2 * tp, n_pred + n_true, both_empty), "tp": tp, "fp": n_pred - tp, "fn": n_true - tp,
-            "n_pred": n_pred, "n_true": n_true, "count_error": n_pred - n_true,
-            "score_threshold": float(score_threshold), "n_planes": len(planes)}
+    parts = [plane_matches(by_pred.get(plane, []), by_truth.get(plane, []), score_threshold) for plane in planes]
+    scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+    hits = {t: np.concatenate([p[1][t] for p in parts]) if parts else np.zeros(0, bool) for t in COCO_THRESHOLDS}
+    tp, n_pred, n_true = (sum(p[i] for p in parts) for i in (2, 3, 4))
+    # one ranking over every plane, as COCO ranks an image set
+    return {**box_summary(scores, hits, tp, n_pred, n_true, score_threshold), "n_planes": len(planes)}
 
 
 def box_scores_by_plane(pred: Sequence[dict], truth: Sequence[dict], score_threshold: float = 0.5) -> dict:

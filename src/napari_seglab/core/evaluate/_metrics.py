@@ -1,5 +1,9 @@
 """Segmentation quality: Dice, IoU and instance matching.
 
+Dice has one policy (:func:`class_dice`, :func:`mean_dice`), used by the reported scores here
+and by training's validation: a class absent from both prediction and truth has no score and is
+left out of a mean; a mean with no class scored is 1.0.
+
 Instance scores follow the DSB2018 / StarDist convention: at an IoU threshold
 ``t``, a predicted object and a true object match when their IoU is at least
 ``t`` (one-to-one, the assignment that matches the most pairs), and
@@ -31,36 +35,41 @@ def _overlap_counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int]:
     return inter, int(np.count_nonzero(p)), int(np.count_nonzero(t))
 
 
+def class_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of one class given as two boolean masks: ``2 |P & T| / (|P| + |T|)``.
+
+    The one Dice policy of validation and evaluation alike: a class in
+    neither mask has no Dice (NaN: nothing to score, neither right nor
+    wrong), a class in one mask only scores 0. Summaries over classes go
+    through :func:`mean_dice`.
+    """
+    inter, n_pred, n_true = _overlap_counts(pred, truth)
+    return float("nan") if n_pred + n_true == 0 else 2.0 * inter / (n_pred + n_true)
+
+
+def mean_dice(scores: Sequence[float]) -> float:
+    """The mean of per-class Dice scores (:func:`class_dice`), the classes without a score left out.
+
+    1.0 when no class has one: nothing was there to find and nothing was found.
+    """
+    defined = [float(d) for d in scores if not np.isnan(d)]
+    return float(np.mean(defined)) if defined else 1.0
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice coefficient of the foregrounds (value > 0) of two arrays.
+    """Dice of the foregrounds (pixels > 0) of two arrays of one shape, any numeric dtype.
 
-    Parameters
-    ----------
-    pred, truth : arrays of the same shape, any numeric dtype
-        Pixels > 0 are foreground.
-
-    Returns
-    -------
-    float
-        ``2 |P & T| / (|P| + |T|)``; 1.0 when both are empty.
+    ``2 |P & T| / (|P| + |T|)``; 1.0 when both are empty and 0.0 when one is
+    (:func:`mean_dice` of the foreground's :func:`class_dice`).
     """
     pred, truth = _same_shape(pred, truth)
-    inter, np_, nt = _overlap_counts(pred > 0, truth > 0)
-    return 1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt)
+    return mean_dice([class_dice(pred > 0, truth > 0)])
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union (Jaccard) of the foregrounds (value > 0).
+    """Intersection over union (Jaccard) of the foregrounds (pixels > 0) of two arrays of one shape.
 
-    Parameters
-    ----------
-    pred, truth : arrays of the same shape, any numeric dtype
-        Pixels > 0 are foreground.
-
-    Returns
-    -------
-    float
-        ``|P & T| / |P | T|``; 1.0 when both are empty.
+    ``|P & T| / |P | T|``; 1.0 when both are empty.
     """
     pred, truth = _same_shape(pred, truth)
     inter, np_, nt = _overlap_counts(pred > 0, truth > 0)
@@ -90,7 +99,8 @@ def per_class_dice(
     Returns
     -------
     list of float, length ``n_classes``
-        1.0 for a class absent from both.
+        :func:`class_dice` of each class: NaN for a class absent from both,
+        so that :func:`mean_dice` leaves it out of the mean.
     """
     pred, truth = _same_shape(pred, truth)
     if n_classes < 1:
@@ -108,11 +118,7 @@ def per_class_dice(
         keep = ~ignore_mask.astype(bool)
     if keep is not None:
         pred, truth = pred[keep], truth[keep]
-    scores = []
-    for c in range(int(n_classes)):
-        inter, np_, nt = _overlap_counts(pred == c, truth == c)
-        scores.append(1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt))
-    return scores
+    return [class_dice(pred == c, truth == c) for c in range(int(n_classes))]
 
 
 def _check_labels(arr: np.ndarray, name: str) -> np.ndarray:
@@ -308,15 +314,36 @@ def box_scores(pred: Sequence[dict] | np.ndarray, truth: Sequence[dict] | np.nda
     ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``; ``n_pred``
     (above the threshold), ``n_true`` and ``count_error`` (n_pred - n_true).
     """
+    return box_summary(*plane_matches(pred, truth, score_threshold), score_threshold)
+
+
+def plane_matches(pred, truth, score_threshold: float
+                  ) -> tuple[np.ndarray, dict[float, np.ndarray], int, int, int]:
+    """The box matches of one plane: (scores, hits, tp, n_pred, n_true), the input of :func:`box_summary`.
+
+    ``scores``: every prediction's score, best first; ``hits``: per COCO IoU
+    threshold, whether each of them matched a true box; ``tp`` and ``n_pred``:
+    at IoU 0.5 among the predictions scoring at least ``score_threshold``.
+    """
     boxes_p, scores = _box_table(pred, "prediction")
     boxes_t, _ = _box_table(truth, "truth")
     order = np.argsort(-scores, kind="stable")
-    boxes_p, scores = boxes_p[order], scores[order]
-    ious = box_iou(boxes_p, boxes_t)
-    aps = {t: _average_precision(_greedy_matches(ious, t), len(boxes_t)) for t in COCO_THRESHOLDS}
+    scores = scores[order]
+    ious = box_iou(boxes_p[order], boxes_t)
+    hits = {t: _greedy_matches(ious, t) for t in COCO_THRESHOLDS}
     kept = scores >= score_threshold
-    tp = int(_greedy_matches(ious[kept], 0.5).sum())
-    n_pred, n_true = int(kept.sum()), len(boxes_t)
+    return scores, hits, int(_greedy_matches(ious[kept], 0.5).sum()), int(kept.sum()), len(boxes_t)
+
+
+def box_summary(scores: np.ndarray, hits: dict[float, np.ndarray], tp: int, n_pred: int, n_true: int,
+                score_threshold: float) -> dict:
+    """The scores :func:`box_scores` returns, from the matches of one plane or of many put together.
+
+    The predictions are ranked by score here, all together, so that the
+    matches of several planes pool into one precision/recall curve.
+    """
+    order = np.argsort(-scores, kind="stable")
+    aps = {t: _average_precision(hits[t][order], n_true) for t in COCO_THRESHOLDS}
     both_empty = 1.0 if n_pred == 0 and n_true == 0 else 0.0
     return {"ap50": aps[0.5], "ap75": aps[0.75], "ap": float(np.mean(list(aps.values()))),
             "precision": _ratio(tp, n_pred, both_empty), "recall": _ratio(tp, n_true, both_empty),

@@ -19,6 +19,7 @@ from ._modes import (
     LABEL_MODES,
     LEGEND,
     MODES,
+    OBJECT_MARGIN,
     compact_labels,
     get_mode,
     head_targets,
@@ -31,7 +32,7 @@ from ._modes import (
 )
 
 __all__ = [
-    "BOX_COLUMNS", "IGNORE", "LABEL_MODES", "LEGEND", "MODES", "boxes_array", "boxes_to_rectangles",
+    "BOX_COLUMNS", "IGNORE", "OBJECT_MARGIN", "LABEL_MODES", "LEGEND", "MODES", "boxes_array", "boxes_to_rectangles",
     "check_box", "compact_labels", "get_mode", "head_targets", "is_instance_mode", "label_box_rows",
     "make_target", "n_classes_for", "object_instances", "read_boxes_csv", "rows_from_rectangles",
     "to_correction", "validate_labels",

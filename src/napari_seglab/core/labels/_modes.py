@@ -42,6 +42,9 @@ import numpy as np
 from ..errors import InputError
 
 IGNORE = -1
+#: unpainted pixels this close (px, after resampling) to a whole painted object are background in the
+#: ``objects`` mode (see :meth:`_Objects.with_margin`; chosen on a real DSB2018 image, docs/annotating.md)
+OBJECT_MARGIN = 3.0
 PREDICTION_KINDS = ("semantic", "instances")
 
 
@@ -214,9 +217,33 @@ class _Objects(LabelMode):
         labels = np.asarray(labels)
         return np.where(labels >= 2, labels, 0) if self.sparse else labels
 
+    def with_margin(self, labels):
+        """Sparse labels with the unpainted pixels near a whole painted object read as background (1).
+
+        A painted object is whole, so what lies just beyond its outline is
+        background, or at most the rim of an unpainted neighbour that touches it
+        (where the boundary class would teach the same thing). Without this
+        margin the background is learnt only from strokes far from the objects
+        and the predicted objects spread past their edges: on a real DSB2018
+        image with a quarter of the nuclei painted, objects came out 1.4x their
+        true area and AP@0.75 was 0.06. :data:`OBJECT_MARGIN` is in the pixels
+        of the resampled plane (objects about 24 px across).
+        """
+        labels = np.asarray(labels)
+        if not self.sparse:
+            return labels
+        from scipy import ndimage as ndi
+
+        painted = labels >= 2
+        if not painted.any():
+            return labels
+        near = ndi.distance_transform_edt(~painted) <= OBJECT_MARGIN
+        return np.where(near & (labels == 0), 1, labels).astype(labels.dtype, copy=False)
+
     def targets(self, labels):
         from ..objects import boundary_targets
 
+        labels = self.with_margin(labels)
         # painted objects are whole, so their outline is a boundary whatever lies beyond it
         target = np.asarray(boundary_targets(self.objects(labels)), dtype=np.int64)
         target[self.ignore_mask(labels)] = IGNORE  # unpainted pixels (0) of sparse labels teach nothing
@@ -229,7 +256,7 @@ class _Objects(LabelMode):
     def head_targets(self, labels, head):
         from ..objects import targets
 
-        regression, ignore = targets(np.asarray(labels), "partial" if self.sparse else "instances", head)
+        regression, ignore = targets(self.with_margin(labels), "partial" if self.sparse else "instances", head)
         fg = regression[0].astype(np.int64)
         fg[ignore] = IGNORE
         return fg, regression

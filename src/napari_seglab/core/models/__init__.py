@@ -4,64 +4,52 @@ Layers inside this package, top to bottom (see ``.importlinter``): ``_export`` >
 ``_metadata`` > ``_registry`` (the table, ModelSpec, build_model) > the family modules (``_unet``,
 ``_fcn``, ``_maskrcnn``, and the box detectors ``_retinanet``, ``_fcos``, ``_fasterrcnn``) > their
 shared pieces (``_dense``, ``_detector`` for the torchvision detectors) > ``_family``, ``_weights``,
-``_losses``. A new family is one module declaring ``FAMILY = Family(...)`` and one line in the
-registry.
+``_losses`` > ``_catalogue`` (every family's plain facts: no torch). A new family is one card in
+the catalogue, one module declaring ``FAMILY = Family.of(card, ...)`` and one line in the registry.
+
+The catalogue's names are imported with this package; the others (which need torch) on first use.
 """
 
-from ._checkpoint import Checkpoint, describe_checkpoint, load_checkpoint, save_checkpoint
-from ._detector import batch_box_targets, boxes_from_instances, merge_tile_boxes
-from ._export import (
-    META_FILE,
-    example_input,
-    export_bioimageio,
-    export_model,
-    export_torchscript,
-    exportable_model,
-)
-from ._family import INSTANCE_HEADS, KINDS, Family, LossInputs, Preset
-from ._fcn import FCN_ARCHS, FCNWrapper
-from ._losses import balanced_class_weights, bce_dice, ce_dice, probabilities, segmentation_loss
-from ._maskrcnn import (
-    MASKRCNN_ARCHS,
-    build_maskrcnn,
-    detection_loss,
-    detection_targets,
-    predict_instances_tiled,
-)
-from ._metadata import CheckpointMeta
-from ._registry import (
+from ..lazy import lazy_all, lazy_names
+from ._catalogue import (
+    CARDS,
+    CATALOGUE,
     DEFAULT_ARCH,
-    DEFAULT_FAMILY,
-    FAMILIES,
-    REGISTRY,
-    ModelSpec,
-    build_model,
-    check_head,
-    check_spec,
-    count_parameters,
-    families,
-    get_family,
-    preset_spec,
-)
-from ._unet import (
     DEFAULT_ENCODER,
+    DEFAULT_FAMILY,
     DEFAULT_PRESET,
+    FAMILIES,
+    FCN_ARCHS,
+    INSTANCE_HEADS,
+    MASKRCNN_ARCHS,
     PRESETS,
     SMP_ARCHS,
-    check_stored_encoder,
-    smp_encoders,
+    FamilyCard,
+    Kind,
+    Preset,
+    family_card,
 )
-from ._weights import hub_file
 
+#: the names that need torch, by module
+_LAZY = {
+    "_checkpoint": ("Checkpoint", "describe_checkpoint", "load_checkpoint", "save_checkpoint"),
+    "_detector": ("batch_box_targets", "boxes_from_instances", "merge_tile_boxes"),
+    "_export": ("META_FILE", "example_input", "export_bioimageio", "export_model", "export_torchscript",
+                "exportable_model"),
+    "_family": ("Family", "LossInputs"),
+    "_fcn": ("FCNWrapper",),
+    "_losses": ("balanced_class_weights", "bce_dice", "ce_dice", "probabilities", "segmentation_loss"),
+    "_maskrcnn": ("build_maskrcnn", "detection_loss", "detection_targets", "predict_instances_tiled"),
+    "_metadata": ("CheckpointMeta", "DescribedModel"),
+    "_registry": ("REGISTRY", "ModelSpec", "build_model", "check_head", "check_spec", "count_parameters",
+                  "families", "get_family", "preset_spec"),
+    "_unet": ("check_stored_encoder", "smp_encoders"),
+    "_weights": ("hub_file",),
+}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __all__ = [
-    "Checkpoint", "CheckpointMeta", "DEFAULT_ARCH", "DEFAULT_ENCODER", "DEFAULT_FAMILY",
-    "DEFAULT_PRESET", "FAMILIES", "FCNWrapper", "FCN_ARCHS", "Family", "INSTANCE_HEADS", "KINDS",
-    "LossInputs", "MASKRCNN_ARCHS", "META_FILE", "ModelSpec", "PRESETS", "Preset", "REGISTRY",
-    "SMP_ARCHS", "balanced_class_weights", "batch_box_targets", "bce_dice", "boxes_from_instances",
-    "build_maskrcnn", "build_model", "ce_dice", "check_head", "check_spec", "check_stored_encoder",
-    "count_parameters", "describe_checkpoint", "detection_loss", "detection_targets",
-    "example_input", "export_bioimageio", "export_model", "export_torchscript", "exportable_model",
-    "families", "get_family", "hub_file", "load_checkpoint", "merge_tile_boxes",
-    "predict_instances_tiled", "preset_spec", "probabilities", "save_checkpoint",
-    "segmentation_loss", "smp_encoders",
+    "CARDS", "CATALOGUE", "DEFAULT_ARCH", "DEFAULT_ENCODER", "DEFAULT_FAMILY", "DEFAULT_PRESET", "FAMILIES",
+    "FCN_ARCHS", "INSTANCE_HEADS", "MASKRCNN_ARCHS", "PRESETS", "SMP_ARCHS", "FamilyCard", "Kind", "Preset",
+    "family_card",
 ]
+__all__ += lazy_all(_LAZY)

@@ -25,14 +25,14 @@ from torch import nn
 
 from ..errors import InputError
 from ..io import atomic_path, check_regular_file
-from ._metadata import CheckpointMeta, parse_meta
+from ._metadata import CheckpointMeta, DescribedModel, parse_meta
 from ._registry import ModelSpec, build_model
 
 FORMAT = "napari-seglab"
 VERSION = 1
 
 
-class Checkpoint:
+class Checkpoint(DescribedModel):
     """A loaded checkpoint: typed metadata (``info``), weights and (maybe) optimiser state.
 
     ``meta`` may be given as a :class:`CheckpointMeta` or in its on-disk dict
@@ -49,18 +49,6 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint(path={self.path!r}, {self.info.model})"
-
-    @property
-    def meta(self) -> dict:
-        return self.info.to_dict()
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.info.model
-
-    @property
-    def label_mode(self) -> str:
-        return self.info.label_mode
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model with these weights, in eval mode, on ``device``."""

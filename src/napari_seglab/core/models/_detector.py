@@ -8,14 +8,15 @@ this one). It holds:
   file) and loading of the tensors that fit;
 - a CPU-light ResNet-18 FPN backbone for the box families;
 - box targets for the box families' loss (from box rows or instance patches);
-- tiled box prediction, with the cross-tile merge rule.
+- the tile loop of the detectors' tiled prediction, and the boxes' cross-tile merge rule.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ MIN_BOX_SIDE = 1.0
 CROSS_TILE_IOU = 0.5
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+T = TypeVar("T")
 
 #: options every box family may store in a checkpoint: (kind, low, high[, list length]);
 #: 8192 = the largest patch
@@ -171,22 +173,35 @@ def load_pretrained(detector: nn.Module, pretrained: str | None, allow_download:
 # ----------------------------------------------------------------------------- training targets
 
 
+def object_slices(instances: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS
+                  ) -> tuple[np.ndarray, list[tuple[int, tuple[slice, slice]]]]:
+    """The objects of a (P, Q) integer instance patch (0 = background) that training can learn from.
+
+    Returns (the patch with its ids renumbered 1..N in ascending order of
+    the original ids, [(renumbered id, bounding slices)] of the objects of at
+    least ``min_pixels`` pixels): slivers cut by the patch border give no
+    target, for Mask R-CNN and the box detectors alike.
+    """
+    inst = np.asarray(instances)
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    if not ids.size:
+        return np.zeros(inst.shape, np.intp), []
+    compact = np.searchsorted(ids, inst) + 1
+    compact[inst <= 0] = 0
+    kept = [(i, sl) for i, sl in enumerate(ndi.find_objects(compact), start=1)
+            if sl is not None and np.count_nonzero(compact[sl] == i) >= min_pixels]
+    return compact, kept
+
+
 def boxes_from_instances(instances: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS) -> np.ndarray:
     """(N, 5) float32 [y0, x0, y1, x1, 1] boxes of the objects of a (P, Q) integer instance patch.
 
     y1/x1 are exclusive pixel edges; objects under ``min_pixels`` pixels
     (slivers cut by the patch border) are dropped, as Mask R-CNN drops them.
     """
-    inst = np.asarray(instances)
-    ids = np.unique(inst)
-    ids = ids[ids > 0]
-    rows = []
-    if ids.size:
-        compact = np.searchsorted(ids, inst) + 1
-        compact[inst <= 0] = 0
-        for i, sl in enumerate(ndi.find_objects(compact), start=1):
-            if sl is not None and np.count_nonzero(compact[sl] == i) >= min_pixels:
-                rows.append([sl[0].start, sl[1].start, sl[0].stop, sl[1].stop, 1])
+    _, objects = object_slices(instances, min_pixels)
+    rows = [[sl[0].start, sl[1].start, sl[0].stop, sl[1].stop, 1] for _, sl in objects]
     return np.asarray(rows, np.float32).reshape(len(rows), 5)
 
 
@@ -309,6 +324,42 @@ def merge_tile_boxes(per_tile: Sequence[tuple[tuple[int, int], tuple, np.ndarray
              "x1": round(float(r[3]), 2), "class": int(r[4]), "score": round(float(r[5]), 4)} for r in rows]
 
 
+def detect_tile(lm, chw: np.ndarray, detect: Callable[[nn.Module, torch.Tensor], T]) -> T:
+    """``detect(model, x)`` on one (C, h, w) tile moved to ``lm``'s device as x (1, C, h, w) float32.
+
+    Runs in inference mode and ``lm``'s precision; an out-of-memory error on
+    the device comes out of here (the caller's policy retries the plane).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(chw, np.float32))[None].to(lm.device)
+    # grad mode is thread-local: enter it per tile, never across a yield
+    with torch.inference_mode(), lm.precision.autocast():
+        return detect(lm.model, x)
+
+
+def iter_detector_tiles(lm, chw: np.ndarray, *, tile: int, overlap: float,
+                        detect: Callable[[nn.Module, torch.Tensor], T], stop: threading.Event | None = None
+                        ) -> Generator[TileDone, None, list[tuple[tuple[int, int], tuple, T]]]:
+    """The tile loop of the torchvision detectors: ``detect`` on every tile of a fixed plan.
+
+    ``lm`` is a :class:`~napari_seglab.core.predict.LoadedModel`, ``chw`` a
+    normalised (C, Y, X) plane. Tiles are :meth:`TilePlan.fixed` (every tile
+    the same size, which the detectors' anchors expect). Yields TileDone per
+    tile; returns (tile origin (y0, x0), tile core, ``detect``'s result) per
+    tile, the input of the cross-tile merges; raises Stopped when ``stop`` is
+    set between two tiles.
+    """
+    plan = TilePlan.fixed(chw.shape[-2:], tile, overlap)
+    tile_y, tile_x = plan.size
+    lm.model.eval()
+    found = []
+    origins = plan.origins()
+    for i, ((y0, x0), core) in enumerate(zip(origins, plan.cores(), strict=True)):
+        check_stop(stop)
+        found.append(((y0, x0), core, detect_tile(lm, chw[:, y0:y0 + tile_y, x0:x0 + tile_x], detect)))
+        yield TileDone(i + 1, len(origins))
+    return found
+
+
 def predict_boxes_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, score_threshold: float = 0.5,
                         stop: threading.Event | None = None
                         ) -> Generator[TileDone, None, tuple[np.ndarray, list[dict]]]:
@@ -320,18 +371,8 @@ def predict_boxes_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, score
     or above ``score_threshold``, merged across tiles by
     :func:`merge_tile_boxes`; raises Stopped when ``stop`` is set.
     """
-    h, w = chw.shape[-2:]
-    plan = TilePlan.fixed((h, w), tile, overlap)
-    tile_y, tile_x = plan.size
-    model = lm.model
-    model.eval()
-    per_tile = []
-    positions = plan.origins()
-    for i, ((y0, x0), core) in enumerate(zip(positions, plan.cores(), strict=True)):
-        check_stop(stop)
-        x = torch.from_numpy(np.ascontiguousarray(chw[:, y0:y0 + tile_y, x0:x0 + tile_x], np.float32))
-        # grad mode is thread-local: enter it per tile, never across a yield
-        with torch.inference_mode(), lm.precision.autocast():
-            per_tile.append(((y0, x0), core, tile_boxes(model, x[None].to(lm.device), score_threshold)))
-        yield TileDone(i + 1, len(positions))
-    return np.zeros((h, w), np.int32), merge_tile_boxes(per_tile)
+    def detect(model, x):
+        return tile_boxes(model, x, score_threshold)
+
+    per_tile = yield from iter_detector_tiles(lm, chw, tile=tile, overlap=overlap, detect=detect, stop=stop)
+    return np.zeros(chw.shape[-2:], np.int32), merge_tile_boxes(per_tile)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._catalogue import CATALOGUE
 from ._detector import (
     BOX_STORED_OPTIONS,
     IMAGENET_MEAN,
@@ -26,10 +27,6 @@ from ._detector import (
     resnet18_fpn,
 )
 from ._family import Family, Spec
-
-FASTERRCNN_ARCHS = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
-STOCK = {"fasterrcnn_coco": ("fasterrcnn_resnet50_fpn", "coco"),
-         "fasterrcnn_v2_coco": ("fasterrcnn_resnet50_fpn_v2", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
@@ -95,36 +92,8 @@ def build_fasterrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -
     return DetectorModel(detector, spec.in_channels, spec.n_classes), note
 
 
-FAMILY = Family(
-    name="fasterrcnn",
-    kind="boxes",
-    label="Faster R-CNN (boxes)",
-    archs=FASTERRCNN_ARCHS,
-    default_arch="fasterrcnn_resnet18_fpn",
-    build=build_fasterrcnn,
-    loss=detector_loss,
-    predict_objects=predict_boxes_tiled,
-    bytes_per_pixel=1400,
-    train_bytes_per_pixel=1800,
-    # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px), AdamW 3e-4: box AP@0.5 0.74 after 50
-    # steps and 0.94 (AP@0.75 0.62, F1 0.89 at score 0.3) after 100: the fastest learner of the three
-    lr=3e-4,
-    lr_finetune=1e-4,
-    exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("boxes", "instances"),
-    label_modes_note=("Faster R-CNN learns boxes: it trains on drawn boxes, or on 'instances' labels "
-                      "(one box per object)"),
-    stored_options={**BOX_STORED_OPTIONS, "rpn_pre_nms_top_n": ("int", 1, 100_000),
+FAMILY = Family.of(CATALOGUE["fasterrcnn"], build=build_fasterrcnn, loss=detector_loss, predict_objects=predict_boxes_tiled,
+                   stored_options={**BOX_STORED_OPTIONS, "rpn_pre_nms_top_n": ("int", 1, 100_000),
                     "rpn_post_nms_top_n": ("int", 1, 100_000), "rpn_train_top_n": ("int", 1, 100_000),
                     "box_batch_size_per_image": ("int", 1, 100_000), "aspect_ratios": ("nums", 0.01, 100.0, 3)},
-    check_options=lambda spec: check_box_options(spec, DEFAULTS),
-    stock=STOCK,
-    stock_weights=stock_weights,
-    channels_last=False,
-    holdout=False,
-    steps_to_useful=100,
-    # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-    # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 3.0 s (ResNet-50 FPN 4.21 s, v2 8.93 s);
-    # a core shared with other jobs costs 2-4x the wall time
-    cpu_step_s=2.7,
-)
+                   check_options=lambda spec: check_box_options(spec, DEFAULTS), stock_weights=stock_weights)

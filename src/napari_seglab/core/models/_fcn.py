@@ -10,13 +10,10 @@ import os
 
 from torch import nn
 
+from ._catalogue import CATALOGUE
 from ._dense import dense_loss
-from ._family import INSTANCE_HEADS, Family, Spec
+from ._family import Family, Spec
 from ._weights import ChannelAdapter, hub_file, load_state_file, torchvision_stock
-
-FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
-#: ready-made torchvision models: name -> (architecture, weights source)
-STOCK = {"fcn_resnet50_voc": ("fcn_resnet50", "voc"), "fcn_resnet101_voc": ("fcn_resnet101", "voc")}
 
 
 class FCNWrapper(nn.Module):
@@ -67,22 +64,4 @@ def build_fcn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple
     return FCNWrapper(fcn, spec.in_channels), note
 
 
-FAMILY = Family(
-    name="fcn",
-    kind="semantic",
-    label="FCN",
-    archs=FCN_ARCHS,
-    default_arch="fcn_resnet50",
-    build=build_fcn,
-    loss=dense_loss,
-    bytes_per_pixel=900,  # FCN-resnet50: 880 at 512 px (float32, CPU, inference mode)
-    train_bytes_per_pixel=1500,
-    lr=3e-3,
-    lr_finetune=1e-3,
-    exportable=True,
-    heads=INSTANCE_HEADS,
-    stock=STOCK,
-    stock_weights=stock_weights,
-    steps_to_useful=300,
-    cpu_step_s=2.5,
-)
+FAMILY = Family.of(CATALOGUE["fcn"], build=build_fcn, loss=dense_loss, stock_weights=stock_weights)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._catalogue import CATALOGUE
 from ._detector import (
     BOX_STORED_OPTIONS,
     IMAGENET_MEAN,
@@ -27,9 +28,6 @@ from ._detector import (
     resnet18_fpn,
 )
 from ._family import Family, Spec
-
-FCOS_ARCHS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn")
-STOCK = {"fcos_coco": ("fcos_resnet50_fpn", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],  # equal to the strides of P3-P7, as FCOS assumes
@@ -81,33 +79,6 @@ def build_fcos(spec: Spec, pretrained: str | None, allow_download: bool) -> tupl
     return DetectorModel(detector, spec.in_channels, spec.n_classes), note
 
 
-FAMILY = Family(
-    name="fcos",
-    kind="boxes",
-    label="FCOS (boxes)",
-    archs=FCOS_ARCHS,
-    default_arch="fcos_resnet18_fpn",
-    build=build_fcos,
-    loss=detector_loss,
-    predict_objects=predict_boxes_tiled,
-    bytes_per_pixel=1200,
-    train_bytes_per_pixel=1600,
-    # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px): AdamW 3e-4 learned without diverging
-    # (box AP@0.5 0.19 after 100 steps, 0.18 after 200: it over-counts, 339 boxes for 147 nuclei at score 0.3)
-    lr=3e-4,
-    lr_finetune=1e-4,
-    exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("boxes", "instances"),
-    label_modes_note="FCOS learns boxes: it trains on drawn boxes, or on 'instances' labels (one box per object)",
-    stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000)},
-    check_options=lambda spec: check_box_options(spec, DEFAULTS),
-    stock=STOCK,
-    stock_weights=stock_weights,
-    channels_last=False,
-    holdout=False,
-    steps_to_useful=800,  # benchmarks/detection.py, 300 s on 2 cores: 781 steps gave box AP@0.5 0.92
-    # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-    # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 1.4 s (ResNet-50 FPN 2.42 s);
-    # a core shared with other jobs costs 2-4x the wall time
-    cpu_step_s=0.38,
-)
+FAMILY = Family.of(CATALOGUE["fcos"], build=build_fcos, loss=detector_loss, predict_objects=predict_boxes_tiled,
+                   stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000)},
+                   check_options=lambda spec: check_box_options(spec, DEFAULTS), stock_weights=stock_weights)

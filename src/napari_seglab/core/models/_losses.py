@@ -1,6 +1,6 @@
-"""Segmentation losses that honour an ignore value (-1 in the target).
+"""Segmentation losses that honour the ignore value of the targets (:data:`~napari_seglab.core.labels.IGNORE`).
 
-Shapes: logits (B, K, Y, X) float; target (B, Y, X) int64 with -1 = ignore.
+Shapes: logits (B, K, Y, X) float; target (B, Y, X) int64 with IGNORE (-1) = not annotated.
 K == 1 means a binary model (sigmoid); K >= 2 a softmax over classes.
 """
 
@@ -9,11 +9,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -1
+from ..labels import IGNORE
 
 
 def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - mean Dice over classes; ``probs``/``onehot`` (B, K, Y, X), ``valid`` (B, 1, Y, X)."""
+    """1 - mean Dice over classes; ``probs``/``onehot`` (B, K, Y, X), ``valid`` (B, 1, Y, X).
+
+    A training loss, not the Dice that validation and evaluation report
+    (:func:`~napari_seglab.core.evaluate.per_class_dice`): it is computed on
+    probabilities so that it has a gradient, over the whole batch, and
+    smoothed by ``eps`` so that a batch with a few pixels of a class gives a
+    gentle gradient, not a steep, noisy one. A class absent from the batch is
+    left out of the mean (its smoothed Dice would only say how little it was
+    painted); its false positives still cost through the classes they cover.
+    """
     dims = (0, 2, 3)
     inter = (probs * onehot * valid).sum(dims)
     denom = ((probs + onehot) * valid).sum(dims)

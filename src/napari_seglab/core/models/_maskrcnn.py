@@ -27,19 +27,20 @@ from collections.abc import Generator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 from torch import nn
 
 from ..errors import InputError
-from ..events import TileDone, check_stop
-from ..tiling import TilePlan
-from ._detector import NoResizeTransform, load_pretrained
+from ..events import TileDone
+from ._catalogue import CATALOGUE
+from ._detector import (
+    MIN_OBJECT_PIXELS,
+    NoResizeTransform,
+    iter_detector_tiles,
+    load_pretrained,
+    object_slices,
+)
 from ._family import Family, LossInputs, Spec
 from ._weights import ChannelAdapter
-
-MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
-#: ready-made torchvision models: name -> (architecture, weights source)
-STOCK = {"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"), "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
@@ -53,7 +54,6 @@ DEFAULTS = {
     "box_batch_size_per_image": 256,  # sampled regions per training image (torchvision: 512)
     "rpn_train_top_n": 1000,  # proposals kept while training (torchvision: 2000)
 }
-MIN_OBJECT_PIXELS = 4
 
 
 def _option(spec: Spec, key: str):
@@ -163,27 +163,15 @@ def detection_targets(instances: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS
     Objects under ``min_pixels`` pixels (slivers cut by the patch border) are
     dropped; an empty patch gives N = 0.
     """
-    inst = np.asarray(instances)
-    ids = np.unique(inst)
-    ids = ids[ids > 0]
-    boxes, masks = [], []
-    if ids.size:
-        compact = np.searchsorted(ids, inst) + 1
-        compact[inst <= 0] = 0
-        for i, sl in enumerate(ndi.find_objects(compact), start=1):
-            if sl is None:
-                continue
-            mask = compact == i
-            if np.count_nonzero(mask[sl]) < min_pixels:
-                continue
-            boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
-            masks.append(mask)
+    compact, objects = object_slices(instances, min_pixels)
+    boxes = [[sl[1].start, sl[0].start, sl[1].stop, sl[0].stop] for _, sl in objects]
+    masks = [compact == i for i, _ in objects]
     n = len(boxes)
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(n, 4),
         "labels": torch.ones(n, dtype=torch.int64),
         "masks": torch.from_numpy(np.stack(masks).astype(np.uint8)) if n
-        else torch.zeros((0, *inst.shape), dtype=torch.uint8),
+        else torch.zeros((0, *compact.shape), dtype=torch.uint8),
     }
 
 
@@ -284,25 +272,18 @@ def predict_instances_tiled(lm, chw: np.ndarray, *, tile: int, overlap: float, s
     detections whose box centre lies in its core (nearer its centre than a
     neighbour's), so an object cut by a tile border comes out once.
     """
-    h, w = chw.shape[-2:]
-    plan = TilePlan.fixed((h, w), tile, overlap)
-    (tile_y, tile_x), cores, positions = plan.size, plan.cores(), plan.origins()
-    model = lm.model
-    model.eval()
+    def detect(model, x):
+        return _tile_detections(model, x, *x.shape[-2:], score_threshold)
+
+    per_tile = yield from iter_detector_tiles(lm, chw, tile=tile, overlap=overlap, detect=detect, stop=stop)
     found: list[tuple] = []
-    for i, ((y0, x0), ((cy0, cy1), (cx0, cx1))) in enumerate(zip(positions, cores, strict=True)):
-        check_stop(stop)
-        x = torch.from_numpy(np.ascontiguousarray(chw[:, y0:y0 + tile_y, x0:x0 + tile_x], np.float32))
-        # grad mode is thread-local: enter it per tile, never across a yield
-        with torch.inference_mode(), lm.precision.autocast():
-            tile_found = _tile_detections(model, x[None].to(lm.device), tile_y, tile_x, score_threshold)
+    for (y0, x0), ((cy0, cy1), (cx0, cx1)), tile_found in per_tile:
         for score, cls, ty, tx, crop in tile_found:
             iy, ix = y0 + ty, x0 + tx
             centre_y, centre_x = iy + crop.shape[0] / 2, ix + crop.shape[1] / 2
             if cy0 <= centre_y < cy1 and cx0 <= centre_x < cx1:
                 found.append((score, cls, iy, ix, crop))
-        yield TileDone(i + 1, len(positions))
-    return _merge(found, (h, w))
+    return _merge(found, chw.shape[-2:])
 
 
 def _loss(model: nn.Module, batch: LossInputs) -> torch.Tensor:
@@ -319,28 +300,5 @@ STORED_OPTIONS: Mapping[str, tuple] = {
     "image_std": ("nums", 1e-6, 1e3, 3),
 }
 
-FAMILY = Family(
-    name="maskrcnn",
-    kind="instances",
-    label="Mask R-CNN",
-    archs=MASKRCNN_ARCHS,
-    default_arch="maskrcnn_resnet50_fpn",
-    build=build_maskrcnn,
-    loss=_loss,
-    predict_objects=predict_instances_tiled,
-    bytes_per_pixel=1500,
-    train_bytes_per_pixel=2000,
-    # from scratch, AdamW diverges above ~1e-4 (U-Nets and FCNs like 3e-3)
-    lr=1e-4,
-    lr_finetune=1e-4,
-    exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("instances",),
-    label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
-    stored_options=STORED_OPTIONS,
-    stock=STOCK,
-    stock_weights=stock_weights,
-    channels_last=False,
-    holdout=False,
-    steps_to_useful=3000,
-    cpu_step_s=6.0,
-)
+FAMILY = Family.of(CATALOGUE["maskrcnn"], build=build_maskrcnn, loss=_loss, predict_objects=predict_instances_tiled,
+                   stored_options=STORED_OPTIONS, stock_weights=stock_weights)

@@ -228,3 +228,26 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
         except InputError as exc:
             raise bad(f"scale: {exc}") from None
     return CheckpointMeta.from_dict(meta)
+
+
+class DescribedModel:
+    """What a checkpoint and a loaded model both read off their metadata, ``self.info`` (a :class:`CheckpointMeta`)."""
+
+    info: CheckpointMeta
+
+    @property
+    def meta(self) -> dict:
+        """The metadata in its on-disk form (a new dict: for JSON and for callers that read keys)."""
+        return self.info.to_dict()
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.info.model
+
+    @property
+    def label_mode(self) -> str:
+        return self.info.label_mode
+
+    @property
+    def normalization(self) -> Normalization:
+        return self.info.normalization

@@ -1,7 +1,8 @@
 """The registry of model families, and the :class:`ModelSpec` that names one network of a family.
 
-Adding a family is one module that declares ``FAMILY = Family(...)`` (see
-:mod:`napari_seglab.core.models._family`) and one line in :data:`_FAMILIES` below. Every name is looked
+Adding a family is a card in :mod:`napari_seglab.core.models._catalogue`, one module that declares
+``FAMILY = Family.of(card, ...)`` (see :mod:`napari_seglab.core.models._family`) and one line in
+:data:`_FAMILIES` below. Every name is looked
 up here; an unknown name raises an InputError listing the valid ones.
 """
 
@@ -31,15 +32,15 @@ from . import (
 from . import (
     _unet as unet,
 )
-from ._family import INSTANCE_HEADS, Family, choose
+from ._catalogue import DEFAULT_ENCODER, DEFAULT_FAMILY, FAMILIES, INSTANCE_HEADS, choose
+from ._family import Family
 
-#: every family, the default first (the order of the drop-downs)
+#: every family with its code, in the catalogue's order (the order of the drop-downs)
 _FAMILIES: tuple[Family, ...] = (unet.FAMILY, fcn.FAMILY, maskrcnn.FAMILY, retinanet.FAMILY, fcos.FAMILY,
                                   fasterrcnn.FAMILY)
+if tuple(f.name for f in _FAMILIES) != FAMILIES:
+    raise RuntimeError(f"the registry's families {[f.name for f in _FAMILIES]} are not the catalogue's {FAMILIES}")
 REGISTRY: dict[str, Family] = {f.name: f for f in _FAMILIES}
-FAMILIES = tuple(REGISTRY)  # the names
-DEFAULT_FAMILY = _FAMILIES[0].name
-DEFAULT_ARCH = {f.name: f.default_arch for f in _FAMILIES}
 
 
 def families() -> tuple[Family, ...]:
@@ -64,7 +65,7 @@ class ModelSpec:
 
     family: str = DEFAULT_FAMILY
     arch: str = _FAMILIES[0].default_arch
-    encoder: str = unet.DEFAULT_ENCODER
+    encoder: str = DEFAULT_ENCODER
     in_channels: int = 1
     n_classes: int = 2
     options: dict = field(default_factory=dict)

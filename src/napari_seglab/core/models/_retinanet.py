@@ -18,6 +18,7 @@ from functools import partial
 
 from torch import nn
 
+from ._catalogue import CATALOGUE
 from ._detector import (
     BOX_STORED_OPTIONS,
     IMAGENET_MEAN,
@@ -32,10 +33,6 @@ from ._detector import (
     resnet18_fpn,
 )
 from ._family import Family, Spec
-
-RETINANET_ARCHS = ("retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
-STOCK = {"retinanet_coco": ("retinanet_resnet50_fpn", "coco"),
-         "retinanet_v2_coco": ("retinanet_resnet50_fpn_v2", "coco")}
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
@@ -107,35 +104,7 @@ def build_retinanet(spec: Spec, pretrained: str | None, allow_download: bool) ->
     return DetectorModel(detector, spec.in_channels, spec.n_classes), note
 
 
-FAMILY = Family(
-    name="retinanet",
-    kind="boxes",
-    label="RetinaNet (boxes)",
-    archs=RETINANET_ARCHS,
-    default_arch="retinanet_resnet18_fpn",
-    build=build_retinanet,
-    loss=detector_loss,
-    predict_objects=predict_boxes_tiled,
-    bytes_per_pixel=1200,
-    train_bytes_per_pixel=1600,
-    # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px, torchvision's plain head): AdamW 1e-4
-    # reached box AP@0.5 0.26 after 200 steps, 3e-4 0.13 (0.50 after 400), 1e-3 0.08 with a noisier loss;
-    # none diverged. With the GroupNorm head, 1e-4 gives 0.24 after 100 steps
-    lr=1e-4,
-    lr_finetune=1e-4,
-    exportable=False,  # its output is a list of detections, not a tensor
-    label_modes=("boxes", "instances"),
-    label_modes_note="RetinaNet learns boxes: it trains on drawn boxes, or on 'instances' labels (one box per object)",
-    stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000),
+FAMILY = Family.of(CATALOGUE["retinanet"], build=build_retinanet, loss=detector_loss, predict_objects=predict_boxes_tiled,
+                   stored_options={**BOX_STORED_OPTIONS, "topk_candidates": ("int", 1, 100_000),
                     "aspect_ratios": ("nums", 0.01, 100.0, 3)},
-    check_options=lambda spec: check_box_options(spec, DEFAULTS),
-    stock=STOCK,
-    stock_weights=stock_weights,
-    channels_last=False,
-    holdout=False,
-    steps_to_useful=1500,  # benchmarks/detection.py, 300 s on 2 cores: 735 steps gave box AP@0.5 0.44 only
-    # the default ResNet-18 FPN with the default patches (8 of 128 px), 2 threads, quiet 2-core machine
-    # (benchmarks/detection.py); batch 4 of 256 px on 1 thread: 1.45 s (ResNet-50 FPN 2.40 s, v2 2.46 s);
-    # a core shared with other jobs costs 2-4x the wall time
-    cpu_step_s=0.41,
-)
+                   check_options=lambda spec: check_box_options(spec, DEFAULTS), stock_weights=stock_weights)

@@ -16,23 +16,11 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import InputError
+from ._catalogue import CATALOGUE, DEFAULT_ENCODER
 from ._dense import dense_loss
-from ._family import INSTANCE_HEADS, Family, Preset, Spec
+from ._family import Family, Spec
 from ._weights import load_state_file
 
-SMP_ARCHS = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet", "Linknet", "PAN", "PSPNet", "DeepLabV3")
-DEFAULT_ENCODER = "resnet34"
-#: ``fast`` won the 2-core measurement (benchmarks/quality_vs_time.py): a 3-level ResNet-18
-#: encoder with a narrow decoder takes ~5x the steps per second of the 5-level ResNet-34 and
-#: reaches its quality within the first minute; ``accurate`` is the classic deep U-Net for a GPU
-#: or long runs.
-PRESETS = {
-    "fast": Preset("fast", "resnet18", 3, (64, 32, 16), 0.08,
-                   "3-level ResNet-18 U-Net, narrow decoder: useful within a minute on a laptop CPU"),
-    "accurate": Preset("accurate", "resnet34", 5, (256, 128, 64, 32, 16), 0.22,
-                       "5-level ResNet-34 U-Net: more context; slow on a CPU, the choice for a GPU"),
-}
-DEFAULT_PRESET = {"cpu": "fast", "cuda": "accurate", "mps": "fast"}
 #: the largest U-Net options a checkpoint may ask for (metadata is untrusted input)
 _MAX_DEPTH, _MAX_DECODER = 5, 1024
 #: the decoders that take decoder channels; the others keep smp's defaults
@@ -143,27 +131,5 @@ def build_unet(spec: Spec, pretrained: str | None, allow_download: bool) -> tupl
     return model, f"encoder weights from {weights_file}"
 
 
-FAMILY = Family(
-    name="unet",
-    kind="semantic",
-    label="U-Net",
-    archs=SMP_ARCHS,
-    default_arch="Unet",
-    build=build_unet,
-    loss=dense_loss,
-    # Unet-resnet34: peak RSS over the model's own size 493-533 at 512-1024 px (float32, CPU,
-    # channels_last, inference mode)
-    bytes_per_pixel=540,
-    train_bytes_per_pixel=1000,
-    lr=3e-3,
-    lr_finetune=1e-3,
-    exportable=True,
-    encoders=smp_encoders,
-    default_encoder=DEFAULT_ENCODER,
-    presets=PRESETS,
-    default_preset=DEFAULT_PRESET,
-    heads=INSTANCE_HEADS,
-    check_options=check_unet_spec,
-    check_stored=_check_stored,
-    steps_to_useful=150,
-)
+FAMILY = Family.of(CATALOGUE["unet"], build=build_unet, loss=dense_loss, encoders=smp_encoders,
+                   check_options=check_unet_spec, check_stored=_check_stored)

@@ -17,24 +17,22 @@ ignored by every loss, 1 = background, every id >= 2 one whole painted object).
 Targets must be computed on the whole plane before patches are cut, so that an
 object cut by the patch border keeps the flows of the whole object.
 
-Work is 2D; the caller splits stacks plane by plane. For tiled prediction, blend
-the raw outputs over the tiles (:func:`predict_tiled`) and decode the whole
-plane once: an object on a tile border then has one sink and stays one object.
+Work is 2D; the caller splits stacks plane by plane. Tiled prediction blends the
+raw outputs over the tiles (:func:`napari_seglab.core.predict.iter_plane` with ``raw``) and
+decodes the whole plane once: an object on a tile border then has one sink and stays one object.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from ..errors import InputError
-from ..tiling import Blender, TilePlan
+from ._instances import renumber_objects
 
 KINDS = ("flows", "distance")
 MODES = ("instances", "partial")
@@ -237,15 +235,6 @@ def head_loss(outputs: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor,
     return bce + dice_weight * dice + regression_weight * mse
 
 
-def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size > 1 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    return relabel_sequential(labels)[0].astype(np.int32, copy=False)
-
-
 def _fill_holes(labels: np.ndarray) -> np.ndarray:
     out = labels.copy()
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
@@ -319,11 +308,11 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
     ys, xs = np.nonzero(fg)
     ends = _follow(flow, ys.astype(np.float32), xs.astype(np.float32), n_steps)
     labels[ys, xs] = _cluster(ends, fg.shape, min_count=max(3, min_size // 2))
-    labels = _finish(_fill_holes(labels), min_size)
+    labels = renumber_objects(_fill_holes(labels), min_size)
     if flow_threshold is not None and labels.any():
         bad = np.flatnonzero(_flow_errors(labels, flow) > flow_threshold) + 1
         if bad.size:
-            labels = _finish(np.where(np.isin(labels, bad), 0, labels), min_size)
+            labels = renumber_objects(np.where(np.isin(labels, bad), 0, labels), min_size)
     return labels
 
 
@@ -352,7 +341,7 @@ def decode_distance(outputs: np.ndarray, *, threshold: float = 0.0, seeds: str =
     rest, n = ndi.label(fg & (labels == 0))
     if n:
         labels = np.where(rest > 0, rest + labels.max(), labels)
-    return _finish(labels, min_size)
+    return renumber_objects(labels, min_size)
 
 
 def decode(outputs: np.ndarray, kind: str | None = None, **kwargs) -> np.ndarray:
@@ -360,28 +349,3 @@ def decode(outputs: np.ndarray, kind: str | None = None, **kwargs) -> np.ndarray
     kind = kind or {3: "flows", 2: "distance"}.get(np.shape(outputs)[0])
     _check_kind(kind or "?")
     return decode_flows(outputs, **kwargs) if kind == "flows" else decode_distance(outputs, **kwargs)
-
-
-def predict_tiled(forward: Callable[[np.ndarray], np.ndarray], chw: np.ndarray, *, tile: int = 256,
-                  overlap: float = 0.25) -> np.ndarray:
-    """Blend raw outputs (K, Y, X) float32 of ``forward`` over overlapping tiles of ``chw`` (C, Y, X).
-
-    ``forward`` maps a (C, t, t) float32 tile to (K, t, t) outputs. Tiles
-    follow :meth:`~napari_seglab.core.tiling.TilePlan.fixed` and blend with its window, as in
-    :func:`~napari_seglab.core.predict.iter_predict_image`. A plane smaller than
-    ``tile`` is reflect-padded to it. Decode the blended outputs once for the
-    whole plane, so objects on tile borders are stitched.
-    """
-    img = np.asarray(chw, np.float32)
-    _, h, w = img.shape
-    ph, pw = max(0, tile - h), max(0, tile - w)
-    if ph or pw:
-        img = np.pad(img, [(0, 0), (0, ph), (0, pw)], mode="reflect" if min(h, w) > 1 else "edge")
-    plan = TilePlan.fixed(img.shape[1:], tile, overlap)
-    blender = None
-    for where in plan.slices():
-        out = np.array(forward(img[(slice(None), *where)]), np.float32)
-        if blender is None:
-            blender = Blender(plan, out.shape[0])
-        blender.add(where, out)
-    return blender.result()[:, :h, :w]

@@ -31,8 +31,8 @@ def _as_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return arr
 
 
-def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` pixels and number the rest 1..N (int32)."""
+def renumber_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` pixels and number the rest 1..N (int32): every decoder's last step."""
     labels = np.asarray(labels)
     if min_size > 1 and labels.any():
         sizes = np.bincount(labels.ravel())
@@ -128,7 +128,7 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_see
     foreground = (background < 0.5) | seed_mask
     labels = watershed(1.0 - interior, markers=seeds, mask=foreground)
     labels = _add_unseeded(labels, foreground)
-    return _finish(labels, min_size)
+    return renumber_objects(labels, min_size)
 
 
 def _typical_radius(mask: np.ndarray, distance: np.ndarray, components: np.ndarray) -> float:
@@ -181,7 +181,7 @@ def instances_from_foreground(
         raise InputError(f"prob_or_mask must be numeric, got dtype {arr.dtype}.")
     components, n = ndi.label(mask)
     if n == 0 or not split_touching:
-        return _finish(components, min_size)
+        return renumber_objects(components, min_size)
     distance = ndi.distance_transform_edt(mask)
     if min_distance is None:
         min_distance = max(2, int(round(0.7 * _typical_radius(mask, distance, components))))
@@ -198,7 +198,7 @@ def instances_from_foreground(
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
     labels = watershed(-smooth, markers=markers, mask=mask)
     labels = _add_unseeded(labels, mask)
-    return _finish(labels, min_size)
+    return renumber_objects(labels, min_size)
 
 
 def otsu_watershed(

@@ -6,27 +6,16 @@
 (torchvision's COCO / VOC models, from a cache only).
 """
 
-from ._forward import (
-    expand_probabilities,
-    forward_probabilities,
-    forward_raw,
-    iter_plane,
-    predict_plane,
-)
-from ._image import (
-    LoadedModel,
-    Prediction,
-    iter_predict_image,
-    labels_from_probabilities,
-    load_model,
-    wrap_model,
-)
-from ._options import BatchOptions, PredictOptions
-from ._stock import STOCK, load_stock, stock_available, stock_meta
+from ..lazy import lazy_all, lazy_names
+from ._options import BatchOptions, ModelRunOptions, PredictOptions
 
-__all__ = [
-    "BatchOptions", "LoadedModel", "PredictOptions", "Prediction", "STOCK", "expand_probabilities",
-    "forward_probabilities", "forward_raw", "iter_plane", "iter_predict_image",
-    "labels_from_probabilities", "load_model", "load_stock", "predict_plane", "stock_available",
-    "stock_meta", "wrap_model",
-]
+#: the names that need torch, by module (imported on first use: the CLI's options need only _options)
+_LAZY = {
+    "_forward": ("expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "predict_plane"),
+    "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
+               "wrap_model"),
+    "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
+}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
+__all__ = ["BatchOptions", "ModelRunOptions", "PredictOptions"]
+__all__ += lazy_all(_LAZY)

@@ -4,15 +4,16 @@
 :func:`~napari_seglab.core.predict.iter_predict_image`: it yields
 :class:`~napari_seglab.core.events.TileDone` per tile, returns the blended output and raises
 :class:`~napari_seglab.core.events.Stopped` when its ``stop`` event is set.
-:func:`iter_plane_with_fallback` adds the out-of-memory policy: smaller tiles,
-then the CPU, for that call only (the caller's model is never changed).
+:func:`iter_with_fallback` is the out-of-memory policy of every tiled prediction (these
+planes, and the object and box families' own tiled detection): smaller tiles, then the CPU,
+for that call only (the caller's model is never changed).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -153,20 +154,21 @@ def on_cpu(lm):
     return lm.replace(model=model, device=cpu, precision=precision_for(cpu))
 
 
-def iter_plane_with_fallback(lm, chw: np.ndarray, *, tile: int, overlap: float, lohi: tuple | None = None,
-                             stop: threading.Event | None = None, raw: bool = False
-                             ) -> Generator[TileDone | Message, None, tuple[np.ndarray, object]]:
-    """:func:`iter_plane`, retried on out-of-memory errors; returns (output, the model it ran on).
+def iter_with_fallback(run: Callable[[object, int], Generator], lm, tile: int
+                       ) -> Generator[TileDone | Message, None, tuple[object, object]]:
+    """The out-of-memory policy of every tiled prediction; returns (``run``'s result, the model it ran on).
 
-    On an out-of-memory error the tile halves (down to :data:`MIN_TILE`),
-    then the plane moves to a CPU copy of the model (:func:`on_cpu`); each
+    ``run(lm, tile)`` makes the generator that predicts one plane with that
+    model and tile side (dense, object or box family alike). On an
+    out-of-memory error the plane starts again with the tile halved (down to
+    :data:`MIN_TILE`), then on a CPU copy of the model (:func:`on_cpu`); each
     step is reported as a warning Message. The caller passes the returned
     model to the next plane of the same call, so the fallback lasts for that
     call only.
     """
     while True:
         try:
-            out = yield from iter_plane(lm, chw, tile=tile, overlap=overlap, lohi=lohi, stop=stop, raw=raw)
+            out = yield from run(lm, tile)
             return out, lm
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc) and not isinstance(exc, MemoryError):
@@ -181,8 +183,18 @@ def iter_plane_with_fallback(lm, chw: np.ndarray, *, tile: int, overlap: float, 
                 lm = on_cpu(lm)
                 yield Message("out of GPU memory even with small tiles: continuing on the CPU", "warning")
                 continue
-            raise InputError("out of memory even with 128px tiles; close other programs or use a machine "
-                             "with more memory") from exc
+            raise InputError(f"out of memory even with {MIN_TILE}px tiles; close other programs or use a "
+                             "machine with more memory") from exc
+
+
+def iter_plane_with_fallback(lm, chw: np.ndarray, *, tile: int, overlap: float, lohi: tuple | None = None,
+                             stop: threading.Event | None = None, raw: bool = False
+                             ) -> Generator[TileDone | Message, None, tuple[np.ndarray, object]]:
+    """:func:`iter_plane` under the out-of-memory policy (:func:`iter_with_fallback`); returns (output, model)."""
+    def run(model, side):
+        return iter_plane(model, chw, tile=side, overlap=overlap, lohi=lohi, stop=stop, raw=raw)
+
+    return (yield from iter_with_fallback(run, lm, tile))
 
 
 def predict_plane(lm, chw: np.ndarray, *, tile: int, overlap: float = 0.25, lohi: tuple | None = None,

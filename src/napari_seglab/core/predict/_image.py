@@ -25,7 +25,6 @@ import torch
 from scipy.special import expit
 
 from ..data import (
-    Normalization,
     check_scale,
     normalize,
     percentiles,
@@ -39,11 +38,12 @@ from ..errors import InputError
 from ..events import Message, Stopped, TileDone, check_stop, relay
 from ..io import check_image_values
 from ..labels import is_instance_mode
-from ..models import Checkpoint, CheckpointMeta, ModelSpec, get_family, load_checkpoint
+from ..models import Checkpoint, CheckpointMeta, DescribedModel, Kind, get_family, load_checkpoint
 from ..tiling import ALIGN, check_overlap
 from ._forward import (
     expand_probabilities,
     iter_plane_with_fallback,
+    iter_with_fallback,
 )
 from ._options import PredictOptions
 
@@ -62,7 +62,7 @@ def device_memory_budget(device: torch.device) -> float:
     return float(min(CPU_BUDGET_CAP, total / 2))
 
 
-class LoadedModel:
+class LoadedModel(DescribedModel):
     """A model ready to predict: network in eval mode, its metadata (``info``) and device.
 
     ``meta`` may be given typed or in its on-disk dict form; the :attr:`meta`
@@ -80,22 +80,6 @@ class LoadedModel:
         values = {"model": self.model, "meta": self.info, "device": self.device, "precision": self.precision,
                   "tta": self.tta}
         return LoadedModel(**{**values, **changes})
-
-    @property
-    def meta(self) -> dict:
-        return self.info.to_dict()
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.info.model
-
-    @property
-    def label_mode(self) -> str:
-        return self.info.label_mode
-
-    @property
-    def normalization(self) -> Normalization:
-        return self.info.normalization
 
 
 def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
@@ -123,15 +107,19 @@ class Prediction:
     background; or object ids for instance outputs; all 0 for a box
     detector). ``probabilities``: float32 (K, *spatial) when asked for.
     ``boxes``: rows with y0, x0, y1, x1, class, score, plane (detections or
-    object bounding boxes); for a box detector (``kind`` "boxes"), the
-    detections at or above the score threshold, the whole result.
+    object bounding boxes); for a box detector (``kind.boxes``), the
+    detections at or above the score threshold, the whole result. ``kind``:
+    what the labels hold (a :class:`~napari_seglab.core.models.Kind`; its value string is taken too).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     boxes: list[dict] = field(default_factory=list)
-    kind: str = "semantic"  # "semantic" | "instances" | "boxes"
+    kind: Kind = Kind.SEMANTIC
     stopped: bool = False
+
+    def __post_init__(self):
+        self.kind = Kind(self.kind)
 
 
 def auto_tile(spatial: Sequence[int], family: str, budget_bytes: float, channels: int = 1,
@@ -280,6 +268,20 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
     return resample_labels(plane_labels, size), probs, model
 
 
+def _object_plane(model: LoadedModel, chw: np.ndarray, tile: int, overlap: float, score_threshold: float,
+                  stop: threading.Event | None):
+    """One normalised plane through an object or box family's tiled detection, under the out-of-memory policy.
+
+    Returns ((labels, rows), the model it ran on), as :func:`_semantic_plane` does.
+    """
+    detect = model.spec.family_entry.predict_objects
+
+    def run(lm, side):
+        return detect(lm, chw, tile=side, overlap=overlap, score_threshold=score_threshold, stop=stop)
+
+    return (yield from iter_with_fallback(run, model, tile))
+
+
 def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
                        tile: int | None = None, overlap: float = 0.25,
                        planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
@@ -294,7 +296,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     budget); ``overlap``: in [0, 1). Yields TileDone per tile (and warning
     Messages); returns a :class:`Prediction` whose ``labels`` have the image's
     shape without ``C`` (all 0 for a box detector, whose result is
-    ``boxes``, kind "boxes"). Planes not predicted stay 0. When ``stop`` is set,
+    ``boxes``, ``kind.boxes``). Planes not predicted stay 0. When ``stop`` is set,
     returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
     every tile also predicted flipped three ways and the outputs averaged
     (U-Net / FCN models; about 4x the time). For a blocking call use
@@ -322,9 +324,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
             if not spec.semantic:  # object and box families: their own tiled prediction
-                inst, det = yield from relay(spec.family_entry.predict_objects(
-                    current, normalize(raw, *lohi), tile=job.tile, overlap=overlap,
-                    score_threshold=score_threshold, stop=stop), tagged)
+                (inst, det), current = yield from relay(
+                    _object_plane(current, normalize(raw, *lohi), job.tile, overlap, score_threshold, stop),
+                    tagged)
                 labels[index] = inst
                 boxes.extend({**row, "plane": ",".join(map(str, index)) if index else ""} for row in det)
                 continue
@@ -336,9 +338,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     except Stopped:
         stopped = True
     if not spec.semantic:
-        kind = spec.family_entry.kind  # "instances" (Mask R-CNN) or "boxes" (the box detectors)
+        kind = spec.family_entry.kind  # Mask R-CNN's instances or a box detector's boxes
     else:
-        kind = "instances" if is_instance_mode(model.label_mode) or split_instances else "semantic"
+        kind = Kind.INSTANCES if is_instance_mode(model.label_mode) or split_instances else Kind.SEMANTIC
     return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
 
 

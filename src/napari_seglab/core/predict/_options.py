@@ -1,10 +1,10 @@
 """Prediction and batch settings, declared once (see :mod:`napari_seglab.core.settings`).
 
-:class:`PredictOptions` holds what a user chooses when predicting (device,
-tiling, splitting, test-time augmentation, detection threshold);
-:class:`BatchOptions` adds what a folder run needs. Their fields carry the help
-text and ranges that ``seglab predict`` / ``seglab batch`` build their options
-from and the Predict and Batch docks their tooltips and ranges from;
+:class:`ModelRunOptions` holds what every run of a model over an image chooses (device,
+tiling, test-time augmentation, detection threshold); :class:`PredictOptions` adds splitting
+touching objects, :class:`BatchOptions` what a folder run needs. Each field is declared once and
+inherited; the fields carry the help text and ranges that ``seglab predict`` / ``seglab batch``
+build their options from and the Predict and Batch docks their tooltips and ranges from;
 ``check()`` applies the rules, and :func:`~napari_seglab.core.predict._image.iter_predict_image` and
 :func:`~napari_seglab.core.batch.iter_run_batch` call it, so Python callers get the same answer as the
 command line.
@@ -12,60 +12,56 @@ command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import InputError
-from ..settings import Setting, check_fields, setting
+from ..settings import check_fields, setting
 
 #: tile sides: 0 (automatic) or from MIN_TILE to MAX_TILE pixels
 MIN_TILE, MAX_TILE = 32, 16384
-DEVICE_HELP = "where to predict: auto (CUDA, then Apple MPS, then the CPU), cpu, cuda or mps"
-
-
-def _check(options) -> None:
-    """Every field against its Setting, then the tile rule a range cannot say (0, or 32 and more)."""
-    check_fields(options)
-    if options.tile and options.tile < MIN_TILE:
-        raise InputError(f"tile size must be 0 (automatic) or {MIN_TILE} to {MAX_TILE} pixels; got {options.tile}")
-
-
-#: the settings predict and batch share, declared here once
-DEVICE = Setting(DEVICE_HELP, "device", choices=("auto", "cpu", "cuda", "mps"))
-TILE = Setting(f"pixels per tile side, {MIN_TILE} or more; 0 = the largest tile that fits the memory budget",
-               "tile size", int, low=0, high=MAX_TILE, unit="pixels", metavar="PX")
-OVERLAP = Setting("fraction of a tile shared with its neighbours; their outputs are blended", "tile overlap",
-                  float, low=0, high=1, high_open=True, metavar="F")
-TTA = Setting("test-time augmentation: also predict each tile flipped three ways and average (U-Net / FCN; "
-              "about 4x the time)", "flip averaging (TTA)", bool)
-
-
-def _declared(default, declaration: Setting):
-    return field(default=default, metadata={"setting": declaration})
 
 
 @dataclass(frozen=True)
-class PredictOptions:
-    """Settings of one prediction; ``check()`` refuses values out of range (a :class:`SettingError`)."""
+class ModelRunOptions:
+    """The settings a single prediction and a folder run share; ``check()`` refuses values out of range."""
 
-    device: str = _declared("auto", DEVICE)
-    tile: int = _declared(0, TILE)
-    overlap: float = _declared(0.25, OVERLAP)
-    split_instances: bool = setting(False, label="split touching objects", kind=bool,
-                                    help="turn the foreground of a semantic model into one id per object: it "
-                                         "snaps to the image's edges, then touching objects are split "
-                                         "(watershed)")
-    tta: bool = _declared(False, TTA)
+    device: str = setting("auto", label="device", choices=("auto", "cpu", "cuda", "mps"),
+                          help="where to predict: auto (CUDA, then Apple MPS, then the CPU), cpu, cuda or mps")
+    tile: int = setting(0, label="tile size", kind=int, low=0, high=MAX_TILE, unit="pixels", metavar="PX",
+                        help=f"pixels per tile side, {MIN_TILE} or more; 0 = the largest tile that fits the "
+                             "memory budget")
+    overlap: float = setting(0.25, label="tile overlap", kind=float, low=0, high=1, high_open=True, metavar="F",
+                             help="fraction of a tile shared with its neighbours; their outputs are blended")
+    tta: bool = setting(False, label="flip averaging (TTA)", kind=bool,
+                        help="test-time augmentation: also predict each tile flipped three ways and average "
+                             "(U-Net / FCN; about 4x the time)")
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
                                      help="minimum detection score (Mask R-CNN and the box detectors)")
 
-    def check(self) -> PredictOptions:
-        _check(self)
+    def check(self):
+        """Every declared field against its Setting, then the tile rule a range cannot say (0, or 32 and more).
+
+        Returns self.
+        """
+        check_fields(self)
+        if self.tile and self.tile < MIN_TILE:
+            raise InputError(f"tile size must be 0 (automatic) or {MIN_TILE} to {MAX_TILE} pixels; got {self.tile}")
         return self
 
 
 @dataclass(frozen=True)
-class BatchOptions:
-    """Settings of a folder run; the prediction settings are :class:`PredictOptions`' own."""
+class PredictOptions(ModelRunOptions):
+    """Settings of one prediction."""
+
+    split_instances: bool = setting(False, label="split touching objects", kind=bool,
+                                    help="turn the foreground of a semantic model into one id per object: it "
+                                         "snaps to the image's edges, then touching objects are split "
+                                         "(watershed)")
+
+
+@dataclass(frozen=True)
+class BatchOptions(ModelRunOptions):
+    """Settings of a folder run: the shared prediction settings and the folder's own."""
 
     pattern: str = setting("*.tif", label="pattern", metavar="GLOB",
                            help="file name pattern, e.g. *.tif or *_dapi.tiff")
@@ -78,13 +74,3 @@ class BatchOptions:
     workers: int | None = setting(None, label="workers", kind=int, low=0, high=4096, metavar="N",
                                   auto="one per core or GPU, as the files need",
                                   help="local worker processes; 0 = in this process, no Dask")
-    device: str = _declared("auto", DEVICE)
-    tile: int = _declared(0, TILE)
-    overlap: float = _declared(0.25, OVERLAP)
-    tta: bool = _declared(False, TTA)
-
-    def check(self) -> BatchOptions:
-        _check(self)
-        return self
-
-

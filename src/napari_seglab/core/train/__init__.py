@@ -7,7 +7,7 @@ Modules: ``_config`` (TrainConfig, declared once), ``_data`` (samples from image
 (time budget, threads, bfloat16, Ctrl-C), ``_train`` (the generator that ties them).
 """
 
-from ._boxes import BoxValidator, prepare_box_data, split_boxes
+from ..lazy import lazy_all, lazy_names
 from ._config import (
     DEFAULT_TIME_LIMIT,
     DENSE_BATCH,
@@ -18,13 +18,17 @@ from ._config import (
     ResolvedTrainConfig,
     TrainConfig,
 )
-from ._data import prepare_samples, prepare_training_data
-from ._runtime import ThreadTuner, cost_note
-from ._train import TrainResult, iter_train
 
+#: the names that need torch, by module (imported on first use: the CLI's options need only _config)
+_LAZY = {
+    "_boxes": ("BoxValidator", "prepare_box_data", "split_boxes"),
+    "_data": ("prepare_samples", "prepare_training_data"),
+    "_runtime": ("ThreadTuner", "cost_note"),
+    "_train": ("TrainResult", "iter_train"),
+}
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __all__ = [
-    "BoxValidator", "DEFAULT_TIME_LIMIT", "DENSE_BATCH", "DENSE_PATCH", "DIAMETER",
-    "ResolvedTrainConfig", "SPARSE_BATCH", "SPARSE_PATCH", "ThreadTuner", "TrainConfig",
-    "TrainResult", "cost_note", "iter_train", "prepare_box_data", "prepare_samples",
-    "prepare_training_data", "split_boxes",
+    "DEFAULT_TIME_LIMIT", "DENSE_BATCH", "DENSE_PATCH", "DIAMETER", "ResolvedTrainConfig", "SPARSE_BATCH",
+    "SPARSE_PATCH", "TrainConfig",
 ]
+__all__ += lazy_all(_LAZY)

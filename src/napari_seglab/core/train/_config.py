@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import LABEL_MODES, get_mode
-from ..settings import Setting, SettingError, check_fields, setting, settings_of
+from ..models import CARDS, INSTANCE_HEADS
+from ..settings import Setting, check_fields, setting, settings_of
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -33,8 +34,6 @@ SPARSE_PATCH = {"cpu": 64, "cuda": 128}
 DENSE_BATCH, SPARSE_BATCH = 8, 32
 #: seconds of training when neither epochs nor a time limit is given (the Train dock's default too)
 DEFAULT_TIME_LIMIT = 120.0
-#: learning rates: AdamW from scratch, fine-tuning or pretrained; Mask R-CNN from scratch diverges above ~1e-4
-LR_SCRATCH, LR_FINETUNE, LR_MASKRCNN = 3e-3, 1e-3, 1e-4
 MAX_PATCH, MAX_BATCH = 8192, 4096
 MAX_TIME = 30 * 24 * 3600.0  # a month of training, in seconds
 #: scale jitter of dense instance labels. Real DSB2018 nuclei (left half trains, right half is predicted), flows
@@ -48,6 +47,23 @@ POOLED_ARCHS = ("deeplabv3plus", "pan", "deeplabv3")
 def _sci(value: float) -> str:
     """3e-3, not 0.003: how learning rates are written."""
     return f"{value:.0e}".replace("e-0", "e-")
+
+
+# ---------------------------------------------------------------------- help read from the family catalogue
+def _learning_rates() -> str:
+    """Each family's own learning rates, families that share them together."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for card in CARDS:
+        groups.setdefault((card.lr, card.lr_finetune), []).append(card.name)
+    return "the family's own: " + "; ".join(
+        f"{', '.join(names)} {_sci(lr)}" + (f" from scratch, {_sci(tuned)} fine-tuning" if tuned != lr else "")
+        for (lr, tuned), names in groups.items())
+
+
+#: the family whose presets ``--preset`` chooses from (the U-Net)
+_PRESETS_OF = next(card for card in CARDS if card.presets)
+#: the families that carry the "flows" and "distance" instance heads
+_HEADED = [card.name for card in CARDS if len(card.heads) > 1]
 
 
 #: object diameter: the dock's field and ``--diameter``, turned into ``scale`` by :func:`~napari_seglab.core.data._samples.scale_for`
@@ -64,24 +80,20 @@ class TrainConfig:
     label_mode: str = setting("scribbles", label="label mode", choices=LABEL_MODES, metavar="{" + ",".join(
         LABEL_MODES) + "}", help="how to read the labels: " + "; ".join(
         f"{name}: {get_mode(name).legend}" for name in LABEL_MODES))
-    family: str = setting("unet", label="model family",
-                          help="model family (retinanet, fcos, fasterrcnn: box detectors)",
-                          metavar="{unet,fcn,maskrcnn,retinanet,fcos,fasterrcnn}")
-    arch: str = setting("Unet", label="architecture", auto="per family", metavar="ARCH",
-                        help="architecture (unet: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, MAnet...; fcn: "
-                             "fcn_resnet50/101; maskrcnn: maskrcnn_resnet50_fpn[_v2]; retinanet: "
-                             "retinanet_resnet18_fpn, retinanet_resnet50_fpn[_v2]; fcos: fcos_resnet18_fpn, "
-                             "fcos_resnet50_fpn; fasterrcnn: fasterrcnn_resnet18_fpn, fasterrcnn_resnet50_fpn[_v2])")
+    family: str = setting(CARDS[0].name, label="model family", metavar="{" + ",".join(c.name for c in CARDS) + "}",
+                          help="model family (" + ", ".join(c.name for c in CARDS if c.kind.boxes)
+                               + ": box detectors)")
+    arch: str = setting(CARDS[0].default_arch, label="architecture", auto="per family", metavar="ARCH",
+                        help="architecture (" + "; ".join(f"{c.name}: {', '.join(c.archs)}" for c in CARDS) + ")")
     encoder: str | None = setting(label="encoder", auto="the preset's",
                                   help="encoder of unet-family models (any segmentation-models-pytorch name), "
                                        "instead of the preset's")
-    #: the step times are models.PRESETS' cpu_step_s (tests/core/test_config.py keeps them equal)
-    preset: str | None = setting(label="model preset", choices=("fast", "accurate"),
-                                 auto="fast on a CPU, accurate on a GPU",
-                                 help="U-Net preset. fast: 3-level ResNet-18 U-Net, narrow decoder, about 0.08 s per "
-                                      "step on a quiet 2-core laptop CPU, useful within a minute; accurate: 5-level "
-                                      "ResNet-34 U-Net, more context, about 0.22 s per step there, the choice for a "
-                                      "GPU")
+    preset: str | None = setting(label="model preset", choices=tuple(_PRESETS_OF.presets),
+                                 auto=f"{_PRESETS_OF.default_preset['cpu']} on a CPU, "
+                                      f"{_PRESETS_OF.default_preset['cuda']} on a GPU",
+                                 help=f"{_PRESETS_OF.label} preset. " + "; ".join(
+                                     f"{p.name}: {p.summary} (about {p.cpu_step_s:.2f} s per step on a quiet "
+                                     "2-core CPU)" for p in _PRESETS_OF.presets.values()))
     pretrained: str | None = setting(label="pretrained weights", metavar="none|auto|PATH", auto="none",
                                      help="encoder weights: none (random), auto (stock weights when already on "
                                           "disk; nothing is downloaded unless allowed), or a weights file")
@@ -101,9 +113,7 @@ class TrainConfig:
                                      help="patches per step",
                                      auto=f"{DENSE_BATCH} for dense labels, {SPARSE_BATCH} for scribbles")
     lr: float | None = setting(label="learning rate", kind=float, low=0, high=1, low_open=True, high_open=True,
-                               metavar="LR", help="AdamW learning rate",
-                               auto=f"{_sci(LR_SCRATCH)} from scratch, {_sci(LR_FINETUNE)} fine-tuning, "
-                                    f"{_sci(LR_MASKRCNN)} for Mask R-CNN")
+                               metavar="LR", help="AdamW learning rate", auto=_learning_rates())
     weight_decay: float = setting(1e-4, label="weight decay", kind=float, low=0, high=1, flag="",
                                   help="AdamW weight decay")
     class_weights: str = setting("none", label="class weights", choices=("none", "balanced"),
@@ -148,9 +158,10 @@ class TrainConfig:
                                          auto=f"{INSTANCE_SCALE_JITTER:g} for dense instance labels, else 1 (off)",
                                          help="zoom training patches by up to this factor in and out, so objects "
                                               "are seen a little larger and smaller than painted (1 = off)")
-    instance_head: str | None = setting(label="instance head", choices=("boundary", "flows", "distance"),
-                                        auto="flows for dense instances (unet / fcn), else boundary",
-                                        help="how unet/fcn models separate objects (instances and objects modes): "
+    instance_head: str | None = setting(label="instance head", choices=INSTANCE_HEADS,
+                                        auto=f"flows for dense instances ({' / '.join(_HEADED)}), else boundary",
+                                        help=f"how {'/'.join(_HEADED)} models separate objects (instances and "
+                                             "objects modes): "
                                              "boundary = background / interior / boundary classes; flows = "
                                              "foreground + flows towards each object's centre (cellpose-like); "
                                              "distance = foreground + distance to the object's boundary")
@@ -175,10 +186,8 @@ class TrainConfig:
             raise InputError("give a number of epochs or a time limit")
         if not declared["label_mode"].accepts(self.label_mode):
             get_mode(self.label_mode)  # the label modes' own message
-        check_fields(self, ("label_mode", "epochs", "time_limit", "steps_per_epoch", "batch_size", "lr", "focal_gamma",
-                            "val_fraction", "seed", "instance_head", "preset", "bf16", "threads", "class_weights",
-                            "scale", "scale_jitter"))
-        _check_patch(self.patch, declared["patch"])
+        _check_patch(self.patch)
+        check_fields(self)
         names = _check_model(self)
         _check_memory(self, names[0])
         return names
@@ -237,14 +246,18 @@ def default_batch(label_mode: str) -> int:
 
 
 def _family(name: str):
-    """The model registry's record of family ``name`` (imported on use: the CLI's parser needs no torch)."""
+    """The model registry's record of family ``name`` (imported on use: the CLI's parser needs no torch).
+
+    The help text reads the torch-free catalogue; a run asks the registry, which families can
+    be plugged into.
+    """
     from ..models import get_family
 
     return get_family(name)
 
 
 def default_lr(family: str, *, fine_tuning: bool = False) -> float:
-    """AdamW learning rate, the family's own (:data:`LR_SCRATCH` / :data:`LR_FINETUNE` / :data:`LR_MASKRCNN`)."""
+    """AdamW learning rate: the family's own (``lr`` / ``lr_finetune`` of its catalogue card)."""
     return _family(family).default_lr(fine_tune=fine_tuning)
 
 
@@ -267,14 +280,11 @@ def default_instance_head(label_mode: str, family: str) -> str:
 
 
 # ---------------------------------------------------------------------- rules between settings
-def _check_patch(patch, declared: Setting) -> None:
-    if patch is None:
-        return
+def _check_patch(patch) -> None:
+    """A patch above the largest is refused with why, before the declared range says only "from 32 to 8192"."""
     if isinstance(patch, (int, np.integer)) and not isinstance(patch, bool) and patch > MAX_PATCH:
         raise InputError(f"patch size {patch} is above the largest SegLab trains with ({MAX_PATCH}); "
                          "a patch larger than the image is padded, not more informative")
-    if not declared.accepts(patch):
-        raise SettingError(declared, patch, "patch")
 
 
 def _check_model(config: TrainConfig) -> tuple[str, str]:

@@ -132,7 +132,7 @@ def _step(run: TrainRun) -> float:
     """One optimiser step on a fresh batch; returns the loss."""
     config, spec, device = run.config, run.spec, run.device
     reg, inst, boxes = None, None, None
-    if spec.family_entry.kind == "boxes":  # a box detector learns the patches' boxes (LossInputs.boxes)
+    if spec.family_entry.kind.boxes:  # a box detector learns the patches' boxes (LossInputs.boxes)
         x, y, boxes = run.sampler.box_batch(config.batch_size)
     elif spec.has_regression_head:
         x, y, reg = run.sampler.head_batch(config.batch_size)

@@ -97,7 +97,7 @@ def _start_from(config) -> tuple[Checkpoint | None, Normalization | None, float 
 def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: int, head: str) -> ModelSpec:
     """The spec of the model to train: the checkpoint's (checked against the data) or a fresh one."""
     family = get_family(config.family)
-    if family.kind == "boxes":
+    if family.kind.boxes:
         n_classes = box_classes(samples)  # background and the box classes
     elif not family.semantic or head != "boundary":
         n_classes = 2  # background and object: the detector's classes, the head's foreground channel
@@ -106,7 +106,7 @@ def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: 
     if init is None:
         return model_spec(config, channels, n_classes, head)
     spec = init.spec
-    both_boxes = family.kind == "boxes" and {init.label_mode, config.label_mode} <= set(BOX_LABEL_MODES)
+    both_boxes = family.kind.boxes and {init.label_mode, config.label_mode} <= set(BOX_LABEL_MODES)
     if init.label_mode != config.label_mode and not both_boxes:
         raise InputError(f"{config.init}: was trained on {init.label_mode!r} labels, not {config.label_mode!r}")
     if spec.in_channels != channels:
@@ -171,7 +171,7 @@ def _box_holdout(config, samples: list[Sample], rng) -> tuple[list[np.ndarray], 
 def _holdout(config, spec: ModelSpec, samples: list[Sample], rng, sparse: bool
              ) -> tuple[list[np.ndarray], Validator, list[Sample], list[Message]]:
     """(held-out pixels per sample, validator, training samples without them, messages)."""
-    if spec.family_entry.kind == "boxes":
+    if spec.family_entry.kind.boxes:
         return _box_holdout(config, samples, rng)
     val_fraction = config.val_fraction if spec.family_entry.holdout else 0.0
     held = [split_validation(s.target, sparse, val_fraction, rng) for s in samples]
@@ -218,10 +218,10 @@ def _thread_tuner(config, device: torch.device) -> ThreadTuner | None:
 def check_box_run(config, boxes) -> bool:
     """True when ``config`` trains a box family; InputError when boxes, label mode and family do not fit."""
     family = get_family(config.family)
-    if family.kind != "boxes":
+    if not family.kind.boxes:
         if boxes is not None or config.label_mode == "boxes":
             what = "boxes are given" if boxes is not None else "the 'boxes' label mode is chosen"
-            able = ", ".join(f.name for f in REGISTRY.values() if f.kind == "boxes") or "none is installed"
+            able = ", ".join(f.name for f in REGISTRY.values() if f.kind.boxes) or "none is installed"
             raise InputError(f"{what}, but {family.label} learns from painted labels, not boxes; choose a box "
                              f"detector family ({able})")
         return False

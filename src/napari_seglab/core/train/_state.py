@@ -15,29 +15,12 @@ import numpy as np
 import torch
 
 from ..data import Normalization, Sample
+from ..evaluate import mean_dice, per_class_dice
 from ..events import EpochEnd, run_to_completion
 from ..labels import IGNORE, get_mode, is_instance_mode
 from ..models import Checkpoint, CheckpointMeta, ModelSpec, save_checkpoint
 from ..predict import forward_probabilities, forward_raw, wrap_model
 from ._runtime import Budget, sigint_deferred
-
-
-def _dice_scores(pred: np.ndarray, target: np.ndarray, n_classes: int, mode: str) -> tuple[float, list[float]]:
-    """(mean Dice over classes, per-class Dice) on pixels where target != -1.
-
-    Background counts as a class: a foreground-only Dice would reward a model
-    that paints everything as foreground when the held-out strokes are
-    mostly objects. Classes absent from both prediction and target are NaN and
-    left out of the mean.
-    """
-    valid = target != IGNORE
-    p, t = pred[valid], target[valid]
-    per = []
-    for c in range(n_classes):
-        denom = np.count_nonzero(p == c) + np.count_nonzero(t == c)
-        per.append(float(2 * np.count_nonzero((p == c) & (t == c)) / denom) if denom else float("nan"))
-    vals = [d for d in per if not math.isnan(d)]
-    return (float(np.mean(vals)) if vals else 1.0), per
 
 
 class Validator:
@@ -59,7 +42,11 @@ class Validator:
 
     def score(self, model: torch.nn.Module, meta: CheckpointMeta, device: torch.device, mode: str
               ) -> tuple[float, list[float]]:
-        """(mean Dice, per-class Dice) of ``model`` on the held-out crops; object families score foreground."""
+        """(mean Dice, per-class Dice) of ``model`` on the held-out pixels; object families score foreground.
+
+        Dice follows the evaluation's one policy (:func:`~napari_seglab.core.evaluate.class_dice`):
+        a class absent from both the prediction and the held-out pixels is NaN, left out of the mean.
+        """
         lm = wrap_model(model, meta, device)
         spec = meta.model
         preds, tgts = [], []
@@ -82,13 +69,16 @@ class Validator:
         finally:
             model.train(was_training)
         n = max(2, spec.n_classes) if spec.semantic else 2
-        return _dice_scores(np.concatenate(preds), np.concatenate(tgts), n, mode)
+        # background counts as a class: a foreground-only Dice would reward a model that paints
+        # everything as foreground when the held-out strokes are mostly objects
+        per = per_class_dice(np.concatenate(preds), np.concatenate(tgts), n, ignore=IGNORE)
+        return mean_dice(per), per
 
 
 def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples: list[Sample],
              counts: np.ndarray, note: str, use_bf16: bool) -> CheckpointMeta:
     """The metadata of a run's checkpoints (``config``: the resolved TrainConfig), before any metric."""
-    if spec.family_entry.kind == "boxes":
+    if spec.family_entry.kind.boxes:
         names = list(get_mode("boxes").class_names(spec.n_classes))
     elif not spec.semantic or spec.has_regression_head:
         names = ["background", "object"]

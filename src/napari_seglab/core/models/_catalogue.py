@@ -1,0 +1,242 @@
+"""The model families as plain data, declared once and readable without importing torch.
+
+Each family is one :class:`FamilyCard` here: its name, what it outputs (a :class:`Kind`),
+architectures, learning rates, presets, instance heads, label modes, memory and time costs and
+stock models. Its module (``_unet``, ``_fcn``, ...) adds the code (build, loss, tiled prediction,
+checks) to make the :class:`~napari_seglab.core.models._family.Family` the registry lists. The
+command line's options, the training help and the docks' choices read the cards, so building
+``seglab``'s parser loads neither torch nor torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..errors import InputError
+
+
+class Kind(str, Enum):
+    """What a family's network outputs, or what a prediction holds; checkpoints keep the value string."""
+
+    SEMANTIC = "semantic"  # a value per pixel: classes, or an instance head's maps
+    INSTANCES = "instances"  # one mask per object: object ids
+    BOXES = "boxes"  # one box per object
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def dense(self) -> bool:
+        """A value per pixel (a family that shares the blended tiled path; a prediction of classes)."""
+        return self is Kind.SEMANTIC
+
+    @property
+    def instances(self) -> bool:
+        """Labels of one id per object (Mask R-CNN, or a dense model's objects)."""
+        return self is Kind.INSTANCES
+
+    @property
+    def boxes(self) -> bool:
+        """Boxes are the whole result: a box detector, whose prediction has no labels."""
+        return self is Kind.BOXES
+
+
+#: instance heads of a dense network (``options["head"]``): "boundary" is the 3-class background /
+#: interior / boundary map (absent from older checkpoints); "flows" and "distance" are the
+#: regression heads of :mod:`napari_seglab.core.objects._flows` (a foreground logit plus flow or distance channels)
+INSTANCE_HEADS = ("boundary", "flows", "distance")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named choice of encoder and depth for a family (the Model tab and ``seglab train --preset``).
+
+    ``cpu_step_s``: seconds per training step (batch 8 of 128 px, 1 channel,
+    bfloat16 autocast, 2 threads) measured on this project's quiet 2-core
+    machine with ``benchmarks/train_step_profile.py``; float32 costs about
+    1.5-1.8x more, a busy machine 2-4x more; a GPU step costs milliseconds.
+    """
+
+    name: str
+    encoder: str
+    encoder_depth: int
+    decoder_channels: tuple[int, ...]
+    cpu_step_s: float
+    summary: str
+
+    def options(self) -> dict:
+        return {"encoder_depth": self.encoder_depth, "decoder_channels": list(self.decoder_channels)}
+
+
+@dataclass(frozen=True)
+class FamilyCard:
+    """What SegLab knows about one model family apart from its code."""
+
+    name: str
+    kind: Kind
+    label: str  # the drop-down text
+    archs: tuple[str, ...]
+    default_arch: str
+    #: bytes of working memory a forward pass needs per input pixel (float32, CPU): the tile size
+    bytes_per_pixel: int
+    #: a floor of the bytes per pixel one float32 training step needs: refuses a patch x batch too big
+    train_bytes_per_pixel: int
+    lr: float  # AdamW learning rate from scratch
+    lr_finetune: float  # ... from pretrained weights or a checkpoint
+    exportable: bool  # the network maps an image to a tensor (TorchScript / ONNX / bioimage.io)
+    default_encoder: str | None = None  # None: the architecture fixes the backbone
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    default_preset: Mapping[str, str] = field(default_factory=dict)  # device type -> preset name
+    heads: tuple[str, ...] = ("boundary",)  # instance heads the family's network can carry
+    label_modes: tuple[str, ...] | None = None  # None: every label mode
+    label_modes_note: str = ""  # why only those
+    #: ready-made torchvision models: stock name -> (architecture, weights source)
+    stock: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    channels_last: bool = True  # the network takes a batch tensor (detectors take lists)
+    #: a blanked-out hold-out would teach a whole-object family "background" there: it picks its
+    #: best model by training loss instead
+    holdout: bool = True
+    steps_to_useful: int = 150  # steps on the sample nuclei before a prediction is worth correcting
+    cpu_step_s: float = 0.4  # typical seconds per CPU training step when no preset says
+
+    def __post_init__(self):
+        if self.kind not in tuple(Kind):  # a Kind, or its value as a checkpoint or a plug-in spells it
+            raise ValueError(f"family {self.name}: kind {self.kind!r} is not one of {', '.join(Kind)}")
+        object.__setattr__(self, "kind", Kind(self.kind))
+        if self.default_arch not in self.archs:
+            raise ValueError(f"family {self.name}: default architecture {self.default_arch!r} not in its list")
+
+    @property
+    def semantic(self) -> bool:
+        """True when the network outputs a value per pixel (classes, or an instance head's maps)."""
+        return self.kind.dense
+
+    def default_lr(self, fine_tune: bool) -> float:
+        return self.lr_finetune if fine_tune else self.lr
+
+
+def choose(name: str, options: Sequence[str], what: str) -> str:
+    """``name`` as spelt in ``options`` (case-insensitive); InputError listing them otherwise."""
+    if name in options:
+        return name
+    lowered = {o.lower(): o for o in options}
+    if isinstance(name, str) and name.lower() in lowered:
+        return lowered[name.lower()]
+    raise InputError(f"unknown {what} {name!r}; choose one of: {', '.join(options)}")
+
+
+# ----------------------------------------------------------------------------- the families
+
+SMP_ARCHS = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "MAnet", "Linknet", "PAN", "PSPNet", "DeepLabV3")
+DEFAULT_ENCODER = "resnet34"
+#: ``fast`` won the 2-core measurement (benchmarks/quality_vs_time.py): a 3-level ResNet-18
+#: encoder with a narrow decoder takes ~5x the steps per second of the 5-level ResNet-34 and
+#: reaches its quality within the first minute; ``accurate`` is the classic deep U-Net for a GPU
+#: or long runs.
+PRESETS = {
+    "fast": Preset("fast", "resnet18", 3, (64, 32, 16), 0.08,
+                   "3-level ResNet-18 U-Net, narrow decoder: useful within a minute on a laptop CPU"),
+    "accurate": Preset("accurate", "resnet34", 5, (256, 128, 64, 32, 16), 0.22,
+                       "5-level ResNet-34 U-Net: more context; slow on a CPU, the choice for a GPU"),
+}
+DEFAULT_PRESET = {"cpu": "fast", "cuda": "accurate", "mps": "fast"}
+FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
+MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+RETINANET_ARCHS = ("retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
+FCOS_ARCHS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn")
+FASTERRCNN_ARCHS = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
+
+
+def _box_detector(short: str, **facts) -> FamilyCard:
+    """A box detector's card: what the three share, and its own ``facts``.
+
+    Their ``cpu_step_s``: the default ResNet-18 FPN with the default patches (8 of 128 px), 2
+    threads, quiet 2-core machine (benchmarks/detection.py); a core shared with other jobs costs
+    2-4x the wall time. Each card adds its time for batch 4 of 256 px on 1 thread.
+    """
+    return FamilyCard(kind=Kind.BOXES, label=f"{short} (boxes)",
+                      exportable=False,  # its output is a list of detections, not a tensor
+                      label_modes=("boxes", "instances"),
+                      label_modes_note=f"{short} learns boxes: it trains on drawn boxes, or on 'instances' "
+                                       "labels (one box per object)",
+                      channels_last=False, holdout=False, **facts)
+
+
+#: every family, the default first (the order of the drop-downs)
+CARDS: tuple[FamilyCard, ...] = (
+    FamilyCard(
+        name="unet", kind=Kind.SEMANTIC, label="U-Net", archs=SMP_ARCHS, default_arch="Unet",
+        # Unet-resnet34: peak RSS over the model's own size 493-533 at 512-1024 px (float32, CPU,
+        # channels_last, inference mode)
+        bytes_per_pixel=540, train_bytes_per_pixel=1000, lr=3e-3, lr_finetune=1e-3, exportable=True,
+        default_encoder=DEFAULT_ENCODER, presets=PRESETS, default_preset=DEFAULT_PRESET, heads=INSTANCE_HEADS,
+        steps_to_useful=150,
+    ),
+    FamilyCard(
+        name="fcn", kind=Kind.SEMANTIC, label="FCN", archs=FCN_ARCHS, default_arch="fcn_resnet50",
+        bytes_per_pixel=900,  # FCN-resnet50: 880 at 512 px (float32, CPU, inference mode)
+        train_bytes_per_pixel=1500, lr=3e-3, lr_finetune=1e-3, exportable=True, heads=INSTANCE_HEADS,
+        stock={"fcn_resnet50_voc": ("fcn_resnet50", "voc"), "fcn_resnet101_voc": ("fcn_resnet101", "voc")},
+        steps_to_useful=300, cpu_step_s=2.5,
+    ),
+    FamilyCard(
+        name="maskrcnn", kind=Kind.INSTANCES, label="Mask R-CNN", archs=MASKRCNN_ARCHS,
+        default_arch="maskrcnn_resnet50_fpn", bytes_per_pixel=1500, train_bytes_per_pixel=2000,
+        # from scratch, AdamW diverges above ~1e-4 (U-Nets and FCNs like 3e-3)
+        lr=1e-4, lr_finetune=1e-4,
+        exportable=False,  # its output is a list of detections, not a tensor
+        label_modes=("instances",),
+        label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
+        stock={"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"),
+               "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")},
+        channels_last=False, holdout=False, steps_to_useful=3000, cpu_step_s=6.0,
+    ),
+    _box_detector(
+        "RetinaNet", name="retinanet", archs=RETINANET_ARCHS,
+        default_arch="retinanet_resnet18_fpn", bytes_per_pixel=1200, train_bytes_per_pixel=1600,
+        # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px, torchvision's plain head): AdamW 1e-4
+        # reached box AP@0.5 0.26 after 200 steps, 3e-4 0.13 (0.50 after 400), 1e-3 0.08 with a noisier loss;
+        # none diverged. With the GroupNorm head, 1e-4 gives 0.24 after 100 steps
+        lr=1e-4, lr_finetune=1e-4,
+        stock={"retinanet_coco": ("retinanet_resnet50_fpn", "coco"),
+               "retinanet_v2_coco": ("retinanet_resnet50_fpn_v2", "coco")},
+        steps_to_useful=1500,  # benchmarks/detection.py, 300 s on 2 cores: 735 steps gave box AP@0.5 0.44 only
+        # batch 4 of 256 px on 1 thread: 1.45 s (ResNet-50 FPN 2.40 s, v2 2.46 s)
+        cpu_step_s=0.41,
+    ),
+    _box_detector(
+        "FCOS", name="fcos", archs=FCOS_ARCHS, default_arch="fcos_resnet18_fpn",
+        bytes_per_pixel=1200, train_bytes_per_pixel=1600,
+        # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px): AdamW 3e-4 learned without diverging
+        # (box AP@0.5 0.19 after 100 steps, 0.18 after 200: it over-counts, 339 boxes for 147 nuclei at score 0.3)
+        lr=3e-4, lr_finetune=1e-4,
+        stock={"fcos_coco": ("fcos_resnet50_fpn", "coco")},
+        steps_to_useful=800,  # benchmarks/detection.py, 300 s on 2 cores: 781 steps gave box AP@0.5 0.92
+        # batch 4 of 256 px on 1 thread: 1.4 s (ResNet-50 FPN 2.42 s)
+        cpu_step_s=0.38,
+    ),
+    _box_detector(
+        "Faster R-CNN", name="fasterrcnn", archs=FASTERRCNN_ARCHS,
+        default_arch="fasterrcnn_resnet18_fpn", bytes_per_pixel=1400, train_bytes_per_pixel=1800,
+        # from scratch on the sample nuclei (ResNet-18, batch 4 of 256 px), AdamW 3e-4: box AP@0.5 0.74 after 50
+        # steps and 0.94 (AP@0.75 0.62, F1 0.89 at score 0.3) after 100: the fastest learner of the three
+        lr=3e-4, lr_finetune=1e-4,
+        stock={"fasterrcnn_coco": ("fasterrcnn_resnet50_fpn", "coco"),
+               "fasterrcnn_v2_coco": ("fasterrcnn_resnet50_fpn_v2", "coco")},
+        steps_to_useful=100,
+        # batch 4 of 256 px on 1 thread: 3.0 s (ResNet-50 FPN 4.21 s, v2 8.93 s)
+        cpu_step_s=2.7,
+    ),
+)
+CATALOGUE: dict[str, FamilyCard] = {card.name: card for card in CARDS}
+FAMILIES = tuple(CATALOGUE)  # the names
+DEFAULT_FAMILY = CARDS[0].name
+DEFAULT_ARCH = {card.name: card.default_arch for card in CARDS}
+
+
+def family_card(name: str) -> FamilyCard:
+    """The card of family ``name`` (any letter case); InputError listing the families otherwise."""
+    return CATALOGUE[choose(name, FAMILIES, "model family")]
+
