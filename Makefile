@@ -12,9 +12,10 @@ XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr
 	libgl1 libegl1
 # Run Qt tests under Xvfb when there is no display (napari's canvas needs OpenGL; offscreen Qt has none).
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
-PYTEST_ARGS ?=
+# the slowest tests of every run are listed, so a test that grows is seen in CI's log
+PYTEST_ARGS ?= --durations=15
 
-.PHONY: setup run test lint docs headless-test bench screenshot sample-data xvfb clean
+.PHONY: setup run test test-fast lint docs headless-test bench screenshot sample-data xvfb clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +35,11 @@ run: setup
 test: setup xvfb
 	$(PY) -m npe2 validate napari-seglab --imports
 	$(XVFB) $(PY) -m pytest $(PYTEST_ARGS)
+
+# the inner loop: every package's tests without viewers and without the slow ones (about a minute on
+# 2 cores); `make test` stays the whole suite
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gui" -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts

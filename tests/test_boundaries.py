@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import napari_seglab
 
 GUI_PACKAGES = ("napari", "qtpy", "magicgui", "superqt", "vispy", "PyQt5", "PyQt6", "PySide2", "PySide6")
@@ -61,6 +63,7 @@ def core_modules_on_disk() -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_core_and_cli_load_no_gui_package():
     report = run_check()
     assert report["culprits"] == {}, f"importing these loaded GUI packages: {report['culprits']}"

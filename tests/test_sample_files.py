@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_sample_data.py"
 
@@ -21,11 +23,13 @@ def run_check(folder: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_shipped_samples_regenerate_byte_for_byte():
     result = run_check(ROOT / "sample_data")
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_check_names_a_sample_that_differs(tmp_path):
     for path in (ROOT / "sample_data").glob("*.tif"):
         shutil.copy(path, tmp_path / path.name)

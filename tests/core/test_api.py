@@ -38,6 +38,7 @@ def test_bad_options_raise_input_error_from_the_blocking_call(tiny_model, blobs)
         api.predict_image(api.load_model(tiny_model, "cpu"), blobs[0], overlap=1.0)
 
 
+@pytest.mark.slow
 def test_run_batch_returns_the_summary(tiny_model, tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()

@@ -91,6 +91,7 @@ def read_rows(path) -> list[dict]:
 # ----------------------------------------------------------------------------- single writers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tiff", "csv", "manifest"])
 def test_writer_killed_mid_write_keeps_the_previous_file(tmp_path, kind):
     """SIGKILL while replacing a good file: the old content survives, no partial file under its name."""
@@ -142,13 +143,9 @@ FILES = ("a.tif", "b.tif", "c.tif")
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    """A random-init U-Net resnet18 checkpoint (batch faults do not need a trained model)."""
-    torch.manual_seed(0)
-    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=1, n_classes=2)
-    model, _ = build_model(spec)
-    meta = {"model": spec.to_dict(), "label_mode": "scribbles", "normalization": Normalization().to_dict()}
-    return str(save_checkpoint(tmp_path_factory.mktemp("faults") / "model.pt", model, meta))
+def random_model(random_unet):
+    """The session's random-weight U-Net checkpoint (batch faults do not need a trained model)."""
+    return str(random_unet)
 
 
 def write_inputs(folder, stack_second: bool = False) -> dict[str, tuple]:
@@ -179,6 +176,7 @@ def drive(gen) -> tuple[list[FileDone], object]:
     return [e for e in events if isinstance(e, FileDone)], result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["b_labels.tif", "b_objects.csv", "manifest row"])
 def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, target):
     """SIGKILL while the second file's outputs (or its manifest row) are written."""
@@ -236,6 +234,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
     assert {p.name for p in out.glob("*_labels.tif")} == {"a_labels.tif", "b_labels.tif", "c_labels.tif"}
 
 
+@pytest.mark.slow
 def test_stop_mid_stack_returns_without_predicting_further_planes(random_model, tmp_path, monkeypatch):
     """Stop pressed while the second file (a stack of one-tile planes) predicts.
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_a_lazy_name_loads_its_module_on_first_read():
     code = ("import sys\nimport napari_seglab.core.predict as p\n"
             "before = 'napari_seglab.core.predict._stock' in sys.modules\n"

@@ -63,6 +63,7 @@ def test_unet_tiles_agree_with_one_pass_away_from_the_border(lm, blobs):
     assert np.mean(whole.labels[inner][confident] == tiled.labels[inner][confident]) > 0.99
 
 
+@pytest.mark.slow
 def test_stack_is_predicted_plane_by_plane(lm, stack):
     events, pred = drive(iter_predict_image(lm, stack, "ZYX"))
     assert pred.labels.shape == stack.shape and pred.labels.dtype == np.int32
@@ -73,6 +74,7 @@ def test_stack_is_predicted_plane_by_plane(lm, stack):
         assert pred.labels[z].any()
 
 
+@pytest.mark.slow
 def test_time_series_of_stacks_fills_every_plane(lm, stack):
     movie = np.stack([stack[:2], stack[1:]])  # (T, Z, Y, X) = (2, 2, 96, 128)
     pred = run_to_completion(iter_predict_image(lm, movie, "TZYX"))

@@ -1,9 +1,10 @@
-"""One tiling module: the TilePlan reproduces the planners it replaced, blends any window, stitches border objects;
-overlap is validated in the core; an out-of-memory CPU fallback lasts for one call only."""
+"""One tiling module: the TilePlan covers a plane with the fewest overlapping tiles, blends any
+window, stitches border objects; overlap is validated in the core; an out-of-memory CPU fallback
+lasts for one call only."""
 
 from __future__ import annotations
 
-import math
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,72 +18,69 @@ from napari_seglab.core.events import Message, Stopped, TileDone, collect, drive
 from napari_seglab.core.objects import _flows as flows
 from napari_seglab.core.predict import _forward as forward_module
 from napari_seglab.core.predict import iter_plane, iter_predict_image, load_model, predict_plane
-from napari_seglab.core.tiling import Blender, TilePlan, check_overlap, window
+from napari_seglab.core.tiling import ALIGN, Blender, TilePlan, check_overlap, window
 
-# ----------------------------------------------------------------------------- the planners this module replaced
-# Frozen copies of the code before the tiling module, kept as the reference the new plan must match.
+# ----------------------------------------------------------------------------- where the tiles go
 
-
-def old_plan_tiles(length, tile, overlap):
-    if length <= tile:
-        return length, [0]
-    ov = int(round(tile * overlap))
-    n = math.ceil((length - ov) / max(1, tile - ov))
-    size = min(tile, length, -(-math.ceil((length + (n - 1) * ov) / n) // 32) * 32)
-    if n == 1:
-        return size, [0]
-    return size, [round(i * (length - size) / (n - 1)) for i in range(n)]
+LENGTHS, TILES, OVERLAPS = (1, 31, 100, 257, 1000, 2049), (32, 96, 256), (0.0, 0.25, 0.5, 0.9)
 
 
-def old_tile_starts(length, tile, overlap):
-    if length <= tile:
-        return [0]
-    ov = int(round(tile * overlap))
-    n = math.ceil((length - ov) / max(1, tile - ov))
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+def _starts_and_size(plan):
+    return list(plan.ys), plan.size[0]
 
 
-def old_blend(lm, chw, tile, overlap):
-    """The semantic path's blending before the tiling module: separable weight sums as an outer product."""
-    h, w = chw.shape[-2:]
-    tile_y, ys = old_plan_tiles(h, tile, overlap)
-    tile_x, xs = old_plan_tiles(w, tile, overlap)
-    wy, wx = window(tile_y, 1)[:, 0], window(1, tile_x)[0]
-    sum_y, sum_x = np.zeros(h, np.float32), np.zeros(w, np.float32)
-    for y0 in ys:
-        sum_y[y0:y0 + tile_y] += wy
-    for x0 in xs:
-        sum_x[x0:x0 + tile_x] += wx
-    acc = None
-    for y0 in ys:
-        for x0 in xs:
-            out = forward_module._tile_output(lm, chw[:, y0:y0 + tile_y, x0:x0 + tile_x], False)
-            acc = np.zeros((out.shape[0], h, w), np.float32) if acc is None else acc
-            acc[:, y0:y0 + tile_y, x0:x0 + tile_x] += out * np.outer(wy, wx)
-    return acc / np.outer(sum_y, sum_x)
+@pytest.mark.parametrize("make", [TilePlan.balanced, TilePlan.fixed])
+def test_tiles_cover_the_plane_with_the_overlap_asked_and_no_more_tiles_than_needed(make):
+    for length in LENGTHS:
+        for tile in TILES:
+            for overlap in OVERLAPS:
+                plan = make((length, 7), tile, overlap)
+                ys, size = _starts_and_size(plan)
+                case = (make.__name__, length, tile, overlap, ys, size)
+                assert plan.xs == (0,) and plan.size[1] == 7, case  # the short axis is one tile
+                assert ys[0] == 0 and ys[-1] + size == length and ys == sorted(set(ys)), case
+                assert size <= min(tile, length), case
+                if length <= tile:
+                    assert (ys, size) == ([0], length), case
+                    continue
+                asked = round(tile * overlap)
+                shared = [size - (b - a) for a, b in itertools.pairwise(ys)]
+                assert min(shared) >= asked - 1, case  # starts are rounded to whole pixels
+                # one tile fewer, at the full tile size and overlap asked, would not reach the end
+                n = len(ys)
+                assert n == 1 or (n - 1) * tile - (n - 2) * asked < length, case
 
 
-@pytest.mark.parametrize("length", [1, 31, 64, 100, 257, 513, 1000, 2049])
-@pytest.mark.parametrize("tile", [32, 96, 256, 512])
-@pytest.mark.parametrize("overlap", [0.0, 0.1, 0.25, 0.5, 0.9])
-def test_the_plan_reproduces_both_old_planners(length, tile, overlap):
-    balanced = TilePlan.balanced((length, 7), tile, overlap)
-    assert (balanced.size[0], list(balanced.ys)) == old_plan_tiles(length, tile, overlap)
-    fixed = TilePlan.fixed((length, 7), tile, overlap)
-    assert list(fixed.ys) == old_tile_starts(length, min(tile, length), overlap)
-    assert fixed.size[0] == min(tile, length)
+def test_a_balanced_plan_shrinks_its_tiles_to_a_multiple_of_32_and_a_fixed_one_never_does():
+    for length in LENGTHS:
+        for tile in TILES:
+            for overlap in OVERLAPS:
+                balanced = TilePlan.balanced((length, 7), tile, overlap)
+                fixed = TilePlan.fixed((length, 7), tile, overlap)
+                assert fixed.size[0] == min(tile, length)
+                assert len(balanced.ys) == len(fixed.ys)  # the same count; only the size differs
+                size = balanced.size[0]
+                assert size % ALIGN == 0 or size in (tile, length), (length, tile, overlap, size)
+    # worked by hand: 257 px in tiles of 256 sharing 26 px needs two tiles; 160 px ones suffice
+    assert _starts_and_size(TilePlan.balanced((257, 7), 256, 0.1)) == ([0, 97], 160)
+    assert _starts_and_size(TilePlan.fixed((257, 7), 256, 0.1)) == ([0, 1], 256)
+    assert TilePlan.balanced((100, 100), 64, 0.25).origins() == [(0, 0), (0, 36), (36, 0), (36, 36)]
 
 
-@pytest.mark.parametrize(("shape", "tile", "overlap"), [((96, 128), 64, 0.25), ((150, 200), 64, 0.25),
-                                                        ((130, 70), 96, 0.5), ((64, 64), 128, 0.25)])
-def test_blended_planes_match_the_old_blending(tiny_model, blobs, shape, tile, overlap):
+def test_a_blended_plane_is_the_window_weighted_mean_of_its_tiles(tiny_model, blobs):
+    """Every pixel of a tiled U-Net prediction is the Hann-weighted mean of the tiles that cover it."""
     lm = load_model(tiny_model, "cpu")
-    img = np.tile(blobs[0], (2, 2))[: shape[0], : shape[1]]
+    img = np.tile(blobs[0], (2, 2))[:110, :150]
     chw = ((img - img.min()) / (img.max() - img.min()))[None].astype(np.float32)
-    new = predict_plane(lm, chw, tile=tile, overlap=overlap)
-    old = old_blend(lm, chw, tile, overlap)
-    assert new.shape == old.shape
-    np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6)
+    plan = TilePlan.balanced(img.shape, 64, 0.25)
+    weights = window(*plan.size)
+    total, weight = np.zeros((1, *img.shape), np.float64), np.zeros(img.shape, np.float64)
+    for where in plan.slices():
+        total[(slice(None), *where)] += forward_module._tile_output(lm, chw[(slice(None), *where)], False) * weights
+        weight[where] += weights
+    blended = predict_plane(lm, chw, tile=64, overlap=0.25)
+    assert len(plan) > 4
+    np.testing.assert_allclose(blended, total / weight, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- blending and stitching
@@ -172,6 +170,7 @@ def test_a_stopped_plane_raises_stopped_instead_of_returning_none(tiny_model, bl
 # ----------------------------------------------------------------------------- out-of-memory fallback
 
 
+@pytest.mark.slow
 def test_cpu_fallback_after_out_of_memory_lasts_for_that_call_only(tiny_model, blobs, monkeypatch):
     """A cached model that ran out of GPU memory once is still the GPU model for the next call."""
     img = blobs[0]

@@ -1,30 +1,22 @@
-"""Fixtures for the dock-widget tests: tiny data, a checkpoint trained once, captured errors."""
+"""Fixtures for the dock-widget tests (captured errors; the models are the session's, in tests/conftest.py).
+
+Every test here is ``gui``: ``make test-fast`` leaves them out.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from widget_helpers import TINY
 
-from napari_seglab.core.events import run_to_completion
-from napari_seglab.core.synthetic import make_nuclei, make_scribbles
-from napari_seglab.core.train import TrainConfig, iter_train
+HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="session")
-def tiny_nuclei():
-    """A (64, 96) uint16 nuclei image, its instances and painted scribbles (0/1/2)."""
-    image, instances = make_nuclei((64, 96), seed=2)
-    return image, instances, make_scribbles(instances, seed=2)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_nuclei):
-    """A U-Net/resnet18 checkpoint trained for a few steps on the tiny scribbles."""
-    image, _instances, scribbles = tiny_nuclei
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    config = TrainConfig(epochs=1, steps_per_epoch=3, model_out=str(path), save_last=False, **TINY)
-    run_to_completion(iter_train([image], [scribbles], config))
-    return path
+def pytest_collection_modifyitems(config, items):
+    """Every test in this folder drives a viewer or Qt: mark it ``gui`` (``make test-fast`` leaves them out)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.gui)
 
 
 @pytest.fixture

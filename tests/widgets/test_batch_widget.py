@@ -10,7 +10,7 @@ from widget_helpers import WAIT_MS, click, dock
 pytest.importorskip("napari_seglab.core.batch")
 
 
-def test_batch_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot, tmp_path, tiny_nuclei, tiny_checkpoint):
+def test_batch_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot, tmp_path, tiny_nuclei, tiny_model):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     tifffile.imwrite(src / "a.tif", tiny_nuclei[0])
@@ -19,7 +19,7 @@ def test_batch_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot, tmp_p
     widget = dock(viewer, "Batch")
     widget._input.value = src
     widget._output.value = out
-    widget._model.value = tiny_checkpoint
+    widget._model.value = tiny_model
     widget._device.value = "cpu"
     widget._scheduler.value = "sync"  # in this process: no Dask workers to start in a test
 
@@ -50,7 +50,7 @@ def test_missing_folders_are_reported(make_napari_viewer, tmp_path, errors):
 
 
 def test_failed_files_and_their_reasons_are_listed(make_napari_viewer, qtbot, tmp_path, tiny_nuclei,
-                                                   tiny_checkpoint):
+                                                   tiny_model):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     tifffile.imwrite(src / "good.tif", tiny_nuclei[0])
@@ -59,7 +59,7 @@ def test_failed_files_and_their_reasons_are_listed(make_napari_viewer, qtbot, tm
     widget = dock(viewer, "Batch")
     widget._input.value = src
     widget._output.value = out
-    widget._model.value = tiny_checkpoint
+    widget._model.value = tiny_model
     widget._device.value = "cpu"
     widget._scheduler.value = "sync"
     click(widget._controls.run_button)

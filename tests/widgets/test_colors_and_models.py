@@ -63,11 +63,11 @@ def test_a_class_has_one_colour_in_scribbles_prediction_and_correction(make_napa
 
 
 def test_the_predict_dock_colours_classes_like_the_train_dock(make_napari_viewer, qtbot, tiny_nuclei,
-                                                              tiny_checkpoint):
+                                                              tiny_model):
     viewer = make_napari_viewer()
     viewer.add_image(tiny_nuclei[0], name="cells")
     predict = dock(viewer, "Predict")
-    predict.set_checkpoint(tiny_checkpoint)
+    predict.set_checkpoint(tiny_model)
     predict._device.value = "cpu"
     click(predict._controls.run_button)
     qtbot.waitUntil(lambda: not predict.busy, timeout=WAIT_MS)

@@ -11,11 +11,11 @@ from napari_seglab import _layers
 from napari_seglab.core.predict import Prediction
 
 
-def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, tiny_nuclei, tiny_model):
     viewer = make_napari_viewer()
     image = viewer.add_image(tiny_nuclei[0], name="cells", scale=(0.5, 0.25), translate=(10.0, -3.0))
     widget = dock(viewer, "Predict")
-    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_checkpoint(tiny_model)
     assert "unet Unet/resnet18" in widget._about.value and "scribbles" in widget._about.value
     widget._probabilities.value = True
     widget._device.value = "cpu"
@@ -41,7 +41,7 @@ def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, t
     assert widget._model_cache[1] is model
 
 
-def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nuclei, tiny_model):
     viewer = make_napari_viewer()
     stack = np.stack([tiny_nuclei[0]] * 3)
     viewer.add_image(stack, name="stack", scale=(3.0, 1.0, 1.0))
@@ -50,7 +50,7 @@ def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nucle
                                 metadata={_layers.ROLE: "prediction"})
     viewer.dims.set_point(0, 3.0)  # world z = 3 is plane 1 at a z-scale of 3
     widget = dock(viewer, "Predict")
-    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_checkpoint(tiny_model)
     widget._device.value = "cpu"
     widget._only_plane.value = True
     widget._suggest.value = True  # boxes on the plane shown
@@ -67,11 +67,11 @@ def test_only_the_plane_shown_is_predicted(make_napari_viewer, qtbot, tiny_nucle
     assert widget.last_prediction.labels[[0, 2]].max() == 0
 
 
-def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny_nuclei, tiny_checkpoint):
+def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny_nuclei, tiny_model):
     viewer = make_napari_viewer()
     image = viewer.add_image(tiny_nuclei[0], name="cells", scale=(2.0, 2.0))
     widget = dock(viewer, "Predict")
-    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_checkpoint(tiny_model)
     widget._device.value = "cpu"
     widget._uncertainty.value = True
     widget._suggest.value = True
@@ -93,12 +93,12 @@ def test_uncertainty_map_and_where_to_paint_next(make_napari_viewer, qtbot, tiny
     assert viewer.layers["cells labels"].data.dtype in (np.uint8, np.uint16)
 
 
-def _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch):
+def _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_model, monkeypatch):
     """Predict (with the uncertainty map) docked on "cells", its job replaced by a note of the layers there."""
     viewer = make_napari_viewer()
     viewer.add_image(tiny_nuclei[0], name="cells")
     widget = dock(viewer, "Predict")
-    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_checkpoint(tiny_model)
     widget._device.value = "cpu"
     widget._uncertainty.value = True
     started = []  # the layers there were when the job was started
@@ -108,9 +108,9 @@ def _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatc
 
 
 def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewer, qtbot, tiny_nuclei,
-                                                               tiny_checkpoint, monkeypatch):
+                                                               tiny_model, monkeypatch):
     """The click adds the labels layer only; the maps follow in later turns, so the viewer repaints between."""
-    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch)
+    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_model, monkeypatch)
     widget._suggest.value = True
 
     click(widget._controls.run_button)
@@ -125,8 +125,8 @@ def test_output_layers_are_made_one_per_turn_of_the_event_loop(make_napari_viewe
     assert [layer.name for layer in viewer.layers] == ["cells"]
 
 
-def test_stop_before_the_job_starts_adds_nothing(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch):
-    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_checkpoint, monkeypatch)
+def test_stop_before_the_job_starts_adds_nothing(make_napari_viewer, tiny_nuclei, tiny_model, monkeypatch):
+    viewer, widget, started = _job_never_runs(make_napari_viewer, tiny_nuclei, tiny_model, monkeypatch)
 
     click(widget._controls.run_button)
     click(widget._controls.stop_button)

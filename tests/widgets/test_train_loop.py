@@ -125,11 +125,11 @@ def _recording(function, calls: list):
 
 
 def test_correcting_a_prediction_sets_up_fine_tuning_of_that_model(make_napari_viewer, qtbot, tiny_nuclei,
-                                                                   tiny_checkpoint, tmp_path):
+                                                                   tiny_model, tmp_path):
     viewer = make_napari_viewer()
     image = viewer.add_image(tiny_nuclei[0], name="cells")
     predict = dock(viewer, "Predict")
-    predict.set_checkpoint(tiny_checkpoint)
+    predict.set_checkpoint(tiny_model)
     predict._device.value = "cpu"
     predict._split.value = True  # object ids: corrected as one foreground class in scribbles mode
     assert not predict._correct.enabled
@@ -143,7 +143,7 @@ def test_correcting_a_prediction_sets_up_fine_tuning_of_that_model(make_napari_v
     assert viewer.layers.selection.active is corrected and corrected.mode == "paint"
     _dock, train = viewer.window.add_plugin_dock_widget("napari-seglab", "Train")
     assert train._image.value is image and train._labels_combo.value is corrected
-    assert train._init.value == tiny_checkpoint and train._mode.value == "scribbles"
+    assert train._init.value == tiny_model and train._mode.value == "scribbles"
     assert not train._family.enabled  # the start model brings its own architecture
 
     corrected.data[:8, :8] = 2
@@ -152,5 +152,5 @@ def test_correcting_a_prediction_sets_up_fine_tuning_of_that_model(make_napari_v
     train._preview.value = 0
     click(train._controls.run_button)
     qtbot.waitUntil(lambda: not train.busy, timeout=WAIT_MS)
-    assert _config_of(tmp_path / "tuned.pt")["init"] == str(tiny_checkpoint)
+    assert _config_of(tmp_path / "tuned.pt")["init"] == str(tiny_model)
     assert "done" in train._controls.status.value

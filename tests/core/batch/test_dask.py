@@ -13,25 +13,18 @@ import pytest
 import tifffile
 
 from napari_seglab.core.batch import iter_run_batch, read_manifest
-from napari_seglab.core.events import FileDone, run_to_completion
+from napari_seglab.core.events import FileDone
 from napari_seglab.core.events import drive as run
 from napari_seglab.core.io import read_image
-from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+from napari_seglab.core.synthetic import make_nuclei
 
 pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A tiny U-Net (resnet18) trained 3 steps on synthetic nuclei scribbles."""
-    from napari_seglab.core.train import TrainConfig, iter_train
-
-    image, instances = make_nuclei((64, 64), seed=1)
-    path = tmp_path_factory.mktemp("dask_model") / "model.pt"
-    cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=1, steps_per_epoch=3, patch=64,
-                      batch_size=2, device="cpu", model_out=str(path))
-    run_to_completion(iter_train([image], [make_scribbles(instances, seed=1)], cfg))
-    return str(path)
+def model_path(random_unet):
+    """The session's random-weight U-Net checkpoint: the batch plumbing needs no trained model."""
+    return str(random_unet)
 
 
 def write_folder(folder, n_good=3, broken=True):
@@ -58,6 +51,7 @@ def drive(gen, on_event=None):
     return events, run(gen, keep)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_local_cluster_one_worker_then_stop_and_resume(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -121,6 +115,7 @@ def dask_cluster(tmp_path):
                 proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_real_scheduler_and_worker_processes(model_path, tmp_path, dask_cluster):
     from distributed import Client

@@ -13,26 +13,18 @@ import tifffile
 
 from napari_seglab.core.batch import MANIFEST_COLUMNS, iter_run_batch, read_manifest
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import FileDone, collect, run_to_completion
+from napari_seglab.core.events import FileDone, collect
 from napari_seglab.core.io import read_image
-from napari_seglab.core.synthetic import make_nuclei, make_scribbles
+from napari_seglab.core.synthetic import make_nuclei
 
 GOOD = ("a_2d_u8.tif", "b_2d_u16.tif", "c_3d_u16.tif", "d_3d_u8.tif")
 BAD = ("corrupt.tif", "empty.tif", "notes.tif", "rgb.tif", "six_d.tif")
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A tiny U-Net (resnet18) trained 3 steps on synthetic nuclei scribbles."""
-    from napari_seglab.core.train import TrainConfig, iter_train
-
-    image, instances = make_nuclei((64, 64), seed=1)
-    scribbles = make_scribbles(instances, seed=1)
-    path = tmp_path_factory.mktemp("batch_model") / "model.pt"
-    cfg = TrainConfig(label_mode="scribbles", encoder="resnet18", epochs=1, steps_per_epoch=3, patch=64,
-                      batch_size=2, device="cpu", model_out=str(path))
-    run_to_completion(iter_train([image], [scribbles], cfg))
-    return str(path)
+def model_path(random_unet):
+    """The session's random-weight U-Net checkpoint: the batch plumbing needs no trained model."""
+    return str(random_unet)
 
 
 def write_folder(folder, good=GOOD, bad=BAD):
@@ -123,6 +115,7 @@ def test_folder_in_process_outputs_manifest_and_isolation(model_path, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_skips_finished_files(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, bad=())
@@ -145,6 +138,7 @@ def test_resume_after_interruption_skips_finished_files(model_path, tmp_path):
     assert len(read_rows(summary.summary_csv)) == 4
 
 
+@pytest.mark.slow
 def test_stop_event_then_resume_redoes_files_whose_outputs_are_gone(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, good=GOOD[:3], bad=())
@@ -168,6 +162,7 @@ def test_stop_event_then_resume_redoes_files_whose_outputs_are_gone(model_path, 
     assert (out / f"{GOOD[0][:-4]}_objects.csv").exists()
 
 
+@pytest.mark.slow
 def test_changed_input_or_new_outputs_are_redone(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_folder(inp, good=GOOD[:2], bad=())
@@ -186,6 +181,7 @@ def test_changed_input_or_new_outputs_are_redone(model_path, tmp_path):
     assert [e.status for e in events] == ["ok", "ok"]
 
 
+@pytest.mark.slow
 def test_recursive_mirrors_subfolders_and_never_reads_its_own_outputs(model_path, tmp_path):
     inp = tmp_path / "in"
     write_folder(inp / "day1", good=GOOD[:1], bad=())
@@ -200,6 +196,7 @@ def test_recursive_mirrors_subfolders_and_never_reads_its_own_outputs(model_path
     assert list(read_manifest(summary.manifest)) == [f"day1/{GOOD[0]}", f"day2/{GOOD[1]}"]
 
 
+@pytest.mark.slow
 def test_inputs_differing_only_by_extension_get_distinct_outputs(model_path, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()

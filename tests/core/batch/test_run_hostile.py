@@ -24,6 +24,7 @@ def folders(tmp_path, blobs):
     return inp, tmp_path / "out"
 
 
+@pytest.mark.slow
 def test_one_worker_says_it_runs_in_this_process(tiny_model, folders):
     inp, out = folders
     events, summary = _drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=1, device="cpu",
@@ -52,6 +53,7 @@ def test_a_scheduler_file_that_is_not_one(tiny_model, folders, tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_later_runs_never_truncate_the_manifest(tiny_model, folders):
     inp, out = folders
     run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))

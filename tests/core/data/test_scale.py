@@ -45,6 +45,7 @@ def test_no_foreground_stroke_gives_no_size():
     assert stroke_diameter([(image, np.where(target == 1, IGNORE, target))]) is None
 
 
+@pytest.mark.slow
 def test_a_large_plane_is_measured_on_block_means():
     image, target = _discs(12, shape=(1200, 1200))
     assert stroke_diameter([(image, target)]) == pytest.approx(24, rel=0.3)

@@ -19,6 +19,7 @@ def _inputs(folder, n=3):
         tifffile.imwrite(folder / f"img{i}.tif", (rng.random((48, 40)) * 200).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_batch_into_a_symlinked_output_folder_writes_every_file_and_resumes(tiny_model, tmp_path):
     inp, real = tmp_path / "in", tmp_path / "real"
     _inputs(inp)

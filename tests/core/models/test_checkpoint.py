@@ -73,6 +73,7 @@ def test_truncated_and_foreign_checkpoints(tmp_path):
     assert pickle  # pickle imported for the evil-object test above
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path):
     """A writer killed mid-save leaves the old file intact and no partial file under the final name."""
     model, meta = _model()

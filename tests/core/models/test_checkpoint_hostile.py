@@ -66,6 +66,7 @@ def _use_everything(ckpt) -> None:
     assert example_input(ckpt).shape[1] == ckpt.spec.in_channels
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(st.tuples(st.sampled_from(TARGETS), JSONISH), min_size=1, max_size=3))
 def test_fuzzed_metadata_loads_cleanly_or_is_one_input_error(tmp_path, monkeypatch, base_payload, mutations):
@@ -110,6 +111,7 @@ def test_names_outside_the_registry_are_refused(name):
         check_stored_encoder(name)
 
 
+@pytest.mark.slow
 def test_weights_are_checked_without_allocating_the_model(tmp_path, base_payload, monkeypatch):
     """The skeleton is built on the meta device: no parameter memory is ever allocated for it."""
     from napari_seglab.core import models

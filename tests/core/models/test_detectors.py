@@ -64,6 +64,7 @@ def test_box_family_builds_from_scratch_and_detects(family, channels):
     assert out[0]["scores"].shape == out[0]["labels"].shape == out[0]["boxes"].shape[:1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", BOX_FAMILIES)
 def test_loss_step_on_boxes_and_on_negative_patches(family):
     torch.manual_seed(0)
@@ -110,6 +111,7 @@ def test_boxes_are_clipped_to_the_patch_and_bad_classes_refused():
         batch_box_targets(LossInputs(images=images, targets=None, boxes=[np.array([[1, 1, 9, 9, 2]])]), 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", BOX_FAMILIES)
 def test_checkpoint_round_trip_predicts_the_same_rows(family, tmp_path):
     torch.manual_seed(1)
@@ -211,6 +213,7 @@ def test_stock_weights_absent_offline_leave_a_clear_note(monkeypatch, tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     from napari_seglab.core.synthetic import make_nuclei
     from napari_seglab.core.train import TrainConfig, iter_train
@@ -226,6 +229,7 @@ def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     assert pred.kind == "boxes" and not pred.labels.any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["fcos", "fasterrcnn"])
 def test_train_learns_a_box_family_from_drawn_boxes_and_batch_counts_them(family, tmp_path):
     """The whole path a user takes: box rows (as a Shapes layer or CSV gives them) -> train -> predict boxes."""

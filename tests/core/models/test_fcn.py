@@ -12,7 +12,8 @@ from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.synthetic import make_nuclei
 from napari_seglab.core.train import TrainConfig, iter_train
 
-FAST = dict(family="fcn", arch="fcn_resnet50", patch=64, batch_size=2, epochs=1, device="cpu", lr=1e-3)
+FAST = dict(family="fcn", arch="fcn_resnet50", patch=64, batch_size=2, epochs=1, device="cpu", lr=1e-3,
+            save_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def test_fcn_logits_have_one_channel_per_class_at_input_size():
     assert out.shape == (1, 4, 64, 96)
 
 
+@pytest.mark.slow
 def test_fcn_trains_on_classes_and_predicts(tmp_path, nuclei):
     img, inst = nuclei
     classes = np.where(inst > 0, 1 + inst % 2, 0).astype(np.uint8)  # two object classes
@@ -44,6 +46,7 @@ def test_fcn_trains_on_classes_and_predicts(tmp_path, nuclei):
     assert pred.labels.min() >= 0 and pred.labels.max() <= 2
 
 
+@pytest.mark.slow
 def test_fcn_trains_on_instances_and_predicts_object_ids(nuclei):
     img, inst = nuclei
     cfg = TrainConfig(label_mode="instances", steps_per_epoch=1, instance_head="boundary", **FAST)
@@ -54,6 +57,7 @@ def test_fcn_trains_on_instances_and_predicts_object_ids(nuclei):
     assert pred.kind == "instances" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32
 
 
+@pytest.mark.slow
 def test_fcn_on_dense_instances_gets_the_flows_head_by_default(nuclei):
     img, inst = nuclei
     result = run_to_completion(iter_train([img], [inst], TrainConfig(label_mode="instances", steps_per_epoch=1, **FAST)))

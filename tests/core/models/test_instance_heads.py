@@ -22,15 +22,21 @@ from napari_seglab.core.objects import _flows as flows
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train, prepare_training_data
 
-TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1, scale=1.0)
+TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1, scale=1.0,
+            save_last=False)
 
 
 def labels_for(mode, inst):
     return inst if mode == "instances" else partial(inst)
 
 
-@pytest.mark.parametrize("head", ["flows", "distance"])
-@pytest.mark.parametrize("mode", ["instances", "objects"])
+# one pair in the fast run (flows on objects is the session's flows_model); the others are slow
+@pytest.mark.parametrize(("mode", "head"), [
+    ("instances", "distance"),
+    pytest.param("instances", "flows", marks=pytest.mark.slow),
+    pytest.param("objects", "flows", marks=pytest.mark.slow),
+    pytest.param("objects", "distance", marks=pytest.mark.slow),
+])
 def test_head_trains_and_predicts_instances(tmp_path, mode, head):
     img, inst = discs()
     path = tmp_path / "m.pt"
@@ -139,6 +145,7 @@ def test_object_on_a_tile_border_is_one_object(tmp_path):
         assert iou > 0.9
 
 
+@pytest.mark.slow
 def test_old_checkpoint_without_a_head_predicts_with_the_boundary_head(tmp_path):
     img, inst = discs()
     path = tmp_path / "old.pt"
@@ -222,20 +229,9 @@ def test_cli_trains_with_the_flows_head_and_predicts_objects(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def flows_objects_model(tmp_path_factory):
-    """A flows-head model trained 2 steps on partially annotated discs, with an object scale of 1.5."""
-    img, inst = discs()
-    path = tmp_path_factory.mktemp("flows_model") / "m.pt"
-    cfg = TrainConfig(label_mode="objects", instance_head="flows", epochs=1, steps_per_epoch=2, model_out=str(path),
-                      **{**TINY, "scale": 1.5})
-    run_to_completion(iter_train([img], [partial(inst)], cfg))
-    return path
-
-
-def test_object_scale_resamples_then_maps_the_objects_back(flows_objects_model):
+def test_object_scale_resamples_then_maps_the_objects_back(flows_model):
     img, _ = discs()
-    lm = load_model(flows_objects_model, "cpu")
+    lm = load_model(flows_model, "cpu")
     assert lm.meta["scale"] == 1.5
     stack = np.stack([img, img[::-1]])
     pred = run_to_completion(iter_predict_image(lm, stack, "ZYX", probabilities=True))
@@ -244,7 +240,7 @@ def test_object_scale_resamples_then_maps_the_objects_back(flows_objects_model):
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
 
 
-def test_batch_writes_objects_of_a_head_model(flows_objects_model, tmp_path):
+def test_batch_writes_objects_of_a_head_model(flows_model, tmp_path):
     import tifffile
 
     from napari_seglab.core.batch import iter_run_batch
@@ -253,7 +249,7 @@ def test_batch_writes_objects_of_a_head_model(flows_objects_model, tmp_path):
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "a.tif", img.astype(np.uint16))
     tifffile.imwrite(tmp_path / "in" / "b.tif", np.stack([img, img[::-1]]).astype(np.uint16))
-    _, summary = collect(iter_run_batch(str(flows_objects_model), str(tmp_path / "in"), str(tmp_path / "out"), workers=0,
+    _, summary = collect(iter_run_batch(str(flows_model), str(tmp_path / "in"), str(tmp_path / "out"), workers=0,
                                    probabilities=True))
     assert summary.ok == 2 and summary.failed == 0
     assert tifffile.imread(tmp_path / "out" / "b_labels.tif").shape == (2, *img.shape)
@@ -275,9 +271,9 @@ def test_validation_dice_and_preview_work_for_a_head():
     assert previews and previews[-1].labels.shape == img.shape
 
 
-def test_fine_tuning_keeps_the_head_of_the_start_model(flows_objects_model, tmp_path):
+def test_fine_tuning_keeps_the_head_of_the_start_model(flows_model, tmp_path):
     img, inst = discs()
-    cfg = TrainConfig(label_mode="objects", init=str(flows_objects_model), epochs=1, steps_per_epoch=1, **TINY)
+    cfg = TrainConfig(label_mode="objects", init=str(flows_model), epochs=1, steps_per_epoch=1, **TINY)
     _, result = collect(iter_train([img], [partial(inst)], cfg))
     assert result.checkpoint.spec.head == "flows"
     with pytest.raises(InputError, match="'flows' instance head, not 'distance'"):

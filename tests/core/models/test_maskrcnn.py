@@ -84,6 +84,7 @@ def test_detection_loss_is_finite_with_and_without_objects(detector):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_model_round_trips_through_a_checkpoint(tmp_path, detector):
     model, _ = detector
     meta = {"model": spec().to_dict(), "label_mode": "instances"}
@@ -108,6 +109,7 @@ def test_stock_weights_missing_from_cache_fall_back_to_random(monkeypatch, tmp_p
     assert "not in the torch cache" in note and "random initialisation" in note
 
 
+@pytest.mark.slow
 def test_weights_file_loads_and_predictors_fit_our_classes(tmp_path, detector):
     model, _ = detector
     other, _ = build_model(ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", n_classes=5,
@@ -258,10 +260,12 @@ def test_compact_masks_are_pasted_into_their_boxes():
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_maskrcnn_trains_and_predicts_instances(tmp_path):
     img, inst = make_nuclei((64, 64), seed=5)
     cfg = TrainConfig(label_mode="instances", family="maskrcnn", patch=64, batch_size=1, epochs=1,
-                      steps_per_epoch=1, device="cpu", lr=1e-4, model_out=str(tmp_path / "m.pt"))
+                      steps_per_epoch=1, device="cpu", lr=1e-4, model_out=str(tmp_path / "m.pt"),
+                      save_last=False)
     _, result = drive(iter_train([img], [inst], cfg))
     assert result.steps == 1 and np.isfinite(result.history[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "m.pt")

@@ -64,6 +64,7 @@ def test_family_record_is_consistent(family):
         assert set(family.default_preset.values()) <= set(family.presets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_builds_and_predicts_its_kind(family):
     torch.manual_seed(0)
@@ -86,6 +87,7 @@ def test_family_builds_and_predicts_its_kind(family):
     assert len(rows) == int(labels.max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_loss_hook_gives_a_gradient(family):
     torch.manual_seed(0)
@@ -102,6 +104,7 @@ def test_family_loss_hook_gives_a_gradient(family):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_checkpoint_round_trips(family, tmp_path):
     spec = tiny_spec(family, n_classes=3 if family.semantic else 2)
@@ -118,6 +121,7 @@ def test_family_checkpoint_round_trips(family, tmp_path):
         assert torch.equal(rebuilt.state_dict()[key], value), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_export_follows_its_flag(family, tmp_path):
     spec = tiny_spec(family)
@@ -205,6 +209,7 @@ print(len(names))
 """
 
 
+@pytest.mark.slow
 def test_each_core_module_imports_first():
     """No import cycle hides behind an import order: each core module imports with none of ours loaded before."""
     result = subprocess.run([sys.executable, "-c", CHECK_IMPORT_ORDER], capture_output=True, text=True, timeout=600)

@@ -70,6 +70,7 @@ def test_predict_splits_semantic_foreground_on_the_image_edges():
     np.testing.assert_array_equal(labels_from_probabilities(probs, "scribbles"), (prob > 0.5).astype(np.int32))
 
 
+@pytest.mark.slow
 def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs, monkeypatch):
     from napari_seglab.core.predict import _image as predict
 

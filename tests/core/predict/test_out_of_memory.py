@@ -28,7 +28,9 @@ SPECS = {
     "retinanet": ModelSpec(family="retinanet", arch=get_family("retinanet").default_arch, in_channels=1,
                            n_classes=2, options={"box_score_thresh": 0.0, "detections_per_img": 20}),
 }
-FAMILIES = [pytest.param(name, id=name) for name in SPECS]
+# Mask R-CNN (resnet50) takes seconds per case on a CPU: slow; RetinaNet keeps the path in make test-fast
+FAMILIES = [pytest.param(name, id=name, marks=pytest.mark.slow if name == "maskrcnn" else ())
+            for name in SPECS]
 #: an untrained Mask R-CNN or RetinaNet (with its class bias zeroed) scores its candidates near 0.5
 THRESHOLD = 0.3
 

@@ -17,6 +17,7 @@ def test_absent_stock_weights_give_a_clear_message(tmp_path, monkeypatch):
     assert set(STOCK) >= {"maskrcnn_coco", "fcn_resnet50_voc"}
 
 
+@pytest.mark.slow
 def test_cached_stock_fcn_predicts_voc_classes(tmp_path, monkeypatch):
     """A file under the cache name is picked up (here: random weights of the right shape)."""
     from torchvision.models.segmentation import FCN_ResNet50_Weights, fcn_resnet50

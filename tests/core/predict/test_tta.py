@@ -1,6 +1,7 @@
 """Test-time augmentation: flips averaged, so a flipped image gives the flipped prediction."""
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -12,6 +13,7 @@ def predict(lm, image, **options):
     return run_to_completion(iter_predict_image(lm, image, probabilities=True, **options))
 
 
+@pytest.mark.slow
 def test_tta_prediction_is_flip_equivariant(tiny_model, blobs):
     lm = load_model(tiny_model, "cpu")
     img = blobs[0]
@@ -46,6 +48,7 @@ def test_tta_turns_flow_vectors_back(monkeypatch):
     np.testing.assert_allclose(out_flipped[2], out[2][::-1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_predict_tta_flag(tiny_model, blobs, tmp_path, capsys):
     from napari_seglab.cli import main
 
@@ -58,6 +61,7 @@ def test_cli_predict_tta_flag(tiny_model, blobs, tmp_path, capsys):
     np.testing.assert_allclose(tifffile.imread(tmp_path / "p.tif"), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_passes_tta_to_every_file(tiny_model, blobs, tmp_path):
     from napari_seglab.core.api import run_batch
 

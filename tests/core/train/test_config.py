@@ -106,6 +106,7 @@ def test_resolve_refuses_what_check_refuses():
         TrainConfig(encoder="tu-../../x").check()
 
 
+@pytest.mark.slow
 def test_train_checks_a_resolved_config_no_second_time(monkeypatch, tmp_path):
     from napari_seglab.core.events import run_to_completion
     from napari_seglab.core.train import _config as config_module

@@ -15,7 +15,7 @@ from napari_seglab.core.models import PRESETS, ModelSpec, build_model, load_chec
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import ThreadTuner, TrainConfig, cost_note, iter_train
 
-TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1)
+TINY = dict(patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off", threads=1, save_last=False)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -35,6 +35,7 @@ def test_fast_preset_is_the_cpu_default_and_is_recorded(tmp_path):
     assert pred.labels.shape == img.shape
 
 
+@pytest.mark.slow
 def test_fast_preset_has_fewer_levels_than_accurate():
     fast, _ = build_model(preset_spec("fast", 1, 3))
     accurate, _ = build_model(preset_spec("accurate", 1, 3))
@@ -96,6 +97,7 @@ def test_time_limit_stops_before_a_step_that_would_overrun():
     assert [e.step for e in steps] == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_time_limited_epochs_validate_several_times_in_a_short_run():
     img, inst = discs()
     clock = FakeClock()
@@ -178,6 +180,7 @@ def test_median_diameter_and_scale_estimate():
     assert scale_for(1.0, target=30) == 4.0  # clipped
 
 
+@pytest.mark.slow
 def test_scale_is_estimated_recorded_and_applied_by_predict(tmp_path):
     img, inst = discs(centres=((30, 30, 5), (30, 41, 5), (70, 90, 6)))
     cfg = TrainConfig(label_mode="instances", epochs=1, steps_per_epoch=1, model_out=str(tmp_path / "m.pt"), **TINY)

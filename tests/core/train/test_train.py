@@ -19,12 +19,13 @@ from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.tiling import TilePlan, window
 from napari_seglab.core.train import TrainConfig, iter_train
 
-TINY = dict(encoder="resnet18", patch=64, batch_size=2, lr=3e-3, device="cpu")
+TINY = dict(preset="fast", patch=64, batch_size=2, lr=3e-3, device="cpu")  # 3-level resnet18
 
 
 drive = collect  # (events, result) of a core generator
 
 
+@pytest.mark.slow
 def test_training_yields_progress_and_saves_best(tmp_path, blobs):
     img, lab, mask = blobs
     cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=3, model_out=str(tmp_path / "m.pt"), **TINY)
@@ -45,6 +46,7 @@ def test_training_yields_progress_and_saves_best(tmp_path, blobs):
     assert result.steps == 6 and not result.stopped
 
 
+@pytest.mark.slow
 def test_stop_event_ends_training_and_keeps_model(tmp_path, blobs):
     img, lab, _ = blobs
     stop = threading.Event()
@@ -59,6 +61,7 @@ def test_stop_event_ends_training_and_keeps_model(tmp_path, blobs):
     load_checkpoint(tmp_path / "m.pt")
 
 
+@pytest.mark.slow
 def test_closing_generator_leaves_valid_checkpoint(tmp_path, blobs):
     img, lab, _ = blobs
     cfg = TrainConfig(label_mode="scribbles", epochs=50, steps_per_epoch=2, model_out=str(tmp_path / "m.pt"), **TINY)
@@ -86,6 +89,7 @@ def test_learns_blobs_and_predicts(tiny_model, blobs):
     assert (pred.labels.astype(bool) == mask).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_continue_training_restores_optimizer(tmp_path, tiny_model, blobs):
     img, lab, _ = blobs
     last = tiny_model.with_suffix(".last.pt")
@@ -96,6 +100,7 @@ def test_continue_training_restores_optimizer(tmp_path, tiny_model, blobs):
     assert result.checkpoint.meta["training"]["config"]["init"] == str(last)
 
 
+@pytest.mark.slow
 def test_validation_holdout_reports_dice(tmp_path):
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
 
@@ -107,6 +112,7 @@ def test_validation_holdout_reports_dice(tmp_path):
     assert ends and ends[0].val_dice is not None and 0.0 <= ends[0].val_dice <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["scribbles", "classes"])
 def test_patch_and_batch_follow_the_label_mode(mode):
     from napari_seglab.core.train import DENSE_BATCH, DENSE_PATCH, SPARSE_BATCH, SPARSE_PATCH
@@ -125,6 +131,7 @@ def test_patch_and_batch_follow_the_label_mode(mode):
     assert used["batch_size"] == (SPARSE_BATCH if sparse else DENSE_BATCH)
 
 
+@pytest.mark.slow
 def test_few_strokes_all_train_without_holdout():
     from napari_seglab.core.data import MIN_STROKES_FOR_HOLDOUT, split_validation
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
@@ -143,6 +150,7 @@ def test_few_strokes_all_train_without_holdout():
     assert result.checkpoint.meta["training"]["class_pixels"] == np.bincount(target[target >= 0]).tolist()
 
 
+@pytest.mark.slow
 def test_preview_events(blobs):
     img, lab, _ = blobs
     cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=4, preview_every=2, **TINY)
@@ -152,6 +160,7 @@ def test_preview_events(blobs):
     assert previews[0].labels.shape == img.shape
 
 
+@pytest.mark.slow
 def test_multiple_pairs_of_different_sizes_and_stack(blobs):
     img, lab, _ = blobs
     stack = np.stack([img, img[::-1]])
@@ -167,7 +176,7 @@ def test_multiple_pairs_of_different_sizes_and_stack(blobs):
     (dict(patch=50), "multiple of 32"),
     (dict(epochs=0), "epochs must be"),
     (dict(time_limit=-1.0), "time limit"),
-    (dict(encoder="resnet999"), "unknown encoder"),
+    (dict(encoder="resnet999", preset=None), "unknown encoder"),
     (dict(arch="NotANet"), "unknown unet architecture"),
 ])
 def test_bad_config_is_refused(blobs, change, message):
@@ -188,6 +197,7 @@ def test_bad_images_are_refused(blobs):
         drive(iter_train([np.full_like(img, 3)], [lab], cfg))
 
 
+@pytest.mark.slow
 def test_small_image_is_padded_to_patch(blobs):
     img, lab, _ = blobs
     cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, **{**TINY, "patch": 128})
@@ -212,6 +222,7 @@ def test_tiling_helpers():
     assert torch is not None
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_tile_and_reports(tiny_model, blobs):
     """An OOM on a large tile is retried with smaller tiles and reported as a warning."""
     img, _, mask = blobs
@@ -257,6 +268,7 @@ def test_stop_during_prediction_returns_partial(tiny_model, blobs):
     assert pred.stopped
 
 
+@pytest.mark.slow
 def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
     from napari_seglab.core.train import prepare_samples

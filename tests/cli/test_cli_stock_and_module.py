@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_seglab.cli import main
@@ -35,6 +36,7 @@ def test_stock_model_reads_the_input_tiff_once(tmp_path, tiny_model, blobs, monk
     assert rows[0] == "y0,x0,y1,x1,class,score,plane" and len(rows) >= 2  # semantic: boxes from the labels
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli_package():
     done = subprocess.run([sys.executable, "-m", "napari_seglab.cli", "train", "--help"], capture_output=True,
                           text=True, timeout=120)

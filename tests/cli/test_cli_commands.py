@@ -204,6 +204,7 @@ def test_info_prints_the_metadata(trained, capsys):
 # ----------------------------------------------------------------------------- export
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_export_torchscript_matches_the_model(trained, tmp_path, capsys):
     import torch
@@ -245,6 +246,7 @@ def test_batch_missing_folder(trained, tmp_path, capsys):
     assert "no such folder" in error_line(capsys)
 
 
+@pytest.mark.slow
 def test_batch_runs_a_folder(trained, data, tmp_path, capsys):
     pytest.importorskip("napari_seglab.core.batch")
     inputs = tmp_path / "in"
@@ -259,6 +261,7 @@ def test_batch_runs_a_folder(trained, data, tmp_path, capsys):
     assert tifffile.imread(tmp_path / "out" / "a_labels.tif").shape == (64, 96)
 
 
+@pytest.mark.slow
 def test_console_script_help():
     import sys
     from pathlib import Path
@@ -359,6 +362,7 @@ def test_train_model_choice_errors(data, tmp_path, capsys, extra, match):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow
 def test_train_partial_objects_with_a_preset_and_diameter(data, tmp_path):
     from napari_seglab.core.models import PRESETS, load_checkpoint
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from napari_seglab.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # ----------------------------------------------------------------------------- hostile file makers
@@ -111,6 +111,7 @@ def test_bomb_tiff_is_refused_before_decoding(tmp_path, tiny_model, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tif"]
 
 
+@pytest.mark.slow
 def test_bomb_under_a_memory_limit_exits_2(tmp_path, tiny_model):
     """A 1 GiB address-space limit: decoding the bomb would need 9.3 GiB; the header check refuses it."""
     bomb = write_bomb(tmp_path / "bomb.tif")
@@ -121,6 +122,7 @@ def test_bomb_under_a_memory_limit_exits_2(tmp_path, tiny_model):
     assert not (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.slow
 def test_bomb_in_a_batch_fails_that_file_alone_under_a_memory_limit(tmp_path, tiny_model, blobs):
     """Batch (torch loaded, 6 GiB of address space): the bomb fails alone, the good file is done."""
     inp = tmp_path / "in"
@@ -144,6 +146,7 @@ def test_huge_patch_in_a_checkpoint_is_refused_before_export(tmp_path, tiny_mode
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_giant_encoder_over_small_weights_is_refused_without_building_it(tmp_path, tiny_model):
     """convnext_xxlarge (846 M parameters, ~3.4 GB) under a 6 GiB limit: refused from shapes alone."""
     meta = torch.load(tiny_model, weights_only=True)["meta"]
@@ -214,6 +217,7 @@ def test_batch_size_1_where_batchnorm_cannot_train(image, scribbles, tmp_path, c
     assert "--batch-size 2" in error_line(capsys)
 
 
+@pytest.mark.slow
 def test_batch_size_1_with_patch_64_trains(image, scribbles, tmp_path, capsys):
     code = main(["train", "--image", str(image), "--labels", str(scribbles), "--label-mode", "scribbles",
                  "--model-out", str(tmp_path / "m.pt"), "--device", "cpu", "--encoder", "resnet18",
@@ -300,6 +304,7 @@ def test_init_whose_weights_do_not_fit_its_metadata_is_exit_2(image, scribbles, 
     assert code == 2 and "weights do not fit" in error_line(capsys)
 
 
+@pytest.mark.slow
 def test_torchscript_export_given_as_model_says_what_it_is(tmp_path, tiny_model, image, capsys):
     script = tmp_path / "m.ts.pt"
     assert main(["export", "--model", str(tiny_model), "--format", "torchscript", "--out", str(script)]) == 0
@@ -397,6 +402,7 @@ def test_unreachable_scheduler_after_a_good_run_keeps_manifest_and_summary(tmp_p
 # ----------------------------------------------------------------------------- names and paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", [b"caf\xe9.tif", b"a;b.tif", b"back\\slash.tif", b"new\nline.tif",
                                      "café;ü.tif".encode()])
 def test_hostile_names_in_a_batch_round_trip_through_the_manifest(tmp_path, tiny_model, blobs, capsys, hostile):
@@ -481,6 +487,7 @@ def test_lzw_tiff_is_read(tmp_path, tiny_model, blobs, capsys):
     assert code == 0, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_codec_is_named(tmp_path, blobs):
     path = tmp_path / "lzw.tif"
     tifffile.imwrite(path, blobs[0], compression="lzw")
@@ -493,6 +500,7 @@ def test_missing_codec_is_named(tmp_path, blobs):
     assert "pip install imagecodecs" in one_error_line(proc.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale,dtype", [(1e-9, np.float32), (1e300, np.float64), (1e-300, np.float64)])
 def test_extreme_intensity_units_segment_like_ordinary_ones(tmp_path, tiny_model, blobs, capsys, scale, dtype):
     img = blobs[0]
@@ -584,6 +592,7 @@ def stubbed(monkeypatch):
         monkeypatch.setattr(module, name, reached)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_option_value_or_odd_path_ends_in_exit_1(tmp_path, tiny_model, odd_paths, stubbed, capsys, data):
@@ -623,6 +632,7 @@ def test_no_option_value_or_odd_path_ends_in_exit_1(tmp_path, tiny_model, odd_pa
         one_error_line(captured.err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [
     ["train", "--image", "{missing}", "--labels", "{missing}", "--label-mode", "scribbles", "--model-out", "{out}"],
     ["train", "--image", "{real}", "--labels", "{real}", "--label-mode", "scribbles", "--model-out",

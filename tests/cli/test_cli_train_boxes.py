@@ -96,6 +96,7 @@ def test_bad_boxes_csvs_are_named(files, tmp_path, capsys):
     assert "--boxes" in error_line(capsys)
 
 
+@pytest.mark.slow
 def test_label_mode_boxes_without_boxes_is_refused_in_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "napari_seglab.cli", "train", "--image", str(tmp_path / "x.tif"),
                              "--label-mode", "boxes", "--model-out", str(tmp_path / "m.pt")],
