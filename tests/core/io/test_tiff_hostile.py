@@ -38,6 +38,7 @@ from napari_seglab.core.io import (
     file_axes,
     probe_tiff,
     read_image,
+    read_labels,
     restore_singletons,
     write_tiff,
 )
@@ -309,3 +310,13 @@ def test_extreme_float64_outliers_stay_finite():
     x[0, 1:, :] = np.linspace(0, 1, 15 * 16).reshape(15, 16)
     out = normalize(x, *percentiles(x))
     assert np.all(np.isfinite(out))
+
+
+def test_a_file_without_y_and_x_axes_is_named_in_the_refusal(tmp_path):
+    """Found by the header fuzzer: a file whose axes have no Y and X said so without naming the file."""
+    path = tmp_path / "zx.tif"
+    tifffile.imwrite(path, np.zeros((4, 8), np.uint8), metadata={"axes": "ZX"})
+    for read in (read_image, read_labels):
+        with pytest.raises(InputError, match="no Y and X axes") as info:
+            read(path)
+        assert str(path) in str(info.value)

@@ -10,7 +10,7 @@ from painted import discs, partial
 from napari_seglab.core.data import Normalization, PatchSampler, Sample
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.events import collect, run_to_completion
-from napari_seglab.core.labels import head_targets, validate_labels
+from napari_seglab.core.labels import get_mode, head_targets, validate_labels
 from napari_seglab.core.models import (
     ModelSpec,
     build_model,
@@ -55,12 +55,14 @@ def test_head_trains_and_predicts_instances(tmp_path, mode, head):
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
 
 
-def test_head_targets_keep_the_whole_plane_and_ignore_unpainted_pixels():
+def test_head_targets_keep_the_whole_plane_and_ignore_unpainted_pixels_beyond_the_margin():
     _, inst = discs()
     lab = validate_labels(partial(inst), inst.shape, "objects")
     fg, reg = head_targets(lab, "objects", "flows")
     assert reg.shape == (3, *inst.shape) and reg.dtype == np.float32
-    assert (fg[lab == 0] == -1).all() and (fg[lab == 1] == 0).all() and (fg[lab >= 2] == 1).all()
+    margin = get_mode("objects").with_margin(lab)  # unpainted pixels next to a painted object: background
+    assert (fg[margin == 0] == -1).all() and (fg[margin == 1] == 0).all() and (fg[lab >= 2] == 1).all()
+    assert ((lab == 0) & (margin == 1)).any()
     samples, *_ = prepare_training_data([discs()[0]], [lab], "objects", scale=1.0, head="flows")
     assert samples[0].head == "flows" and samples[0].regression.shape == (3, *inst.shape)
 

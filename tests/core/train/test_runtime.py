@@ -10,7 +10,7 @@ from painted import discs, partial
 from napari_seglab.core.data import median_diameter, resample_labels, scale_for
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.events import EpochEnd, Message, TrainStep, collect, run_to_completion
-from napari_seglab.core.labels import make_target, to_correction, validate_labels
+from napari_seglab.core.labels import get_mode, make_target, to_correction, validate_labels
 from napari_seglab.core.models import PRESETS, ModelSpec, build_model, load_checkpoint, preset_spec
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import ThreadTuner, TrainConfig, cost_note, iter_train
@@ -211,12 +211,13 @@ def test_resample_labels_keeps_ids_and_shape():
 # ----------------------------------------------------------------------------- partially annotated objects
 
 
-def test_objects_mode_targets_ignore_unpainted_pixels():
+def test_objects_mode_targets_ignore_unpainted_pixels_beyond_the_margin():
     _, inst = discs()
     lab = validate_labels(partial(inst), inst.shape, "objects")
     target = make_target(lab, "objects")
-    assert (target[lab == 0] == -1).all()
-    assert (target[lab == 1] == 0).all()
+    margin = get_mode("objects").with_margin(lab)
+    assert (target[margin == 0] == -1).all()  # unpainted and away from the painted object
+    assert (target[margin == 1] == 0).all()  # background strokes and the margin round the object
     obj = lab == 2
     assert set(np.unique(target[obj])) == {1, 2}
     # the painted object's outline is a boundary even where it meets unpainted pixels (object 2 is unpainted)

@@ -18,6 +18,7 @@ from ._tiff import (
     check_image_values,
     file_axes,
     guess_axes,
+    memory_headroom,
     normalize_axes,
     probe_tiff,
     read_image,
@@ -27,7 +28,7 @@ from ._tiff import (
 
 __all__ = [
     "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
-    "ensure_not_input", "file_axes", "folder_path", "guess_axes", "normalize_axes", "probe_tiff",
+    "ensure_not_input", "file_axes", "folder_path", "guess_axes", "memory_headroom", "normalize_axes", "probe_tiff",
     "read_image", "read_labels", "resolved", "restore_singletons", "safe_child", "scan_folder",
     "write_csv", "write_tiff",
 ]

@@ -269,11 +269,19 @@ def probe_tiff(path: str | os.PathLike) -> tuple[tuple[int, ...], str]:
         raise InputError(f"{path}: not a valid TIFF file ({type(exc).__name__}: {first})") from exc
 
 
+def _file_axes_normalized(data: np.ndarray, axes: str, path) -> tuple[np.ndarray, str]:
+    """:func:`normalize_axes` of what a file holds; a refusal names the file (the CLI prints one line)."""
+    try:
+        return normalize_axes(data, axes)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read a TIFF image into canonical axis order (see module docstring)."""
     data, axes = read_tiff(path)
     shape, raw_axes = data.shape, axes
-    data, axes = normalize_axes(data, axes)
+    data, axes = _file_axes_normalized(data, axes, path)
     if data.ndim > 5:
         raise InputError(f"{path}: images with more than 5 dimensions are not supported")
     return ImageData(data=data, axes=axes, path=str(path), file_axes=file_axes(shape, raw_axes))
@@ -286,7 +294,7 @@ def read_labels(path: str | os.PathLike, spatial_like: ImageData | None = None) 
     without its channel axis.
     """
     data, axes = read_tiff(path)
-    data, axes = normalize_axes(data, axes)
+    data, axes = _file_axes_normalized(data, axes, path)
     if "C" in axes:
         if data.shape[-1] in (3, 4) and spatial_like is not None and "C" not in spatial_like.axes:
             raise InputError(f"{path}: labels are an RGB image; save them as a single-channel integer TIFF")
