@@ -148,6 +148,23 @@ def load_matching(module: nn.Module, state: dict, source: str) -> int:
     return len(usable)
 
 
+def coco_weights(arch: str, name: str, v2_name: str | None = None):
+    """torchvision's COCO weights enum of a ResNet-50 ``arch`` (looked up by class name; ``v2_name`` for
+    ``*_v2``), or None for our ResNet-18 architectures, which have none."""
+    if "resnet50" not in arch:
+        return None
+    from torchvision.models import detection
+
+    return getattr(detection, v2_name if v2_name and arch.endswith("_v2") else name).DEFAULT
+
+
+def backbone_weights(arch: str):
+    """The ImageNet weights of the ResNet under a detector architecture (ResNet-50, or our ResNet-18)."""
+    from torchvision.models import ResNet18_Weights, ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V1 if "resnet50" in arch else ResNet18_Weights.IMAGENET1K_V1
+
+
 def load_pretrained(detector: nn.Module, pretrained: str | None, allow_download: bool, arch: str,
                     detector_weights, backbone_weights) -> str:
     """Load ``pretrained`` into ``detector`` (a torchvision detector); returns the weights note.

@@ -18,7 +18,9 @@ from ._detector import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DetectorModel,
+    backbone_weights,
     check_box_options,
+    coco_weights,
     detector_loss,
     load_pretrained,
     no_resize,
@@ -45,20 +47,7 @@ DEFAULTS = {
 
 def stock_weights(arch: str):
     """The torchvision COCO weights enum of ``arch`` (None for the ResNet-18 architecture, which has none)."""
-    from torchvision.models.detection import (
-        FasterRCNN_ResNet50_FPN_V2_Weights,
-        FasterRCNN_ResNet50_FPN_Weights,
-    )
-
-    if "resnet50" not in arch:
-        return None
-    return (FasterRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else FasterRCNN_ResNet50_FPN_Weights).DEFAULT
-
-
-def _backbone_weights(arch: str):
-    from torchvision.models import ResNet18_Weights, ResNet50_Weights
-
-    return ResNet50_Weights.IMAGENET1K_V1 if "resnet50" in arch else ResNet18_Weights.IMAGENET1K_V1
+    return coco_weights(arch, "FasterRCNN_ResNet50_FPN_Weights", "FasterRCNN_ResNet50_FPN_V2_Weights")
 
 
 def build_fasterrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
@@ -88,7 +77,7 @@ def build_fasterrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -
         detector.rpn.anchor_generator = anchors  # the v2 builder fixes its own: ours has the same 3 per location
     detector.transform = no_resize(spec, DEFAULTS)
     note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
-                           _backbone_weights(spec.arch))
+                           backbone_weights(spec.arch))
     return DetectorModel(detector, spec.in_channels, spec.n_classes), note
 
 

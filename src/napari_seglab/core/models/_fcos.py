@@ -19,7 +19,9 @@ from ._detector import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DetectorModel,
+    backbone_weights,
     check_box_options,
+    coco_weights,
     detector_loss,
     load_pretrained,
     no_resize,
@@ -42,15 +44,7 @@ DEFAULTS = {
 
 def stock_weights(arch: str):
     """The torchvision COCO weights enum of ``arch`` (None for the ResNet-18 architecture, which has none)."""
-    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
-
-    return FCOS_ResNet50_FPN_Weights.DEFAULT if "resnet50" in arch else None
-
-
-def _backbone_weights(arch: str):
-    from torchvision.models import ResNet18_Weights, ResNet50_Weights
-
-    return ResNet50_Weights.IMAGENET1K_V1 if "resnet50" in arch else ResNet18_Weights.IMAGENET1K_V1
+    return coco_weights(arch, "FCOS_ResNet50_FPN_Weights")
 
 
 def build_fcos(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
@@ -75,7 +69,7 @@ def build_fcos(spec: Spec, pretrained: str | None, allow_download: bool) -> tupl
         detector.anchor_generator = anchors
     detector.transform = no_resize(spec, DEFAULTS)
     note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
-                           _backbone_weights(spec.arch))
+                           backbone_weights(spec.arch))
     return DetectorModel(detector, spec.in_channels, spec.n_classes), note
 
 

@@ -35,6 +35,8 @@ from ._catalogue import CATALOGUE
 from ._detector import (
     MIN_OBJECT_PIXELS,
     NoResizeTransform,
+    backbone_weights,
+    coco_weights,
     iter_detector_tiles,
     load_pretrained,
     object_slices,
@@ -101,13 +103,8 @@ class MaskRCNNModel(nn.Module):
 
 
 def stock_weights(arch: str):
-    """The torchvision weights enum of ``arch``'s stock (COCO) weights."""
-    from torchvision.models.detection import (
-        MaskRCNN_ResNet50_FPN_V2_Weights,
-        MaskRCNN_ResNet50_FPN_Weights,
-    )
-
-    return (MaskRCNN_ResNet50_FPN_V2_Weights if arch.endswith("_v2") else MaskRCNN_ResNet50_FPN_Weights).DEFAULT
+    """The torchvision COCO weights enum of ``arch`` (None for the ResNet-18 architecture, which has none)."""
+    return coco_weights(arch, "MaskRCNN_ResNet50_FPN_Weights", "MaskRCNN_ResNet50_FPN_V2_Weights")
 
 
 def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> tuple[nn.Module, str]:
@@ -145,10 +142,8 @@ def build_maskrcnn(spec: Spec, pretrained: str | None, allow_download: bool) -> 
     # the v2 builder fixes its own anchor generator: swap ours in (same 3 anchors per location)
     detector.rpn.anchor_generator = AnchorGenerator(sizes, ratios)
     detector.transform = NoResizeTransform(patch, patch, mean, std)
-    from torchvision.models import ResNet50_Weights
-
     note = load_pretrained(detector, pretrained, allow_download, spec.arch, stock_weights(spec.arch),
-                           ResNet50_Weights.IMAGENET1K_V1)
+                           backbone_weights(spec.arch))
     return MaskRCNNModel(detector, spec.in_channels), note
 
 
