@@ -14,6 +14,9 @@ XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
 # the slowest tests of every run are listed, so a test that grows is seen in CI's log
 PYTEST_ARGS ?= --durations=15
+# `make test` spreads the files over this many pytest-xdist workers, each pinned to its share of the cores
+# (tests/conftest.py); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test test-fast lint docs headless-test bench screenshot sample-data xvfb clean
 
@@ -34,7 +37,7 @@ run: setup
 
 test: setup xvfb
 	$(PY) -m npe2 validate napari-seglab --imports
-	$(XVFB) $(PY) -m pytest $(PYTEST_ARGS)
+	$(XVFB) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # the inner loop: every package's tests without viewers and without the slow ones (about a minute on
 # 2 cores); `make test` stays the whole suite

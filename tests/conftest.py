@@ -15,6 +15,7 @@ for all of tests/widgets in its conftest); ``gpu`` for tests that need CUDA
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,23 @@ import pytest
 # helpers shared by test folders (painted.py, boxfamily.py in core/; widget_helpers.py in widgets/)
 for _helpers in ("core", "widgets"):
     sys.path.insert(0, str(Path(__file__).parent / _helpers))
+
+
+def _pin_xdist_worker() -> None:
+    """Give each pytest-xdist worker its own share of the cores (``make test`` runs two workers).
+
+    Training sizes torch's thread pool from the affinity mask; two workers that
+    each think they own both cores would fight over them at every barrier.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus, n, i = sorted(os.sched_getaffinity(0)), int(count), int(worker.removeprefix("gw"))
+    if len(cpus) >= n > 1:
+        os.sched_setaffinity(0, set(cpus[i::n]))
+
+
+_pin_xdist_worker()
 
 #: fixtures that open a Qt viewer or drive Qt: a test asking for one is a ``gui`` test
 GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp"}

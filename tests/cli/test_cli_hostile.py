@@ -17,6 +17,7 @@ import threading
 import zlib
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import tifffile
@@ -392,7 +393,8 @@ def test_unreachable_scheduler_after_a_good_run_keeps_manifest_and_summary(tmp_p
     assert main([*argv, "--workers", "0"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert main([*argv, "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # a closed port: no need to wait 30 s
+        assert main([*argv, "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "could not connect" in error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert main([*argv, "--workers", "0", "--skip-existing"]) == 0

@@ -51,11 +51,13 @@ def open_client(workers: int | None, scheduler: str | None, n_files: int, device
 
     if scheduler:
         is_file = Path(scheduler).is_file()
+        # how long to try: Dask's own setting (DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT), 30 s by default
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
         try:
             if is_file:
-                client = Client(scheduler_file=scheduler, timeout="20s")
+                client = Client(scheduler_file=scheduler, timeout=timeout)
             else:
-                client = Client(scheduler, timeout="20s")
+                client = Client(scheduler, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - every way of failing to connect is the address's fault
             what = "a Dask scheduler file" if is_file else "the Dask scheduler"
             first = (str(exc).splitlines() or [""])[0][:200]
