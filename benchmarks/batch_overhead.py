@@ -60,12 +60,12 @@ def make_model(path: Path) -> None:
 
 def warm_up(model: Path, inputs: Path) -> None:
     """One untimed prediction, so that neither path pays this process's first-call costs."""
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.io import read_image
     from napari_seglab.core.predict import iter_predict_image, load_model
 
     img = read_image(sorted(inputs.glob("*.tif"))[0])
-    run_to_completion(iter_predict_image(load_model(str(model), "auto"), img.data, img.axes, split_instances=True))
+    drive(iter_predict_image(load_model(str(model), "auto"), img.data, img.axes, split_instances=True))
 
 
 def in_thread(fn, *args):
@@ -80,7 +80,7 @@ def in_thread(fn, *args):
 def plain_loop(model: Path, inputs: Path, out: Path) -> float:
     """The baseline: load once, then per file predict + write labels + measurements."""
     from napari_seglab.core.batch import measure_labels, object_columns
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.io import read_image, write_csv, write_tiff
     from napari_seglab.core.labels import compact_labels
     from napari_seglab.core.predict import iter_predict_image, load_model
@@ -91,7 +91,7 @@ def plain_loop(model: Path, inputs: Path, out: Path) -> float:
     split = lm.spec.n_classes == 2 and lm.label_mode != "instances"
     for path in sorted(inputs.glob("*.tif")):
         img = read_image(path)
-        pred = run_to_completion(iter_predict_image(lm, img.data, img.axes, split_instances=split))
+        pred = drive(iter_predict_image(lm, img.data, img.axes, split_instances=split))
         write_tiff(out / f"{path.stem}_labels.tif", compact_labels(pred.labels), axes=img.axes, protect=[path])
         rows = measure_labels(pred.labels, img.data, img.axes)
         write_csv(out / f"{path.stem}_objects.csv", rows,

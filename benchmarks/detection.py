@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 
 from napari_seglab.core.evaluate import box_scores
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.labels import label_box_rows, read_boxes_csv
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train
@@ -44,13 +44,13 @@ def run_family(family: str, budget: float, seed: int, device: str) -> dict:
                          device=device, seed=seed)
     t0 = time.monotonic()
     if boxes:
-        result = run_to_completion(iter_train([image], [None], config, boxes=[read_boxes_csv(ROOT / "nuclei_boxes.csv")]))
+        result = drive(iter_train([image], [None], config, boxes=[read_boxes_csv(ROOT / "nuclei_boxes.csv")]))
     else:
-        result = run_to_completion(iter_train([image], [instances], config))
+        result = drive(iter_train([image], [instances], config))
     wall = time.monotonic() - t0
     model = load_model(result.checkpoint, device)
     t1 = time.monotonic()
-    pred = run_to_completion(iter_predict_image(model, test))
+    pred = drive(iter_predict_image(model, test))
     seconds_per_mp = (time.monotonic() - t1) / (test.size / 1e6)
     rows = pred.boxes if family != "unet" else label_box_rows(pred.labels, "YX", "instances")
     scores = box_scores(rows, truth, score_threshold=0.5)

@@ -239,7 +239,7 @@ def main() -> int:
     trained = train._controls.status.value
     # the noise floor: the same training in a plain thread, with no widget and no GUI updates at all
     # (after the widget's run, so imports and first-time set-up are charged to the widget, not to it)
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.train import TrainConfig
     from napari_seglab.core.train import iter_train as core_train
 
@@ -250,7 +250,7 @@ def main() -> int:
     run_until(lambda: False, 1.0)
 
     def bare():
-        run_to_completion(core_train(*data, config))
+        drive(core_train(*data, config))
         finished.set()
 
     results.append(measure("bare train", meter, threading.Thread(target=bare, daemon=True).start, finished.is_set,

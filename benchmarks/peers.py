@@ -160,7 +160,7 @@ def run_peer(tool: str, python: str, data, budget: float, seed: int) -> dict:
 def run_seglab(data, budget: float, seed: int, overrides: dict) -> dict:
     import torch
 
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.predict import iter_predict_image, load_model
     from napari_seglab.core.train import TrainConfig, iter_train
 
@@ -169,10 +169,10 @@ def run_seglab(data, budget: float, seed: int, overrides: dict) -> dict:
     config = TrainConfig(label_mode="instances", epochs=None, time_limit=budget, seed=seed, device="cpu",
                          save_last=False, **overrides)
     t0 = time.monotonic()
-    result = run_to_completion(iter_train([tr_img], [tr_lab.astype(np.int32)], config))
+    result = drive(iter_train([tr_img], [tr_lab.astype(np.int32)], config))
     seconds = time.monotonic() - t0
     t1 = time.monotonic()
-    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img))
+    pred = drive(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img))
     return {"labels": np.asarray(pred.labels, np.int32), "steps": int(result.steps), "seconds": seconds,
             "predict_seconds": time.monotonic() - t1}
 

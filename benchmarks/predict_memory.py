@@ -19,7 +19,7 @@ CHILD = r"""
 import json, resource, sys, numpy as np
 sys.path.insert(0, {bench!r})
 from _common import nuclei_like
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.predict import iter_predict_image, load_model
 lm = load_model({ckpt!r}, "cpu")
 img = nuclei_like(({size}, {size}))

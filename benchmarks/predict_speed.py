@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_of, nuclei_like, random_unet_checkpoint  # noqa: E402
 
 from napari_seglab.core.data import Normalization  # noqa: E402
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.models import load_checkpoint  # noqa: E402
 from napari_seglab.core.predict import iter_predict_image, load_model  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     t_raw = best_of(raw, args.repeats)
 
     def ours():
-        run_to_completion(iter_predict_image(lm, img))
+        drive(iter_predict_image(lm, img))
         if device.type == "cuda":
             torch.cuda.synchronize()
 

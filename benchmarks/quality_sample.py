@@ -21,7 +21,7 @@ from pathlib import Path
 import tifffile
 
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.objects import otsu_watershed
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train
@@ -33,9 +33,9 @@ def run_protocol(name, train_img, train_lab, test_img, test_truth, args):
     cfg = TrainConfig(label_mode="instances", time_limit=args.seconds, epochs=None, device="cpu",
                       encoder=args.encoder, patch=args.patch, batch_size=args.batch_size, lr=args.lr)
     t0 = time.monotonic()
-    result = run_to_completion(iter_train([train_img], [train_lab], cfg))
+    result = drive(iter_train([train_img], [train_lab], cfg))
     t_train = time.monotonic() - t0
-    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), test_img))
+    pred = drive(iter_predict_image(load_model(result.checkpoint, "cpu"), test_img))
     ours = match_instances(pred.labels, test_truth)
     base = match_instances(otsu_watershed(test_img), test_truth)
     print(f"[{name}] trained {result.steps} steps in {t_train:.0f} s")

@@ -27,7 +27,7 @@ import tifffile
 from _common import random_forest_foreground
 
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.events import Message, collect, run_to_completion
+from napari_seglab.core.events import Message, collect, drive
 from napari_seglab.core.objects import instances_from_foreground
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train
@@ -60,7 +60,7 @@ def compare(name, train_img, train_scrib, test_img, test_truth, args) -> tuple[d
     events, result = collect(iter_train([train_img], [train_scrib], cfg))
     t_ours = time.monotonic() - t0
     held = [e.text for e in events if isinstance(e, Message) and ("validation" in e.text)]
-    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), test_img, probabilities=True))
+    pred = drive(iter_predict_image(load_model(result.checkpoint, "cpu"), test_img, probabilities=True))
     ours_fg = pred.probabilities[1] > 0.5
     print(f"[{name}] seglab trained {result.steps} steps in {t_ours:.0f} s ({'; '.join(held)}); "
           f"random forest fit+predict in {t_rf:.0f} s")

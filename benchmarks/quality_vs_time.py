@@ -40,7 +40,7 @@ from _common import random_forest_foreground
 from scipy import ndimage as ndi
 
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.labels import is_instance_mode
 from napari_seglab.core.objects import (
     SPLIT_THRESHOLD,
@@ -100,10 +100,10 @@ def seglab(mode, train_img, ann, test_img, seconds, seed, preset, head="auto"):
     cfg = TrainConfig(label_mode=mode, time_limit=seconds, epochs=None, device="cpu", seed=seed, preset=preset,
                       instance_head=head)
     t0 = time.monotonic()
-    result = run_to_completion(iter_train([train_img], [ann], cfg))
+    result = drive(iter_train([train_img], [ann], cfg))
     wall = time.monotonic() - t0
     lm = load_model(result.checkpoint, "cpu")
-    pred = run_to_completion(iter_predict_image(lm, test_img, split_instances=not is_instance_mode(mode)))
+    pred = drive(iter_predict_image(lm, test_img, split_instances=not is_instance_mode(mode)))
     return pred.labels, result.steps, wall
 
 

@@ -42,7 +42,7 @@ from _common import random_forest_foreground
 from scipy import ndimage as ndi
 
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.objects import instances_from_foreground
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.synthetic import make_scribbles
@@ -122,10 +122,10 @@ def seglab(mode, tr_img, ann, te_img, budget, steps, seed):
         {"time_limit": budget, "epochs": None}
     cfg = TrainConfig(label_mode=mode, device="cpu", seed=seed, **kw)
     t0 = time.monotonic()
-    result = run_to_completion(iter_train([tr_img], [ann], cfg))
+    result = drive(iter_train([tr_img], [ann], cfg))
     wall = time.monotonic() - t0
-    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img,
-                                                split_instances=mode == "scribbles"))
+    pred = drive(iter_predict_image(load_model(result.checkpoint, "cpu"), te_img,
+                                    split_instances=mode == "scribbles"))
     return pred.labels, result.steps, wall
 
 

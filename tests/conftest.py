@@ -92,14 +92,14 @@ def tiny_model(tmp_path_factory, blobs):
     predict with it (it finds the two discs of ``blobs``). The preset trains in
     a third of the time of a 5-level resnet18 and writes 93 MB instead of 218.
     """
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.train import TrainConfig, iter_train
 
     img, lab, _ = blobs
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     cfg = TrainConfig(label_mode="scribbles", preset="fast", epochs=4, steps_per_epoch=4, patch=64,
                       batch_size=4, lr=3e-3, device="cpu", model_out=str(path))
-    run_to_completion(iter_train([img], [lab], cfg))
+    drive(iter_train([img], [lab], cfg))
     return path
 
 
@@ -128,7 +128,7 @@ def flows_model(tmp_path_factory):
     """
     from painted import discs, partial
 
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.train import TrainConfig, iter_train
 
     img, inst = discs()
@@ -136,5 +136,5 @@ def flows_model(tmp_path_factory):
     cfg = TrainConfig(label_mode="objects", instance_head="flows", epochs=1, steps_per_epoch=2,
                       model_out=str(path), patch=64, batch_size=2, lr=3e-3, device="cpu", bf16="off",
                       threads=1, scale=1.5, save_last=False)
-    run_to_completion(iter_train([img], [partial(inst)], cfg))
+    drive(iter_train([img], [partial(inst)], cfg))
     return path

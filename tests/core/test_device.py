@@ -12,7 +12,7 @@ import torch
 
 from napari_seglab.core.device import describe, is_oom, pick_device
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.predict import iter_predict_image, load_model
 
 
@@ -36,10 +36,10 @@ def test_out_of_memory_is_recognised_by_type_or_by_message():
 @pytest.mark.gpu
 def test_a_cpu_trained_model_predicts_the_same_discs_on_the_gpu(tiny_model, blobs):
     img, _lab, mask = blobs
-    on_cpu = run_to_completion(iter_predict_image(load_model(tiny_model, "cpu"), img, tile=64))
+    on_cpu = drive(iter_predict_image(load_model(tiny_model, "cpu"), img, tile=64))
     gpu = load_model(tiny_model, "cuda")
     assert gpu.device.type == "cuda" and describe(gpu.device).startswith("cuda:")
-    on_gpu = run_to_completion(iter_predict_image(gpu, img, tile=64))
+    on_gpu = drive(iter_predict_image(gpu, img, tile=64))
     assert on_gpu.labels.shape == img.shape
     assert np.mean(on_gpu.labels == on_cpu.labels) > 0.98  # the GPU may compute in lower precision
     assert (on_gpu.labels.astype(bool) == mask).mean() > 0.9

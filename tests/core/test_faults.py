@@ -186,7 +186,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
         ARMED[0] = False
         import napari_seglab.core.batch._manifest as mf
         from napari_seglab.core.batch import iter_run_batch
-        from napari_seglab.core.events import run_to_completion
+        from napari_seglab.core.events import drive
         TARGET = {target!r}
 
         def arming(real):
@@ -212,7 +212,7 @@ def test_batch_killed_mid_second_file_then_resumes(random_model, tmp_path, targe
             real_append(self, row)
 
         mf.ManifestWriter.append = append
-        run_to_completion(iter_run_batch({random_model!r}, {str(inp)!r}, {str(out)!r}, workers=0, device="cpu"))
+        drive(iter_run_batch({random_model!r}, {str(inp)!r}, {str(out)!r}, workers=0, device="cpu"))
     """)
 
     rows = read_manifest(out / "manifest.csv")

@@ -138,16 +138,18 @@ def drive(gen: Generator[Any, Any, T], on_event: Callable[[Any], object] | None 
     workers and the CLI run through it. The generator is closed on the way
     out (an exception in ``on_event``, Ctrl-C), so its clean-up runs.
     """
+    relayed = relay(gen, on_event if on_event is not None else _drop)
     try:
         while True:
-            try:
-                event = next(gen)
-            except StopIteration as fin:
-                return fin.value
-            if on_event is not None:
-                on_event(event)
+            next(relayed)
+    except StopIteration as fin:
+        return fin.value
     finally:
-        gen.close()
+        relayed.close()  # closes ``gen``
+
+
+def _drop(event: Any) -> None:
+    """The handler of events nobody asked for."""
 
 
 def relay(gen: Generator[Any, Any, T], change: Callable[[Any], Any]) -> Generator[Any, Any, T]:
@@ -165,10 +167,6 @@ def relay(gen: Generator[Any, Any, T], change: Callable[[Any], Any]) -> Generato
             yield change(event)
     finally:
         gen.close()
-
-
-#: the name :func:`drive` had before; kept for existing callers
-run_to_completion = drive
 
 
 def collect(gen: Generator[Any, Any, T]) -> tuple[list, T]:

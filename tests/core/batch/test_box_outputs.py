@@ -11,7 +11,7 @@ import torch
 
 from napari_seglab.cli import main
 from napari_seglab.core.batch import iter_run_batch
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.labels import BOX_COLUMNS
 from napari_seglab.core.models import CheckpointMeta, ModelSpec, build_model, save_checkpoint
 
@@ -48,8 +48,8 @@ def _rows(path):
 
 def test_batch_writes_a_boxes_csv_and_the_count_per_image(box_model, folder, tmp_path):
     out = tmp_path / "out"
-    summary = run_to_completion(iter_run_batch(str(box_model), str(folder), str(out), workers=0, tile=64,
-                                          score_threshold=0.3))
+    summary = drive(iter_run_batch(str(box_model), str(folder), str(out), workers=0, tile=64,
+                              score_threshold=0.3))
     assert (summary.ok, summary.failed) == (2, 0)
     counts = {}
     for name in ("a", "b"):
@@ -63,18 +63,18 @@ def test_batch_writes_a_boxes_csv_and_the_count_per_image(box_model, folder, tmp
     assert all(float(r["mean_score"]) >= 0.3 for r in summary_rows)
 
     # a second run that skips the files done reads their counts back from the boxes CSVs
-    again = run_to_completion(iter_run_batch(str(box_model), str(folder), str(out), workers=0, tile=64,
-                                        score_threshold=0.3, skip_existing=True))
+    again = drive(iter_run_batch(str(box_model), str(folder), str(out), workers=0, tile=64,
+                            score_threshold=0.3, skip_existing=True))
     assert again.skipped == 2
     _, summary_rows = _rows(again.summary_csv)
     assert {r["input"]: int(r["object_count"]) for r in summary_rows} == counts
 
 
 def test_a_higher_threshold_counts_fewer_boxes(box_model, folder, tmp_path):
-    low = run_to_completion(iter_run_batch(str(box_model), str(folder), str(tmp_path / "low"), workers=0, tile=64,
-                                      score_threshold=0.0))
-    high = run_to_completion(iter_run_batch(str(box_model), str(folder), str(tmp_path / "high"), workers=0, tile=64,
-                                       score_threshold=0.999))
+    low = drive(iter_run_batch(str(box_model), str(folder), str(tmp_path / "low"), workers=0, tile=64,
+                          score_threshold=0.0))
+    high = drive(iter_run_batch(str(box_model), str(folder), str(tmp_path / "high"), workers=0, tile=64,
+                           score_threshold=0.999))
     count = {name: sum(int(r["object_count"]) for r in _rows(s.summary_csv)[1]) for name, s in
              (("low", low), ("high", high))}
     assert 0 < count["low"] <= 14 and count["high"] == 0  # up to 7 per image; none of ~0.5 reach 0.999

@@ -10,7 +10,7 @@ import tifffile
 
 from napari_seglab.core.batch import iter_run_batch, read_manifest
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import Message, collect, run_to_completion
+from napari_seglab.core.events import Message, collect, drive
 
 _drive = collect  # (events, result) of a core generator
 
@@ -39,7 +39,7 @@ def test_one_worker_says_it_runs_in_this_process(tiny_model, folders):
 def test_a_scheduler_that_cannot_be_reached_leaves_the_output_folder_untouched(tiny_model, folders, scheduler):
     inp, out = folders
     with pytest.raises(InputError, match="could not connect"):
-        run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), scheduler=scheduler))
+        drive(iter_run_batch(str(tiny_model), str(inp), str(out), scheduler=scheduler))
     assert not out.exists()
 
 
@@ -49,26 +49,26 @@ def test_a_scheduler_file_that_is_not_one(tiny_model, folders, tmp_path):
         fake = tmp_path / "sched.json"
         fake.write_text(content)
         with pytest.raises(InputError, match="scheduler file"):
-            run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), scheduler=str(fake)))
+            drive(iter_run_batch(str(tiny_model), str(inp), str(out), scheduler=str(fake)))
         assert not out.exists()
 
 
 @pytest.mark.slow
 def test_later_runs_never_truncate_the_manifest(tiny_model, folders):
     inp, out = folders
-    run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
+    drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
     first = read_manifest(out / "manifest.csv")
     summary_before = (out / "summary.csv").read_text().splitlines()
     assert sorted(first) == ["a.tif", "b.tif", "c.tif"]
 
     stop = threading.Event()
     stop.set()  # a run stopped before any file: nothing redone, nothing lost
-    run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu", stop=stop))
+    drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu", stop=stop))
     assert read_manifest(out / "manifest.csv") == first
     assert sorted((out / "summary.csv").read_text().splitlines()) == sorted(summary_before)
 
     # a run over one file keeps the rows of the others
-    run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu", pattern="b.tif"))
+    drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu", pattern="b.tif"))
     rows = read_manifest(out / "manifest.csv")
     assert sorted(rows) == ["a.tif", "b.tif", "c.tif"]
     assert rows["a.tif"] == first["a.tif"] and rows["b.tif"]["finished"] >= first["b.tif"]["finished"]
@@ -92,7 +92,7 @@ def test_a_file_that_vanishes_after_the_scan_fails_alone(tiny_model, folders, mo
         return real_stamp(path)
 
     monkeypatch.setattr(mf, "input_stamp", vanishing)
-    summary = run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
+    summary = drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
     assert (summary.ok, summary.failed) == (2, 1)
     assert read_manifest(out / "manifest.csv")["b.tif"]["status"] == "failed"
 
@@ -100,7 +100,7 @@ def test_a_file_that_vanishes_after_the_scan_fails_alone(tiny_model, folders, mo
 def test_names_that_are_not_utf8_keep_every_csv_valid(tiny_model, folders, blobs):
     inp, out = folders
     tifffile.imwrite(os.fsdecode(os.path.join(os.fsencode(inp), b"\xff\xfe;x.tif")), blobs[0])
-    summary = run_to_completion(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
+    summary = drive(iter_run_batch(str(tiny_model), str(inp), str(out), workers=0, device="cpu"))
     assert summary.ok == 4
     for name in ("manifest.csv", "summary.csv"):
         text = (out / name).read_bytes().decode("utf-8")

@@ -171,12 +171,12 @@ def test_more_than_five_dimensions(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.int32, np.float64, bool])
 def test_unusual_dtypes_predict(tiny_model, blobs, dtype):
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.predict import iter_predict_image, load_model
 
     img, _, mask = blobs
     data = mask if dtype is bool else img.astype(dtype)
-    pred = run_to_completion(iter_predict_image(load_model(tiny_model, "cpu"), data))
+    pred = drive(iter_predict_image(load_model(tiny_model, "cpu"), data))
     assert pred.labels.shape == img.shape
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.models import describe_checkpoint, load_checkpoint, save_checkpoint
 from napari_seglab.core.predict import iter_predict_image, load_model
 
@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def test_old_checkpoint_loads_and_predicts_as_before(name):
     expected = np.load(FIXTURES / f"{name}.npz")
     lm = load_model(FIXTURES / f"{name}.pt", "cpu")
-    pred = run_to_completion(iter_predict_image(lm, expected["image"], probabilities=True, tile=64, overlap=0.25))
+    pred = drive(iter_predict_image(lm, expected["image"], probabilities=True, tile=64, overlap=0.25))
     np.testing.assert_array_equal(pred.labels, expected["labels"])
     np.testing.assert_allclose(pred.probabilities, expected["probabilities"], atol=1e-5)
 

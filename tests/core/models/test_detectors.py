@@ -12,7 +12,7 @@ import torch
 from painted import two_discs
 
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.models import (
     CheckpointMeta,
     LossInputs,
@@ -124,13 +124,13 @@ def test_checkpoint_round_trip_predicts_the_same_rows(family, tmp_path):
     chw, _ = two_discs()
     image = np.stack([chw[0], chw[0, ::-1]])  # a (Z, Y, X) stack: planes tagged in the rows
     lm = load_model(tmp_path / "m.pt", "cpu")
-    pred = run_to_completion(iter_predict_image(lm, image, "ZYX", tile=64, score_threshold=0.3))
+    pred = drive(iter_predict_image(lm, image, "ZYX", tile=64, score_threshold=0.3))
     assert pred.kind == "boxes" and pred.labels.shape == image.shape and not pred.labels.any()
     assert pred.boxes and {r["plane"] for r in pred.boxes} <= {"0", "1"}
     assert all(r["score"] >= 0.3 and 0 <= r["y0"] < r["y1"] <= 64 and r["class"] == 1 for r in pred.boxes)
     assert len([r for r in pred.boxes if r["plane"] == "0"]) <= 20  # detections_per_img, one tile per plane
-    again = run_to_completion(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), image, "ZYX", tile=64,
-                                            score_threshold=0.3))
+    again = drive(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), image, "ZYX", tile=64,
+                                score_threshold=0.3))
     assert again.boxes == pred.boxes
 
 
@@ -222,10 +222,10 @@ def test_train_learns_a_box_family_from_instance_labels(tmp_path):
     config = TrainConfig(family="retinanet", label_mode="instances", epochs=1, steps_per_epoch=2, patch=64,
                          batch_size=2, device="cpu", pretrained=None, model_out=str(tmp_path / "r.pt"),
                          save_last=False)
-    run_to_completion(iter_train([image], [instances], config))
+    drive(iter_train([image], [instances], config))
     ckpt = load_checkpoint(tmp_path / "r.pt")
     assert ckpt.spec.family == "retinanet" and ckpt.spec.arch == "retinanet_resnet18_fpn"
-    pred = run_to_completion(iter_predict_image(load_model(tmp_path / "r.pt", "cpu"), image, score_threshold=0.0))
+    pred = drive(iter_predict_image(load_model(tmp_path / "r.pt", "cpu"), image, score_threshold=0.0))
     assert pred.kind == "boxes" and not pred.labels.any()
 
 
@@ -241,10 +241,10 @@ def test_train_learns_a_box_family_from_drawn_boxes_and_batch_counts_them(family
     rows = label_box_rows(instances, "YX", "instances")
     config = TrainConfig(family=family, label_mode="boxes", epochs=1, steps_per_epoch=2, patch=64, batch_size=2,
                          device="cpu", model_out=str(tmp_path / "d.pt"), save_last=False)
-    result = run_to_completion(iter_train([image], [None], config, boxes=[rows]))
+    result = drive(iter_train([image], [None], config, boxes=[rows]))
     assert result.steps == 2
     ckpt = load_checkpoint(tmp_path / "d.pt")
     assert ckpt.spec.family == family and ckpt.label_mode == "boxes"
-    pred = run_to_completion(iter_predict_image(load_model(tmp_path / "d.pt", "cpu"), image, score_threshold=0.0))
+    pred = drive(iter_predict_image(load_model(tmp_path / "d.pt", "cpu"), image, score_threshold=0.0))
     assert pred.kind == "boxes" and not pred.labels.any()
     assert all(0 <= r["y0"] < r["y1"] <= 96 and 0 <= r["x0"] < r["x1"] <= 96 for r in pred.boxes)

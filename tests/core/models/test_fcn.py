@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.models import FCNWrapper, ModelSpec, build_model, load_checkpoint
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.synthetic import make_nuclei
@@ -35,11 +35,11 @@ def test_fcn_trains_on_classes_and_predicts(tmp_path, nuclei):
     img, inst = nuclei
     classes = np.where(inst > 0, 1 + inst % 2, 0).astype(np.uint8)  # two object classes
     cfg = TrainConfig(label_mode="classes", steps_per_epoch=2, model_out=str(tmp_path / "fcn.pt"), **FAST)
-    result = run_to_completion(iter_train([img], [classes], cfg))
+    result = drive(iter_train([img], [classes], cfg))
     assert result.steps == 2 and np.isfinite(result.history[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "fcn.pt")
     assert ckpt.spec.family == "fcn" and ckpt.spec.n_classes == 3
-    pred = run_to_completion(iter_predict_image(load_model(ckpt, "cpu"), img, probabilities=True))
+    pred = drive(iter_predict_image(load_model(ckpt, "cpu"), img, probabilities=True))
     assert pred.kind == "semantic" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32
     assert pred.probabilities.shape == (3, *img.shape)
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-4)
@@ -50,19 +50,19 @@ def test_fcn_trains_on_classes_and_predicts(tmp_path, nuclei):
 def test_fcn_trains_on_instances_and_predicts_object_ids(nuclei):
     img, inst = nuclei
     cfg = TrainConfig(label_mode="instances", steps_per_epoch=1, instance_head="boundary", **FAST)
-    result = run_to_completion(iter_train([img], [inst], cfg))
+    result = drive(iter_train([img], [inst], cfg))
     lm = load_model(result.checkpoint, "cpu")
     assert lm.spec.n_classes == 3  # background, interior, boundary
-    pred = run_to_completion(iter_predict_image(lm, img))
+    pred = drive(iter_predict_image(lm, img))
     assert pred.kind == "instances" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32
 
 
 @pytest.mark.slow
 def test_fcn_on_dense_instances_gets_the_flows_head_by_default(nuclei):
     img, inst = nuclei
-    result = run_to_completion(iter_train([img], [inst], TrainConfig(label_mode="instances", steps_per_epoch=1, **FAST)))
+    result = drive(iter_train([img], [inst], TrainConfig(label_mode="instances", steps_per_epoch=1, **FAST)))
     lm = load_model(result.checkpoint, "cpu")
     assert lm.spec.head == "flows" and lm.spec.out_channels == 3
-    pred = run_to_completion(iter_predict_image(lm, img, probabilities=True))
+    pred = drive(iter_predict_image(lm, img, probabilities=True))
     assert pred.kind == "instances" and pred.labels.shape == img.shape
     np.testing.assert_allclose(pred.probabilities.sum(0), 1, atol=1e-5)

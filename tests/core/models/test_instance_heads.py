@@ -9,7 +9,7 @@ from painted import discs, partial
 
 from napari_seglab.core.data import Normalization, PatchSampler, Sample
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import collect, run_to_completion
+from napari_seglab.core.events import collect, drive
 from napari_seglab.core.labels import get_mode, head_targets, validate_labels
 from napari_seglab.core.models import (
     ModelSpec,
@@ -48,7 +48,7 @@ def test_head_trains_and_predicts_instances(tmp_path, mode, head):
     assert result.steps == 2
     ckpt = load_checkpoint(path)  # round trip: the head survives and the weights fit it
     assert ckpt.spec.head == head and ckpt.spec.out_channels == flows.n_outputs(head)
-    pred = run_to_completion(iter_predict_image(load_model(path, "cpu"), img, probabilities=True))
+    pred = drive(iter_predict_image(load_model(path, "cpu"), img, probabilities=True))
     assert pred.kind == "instances"
     assert pred.labels.shape == img.shape and pred.labels.dtype == np.int32
     assert pred.probabilities.shape == (2, *img.shape)
@@ -135,7 +135,7 @@ def test_object_on_a_tile_border_is_one_object(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model, meta)
     lm = load_model(tmp_path / "m.pt", "cpu")
     lm.model = _ExactFlows(img, target)
-    pred = run_to_completion(iter_predict_image(lm, img, tile=64, overlap=0.25))
+    pred = drive(iter_predict_image(lm, img, tile=64, overlap=0.25))
     assert lm.model.calls > 4  # it really was tiled
     assert pred.labels.max() == 3
     for i in (1, 2, 3):
@@ -159,7 +159,7 @@ def test_old_checkpoint_without_a_head_predicts_with_the_boundary_head(tmp_path)
     assert meta["class_names"] == ["background", "interior", "boundary"]
     ckpt = load_checkpoint(path)
     assert ckpt.spec.head == "boundary" and ckpt.spec.out_channels == 3
-    pred = run_to_completion(iter_predict_image(load_model(path, "cpu"), img, probabilities=True))
+    pred = drive(iter_predict_image(load_model(path, "cpu"), img, probabilities=True))
     assert pred.kind == "instances" and pred.probabilities.shape == (3, *img.shape)
 
 
@@ -236,7 +236,7 @@ def test_object_scale_resamples_then_maps_the_objects_back(flows_model):
     lm = load_model(flows_model, "cpu")
     assert lm.meta["scale"] == 1.5
     stack = np.stack([img, img[::-1]])
-    pred = run_to_completion(iter_predict_image(lm, stack, "ZYX", probabilities=True))
+    pred = drive(iter_predict_image(lm, stack, "ZYX", probabilities=True))
     assert pred.kind == "instances" and pred.labels.shape == stack.shape
     assert pred.probabilities.shape == (2, *stack.shape)
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from napari_seglab.core.device import precision_for
-from napari_seglab.core.events import Stopped, TileDone, collect, run_to_completion
+from napari_seglab.core.events import Stopped, TileDone, collect, drive
 from napari_seglab.core.models import (
     ModelSpec,
     build_maskrcnn,
@@ -31,9 +31,6 @@ from napari_seglab.core.train import TrainConfig, iter_train
 ROW_KEYS = {"y0", "x0", "y1", "x1", "class", "score"}
 # fewer sampled regions per image than the default keep the CPU tests quick
 FAST = {"patch": 64, "box_batch_size_per_image": 32, "rpn_train_top_n": 300}
-
-
-drive = collect  # (events, result) of a core generator
 
 
 def spec(**options) -> ModelSpec:
@@ -193,7 +190,7 @@ def assert_same_objects(pred: np.ndarray, truth: np.ndarray):
 def test_object_cut_by_tile_borders_comes_out_once():
     truth = objects_across_tile_borders()
     lm = stub_model(GroundTruthDetector(truth))
-    events, (labels, rows) = drive(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5))
+    events, (labels, rows) = collect(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5))
     assert [(e.tile, e.tiles) for e in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert labels.dtype == np.int32 and labels.shape == (96, 96)
     assert labels.max() == len(rows) == 6
@@ -208,8 +205,8 @@ def test_object_cut_by_tile_borders_comes_out_once():
 def test_low_scores_and_duplicates_are_dropped():
     truth = objects_across_tile_borders()
     lm = stub_model(GroundTruthDetector(truth, scores={4: 0.3}, duplicate=5))
-    labels, rows = run_to_completion(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5,
-                                                             score_threshold=0.5))
+    labels, rows = drive(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5,
+                                                 score_threshold=0.5))
     assert len(rows) == 5
     assert not labels[truth == 4].any()
     assert_same_objects(np.where(truth == 4, 0, labels), np.where(truth == 4, 0, truth))
@@ -218,8 +215,8 @@ def test_low_scores_and_duplicates_are_dropped():
 def test_one_tile_when_the_plane_fits():
     truth = objects_across_tile_borders()
     detector = GroundTruthDetector(truth)
-    labels, rows = run_to_completion(predict_instances_tiled(stub_model(detector), coordinate_plane(96, 96),
-                                                             tile=128, overlap=0.25))
+    labels, rows = drive(predict_instances_tiled(stub_model(detector), coordinate_plane(96, 96),
+                                                 tile=128, overlap=0.25))
     assert detector.calls == 1 and len(rows) == 6
     assert_same_objects(labels, truth)
 
@@ -230,16 +227,16 @@ def test_stop_raises_stopped_and_predict_image_reports_stopped():
     stop.set()
     lm = stub_model(GroundTruthDetector(truth))
     with pytest.raises(Stopped):
-        run_to_completion(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5, stop=stop))
-    assert run_to_completion(iter_predict_image(lm, coordinate_plane(96, 96)[0], tile=64, overlap=0.5,
-                                           stop=stop)).stopped
+        drive(predict_instances_tiled(lm, coordinate_plane(96, 96), tile=64, overlap=0.5, stop=stop))
+    assert drive(iter_predict_image(lm, coordinate_plane(96, 96)[0], tile=64, overlap=0.5,
+                               stop=stop)).stopped
 
 
 def test_predict_image_fills_each_plane_of_a_stack_with_boxes_per_plane():
     truth = objects_across_tile_borders()
     lm = stub_model(GroundTruthDetector(truth))
     stack = np.stack([coordinate_plane(96, 96)[0]] * 3)
-    events, pred = drive(iter_predict_image(lm, stack, "ZYX", tile=64, overlap=0.5, planes=[(0,), (2,)]))
+    events, pred = collect(iter_predict_image(lm, stack, "ZYX", tile=64, overlap=0.5, planes=[(0,), (2,)]))
     assert pred.kind == "instances" and pred.labels.shape == (3, 96, 96) and pred.labels.dtype == np.int32
     assert_same_objects(pred.labels[2], truth)
     assert not pred.labels[1].any()
@@ -266,13 +263,13 @@ def test_maskrcnn_trains_and_predicts_instances(tmp_path):
     cfg = TrainConfig(label_mode="instances", family="maskrcnn", patch=64, batch_size=1, epochs=1,
                       steps_per_epoch=1, device="cpu", lr=1e-4, model_out=str(tmp_path / "m.pt"),
                       save_last=False)
-    _, result = drive(iter_train([img], [inst], cfg))
+    _, result = collect(iter_train([img], [inst], cfg))
     assert result.steps == 1 and np.isfinite(result.history[0]["train_loss"])
     ckpt = load_checkpoint(tmp_path / "m.pt")
     assert ckpt.spec.family == "maskrcnn" and ckpt.spec.n_classes == 2 and ckpt.label_mode == "instances"
     assert ckpt.meta["class_names"] == ["background", "object"]
     lm = load_model(tmp_path / "m.pt", "cpu")
-    events, pred = drive(iter_predict_image(lm, img, score_threshold=0.6))
+    events, pred = collect(iter_predict_image(lm, img, score_threshold=0.6))
     assert pred.kind == "instances" and pred.labels.shape == img.shape and pred.labels.dtype == np.int32
     assert pred.probabilities is None and any(isinstance(e, TileDone) for e in events)
     assert len(pred.boxes) == pred.labels.max()

@@ -19,7 +19,7 @@ from torch import nn
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.models import (
     CheckpointMeta,
     Family,
@@ -79,7 +79,7 @@ def test_family_builds_and_predicts_its_kind(family):
         assert out.shape == (1, spec.out_channels, 64, 64)
         return
     lm = LoadedModel(model, CheckpointMeta(model=spec), torch.device("cpu"), precision_for(torch.device("cpu")))
-    labels, rows = run_to_completion(family.predict_objects(lm, chw, tile=64, overlap=0.0, score_threshold=0.0))
+    labels, rows = drive(family.predict_objects(lm, chw, tile=64, overlap=0.0, score_threshold=0.0))
     assert labels.shape == (64, 64) and labels.dtype == np.int32
     if family.kind.boxes:  # a box detector's result is its rows; the label plane stays empty
         assert not labels.any() and all({"y0", "x0", "y1", "x1", "class", "score"} <= set(r) for r in rows)
@@ -188,7 +188,7 @@ def test_a_box_family_plugs_in_through_its_record_alone(monkeypatch, tmp_path):
     save_checkpoint(tmp_path / "b.pt", model, CheckpointMeta(model=spec, label_mode="instances"))
     lm = load_model(tmp_path / "b.pt", "cpu")
     chw, inst = two_discs()
-    pred = run_to_completion(iter_predict_image(lm, chw[0], tile=64))
+    pred = drive(iter_predict_image(lm, chw[0], tile=64))
     assert pred.kind is Kind.BOXES and pred.labels.max() == 1  # the kind is the family's
     ys, xs = np.nonzero(inst)
     assert [pred.boxes[0][k] for k in ("y0", "x0", "y1", "x1")] == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]

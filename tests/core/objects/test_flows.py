@@ -203,7 +203,7 @@ def test_bad_inputs_raise_clear_errors():
         flows.targets(lab, mode="scribbles")
     with pytest.raises(InputError, match="2D"):
         flows.targets(np.zeros((2, 8, 8), np.int32))
-    with pytest.raises(InputError, match="integers"):
+    with pytest.raises(InputError, match="integer label image"):
         flows.targets(lab.astype(np.float32))
     with pytest.raises(InputError, match=r"\(3, Y, X\)"):
         flows.decode_flows(np.zeros((2, 8, 8), np.float32))

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.evaluate import match_instances
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.objects import SPLIT_THRESHOLD, instances_from_foreground, snap_to_edges
 
 SAMPLE = Path(__file__).resolve().parents[3] / "sample_data"
@@ -84,10 +84,10 @@ def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs
 
     monkeypatch.setattr(predict, "labels_from_probabilities", spy)
     lm = predict.load_model(tiny_model, "cpu")
-    out = run_to_completion(predict.iter_predict_image(lm, img, split_instances=True))
+    out = drive(predict.iter_predict_image(lm, img, split_instances=True))
     assert out.kind == "instances"
     guide = seen[-1]
     assert guide.shape == (1, *img.shape) and guide.min() >= 0 and guide.max() <= 1
     assert np.corrcoef(guide[0].ravel(), img.ravel())[0, 1] > 0.99  # the image itself, rescaled
-    run_to_completion(predict.iter_predict_image(lm, img))
+    drive(predict.iter_predict_image(lm, img))
     assert seen[-1] is None  # no split, no guide

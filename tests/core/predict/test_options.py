@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from napari_seglab.cli import build_parser, main
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.predict import BatchOptions, PredictOptions, iter_predict_image, load_model
 from napari_seglab.core.settings import SettingError, settings_of
 
@@ -33,7 +33,7 @@ def test_python_and_the_cli_refuse_a_bad_prediction_setting_alike(tiny_model, bl
                                                                    value, keyword):
     lm = load_model(tiny_model, "cpu")
     with pytest.raises(Exception) as python_error:
-        run_to_completion(iter_predict_image(lm, blobs[0], **keyword))
+        drive(iter_predict_image(lm, blobs[0], **keyword))
     message = str(python_error.value)
     tifffile.imwrite(tmp_path / "img.tif", blobs[0])
     code = main(["predict", "--model", str(tiny_model), "--input", str(tmp_path / "img.tif"), "--output",

@@ -15,7 +15,7 @@ import torch
 
 from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import Message, TileDone, collect, run_to_completion
+from napari_seglab.core.events import Message, TileDone, collect, drive
 from napari_seglab.core.models import CheckpointMeta, ModelSpec, _detector, build_model, get_family
 from napari_seglab.core.predict import LoadedModel, iter_predict_image
 
@@ -98,8 +98,8 @@ def warnings_of(events) -> list[str]:
 
 
 def test_the_tile_halves_after_an_out_of_memory_error_and_the_result_is_whole(network, short_of_memory):
-    expected = run_to_completion(iter_predict_image(loaded(network), image(), "ZYX", tile=128, overlap=0.25,
-                                                    score_threshold=THRESHOLD))
+    expected = drive(iter_predict_image(loaded(network), image(), "ZYX", tile=128, overlap=0.25,
+                                        score_threshold=THRESHOLD))
     assert expected.boxes, "an untrained detector should still find something to compare"
     calls = short_of_memory(1)
     events, pred = predict(loaded(network), image(), tile=256)
@@ -114,10 +114,10 @@ def test_the_tile_halves_after_an_out_of_memory_error_and_the_result_is_whole(ne
 def test_repeated_out_of_memory_moves_to_the_cpu_for_that_call_only(network, short_of_memory):
     family, model, _ = network
     stack = image(planes=2)
-    first = run_to_completion(iter_predict_image(loaded(network), stack[:1], "ZYX", tile=128, overlap=0.25,
-                                                 score_threshold=THRESHOLD))
-    second = run_to_completion(iter_predict_image(loaded(network), stack[:1], "ZYX", tile=256, overlap=0.25,
-                                                  score_threshold=THRESHOLD))
+    first = drive(iter_predict_image(loaded(network), stack[:1], "ZYX", tile=128, overlap=0.25,
+                                     score_threshold=THRESHOLD))
+    second = drive(iter_predict_image(loaded(network), stack[:1], "ZYX", tile=256, overlap=0.25,
+                                      score_threshold=THRESHOLD))
     cached = loaded(network, "cuda")  # as the Predict dock or a batch worker holds a GPU model
     precision = cached.precision
     calls = short_of_memory(2)

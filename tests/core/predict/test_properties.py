@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from napari_seglab.core.data import Normalization
 from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.labels import (
     LABEL_MODES,
     get_mode,
@@ -94,8 +94,8 @@ def test_tiled_prediction_is_aligned_and_equals_untiled_for_pointwise_model(data
     overlap = data.draw(st.sampled_from([0.0, 0.25, 0.5]))
     lm = _pointwise_model()
     axes = "ZYX" if ndim == 3 else "YX"
-    tiled = run_to_completion(iter_predict_image(lm, img, axes, tile=tile, overlap=overlap, probabilities=True))
-    whole = run_to_completion(iter_predict_image(lm, img, axes, tile=4096, probabilities=True))
+    tiled = drive(iter_predict_image(lm, img, axes, tile=tile, overlap=overlap, probabilities=True))
+    whole = drive(iter_predict_image(lm, img, axes, tile=4096, probabilities=True))
     assert tiled.labels.shape == img.shape
     np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=1e-5)
     expected = (1 / (1 + np.exp(-4 * (img - 0.5)))) > 0.5

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.predict import STOCK, iter_predict_image, load_stock, stock_available
 
 
@@ -30,5 +30,5 @@ def test_cached_stock_fcn_predicts_voc_classes(tmp_path, monkeypatch):
     torch.save(model.state_dict(), cache / url.rsplit("/", 1)[-1])
     lm = load_stock("fcn_resnet50_voc", "cpu", in_channels=1)
     assert lm.meta["class_names"][0] == "__background__" and lm.spec.n_classes == 21
-    pred = run_to_completion(iter_predict_image(lm, np.random.default_rng(0).random((64, 80)).astype(np.float32)))
+    pred = drive(iter_predict_image(lm, np.random.default_rng(0).random((64, 80)).astype(np.float32)))
     assert pred.labels.shape == (64, 80) and pred.labels.max() < 21

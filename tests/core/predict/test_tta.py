@@ -5,12 +5,12 @@ import pytest
 import tifffile
 import torch
 
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.predict import iter_predict_image, load_model
 
 
 def predict(lm, image, **options):
-    return run_to_completion(iter_predict_image(lm, image, probabilities=True, **options))
+    return drive(iter_predict_image(lm, image, probabilities=True, **options))
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def test_resolve_refuses_what_check_refuses():
 
 @pytest.mark.slow
 def test_train_checks_a_resolved_config_no_second_time(monkeypatch, tmp_path):
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.train import _config as config_module
     from napari_seglab.core.train import iter_train
 
@@ -118,7 +118,7 @@ def test_train_checks_a_resolved_config_no_second_time(monkeypatch, tmp_path):
     calls = []
     original = config_module.TrainConfig._check
     monkeypatch.setattr(config_module.TrainConfig, "_check", lambda self: calls.append(1) or original(self))
-    result = run_to_completion(iter_train([image], [labels], resolved))
+    result = drive(iter_train([image], [labels], resolved))
     assert calls == [] and result.steps == 1 and (tmp_path / "m.pt").is_file()
     assert result.checkpoint.meta["training"]["config"]["patch"] == 64
 

@@ -9,7 +9,7 @@ from painted import discs, partial
 
 from napari_seglab.core.data import median_diameter, resample_labels, scale_for
 from napari_seglab.core.errors import InputError
-from napari_seglab.core.events import EpochEnd, Message, TrainStep, collect, run_to_completion
+from napari_seglab.core.events import EpochEnd, Message, TrainStep, collect, drive
 from napari_seglab.core.labels import get_mode, make_target, to_correction, validate_labels
 from napari_seglab.core.models import PRESETS, ModelSpec, build_model, load_checkpoint, preset_spec
 from napari_seglab.core.predict import iter_predict_image, load_model
@@ -31,7 +31,7 @@ def test_fast_preset_is_the_cpu_default_and_is_recorded(tmp_path):
     assert spec.encoder == fast.encoder and spec.options["encoder_depth"] == fast.encoder_depth
     assert any(isinstance(e, Message) and "'fast' preset" in e.text for e in events)
     # the checkpoint rebuilds the same shallow network for prediction
-    pred = run_to_completion(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img))
+    pred = drive(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img))
     assert pred.labels.shape == img.shape
 
 
@@ -164,7 +164,7 @@ def test_interrupt_before_the_first_validation_leaves_a_loadable_model(tmp_path,
         gen.close()
     ckpt = load_checkpoint(out)
     assert ckpt.meta["metrics"]["note"] == "stopped before the first validation"
-    run_to_completion(iter_predict_image(load_model(out, "cpu"), img))
+    drive(iter_predict_image(load_model(out, "cpu"), img))
 
 
 # ----------------------------------------------------------------------------- object scale
@@ -188,7 +188,7 @@ def test_scale_is_estimated_recorded_and_applied_by_predict(tmp_path):
     scale = result.checkpoint.meta["scale"]
     assert scale > 2  # objects of ~10 px grow towards the target size
     assert any(isinstance(e, Message) and "object scale" in e.text for e in events)
-    pred = run_to_completion(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img, probabilities=True))
+    pred = drive(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img, probabilities=True))
     assert pred.labels.shape == img.shape and pred.probabilities.shape[1:] == img.shape
 
 
@@ -240,7 +240,7 @@ def test_objects_mode_trains_and_predicts_instances(tmp_path):
                       scale=1.0, **TINY)
     _, result = collect(iter_train([img], [partial(inst)], cfg))
     assert result.checkpoint.meta["class_names"] == ["background", "interior", "boundary"]
-    pred = run_to_completion(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img))
+    pred = drive(iter_predict_image(load_model(tmp_path / "m.pt", "cpu"), img))
     assert pred.kind == "instances"
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
-from ..errors import InputError
+from ..errors import InputError, check_label_image
 
 
 def _same_shape(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,16 +121,6 @@ def per_class_dice(
     return [class_dice(pred == c, truth == c) for c in range(int(n_classes))]
 
 
-def _check_labels(arr: np.ndarray, name: str) -> np.ndarray:
-    if arr.dtype == bool:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"{name} must be an integer label image, got dtype {arr.dtype}.")
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{name} must not contain negative labels.")
-    return arr
-
-
 def _iou_pairs(pred: np.ndarray, truth: np.ndarray):
     """IoU of every overlapping (pred, truth) object pair, from a sparse contingency table.
 
@@ -217,8 +207,8 @@ def match_instances(
         either); the same rule holds for recall, f1 and ap.
     """
     pred, truth = _same_shape(pred, truth)
-    pred = _check_labels(pred, "prediction")
-    truth = _check_labels(truth, "truth")
+    pred = check_label_image(pred, "prediction")
+    truth = check_label_image(truth, "truth")
     thresholds = [float(t) for t in thresholds]
     if not thresholds or any(not 0.0 < t <= 1.0 for t in thresholds):
         raise InputError(f"thresholds must lie in (0, 1], got {thresholds}.")

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from ..errors import InputError
+from ..errors import InputError, check_label_image
 from ._instances import renumber_objects
 
 KINDS = ("flows", "distance")
@@ -54,13 +54,9 @@ def _check_kind(kind: str) -> None:
 
 def _objects_and_ignore(labels: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """(Y, X) labels -> per-component object ids (int32, 0 = background) and the ignore mask."""
-    lab = np.asarray(labels)
+    lab = check_label_image(labels)
     if lab.ndim != 2:
         raise InputError(f"labels must be one 2D plane, got shape {lab.shape}.")
-    if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-        raise InputError(f"labels must be integers, got dtype {lab.dtype}.")
-    if lab.size and lab.min() < 0:
-        raise InputError("labels must not contain negative values.")
     if mode == "instances":
         objects, ignore = lab.astype(np.int64), np.zeros(lab.shape, bool)
     elif mode == "partial":

@@ -16,19 +16,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
 from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 
-from ..errors import InputError
-
-
-def _as_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Check that ``labels`` is a non-negative integer (or bool) label image."""
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.int32)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"{name} must be an integer label image, got dtype {arr.dtype}.")
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{name} must not contain negative values.")
-    return arr
+from ..errors import InputError, check_label_image
 
 
 def renumber_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -74,7 +62,7 @@ def boundary_targets(instances: np.ndarray) -> np.ndarray:
     same shape, int64
         0 = background, 1 = interior, 2 = boundary.
     """
-    inst = _as_labels(instances, "instances")
+    inst = check_label_image(instances, "instances")
     target = (inst > 0).astype(np.int64)
     edge = find_boundaries(inst, mode="inner") & (inst > 0)
     target[edge] = 2
@@ -271,7 +259,7 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
         One row per object, ordered by label; plain Python numbers. Empty
         labels give an empty list.
     """
-    lab = _as_labels(labels)
+    lab = check_label_image(labels)
     if lab.ndim not in (2, 3):
         raise InputError(f"labels must be 2D or 3D, got {lab.ndim}D.")
     if not lab.any():
@@ -372,7 +360,7 @@ def boxes_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids : (N,) int64
         The label id of each row, ascending.
     """
-    lab = _as_labels(labels)
+    lab = check_label_image(labels)
     ndim = lab.ndim
     ids = np.unique(lab)
     ids = ids[ids > 0].astype(np.int64)

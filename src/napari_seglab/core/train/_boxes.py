@@ -37,7 +37,7 @@ from ..data import (
 )
 from ..errors import InputError
 from ..evaluate import box_scores
-from ..events import Message, run_to_completion
+from ..events import Message, drive
 from ..io import check_image_values, guess_axes
 from ..labels import boxes_array, check_box, get_mode
 
@@ -302,8 +302,8 @@ class BoxValidator:
         model.eval()
         try:
             for img, boxes in self.crops:
-                _, rows = run_to_completion(detect(lm, img, tile=max(img.shape[-2:]), overlap=0.0,
-                                                   score_threshold=VAL_SCORE_THRESHOLD))
+                _, rows = drive(detect(lm, img, tile=max(img.shape[-2:]), overlap=0.0,
+                                       score_threshold=VAL_SCORE_THRESHOLD))
                 preds += [{**r, "x0": float(r["x0"]) + offset, "x1": float(r["x1"]) + offset} for r in rows or ()]
                 shifted = np.asarray(boxes, np.float64).reshape(-1, 5)[:, :4].copy()
                 shifted[:, [1, 3]] += offset

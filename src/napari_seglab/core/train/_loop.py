@@ -18,7 +18,7 @@ import torch
 
 from ..data import PatchSampler, Sample
 from ..errors import InputError
-from ..events import CheckpointSaved, Message, Preview, TrainStep, run_to_completion
+from ..events import CheckpointSaved, Message, Preview, TrainStep, drive
 from ..labels import IGNORE
 from ..models import CheckpointMeta, LossInputs, save_checkpoint
 from ..predict import expand_probabilities, iter_predict_image, predict_plane, wrap_model
@@ -193,7 +193,7 @@ def _preview(model, meta: CheckpointMeta, device, plane: np.ndarray, step: int) 
     was_training = model.training
     model.eval()
     try:
-        pred = run_to_completion(iter_predict_image(lm, plane, probabilities=True, tile=512))
+        pred = drive(iter_predict_image(lm, plane, probabilities=True, tile=512))
     finally:
         model.train(was_training)
     return Preview(step=step, labels=pred.labels, probabilities=pred.probabilities)

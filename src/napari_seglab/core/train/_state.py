@@ -16,7 +16,7 @@ import torch
 
 from ..data import Normalization, Sample
 from ..evaluate import mean_dice, per_class_dice
-from ..events import EpochEnd, run_to_completion
+from ..events import EpochEnd, drive
 from ..labels import IGNORE, get_mode, is_instance_mode
 from ..models import Checkpoint, CheckpointMeta, ModelSpec, save_checkpoint
 from ..predict import forward_probabilities, forward_raw, wrap_model
@@ -56,8 +56,8 @@ class Validator:
             for img, tgt in self.crops:
                 if not spec.semantic:
                     detect = spec.family_entry.predict_objects
-                    inst, _ = run_to_completion(detect(lm, img, tile=max(img.shape[-2:]), overlap=0.0,
-                                                       score_threshold=0.5))
+                    inst, _ = drive(detect(lm, img, tile=max(img.shape[-2:]), overlap=0.0,
+                                           score_threshold=0.5))
                     pred = (inst > 0).astype(np.int64)
                     tgt = np.where(tgt == IGNORE, IGNORE, (tgt > 0).astype(np.int64))
                 elif spec.has_regression_head:  # foreground: sigmoid(logit) > 0.5
