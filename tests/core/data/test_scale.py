@@ -66,7 +66,7 @@ def test_a_scribbles_run_resamples_by_the_estimate_and_typed_scales_win():
     scale, diameter = estimate_scale([(chw, scribbles)], "scribbles")
     assert diameter is not None and 8 < diameter < 40
     assert scale > 1  # the synthetic nuclei are smaller than the scribbles target
-    samples, _norm, _c, used = prepare_training_data([image], [scribbles], "scribbles")
+    samples, _norm, _c, used, _area = prepare_training_data([image], [scribbles], "scribbles")
     assert used == scale and samples[0].image.shape[-2:] == tuple(round(256 * scale) for _ in range(2))
-    _s, _n, _c, typed = prepare_training_data([image], [scribbles], "scribbles", scale=1.0)
+    _s, _n, _c, typed, _area = prepare_training_data([image], [scribbles], "scribbles", scale=1.0)
     assert typed == 1.0

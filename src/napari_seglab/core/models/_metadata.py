@@ -3,7 +3,7 @@
 On disk (format version 1) the metadata is a plain dict::
 
     {"model": {ModelSpec fields}, "label_mode": str, "n_classes": int, "class_names": [str],
-     "normalization": {Normalization fields}, "patch": int, "scale": float,
+     "normalization": {Normalization fields}, "patch": int, "scale": float, "object_area": float,
      "training": {settings, data summary, steps, seconds}, "metrics": {val_dice, history, ...}}
 
 :meth:`CheckpointMeta.to_dict` writes that layout and :meth:`CheckpointMeta.from_dict`
@@ -31,8 +31,10 @@ MAX_DEPTH, MAX_NODES, MAX_TEXT = 32, 200_000, 100_000  # bounds on the shape of 
 _MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int, "n_classes": int,
                  "options": dict}
 #: the top-level keys this version reads into fields (the others are kept in ``extra``)
-_KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "training",
-          "metrics")
+_KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "object_area",
+          "training", "metrics")
+#: the largest typical object area (pixels) a checkpoint may record
+MAX_OBJECT_AREA = 1e8
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,10 @@ class CheckpointMeta:
     ``class_names``: one name per class, background first (None in files
     that have none); ``normalization``: of the input; ``patch``: the training
     patch side in pixels; ``scale``: the factor images are resampled by
-    before the network sees them; ``training`` and ``metrics``: free-form
+    before the network sees them; ``object_area``: the median area (pixels,
+    at that scale) of the whole objects it learnt from, which decoding uses
+    to tell fragments from objects (None: unknown, as in older files and
+    models of other label modes); ``training`` and ``metrics``: free-form
     records (settings and data summary; validation results and history);
     ``extra``: top-level keys this version does not know, kept as read.
     """
@@ -54,6 +59,7 @@ class CheckpointMeta:
     normalization: Normalization = field(default_factory=Normalization)
     patch: int | None = None
     scale: float = 1.0
+    object_area: float | None = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -71,8 +77,10 @@ class CheckpointMeta:
         out = {"model": self.model.to_dict(), "label_mode": self.label_mode, "n_classes": self.n_classes}
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
-        out.update(normalization=self.normalization.to_dict(), patch=self.patch, scale=self.scale,
-                   training=copy.deepcopy(self.training), metrics=copy.deepcopy(self.metrics))
+        out.update(normalization=self.normalization.to_dict(), patch=self.patch, scale=self.scale)
+        if self.object_area is not None:
+            out["object_area"] = self.object_area
+        out.update(training=copy.deepcopy(self.training), metrics=copy.deepcopy(self.metrics))
         out.update(copy.deepcopy(self.extra))
         return out
 
@@ -80,12 +88,13 @@ class CheckpointMeta:
     def from_dict(cls, d: Mapping) -> CheckpointMeta:
         """Read the on-disk layout (this release's or an earlier one); absent keys take their defaults."""
         names = d.get("class_names")
-        scale = d.get("scale")
+        scale, area = d.get("scale"), d.get("object_area")
         return cls(model=ModelSpec.from_dict(d.get("model") or {}),
                    label_mode=d.get("label_mode", "scribbles"),
                    class_names=tuple(names) if names is not None else None,
                    normalization=Normalization.from_dict(d.get("normalization") or {}),
                    patch=d.get("patch"), scale=1.0 if scale is None else float(scale),
+                   object_area=None if area is None else float(area),
                    training=copy.deepcopy(dict(d.get("training") or {})),
                    metrics=copy.deepcopy(dict(d.get("metrics") or {})),
                    extra={k: copy.deepcopy(v) for k, v in d.items() if k not in _KNOWN})
@@ -227,6 +236,9 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
             check_scale(meta["scale"])
         except InputError as exc:
             raise bad(f"scale: {exc}") from None
+    area = meta.get("object_area")
+    if area is not None and not (_is_num(area) and 0 < area <= MAX_OBJECT_AREA):
+        raise bad(f"object_area = {area!r:.40} is not a number of pixels in (0, {MAX_OBJECT_AREA:.0e}]")
     return CheckpointMeta.from_dict(meta)
 
 

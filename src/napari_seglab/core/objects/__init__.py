@@ -8,11 +8,14 @@ Modules: ``_instances`` (labels from probabilities, measurements, boxes of objec
 
 from ._flows import decode, head_loss, n_outputs, targets, transform
 from ._instances import (
+    FRAGMENT_FRACTION,
+    WEAK_BORDER,
     boundary_targets,
     boxes_from_labels,
     instances_from_foreground,
     instances_from_probabilities,
     measure_objects,
+    merge_weak_borders,
     otsu_watershed,
     summarize_objects,
 )
@@ -20,8 +23,8 @@ from ._refine import SPLIT_THRESHOLD, snap_to_edges
 from ._uncertainty import default_box, entropy_map, margin_map, paint_next, suggest_regions
 
 __all__ = [
-    "SPLIT_THRESHOLD", "boundary_targets", "boxes_from_labels", "decode", "default_box",
+    "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "boundary_targets", "boxes_from_labels", "decode", "default_box",
     "entropy_map", "head_loss", "instances_from_foreground", "instances_from_probabilities",
-    "margin_map", "measure_objects", "n_outputs", "otsu_watershed", "paint_next", "snap_to_edges",
+    "margin_map", "measure_objects", "merge_weak_borders", "n_outputs", "otsu_watershed", "paint_next", "snap_to_edges",
     "suggest_regions", "summarize_objects", "targets", "transform",
 ]

@@ -69,7 +69,65 @@ def boundary_targets(instances: np.ndarray) -> np.ndarray:
     return target
 
 
-def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_seeds: bool = True) -> np.ndarray:
+#: touching objects whose shared border the boundary channel hardly sees (mean probability under this) are
+#: one object cut by a seed split. On a real DSB2018 nuclei image (objects mode, 25 % painted) merging
+#: them raised AP@0.5 from 0.62 to 0.69; 0.2-0.5 all helped (docs/annotating.md)
+WEAK_BORDER = 0.4
+#: decoded objects under this fraction of the typical object's area are fragments (specks of interior,
+#: foreground no seed reached), not objects: on the same image 0.15 kept the count within 4 % of the
+#: truth where 8 pixels left 1.5x too many objects
+FRAGMENT_FRACTION = 0.15
+
+
+def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, threshold: float = WEAK_BORDER,
+                       min_contact: int = 3) -> np.ndarray:
+    """Merge touching objects whose shared border has a mean ``boundary`` probability under ``threshold``.
+
+    Two objects are neighbours where their pixels touch along an axis; the
+    border's probability at each contact is the larger of its two pixels'.
+    Contacts of fewer than ``min_contact`` pixel pairs are left alone. Merges
+    chain (A-B and B-C weak: one object). Returns the labels with merged ids
+    (not renumbered).
+    """
+    lab = np.asarray(labels)
+    bnd = np.asarray(boundary, np.float32)
+    n = int(lab.max()) + 1 if lab.size else 1
+    keys, values = [], []
+    for axis in range(lab.ndim):
+        a = np.moveaxis(lab, axis, 0)
+        b = np.moveaxis(bnd, axis, 0)
+        lo, hi = a[:-1], a[1:]
+        touch = (lo != hi) & (lo > 0) & (hi > 0)
+        first, second = lo[touch].astype(np.int64), hi[touch].astype(np.int64)
+        keys.append(np.minimum(first, second) * n + np.maximum(first, second))
+        values.append(np.maximum(b[:-1][touch], b[1:][touch]))
+    key = np.concatenate(keys)
+    if not key.size:
+        return lab
+    pairs, inverse = np.unique(key, return_inverse=True)
+    contacts = np.bincount(inverse)
+    mean = np.bincount(inverse, weights=np.concatenate(values)) / contacts
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    weak = pairs[(contacts >= min_contact) & (mean < threshold)]
+    if not weak.size:
+        return lab
+    for pair in weak:
+        a, b = root(int(pair // n)), root(int(pair % n))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)], lab.dtype)[lab]
+
+
+def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_seeds: bool = True, *,
+                                 object_area: float | None = None, weak_border: float | None = WEAK_BORDER
+                                 ) -> np.ndarray:
     """Split a 3-class (background, interior, boundary) prediction into objects.
 
     Seeds are the connected interiors (interior probability > 0.5). Where a
@@ -88,6 +146,13 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_see
         Smallest object kept, in pixels.
     split_seeds : bool
         Split seeds that merged through a weak boundary.
+    object_area : float or None
+        Typical object area in pixels (the median of the objects the model
+        learnt from, at its scale): objects under ``FRAGMENT_FRACTION`` of it
+        are dropped as fragments. None: only ``min_size`` applies.
+    weak_border : float or None
+        Touching objects whose shared border has a mean boundary probability
+        under this are merged (:func:`merge_weak_borders`); None: never.
 
     Returns
     -------
@@ -116,6 +181,10 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_see
     foreground = (background < 0.5) | seed_mask
     labels = watershed(1.0 - interior, markers=seeds, mask=foreground)
     labels = _add_unseeded(labels, foreground)
+    if weak_border is not None:
+        labels = merge_weak_borders(labels, p[2], weak_border)
+    if object_area:
+        min_size = max(min_size, int(FRAGMENT_FRACTION * object_area))
     return renumber_objects(labels, min_size)
 
 

@@ -148,7 +148,7 @@ def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
 
 
 def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False,
-                              guide: np.ndarray | None = None) -> np.ndarray:
+                              guide: np.ndarray | None = None, object_area: float | None = None) -> np.ndarray:
     """Probabilities -> (Y, X) int32 labels for the checkpoint's label mode.
 
     ``probs``: (K, Y, X) class probabilities, or the compact (1, Y, X)
@@ -156,12 +156,14 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
     foreground into objects; with ``guide``, the normalised image (C, Y, X)
     in [0, 1], the foreground first snaps to the image's edges
     (:func:`~napari_seglab.core.objects._refine.snap_to_edges`), which parts objects a scribble-trained
-    network merges.
+    network merges. ``object_area``: the typical object's area at the
+    network's scale (the checkpoint's), below which a decoded object is a
+    fragment.
     """
     from ..objects import instances_from_foreground, instances_from_probabilities
 
     if is_instance_mode(label_mode) and probs.shape[0] == 3:
-        return instances_from_probabilities(probs).astype(np.int32)
+        return instances_from_probabilities(probs, object_area=object_area).astype(np.int32)
     fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
         fg = fg if fg is not None else 1 - probs[0]
@@ -260,7 +262,7 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
     else:
         guide = np.clip(normalize(raw, *lohi), 0, 1) if split_instances else None
         plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances,
-                                                 guide=guide)
+                                                 guide=guide, object_area=model.info.object_area)
     if not want_probs:
         probs = None
     elif job.scale != 1.0:

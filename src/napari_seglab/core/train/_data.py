@@ -49,9 +49,9 @@ def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
     ``head``: "flows" / "distance" give each sample the foreground target and
     the head's float target (instance modes only); "boundary" the 3 classes.
     Returns (samples, normalisation, input channels);
-    :func:`prepare_training_data` also returns the scale used.
+    :func:`prepare_training_data` also returns the scale used and the objects' typical area.
     """
-    samples, norm, channels, _ = prepare_training_data(images, labels, mode, axes=axes, norm=norm, scale=scale,
+    samples, norm, channels, _, _ = prepare_training_data(images, labels, mode, axes=axes, norm=norm, scale=scale,
                                                         read_255_as_foreground=read_255_as_foreground, head=head)
     return samples, norm, channels
 
@@ -86,18 +86,24 @@ def _annotated_planes(images, labels, mode, axes, read_255_as_foreground):
 def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
                           axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
                           norm: Normalization | None = None, scale: float | None = None, head: str = "boundary"
-                          ) -> tuple[list[Sample], Normalization, int, float]:
-    """Like :func:`prepare_samples`, also returning the object scale used (None = estimated)."""
+                          ) -> tuple[list[Sample], Normalization, int, float, float | None]:
+    """Like :func:`prepare_samples`, also returning the object scale used (None = estimated) and the median
+    area of the painted whole objects at that scale (None: labels without whole objects)."""
     planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground)
     if scale is None:
         scale, _diameter = estimate_scale(planes, mode)
     scale = check_scale(scale)
     norm = norm or Normalization()
     samples: list[Sample] = []
+    areas: list[np.ndarray] = []
     for chw, lab in planes:
         if scale != 1.0:
             shape = scaled_shape(lab.shape, scale)
             chw, lab = resample_image(chw, shape), resample_labels(lab, shape)
+        objects = get_mode(mode).objects(lab)
+        if objects is not None:
+            counts = np.bincount(np.asarray(objects, np.int64).ravel())[1:]
+            areas.append(counts[counts > 0])
         if head != "boundary":  # targets of the whole (resampled) plane, before any patch is cut
             target, regression = head_targets(lab, mode, head)
             samples.append(Sample(norm.apply(chw), target, None, regression, head))
@@ -109,4 +115,5 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
     lo, hi = percentiles(to_chw(first) if first.ndim == 2 else np.moveaxis(first.reshape(-1, channels), -1, 0),
                          norm.low, norm.high)
     norm.lo, norm.hi = tuple(lo), tuple(hi)
-    return samples, norm, channels, scale
+    area = np.concatenate(areas) if areas else np.zeros(0)
+    return samples, norm, channels, scale, float(np.median(area)) if area.size else None

@@ -247,10 +247,11 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     init, norm, scale, head = _start_from(config)
     config = replace(config, instance_head=head)
     if box_run:
+        object_area = None
         samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
                                                                       axes=axes, norm=norm, scale=scale)
     else:
-        samples, norm, channels, scale = prepare_training_data(
+        samples, norm, channels, scale, object_area = prepare_training_data(
             images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
             norm=norm, scale=scale, head=head)
         data_notes = []
@@ -276,7 +277,7 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         use_bf16, why = bf16_helps(model, x0, config.bf16, device)
         if why:
             yield Message(f"CPU arithmetic: {why}")
-    meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16)
+    meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16, object_area)
     return TrainRun(config=config, device=device, spec=spec, model=model, optimizer=optimizer,
                     scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None, sampler=sampler,
                     samples=train_samples, held=held, validator=validator,

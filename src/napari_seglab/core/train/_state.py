@@ -76,7 +76,7 @@ class Validator:
 
 
 def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples: list[Sample],
-             counts: np.ndarray, note: str, use_bf16: bool) -> CheckpointMeta:
+             counts: np.ndarray, note: str, use_bf16: bool, object_area: float | None = None) -> CheckpointMeta:
     """The metadata of a run's checkpoints (``config``: the resolved TrainConfig), before any metric."""
     if spec.family_entry.kind.boxes:
         names = list(get_mode("boxes").class_names(spec.n_classes))
@@ -94,7 +94,8 @@ def run_meta(config, spec: ModelSpec, norm: Normalization, scale: float, samples
         "bf16": use_bf16,
     }
     return CheckpointMeta(model=spec, label_mode=config.label_mode, class_names=tuple(names),
-                          normalization=norm, patch=config.patch, scale=scale, training=training)
+                          normalization=norm, patch=config.patch, scale=scale, object_area=object_area,
+                          training=training)
 
 
 class RunState:
