@@ -213,11 +213,17 @@ class _UndockWatch(QObject):
         return False
 
 
+def watch_undock(qwidget, callback) -> QObject:
+    """Call ``callback`` when the QWidget ``qwidget`` is taken out of its dock (the dock was closed); the watch
+    is a child of ``qwidget``, so it lives as long as the widget."""
+    watch = _UndockWatch(qwidget, callback)
+    qwidget.installEventFilter(watch)
+    return watch
+
+
 def on_undocked(container: Container, callback) -> None:
     """Call ``callback`` when ``container`` is taken out of its dock (the dock was closed)."""
-    watch = _UndockWatch(container.native, callback)
-    container.native.installEventFilter(watch)
-    container._undock_watch = watch
+    container._undock_watch = watch_undock(container.native, callback)
 
 
 def show_dock(dock: QDockWidget) -> None:

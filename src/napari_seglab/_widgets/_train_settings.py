@@ -175,7 +175,7 @@ class TrainSettings:
         if not self._epochs.value and not self._time.value:
             raise InputError("give a number of epochs or a time limit (both are 0)")
         encoder = self._encoder.native.currentText().strip()
-        encoder = None if encoder in ("", FROM_PRESET) else encoder
+        encoder = None if encoder in ("", FROM_PRESET) or not self._encoder.enabled else encoder
         save_to = ui.path_or_none(self._save_to)
         init = init or ui.path_or_none(self._init)
         if init is not None and not init.is_file():
@@ -183,12 +183,14 @@ class TrainSettings:
         return TrainConfig(
             label_mode=self._mode.value, family=self._family.value, arch=self._arch.value, encoder=encoder,
             # a typed encoder replaces the preset's (the core refuses both from other callers)
-            preset=None if self._preset.value == "auto" or encoder else self._preset.value,
+            preset=None if self._preset.value == "auto" or encoder or not self._preset.enabled else self._preset.value,
             scale=scale_for(diameter, target_diameter(self._mode.value)) if diameter is not None else None,
             pretrained=None if self._pretrained.value == "none" else self._pretrained.value,
             epochs=self._epochs.value or None, time_limit=float(self._time.value) or None,
             steps_per_epoch=self._steps.value, patch=patch, batch_size=batch,
-            lr=lr, class_weights=self._weights.value, focal_gamma=float(self._gamma.value),
+            # a family that does not use them gets the defaults (their controls are greyed out)
+            lr=lr, class_weights=self._weights.value if self._weights.enabled else "none",
+            focal_gamma=float(self._gamma.value) if self._gamma.enabled else 0.0,
             device=self._device.value, model_out=str(save_to) if save_to else None,
             init=str(init) if init else None,
             # a detector's live prediction costs many steps' time on a CPU: box runs show the result at the end
@@ -275,6 +277,8 @@ class TrainSettings:
         self._arch.value = fam.default_arch
         self._encoder.enabled = fam.encoders is not None and ui.path_or_none(self._init) is None
         self._preset.enabled = bool(fam.presets) and self._encoder.enabled
+        for control, name in ((self._weights, "class_weights"), (self._gamma, "focal_gamma")):
+            control.enabled = SETTINGS[name].used_by(fam)  # greyed out where the family would ignore it
         modes, mode = family_modes(family), self._mode.value
         self._mode.choices = lambda _widget=None, modes=modes: modes
         if fam.kind.boxes and mode != "boxes" and "boxes" in modes:

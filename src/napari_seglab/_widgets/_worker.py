@@ -265,7 +265,12 @@ class JobSlot:
 
 
 def stop_on_destroy(native_widget, slot: JobSlot) -> None:
-    """Abort ``slot``'s job when ``native_widget`` (a QWidget) is destroyed."""
+    """Abort ``slot``'s job when ``native_widget`` (a QWidget) is destroyed, and stop it (as the Stop button
+    does: a training run keeps its best model) when its dock is closed with the dock's X, which napari
+    answers by taking the widget out of the dock, not by destroying it."""
+    from ._layout import watch_undock
+
+    watch_undock(native_widget, slot.stop)
 
     def _on_destroyed(*_args) -> None:
         # never raise here: an exception in a slot during teardown aborts the process (PyQt6)

@@ -62,13 +62,14 @@ def check_output(path: str, inputs, flag: str) -> None:
     ensure_not_input(path, inputs)
 
 
-def check_input(path: str | None, flag: str, what: str = "a TIFF file") -> None:
-    """Refuse a missing, unreadable or special (FIFO, device) input file before heavy imports."""
+def check_input(path: str | None, flag: str, what: str = "a TIFF file", *, allow_empty: bool = False) -> None:
+    """Refuse a missing, unreadable or special (FIFO, device) input file before heavy imports (an empty one too,
+    unless ``allow_empty``: an empty boxes CSV is an image without objects)."""
     from ..core.io import check_regular_file
 
     if path is not None:
         try:
-            check_regular_file(path, what)
+            check_regular_file(path, what, allow_empty=allow_empty)
         except InputError as exc:
             raise InputError(f"{flag} {exc}") from None
 

@@ -90,13 +90,13 @@ def _evaluate_boxes(args: argparse.Namespace) -> int:
     threshold = _check_box_arguments(args)
     inputs = [p for p in (args.pred_boxes, args.truth_boxes, args.truth) if p is not None]
     _check_json_output(args, inputs)
-    check_input(args.pred_boxes, "--pred-boxes", "a boxes CSV file")
+    check_input(args.pred_boxes, "--pred-boxes", "a boxes CSV file", allow_empty=True)
     from ..core.evaluate import box_scores_by_plane
     from ..core.labels import read_boxes_csv
 
     pred = read_boxes_csv(args.pred_boxes)
     if args.truth_boxes is not None:
-        check_input(args.truth_boxes, "--truth-boxes", "a boxes CSV file")
+        check_input(args.truth_boxes, "--truth-boxes", "a boxes CSV file", allow_empty=True)
         truth = read_boxes_csv(args.truth_boxes)
     else:
         truth = _truth_rows_from_labels(args.truth)

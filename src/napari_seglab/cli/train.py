@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path in paths:
             check_tiff(path, flag)
     for path in args.boxes or ():
-        check_input(path, "--boxes", "a boxes CSV file")
+        check_input(path, "--boxes", "a boxes CSV file", allow_empty=True)
     check_input(args.init, "--init", "a checkpoint file")
     inputs = [*args.image, *args.labels, *(args.boxes or ()), args.init]
     check_output(args.model_out, inputs, "--model-out")
@@ -113,8 +113,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         status.line(_what_was_kept(args.model_out, saved))
         raise
-    except InputError as exc:
-        raise InputError(_csv_lines(str(exc), args.boxes)) from exc
     metrics = result.checkpoint.meta.get("metrics", {})
     if metrics.get("val_ap50") is not None:
         best = f"best val box AP@0.5 {metrics['val_ap50']:.3f} at epoch {metrics.get('epoch')}"
@@ -124,19 +122,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         best = f"best train loss {metrics.get('train_loss', float('nan')):.4f} at epoch {metrics.get('epoch')}"
     print(f"model saved to {result.path} ({best}; {result.steps} steps, {result.seconds:.0f} s)")
     return EXIT_OK
-
-
-def _csv_lines(text: str, csvs: list[str] | None) -> str:
-    """The core's "boxes of image 2, box 5" as the CSV file and line it came from ("b.csv, line 6")."""
-    import re
-
-    def line(match: re.Match) -> str:
-        index = int(match.group(1)) - 1
-        if csvs and 0 <= index < len(csvs):
-            return f"{csvs[index]}, line {int(match.group(2)) + 1}"
-        return match.group(0)
-
-    return re.sub(r"\bboxes of image (\d+), box (\d+)\b", line, text)
 
 
 def _box_family(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -102,12 +103,31 @@ def describe(device: torch.device) -> str:
     return str(device)
 
 
+#: how allocators say they ran out, in lower case: PyTorch's CUDA/MPS/HIP "out of memory", its CPU
+#: allocator's "can't allocate memory", numpy's "unable to allocate", cuBLAS/cuDNN "ALLOC_FAILED" and
+#: errno 12's "cannot allocate memory"
+OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory", "unable to allocate",
+             "alloc_failed", "not enough memory", "failed to allocate")
+
+
 def is_oom(error: BaseException) -> bool:
-    """True for a CUDA/MPS out-of-memory error."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return "out of memory" in text and isinstance(error, RuntimeError)
+    """True when ``error`` says memory ran out, however it is worded: the one classification of out-of-memory.
+
+    A :class:`MemoryError` (numpy's ``_ArrayMemoryError`` too), torch's
+    ``OutOfMemoryError``, an ``OSError`` with errno ENOMEM, and a RuntimeError
+    whose text is one of :data:`OOM_WORDS` (CUDA, MPS, the CPU allocator, cuBLAS,
+    cuDNN); an error raised from one of these (``raise ... from``) counts too.
+    """
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
+            return True
+        if isinstance(error, OSError) and error.errno == errno.ENOMEM:
+            return True
+        if isinstance(error, RuntimeError) and any(w in str(error).lower() for w in OOM_WORDS):
+            return True
+        error, seen = error.__cause__, seen + 1
+    return False
 
 
 #: niceness of the threads that run SegLab jobs behind a GUI (0 = normal, 19 = lowest)

@@ -11,6 +11,7 @@ setting and its rule, the same words for every caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -26,7 +27,10 @@ class Setting:
     ``low``/``high`` bound numbers (open ends with ``low_open``/``high_open``);
     ``step`` asks for a multiple; ``auto`` says what None ("auto") means;
     ``flag`` is the ``seglab train`` option ("" = none) and ``label`` the
-    name used in messages and in the dock.
+    name used in messages and in the dock. ``used_by``: which model families
+    use the setting, a test on the family's card (None: every family), and
+    ``used_by_text`` the same in words; :func:`check_used` refuses a value
+    other than the default for a family that would ignore it.
     """
 
     help: str
@@ -42,6 +46,8 @@ class Setting:
     unit: str = ""
     flag: str | None = None
     metavar: str | None = None
+    used_by: Callable[[Any], bool] | None = None
+    used_by_text: str = ""
 
     @property
     def rule(self) -> str:
@@ -117,6 +123,30 @@ class SettingError(InputError):
         if flag is None:
             flag = f"--{self.name.replace('_', '-')}" if self.name else ""
         return str(self).replace(self.setting.label, f"{self.setting.label} ({flag})", 1) if flag else str(self)
+
+
+class UnusedSettingError(SettingError):
+    """A setting given for a model family that does not use it (it would silently do nothing)."""
+
+    def __init__(self, setting: Setting, value: Any, name: str, family_label: str):
+        self.setting, self.value, self.name = setting, value, name
+        where = f"; it applies to {setting.used_by_text}" if setting.used_by_text else ""
+        InputError.__init__(self, f"{setting.label} is not used by {family_label} models{where}")
+
+
+def check_used(obj, family, family_label: str | None = None) -> None:
+    """Refuse every setting of ``obj`` set away from its default that ``family`` (a family card) does not use.
+
+    Read from the declarations (:attr:`Setting.used_by`), so each option is used or refused for every
+    family without a list per family. Raises :class:`UnusedSettingError` naming the first such setting.
+    """
+    label = family_label or getattr(family, "label", str(family))
+    for name, declaration in settings_of(type(obj)).items():
+        if declaration.used_by is None or declaration.used_by(family):
+            continue
+        value = getattr(obj, name)
+        if value is not None and value != field_default(type(obj), name):
+            raise UnusedSettingError(declaration, value, name, label)
 
 
 def setting(default: Any = None, **meta) -> Any:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..events import FileDone, Message
-from ..io import ensure_not_input, resolved, scan_folder, write_csv
+from ..io import ensure_not_input, is_disk_full, resolved, scan_folder, write_csv
 from ..predict import BatchOptions
 from . import _manifest as mf
 from . import _outputs as outputs
@@ -89,16 +89,19 @@ def _check_request(options: BatchOptions, scheduler) -> None:
                          "per CPU core or GPU); use fewer")
 
 
-def _set_up(model, input_dir, output_dir, pattern: str, recursive: bool, probabilities: bool,
-            measurements: bool) -> _Setup:
-    """Folders and model resolved once, the checkpoint checked, the inputs found and their outputs planned."""
+def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: bool) -> _Setup:
+    """Folders and model resolved once, the checkpoint checked (and the options against its family), the inputs
+    found and their outputs planned."""
     from ..models import describe_checkpoint, load_checkpoint
+    from ..settings import check_used
 
+    pattern, recursive, probabilities = options.pattern, options.recursive, options.probabilities
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
     model = str(resolved(model))
     ckpt = load_checkpoint(model)
     ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
     spec = ckpt.spec
+    check_used(options, spec.family_entry)
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
     files = scan_folder(in_dir, pattern, recursive)
     if in_dir in out_dir.parents:  # outputs inside the input folder are never inputs
@@ -222,10 +225,11 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     ``score_threshold``) and their count as the summary's ``object_count``.
     """
     t0 = time.perf_counter()
-    _check_request(BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
-                                skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
-                                overlap=overlap, tta=tta, score_threshold=score_threshold), scheduler)
-    setup = _set_up(model, input_dir, output_dir, pattern, recursive, probabilities, measurements)
+    options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
+                           skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
+                           overlap=overlap, tta=tta, score_threshold=score_threshold)
+    _check_request(options, scheduler)
+    setup = _set_up(model, input_dir, output_dir, options, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
@@ -238,6 +242,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
         client, cluster, where, processes = open_client(workers, scheduler, len(tasks), device)
     writer = mf.ManifestWriter(setup.manifest)
     results: Iterator = iter(())
+    disk_full = False
     try:
         mf.make_folder(setup.out_dir)
         writer.start(ledger.merged())
@@ -247,9 +252,18 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
             yield Message(f"{len(tasks)} file(s) to predict " + ("in this process" if local else where))
             results = _local_results(tasks, stop) if local else dask_results(client, tasks, stop, processes)
         for item in results:
-            event = item if isinstance(item, Message) else ledger.record(item.task, item.result, writer)
+            try:
+                event = item if isinstance(item, Message) else ledger.record(item.task, item.result, writer)
+            except OSError as exc:  # the manifest row itself could not be written
+                if not is_disk_full(exc):
+                    raise
+                disk_full = True
+                break
             if event is not None:
                 yield event
+            if not isinstance(item, Message) and item.result.get("disk_full"):
+                disk_full = True  # every later file would fail the same way: stop here
+                break
     finally:
         if hasattr(results, "close"):
             results.close()  # cancels the futures still out
@@ -259,8 +273,16 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
             cluster.close()
         clear_models()  # models loaded in this process (no Dask, or a worker thread)
         if writer.started:
-            ledger.finish(writer)
+            try:
+                ledger.finish(writer)
+            except (InputError, OSError) as exc:
+                if not (disk_full and is_disk_full(exc)):
+                    raise  # a full disk keeps the manifest as appended so far: every finished file is in it
     c = ledger.counts
+    if disk_full:
+        raise InputError(f"{setup.out_dir}: no space left on the device after {c['ok']} of {len(setup.plan)} "
+                         f"file(s); the batch stopped, the manifest lists the finished files and no partial "
+                         "output was left: free some space and run again with --skip-existing")
     return BatchSummary(total=len(setup.plan), ok=c["ok"], failed=c["failed"], skipped=c["skipped"],
                         seconds=time.perf_counter() - t0, manifest=str(setup.manifest),
                         summary_csv=str(setup.summary_csv), output_dir=str(setup.out_dir))

@@ -7,6 +7,7 @@ it between tasks (:func:`_cached_model`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -17,7 +18,7 @@ from urllib.parse import urlparse
 
 from ..errors import InputError
 from ..events import drive
-from ..io import read_image, restore_singletons, write_csv, write_tiff
+from ..io import is_disk_full, read_image, restore_singletons, write_csv, write_tiff
 from ..labels import compact_labels
 from . import _manifest as mf
 from . import _outputs as out_mod
@@ -165,8 +166,9 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         Path(out["labels"]).parent.mkdir(parents=True, exist_ok=True)
         protect = [task.input]
         labels, file_axes = restore_singletons(compact_labels(pred.labels), lab_axes, img.file_axes)
+        written = result["written"]  # kinds written so far: a failure part-way removes them
         write_tiff(out["labels"], labels, axes=file_axes, protect=protect)
-        written = ["labels"]
+        written.append("labels")
         if "probabilities" in out and pred.probabilities is not None:
             probs = pred.probabilities.reshape(pred.probabilities.shape[:1] + labels.shape)
             write_tiff(out["probabilities"], probs, axes="C" + file_axes, protect=protect)
@@ -180,10 +182,15 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             rows = out_mod.per_plane(out_mod.area_rows, pred.labels, None, lab_axes)
         result.update(status="ok", written=written, summary=summarize_objects(rows))
     except InputError as exc:
-        result["error"] = str(exc)
+        result.update(error=str(exc), disk_full=is_disk_full(exc))
     except Exception as exc:  # noqa: BLE001 - one file's failure must not end the run
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        result.update(error=f"{type(exc).__name__}: {exc}", disk_full=is_disk_full(exc))
     finally:
+        if result["status"] != "ok":  # a file is all its outputs or none: no half set is left behind
+            for kind in result["written"]:
+                with contextlib.suppress(OSError):
+                    os.unlink(task.outputs[kind])
+            result["written"] = []
         result["seconds"] = time.perf_counter() - t0
         result["finished"] = mf.now_iso()
     return result

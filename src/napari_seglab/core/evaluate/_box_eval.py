@@ -9,6 +9,7 @@ much as one with two hundred.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,18 +19,34 @@ from ..errors import InputError
 # the matching rules must be exactly those of box_scores, so its helpers are shared rather than copied
 from ._metrics import COCO_THRESHOLDS, box_scores, box_summary, plane_matches
 
+#: a box row's plane has at most this many indices (T and Z)
+MAX_PLANE_INDICES = 2
+
 
 def plane_key(row: dict) -> tuple[int, ...]:
-    """The plane of a box row as a tuple: () for a 2D image, (3,) or (1, 2) for stacks ("3", "1,2", 3)."""
+    """The plane of a box row as a tuple: () for a 2D image, (3,) or (1, 2) for stacks ("3", "1,2", 3).
+
+    Each index is a whole number >= 0 ("1.0", as pandas writes whole numbers,
+    is 1); anything else ("abc", "1.5", "-1", "nan") raises InputError.
+    """
     plane = row.get("plane", "")
     if plane is None or (isinstance(plane, str) and not plane.strip()):
         return ()
-    if isinstance(plane, (tuple, list)):
-        return tuple(int(p) for p in plane)
-    try:
-        return tuple(int(float(p)) for p in str(plane).split(","))
-    except ValueError:
-        raise InputError(f"plane {str(plane)[:40]!r} is not a plane index like 3 or 1,2") from None
+    parts = list(plane) if isinstance(plane, (tuple, list)) else str(plane).split(",")
+    if len(parts) > MAX_PLANE_INDICES:
+        raise InputError(f"plane {str(plane)[:40]!r} has {len(parts)} indices; a plane is one index (3) or two "
+                         "(T,Z: 1,2)")
+    out = []
+    for part in parts:
+        try:
+            number = float(part)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(part, bool) or not math.isfinite(number) or number != int(number) or number < 0:
+            raise InputError(f"plane {str(plane)[:40]!r} is not a plane index like 3 or 1,2 (whole numbers "
+                             "from 0)")
+        out.append(int(number))
+    return tuple(out)
 
 
 def _by_plane(rows: Sequence[dict], name: str) -> dict[tuple[int, ...], list[dict]]:

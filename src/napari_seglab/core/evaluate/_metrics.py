@@ -264,17 +264,111 @@ def _corners(boxes) -> np.ndarray:
     return boxes.reshape(-1, boxes.shape[-1] if boxes.ndim == 2 else 4)[:, :4]
 
 
-def _greedy_matches(ious: np.ndarray, threshold: float) -> np.ndarray:
-    """For predictions in score order, whether each matches a still unmatched true box at ``threshold``
-    (the best-IoU one), as COCO and PASCAL VOC match detections."""
-    taken = np.zeros(ious.shape[1], bool)
-    hit = np.zeros(ious.shape[0], bool)
-    for i in range(ious.shape[0]):
-        free = np.where(taken, -1.0, ious[i])
-        j = int(np.argmax(free)) if free.size else -1
-        if j >= 0 and free[j] >= threshold:
-            taken[j] = hit[i] = True
-    return hit
+#: IoU values computed at a time while matching boxes (a few tens of MB of float64 temporaries): the memory of
+#: box scoring stays bounded by this, whatever the number of boxes
+MATCH_CHUNK = 1 << 18
+
+
+def _candidate_ranges(pred: np.ndarray, truth_x0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each prediction, the range [lo, hi) of the truth boxes (sorted by x0) that may reach IoU 0.5 with it.
+
+    IoU >= 0.5 needs an x overlap of at least half of each box's width, so
+    the truth's width is at most twice the prediction's ``w`` and its x0 lies
+    in [x0 - w, x1 - w / 2] (widened a little for rounding): the candidates
+    are a slice of the truth sorted by x0, and only they are ever compared.
+    """
+    width = pred[:, 3] - pred[:, 1]
+    slack = 0.01 * width + 1e-6 * (1.0 + np.abs(pred[:, 1]) + np.abs(pred[:, 3]))
+    lo = np.searchsorted(truth_x0, pred[:, 1] - width - slack, side="left")
+    hi = np.searchsorted(truth_x0, pred[:, 3] - width / 2 + slack, side="right")
+    return lo, np.maximum(lo, hi)
+
+
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of the pairs (a[k], b[k]) of two (K, 4) corner arrays (the arithmetic of :func:`box_iou`)."""
+    top = np.maximum(a[:, :2], b[:, :2])
+    bottom = np.minimum(a[:, 2:], b[:, 2:])
+    inter = np.prod(np.clip(bottom - top, 0, None), axis=-1)
+    union = np.prod(a[:, 2:] - a[:, :2], axis=-1) + np.prod(b[:, 2:] - b[:, :2], axis=-1) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _chunks(lo: np.ndarray, hi: np.ndarray, budget: int):
+    """(first, last) prediction index ranges whose candidate pairs add up to at most ``budget`` (one prediction
+    at least; a prediction with more candidates than that is split by :func:`_pairs_of`)."""
+    counts = np.cumsum(hi - lo)
+    start = 0
+    while start < len(lo):
+        base = counts[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(counts, base + budget, side="right")))
+        yield start, min(stop, len(lo))
+        start = stop
+
+
+def _pairs_of(pred: np.ndarray, truth: np.ndarray, order: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              budget: int):
+    """(prediction index, truth index, IoU) of every candidate pair with IoU >= 0.5, a chunk of predictions at
+    a time (in order, each prediction's pairs whole), computing at most ``budget`` IoUs at once."""
+    for first, last in _chunks(lo, hi, budget):
+        kept = []
+        if last - first == 1 and hi[first] - lo[first] > budget:  # one prediction, many candidates: in slices
+            groups = [[(first, a, min(a + budget, int(hi[first])))] for a in range(int(lo[first]), int(hi[first]),
+                                                                                     budget)]
+        else:
+            groups = [[(i, int(lo[i]), int(hi[i])) for i in range(first, last) if hi[i] > lo[i]]]
+        for spans in groups:
+            if not spans:
+                continue
+            p_idx = np.concatenate([np.full(b - a, i, np.int64) for i, a, b in spans])
+            t_idx = order[np.concatenate([np.arange(a, b) for _, a, b in spans])]
+            ious = _pair_iou(pred[p_idx], truth[t_idx])
+            keep = ious >= COCO_THRESHOLDS[0]
+            kept.append((p_idx[keep], t_idx[keep], ious[keep]))
+        if kept:
+            yield tuple(np.concatenate(parts) for parts in zip(*kept, strict=True))
+
+
+def _greedy_hits(pred: np.ndarray, truth: np.ndarray, thresholds=None, budget: int = MATCH_CHUNK
+                 ) -> dict[float, np.ndarray]:
+    """For predictions (N, 4) in score order, whether each matches a still unmatched true box (M, 4), per IoU
+    threshold (>= 0.5): the best-IoU free one, the lowest index among equals, as COCO and PASCAL VOC match.
+
+    Only the candidate pairs of :func:`_candidate_ranges` are compared, a chunk at a time, so memory
+    stays bounded by ``budget`` pairs (never an N x M matrix).
+    """
+    thresholds = tuple(COCO_THRESHOLDS if thresholds is None else thresholds)
+    hits = {t: np.zeros(len(pred), bool) for t in thresholds}
+    if not len(pred) or not len(truth):
+        return hits
+    order = np.argsort(truth[:, 1], kind="stable")
+    lo, hi = _candidate_ranges(pred, truth[order, 1])
+    taken = {t: np.zeros(len(truth), bool) for t in thresholds}
+    for p_idx, t_idx, ious in _pairs_of(pred, truth, order, lo, hi, budget):
+        starts = [0, *(np.flatnonzero(np.diff(p_idx)) + 1).tolist(), len(p_idx)]
+        p_list, t_list, v_list = p_idx.tolist(), t_idx.tolist(), ious.tolist()
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            if a == b:
+                continue
+            i = p_list[a]
+            if b - a > 16:  # many candidates (duplicate boxes): whole arrays
+                cand, vals = t_idx[a:b], ious[a:b]
+                for t in thresholds:
+                    ok = (vals >= t) & ~taken[t][cand]
+                    if ok.any():
+                        best = vals[ok].max()
+                        j = int(cand[ok][vals[ok] == best].min())
+                        taken[t][j] = hits[t][i] = True
+                continue
+            for t in thresholds:
+                free = taken[t]
+                # the best IoU among free candidates, the lowest truth index among equals
+                best_j, best_v = -1, -1.0
+                for j, v in zip(t_list[a:b], v_list[a:b], strict=True):
+                    if v >= t and not free[j] and (v > best_v or (v == best_v and j < best_j)):
+                        best_j, best_v = j, v
+                if best_j >= 0:
+                    free[best_j] = hits[t][i] = True
+    return hits
 
 
 def _average_precision(hit: np.ndarray, n_true: int) -> float:
@@ -319,10 +413,11 @@ def plane_matches(pred, truth, score_threshold: float
     boxes_t, _ = _box_table(truth, "truth")
     order = np.argsort(-scores, kind="stable")
     scores = scores[order]
-    ious = box_iou(boxes_p[order], boxes_t)
-    hits = {t: _greedy_matches(ious, t) for t in COCO_THRESHOLDS}
-    kept = scores >= score_threshold
-    return scores, hits, int(_greedy_matches(ious[kept], 0.5).sum()), int(kept.sum()), len(boxes_t)
+    hits = _greedy_hits(boxes_p[order], boxes_t)
+    # greedy matching goes down the ranking, so the predictions kept by the threshold (a prefix of it)
+    # match exactly as they do in the whole ranking
+    kept = int(np.count_nonzero(scores >= score_threshold))
+    return scores, hits, int(hits[0.5][:kept].sum()), kept, len(boxes_t)
 
 
 def box_summary(scores: np.ndarray, hits: dict[float, np.ndarray], tp: int, n_pred: int, n_true: int,
@@ -358,4 +453,6 @@ def _box_table(boxes, name: str) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"{name}: every box needs numeric y0, x0, y1, x1 (and score)") from None
     if not np.isfinite(corners).all() or np.any(corners[:, 2:] < corners[:, :2]):
         raise InputError(f"{name}: box corners must be finite with y1 >= y0 and x1 >= x0")
+    if not np.isfinite(scores).all():
+        raise InputError(f"{name}: box scores must be finite numbers (a NaN score ranks nowhere)")
     return corners, scores

@@ -4,7 +4,7 @@ Modules: ``_tiff`` (reading, axes, value checks), ``_atomic`` (a write completes
 nothing), ``_paths`` (paths normalised once at the edge, folder scans, never an input overwritten).
 """
 
-from ._atomic import atomic_path, check_output_path, write_csv, write_tiff
+from ._atomic import atomic_path, check_output_path, is_disk_full, write_csv, write_tiff
 from ._paths import (
     check_pattern,
     check_regular_file,
@@ -28,7 +28,7 @@ from ._tiff import (
 
 __all__ = [
     "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
-    "ensure_not_input", "file_axes", "folder_path", "guess_axes", "memory_headroom", "normalize_axes", "probe_tiff",
+    "ensure_not_input", "file_axes", "folder_path", "guess_axes", "is_disk_full", "memory_headroom", "normalize_axes", "probe_tiff",
     "read_image", "read_labels", "resolved", "restore_singletons", "safe_child", "scan_folder",
     "write_csv", "write_tiff",
 ]

@@ -103,6 +103,21 @@ def _immutable(path: Path) -> bool:
     return bool(flags & (0x10 | 0x20))  # FS_IMMUTABLE_FL | FS_APPEND_FL
 
 
+#: errno values of a full disk (or a full quota)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True when ``error``, or an error it was raised from, is a full disk or quota (ENOSPC, EDQUOT)."""
+    for _ in range(8):
+        if error is None:
+            return False
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it replaces ``final`` atomically.

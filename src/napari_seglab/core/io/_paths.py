@@ -37,8 +37,10 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def check_regular_file(path: str | os.PathLike, what: str = "a TIFF file") -> os.stat_result:
-    """Stat of an existing, readable, non-empty regular file; anything else is an InputError.
+def check_regular_file(path: str | os.PathLike, what: str = "a TIFF file", *, allow_empty: bool = False
+                       ) -> os.stat_result:
+    """Stat of an existing, readable, non-empty (or, with ``allow_empty``, empty) regular file; anything else is
+    an InputError.
 
     A FIFO, socket or device is refused before it is opened (reading a FIFO
     would block, a device may never end).
@@ -56,7 +58,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "a TIFF file") -> os
         raise InputError(f"{path}: is {file_kind(st.st_mode)}, expected {what}")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied (file is not readable)")
-    if st.st_size == 0:
+    if st.st_size == 0 and not allow_empty:
         raise InputError(f"{path}: file is empty (0 bytes)")
     return st
 

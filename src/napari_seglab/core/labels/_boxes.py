@@ -38,13 +38,12 @@ def label_box_rows(labels: np.ndarray, axes: str, kind: str) -> list[dict]:
     return rows
 
 
-def _plane_of(row: dict) -> tuple[int, ...]:
-    plane = row.get("plane", "")
-    if plane in ("", None):
-        return ()
-    if isinstance(plane, (tuple, list)):
-        return tuple(int(p) for p in plane)
-    return tuple(int(p) for p in str(plane).split(","))
+def _plane_key(row: dict) -> tuple[int, ...]:
+    """:func:`napari_seglab.core.evaluate.plane_key` (imported on use: the scores need scipy, the CLI's parser
+    reads this package without it)."""
+    from ..evaluate import plane_key as parse
+
+    return parse(row)
 
 
 def boxes_to_rectangles(rows: list[dict], ndim: int = 2) -> list[np.ndarray]:
@@ -58,7 +57,7 @@ def boxes_to_rectangles(rows: list[dict], ndim: int = 2) -> list[np.ndarray]:
         y0, x0, y1, x1 = (float(row[k]) for k in ("y0", "x0", "y1", "x1"))
         corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)
         n_lead = ndim - 2
-        lead = ((0,) * n_lead + _plane_of(row))[-n_lead:] if n_lead else ()
+        lead = ((0,) * n_lead + _plane_key(row))[-n_lead:] if n_lead else ()
         if lead:
             corners = np.hstack([np.tile(np.asarray(lead, float), (4, 1)), corners])
         rects.append(corners)
@@ -87,8 +86,31 @@ def _as_class(value, where: str) -> int:
     return int(number)
 
 
+def _as_score(value, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: score {str(value)[:40]!r} is not a number") from None
+    if not np.isfinite(number):
+        raise InputError(f"{where}: score {str(value)[:40]!r} is not a finite number (NaN or Inf would rank "
+                         "the box nowhere)")
+    return number
+
+
+def _as_plane(row: dict, where: str) -> str:
+    try:
+        return ",".join(map(str, _plane_key(row)))
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
 def check_box(row: dict, where: str) -> dict:
-    """One box row with float corners and an int class; InputError naming ``where`` when it is not a box."""
+    """One box row checked field by field: float corners, an int class, a finite score, a plane like "3" or "1,2".
+
+    Returns a new row (``where`` is kept in it, so later checks name the same place); InputError
+    naming ``where`` (a row's own ``where`` first) and the field when a value is not what a box needs.
+    """
+    where = row.get("where") or where
     try:
         y0, x0, y1, x1 = (float(row[k]) for k in ("y0", "x0", "y1", "x1"))
     except KeyError as exc:
@@ -100,9 +122,9 @@ def check_box(row: dict, where: str) -> dict:
     if y1 <= y0 or x1 <= x0:
         raise InputError(f"{where}: empty box (y0={y0:g}, x0={x0:g}, y1={y1:g}, x1={x1:g}); need y1 > y0 and x1 > x0")
     out = {"y0": y0, "x0": x0, "y1": y1, "x1": x1, "class": _as_class(row.get("class"), where),
-           "plane": ",".join(map(str, _plane_of(row))) if row.get("plane") not in (None, "") else ""}
-    if "score" in row and row["score"] not in (None, ""):
-        out["score"] = float(row["score"])
+           "plane": _as_plane(row, where), "where": where}
+    if row.get("score") not in (None, ""):
+        out["score"] = _as_score(row["score"], where)
     return out
 
 
@@ -139,31 +161,94 @@ def rows_from_rectangles(shapes, shape_types=None, classes=None, name: str = "sh
     return rows
 
 
+#: the most rows a boxes CSV may hold: a million boxes is far more than any image a person annotates,
+#: and keeps what reading one holds in memory under about a gigabyte (rows are checked as they are read)
+MAX_BOX_ROWS = 1_000_000
+
+
 def read_boxes_csv(path) -> list[dict]:
     """Box rows of a boxes CSV (columns y0, x0, y1, x1, optional class, score, plane: what predict writes).
 
-    Raises InputError naming the file and the line for a missing column or a bad value.
+    Every field is checked where it is read (:func:`check_box`), and each row
+    keeps ``where`` ("FILE, line N", N counting the file's lines, blank ones
+    included). A zero-byte or blank file is a negative (no boxes), like a header
+    without rows; a UTF-8 byte-order mark (a spreadsheet's "CSV UTF-8") is read
+    as nothing. Raises InputError naming the file and line of a missing
+    column, a row with more or fewer fields than the header, an oversized
+    field, more than :data:`MAX_BOX_ROWS` rows, or a bad value.
     """
     import csv
     from pathlib import Path
 
+    from ..io import check_regular_file
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such boxes file")
+    check_regular_file(path, "a boxes CSV file", allow_empty=True)  # a FIFO or a device is never opened
+    rows: list[dict] = []
+    line = 0  # the file line the last record ended on
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in ("y0", "x0", "y1", "x1") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path}: not a boxes CSV (no column {', '.join(missing)}; "
-                                 "need y0, x0, y1, x1 and optionally class, plane)")
-            return [check_box(row, f"{path}, line {n}") for n, row in enumerate(reader, start=2)]
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(_bounded_lines(fh, path))
+            header = None
+            while True:
+                start = line + 1
+                try:
+                    fields = next(reader, None)
+                except csv.Error as exc:  # NUL bytes, a field over csv's size limit, a broken quote
+                    raise InputError(f"{path}, line {reader.line_num}: not a readable CSV row ({exc})") from None
+                if fields is None:
+                    break
+                line = reader.line_num
+                if not fields or not any(f.strip() for f in fields):
+                    continue  # a blank line
+                if header is None:
+                    header = _header(fields, path, start)
+                    continue
+                if len(fields) != len(header):
+                    more = "more" if len(fields) > len(header) else "fewer"
+                    raise InputError(f"{path}, line {start}: {len(fields)} fields, {more} than the header's "
+                                     f"{len(header)} ({', '.join(header)})")
+                if len(rows) >= MAX_BOX_ROWS:
+                    raise InputError(f"{path}: more than {MAX_BOX_ROWS} boxes; split the annotation")
+                rows.append(check_box(dict(zip(header, fields, strict=True)), f"{path}, line {start}"))
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text CSV file") from None
+        raise InputError(f"{path}: not a text CSV file (not UTF-8)") from None
+    return rows
+
+
+#: the longest line a boxes CSV may have, in characters: a box row takes tens (csv's own limit on one
+#: field, 131072, is checked too)
+MAX_LINE = 1 << 20
+
+
+def _bounded_lines(fh, path):
+    """The lines of ``fh``, none read whole when it is longer than :data:`MAX_LINE` (InputError instead)."""
+    number = 0
+    while True:
+        text = fh.readline(MAX_LINE + 1)
+        if not text:
+            return
+        number += 1
+        if len(text) > MAX_LINE:
+            raise InputError(f"{path}, line {number}: longer than {MAX_LINE} characters; not a boxes CSV row")
+        yield text
+
+
+def _header(fields: list[str], path, line: int) -> list[str]:
+    """The column names of a boxes CSV's first row; InputError when y0, x0, y1, x1 are not all there."""
+    names = [f.strip() for f in fields]
+    missing = [c for c in ("y0", "x0", "y1", "x1") if c not in names]
+    if missing:
+        raise InputError(f"{path}: not a boxes CSV (no column {', '.join(missing)} in the header, line {line}; "
+                         "need y0, x0, y1, x1 and optionally class, score, plane)")
+    twice = sorted({n for n in names if names.count(n) > 1 and n})
+    if twice:
+        raise InputError(f"{path}, line {line}: column {', '.join(twice)} appears more than once")
+    return names
 
 
 def boxes_array(rows, plane: tuple[int, ...] = ()) -> np.ndarray:
     """(N, 5) float32 [y0, x0, y1, x1, class] of the rows on ``plane`` (() for a 2D image)."""
-    picked = [r for r in rows if _plane_of(r) == tuple(plane)]
+    picked = [r for r in rows if _plane_key(r) == tuple(plane)]
     out = np.array([[r["y0"], r["x0"], r["y1"], r["x1"], r.get("class", 1) or 1] for r in picked], np.float32)
     return out.reshape(len(picked), 5)

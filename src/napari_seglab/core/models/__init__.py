@@ -22,6 +22,8 @@ from ._catalogue import (
     FCN_ARCHS,
     INSTANCE_HEADS,
     MASKRCNN_ARCHS,
+    MAX_CLASSES,
+    MAX_OBJECTS,
     PRESETS,
     SMP_ARCHS,
     FamilyCard,
@@ -49,7 +51,7 @@ _LAZY = {
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __all__ = [
     "CARDS", "CATALOGUE", "DEFAULT_ARCH", "DEFAULT_ENCODER", "DEFAULT_FAMILY", "DEFAULT_PRESET", "FAMILIES",
-    "FCN_ARCHS", "INSTANCE_HEADS", "MASKRCNN_ARCHS", "PRESETS", "SMP_ARCHS", "FamilyCard", "Kind", "Preset",
+    "FCN_ARCHS", "INSTANCE_HEADS", "MASKRCNN_ARCHS", "MAX_CLASSES", "MAX_OBJECTS", "PRESETS", "SMP_ARCHS", "FamilyCard", "Kind", "Preset",
     "family_card",
 ]
 __all__ += lazy_all(_LAZY)

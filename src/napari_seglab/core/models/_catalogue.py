@@ -49,6 +49,13 @@ class Kind(str, Enum):
 INSTANCE_HEADS = ("boundary", "flows", "distance")
 
 
+#: the most classes (background included) a model may have: what a checkpoint is allowed to record, so
+#: training refuses class ids at or above it before building anything
+MAX_CLASSES = 4096
+#: the most objects a detector gives for one image (its ``detections_per_img``) unless its card says
+MAX_OBJECTS = 2000
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named choice of encoder and depth for a family (the Model tab and ``seglab train --preset``).
@@ -100,6 +107,9 @@ class FamilyCard:
     holdout: bool = True
     steps_to_useful: int = 150  # steps on the sample nuclei before a prediction is worth correcting
     cpu_step_s: float = 0.4  # typical seconds per CPU training step when no preset says
+    #: object and box families: the most objects the network gives for one image (its detections per image);
+    #: training refuses a patch holding more boxes
+    max_objects: int = MAX_OBJECTS
 
     def __post_init__(self):
         if self.kind not in tuple(Kind):  # a Kind, or its value as a checkpoint or a plug-in spells it
@@ -191,7 +201,7 @@ CARDS: tuple[FamilyCard, ...] = (
         label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
         stock={"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"),
                "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")},
-        channels_last=False, holdout=False, steps_to_useful=3000, cpu_step_s=6.0,
+        channels_last=False, holdout=False, steps_to_useful=3000, cpu_step_s=6.0, max_objects=1000,
     ),
     _box_detector(
         "RetinaNet", name="retinanet", archs=RETINANET_ARCHS,

@@ -13,6 +13,7 @@ Layout (a plain dict saved with ``torch.save``)::
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import warnings
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io import atomic_path, check_regular_file
+from ..io import atomic_path, check_regular_file, is_disk_full
 from ._metadata import CheckpointMeta, DescribedModel, parse_meta
 from ._registry import ModelSpec, build_model
 
@@ -83,8 +84,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointM
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        try:  # through a Python file, so a full disk is an OSError torch's writer keeps as the context
+            torch.save(payload, fh)
+        except RuntimeError as exc:
+            if is_disk_full(exc):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            raise
     return path
 
 

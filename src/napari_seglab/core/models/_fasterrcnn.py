@@ -33,7 +33,7 @@ from ._family import Family, Spec
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
     "aspect_ratios": [0.5, 1.0, 2.0],
-    "detections_per_img": 2000,
+    "detections_per_img": CATALOGUE["fasterrcnn"].max_objects,
     "rpn_pre_nms_top_n": 2000,  # per feature level, at prediction (torchvision: 1000)
     "rpn_post_nms_top_n": 2000,  # at prediction: the most boxes the box head can return (torchvision: 1000)
     "rpn_train_top_n": 1000,  # proposals kept while training (torchvision: 2000)

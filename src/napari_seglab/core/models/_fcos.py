@@ -33,7 +33,7 @@ from ._family import Family, Spec
 
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],  # equal to the strides of P3-P7, as FCOS assumes
-    "detections_per_img": 2000,
+    "detections_per_img": CATALOGUE["fcos"].max_objects,
     "topk_candidates": 4000,  # per FPN level, before NMS (torchvision: 1000)
     "box_score_thresh": 0.05,  # torchvision: 0.2; prediction raises it to the user's threshold
     "nms_thresh": 0.6,

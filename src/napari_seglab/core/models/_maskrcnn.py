@@ -47,7 +47,7 @@ from ._weights import ChannelAdapter
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
     "aspect_ratios": [0.5, 1.0, 2.0],
-    "detections_per_img": 1000,
+    "detections_per_img": CATALOGUE["maskrcnn"].max_objects,
     "rpn_pre_nms_top_n": 2000,  # per feature level, at prediction (torchvision: 1000)
     "rpn_post_nms_top_n": 1500,  # at prediction (torchvision: 1000)
     "image_mean": [0.485, 0.456, 0.406],

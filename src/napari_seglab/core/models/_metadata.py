@@ -22,6 +22,7 @@ from pathlib import Path
 from ..data import Normalization, check_scale
 from ..errors import InputError
 from ..labels import LABEL_MODES
+from ._catalogue import MAX_CLASSES
 from ._registry import DEFAULT_FAMILY, FAMILIES, ModelSpec, check_head, get_family
 
 MAX_CHANNELS = 4096  # a sanity cap: a crafted file must not make the loader build a giant layer
@@ -156,9 +157,9 @@ def _check_model(model, bad: Bad) -> None:
         raise bad(f"unknown model family {family_name!r:.40} in model.family; known: {', '.join(FAMILIES)}") from None
     if family.name != family_name:
         raise bad(f"model.family = {family_name!r:.40} is not spelt as SegLab writes it ({family.name!r})")
-    for key, low in (("in_channels", 1), ("n_classes", 2)):
-        if key in model and not low <= model[key] <= MAX_CHANNELS:
-            raise bad(f"model.{key} = {model[key]} is outside {low}..{MAX_CHANNELS}")
+    for key, low, high in (("in_channels", 1, MAX_CHANNELS), ("n_classes", 2, MAX_CLASSES)):
+        if key in model and not low <= model[key] <= high:
+            raise bad(f"model.{key} = {model[key]} is outside {low}..{high}")
     if len(model.get("arch", "")) > 100:
         raise bad("model.arch is too long to be an architecture name")
     if family.check_stored is not None:
@@ -225,7 +226,7 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
     if patch is not None and not (_is_int(patch) and 32 <= patch <= MAX_PATCH):
         raise bad(f"patch = {patch!r:.40} is not a whole number of pixels in 32..{MAX_PATCH}")
     names = meta.get("class_names")
-    if names is not None and not (isinstance(names, list) and len(names) <= MAX_CHANNELS
+    if names is not None and not (isinstance(names, list) and len(names) <= MAX_CLASSES
                                   and all(isinstance(n, str) and len(n) <= 200 for n in names)):
         raise bad("class_names is not a list of short texts")
     for key in ("metrics", "training"):

@@ -39,7 +39,7 @@ from ._family import Family, Spec
 DEFAULTS = {
     "anchor_sizes": [8, 16, 32, 64, 128],
     "aspect_ratios": [0.5, 1.0, 2.0],
-    "detections_per_img": 2000,
+    "detections_per_img": CATALOGUE["retinanet"].max_objects,
     "topk_candidates": 4000,  # per FPN level, before NMS (torchvision: 1000)
     "box_score_thresh": 0.05,
     "nms_thresh": 0.5,

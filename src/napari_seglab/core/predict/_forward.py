@@ -171,7 +171,7 @@ def iter_with_fallback(run: Callable[[object, int], Generator], lm, tile: int
             out = yield from run(lm, tile)
             return out, lm
         except (RuntimeError, MemoryError) as exc:
-            if not is_oom(exc) and not isinstance(exc, MemoryError):
+            if not is_oom(exc):
                 raise
             if lm.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -39,6 +39,7 @@ from ..events import Message, Stopped, TileDone, check_stop, relay
 from ..io import check_image_values
 from ..labels import is_instance_mode
 from ..models import Checkpoint, CheckpointMeta, DescribedModel, Kind, get_family, load_checkpoint
+from ..settings import check_used
 from ..tiling import ALIGN, check_overlap
 from ._forward import (
     expand_probabilities,
@@ -226,8 +227,8 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
                          f"{channels} channel(s)")
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
-    # the network sees planes resampled by the checkpoint's object scale (tiles are in its pixels)
-    scale = check_scale(model.info.scale) if spec.semantic else 1.0
+    # every family sees planes resampled by the checkpoint's object scale, as it trained (tiles are in its pixels)
+    scale = check_scale(model.info.scale)
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
@@ -270,18 +271,37 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
     return resample_labels(plane_labels, size), probs, model
 
 
-def _object_plane(model: LoadedModel, chw: np.ndarray, tile: int, overlap: float, score_threshold: float,
+def _object_plane(model: LoadedModel, chw: np.ndarray, job: _Job, overlap: float, score_threshold: float,
                   stop: threading.Event | None):
     """One normalised plane through an object or box family's tiled detection, under the out-of-memory policy.
 
-    Returns ((labels, rows), the model it ran on), as :func:`_semantic_plane` does.
+    The plane is resampled by the checkpoint's object scale first, as the
+    family's training images were, and the objects and boxes found are mapped
+    back to the plane's pixels. Returns ((labels, rows), the model it ran on),
+    as :func:`_semantic_plane` does.
     """
     detect = model.spec.family_entry.predict_objects
+    size = chw.shape[-2:]
+    if job.scale != 1.0:
+        chw = resample_image(chw, scaled_shape(size, job.scale))
 
     def run(lm, side):
         return detect(lm, chw, tile=side, overlap=overlap, score_threshold=score_threshold, stop=stop)
 
-    return (yield from iter_with_fallback(run, model, tile))
+    (labels, rows), model = yield from iter_with_fallback(run, model, job.tile)
+    if job.scale != 1.0:
+        labels = resample_labels(labels, size)
+        rows = _unscaled_rows(rows, size[0] / chw.shape[-2], size[1] / chw.shape[-1])
+    return (labels, rows), model
+
+
+def _unscaled_rows(rows: Sequence[dict], fy: float, fx: float) -> list[dict]:
+    """Box rows found on a resampled plane, in the original plane's pixels (corners times ``fy`` / ``fx``)."""
+    out = []
+    for r in rows:
+        out.append({**r, "y0": round(float(r["y0"]) * fy, 2), "x0": round(float(r["x0"]) * fx, 2),
+                    "y1": round(float(r["y1"]) * fy, 2), "x1": round(float(r["x1"]) * fx, 2)})
+    return out
 
 
 def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
@@ -304,10 +324,11 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     (U-Net / FCN models; about 4x the time). For a blocking call use
     :func:`napari_seglab.core.api.predict_image`.
     """
-    PredictOptions(tile=tile or 0, overlap=overlap, split_instances=split_instances, tta=tta,
-                   score_threshold=score_threshold).check()
+    options = PredictOptions(tile=tile or 0, overlap=overlap, split_instances=split_instances, tta=tta,
+                             score_threshold=score_threshold).check()
     spec = model.spec
-    if tta and spec.semantic:
+    check_used(options, spec.family_entry)  # --tta or splitting with a model that would ignore them
+    if tta:
         model = model.replace(tta=True)  # the caller's (perhaps cached) model is left as it was
     image = check_image_values(np.asarray(image))
     job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
@@ -327,7 +348,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
             if not spec.semantic:  # object and box families: their own tiled prediction
                 (inst, det), current = yield from relay(
-                    _object_plane(current, normalize(raw, *lohi), job.tile, overlap, score_threshold, stop),
+                    _object_plane(current, normalize(raw, *lohi), job, overlap, score_threshold, stop),
                     tagged)
                 labels[index] = inst
                 boxes.extend({**row, "plane": ",".join(map(str, index)) if index else ""} for row in det)

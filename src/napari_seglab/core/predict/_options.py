@@ -17,6 +17,15 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..settings import check_fields, setting
 
+
+def _dense(card) -> bool:
+    """Families whose network gives a value per pixel (U-Net, FCN): what flips, splitting and probabilities need."""
+    return card.kind.dense
+
+
+#: the families :func:`_dense` accepts, in words (the model catalogue is below this package)
+DENSE_TEXT = "per-pixel models (U-Net, FCN)"
+
 #: tile sides: 0 (automatic) or from MIN_TILE to MAX_TILE pixels
 MIN_TILE, MAX_TILE = 32, 16384
 
@@ -32,7 +41,7 @@ class ModelRunOptions:
                              "memory budget")
     overlap: float = setting(0.25, label="tile overlap", kind=float, low=0, high=1, high_open=True, metavar="F",
                              help="fraction of a tile shared with its neighbours; their outputs are blended")
-    tta: bool = setting(False, label="flip averaging (TTA)", kind=bool,
+    tta: bool = setting(False, label="flip averaging (TTA)", kind=bool, used_by=_dense, used_by_text=DENSE_TEXT,
                         help="test-time augmentation: also predict each tile flipped three ways and average "
                              "(U-Net / FCN; about 4x the time)")
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
@@ -53,7 +62,8 @@ class ModelRunOptions:
 class PredictOptions(ModelRunOptions):
     """Settings of one prediction."""
 
-    split_instances: bool = setting(False, label="split touching objects", kind=bool,
+    split_instances: bool = setting(False, label="split touching objects", kind=bool, used_by=_dense,
+                                    used_by_text=DENSE_TEXT,
                                     help="turn the foreground of a semantic model into one id per object: it "
                                          "snaps to the image's edges, then touching objects are split "
                                          "(watershed)")
@@ -67,7 +77,8 @@ class BatchOptions(ModelRunOptions):
                            help="file name pattern, e.g. *.tif or *_dapi.tiff")
     recursive: bool = setting(False, label="include sub-folders", kind=bool,
                               help="also look in sub-folders (mirrored in the output folder)")
-    probabilities: bool = setting(False, label="write probabilities", kind=bool,
+    probabilities: bool = setting(False, label="write probabilities", kind=bool, used_by=_dense,
+                                  used_by_text=DENSE_TEXT,
                                   help="also write <stem>_probabilities.tif")
     skip_existing: bool = setting(False, label="skip files already done", kind=bool,
                                   help="skip files whose manifest row says ok and whose outputs exist")

@@ -36,10 +36,11 @@ from ..data import (
     zoom_boxes,
 )
 from ..errors import InputError
-from ..evaluate import box_scores
+from ..evaluate import box_scores, plane_key
 from ..events import Message, drive
 from ..io import check_image_values, guess_axes
 from ..labels import boxes_array, check_box, get_mode
+from ..models import MAX_CLASSES
 
 #: box runs hold out part of the annotated area for validation only with at least this many boxes:
 #: with fewer, AP@0.5 on the few held-out boxes is too noisy to choose a model by (as for scribbles,
@@ -51,19 +52,17 @@ MIN_STRIP = 32
 VAL_SCORE_THRESHOLD = 0.05
 
 
-def _plane_index(row: dict) -> tuple[int, ...]:
-    plane = row.get("plane", "")
-    return tuple(int(p) for p in str(plane).split(",")) if plane not in ("", None) else ()
-
-
 def _checked_rows(rows, index: int, lead_shape: tuple[int, ...], lead_axes: str, plane_shape) -> list[dict]:
     """Rows of image ``index`` (0-based) checked, planes checked, clipped to the image; InputError names the row."""
     h, w = plane_shape
     out = []
     for k, raw in enumerate(rows or ()):
-        where = f"boxes of image {index + 1}, box {k + 1}"
-        row = check_box(raw, where)
-        plane = _plane_index(row)
+        row = check_box(raw, f"boxes of image {index + 1}, box {k + 1}")
+        where = row["where"]  # a CSV's rows name their file and line
+        if row["class"] >= MAX_CLASSES:
+            raise InputError(f"{where}: class {row['class']} is above the largest class id a model can hold "
+                             f"({MAX_CLASSES - 1}); number the classes 1, 2, 3, ...")
+        plane = plane_key(row)
         if len(plane) != len(lead_shape) or any(not 0 <= p < n for p, n in zip(plane, lead_shape, strict=False)):
             have = (f"a stack of {' x '.join(map(str, lead_shape))} planes ({lead_axes})" if lead_shape
                     else "a 2D image (no planes)")
@@ -199,6 +198,36 @@ def prepare_box_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray |
 def _inside(boxes: np.ndarray, ys: slice, xs: slice) -> np.ndarray:
     """Which boxes overlap the rectangle (ys, xs)."""
     return (boxes[:, 0] < ys.stop) & (boxes[:, 2] > ys.start) & (boxes[:, 1] < xs.stop) & (boxes[:, 3] > xs.start)
+
+
+def check_box_density(samples: Sequence[Sample], patch: int, max_objects: int, model: str) -> None:
+    """Refuse box samples that put more than ``max_objects`` boxes in reach of one ``patch`` x ``patch`` patch.
+
+    ``max_objects``: the most objects the model gives for one image (its
+    detections per image); a patch with more boxes than that teaches what it
+    can never answer, and the detector's box matching grows with boxes x
+    anchors. A box counts in a patch only when its centre is inside (a box
+    clipped to less than half is dropped, :data:`~napari_seglab.core.data._box_patches.MIN_VISIBLE`), so the
+    boxes of every 2 x 2 block of patch-sized cells bound those of any patch
+    within it. InputError names the place and the count.
+    """
+    for s in samples:
+        boxes = np.asarray(s.boxes, np.float32).reshape(-1, 5)
+        if len(boxes) <= max_objects:
+            continue
+        h, w = s.target.shape
+        cells = (-(-h // patch) + 1, -(-w // patch) + 1)
+        cy = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2 // patch).astype(np.int64), 0, cells[0] - 2)
+        cx = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2 // patch).astype(np.int64), 0, cells[1] - 2)
+        counts = np.zeros(cells, np.int64)
+        np.add.at(counts, (cy, cx), 1)
+        blocks = counts[:-1, :-1] + counts[1:, :-1] + counts[:-1, 1:] + counts[1:, 1:]
+        if blocks.max() > max_objects:
+            by, bx = np.unravel_index(int(np.argmax(blocks)), blocks.shape)
+            raise InputError(f"{int(blocks.max())} boxes lie within {2 * patch} x {2 * patch} pixels (from y "
+                             f"{by * patch}, x {bx * patch}) of the training data; a {model} model gives at most "
+                             f"{max_objects} objects per image, so it cannot learn that many in one {patch} px "
+                             "patch: look for repeated rows, or train with a smaller --patch")
 
 
 def box_classes(samples: Sequence[Sample]) -> int:

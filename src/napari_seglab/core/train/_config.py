@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..labels import LABEL_MODES, get_mode
 from ..models import CARDS, INSTANCE_HEADS
-from ..settings import Setting, check_fields, setting, settings_of
+from ..settings import Setting, check_fields, check_used, setting, settings_of
 
 #: default patch side and batch. Dense labels: every pixel teaches, big patches give context.
 #: Scribbles: few pixels are painted, so smaller patches centred on strokes, four times as many
@@ -66,6 +66,24 @@ _PRESETS_OF = next(card for card in CARDS if card.presets)
 _HEADED = [card.name for card in CARDS if len(card.heads) > 1]
 
 
+# ---------------------------------------------------------------------- which families use a setting
+def _dense(card) -> bool:
+    return card.kind.dense
+
+
+def _with_encoder(card) -> bool:
+    return card.default_encoder is not None
+
+
+def _with_presets(card) -> bool:
+    return bool(card.presets)
+
+
+def _models(test) -> str:
+    """The families passing ``test``, in words ("U-Net, FCN models")."""
+    return ", ".join(card.label for card in CARDS if test(card)) + " models"
+
+
 #: object diameter: the dock's field and ``--diameter``, turned into ``scale`` by :func:`~napari_seglab.core.data._samples.scale_for`
 DIAMETER = Setting("typical object diameter in pixels; images are resampled so objects reach the size the network "
                    "resolves best", "object diameter", float, 1, 10000, unit="pixels", flag="--diameter",
@@ -85,10 +103,12 @@ class TrainConfig:
                                + ": box detectors)")
     arch: str = setting(CARDS[0].default_arch, label="architecture", auto="per family", metavar="ARCH",
                         help="architecture (" + "; ".join(f"{c.name}: {', '.join(c.archs)}" for c in CARDS) + ")")
-    encoder: str | None = setting(label="encoder", auto="the preset's",
+    encoder: str | None = setting(label="encoder", auto="the preset's", used_by=_with_encoder,
+                                  used_by_text=_models(_with_encoder),
                                   help="encoder of unet-family models (any segmentation-models-pytorch name), "
                                        "instead of the preset's")
-    preset: str | None = setting(label="model preset", choices=tuple(_PRESETS_OF.presets),
+    preset: str | None = setting(label="model preset", choices=tuple(_PRESETS_OF.presets), used_by=_with_presets,
+                                 used_by_text=_models(_with_presets),
                                  auto=f"{_PRESETS_OF.default_preset['cpu']} on a CPU, "
                                       f"{_PRESETS_OF.default_preset['cuda']} on a GPU",
                                  help=f"{_PRESETS_OF.label} preset. " + "; ".join(
@@ -116,9 +136,11 @@ class TrainConfig:
                                metavar="LR", help="AdamW learning rate", auto=_learning_rates())
     weight_decay: float = setting(1e-4, label="weight decay", kind=float, low=0, high=1, flag="",
                                   help="AdamW weight decay")
-    class_weights: str = setting("none", label="class weights", choices=("none", "balanced"),
+    class_weights: str = setting("none", label="class weights", choices=("none", "balanced"), used_by=_dense,
+                                 used_by_text=_models(_dense),
                                  help="balanced: rare classes weigh more in the loss")
-    focal_gamma: float = setting(0.0, label="focal gamma", kind=float, low=0, high=10, metavar="G",
+    focal_gamma: float = setting(0.0, label="focal gamma", kind=float, low=0, high=10, metavar="G", used_by=_dense,
+                                 used_by_text=_models(_dense),
                                  help="focal loss gamma: 0 = plain cross-entropy; 2 = focus on hard pixels")
     val_fraction: float = setting(0.15, label="validation fraction", kind=float, low=0, high=1, high_open=True,
                                   metavar="F", help="fraction of strokes, tiles or annotated area held out "
@@ -135,7 +157,8 @@ class TrainConfig:
     save_last: bool = True
     preview_every: int = setting(0, label="live preview every", kind=int, low=0, high=10000, flag="",
                                  help="steps between live predictions of the plane on screen; 0 = off")
-    self_training: bool = setting(False, label="self-training", kind=bool,
+    self_training: bool = setting(False, label="self-training", kind=bool, used_by=_dense,
+                                  used_by_text=_models(_dense) + " trained on scribbles",
                                   help="scribbles: add the model's confident predictions to the painted pixels "
                                        "during training")
     self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
@@ -310,6 +333,10 @@ def _check_model(config: TrainConfig) -> tuple[str, str]:
     family = _family(spec.family)
     if family.label_modes is not None and config.label_mode not in family.label_modes:
         raise InputError(f"{family.label_modes_note}, not {config.label_mode!r}")
+    check_used(config, family)  # an option the family would silently ignore
+    if config.self_training and not mode.self_training:
+        raise InputError(f"self-training (--self-training) adds confident predictions to painted strokes: it "
+                         f"needs scribbles labels, not {config.label_mode!r}")
     return spec.family, spec.arch
 
 

@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..events import Message
 from ..labels import IGNORE, get_mode
 from ..models import (
+    MAX_CLASSES,
     REGISTRY,
     Checkpoint,
     ModelSpec,
@@ -29,7 +30,7 @@ from ..models import (
     load_checkpoint,
     preset_spec,
 )
-from ._boxes import BoxValidator, box_classes, prepare_box_data, split_boxes
+from ._boxes import BoxValidator, box_classes, check_box_density, prepare_box_data, split_boxes
 from ._config import default_instance_head
 from ._data import prepare_training_data
 from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
@@ -103,6 +104,9 @@ def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: 
         n_classes = 2  # background and object: the detector's classes, the head's foreground channel
     else:
         n_classes = get_mode(config.label_mode).target_classes([s.target for s in samples])
+    if n_classes > MAX_CLASSES:  # what a checkpoint may record: refused before a giant head is built
+        raise InputError(f"the labels use class {n_classes - 1}, above the largest class id a model can hold "
+                         f"({MAX_CLASSES - 1}); number the classes 1, 2, 3, ...")
     if init is None:
         return model_spec(config, channels, n_classes, head)
     spec = init.spec
@@ -256,6 +260,10 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
             norm=norm, scale=scale, head=head)
         data_notes = []
     spec = _spec_for(config, init, samples, channels, head)
+    if box_run:
+        family = get_family(spec.family)
+        check_box_density(samples, config.patch, int((spec.options or {}).get("detections_per_img",
+                                                                               family.max_objects)), family.label)
     model, note, channels_last = _build(config, spec, init, device)
     yield from _describe(config, spec, init, device, note, scale)
     yield from data_notes
