@@ -16,7 +16,7 @@ from .._layers import labels_from_layer
 from ..core.errors import InputError
 from ..core.evaluate import box_scores_by_plane
 from ..core.events import Message
-from ..core.labels import check_box, label_box_rows, rows_from_rectangles
+from ..core.labels import check_box, instance_box_rows, rows_from_rectangles
 
 #: the table's rows: (name, key in the scores, is a count)
 BOX_ROWS = (("AP@0.5", "ap50", False), ("AP@0.75", "ap75", False), ("AP@[.5:.95]", "ap", False),
@@ -61,12 +61,7 @@ def shapes_rows(layer, *, scored: bool) -> list[dict]:
 
 def labels_rows(layer) -> list[dict]:
     """Each object's box of a Labels layer of instances (planes of a stack tagged as Shapes rows are)."""
-    labels = labels_from_layer(layer)
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise InputError(f"'{layer.name}': labels are {labels.dtype}; instance labels are whole numbers")
-    if not 2 <= labels.ndim <= 4:
-        raise InputError(f"'{layer.name}' has {labels.ndim} dimensions; box evaluation needs 2 to 4")
-    return label_box_rows(labels, "TZYX"[-labels.ndim:], "instances")
+    return instance_box_rows(labels_from_layer(layer), f"'{layer.name}'")
 
 
 def box_inputs(pred_layer, truth_layer) -> tuple[list[dict], list[dict], str]:

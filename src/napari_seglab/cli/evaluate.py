@@ -72,18 +72,11 @@ def _check_box_arguments(args: argparse.Namespace) -> float:
 
 def _truth_rows_from_labels(path: str) -> list[dict]:
     """Each object's box of an instance labels TIFF (planes of a stack tagged like predict's boxes CSV)."""
-    import numpy as np
-
     from ..core.io import read_labels
-    from ..core.labels import label_box_rows
+    from ..core.labels import instance_box_rows
 
     check_tiff(path, "--truth")
-    labels = read_labels(path)
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise InputError(f"--truth {path}: labels are {labels.dtype}; instance labels are whole numbers")
-    if not 2 <= labels.ndim <= 4:
-        raise InputError(f"--truth {path}: labels have {labels.ndim} dimensions; need 2 to 4 (T, Z, Y, X)")
-    return label_box_rows(labels, "TZYX"[-labels.ndim:], "instances")
+    return instance_box_rows(read_labels(path), f"--truth {path}")
 
 
 def _evaluate_boxes(args: argparse.Namespace) -> int:

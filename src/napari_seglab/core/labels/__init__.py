@@ -10,6 +10,7 @@ from ._boxes import (
     boxes_array,
     boxes_to_rectangles,
     check_box,
+    instance_box_rows,
     label_box_rows,
     read_boxes_csv,
     rows_from_rectangles,
@@ -33,7 +34,7 @@ from ._modes import (
 
 __all__ = [
     "BOX_COLUMNS", "IGNORE", "OBJECT_MARGIN", "LABEL_MODES", "LEGEND", "MODES", "boxes_array", "boxes_to_rectangles",
-    "check_box", "compact_labels", "get_mode", "head_targets", "is_instance_mode", "label_box_rows",
+    "check_box", "compact_labels", "get_mode", "head_targets", "is_instance_mode", "instance_box_rows", "label_box_rows",
     "make_target", "n_classes_for", "object_instances", "read_boxes_csv", "rows_from_rectangles",
     "to_correction", "validate_labels",
 ]

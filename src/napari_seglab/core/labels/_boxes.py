@@ -10,6 +10,16 @@ from ..errors import InputError
 BOX_COLUMNS = ("y0", "x0", "y1", "x1", "class", "score", "plane")
 
 
+def instance_box_rows(labels: np.ndarray, source: str) -> list[dict]:
+    """Box rows of every object of an instance label image of 2 to 4 axes (T, Z, Y, X); ``source`` names it."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise InputError(f"{source}: labels are {labels.dtype}; instance labels are whole numbers")
+    if not 2 <= labels.ndim <= 4:
+        raise InputError(f"{source}: labels have {labels.ndim} dimensions; box evaluation needs 2 to 4 (T, Z, Y, X)")
+    return label_box_rows(labels, "TZYX"[-labels.ndim:], "instances")
+
+
 def label_box_rows(labels: np.ndarray, axes: str, kind: str) -> list[dict]:
     """Box rows (see :data:`BOX_COLUMNS`, score 1.0) of every object of ``labels``, plane by plane.
 
