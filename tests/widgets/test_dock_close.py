@@ -1,9 +1,8 @@
-"""An afternoon in one viewer, shortened (issue 26): benchmarks/afternoon_soak.py runs the 30 cycles.
+"""Closing a dock with its X stops its running job: no worker survives its dock.
 
-A few train -> predict -> correct -> retrain cycles, each with a prediction on an image layer added
-and then removed: open file handles, threads and layers stay as they were after the warm-up cycles,
-and closing the Train dock with its X during a run stops the run (no worker survives its dock).
-Resident memory is reported by the benchmark (one process, 30 cycles); here it is only bounded.
+The afternoon itself (30 train -> predict -> correct -> retrain cycles in one viewer, with
+resident memory, handles, threads and layers per cycle) is ``benchmarks/afternoon_soak.py``: it
+takes minutes per few cycles on 2 cores, too long for the test suite. It ends with this check too.
 """
 
 from __future__ import annotations
@@ -23,21 +22,6 @@ def _driver():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.mark.slow
-def test_an_afternoon_in_one_viewer_leaks_nothing(make_napari_viewer, qtbot, tmp_path, errors):
-    driver = _driver()
-    viewer = make_napari_viewer()
-    threads_before = threading.active_count()
-    seen = driver.soak(viewer, 5, tmp_path, lambda condition: qtbot.waitUntil(condition, timeout=WAIT_MS))
-    growth = driver.growth(seen)
-    assert growth["files_added"] <= 0 and growth["threads_added"] <= 0 and growth["os_threads_added"] <= 0, seen
-    assert growth["layers_added"] == 0, seen
-    assert growth["rss"] < 1.5, seen  # the 30-cycle benchmark measures the ratio itself
-    # the run started last stopped with its dock: its worker thread is gone
-    qtbot.waitUntil(lambda: threading.active_count() <= threads_before, timeout=WAIT_MS)
-    assert all("stopped before the first step" in e or "nothing to save" in e for e in errors), errors
 
 
 @pytest.mark.slow
