@@ -78,9 +78,9 @@ def test_predict_image_hands_the_normalised_image_to_the_split(tiny_model, blobs
     seen = []
     real = predict.labels_from_probabilities
 
-    def spy(probs, mode, *, split_instances=False, guide=None):
+    def spy(probs, mode, *, guide=None, **kwargs):
         seen.append(guide)
-        return real(probs, mode, split_instances=split_instances, guide=guide)
+        return real(probs, mode, guide=guide, **kwargs)
 
     monkeypatch.setattr(predict, "labels_from_probabilities", spy)
     lm = predict.load_model(tiny_model, "cpu")
