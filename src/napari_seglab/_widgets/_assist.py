@@ -83,7 +83,9 @@ class AssistPanel(Container):
 
     def __init__(self, viewer, say):
         self._viewer = viewer
-        self._say = say  # the dock's status line
+        self._say = say  # the dock's status line: what the last action did, or why it did nothing
+        #: the last thing the panel said on the dock's status line
+        self.message = ""
         self._source: AssistSource | None = None
         self.report: AssistReport | None = None
         self._slot = JobSlot()
@@ -97,7 +99,7 @@ class AssistPanel(Container):
         self.paint_next = PushButton(text="Show doubtful", enabled=False,
                                      tooltip="paint next: numbered boxes on the doubtful predicted objects, most doubtful "
                                              "first (the status line says why each is doubtful)")
-        self.status = ui.wrapped_label(OFF_TEXT, small=True)
+        self.status = ui.wrapped_label(OFF_TEXT, small=True)  # the report of the plane, or why there is none
         self.status.native.setObjectName(ui.STATUS_NAME)
         super().__init__(widgets=[self.toggle, ui.button_row(self.accept, self.paint_next), self.status],
                          labels=False)
@@ -125,6 +127,20 @@ class AssistPanel(Container):
             self.status.value = report.text() if report is not None else "click an unpainted object to add it"
         self.enable(True)
 
+    def offer(self, prediction, assist: tuple | None, extras: tuple | None, plane: tuple[int, ...], image, labels,
+              mode: str) -> None:
+        """A training run's result: its prediction (None when there is none to show), its (report, flow
+        errors) and (uncertainty, rows), the plane shown, the layers trained on and the label mode."""
+        if prediction is None or not assist_applies(mode, prediction.kind):
+            why = ("assisted annotation needs objects: a scribbles or classes model predicts classes; train in "
+                   "the objects or instances mode" if mode in ("scribbles", "classes") else
+                   "assisted annotation: no objects predicted (train in the objects or instances mode)")
+            self.set_source(None, why_not=why)
+            return
+        report, errors = assist if assist is not None else (None, None)
+        uncertainty = extras[0] if extras is not None else None
+        self.set_source(AssistSource(prediction.labels, uncertainty, errors, plane, image, labels, mode), report)
+
     def enable(self, enabled: bool) -> None:
         """Enable what applies (``enabled`` False while the dock trains)."""
         has = enabled and self._source is not None
@@ -141,8 +157,12 @@ class AssistPanel(Container):
             self._tell(error_text(exc))
 
     def _tell(self, text: str) -> None:
-        self.status.value = text
+        self.message = text
         self._say(text)
+
+    def _set_report(self, report: AssistReport) -> None:
+        self.report = report
+        self.status.value = report.text()
 
     def _layers_or_raise(self) -> AssistSource:
         src = self._source
@@ -227,9 +247,8 @@ class AssistPanel(Container):
         if not written:
             self._tell("the object's pixels were painted meanwhile: nothing added")
             return
-        self.report = report
-        self._tell(f"added object {new_id} ({written} px); Ctrl+Z on '{src.labels.name}' undoes it. "
-                   + report.text())
+        self._set_report(report)
+        self._tell(f"added object {new_id} ({written} px); Ctrl+Z on '{src.labels.name}' undoes it")
 
     # ------------------------------------------------------------------ accept and report
     def accept_confident(self) -> None:
@@ -247,13 +266,13 @@ class AssistPanel(Container):
 
     def _add_accepted(self, src, plane, ys, xs, order, n: int, report: AssistReport) -> None:
         if n == 0:
-            self.report = report
-            self._tell("no confident object to add. " + report.text())
+            self._set_report(report)
+            self._tell("no confident object to add on this plane")
             return
         first, written = self._write(src, plane, ys, xs, order)
-        self.report = report
+        self._set_report(report)
         self._tell(f"added {n} confident objects (ids {first}-{first + n - 1}, {written} px); one Ctrl+Z on "
-                   f"'{src.labels.name}' undoes them. " + report.text())
+                   f"'{src.labels.name}' undoes them")
 
     def _write(self, src: AssistSource, plane, ys, xs, order) -> tuple[int, int]:
         """Write objects (``order`` 0, 1, ... per object) as new ids into the labels; (first id, pixels written).
@@ -285,7 +304,12 @@ class AssistPanel(Container):
         rows = self.report.paint_next
         _layers.show_regions(self._viewer, rows, f"{src.image.name} paint next", like=src.image,
                              ndim=src.predicted.ndim)
-        self._tell("paint next: " + "; ".join(f"{k} {row['why']}" for k, row in enumerate(rows, start=1)))
+        counts: dict[str, int] = {}
+        for row in rows:
+            for reason in row["why"].split(", "):
+                counts[reason] = counts.get(reason, 0) + 1
+        self._tell(f"paint next: {len(rows)} boxes on doubtful objects, most doubtful first ("
+                   + ", ".join(f"{reason} {n}" for reason, n in counts.items()) + ")")
 
 
 def _unhook(viewer, callback) -> None:

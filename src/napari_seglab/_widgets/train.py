@@ -19,7 +19,7 @@ from ..core.models import get_family
 from ..core.train import ResolvedTrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
-from ._assist import AssistPanel, AssistSource, assist_applies
+from ._assist import AssistPanel
 from ._models import (
     MODELS_DIR,
     best_dice,
@@ -339,7 +339,9 @@ class TrainWidget(TrainSettings, Container):
             self.last_prediction, self._extras = prediction, outcome.extras
         else:
             self._drop_preview()
-        self._offer_assist(outcome)
+        layer, _axes, plane, _spatial, labels = self._target
+        self.assist.offer(outcome.prediction if self.last_prediction is not None else None, outcome.assist,
+                          self._extras, plane, layer, labels, self._mode.value)
         text = (f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f} s"
                 + (f", {score_name(result.checkpoint.meta)} {dice:.3f}" if dice is not None else "") + found
                 + (f"; model saved to {result.path}" if result.path else "; model kept in memory only"))
@@ -352,21 +354,6 @@ class TrainWidget(TrainSettings, Container):
             self._auto_path = unused_path(default_model_path(), {new} if new else set())
             self._save_to.value = self._auto_path
         self._show_folder()
-
-    def _offer_assist(self, outcome: TrainOutcome) -> None:
-        """Hand the prediction's objects to the assist panel (or say why there are none to offer)."""
-        prediction, mode = outcome.prediction, self._mode.value
-        layer, _axes, plane, _spatial, labels = self._target
-        if self.last_prediction is None or prediction is None or not assist_applies(mode, prediction.kind):
-            why = ("assisted annotation needs objects: a scribbles or classes model predicts classes; train in "
-                   "the objects or instances mode" if mode in ("scribbles", "classes") else
-                   "assisted annotation: no objects predicted (train in the objects or instances mode)")
-            self.assist.set_source(None, why_not=why)
-            return
-        report, errors = outcome.assist if outcome.assist is not None else (None, None)
-        uncertainty = self._extras[0] if self._extras is not None else None
-        self.assist.set_source(AssistSource(prediction.labels, uncertainty, errors, plane, layer, labels, mode),
-                               report)
 
     def use_newer_model(self) -> None:
         """Use the last continued run's model after all (it ended worse than its start model)."""

@@ -86,7 +86,8 @@ def test_click_adds_the_object_under_the_point_and_undo_removes_it(assisted, qtb
     added = labels.data == 4  # a new id above every id of the layer (2 and 3)
     assert np.array_equal(added, predicted == 3)
     assert np.array_equal(labels.data[~added], painted[~added])
-    assert "added object 4" in panel.status.value
+    assert "added object 4" in panel.message
+    assert "3 objects predicted where nothing is painted: 1 confident, 2 doubtful" in panel.status.value
     labels.undo()
     assert np.array_equal(labels.data, painted)
 
@@ -95,9 +96,9 @@ def test_click_on_painted_or_predicted_background_adds_nothing_and_says_why(assi
     viewer, panel, labels, _predicted, painted = assisted
     panel.toggle.value = True
     click_at(viewer, world(labels, 20, 20))  # painted object 2
-    assert "already painted (value 2)" in panel.status.value and not panel.busy
+    assert "already painted (value 2)" in panel.message and not panel.busy
     click_at(viewer, world(labels, 90, 40))  # predicted background
-    assert "predicts background" in panel.status.value and not panel.busy
+    assert "predicts background" in panel.message and not panel.busy
     click_at(viewer, world(labels, 70, 20), drag=True)  # a drag pans: nothing added
     assert np.array_equal(labels.data, painted)
 
@@ -125,7 +126,7 @@ def test_accept_confident_adds_only_confident_unpainted_objects(assisted, qtbot)
     assert np.array_equal(data[painted > 0], painted[painted > 0])  # no painted pixel changed
     assert np.array_equal(data == 4, predicted == 3) and np.array_equal(data == 5, predicted == 4)
     assert set(np.unique(data).tolist()) == {0, 1, 2, 3, 4, 5}  # the small and the unsure objects are left
-    assert "added 2 confident objects (ids 4-5" in panel.status.value
+    assert "added 2 confident objects (ids 4-5" in panel.message
     assert "2 objects predicted where nothing is painted: 0 confident, 2 doubtful" in panel.status.value
     labels.undo()  # one undo takes all of them back
     assert np.array_equal(labels.data, painted)
@@ -139,7 +140,7 @@ def test_paint_next_boxes_sit_on_the_doubtful_objects(assisted):
     assert len(boxes.data) == 2
     centres = sorted(tuple(np.round(rect.mean(0)).astype(int)) for rect in boxes.data)
     assert centres == [(70, 60), (70, 100)]  # the small object 5 and the unsure object 6
-    assert "1 unsure" in panel.status.value and "2 small" in panel.status.value
+    assert "2 boxes on doubtful objects, most doubtful first (unsure 1, small 1)" in panel.message
 
 
 def test_assist_works_on_the_shown_plane_of_a_stack(make_napari_viewer, qtbot):
@@ -159,6 +160,7 @@ def test_assist_works_on_the_shown_plane_of_a_stack(make_napari_viewer, qtbot):
     widget.assist.add_object_at((2, 70, 20))
     qtbot.waitUntil(lambda: not widget.assist.busy, timeout=WAIT_MS)
     assert np.array_equal(labels.data[2] == 6, predicted == 4)  # ids above the whole stack's (4, 5)
+    assert "added object 6" in widget._controls.status.value  # the dock's status line says what happened
 
 
 def test_after_training_objects_mode_offers_assist_and_scribbles_says_why_not(make_napari_viewer, qtbot,
