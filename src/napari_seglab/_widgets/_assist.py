@@ -170,6 +170,8 @@ class AssistPanel(Container):
             raise InputError("nothing to assist with: train in the objects or instances mode first")
         if src.labels not in self._viewer.layers:
             raise InputError(f"the labels layer '{src.labels.name}' trained on is closed")
+        if getattr(src.labels, "multiscale", False):
+            raise InputError(f"the labels layer '{src.labels.name}' is multiscale; assist writes to plain labels")
         if _layers.labels_shape(src.labels) != src.predicted.shape:
             raise InputError(f"the labels layer '{src.labels.name}' no longer has the image's shape "
                              f"{src.predicted.shape}")
