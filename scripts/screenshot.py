@@ -4,6 +4,7 @@ Usage (from the repository root; on a headless machine under Xvfb whose
 screen has the size you want)::
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [OUT.png] [--epochs 8] [--quick]
+    xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshot.py docs/assist.png --assist
 
 The window is maximised on the screen, with a window manager (openbox, when
 installed, is started for the picture) so that it gets a real frame. The
@@ -12,7 +13,11 @@ four docks open the way the Plugins menu opens them (they tabify). Unless
 sample's dense instance mask (a fixed number of steps, so the picture does
 not depend on the machine's speed; a few minutes on 2 cores), the image is
 predicted from the Predict dock, and the Train dock is brought to the front
-with its loss/Dice plot. The PNG is kept under 1 MB.
+with its loss/Dice plot. With ``--assist`` the picture shows model-assisted
+annotation instead: a few whole nuclei and background strokes painted in the
+``objects`` mode, a model trained on them (a fixed number of steps), its
+confident objects accepted and the doubtful ones boxed ("paint next"). The
+PNG is kept under 1 MB.
 """
 
 from __future__ import annotations
@@ -114,11 +119,75 @@ def train_and_predict(viewer, docks: dict, epochs: int) -> None:
     viewer.layers.selection.active = viewer.layers["nuclei labels"]
 
 
+def painted_objects(instances, n: int = 12, seed: int = 1):
+    """Objects-mode labels a person might paint: ``n`` large isolated nuclei whole, and background strokes."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from napari_seglab.core.synthetic import make_scribbles
+
+    inst = np.asarray(instances)
+    grown = ndi.grey_dilation(inst, size=5)
+    ids = [i for i in np.unique(inst) if i and np.setdiff1d(np.unique(grown[inst == i]), [0, i]).size == 0]
+    ids = sorted(ids, key=lambda i: -int((inst == i).sum()))[:n]
+    labels = np.where(make_scribbles(inst, seed=seed) == 1, 1, 0).astype(np.uint16)
+    for k, i in enumerate(ids):
+        labels[inst == i] = k + 2
+    return labels
+
+
+def assist_picture(viewer, docks: dict, epochs: int, init: Path | None = None):
+    """Train in the objects mode on a few painted nuclei, accept the confident objects, box the doubtful ones."""
+    train = docks["Train"][1]
+    painted = viewer.add_labels(painted_objects(viewer.layers["instances"].data), name="nuclei objects")
+    viewer.layers["instances"].visible = False
+    train.reset_choices()
+    train._labels_combo.value = painted
+    train._mode.value = "objects"
+    train._time.value = 0  # the dock's defaults, but a fixed number of steps: the same picture on any machine
+    train._epochs.value = epochs
+    train._steps.value = 10
+    train._save_to.value = Path(tempfile.mkdtemp()) / "nuclei_objects.pt"
+    train._preview.value = 0
+    if init is not None:  # a model trained for the picture before: two more steps, then the same prediction
+        train._init.value = init
+        train._epochs.value, train._steps.value = 1, 2
+    train._controls.run_button.native.click()
+    wait_while_busy(train, 60 * 60)
+    print(train._controls.status.value)
+    print(train.assist.status.value)
+    train.assist.accept.native.click()
+    wait_while_busy(train.assist, 120)
+    train.assist.toggle.value = True
+    train.assist.paint_next.native.click()
+    print(train.assist.status.value)
+    print(train.assist.message)
+    if "nuclei prediction" in viewer.layers:
+        viewer.layers["nuclei prediction"].visible = False
+    viewer.layers.selection.active = painted
+    return train.assist
+
+
+def scroll_to(widget) -> None:
+    """Scroll the dock's scroll areas so that ``widget`` is in view."""
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = widget.native.parentWidget()
+    while parent is not None:
+        if isinstance(parent, QScrollArea):
+            parent.ensureWidgetVisible(widget.native, 0, 0)
+        parent = parent.parentWidget()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of 10 steps")
     parser.add_argument("--quick", action="store_true", help="no training: the docks and the sample only")
+    parser.add_argument("--assist", action="store_true",
+                        help="model-assisted annotation: objects mode, confident objects accepted, doubtful boxed")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="with --assist: start from this model (one trained for an earlier picture)")
     parser.add_argument("--sample", default=None, help="sample to open (default: instances, or scribbles with --quick)")
     args = parser.parse_args()
 
@@ -129,7 +198,10 @@ def main() -> None:
         settle()
         viewer.open_sample("napari-seglab", args.sample or ("nuclei_scribbles" if args.quick else "nuclei_instances"))
         docks = open_docks(viewer)
-        if not args.quick:
+        shown = None
+        if args.assist:
+            shown = assist_picture(viewer, docks, args.epochs, args.init)
+        elif not args.quick:
             train_and_predict(viewer, docks, args.epochs)
         train_dock = docks["Train"][0]
         train_dock.show()
@@ -137,6 +209,9 @@ def main() -> None:
         settle()
         viewer.reset_view()
         settle()
+        if shown is not None:
+            scroll_to(shown)
+            settle()
         screen = QApplication.primaryScreen().geometry()
         frame = window.frameGeometry()
         print(f"screen {screen.width()}x{screen.height()}, window {frame.width()}x{frame.height()}")

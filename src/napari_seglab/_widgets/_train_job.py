@@ -11,8 +11,8 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.events import Message, Preview, relay
-from ..core.labels import rows_from_rectangles
-from ..core.objects import paint_next
+from ..core.labels import get_mode, rows_from_rectangles
+from ..core.objects import assess_objects, flow_agreement, paint_next
 from ..core.predict import Prediction, iter_predict_image, load_model
 from ..core.train import ResolvedTrainConfig, TrainConfig, TrainResult, iter_train
 from . import _common as ui
@@ -32,6 +32,8 @@ class TrainOutcome:
     extras: tuple | None = None
     #: a continued run against the model it started from (keep_new=True when there was none)
     verdict: Verdict = Verdict(keep_new=True)
+    #: (AssistReport, per-object flow errors or None) of the shown plane, for assisted annotation; or None
+    assist: tuple | None = None
 
 
 def _light(event):
@@ -169,10 +171,30 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     stop.clear()
     yield Message("predicting the image with the " + ("trained model" if verdict.keep_new else "earlier model"))
     model = load_model(result.checkpoint if verdict.keep_new else start[0], config.device)
-    prediction = yield from iter_predict_image(model, images[0], axes[0], probabilities=True, stop=stop)
+    objects = get_mode(config.label_mode).instances and not boxes
+    prediction = yield from iter_predict_image(model, images[0], axes[0], probabilities=True, stop=stop,
+                                               head_outputs=objects)
     if prediction.stopped:
         return TrainOutcome(result, verdict=verdict)
     extras = None if prediction.probabilities is None else paint_next(prediction.probabilities, plane, SUGGESTIONS)
     prediction.probabilities = None
+    assist = assist_report(prediction, labels[0], config.label_mode, plane, extras) if objects else None
+    prediction.head_outputs = None
     prediction.labels = ui.compact_labels(prediction.labels)
-    return TrainOutcome(result, prediction, extras, verdict)
+    return TrainOutcome(result, prediction, extras, verdict, assist)
+
+
+def assist_report(prediction: Prediction, painted: np.ndarray, label_mode: str, plane: tuple[int, ...],
+                  extras: tuple | None) -> tuple | None:
+    """(AssistReport, flow errors or None) of the predicted objects of ``plane`` against the painted labels."""
+    if prediction.kind.value != "instances" or painted is None or np.shape(painted) != prediction.labels.shape:
+        return None
+    predicted = prediction.labels[plane] if plane else prediction.labels
+    outputs = prediction.head_outputs
+    errors = None
+    if outputs is not None and outputs.shape[0] == 3:  # a flows head: how well each object's flows fit it
+        errors = flow_agreement(predicted, outputs[(slice(None), *plane)] if plane else outputs)
+    uncertainty = None if extras is None else (extras[0][plane] if plane else extras[0])
+    report = assess_objects(predicted, painted[plane] if plane else painted, first_id=1 + get_mode(label_mode).shift,
+                            uncertainty=uncertainty, flow_errors=errors, plane=plane)
+    return report, errors

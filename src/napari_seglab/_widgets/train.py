@@ -19,6 +19,7 @@ from ..core.models import get_family
 from ..core.train import ResolvedTrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
+from ._assist import AssistPanel
 from ._models import (
     MODELS_DIR,
     best_dice,
@@ -92,13 +93,17 @@ class TrainWidget(TrainSettings, Container):
                                      tooltip="the last (continued) run ended worse than its start model, which "
                                              "is kept; use the newer one anyway")
 
+        #: model-assisted annotation: click to add a predicted object, accept the confident ones
+        self.assist = AssistPanel(napari_viewer, self._controls.say)
+
         ui.align_labels(forms)
         self._tabs = ui.Tabs(list(zip(("Data", "Model", "Training"), forms, strict=True)))
         self._inputs = forms
         self._after = [self._correct, self._show_uncertainty, self._use_in_predict]
         body = _layout.dock_body([self._tabs, self._controls, ui.holder(self.plot),
                                   ui.button_row(self._correct, self._show_uncertainty),
-                                  ui.button_row(self._use_in_predict, self._use_newer)], stretch=False)
+                                  ui.button_row(self._use_in_predict, self._use_newer), self.assist],
+                                 stretch=False)
         super().__init__(widgets=[body], labels=False)
         self.margins = (0, 0, 0, 0)
 
@@ -270,6 +275,7 @@ class TrainWidget(TrainSettings, Container):
         self._show_uncertainty.enabled = not busy and self._extras is not None
         self._use_in_predict.enabled = not busy and self.last_checkpoint is not None
         self._use_newer.enabled = not busy
+        self.assist.enable(not busy)
 
     def _name(self, what: str) -> str:
         return f"{self._target[0].name} {what}"
@@ -333,6 +339,9 @@ class TrainWidget(TrainSettings, Container):
             self.last_prediction, self._extras = prediction, outcome.extras
         else:
             self._drop_preview()
+        layer, _axes, plane, _spatial, labels = self._target
+        self.assist.offer(outcome.prediction if self.last_prediction is not None else None, outcome.assist,
+                          self._extras, plane, layer, labels, self._mode.value)
         text = (f"{'stopped' if result.stopped else 'done'}: {result.steps} steps in {result.seconds:.0f} s"
                 + (f", {score_name(result.checkpoint.meta)} {dice:.3f}" if dice is not None else "") + found
                 + (f"; model saved to {result.path}" if result.path else "; model kept in memory only"))

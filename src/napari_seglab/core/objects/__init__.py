@@ -3,9 +3,11 @@ measurements, uncertainty.
 
 Modules: ``_instances`` (labels from probabilities, measurements, boxes of objects), ``_flows``
 (the flows and distance heads: targets, decoding), ``_refine`` (edge snapping of a foreground),
-``_uncertainty`` (where to paint next).
+``_uncertainty`` (where to paint next), ``_assist`` (predicted objects offered as painted ones: the
+object under a click, confident and doubtful objects where nothing is painted).
 """
 
+from ._assist import AssistReport, assess_objects, flow_agreement, new_objects, object_at
 from ._flows import decode, head_loss, n_outputs, targets, transform
 from ._instances import (
     FRAGMENT_FRACTION,
@@ -23,8 +25,9 @@ from ._refine import SPLIT_THRESHOLD, snap_to_edges
 from ._uncertainty import default_box, entropy_map, margin_map, paint_next, suggest_regions
 
 __all__ = [
-    "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "boundary_targets", "boxes_from_labels", "decode", "default_box",
-    "entropy_map", "head_loss", "instances_from_foreground", "instances_from_probabilities",
-    "margin_map", "measure_objects", "merge_weak_borders", "n_outputs", "otsu_watershed", "paint_next", "snap_to_edges",
+    "AssistReport", "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "assess_objects", "boundary_targets",
+    "boxes_from_labels", "decode", "default_box", "entropy_map", "flow_agreement", "head_loss",
+    "instances_from_foreground", "instances_from_probabilities", "margin_map", "measure_objects",
+    "merge_weak_borders", "n_outputs", "new_objects", "object_at", "otsu_watershed", "paint_next", "snap_to_edges",
     "suggest_regions", "summarize_objects", "targets", "transform",
 ]

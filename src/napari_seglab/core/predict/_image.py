@@ -107,6 +107,9 @@ class Prediction:
     ``labels``: the image's shape without channels, int32 (class index, 0 =
     background; or object ids for instance outputs; all 0 for a box
     detector). ``probabilities``: float32 (K, *spatial) when asked for.
+    ``head_outputs``: the raw (K, *spatial) float32 outputs of a "flows" or
+    "distance" instance head when asked for (what the objects were decoded
+    from, e.g. for :func:`napari_seglab.core.objects.flow_agreement`), else None.
     ``boxes``: rows with y0, x0, y1, x1, class, score, plane (detections or
     object bounding boxes); for a box detector (``kind.boxes``), the
     detections at or above the score threshold, the whole result. ``kind``:
@@ -118,6 +121,7 @@ class Prediction:
     boxes: list[dict] = field(default_factory=list)
     kind: Kind = Kind.SEMANTIC
     stopped: bool = False
+    head_outputs: np.ndarray | None = None
 
     def __post_init__(self):
         self.kind = Kind(self.kind)
@@ -243,8 +247,11 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
 
 
 def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job, overlap: float,
-                    split_instances: bool, want_probs: bool, stop: threading.Event | None):
+                    split_instances: bool, want_probs: bool, stop: threading.Event | None,
+                    outputs: list | None = None):
     """One plane through a semantic network (or an instance head): (labels, probabilities or None, model).
+
+    ``outputs``: a list that receives an instance head's raw outputs of the plane, at the image's size.
 
     Objects are found at the resampled size (the network's scale), then
     mapped back; the model returned is the one the plane ran on (a CPU copy
@@ -259,6 +266,8 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
                                                        stop=stop, raw=head)
     if head:  # decode the blended raw outputs of the whole plane, then keep [1 - p, p] of the foreground
         plane_labels = decode_head(probs, spec.head)
+        if outputs is not None:
+            outputs.append(probs if job.scale == 1.0 else resample_image(probs, size))
         probs = expit(probs[:1]).astype(np.float32, copy=False)
     else:
         guide = np.clip(normalize(raw, *lohi), 0, 1) if split_instances else None
@@ -309,7 +318,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
                        planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
                        split_instances: bool = False, score_threshold: float = 0.5,
                        memory_budget: float | None = None, stop: threading.Event | None = None,
-                       tta: bool = False) -> Generator[TileDone | Message, None, Prediction]:
+                       tta: bool = False, head_outputs: bool = False) -> Generator[TileDone | Message, None, Prediction]:
     """Predict every plane (or the ``planes`` given) of ``image``: a generator of progress events.
 
     ``image``: canonical axes (a subset of TZYXC, see :mod:`napari_seglab.core.io._tiff`); ``axes``
@@ -321,7 +330,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     ``boxes``, ``kind.boxes``). Planes not predicted stay 0. When ``stop`` is set,
     returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
     every tile also predicted flipped three ways and the outputs averaged
-    (U-Net / FCN models; about 4x the time). For a blocking call use
+    (U-Net / FCN models; about 4x the time). ``head_outputs``: keep an instance
+    head's raw outputs in :attr:`Prediction.head_outputs`. For a blocking call use
     :func:`napari_seglab.core.api.predict_image`.
     """
     options = PredictOptions(tile=tile or 0, overlap=overlap, split_instances=split_instances, tta=tta,
@@ -336,6 +346,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     probs_out = np.zeros((max(2, spec.n_classes), *job.spatial), np.float32) if probabilities and spec.semantic \
         else None
     boxes: list[dict] = []
+    outputs_out = None
     norm = model.normalization
     current = model  # becomes a CPU copy for the rest of this call after an out-of-memory fallback
     stopped = False
@@ -353,8 +364,14 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
                 labels[index] = inst
                 boxes.extend({**row, "plane": ",".join(map(str, index)) if index else ""} for row in det)
                 continue
+            kept: list = [] if head_outputs and spec.has_regression_head else None
             labels[index], probs, current = yield from relay(
-                _semantic_plane(current, raw, lohi, job, overlap, split_instances, probs_out is not None, stop), tagged)
+                _semantic_plane(current, raw, lohi, job, overlap, split_instances, probs_out is not None, stop,
+                                kept), tagged)
+            if kept:
+                if outputs_out is None:
+                    outputs_out = np.zeros((kept[0].shape[0], *job.spatial), np.float32)
+                outputs_out[(slice(None), *index)] = kept[0]
             if probs_out is not None:
                 probs_out[(slice(None), *index)] = expand_probabilities(probs)
             del probs
@@ -364,7 +381,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
         kind = spec.family_entry.kind  # Mask R-CNN's instances or a box detector's boxes
     else:
         kind = Kind.INSTANCES if is_instance_mode(model.label_mode) or split_instances else Kind.SEMANTIC
-    return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped)
+    return Prediction(labels=labels, probabilities=probs_out, boxes=boxes, kind=kind, stopped=stopped,
+                      head_outputs=outputs_out)
 
 
 def _tag_plane(event, plane: int, planes: int):
