@@ -85,10 +85,9 @@ def test_sigkill_mid_write_leaves_previous_checkpoint(tmp_path):
         from napari_seglab.core.models._checkpoint import save_checkpoint
         from napari_seglab.core.models import ModelSpec, build_model
         real_save = torch.save
-        def dying_save(obj, f, *a, **k):
-            with open(f, "wb") as fh:
-                fh.write(b"partial" * 1000)
-                fh.flush()
+        def dying_save(obj, f, *a, **k):  # f: the open temporary file
+            f.write(b"partial" * 1000)
+            f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         torch.save = dying_save
         spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18")

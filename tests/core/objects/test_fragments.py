@@ -104,3 +104,26 @@ def test_a_boundary_model_records_its_objects_typical_area_and_prediction_uses_i
     monkeypatch.setattr(objects, "instances_from_probabilities", spy)
     drive(iter_predict_image(model, img))
     assert seen["object_area"] == pytest.approx(typical)
+
+
+def test_objects_split_from_a_scribbles_foreground_drop_fragments_of_the_typical_area():
+    from napari_seglab.core.predict import labels_from_probabilities
+
+    fg = np.zeros((64, 64), np.float32)
+    fg[8:28, 8:28] = 0.95  # 400 px
+    fg[50:54, 50:54] = 0.95  # a 16 px speck
+    probs = np.stack([1 - fg, fg])
+    assert labels_from_probabilities(probs, "scribbles", split_instances=True).max() == 2
+    kept = labels_from_probabilities(probs, "scribbles", split_instances=True, object_area=400.0)
+    assert kept.max() == 1 and kept[52, 52] == 0
+    # without splitting into objects the classes are left as painted: nothing is dropped
+    assert labels_from_probabilities(probs, "scribbles", object_area=400.0)[52, 52] == 1
+
+
+def test_a_scribbles_model_records_the_area_of_the_objects_its_strokes_measured(tiny_model):
+    from napari_seglab.core.predict import load_model
+
+    info = load_model(tiny_model, "cpu").info
+    # blobs: discs of radius 15 and 12 px (areas 707 and 452), resampled by the model's scale
+    assert info.object_area is not None
+    assert 0.4 * 452 * info.scale**2 < info.object_area < 2.5 * 707 * info.scale**2

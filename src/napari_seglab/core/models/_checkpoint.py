@@ -206,5 +206,6 @@ def describe_checkpoint(ckpt: Checkpoint) -> str:
     metric = f", val Dice {val_dice:.3f}" if isinstance(val_dice, float) else ""
     head = f", {spec.head} instance head" if spec.has_regression_head else ""
     resample = f", images resampled x{info.scale:g}" if info.scale != 1.0 else ""
+    area = f", typical object {info.object_area:.0f} px" if info.object_area else ""
     return (f"{spec.family} {spec.family_entry.model_name(spec)}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
-            f"label mode {ckpt.label_mode}{resample}{metric}")
+            f"label mode {ckpt.label_mode}{resample}{area}{metric}")

@@ -46,10 +46,10 @@ class CheckpointMeta:
     ``class_names``: one name per class, background first (None in files
     that have none); ``normalization``: of the input; ``patch``: the training
     patch side in pixels; ``scale``: the factor images are resampled by
-    before the network sees them; ``object_area``: the median area (pixels,
-    at that scale) of the whole objects it learnt from, which decoding uses
-    to tell fragments from objects (None: unknown, as in older files and
-    models of other label modes); ``training`` and ``metrics``: free-form
+    before the network sees them; ``object_area``: the typical object's area (pixels, at that
+    scale: the median of the whole painted objects, or for scribbles a disc
+    of the diameter read from the image), which decoding uses to tell
+    fragments from objects (None: unknown, as in older files); ``training`` and ``metrics``: free-form
     records (settings and data summary; validation results and history);
     ``extra``: top-level keys this version does not know, kept as read.
     """

@@ -162,8 +162,8 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
     in [0, 1], the foreground first snaps to the image's edges
     (:func:`~napari_seglab.core.objects._refine.snap_to_edges`), which parts objects a scribble-trained
     network merges. ``object_area``: the typical object's area at the
-    network's scale (the checkpoint's), below which a decoded object is a
-    fragment.
+    network's scale (the checkpoint's): decoded objects under
+    ``FRAGMENT_FRACTION`` of it are fragments, dropped.
     """
     from ..objects import instances_from_foreground, instances_from_probabilities
 
@@ -171,12 +171,14 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
         return instances_from_probabilities(probs, object_area=object_area).astype(np.int32)
     fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
-        fg = fg if fg is not None else 1 - probs[0]
-        if guide is None:
-            return instances_from_foreground(fg).astype(np.int32)
-        from ..objects import SPLIT_THRESHOLD, snap_to_edges
+        from ..objects import FRAGMENT_FRACTION, SPLIT_THRESHOLD, snap_to_edges
 
-        return instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD).astype(np.int32)
+        fg = fg if fg is not None else 1 - probs[0]
+        min_size = max(8, int(FRAGMENT_FRACTION * object_area)) if object_area else 8
+        if guide is None:
+            return instances_from_foreground(fg, min_size=min_size).astype(np.int32)
+        return instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD,
+                                         min_size=min_size).astype(np.int32)
     if fg is not None:
         return (fg > 0.5).astype(np.int32)
     return _argmax_rows(probs)

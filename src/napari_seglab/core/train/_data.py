@@ -88,10 +88,12 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
                           norm: Normalization | None = None, scale: float | None = None, head: str = "boundary"
                           ) -> tuple[list[Sample], Normalization, int, float, float | None]:
     """Like :func:`prepare_samples`, also returning the object scale used (None = estimated) and the median
-    area of the painted whole objects at that scale (None: labels without whole objects)."""
+    area of the objects at that scale: of the painted whole objects, or for strokes a disc of the diameter
+    estimated from the image (None: neither is known)."""
     planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground)
+    diameter = None
     if scale is None:
-        scale, _diameter = estimate_scale(planes, mode)
+        scale, diameter = estimate_scale(planes, mode)
     scale = check_scale(scale)
     norm = norm or Normalization()
     samples: list[Sample] = []
@@ -116,4 +118,8 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
                          norm.low, norm.high)
     norm.lo, norm.hi = tuple(lo), tuple(hi)
     area = np.concatenate(areas) if areas else np.zeros(0)
-    return samples, norm, channels, scale, float(np.median(area)) if area.size else None
+    if area.size:
+        typical = float(np.median(area))
+    else:  # strokes: the diameter read from the image at the foreground strokes, if it was
+        typical = float(np.pi * (diameter * scale / 2) ** 2) if diameter else None
+    return samples, norm, channels, scale, typical
