@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from sparse_annotations import SAMPLE, annotate, chosen_nuclei, find_wheel, stardist_image
 
-from napari_seglab.core.events import run_to_completion
+from napari_seglab.core.events import drive
 from napari_seglab.core.objects import assess_objects, entropy_map, flow_agreement
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train
@@ -42,8 +42,8 @@ def run(img, inst, fraction, pattern, steps, seed, head=None):
     ann = annotate("objects", inst, chosen_nuclei(inst, fraction, pattern, seed), seed)
     cfg = TrainConfig(label_mode="objects", device="cpu", seed=seed, epochs=max(1, steps // 50),
                       steps_per_epoch=50, time_limit=None, instance_head=head)
-    result = run_to_completion(iter_train([img], [ann], cfg))
-    pred = run_to_completion(iter_predict_image(load_model(result.checkpoint, "cpu"), img, probabilities=True,
+    result = drive(iter_train([img], [ann], cfg))
+    pred = drive(iter_predict_image(load_model(result.checkpoint, "cpu"), img, probabilities=True,
                                                 head_outputs=True))
     errors = flow_agreement(pred.labels, pred.head_outputs) if pred.head_outputs is not None \
         and pred.head_outputs.shape[0] == 3 else None

@@ -144,13 +144,13 @@ def test_mismatched_planes_are_refused():
 def test_prediction_keeps_the_flow_head_outputs_for_the_flow_check(flows_model):
     from painted import discs
 
-    from napari_seglab.core.events import run_to_completion
+    from napari_seglab.core.events import drive
     from napari_seglab.core.predict import iter_predict_image, load_model
 
     img, _inst = discs()
     model = load_model(flows_model, "cpu")
-    plain = run_to_completion(iter_predict_image(model, img))
-    pred = run_to_completion(iter_predict_image(model, img, head_outputs=True))
+    plain = drive(iter_predict_image(model, img))
+    pred = drive(iter_predict_image(model, img, head_outputs=True))
     assert plain.head_outputs is None
     # the raw [logit, dy, dx] of the whole image (the model resamples by 1.5: mapped back to the image)
     assert pred.head_outputs.shape == (3, *img.shape) and pred.head_outputs.dtype == np.float32
