@@ -14,7 +14,7 @@ XVFB_PKGS := xvfb xauth libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr
 XVFB := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1920x1080x24")
 # the slowest tests of every run are listed, so a test that grows is seen in CI's log
 PYTEST_ARGS ?= --durations=15
-# `make test` spreads the files over this many pytest-xdist workers, each pinned to its share of the cores
+# `make test` and `make test-fast` spread the files over this many pytest-xdist workers, each pinned to its share of the cores
 # (tests/conftest.py); TEST_WORKERS=0 runs them in this process
 TEST_WORKERS ?= 2
 
@@ -42,7 +42,7 @@ test: setup xvfb
 # the inner loop: every package's tests without viewers and without the slow ones (about a minute on
 # 2 cores); `make test` stays the whole suite
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not gui" -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gui" -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
