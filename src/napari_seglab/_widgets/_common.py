@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +121,16 @@ class RunControls(Container):
             report_error(exc)
             self.say(error_text(exc))
 
-    def set_busy(self, busy: bool) -> None:
+    def set_busy(self, busy: bool, inputs: Sequence = ()) -> None:
+        """Run off and Stop on while ``busy`` (and the dock's ``inputs`` locked), the other way round after."""
+        set_enabled(inputs, not busy)
         self.run_button.enabled = not busy
         self.stop_button.enabled = busy
+
+    def stop(self, slot, until: str) -> None:
+        """Ask the job in ``slot`` to stop, saying when it will (``until``: "the current step")."""
+        slot.stop()
+        self.say(f"stopping after {until}...")
 
     def set_fraction(self, fraction: float | None) -> None:
         if fraction is None:

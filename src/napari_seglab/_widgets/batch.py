@@ -151,12 +151,10 @@ class BatchWidget(Container):
                          on_done=lambda: self._set_busy(False))
 
     def _on_stop(self) -> None:
-        self._slot.stop()
-        self._controls.say("stopping after the files in progress...")
+        self._controls.stop(self._slot, "the files in progress")
 
     def _set_busy(self, busy: bool) -> None:
-        ui.set_enabled(self._inputs, not busy)
-        self._controls.set_busy(busy)
+        self._controls.set_busy(busy, self._inputs)
 
     def _on_event(self, event) -> None:
         if isinstance(event, FileDone):

@@ -306,8 +306,7 @@ class PredictWidget(Container):
         self._controls.say("stopping...")
 
     def _set_busy(self, busy: bool) -> None:
-        ui.set_enabled(self._inputs, not busy)
-        self._controls.set_busy(busy)
+        self._controls.set_busy(busy, self._inputs)
         last = self.last_prediction
         self._correct.enabled = not busy and last is not None and not last.stopped and not last.kind.boxes
 

@@ -264,12 +264,10 @@ class TrainWidget(TrainSettings, Container):
             _layers.remove_layer(self._viewer, self._name("preview"))
 
     def _on_stop(self) -> None:
-        self._slot.stop()
-        self._controls.say("stopping after the current step...")
+        self._controls.stop(self._slot, "the current step")
 
     def _set_busy(self, busy: bool) -> None:
-        ui.set_enabled(self._inputs, not busy)
-        self._controls.set_busy(busy)
+        self._controls.set_busy(busy, self._inputs)
         self._continue.enabled = not busy and self._continue_from is not None
         self._correct.enabled = not busy and self.last_prediction is not None
         self._show_uncertainty.enabled = not busy and self._extras is not None
