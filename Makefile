@@ -36,7 +36,6 @@ run: setup
 	$(PY) scripts/launch.py
 
 test: setup xvfb
-	$(PY) -m npe2 validate napari-seglab --imports
 	$(XVFB) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # the inner loop: every package's tests without viewers and without the slow ones (about a minute on

@@ -47,6 +47,18 @@ _pin_xdist_worker()
 GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp"}
 
 
+def pytest_collection_finish(session):
+    """Move what collection imported (torch, napari, Qt: millions of objects) out of the collector's sight.
+
+    napari's viewer fixture runs a full ``gc.collect()`` after every viewer test; frozen, the modules
+    are no longer scanned each time (they are never freed anyway).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark viewer tests ``gui``; skip ``gpu`` tests where torch sees no CUDA device."""
     gpu_skip = None

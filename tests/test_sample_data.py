@@ -128,3 +128,7 @@ def test_the_manifest_validates_and_lists_every_sample():
     assert boxes.display_name == "Nuclei + boxes"
     packaged = root / "src" / "napari_seglab" / "napari.yaml"
     assert packaged.read_text() == (root / "napari.yaml").read_text()
+    # what napari finds through the installed package's entry point is this manifest (npe2 validate --imports)
+    installed = PluginManifest.from_distribution("napari-seglab")
+    installed.validate_imports()
+    assert installed.name == manifest.name and installed.contributions == manifest.contributions
