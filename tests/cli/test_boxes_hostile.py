@@ -284,6 +284,20 @@ def test_prediction_options_a_box_model_ignores_are_refused(box_model, image, tm
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "out" / "manifest.csv").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "batch"])
+def test_a_score_threshold_for_a_per_pixel_model_is_refused(random_unet, image, tmp_path, capsys, command):
+    """A U-Net scores no detections: --score-threshold would do nothing, so it is refused (the default is not)."""
+    if command == "predict":
+        argv = ["predict", "--model", str(random_unet), "--input", str(image), "--output", str(tmp_path / "p.tif")]
+    else:
+        argv = ["batch", "--model", str(random_unet), "--input-dir", str(image.parent), "--pattern", "img.tif",
+                "--output-dir", str(tmp_path / "out"), "--workers", "0"]
+    assert main([*argv, "--device", "cpu", "--score-threshold", "0.7"]) == 2
+    assert "score threshold (--score-threshold) is not used by U-Net models" in error_line(capsys)
+    assert not (tmp_path / "p.tif").exists() and not (tmp_path / "out" / "manifest.csv").exists()
+    assert main([*argv, "--device", "cpu", "--score-threshold", "0.5"]) == 0
+
+
 @pytest.mark.parametrize("family", ["maskrcnn", "retinanet", "fcos", "fasterrcnn"])
 def test_tta_is_refused_for_every_object_family(family):
     with pytest.raises(UnusedSettingError, match="flip averaging"):

@@ -19,6 +19,7 @@ def test_predict_adds_labels_aligned_with_the_image(make_napari_viewer, qtbot, t
     assert "unet Unet/resnet18" in widget._about.value and "scribbles" in widget._about.value
     widget._probabilities.value = True
     widget._device.value = "cpu"
+    widget._threshold.value = 0.8  # a box model's setting: a U-Net scores nothing, and is not refused for it
 
     click(widget._controls.run_button)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)

@@ -236,9 +236,10 @@ class PredictWidget(Container):
             "tile": self._tile.value or None, "overlap": float(self._overlap.value),
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
             "split_instances": self._split.value, "tta": self._tta.value,
-            # boxes: keep the weaker ones too, for the live threshold to show them
-            "score_threshold": min(threshold, LIVE_SCORE_FLOOR) if boxes else threshold,
         }
+        if not checkpoint.spec.family_entry.kind.dense:  # a per-pixel model scores nothing: no threshold
+            # boxes: keep the weaker ones too, for the live threshold to show them
+            options["score_threshold"] = min(threshold, LIVE_SCORE_FLOOR) if boxes else threshold
         key = (self._checkpoint_key, self._device.value)
         cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
         self._target = (layer, plane, key)

@@ -26,6 +26,14 @@ def _dense(card) -> bool:
 #: the families :func:`_dense` accepts, in words (the model catalogue is below this package)
 DENSE_TEXT = "per-pixel models (U-Net, FCN)"
 
+
+def _detects(card) -> bool:
+    """Families that score their detections (Mask R-CNN, the box detectors): what a score threshold needs."""
+    return not card.kind.dense
+
+
+DETECTS_TEXT = "models that score their detections (Mask R-CNN, the box detectors)"
+
 #: tile sides: 0 (automatic) or from MIN_TILE to MAX_TILE pixels
 MIN_TILE, MAX_TILE = 32, 16384
 
@@ -45,6 +53,7 @@ class ModelRunOptions:
                         help="test-time augmentation: also predict each tile flipped three ways and average "
                              "(U-Net / FCN; about 4x the time)")
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
+                                     used_by=_detects, used_by_text=DETECTS_TEXT,
                                      help="minimum detection score (Mask R-CNN and the box detectors)")
 
     def check(self):
