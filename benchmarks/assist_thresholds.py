@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import tifffile
-from sparse_annotations import SAMPLE, annotate, chosen_nuclei, find_wheel, stardist_image
+from sparse_annotations import annotate, chosen_nuclei, load_image
 
 from napari_seglab.core.events import drive
 from napari_seglab.core.objects import assess_objects, entropy_map, flow_agreement
@@ -88,11 +87,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     pooled = []
     for name in args.images:
-        if name == "sample":
-            img = tifffile.imread(SAMPLE / "nuclei_train.tif")
-            inst = np.asarray(tifffile.imread(SAMPLE / "nuclei_train_instances.tif"), np.int64)
-        else:
-            img, inst = stardist_image(find_wheel(args.stardist_wheel))
+        img, inst = load_image(name, args.stardist_wheel)
         for pattern in args.patterns:
             for seed in args.seeds:
                 rows = run(img, inst, args.fraction, pattern, args.steps, seed, args.head)

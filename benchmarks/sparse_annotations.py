@@ -141,6 +141,15 @@ def scores(labels, truth):
     return np.array([m["dice"], m["ap50"], m["ap75"], (n_pred - n_true) / max(n_true, 1)])
 
 
+
+def load_image(name: str, wheel: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(image, instances) of "sample" (the bundled training image) or "dsb[-variant]" (the DSB2018 image)."""
+    if name == "sample":
+        img = tifffile.imread(SAMPLE / "nuclei_train.tif")
+        return img, np.asarray(tifffile.imread(SAMPLE / "nuclei_train_instances.tif"), np.int64)
+    img, inst = stardist_image(find_wheel(wheel))
+    return variant(img, inst, name.split("-", 1)[1] if "-" in name else "plain")
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", nargs="+", default=["dsb", *(f"dsb-{v}" for v in VARIANTS[1:]), "sample"])
@@ -156,12 +165,7 @@ def main(argv=None) -> int:
     budgets = [None] if args.steps else args.budgets
     rows = []
     for name in args.images:
-        if name == "sample":
-            img = tifffile.imread(SAMPLE / "nuclei_train.tif")
-            inst = np.asarray(tifffile.imread(SAMPLE / "nuclei_train_instances.tif"), np.int64)
-        else:
-            img, inst = stardist_image(find_wheel(args.stardist_wheel))
-            img, inst = variant(img, inst, name.split("-", 1)[1] if "-" in name else "plain")
+        img, inst = load_image(name, args.stardist_wheel)
         tr_img, tr_inst, te_img, te_inst = halves(img, inst)
         for budget in budgets:
             dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
