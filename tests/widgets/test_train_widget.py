@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from widget_helpers import WAIT_MS, click, dock, image_and_scribbles, set_tiny_training
 
 from napari_seglab.core.errors import InputError
@@ -26,6 +27,7 @@ def test_opens_through_manifest_and_follows_the_layers(make_napari_viewer, tiny_
     assert "each object" in LEGEND["instances"]
     widget._family.value = "fcn"
     assert "fcn_resnet50" in widget._arch.choices and not widget._encoder.enabled
+    assert widget._arch.value == ("fcn_resnet50" if torch.cuda.is_available() else "fcn_resnet18")  # per device
     widget._family.value = "maskrcnn"
     assert widget._mode.value == "instances"
 

@@ -15,7 +15,7 @@ from napari.layers import Image, Labels, Shapes
 
 from .._colors import apply_colors, legend_html
 from ..core.data import Normalization, estimate_scale, scale_for, target_diameter, to_chw
-from ..core.device import DEVICES
+from ..core.device import DEVICES, pick_device
 from ..core.errors import InputError
 from ..core.labels import LABEL_MODES, get_mode
 from ..core.models import DEFAULT_FAMILY, FAMILIES, get_family
@@ -153,6 +153,7 @@ class TrainSettings:
         self._image.changed.connect(lambda *_: self._estimate_diameter())
         self._diameter.changed.connect(lambda *_: self._estimate_diameter())
         self._family.changed.connect(self._on_family)
+        self._device.changed.connect(self._on_device)
         self._init.changed.connect(self._on_init)
         self._save_to.changed.connect(lambda *_: self._show_folder())
 
@@ -274,7 +275,7 @@ class TrainSettings:
         fam = get_family(family)
         # callables: a static list would fall back to the first one at the next reset_choices (a layer added)
         self._arch.choices = lambda _widget=None, archs=fam.archs: archs
-        self._arch.value = fam.default_arch
+        self._arch.value = fam.default_arch_on(self._device_type())
         self._encoder.enabled = fam.encoders is not None and ui.path_or_none(self._init) is None
         self._preset.enabled = bool(fam.presets) and self._encoder.enabled
         for control, name in ((self._weights, "class_weights"), (self._gamma, "focal_gamma")):
@@ -288,6 +289,19 @@ class TrainSettings:
         self._mode.value = mode if mode in modes else modes[0]
         self._on_mode(self._mode.value)
         self._update_head()
+
+    def _device_type(self) -> str:
+        """"cuda" when the chosen device is (or "auto" picks) a CUDA GPU, else what it is."""
+        try:
+            return pick_device(self._device.value).type
+        except InputError:  # asked for a device this machine lacks: the run says so
+            return str(self._device.value).split(":")[0]
+
+    def _on_device(self, *_args) -> None:
+        # a family default follows the device (ResNet-18 networks on a CPU, ResNet-50 on a GPU); a choice stays
+        fam = get_family(self._family.value)
+        if self._arch.value in (fam.default_arch, fam.gpu_arch):
+            self._arch.value = fam.default_arch_on(self._device_type())
 
     def _on_init(self, *_args) -> None:
         # a start model brings its own architecture

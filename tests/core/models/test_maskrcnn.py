@@ -33,9 +33,8 @@ ROW_KEYS = {"y0", "x0", "y1", "x1", "class", "score"}
 FAST = {"patch": 64, "box_batch_size_per_image": 32, "rpn_train_top_n": 300}
 
 
-def spec(**options) -> ModelSpec:
-    return ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", in_channels=1, n_classes=2,
-                     options={**FAST, **options})
+def spec(arch: str = "maskrcnn_resnet18_fpn", **options) -> ModelSpec:
+    return ModelSpec(family="maskrcnn", arch=arch, in_channels=1, n_classes=2, options={**FAST, **options})
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +101,34 @@ def test_multichannel_input_and_v2_build():
 
 def test_stock_weights_missing_from_cache_fall_back_to_random(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    _, note = build_maskrcnn(spec("maskrcnn_resnet50_fpn"), "coco", False)
+    assert "not in the torch cache" in note and "random initialisation" in note and "maskrcnn_resnet50" in note
+    # the light architecture has no COCO weights: "coco" looks for its ImageNet backbone
     _, note = build_maskrcnn(spec(), "coco", False)
-    assert "not in the torch cache" in note and "random initialisation" in note
+    assert "resnet18" in note and "random initialisation" in note
+
+
+def test_light_maskrcnn_is_a_resnet18_fpn_with_narrow_heads():
+    light, _ = build_maskrcnn(spec(), None, False)
+    heavy, _ = build_maskrcnn(spec("maskrcnn_resnet50_fpn"), None, False)
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert size(light) < size(heavy) / 3
+    det = light.detector
+    assert det.backbone.out_channels == 128 and len(det.roi_heads.mask_head) == 2
+    bare, _ = build_maskrcnn(ModelSpec(family="maskrcnn", arch="maskrcnn_resnet18_fpn", n_classes=2), None, False)
+    assert bare.detector.roi_heads.fg_bg_sampler.batch_size_per_image == 64  # its own default: fewer regions
+    assert build_maskrcnn(spec(box_batch_size_per_image=200), None, False)[0].detector.roi_heads \
+        .fg_bg_sampler.batch_size_per_image == 200  # an option still overrides it
+    light.eval()
+    with torch.inference_mode():
+        out = light.detect(torch.rand(1, 1, 96, 64), 0.0)[0]
+    assert out["masks"].shape[1:] == (1, 28, 28) and out["boxes"].shape[1] == 4
 
 
 @pytest.mark.slow
 def test_weights_file_loads_and_predictors_fit_our_classes(tmp_path, detector):
     model, _ = detector
-    other, _ = build_model(ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", n_classes=5,
+    other, _ = build_model(ModelSpec(family="maskrcnn", arch="maskrcnn_resnet18_fpn", n_classes=5,
                                      options=FAST))
     torch.save(other.detector.state_dict(), tmp_path / "stock.pth")  # a torchvision-style state dict
     loaded, note = build_maskrcnn(spec(), str(tmp_path / "stock.pth"), False)

@@ -8,6 +8,7 @@ from painted import discs as painted_discs
 
 from napari_seglab.cli import build_parser, main
 from napari_seglab.core.errors import InputError
+from napari_seglab.core.models import get_family
 from napari_seglab.core.settings import SettingError, field_default, settings_of
 from napari_seglab.core.train import (
     DENSE_BATCH,
@@ -87,7 +88,9 @@ def test_resolve_decides_the_defaults_per_device_and_freezes_them():
     dense = TrainConfig(label_mode="instances", init=None).resolve("cpu")
     assert (dense.patch, dense.batch_size, dense.instance_head) == (DENSE_PATCH["cpu"], DENSE_BATCH, "flows")
     assert TrainConfig(label_mode="objects").resolve("cpu").instance_head == "boundary"
-    assert TrainConfig(family="maskrcnn", label_mode="instances").resolve("cpu").lr == 1e-4
+    # the learning rate is the architecture's: the light Mask R-CNN on a CPU, ResNet-50 on a GPU
+    assert TrainConfig(family="maskrcnn", label_mode="instances").resolve("cpu").lr == 3e-4
+    assert TrainConfig(family="maskrcnn", label_mode="instances").resolve("cuda").lr == 1e-4
     with pytest.raises(dataclasses.FrozenInstanceError):
         cpu.patch = 32
     assert isinstance(cpu, ResolvedTrainConfig) and cpu.resolve("cuda") is cpu
@@ -95,6 +98,18 @@ def test_resolve_decides_the_defaults_per_device_and_freezes_them():
     chosen = TrainConfig(family="UNET", arch="fpn", encoder="resnet18", patch=96, batch_size=3, lr=1e-2)
     assert (lambda r: (r.family, r.arch, r.patch, r.batch_size, r.lr, r.preset))(chosen.resolve("cuda")) == \
         ("unet", "FPN", 96, 3, 1e-2, None)
+
+
+@pytest.mark.parametrize("family, cpu_arch, gpu_arch", [
+    ("fcn", "fcn_resnet18", "fcn_resnet50"),
+    ("maskrcnn", "maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn"),
+    ("fasterrcnn", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet18_fpn"),
+])
+def test_a_fresh_model_gets_the_light_architecture_on_a_cpu_and_the_heavy_one_on_a_gpu(family, cpu_arch, gpu_arch):
+    config = TrainConfig(family=family, label_mode="instances")
+    assert (config.resolve("cpu").arch, config.resolve("cuda").arch) == (cpu_arch, gpu_arch)
+    heavy = next(a for a in get_family(family).archs if "resnet50" in a)
+    assert TrainConfig(family=family, label_mode="instances", arch=heavy).resolve("cpu").arch == heavy  # a choice stays
 
 
 def test_resolve_refuses_what_check_refuses():

@@ -110,21 +110,38 @@ class FamilyCard:
     #: object and box families: the most objects the network gives for one image (its detections per image);
     #: training refuses a patch holding more boxes
     max_objects: int = MAX_OBJECTS
+    #: architecture -> (seconds per CPU step, steps before useful) where it differs from the card's figures,
+    #: which are those of ``default_arch``
+    arch_costs: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    #: the default architecture on a GPU, where it is not ``default_arch`` (a heavier network a GPU trains in time)
+    gpu_arch: str | None = None
+    #: architecture -> learning rate from scratch, where it is not ``lr`` (which is ``default_arch``'s)
+    arch_lr: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in tuple(Kind):  # a Kind, or its value as a checkpoint or a plug-in spells it
             raise ValueError(f"family {self.name}: kind {self.kind!r} is not one of {', '.join(Kind)}")
         object.__setattr__(self, "kind", Kind(self.kind))
-        if self.default_arch not in self.archs:
-            raise ValueError(f"family {self.name}: default architecture {self.default_arch!r} not in its list")
+        for arch in (self.default_arch, self.gpu_arch or self.default_arch, *self.arch_costs, *self.arch_lr):
+            if arch not in self.archs:
+                raise ValueError(f"family {self.name}: architecture {arch!r} not in its list")
 
     @property
     def semantic(self) -> bool:
         """True when the network outputs a value per pixel (classes, or an instance head's maps)."""
         return self.kind.dense
 
-    def default_lr(self, fine_tune: bool) -> float:
-        return self.lr_finetune if fine_tune else self.lr
+    def default_lr(self, fine_tune: bool, arch: str | None = None) -> float:
+        """AdamW's learning rate for a model of ``arch`` (default: ``default_arch``) from scratch or fine-tuned."""
+        return self.lr_finetune if fine_tune else self.arch_lr.get(arch, self.lr)
+
+    def default_arch_on(self, device_type: str) -> str:
+        """The architecture a fresh model of this family gets on a device of ``device_type`` ("cpu", "cuda"...)."""
+        return self.gpu_arch if device_type == "cuda" and self.gpu_arch else self.default_arch
+
+    def cpu_cost(self, arch: str) -> tuple[float, int]:
+        """(typical seconds per CPU training step, steps before a prediction is worth correcting) of ``arch``."""
+        return self.arch_costs.get(arch, (self.cpu_step_s, self.steps_to_useful))
 
 
 def choose(name: str, options: Sequence[str], what: str) -> str:
@@ -152,8 +169,8 @@ PRESETS = {
                        "5-level ResNet-34 U-Net: more context; slow on a CPU, the choice for a GPU"),
 }
 DEFAULT_PRESET = {"cpu": "fast", "cuda": "accurate", "mps": "fast"}
-FCN_ARCHS = ("fcn_resnet50", "fcn_resnet101")
-MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
+FCN_ARCHS = ("fcn_resnet18", "fcn_resnet50", "fcn_resnet101")
+MASKRCNN_ARCHS = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2")
 RETINANET_ARCHS = ("retinanet_resnet18_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2")
 FCOS_ARCHS = ("fcos_resnet18_fpn", "fcos_resnet50_fpn")
 FASTERRCNN_ARCHS = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2")
@@ -185,23 +202,34 @@ CARDS: tuple[FamilyCard, ...] = (
         steps_to_useful=150,
     ),
     FamilyCard(
-        name="fcn", kind=Kind.SEMANTIC, label="FCN", archs=FCN_ARCHS, default_arch="fcn_resnet50",
+        name="fcn", kind=Kind.SEMANTIC, label="FCN", archs=FCN_ARCHS,
+        # benchmarks/families.py, DSB nuclei, dense instances, 90 s on 2 cores: fcn_resnet18 156 steps, Dice 0.925,
+        # AP@0.5 0.787 (boundary head); fcn_resnet50 22 steps, Dice 0.008: it cannot learn in a CPU budget
+        default_arch="fcn_resnet18", gpu_arch="fcn_resnet50",
         bytes_per_pixel=900,  # FCN-resnet50: 880 at 512 px (float32, CPU, inference mode)
         train_bytes_per_pixel=1500, lr=3e-3, lr_finetune=1e-3, exportable=True, heads=INSTANCE_HEADS,
         stock={"fcn_resnet50_voc": ("fcn_resnet50", "voc"), "fcn_resnet101_voc": ("fcn_resnet101", "voc")},
-        steps_to_useful=300, cpu_step_s=2.5,
+        steps_to_useful=100, cpu_step_s=0.5,
+        # ResNet-101: ResNet-50's step scaled by torchvision's FLOPs (232.7 / 152.7 GFLOPs)
+        arch_costs={"fcn_resnet50": (2.5, 300), "fcn_resnet101": (3.8, 300)},
     ),
     FamilyCard(
         name="maskrcnn", kind=Kind.INSTANCES, label="Mask R-CNN", archs=MASKRCNN_ARCHS,
-        default_arch="maskrcnn_resnet50_fpn", bytes_per_pixel=1500, train_bytes_per_pixel=2000,
-        # from scratch, AdamW diverges above ~1e-4 (U-Nets and FCNs like 3e-3)
-        lr=1e-4, lr_finetune=1e-4,
+        # the ResNet-18 FPN with narrow heads on a CPU (a step of torchvision's ResNet-50 FPN costs 20-34 s there,
+        # batch 8 of 128 px, 1 thread: 29 steps in 600 s on 2 cores), torchvision's ResNet-50 FPN on a GPU
+        default_arch="maskrcnn_resnet18_fpn", gpu_arch="maskrcnn_resnet50_fpn",
+        bytes_per_pixel=1500, train_bytes_per_pixel=2000,
+        # from scratch, AdamW diverges above ~1e-4 with ResNet-50 (U-Nets and FCNs like 3e-3); the ResNet-18 FPN,
+        # whose BatchNorm trains, learns at 3e-4 as the box detectors' do
+        lr=3e-4, lr_finetune=1e-4,
+        arch_lr={"maskrcnn_resnet50_fpn": 1e-4, "maskrcnn_resnet50_fpn_v2": 1e-4},
         exportable=False,  # its output is a list of detections, not a tensor
         label_modes=("instances",),
         label_modes_note="Mask R-CNN learns objects: it needs 'instances' labels (each object its own id)",
         stock={"maskrcnn_coco": ("maskrcnn_resnet50_fpn", "coco"),
                "maskrcnn_v2_coco": ("maskrcnn_resnet50_fpn_v2", "coco")},
-        channels_last=False, holdout=False, steps_to_useful=3000, cpu_step_s=6.0, max_objects=1000,
+        channels_last=False, holdout=False, steps_to_useful=400, cpu_step_s=1.2, max_objects=1000,
+        arch_costs={"maskrcnn_resnet50_fpn": (20.0, 3000), "maskrcnn_resnet50_fpn_v2": (40.0, 3000)},
     ),
     _box_detector(
         "RetinaNet", name="retinanet", archs=RETINANET_ARCHS,

@@ -101,12 +101,22 @@ class DetectorModel(nn.Module):
         return self.detector(list(self.adapt(x)), targets)
 
 
-def resnet18_fpn(returned_layers: Sequence[int], extra_blocks: nn.Module | None = None) -> nn.Module:
-    """A ResNet-18 FPN backbone (256 channels per level) with trainable BatchNorm, for training from scratch."""
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+def resnet18_fpn(returned_layers: Sequence[int], extra_blocks: nn.Module | None = None,
+                 out_channels: int = 256) -> nn.Module:
+    """A ResNet-18 FPN backbone (``out_channels`` per level) with trainable BatchNorm, for training from scratch.
 
-    return resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d,
-                               trainable_layers=5, returned_layers=list(returned_layers), extra_blocks=extra_blocks)
+    ``returned_layers``: the ResNet stages feeding the pyramid (1-4); ``extra_blocks``: the levels above
+    them (default: a max-pooled level, as torchvision's). The module layout is torchvision's
+    ``resnet_fpn_backbone``'s (``body``, ``fpn``), so state dicts of either load into the other.
+    """
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    layers = list(returned_layers)
+    return BackboneWithFPN(resnet18(weights=None, norm_layer=nn.BatchNorm2d),
+                           {f"layer{k}": str(i) for i, k in enumerate(layers)}, [64 * 2 ** (k - 1) for k in layers],
+                           out_channels, extra_blocks=extra_blocks or LastLevelMaxPool())
 
 
 # ----------------------------------------------------------------------------- pretrained weights

@@ -55,9 +55,10 @@ def _learning_rates() -> str:
     groups: dict[tuple[float, float], list[str]] = {}
     for card in CARDS:
         groups.setdefault((card.lr, card.lr_finetune), []).append(card.name)
+    heavier = "".join(f"; {arch} {_sci(lr)}" for card in CARDS for arch, lr in card.arch_lr.items())
     return "the family's own: " + "; ".join(
         f"{', '.join(names)} {_sci(lr)}" + (f" from scratch, {_sci(tuned)} fine-tuning" if tuned != lr else "")
-        for (lr, tuned), names in groups.items())
+        for (lr, tuned), names in groups.items()) + heavier
 
 
 #: the family whose presets ``--preset`` chooses from (the U-Net)
@@ -226,9 +227,12 @@ class TrainConfig:
         values.update(family=family, arch=arch, scale=None if self.scale is None else float(self.scale),
                       patch=self.patch or default_patch(self.label_mode, kind),
                       batch_size=self.batch_size or default_batch(self.label_mode),
-                      lr=self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained)),
                       device=str(device))
         fam = _family(family)
+        if self.init is None and self.arch in (None, CARDS[0].default_arch) and family != CARDS[0].name:
+            values["arch"] = fam.default_arch_on(kind)  # not chosen: the family's default for this device
+        values["lr"] = self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained),
+                                             arch=values["arch"])
         if fam.presets and self.encoder is None:
             values["preset"] = self.preset or fam.default_preset.get(kind, next(iter(fam.presets)))
         if self.instance_head is None and self.init is None:
@@ -279,9 +283,9 @@ def _family(name: str):
     return get_family(name)
 
 
-def default_lr(family: str, *, fine_tuning: bool = False) -> float:
-    """AdamW learning rate: the family's own (``lr`` / ``lr_finetune`` of its catalogue card)."""
-    return _family(family).default_lr(fine_tune=fine_tuning)
+def default_lr(family: str, *, fine_tuning: bool = False, arch: str | None = None) -> float:
+    """AdamW learning rate: the family's own for ``arch`` (``lr`` / ``arch_lr`` / ``lr_finetune`` of its card)."""
+    return _family(family).default_lr(fine_tune=fine_tuning, arch=arch)
 
 
 def default_scale_jitter(label_mode: str) -> float:

@@ -23,28 +23,48 @@ def cost_note(spec: ModelSpec, device: torch.device, time_limit: float | None,
     """What the chosen model costs per step here and how long it needs to be useful: (text, level).
 
     ``step_seconds``: measured seconds per step (the first steps of a run);
-    None uses the figure measured on a 2-core CPU (the family's preset or
-    ``Family.cpu_step_s``). The steps a model needs to be useful are the
-    family's ``steps_to_useful`` (AP@0.5 above Otsu + watershed on the sample
-    nuclei, benchmarks/quality_vs_time.py on 2 CPU cores). The level is
-    "warning" when the time budget is far too small for the model to become useful.
+    None uses the figure measured on a 2-core CPU (the family's preset, or
+    ``FamilyCard.cpu_cost`` of the architecture). The steps a model needs to be
+    useful are the architecture's (AP@0.5 above Otsu + watershed on the
+    sample nuclei, benchmarks/quality_vs_time.py and benchmarks/families.py on
+    2 CPU cores). The level is "warning" when the time budget is far too small
+    for the model to become useful; the text then names a choice that is
+    useful in that budget: the family's CPU architecture, or the U-Net's
+    ``fast`` preset.
     """
     if device.type != "cpu" and step_seconds is None:
         return "", "info"
     family = spec.family_entry
-    preset = next((p for p in family.presets.values() if spec.encoder == p.encoder
-                   and spec.options.get("encoder_depth", 5) == p.encoder_depth), None)
-    typical = step_seconds or (preset.cpu_step_s if preset else family.cpu_step_s)
-    need = family.steps_to_useful * typical
+    preset = _preset_of(spec)
+    typical, steps = (preset.cpu_step_s, family.steps_to_useful) if preset else family.cpu_cost(spec.arch)
+    typical = step_seconds or typical
+    need = steps * typical
     where = "measured" if step_seconds else "typical on a 2-core CPU"
     text = f"{typical:.2f} s per step ({where}); useful after about {need:.0f} s"
     level = "info"
     if time_limit is not None and time_limit < 0.5 * need:
         level = "warning"
-        better = " (the 'fast' U-Net preset is useful within a minute)" if preset is None or preset.name != "fast" \
-            else ""
-        text += f": a {time_limit:.0f} s budget is far too short{better}"
+        text += f": a {time_limit:.0f} s budget is far too short{_better_choice(spec, time_limit, preset)}"
     return text, level
+
+
+def _preset_of(spec: ModelSpec):
+    family = spec.family_entry
+    return next((p for p in family.presets.values() if spec.encoder == p.encoder
+                 and spec.options.get("encoder_depth", 5) == p.encoder_depth), None)
+
+
+def _better_choice(spec: ModelSpec, time_limit: float, preset) -> str:
+    """What would be useful within ``time_limit`` on a CPU instead of ``spec``, as the end of a sentence."""
+    family = spec.family_entry
+    light = family.default_arch
+    if light != spec.arch:
+        step, steps = family.cpu_cost(light)
+        if step * steps <= 2 * time_limit:
+            return f" (the {light} architecture is useful after about {step * steps:.0f} s on a CPU)"
+    if preset is not None and preset.name == "fast":
+        return ""
+    return " (the U-Net's 'fast' preset is useful within a minute)"
 
 
 def bf16_helps(model: torch.nn.Module, x: torch.Tensor, mode: str, device: torch.device) -> tuple[bool, str]:
