@@ -50,6 +50,12 @@ def _sci(value: float) -> str:
 
 
 # ---------------------------------------------------------------------- help read from the family catalogue
+def _default_archs() -> str:
+    """The default architecture per family, and per device where it differs."""
+    by_device = "; ".join(f"{c.name}: {c.default_arch} on a CPU, {c.gpu_arch} on a GPU" for c in CARDS if c.gpu_arch)
+    return f"per family and device ({by_device})" if by_device else "per family"
+
+
 def _learning_rates() -> str:
     """Each family's own learning rates, families that share them together."""
     groups: dict[tuple[float, float], list[str]] = {}
@@ -102,7 +108,7 @@ class TrainConfig:
     family: str = setting(CARDS[0].name, label="model family", metavar="{" + ",".join(c.name for c in CARDS) + "}",
                           help="model family (" + ", ".join(c.name for c in CARDS if c.kind.boxes)
                                + ": box detectors)")
-    arch: str = setting(CARDS[0].default_arch, label="architecture", auto="per family", metavar="ARCH",
+    arch: str = setting(CARDS[0].default_arch, label="architecture", auto=_default_archs(), metavar="ARCH",
                         help="architecture (" + "; ".join(f"{c.name}: {', '.join(c.archs)}" for c in CARDS) + ")")
     encoder: str | None = setting(label="encoder", auto="the preset's", used_by=_with_encoder,
                                   used_by_text=_models(_with_encoder),
