@@ -98,8 +98,17 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
     pattern, recursive, probabilities = options.pattern, options.recursive, options.probabilities
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
     model = str(resolved(model))
-    ckpt = load_checkpoint(model)
-    ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
+    from ..predict import is_package
+
+    if is_package(model):  # a bioimage.io package: read (and refused) once, not once per file
+        from ..predict import load_package, package_summary
+
+        ckpt = load_package(model, "cpu")
+        about = package_summary(ckpt)
+    else:
+        ckpt = load_checkpoint(model)
+        ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
+        about = describe_checkpoint(ckpt)
     spec = ckpt.spec
     check_used(options, spec.family_entry)
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
@@ -111,7 +120,7 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
                          " (sub-folders are not searched; use recursive)"))
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
                                 measurements=measurements, boxes=spec.family_entry.kind.boxes)
-    setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
+    setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), about, split, plan,
                    {rel: outs for _, rel, outs in plan})
     ensure_not_input(setup.manifest, files)
     ensure_not_input(setup.summary_csv, files)

@@ -3,7 +3,7 @@
 :func:`iter_predict_image` is the generator (the blocking twin is
 :func:`napari_seglab.core.api.predict_image`). Modules: ``_image`` (whole images), ``_forward``
 (one plane over a tile plan), ``_options`` (prediction settings declared once), ``_stock``
-(torchvision's COCO / VOC models, from a cache only).
+(torchvision's COCO / VOC models, from a cache only), ``_package`` (bioimage.io model packages).
 """
 
 from ..lazy import lazy_all, lazy_names
@@ -15,6 +15,7 @@ _LAZY = {
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
+    "_package": ("PackageNetwork", "is_package", "load_package", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __all__ = ["BatchOptions", "ModelRunOptions", "PredictOptions"]
