@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-from packages import HEADS, require_bioimageio, tiny_checkpoint
+from packages import HEADS, TINY_ENCODER, require_bioimageio, tiny_checkpoint
 
 from napari_seglab.core.errors import InputError
 
@@ -103,7 +103,7 @@ def test_a_family_bioimageio_cannot_express_is_refused_in_one_sentence(tmp_path)
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_export_prints_the_verdict_and_refuses_package_options_elsewhere(tmp_path, capsys):
+def test_cli_export_prints_the_verdict_trains_on_from_the_package_and_refuses_package_options_elsewhere(tmp_path, capsys):
     require_bioimageio()
     from napari_seglab.cli import main
 
@@ -117,6 +117,15 @@ def test_cli_export_prints_the_verdict_and_refuses_package_options_elsewhere(tmp
     with zipfile.ZipFile(tmp_path / "m.zip") as zf:
         assert "A. Biologist" in zf.read("rdf.yaml").decode()
         assert np.load(zf.open("test_input.npy")).shape == (1, 1, 64, 64)  # the image's centre, 64 px
+    # a SegLab package is a starting point for training, as its checkpoint is
+    rc = main(["train", "--image", "sample_data/nuclei_train.tif", "--labels", "sample_data/nuclei_train_scribbles.tif",
+               "--label-mode", "scribbles", "--init", str(tmp_path / "m.zip"), "--model-out", str(tmp_path / "ft.pt"),
+               "--epochs", "1", "--steps-per-epoch", "1", "--patch", "64", "--batch-size", "2", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    from napari_seglab.core.models import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "ft.pt").spec.encoder == TINY_ENCODER  # the package's network, trained on
+    capsys.readouterr()
     rc = main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
                "--author", "A. Biologist"])
     assert rc == 2 and "--author: only --format bioimageio" in capsys.readouterr().err

@@ -39,7 +39,7 @@ _LAZY = {
     "_export": ("FORMATS", "META_FILE", "check_export_target", "example_input", "export_bioimageio",
                 "export_model", "export_onnx", "export_torchscript", "exportable_model"),
     "_bioimageio": ("ARCH_SHA256", "ExportResult", "PackageInfo", "Verdict", "bioimageio_problem", "test_package"),
-    "_traced": ("ProbabilityModel",),
+    "_traced": ("ProbabilityModel", "onnx_bytes"),
     "_family": ("Family", "LossInputs"),
     "_fcn": ("FCNWrapper",),
     "_losses": ("balanced_class_weights", "bce_dice", "ce_dice", "probabilities", "segmentation_loss"),

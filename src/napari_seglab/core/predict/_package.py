@@ -290,7 +290,7 @@ class PackageNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # padded at the bottom and right to a size the package accepts, as SegLab pads its own tiles; the
-        # package's halo is left to the blending of overlapping tiles (see load_package)
+        # package's halo is left to the blending of overlapping tiles (LoadedModel.halo)
         h, w = x.shape[-2:]
         ty, tx = _valid_size(self.inputs.sizes["y"], h), _valid_size(self.inputs.sizes["x"], w)
         pads = (0, tx - w, 0, ty - h)
@@ -310,28 +310,6 @@ class PackageNetwork(nn.Module):
         if self.mode == "head":
             return torch.cat([torch.logit(y[:, :1].clamp(1e-7, 1 - 1e-7)), y[:, 1:]], 1)
         return y
-
-
-class _OnnxRun(nn.Module):
-    """An onnxruntime session as a module (CPU, float32 in and out)."""
-
-    def __init__(self, data: bytes):
-        super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise InputError("ONNX weights need onnxruntime: pip install 'napari-seglab[export]'") from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        self.name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
-        return torch.from_numpy(out).to(x.device)
-
-    def __deepcopy__(self, memo):  # a session is not copyable; it holds no torch state to move
-        return self
 
 
 def _read_source(descr_path: Path, source) -> bytes:
@@ -381,24 +359,50 @@ def _weights(descr, path: Path, prefer: str | None, meta: CheckpointMeta | None,
                 warnings.simplefilter("ignore")
                 module = torch.jit.load(io.BytesIO(data), map_location=device)
             return fmt, module.eval()
-        return fmt, _OnnxRun(data)
+        from ._onnx import OnnxNetwork
+
+        return fmt, OnnxNetwork(data)
     raise InputError(f"{path}: none of the package's weights are ones SegLab runs (TorchScript, ONNX, or the state "
                      "dict of a SegLab export)")
 
 
-def _seglab_state_dict(entry, path: Path, meta: CheckpointMeta, device) -> nn.Module:
+def _state_dict_checkpoint(entry, path: Path, meta: CheckpointMeta):
+    """The Checkpoint of a SegLab package's state dict (loaded with ``weights_only=True``, checked to fit)."""
     import io
 
-    from ..models import Checkpoint, ProbabilityModel, check_weights_fit
+    from ..models import Checkpoint, check_weights_fit
 
     try:
         state = torch.load(io.BytesIO(_read_source(path, entry.source)), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - untrusted file
         raise InputError(f"{path}: the state dict weights cannot be read safely ({str(exc).splitlines()[0][:120]})") from exc
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: the state dict weights are not a state dict")
     inner = {k.removeprefix("network."): v for k, v in state.items() if isinstance(k, str)}
     check_weights_fit(meta.model, inner, path)
-    ckpt = Checkpoint(meta=meta, state_dict=inner, path=str(path))
+    return Checkpoint(meta=meta, state_dict=inner, path=str(path))
+
+
+def _seglab_state_dict(entry, path: Path, meta: CheckpointMeta, device) -> nn.Module:
+    from ..models import ProbabilityModel
+
+    ckpt = _state_dict_checkpoint(entry, path, meta)
     return ProbabilityModel(ckpt.build(device), head=meta.model.has_regression_head).eval()
+
+
+def package_checkpoint(source: str | os.PathLike):
+    """The :class:`~napari_seglab.core.models.Checkpoint` inside a package SegLab exported (its state dict
+    and recorded metadata), e.g. to train on from it; InputError for any other package."""
+    from ..models import ARCH_SHA256
+
+    path = Path(source)
+    descr = _describe(path)
+    meta = _seglab_meta(descr, path)
+    entry = getattr(descr.weights, "pytorch_state_dict", None)
+    if meta is None or entry is None or str(getattr(entry.architecture, "sha256", "")) != ARCH_SHA256:
+        raise InputError(f"{path}: only a bioimage.io package exported by SegLab (with its state dict) can be "
+                         "trained on; this one's network is not one SegLab builds")
+    return _state_dict_checkpoint(entry, path, meta)
 
 
 def load_package(source: str | os.PathLike, device: str | torch.device = "auto", *,
@@ -447,7 +451,7 @@ def load_package(source: str | os.PathLike, device: str | torch.device = "auto",
     extra["bioimageio"] = {"name": str(descr.name), "weights": fmt, "source": str(path)}
     meta = meta.replace(extra=extra)
     return LoadedModel(model=net, meta=meta, device=dev, precision=precision_for(dev),
-                       scaling=scaling_used, max_tile=max_tile)
+                       scaling=scaling_used, max_tile=max_tile, halo=outputs.halo if fmt != "pytorch_state_dict" else 0)
 
 
 def _foreign_meta(descr, inputs: _Axes, outputs: _Axes, path: Path) -> CheckpointMeta:
