@@ -93,7 +93,6 @@ def test_onnxruntime_agrees_with_torch_within_1e4(exported):
 
 
 def test_a_family_bioimageio_cannot_express_is_refused_in_one_sentence(tmp_path):
-    require_bioimageio()
     from napari_seglab.core.models import Checkpoint, ModelSpec, export_bioimageio
 
     spec = ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", n_classes=2)
@@ -130,3 +129,17 @@ def test_cli_export_prints_the_verdict_trains_on_from_the_package_and_refuses_pa
                "--author", "A. Biologist"])
     assert rc == 2 and "--author: only --format bioimageio" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_validator_that_cannot_run_here_is_named_in_one_line(monkeypatch):
+    """bioimageio.spec before 0.5.14 fails under pydantic 2.14: export and reading say what to install."""
+    spec = pytest.importorskip("bioimageio.spec")
+    import pydantic
+
+    from napari_seglab.core.models import bioimageio_problem
+
+    monkeypatch.setattr(spec, "__version__", "0.5.12.0")
+    monkeypatch.setattr(pydantic, "VERSION", "2.14.4")
+    assert "pip install 'pydantic<2.14'" in bioimageio_problem()
+    monkeypatch.setattr(spec, "__version__", "0.5.14.3")
+    assert bioimageio_problem() is None

@@ -37,6 +37,7 @@ from ._checkpoint import Checkpoint, describe_checkpoint
 from ._traced import (
     ALIGN,
     as_checkpoint,
+    check_exportable,
     example_side,
     exportable_model,
     onnx_available,
@@ -383,10 +384,11 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
     model and bioimageio.core's test passes; a failed test raises InputError with its verdict and
     writes nothing.
     """
+    ckpt = as_checkpoint(source)
+    check_exportable(ckpt)  # a family bioimage.io cannot express is refused whatever is installed
     problem = bioimageio_problem()
     if problem:
         raise InputError(problem)
-    ckpt = as_checkpoint(source)
     info = info or PackageInfo()
     model = exportable_model(ckpt)
     raw = test_image(ckpt, image)
