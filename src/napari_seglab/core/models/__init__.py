@@ -1,8 +1,8 @@
 """Model families, losses, checkpoints, metadata and export.
 
 Layers inside this package, top to bottom (see ``.importlinter``): ``_export`` > ``_bioimageio`` >
-``_traced`` > ``_checkpoint`` > ``_metadata`` > ``_registry`` (the table, ModelSpec, build_model) > the family modules (``_unet``,
-``_fcn``, ``_maskrcnn``, and the box detectors ``_retinanet``, ``_fcos``, ``_fasterrcnn``) > their
+``_bioimageio_descr`` > ``_traced`` > ``_checkpoint`` > ``_metadata`` > ``_registry`` (the table,
+ModelSpec, build_model) > the family modules (``_unet``, ``_fcn``, ``_maskrcnn``, and the box detectors ``_retinanet``, ``_fcos``, ``_fasterrcnn``) > their
 shared pieces (``_dense``, ``_detector`` for the torchvision detectors) > ``_family``, ``_weights``,
 ``_losses`` > ``_catalogue`` (every family's plain facts: no torch). A new family is one card in
 the catalogue, one module declaring ``FAMILY = Family.of(card, ...)`` and one line in the registry.
