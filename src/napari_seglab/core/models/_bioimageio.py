@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 
 from ..data import normalize, percentiles, resample_image, scaled_shape, to_chw
 from ..errors import InputError
+from ..events import Message, drive
 from ..io import atomic_path
 from ._bioimageio_descr import ARCH_FILE, PackageInfo, cover, describe_package, readme
 from ._checkpoint import Checkpoint
@@ -223,14 +225,22 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
     ``image``: a raw plane, (Y, X) or (Y, X, C), whose centre becomes the test input (None: a
     synthetic nuclei image). The package is written only when every weight format agrees with the
     model and bioimageio.core's test passes; a failed test raises InputError with its verdict and
-    writes nothing.
+    writes nothing. The blocking twin of :func:`iter_export_bioimageio`.
     """
+    return drive(iter_export_bioimageio(source, out, image=image, info=info))
+
+
+def iter_export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.PathLike, *,
+                           image: np.ndarray | None = None, info: PackageInfo | None = None
+                           ) -> Generator[Message, None, ExportResult]:
+    """:func:`export_bioimageio` as a generator: a Message at each stage, the ExportResult returned."""
     ckpt = as_checkpoint(source)
     check_exportable(ckpt)  # a family bioimage.io cannot express is refused whatever is installed
     problem = bioimageio_problem()
     if problem:
         raise InputError(problem)
     info = info or PackageInfo()
+    yield Message("tracing the network and checking its weight formats against each other")
     model = exportable_model(ckpt)
     raw = test_image(ckpt, image)
     x = torch.from_numpy(seglab_normalised(ckpt, raw))
@@ -274,6 +284,7 @@ def export_bioimageio(source: str | os.PathLike | Checkpoint, out: str | os.Path
             files[name].write_bytes(content)
         descr = describe_package(ckpt, info, files, arch, formats, tolerance)
         built = _save_package(descr, Path(folder) / "package.zip")
+        yield Message("testing the package with bioimageio.core (every weight format, several sizes)")
         verdict = test_package(built)
         if not verdict.passed:
             raise InputError(f"{out}: {verdict.line}; nothing was written")
