@@ -69,10 +69,27 @@ def main() -> None:
     diff = float(np.max(np.abs(got - want)))
     t_torch = best_of(run_torch, args.repeats)
     t_ort = best_of(run_ort, args.repeats)
+
+    # end to end, as `seglab predict --runtime torch|onnx` runs: load (the ONNX export included) + predict
+    import time
+
+    from napari_seglab.core.api import predict_image
+    from napari_seglab.core.predict import load_model
+
+    image = (np.random.default_rng(0).random((args.size, args.size)) * 1000).astype(np.uint16)
+    whole = {}
+    for runtime in ("torch", "onnx"):
+        t0 = time.perf_counter()
+        lm = load_model(ckpt, "cpu", runtime=runtime)
+        loaded = time.perf_counter() - t0
+        predict_image(lm, image)
+        whole[runtime] = (loaded, time.perf_counter() - t0)
     print(f"network: {spec.family} {spec.arch}/{spec.encoder} (fast preset), input (1, 1, {args.size}, {args.size}), "
           f"{args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"largest difference onnxruntime - torch: {diff:.1e}")
     print(f"torch eager (float32, channels_last): {t_torch:.2f} s; onnxruntime CPU: {t_ort:.2f} s")
+    print("load + seglab predict, torch: {:.2f} s (load {:.2f} s); onnx: {:.2f} s (load and export {:.2f} s)".format(
+        whole["torch"][1], whole["torch"][0], whole["onnx"][1], whole["onnx"][0]))
     print(f"onnxruntime / torch-eager time on the CPU, {args.size}x{args.size}: {t_ort / t_torch:.2f}")
 
 
