@@ -25,8 +25,11 @@ from ..core.predict import (
     LoadedModel,
     Prediction,
     PredictOptions,
+    is_package,
     iter_predict_image,
     load_model,
+    load_package,
+    package_summary,
     stock_available,
     stock_meta,
 )
@@ -68,6 +71,8 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
 
         model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
                            in_channels=checkpoint.spec.in_channels)
+    elif is_package(checkpoint.path or ""):  # a bioimage.io package: its metadata came from the file itself
+        model = load_model(checkpoint.path, device)
     else:
         model = load_model(checkpoint, device)
     if cached is None:
@@ -122,8 +127,11 @@ class PredictWidget(Container):
         self._started = 0.0
         self.last_prediction: Prediction | None = None
 
-        self._file = ui.file_picker("model file", "r", "*.pt", tooltip="a checkpoint written by SegLab training")
-        self._about = ui.wrapped_label("choose a model file (.pt)", small=True)
+        self._file = ui.file_picker("model file", "r", "*.pt *.zip *.yaml",
+                                    tooltip="a checkpoint written by SegLab training, or a bioimage.io model package "
+                                            "(.zip or rdf.yaml)")
+        self._package_about = ""
+        self._about = ui.wrapped_label("choose a model file (.pt, or a bioimage.io .zip)", small=True)
         self._stock = ui.choice_combo("or stock model", ("none", *STOCK), "none")
         self._stock.tooltip = ("a stock torchvision model (COCO Mask R-CNN, VOC FCN) from the torch cache "
                                "instead of a file; trained on photographs, a starting point only")
@@ -194,10 +202,15 @@ class PredictWidget(Container):
                               path=f"stock:{self._stock.value}")
         path = ui.path_or_none(self._file)
         if path is None:
-            raise InputError("choose a model file (.pt) first")
+            raise InputError("choose a model file (.pt, or a bioimage.io .zip) first")
         key = (str(path.resolve()), path.stat().st_mtime_ns if path.is_file() else 0)
         if self._checkpoint is None or key != self._checkpoint_key:
-            self._checkpoint = load_checkpoint(path)
+            if is_package(path):  # read (and checked) once here; the worker loads it on its device
+                package = load_package(path, "cpu")
+                self._checkpoint = Checkpoint(meta=package.info, state_dict={}, path=str(path))
+                self._package_about = f"{package_summary(package)}, label mode {package.label_mode}"
+            else:
+                self._checkpoint, self._package_about = load_checkpoint(path), ""
             self._checkpoint_key = key
         return self._checkpoint
 
@@ -211,10 +224,11 @@ class PredictWidget(Container):
 
     def _on_file(self, *_args) -> None:
         if ui.path_or_none(self._file) is None:
-            self._about.value = "choose a model file (.pt)"
+            self._about.value = "choose a model file (.pt, or a bioimage.io .zip)"
             return
         try:
-            self._about.value = describe_checkpoint(self._load_checkpoint())
+            checkpoint = self._load_checkpoint()
+            self._about.value = self._package_about or describe_checkpoint(checkpoint)
         except InputError as exc:
             self._about.value = f"cannot use this file: {exc}"
 

@@ -20,6 +20,7 @@ from ..core.train import ResolvedTrainConfig, TrainResult
 from . import _common as ui
 from . import _layout
 from ._assist import AssistPanel
+from ._export_package import PackageExport
 from ._models import (
     MODELS_DIR,
     best_dice,
@@ -89,6 +90,7 @@ class TrainWidget(TrainSettings, Container):
                                             tooltip="where the model is unsure, and boxes where to paint next")
         self._use_in_predict = PushButton(text="Predict with this model", enabled=False,
                                           tooltip="open the Predict dock with the model kept by the last run")
+        self.export = PackageExport(self._slot, lambda text: self._controls.say(text), self._set_busy)
         self._use_newer = PushButton(text="Use the newer model", visible=False,
                                      tooltip="the last (continued) run ended worse than its start model, which "
                                              "is kept; use the newer one anyway")
@@ -102,7 +104,8 @@ class TrainWidget(TrainSettings, Container):
         self._after = [self._correct, self._show_uncertainty, self._use_in_predict]
         body = _layout.dock_body([self._tabs, self._controls, ui.holder(self.plot),
                                   ui.button_row(self._correct, self._show_uncertainty),
-                                  ui.button_row(self._use_in_predict, self._use_newer), self.assist],
+                                  ui.button_row(self._use_in_predict, self._use_newer),
+                                  ui.button_row(self.export.button), self.assist],
                                  stretch=False)
         super().__init__(widgets=[body], labels=False)
         self.margins = (0, 0, 0, 0)
@@ -113,6 +116,7 @@ class TrainWidget(TrainSettings, Container):
         self._show_uncertainty.changed.connect(lambda *_: self._controls.attempt(self.show_uncertainty))
         self._use_in_predict.changed.connect(self._open_in_predict)
         self._use_newer.changed.connect(lambda *_: self.use_newer_model())
+        self.export.button.changed.connect(lambda *_: self._controls.attempt(self.export_package))
         self.reset_choices()
         self._color_labels()
         self._estimate_diameter()
@@ -272,6 +276,7 @@ class TrainWidget(TrainSettings, Container):
         self._correct.enabled = not busy and self.last_prediction is not None
         self._show_uncertainty.enabled = not busy and self._extras is not None
         self._use_in_predict.enabled = not busy and self.last_checkpoint is not None
+        self.export.button.enabled = not busy and self.last_checkpoint is not None
         self._use_newer.enabled = not busy
         self.assist.enable(not busy)
 
@@ -390,6 +395,15 @@ class TrainWidget(TrainSettings, Container):
         _layers.show_uncertainty(self._viewer, entropy, self._name("uncertainty"), like=layer)
         _layers.show_regions(self._viewer, rows, self._name("paint next"), like=layer, ndim=entropy.ndim)
         self._controls.say(f"bright = unsure; the {len(rows)} numbered boxes are the best places to paint next")
+
+    def export_package(self) -> None:
+        """Export the kept model as a bioimage.io package, its test input from the plane shown."""
+        layer, plane = self._target[0] if self._target else None, None
+        if layer is not None and layer in self._viewer.layers:
+            image, axes = _layers.image_from_layer(layer)
+            index = _layers.current_plane(self._viewer, layer, axes)
+            plane = image[index] if index else image
+        self.export.start(self.last_checkpoint, plane)
 
     def _open_in_predict(self, *_args) -> None:
         if self.last_checkpoint is None:

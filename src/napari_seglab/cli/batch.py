@@ -18,12 +18,13 @@ from .common import (
 )
 
 #: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
-OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "tile", "overlap", "tta",
+OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "runtime", "tile", "overlap", "tta",
            "score_threshold")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
+    p.add_argument("--model", required=True, metavar="M.pt",
+                   help="trained checkpoint, or a bioimage.io model package (.zip or rdf.yaml)")
     p.add_argument("--input-dir", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="folder for the results")
     from ..core.predict import BatchOptions
@@ -72,6 +73,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               recursive=args.recursive, probabilities=args.probabilities,
                               measurements=not args.no_measurements, skip_existing=args.skip_existing,
                               workers=args.workers, scheduler=args.scheduler, device=args.device,
+                              runtime=args.runtime,
                               tile=args.tile or None, overlap=args.overlap, tta=args.tta,
                               score_threshold=args.score_threshold), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "

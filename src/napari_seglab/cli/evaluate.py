@@ -143,15 +143,61 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M.pt", help="trained checkpoint")
     p.add_argument("--format", required=True, choices=("torchscript", "onnx", "bioimageio"), help="export format")
     p.add_argument("--out", required=True, metavar="PATH", help="output file (.pt, .onnx or .zip)")
+    pkg = p.add_argument_group("bioimage.io packages (--format bioimageio; needs pip install "
+                               "'napari-seglab[bioimageio]')")
+    pkg.add_argument("--image", metavar="IMG.tif",
+                     help="image whose centre becomes the package's test input (default: a synthetic nuclei image)")
+    pkg.add_argument("--name", help="the model's name (default: family, architecture and encoder)")
+    pkg.add_argument("--description", help="one paragraph about the model (default: what the checkpoint records)")
+    pkg.add_argument("--author", action="append", default=[], metavar="NAME", help="an author (repeat for more)")
+    pkg.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="licence of the weights (default CC-BY-4.0)")
+    pkg.add_argument("--cite", action="append", default=[], metavar="DOI_OR_URL",
+                     help="a publication to cite, as a DOI (10.x/...) or a URL (repeat for more)")
+
+
+def _package_options(args: argparse.Namespace) -> dict:
+    """The bioimage.io options given, refused with another format; for bioimageio, export_bioimageio's keywords."""
+    given = [f"--{k}" for k in ("image", "name", "description") if getattr(args, k) is not None]
+    given += ["--author"] * bool(args.author) + ["--cite"] * bool(args.cite)
+    given += ["--license"] * (args.license != "CC-BY-4.0")
+    if args.format != "bioimageio":
+        if given:
+            raise InputError(f"{given[0]}: only --format bioimageio takes it")
+        return {}
+    from ..core.models import PackageInfo
+
+    for ref in args.cite:
+        if not (ref.startswith("10.") or ref.startswith(("http://", "https://"))):
+            raise InputError(f"--cite {ref!r:.60}: give a DOI (10.xxxx/...) or an http(s) URL")
+    image = None
+    if args.image is not None:
+        check_tiff(args.image, "--image")
+        from ..core.io import read_image
+
+        read = read_image(args.image)
+        image = read.data[(0,) * sum(a in "TZ" for a in read.axes)]  # the first plane of a stack
+    info = PackageInfo(name=args.name, description=args.description, authors=tuple(args.author),
+                       license=args.license, cite=tuple((ref, ref) for ref in args.cite))
+    return {"image": image, "info": info}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     check_input(args.model, "--model", "a checkpoint file")
-    check_output(args.out, [args.model], "--out")
-    from ..core.models import export_model
+    check_output(args.out, [args.model] + ([args.image] if args.image else []), "--out")
+    options = _package_options(args)
+    from ..core.models import export_bioimageio, export_model
 
-    path = export_model(args.model, args.format, args.out, protect=(args.model,))
-    print(f"exported {args.format} model to {path}")
+    if args.format != "bioimageio":
+        path = export_model(args.model, args.format, args.out, protect=(args.model,))
+        print(f"exported {args.format} model to {path}")
+        return EXIT_OK
+    from ..core.models import check_export_target
+
+    check_export_target(args.model, args.out, (args.model,) + ((args.image,) if args.image else ()))
+    result = export_bioimageio(args.model, args.out, **options)
+    print(f"exported bioimage.io package to {result.path} (weights: {', '.join(result.formats)}; they agree "
+          f"within {result.agreement:.0e}, declared tolerance {result.tolerance:.0e})")
+    print(result.verdict.line)
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from .common import (
 )
 
 #: PredictOptions fields offered as ``seglab predict`` options
-OPTIONS = ("device", "tile", "overlap", "split_instances", "tta", "score_threshold")
+OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     box_families = ", ".join(card.name for card in CARDS if card.kind.boxes)
     p.add_argument("--model", required=True, metavar="M.pt",
-                   help="trained checkpoint, or stock:NAME for a stock torchvision model in the torch cache "
+                   help="trained checkpoint, a bioimage.io model package (.zip or rdf.yaml), or stock:NAME for "
+                        "a stock torchvision model in the torch cache "
                         f"({stock(False)}; box detectors: {stock(True)})")
     p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
     p.add_argument("--output", default=None, metavar="LABELS.tif",
@@ -76,11 +77,14 @@ def _load(args: argparse.Namespace):
     if args.model.startswith("stock:"):
         from ..core.predict import load_stock
 
+        if args.runtime != "torch":
+            raise InputError(f"--runtime {args.runtime}: stock models run in torch")
+
         image = read_image(args.input)
         model = load_stock(args.model.removeprefix("stock:"), args.device,
                            in_channels=image.data.shape[-1] if "C" in image.axes else 1)
     else:
-        model = load_model(args.model, args.device)
+        model = load_model(args.model, args.device, runtime=args.runtime)
         image = None
     _check_kind(args, model.spec.family_entry)
     return model, image if image is not None else read_image(args.input)

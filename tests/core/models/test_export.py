@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
@@ -17,7 +14,6 @@ from napari_seglab.core.models import (
     Checkpoint,
     ModelSpec,
     example_input,
-    export_bioimageio,
     export_model,
     export_torchscript,
     exportable_model,
@@ -81,21 +77,3 @@ def test_onnx_needs_the_onnx_package(tiny_model, tmp_path):
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == ["input"]
-
-
-def test_bioimageio_package_is_self_consistent(tiny_model, tmp_path):
-    out = export_bioimageio(tiny_model, tmp_path / "model.zip")
-    with zipfile.ZipFile(out) as zf:
-        names = set(zf.namelist())
-        assert {"rdf.yaml", "weights.pt", "test_input.npy", "test_output.npy", "README.md"} <= names
-        files = {n: zf.read(n) for n in names}
-    rdf_text = files["rdf.yaml"].decode()
-    assert "format_version: 0.5" in rdf_text and "scale_range" in rdf_text
-    for name in ("weights.pt", "test_input.npy", "test_output.npy"):
-        assert hashlib.sha256(files[name]).hexdigest() in rdf_text
-    x = np.load(io.BytesIO(files["test_input.npy"]))
-    y = np.load(io.BytesIO(files["test_output.npy"]))
-    scripted = torch.jit.load(io.BytesIO(files["weights.pt"]))
-    with torch.no_grad():
-        np.testing.assert_allclose(scripted(torch.from_numpy(x)).numpy(), y, atol=1e-5)
-    assert x.shape == (1, 1, 64, 64) and y.shape == (1, 2, 64, 64)

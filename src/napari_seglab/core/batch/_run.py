@@ -98,10 +98,25 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
     pattern, recursive, probabilities = options.pattern, options.recursive, options.probabilities
     in_dir, out_dir = mf.check_folders(input_dir, output_dir)
     model = str(resolved(model))
-    ckpt = load_checkpoint(model)
-    ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
+    from ..predict import is_package
+
+    if is_package(model):  # a bioimage.io package: read (and refused) once, not once per file
+        from ..predict import load_package, package_summary
+
+        ckpt = load_package(model, "cpu")
+        about = package_summary(ckpt)
+    else:
+        ckpt = load_checkpoint(model)
+        ckpt.build("cpu")  # weights that do not fit the recorded model: refuse once, not once per file
+        about = describe_checkpoint(ckpt)
     spec = ckpt.spec
     check_used(options, spec.family_entry)
+    if options.runtime != "torch" and not is_package(model):  # refused once, before any file
+        import torch
+
+        from ..predict import use_onnx
+
+        use_onnx(options.runtime, torch.device("cuda" if options.device == "cuda" else "cpu"), spec.family_entry)
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
     files = scan_folder(in_dir, pattern, recursive)
     if in_dir in out_dir.parents:  # outputs inside the input folder are never inputs
@@ -111,7 +126,7 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
                          " (sub-folders are not searched; use recursive)"))
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
                                 measurements=measurements, boxes=spec.family_entry.kind.boxes)
-    setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), describe_checkpoint(ckpt), split, plan,
+    setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), about, split, plan,
                    {rel: outs for _, rel, outs in plan})
     ensure_not_input(setup.manifest, files)
     ensure_not_input(setup.summary_csv, files)
@@ -204,7 +219,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False, score_threshold: float = 0.5
+              tta: bool = False, score_threshold: float = 0.5, runtime: str = "torch"
               ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 
@@ -220,6 +235,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     already running finish; their outputs and rows are kept. Folders (links
     included) are resolved once here; the summary names the resolved output folder.
     ``tta``: test-time augmentation (see :func:`~napari_seglab.core.predict._image.iter_predict_image`).
+    ``runtime``: what runs the network (see :func:`~napari_seglab.core.predict.load_model`).
     A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
     (columns :data:`~napari_seglab.core.labels._boxes.BOX_COLUMNS`, the boxes scoring at least
     ``score_threshold``) and their count as the summary's ``object_count``.
@@ -227,13 +243,14 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     t0 = time.perf_counter()
     options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                            skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
-                           overlap=overlap, tta=tta, score_threshold=score_threshold)
+                           overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime)
     _check_request(options, scheduler)
     setup = _set_up(model, input_dir, output_dir, options, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
-                                                      "score_threshold": float(score_threshold)})
+                                                      "score_threshold": float(score_threshold),
+                                                      "runtime": runtime})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

@@ -46,6 +46,7 @@ class FileTask:
     tta: bool = False
     host_threads: dict | None = None
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
+    runtime: str = "torch"  # what runs the network: torch, onnx or auto (see load_model)
 
 
 
@@ -105,16 +106,16 @@ def _on_dask_worker(task: FileTask) -> tuple[str, int | None]:
     return device, threads
 
 
-def _cached_model(path: str, device: str):
-    """The model of ``path`` on ``device``, loaded once per process (one model kept)."""
+def _cached_model(path: str, device: str, runtime: str = "torch"):
+    """The model of ``path`` on ``device`` under ``runtime``, loaded once per process (one model kept)."""
     from ..predict import load_model
 
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, device)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, device, runtime)
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS.clear()
-            _MODELS[key] = load_model(path, device)
+            _MODELS[key] = load_model(path, device, runtime=runtime)
             _LOADS[0] += 1
         return _MODELS[key]
 
@@ -149,7 +150,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
 
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
-        lm = _cached_model(task.model, device)
+        lm = _cached_model(task.model, device, task.runtime)
         img = read_image(task.input)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,

@@ -1,8 +1,8 @@
 """Model families, losses, checkpoints, metadata and export.
 
-Layers inside this package, top to bottom (see ``.importlinter``): ``_export`` > ``_checkpoint`` >
-``_metadata`` > ``_registry`` (the table, ModelSpec, build_model) > the family modules (``_unet``,
-``_fcn``, ``_maskrcnn``, and the box detectors ``_retinanet``, ``_fcos``, ``_fasterrcnn``) > their
+Layers inside this package, top to bottom (see ``.importlinter``): ``_export`` > ``_bioimageio`` >
+``_bioimageio_descr`` > ``_traced`` > ``_checkpoint`` > ``_metadata`` > ``_registry`` (the table,
+ModelSpec, build_model) > the family modules (``_unet``, ``_fcn``, ``_maskrcnn``, and the box detectors ``_retinanet``, ``_fcos``, ``_fasterrcnn``) > their
 shared pieces (``_dense``, ``_detector`` for the torchvision detectors) > ``_family``, ``_weights``,
 ``_losses`` > ``_catalogue`` (every family's plain facts: no torch). A new family is one card in
 the catalogue, one module declaring ``FAMILY = Family.of(card, ...)`` and one line in the registry.
@@ -34,15 +34,18 @@ from ._catalogue import (
 
 #: the names that need torch, by module
 _LAZY = {
-    "_checkpoint": ("Checkpoint", "describe_checkpoint", "load_checkpoint", "save_checkpoint"),
+    "_checkpoint": ("Checkpoint", "check_weights_fit", "describe_checkpoint", "load_checkpoint", "save_checkpoint"),
     "_detector": ("batch_box_targets", "boxes_from_instances", "merge_tile_boxes"),
-    "_export": ("META_FILE", "example_input", "export_bioimageio", "export_model", "export_torchscript",
-                "exportable_model"),
+    "_export": ("FORMATS", "META_FILE", "check_export_target", "example_input", "export_bioimageio",
+                "export_model", "export_onnx", "export_torchscript", "exportable_model"),
+    "_bioimageio": ("ARCH_SHA256", "ExportResult", "PackageInfo", "Verdict", "bioimageio_problem",
+                    "iter_export_bioimageio", "test_package"),
+    "_traced": ("ProbabilityModel", "onnx_bytes"),
     "_family": ("Family", "LossInputs"),
     "_fcn": ("FCNWrapper",),
     "_losses": ("balanced_class_weights", "bce_dice", "ce_dice", "probabilities", "segmentation_loss"),
     "_maskrcnn": ("build_maskrcnn", "detection_loss", "detection_targets", "predict_instances_tiled"),
-    "_metadata": ("CheckpointMeta", "DescribedModel"),
+    "_metadata": ("CheckpointMeta", "DescribedModel", "parse_meta"),
     "_registry": ("REGISTRY", "ModelSpec", "build_model", "check_head", "check_spec", "count_parameters",
                   "families", "get_family", "preset_spec"),
     "_unet": ("check_stored_encoder", "smp_encoders"),

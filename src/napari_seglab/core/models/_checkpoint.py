@@ -135,8 +135,8 @@ def _foreign_format(path: Path) -> str | None:
     except (OSError, zipfile.BadZipFile, ValueError):
         return None
     if "rdf.yaml" in names:
-        return ("a bioimage.io model package (made by seglab export); open it with bioimage.io tools, "
-                "or pass the original .pt checkpoint")
+        return ("a bioimage.io model package: seglab predict and seglab batch take it as --model; here "
+                "pass the original .pt checkpoint")
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         return ("a TorchScript export (made by seglab export --format torchscript); load it with "
                 "torch.jit.load, or pass the original .pt checkpoint to seglab")

@@ -3,7 +3,8 @@
 :func:`iter_predict_image` is the generator (the blocking twin is
 :func:`napari_seglab.core.api.predict_image`). Modules: ``_image`` (whole images), ``_forward``
 (one plane over a tile plan), ``_options`` (prediction settings declared once), ``_stock``
-(torchvision's COCO / VOC models, from a cache only).
+(torchvision's COCO / VOC models, from a cache only), ``_package`` (bioimage.io model packages), ``_onnx``
+(onnxruntime as a runtime).
 """
 
 from ..lazy import lazy_all, lazy_names
@@ -15,6 +16,8 @@ _LAZY = {
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
+    "_onnx": ("OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
+    "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
 __all__ = ["BatchOptions", "ModelRunOptions", "PredictOptions"]

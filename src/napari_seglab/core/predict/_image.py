@@ -68,26 +68,52 @@ class LoadedModel(DescribedModel):
 
     ``meta`` may be given typed or in its on-disk dict form; the :attr:`meta`
     property gives the dict form back. ``tta``: test-time augmentation (flips,
-    see :func:`~napari_seglab.core.predict._forward._tile_output`).
+    see :func:`~napari_seglab.core.predict._forward._tile_output`). ``scaling``: a function of a raw
+    (C, Y, X) plane giving the per-channel ``(lo, hi)`` that map to 0 and 1 (a bioimage.io package's
+    preprocessing); None: the checkpoint's normalisation. ``max_tile``: the largest tile side the
+    network takes (a package of fixed input size), None: any. ``halo``: output pixels at a tile's
+    border the network declares unreliable; tiles then overlap by at least twice that.
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta | dict, device: torch.device,
-                 precision: Precision, tta: bool = False):
+                 precision: Precision, tta: bool = False, scaling=None, max_tile: int | None = None,
+                 halo: int = 0):
         self.model, self.info, self.device, self.precision = model, CheckpointMeta.coerce(meta), device, precision
         self.tta = bool(tta)
+        self.scaling, self.max_tile, self.halo = scaling, max_tile, int(halo)
 
     def replace(self, **changes) -> LoadedModel:
         """A copy with some of ``model``, ``meta``, ``device``, ``precision``, ``tta`` changed (this one is kept)."""
         values = {"model": self.model, "meta": self.info, "device": self.device, "precision": self.precision,
-                  "tta": self.tta}
+                  "tta": self.tta, "scaling": self.scaling, "max_tile": self.max_tile, "halo": self.halo}
         return LoadedModel(**{**values, **changes})
 
+    def input_scaling(self, raw: np.ndarray) -> tuple:
+        """Per-channel ``(lo, hi)`` of a raw (C, Y, X) plane: what maps to 0 and 1 before the network."""
+        if self.scaling is not None:
+            return self.scaling(raw)
+        norm = self.normalization
+        return (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
 
-def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False
-               ) -> LoadedModel:
-    """Load a checkpoint (path or :class:`Checkpoint`) onto ``device`` for inference."""
+
+def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False,
+               runtime: str = "torch") -> LoadedModel:
+    """Load a checkpoint (path or :class:`Checkpoint`) or a bioimage.io package onto ``device`` for inference.
+
+    ``runtime``: "torch", "onnx" (the network exported to ONNX in memory and run by onnxruntime on the
+    CPU; a package runs its ONNX weights) or "auto" (onnx on the CPU when onnxruntime is installed).
+    """
+    from ._onnx import onnx_network, use_onnx
+
+    if not isinstance(source, Checkpoint):
+        from ._package import is_package, load_package
+
+        if is_package(source):
+            return load_package(source, device, weights="onnx" if runtime == "onnx" else None)
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     dev = device if isinstance(device, torch.device) else pick_device(device)
+    if use_onnx(runtime, dev, ckpt.spec.family_entry):
+        return LoadedModel(model=onnx_network(ckpt), meta=ckpt.info, device=dev, precision=precision_for(dev))
     precision = precision_for(dev, bf16_cpu=bf16_cpu)
     model = ckpt.build(dev)
     if precision.channels_last and ckpt.spec.family_entry.channels_last:
@@ -240,6 +266,8 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
         tile = auto_tile(scaled_shape((ysize, xsize), scale), spec.family, budget, channels, out_ch)
     tile = max(ALIGN, int(tile))
+    if model.max_tile:  # a package of fixed input size
+        tile = min(tile, model.max_tile)
     all_planes = plane_indices(image.shape, axes)
     todo = all_planes if planes is None else [tuple(p) for p in planes]
     for p in todo:
@@ -344,12 +372,13 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
         model = model.replace(tta=True)  # the caller's (perhaps cached) model is left as it was
     image = check_image_values(np.asarray(image))
     job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
+    if model.halo:  # a package's halo: neighbouring tiles cover each other's unreliable borders
+        overlap = max(overlap, min(0.5, 2 * model.halo / job.tile))
     labels = np.zeros(job.spatial, np.int32)
     probs_out = np.zeros((max(2, spec.n_classes), *job.spatial), np.float32) if probabilities and spec.semantic \
         else None
     boxes: list[dict] = []
     outputs_out = None
-    norm = model.normalization
     current = model  # becomes a CPU copy for the rest of this call after an out-of-memory fallback
     stopped = False
     try:
@@ -357,7 +386,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             check_stop(stop)  # planes of one tile have no tile loop that would notice
             plane = image[index] if index else image
             raw = to_chw(plane, spec.in_channels)
-            lohi = (norm.lo, norm.hi) if (not norm.per_image and norm.lo) else percentiles(raw, norm.low, norm.high)
+            lohi = model.input_scaling(raw)
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
             if not spec.semantic:  # object and box families: their own tiled prediction
                 (inst, det), current = yield from relay(

@@ -81,7 +81,7 @@ def model_spec(config, channels: int, n_classes: int, head: str = "boundary") ->
 
 def _start_from(config) -> tuple[Checkpoint | None, Normalization | None, float | None, str]:
     """(checkpoint to continue, its normalisation, object scale, instance head) of a run."""
-    init = load_checkpoint(config.init, with_optimizer=True) if config.init else None
+    init = _load_init(config.init) if config.init else None
     scale = config.scale
     if init is not None and scale is None:
         scale = init.info.scale
@@ -93,6 +93,14 @@ def _start_from(config) -> tuple[Checkpoint | None, Normalization | None, float 
     elif head is None:
         head = default_instance_head(config.label_mode, config.family)
     return init, (replace(init.info.normalization) if init else None), scale, head
+
+
+def _load_init(path) -> Checkpoint:
+    """The checkpoint to train on from: a .pt checkpoint (with its optimiser state), or the one inside a
+    bioimage.io package SegLab exported."""
+    from ..predict import is_package, package_checkpoint
+
+    return package_checkpoint(path) if is_package(path) else load_checkpoint(path, with_optimizer=True)
 
 
 def _spec_for(config, init: Checkpoint | None, samples: list[Sample], channels: int, head: str) -> ModelSpec:

@@ -1,0 +1,71 @@
+"""``--runtime onnx``: the checkpoint's network under onnxruntime gives torch's labels and probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from packages import tiny_checkpoint
+
+from napari_seglab.core.errors import InputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize("mode, n_classes, head", [("scribbles", 2, None), ("objects", 2, "flows")])
+def test_onnx_runtime_gives_torch_labels(tmp_path, mode, n_classes, head):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_seglab.core.api import predict_image
+    from napari_seglab.core.predict import OnnxNetwork, load_model
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", mode, n_classes, head)
+    image = tifffile.imread("sample_data/nuclei_test.tif")[:150, :200]
+    onnx = load_model(ckpt, "cpu", runtime="onnx")
+    assert isinstance(onnx.model, OnnxNetwork)
+    want = predict_image(load_model(ckpt, "cpu"), image, probabilities=True, tile=96)
+    got = predict_image(onnx, image, probabilities=True, tile=96)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-4)
+
+
+def test_onnx_runtime_is_refused_where_it_cannot_run(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from napari_seglab.cli import main
+    from napari_seglab.core.models import get_family
+    from napari_seglab.core.predict import use_onnx
+
+    with pytest.raises(InputError, match="per-pixel networks .* not Mask R-CNN"):
+        use_onnx("onnx", torch.device("cpu"), get_family("maskrcnn"))
+    with pytest.raises(InputError, match="runs on the CPU"):
+        use_onnx("onnx", torch.device("cuda"), get_family("unet"))
+    assert not use_onnx("auto", torch.device("cuda"), get_family("unet"))
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.uint16))
+    rc = main(["predict", "--model", str(ckpt), "--input", str(image), "--output", str(tmp_path / "o.tif"),
+               "--runtime", "onnx", "--device", "cpu"])
+    assert rc == 0 and (tmp_path / "o.tif").exists()
+
+
+def test_batch_runs_a_folder_under_onnx_runtime(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_seglab.cli import main
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = tifffile.imread("sample_data/nuclei_test.tif")[:96, :128]
+    for i in range(2):
+        tifffile.imwrite(folder / f"img{i}.tif", image)
+    for runtime in ("torch", "onnx"):
+        rc = main(["batch", "--model", str(ckpt), "--input-dir", str(folder), "--output-dir",
+                   str(tmp_path / runtime), "--workers", "0", "--runtime", runtime])
+        assert rc == 0, capsys.readouterr().err
+    for i in range(2):
+        want = tifffile.imread(next((tmp_path / "torch").rglob(f"img{i}*labels*.tif")))
+        got = tifffile.imread(next((tmp_path / "onnx").rglob(f"img{i}*labels*.tif")))
+        np.testing.assert_array_equal(got, want)
