@@ -123,7 +123,11 @@ def test_default_budget_is_two_minutes_unless_epochs_are_given():
 def test_cost_note_warns_when_the_budget_is_far_too_small_and_names_what_would_work():
     spec = ModelSpec(family="maskrcnn", arch="maskrcnn_resnet50_fpn", n_classes=2)
     text, level = cost_note(spec, torch.device("cpu"), 60)
-    assert level == "warning" and "too short" in text and "'fast' preset" in text
+    assert level == "warning" and "too short" in text and "maskrcnn_resnet18_fpn architecture is useful" in text
+    # the family's light architecture is too slow as well: the U-Net's fast preset is named
+    text, level = cost_note(ModelSpec(family="retinanet", arch="retinanet_resnet18_fpn", n_classes=2),
+                            torch.device("cpu"), 60)
+    assert level == "warning" and "'fast' preset" in text
     # a heavy architecture whose light sibling fits the budget: the sibling is named
     text, level = cost_note(ModelSpec(family="fcn", arch="fcn_resnet50", n_classes=3), torch.device("cpu"), 120)
     assert level == "warning" and "fcn_resnet18 architecture is useful" in text
