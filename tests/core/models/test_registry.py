@@ -153,6 +153,10 @@ def test_a_record_that_contradicts_its_kind_is_refused():
         Family(kind="boxes", **fields)  # an object family must say how it predicts tiles
     with pytest.raises(ValueError, match="default architecture"):
         Family(kind="semantic", **{**fields, "default_arch": "b"})
+    with pytest.raises(ValueError, match="GPU architecture 'b'"):
+        Family(kind="semantic", **{**fields, "gpu_arch": "b"})
+    with pytest.raises(ValueError, match="architecture of arch_lr 'b'"):
+        Family(kind="semantic", **{**fields, "arch_lr": {"b": 1e-4}})
 
 
 class _BoxNet(nn.Module):

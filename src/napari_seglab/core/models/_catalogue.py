@@ -122,9 +122,12 @@ class FamilyCard:
         if self.kind not in tuple(Kind):  # a Kind, or its value as a checkpoint or a plug-in spells it
             raise ValueError(f"family {self.name}: kind {self.kind!r} is not one of {', '.join(Kind)}")
         object.__setattr__(self, "kind", Kind(self.kind))
-        for arch in (self.default_arch, self.gpu_arch or self.default_arch, *self.arch_costs, *self.arch_lr):
+        named = [("default architecture", self.default_arch), ("GPU architecture", self.gpu_arch or self.default_arch),
+                 *(("architecture of arch_costs", a) for a in self.arch_costs),
+                 *(("architecture of arch_lr", a) for a in self.arch_lr)]
+        for role, arch in named:
             if arch not in self.archs:
-                raise ValueError(f"family {self.name}: architecture {arch!r} not in its list")
+                raise ValueError(f"family {self.name}: {role} {arch!r} not in its list")
 
     @property
     def semantic(self) -> bool:
