@@ -10,9 +10,11 @@ half of an image, then predicts the other half:
   right half, 57 nuclei scored; ``pip download stardist==0.9.2`` once, or
   ``--stardist-wheel``).
 
-Label modes: ``instances`` (the dense mask) for every family, and
-``scribbles`` (strokes from ``core.synthetic.make_scribbles``) for the dense
-families. Scores: foreground Dice, AP@0.5 and AP@0.75 of the objects (DSB2018
+Label modes: ``instances`` (the dense mask) for every family; for the dense
+families also ``scribbles`` (strokes from ``core.synthetic.make_scribbles``),
+``objects`` (a quarter of the nuclei painted whole, at random, plus the
+background strokes) and ``classes`` (the foreground as class 1; its objects
+are the connected components split by a watershed, as for scribbles). Scores: foreground Dice, AP@0.5 and AP@0.75 of the objects (DSB2018
 convention, ``match_instances``) for the families that give masks; box AP@0.5
 and AP@0.75 (area under the precision/recall curve) for every object family,
 from the boxes of its detections (scored down to 0.05) or of the U-Net's
@@ -34,7 +36,7 @@ import sys
 import time
 
 import numpy as np
-from sparse_annotations import halves, load_image
+from sparse_annotations import annotate, chosen_nuclei, halves, load_image
 
 from napari_seglab.core.evaluate import box_scores, match_instances
 from napari_seglab.core.events import drive
@@ -51,12 +53,17 @@ AP_SCORE_FLOOR = 0.05
 
 def modes_of(family: str, asked: list[str]) -> list[str]:
     entry = get_family(family)
-    allowed = entry.label_modes or ("instances", "scribbles")
+    allowed = entry.label_modes or ("instances", "scribbles", "objects", "classes")
     return [m for m in asked if m in allowed]
 
 
 def run(family: str, mode: str, tr_img, tr_inst, te_img, te_inst, budget: float, seed: int, **options) -> dict:
-    labels = tr_inst if mode == "instances" else make_scribbles(tr_inst, seed=seed)
+    if mode == "objects":  # a quarter of the nuclei painted whole, plus background strokes
+        labels = annotate("objects", tr_inst, chosen_nuclei(tr_inst, 0.25, "random", seed), seed)
+    elif mode == "classes":
+        labels = (tr_inst > 0).astype(np.uint8)
+    else:
+        labels = tr_inst if mode == "instances" else make_scribbles(tr_inst, seed=seed)
     config = TrainConfig(family=family, label_mode=mode, time_limit=budget, epochs=None, device="cpu", seed=seed,
                          **options)
     t0 = time.monotonic()
@@ -70,7 +77,7 @@ def run(family: str, mode: str, tr_img, tr_inst, te_img, te_inst, budget: float,
     truth_boxes = label_box_rows(te_inst, "YX", "instances")
     n_true = len(truth_boxes)
     if entry.kind.dense:
-        pred = drive(iter_predict_image(model, te_img, split_instances=mode == "scribbles"))
+        pred = drive(iter_predict_image(model, te_img, split_instances=mode in ("scribbles", "classes")))
         m = match_instances(pred.labels, te_inst)
         rows = label_box_rows(pred.labels, "YX", "instances")
         row.update(dice=m["dice"], ap50=m["ap50"], ap75=m["ap75"], count=(len(rows) - n_true) / n_true)

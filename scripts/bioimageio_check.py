@@ -27,6 +27,9 @@ CASES = (
     ("unet-distance", ["--label-mode", "instances", "--instance-head", "distance"]),
     ("fcn-semantic", ["--family", "fcn", "--label-mode", "scribbles",
                       "--labels", str(SAMPLE / "nuclei_train_scribbles.tif")]),
+    ("fcn-boundary", ["--family", "fcn", "--label-mode", "instances", "--instance-head", "boundary"]),
+    ("fcn-flows", ["--family", "fcn", "--label-mode", "instances", "--instance-head", "flows"]),
+    ("fcn-distance", ["--family", "fcn", "--label-mode", "instances", "--instance-head", "distance"]),
 )
 TRAIN = ["--patch", "64", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "3",
          "--device", "cpu", "--pretrained", "none"]
