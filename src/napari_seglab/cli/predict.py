@@ -77,7 +77,7 @@ def _load(args: argparse.Namespace):
     if args.model.startswith("stock:"):
         from ..core.predict import load_stock
 
-        if args.runtime != "torch":
+        if args.runtime == "onnx":
             raise InputError(f"--runtime {args.runtime}: stock models run in torch")
 
         image = read_image(args.input)

@@ -23,7 +23,7 @@ def test_onnx_runtime_gives_torch_labels(tmp_path, mode, n_classes, head):
     image = tifffile.imread("sample_data/nuclei_test.tif")[:150, :200]
     onnx = load_model(ckpt, "cpu", runtime="onnx")
     assert isinstance(onnx.model, OnnxNetwork)
-    want = predict_image(load_model(ckpt, "cpu"), image, probabilities=True, tile=96)
+    want = predict_image(load_model(ckpt, "cpu", runtime="torch"), image, probabilities=True, tile=96)
     got = predict_image(onnx, image, probabilities=True, tile=96)
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-4)
@@ -69,3 +69,29 @@ def test_batch_runs_a_folder_under_onnx_runtime(tmp_path, capsys):
         want = tifffile.imread(next((tmp_path / "torch").rglob(f"img{i}*labels*.tif")))
         got = tifffile.imread(next((tmp_path / "onnx").rglob(f"img{i}*labels*.tif")))
         np.testing.assert_array_equal(got, want)
+
+
+def test_auto_runtime_is_the_default_and_switches_to_onnx_once_a_job_is_large_enough(tmp_path):
+    """A small job stays in torch (converting would cost more than it saves); past the threshold the same
+    model converts once and gives the same labels."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_seglab.core.api import predict_image
+    from napari_seglab.core.predict import AUTO_ONNX_PIXELS, AutoNetwork, PredictOptions, load_model
+
+    assert PredictOptions().runtime == "auto" and AUTO_ONNX_PIXELS >= 1_000_000
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", "objects", 2, "flows")
+    image = tifffile.imread("sample_data/nuclei_test.tif")[:150, :200]
+    want = predict_image(load_model(ckpt, "cpu", runtime="torch"), image, probabilities=True, tile=96)
+    small = load_model(ckpt, "cpu")  # the default
+    assert isinstance(small.model, AutoNetwork)
+    np.testing.assert_array_equal(predict_image(small, image, tile=96).labels, want.labels)
+    assert not small.model.converted  # 30,000 pixels: torch all along
+    large = load_model(ckpt, "cpu")
+    large.model.switch_pixels = 96 * 96  # as if a large image: the switch comes after the first tile
+    got = predict_image(large, image, probabilities=True, tile=96)
+    assert large.model.converted
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-4)
+    # a detector, or a model on a GPU, never switches
+    assert not isinstance(load_model(ckpt, "cpu", runtime="torch").model, AutoNetwork)

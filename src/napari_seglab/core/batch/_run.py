@@ -111,7 +111,7 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
         about = describe_checkpoint(ckpt)
     spec = ckpt.spec
     check_used(options, spec.family_entry)
-    if options.runtime != "torch" and not is_package(model):  # refused once, before any file
+    if options.runtime == "onnx" and not is_package(model):  # refused once, before any file
         import torch
 
         from ..predict import use_onnx
@@ -219,7 +219,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False, score_threshold: float = 0.5, runtime: str = "torch"
+              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto"
               ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 

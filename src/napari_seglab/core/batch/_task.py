@@ -46,7 +46,7 @@ class FileTask:
     tta: bool = False
     host_threads: dict | None = None
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
-    runtime: str = "torch"  # what runs the network: torch, onnx or auto (see load_model)
+    runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
 
 
 
@@ -106,7 +106,7 @@ def _on_dask_worker(task: FileTask) -> tuple[str, int | None]:
     return device, threads
 
 
-def _cached_model(path: str, device: str, runtime: str = "torch"):
+def _cached_model(path: str, device: str, runtime: str = "auto"):
     """The model of ``path`` on ``device`` under ``runtime``, loaded once per process (one model kept)."""
     from ..predict import load_model
 

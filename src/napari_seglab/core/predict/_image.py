@@ -97,13 +97,15 @@ class LoadedModel(DescribedModel):
 
 
 def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *, bf16_cpu: bool = False,
-               runtime: str = "torch") -> LoadedModel:
+               runtime: str = "auto") -> LoadedModel:
     """Load a checkpoint (path or :class:`Checkpoint`) or a bioimage.io package onto ``device`` for inference.
 
     ``runtime``: "torch", "onnx" (the network exported to ONNX in memory and run by onnxruntime on the
-    CPU; a package runs its ONNX weights) or "auto" (onnx on the CPU when onnxruntime is installed).
+    CPU; a package runs its ONNX weights) or "auto" (the default: torch, switching to onnx once the model
+    has predicted :data:`~napari_seglab.core.predict._onnx.AUTO_ONNX_PIXELS` pixels, on a CPU with
+    onnxruntime installed, for the per-pixel families; where onnx is faster, a batch or a large image).
     """
-    from ._onnx import onnx_network, use_onnx
+    from ._onnx import AutoNetwork, onnx_network, use_onnx
 
     if not isinstance(source, Checkpoint):
         from ._package import is_package, load_package
@@ -112,12 +114,15 @@ def load_model(source: str | Checkpoint, device: str | torch.device = "auto", *,
             return load_package(source, device, weights="onnx" if runtime == "onnx" else None)
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    if use_onnx(runtime, dev, ckpt.spec.family_entry):
+    onnx = use_onnx(runtime, dev, ckpt.spec.family_entry)
+    if onnx and runtime == "onnx":
         return LoadedModel(model=onnx_network(ckpt), meta=ckpt.info, device=dev, precision=precision_for(dev))
     precision = precision_for(dev, bf16_cpu=bf16_cpu)
     model = ckpt.build(dev)
     if precision.channels_last and ckpt.spec.family_entry.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if onnx and not bf16_cpu:  # "auto": onnxruntime runs float32; bfloat16 torch is not compared with it
+        model = AutoNetwork(model, ckpt).eval()
     return LoadedModel(model=model, meta=ckpt.info, device=dev, precision=precision)
 
 

@@ -4,10 +4,14 @@
 and runs it with onnxruntime's CPU provider; everything else (tiling, blending, decoding) stays SegLab's.
 On this project's 2-core CPU the fast and accurate U-Nets ran 1.4-1.8x faster than torch eager
 (float32, channels_last) at 1024-2048 px (``benchmarks/export_speed.py``); the export costs about 2 s
-per load.
+per load. ``auto``, the default, is :class:`AutoNetwork`: torch until a job is large enough for the
+conversion to pay back, then onnxruntime.
 """
 
 from __future__ import annotations
+
+import copy
+import threading
 
 import numpy as np
 import torch
@@ -53,9 +57,52 @@ class OnnxNetwork(nn.Module):
         return self
 
 
+#: pixels a job predicts with torch before the "auto" runtime converts the network to ONNX. Converting
+#: costs 2-2.5 s and onnxruntime then takes 0.57-0.71x torch's time per pixel on the CPU (about 0.5 s less
+#: per megapixel with the fast U-Net, benchmarks/export_speed.py), so the conversion pays back within about
+#: as many pixels again: a small job never pays for it, a batch or a large image gains
+AUTO_ONNX_PIXELS = 4_000_000
+
+
+class AutoNetwork(nn.Module):
+    """The "auto" runtime: the torch network until it has predicted ``switch_pixels`` pixels, then the same
+    network converted once to ONNX and run by onnxruntime (on the CPU).
+
+    ``converted`` says which one runs now. The switch happens between two tiles, once, under a lock (a Dask
+    worker's threads may share a cached model); the conversion runs outside inference mode.
+    """
+
+    def __init__(self, network: nn.Module, ckpt, switch_pixels: int = AUTO_ONNX_PIXELS):
+        super().__init__()
+        self.network = network
+        self.switch_pixels = int(switch_pixels)
+        self.pixels = 0
+        self._state = {"ckpt": ckpt, "session": None, "lock": threading.Lock()}  # not submodules
+
+    @property
+    def converted(self) -> bool:
+        return self._state["session"] is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self._state
+        if state["session"] is None and self.pixels >= self.switch_pixels:
+            with state["lock"]:
+                if state["session"] is None:
+                    with torch.inference_mode(False):
+                        state["session"] = onnx_network(state["ckpt"])
+        if state["session"] is not None:
+            return state["session"](x)
+        self.pixels += int(x.shape[0]) * int(x.shape[-2]) * int(x.shape[-1])
+        return self.network(x)
+
+    def __deepcopy__(self, memo):  # a copy (the CPU fallback) runs torch from the start
+        return AutoNetwork(copy.deepcopy(self.network, memo), self._state["ckpt"], self.switch_pixels)
+
+
 def use_onnx(runtime: str, device: torch.device, family) -> bool:
-    """Whether a checkpoint of ``family`` runs under onnxruntime: "onnx" (refused where it cannot), "auto"
-    (on the CPU, for an exportable family, when onnxruntime is installed) or "torch"."""
+    """Whether a checkpoint of ``family`` may run under onnxruntime: "onnx" (refused where it cannot), "auto"
+    (on the CPU, for an exportable family, when onnxruntime is installed; :class:`AutoNetwork` then switches
+    once the job is large enough) or "torch"."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":

@@ -52,10 +52,11 @@ class ModelRunOptions:
     tta: bool = setting(False, label="flip averaging (TTA)", kind=bool, used_by=_dense, used_by_text=DENSE_TEXT,
                         help="test-time augmentation: also predict each tile flipped three ways and average "
                              "(U-Net / FCN; about 4x the time)")
-    runtime: str = setting("torch", label="runtime", choices=("torch", "onnx", "auto"),
+    runtime: str = setting("auto", label="runtime", choices=("torch", "onnx", "auto"),
                            help="what runs the network: torch, onnx (onnxruntime on the CPU, U-Net / FCN; about "
-                                "1.4-1.8x faster there, plus about 2 s to convert at load) or auto (onnx on the "
-                                "CPU when onnxruntime is installed)")
+                                "1.4-1.8x faster there, plus about 2 s to convert at load) or auto (torch, then "
+                                "onnx once 4 megapixels are predicted, on a CPU with onnxruntime installed: "
+                                "where the conversion pays back)")
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
                                      used_by=_detects, used_by_text=DETECTS_TEXT,
                                      help="minimum detection score (Mask R-CNN and the box detectors)")
