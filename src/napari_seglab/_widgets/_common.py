@@ -112,6 +112,8 @@ class RunControls(Container):
         self.status.native.setObjectName(STATUS_NAME)
         super().__init__(widgets=[self.buttons, self.progress, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
+        # deleted with the dock: a report due after the viewer closed must not draw into deleted widgets
+        self._timer.setParent(self.native)
 
     def attempt(self, action: Callable[[], object]) -> None:
         """Run ``action`` (a click's handler); bad input becomes a notification and the status line."""

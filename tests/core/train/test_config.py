@@ -151,8 +151,8 @@ def test_cli_checks_the_settings_and_the_model_names_once(monkeypatch, tmp_path,
     tifffile.imwrite(tmp_path / "lab.tif", labels.astype(np.uint16))
     checks, specs, seen = [], [], {}
     original_check, original_spec = config_module.TrainConfig._check, models.check_spec
-    monkeypatch.setattr(config_module.TrainConfig, "_check", lambda self: checks.append(1) or original_check(self))
-    monkeypatch.setattr(models, "check_spec", lambda spec: specs.append(1) or original_spec(spec))
+    monkeypatch.setattr(config_module.TrainConfig, "_check", lambda self, *a: checks.append(1) or original_check(self, *a))
+    monkeypatch.setattr(models, "check_spec", lambda spec, *a: specs.append(1) or original_spec(spec, *a))
 
     def fake_train(images, labels, config, **kwargs):
         seen["config"] = config

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..events import TileDone, check_stop
 from ..tiling import TilePlan
 from ._family import LossInputs, Spec
-from ._weights import ChannelAdapter, hub_file, load_state_file
+from ._weights import ChannelAdapter, hub_file, load_matching, load_state_file
 
 #: objects of fewer pixels (slivers cut by the patch border) give no training box
 MIN_OBJECT_PIXELS = 4
@@ -146,16 +146,6 @@ def stock_state(detector_weights, backbone_weights, arch: str, pretrained: str, 
     names = " or ".join(os.path.basename(w.url) for w, _ in order)
     return None, (f"stock {arch} weights ({names}) are not in the torch cache {hub_file(order[0][0].url).parent}; "
                   "random initialisation"), ""
-
-
-def load_matching(module: nn.Module, state: dict, source: str) -> int:
-    """Load the entries of ``state`` whose names and shapes fit ``module``; returns how many."""
-    own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    if len(usable) < len(own) // 2:
-        raise InputError(f"{source}: does not hold weights for this model ({len(usable)} of {len(own)} tensors fit)")
-    module.load_state_dict(usable, strict=False)
-    return len(usable)
 
 
 def coco_weights(arch: str, name: str, v2_name: str | None = None):

@@ -22,11 +22,10 @@ import os
 
 from torch import nn
 
-from ..errors import InputError
 from ._catalogue import CATALOGUE
 from ._dense import dense_loss
 from ._family import Family, Spec
-from ._weights import ChannelAdapter, hub_file, load_state_file, torchvision_stock
+from ._weights import ChannelAdapter, hub_file, load_matching, load_state_file, torchvision_stock
 
 
 class FCNWrapper(nn.Module):
@@ -82,13 +81,8 @@ def _build_light(spec: Spec, pretrained: str | None, allow_download: bool) -> tu
             note = f"ImageNet backbone {weights}"
     elif pretrained:
         state = {k.removeprefix("fcn."): v for k, v in load_state_file(pretrained).items()}
-        own = fcn.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-        if len(usable) < len(own) // 2:
-            raise InputError(f"{pretrained}: does not hold weights for a ResNet-18 FCN "
-                             f"({len(usable)} of {len(own)} tensors fit)")
-        fcn.load_state_dict(usable, strict=False)
-        note = f"weights from {pretrained} ({len(usable)} tensors)"
+        n = load_matching(fcn, state, str(pretrained), "a ResNet-18 FCN")
+        note = f"weights from {pretrained} ({n} tensors)"
     return FCNWrapper(fcn, spec.in_channels), note
 
 

@@ -106,12 +106,16 @@ class ModelSpec:
         return cls(**known)
 
 
-def check_spec(spec: ModelSpec) -> ModelSpec:
-    """``spec`` with its names normalised, once validated; unknown names list the valid ones."""
+def check_spec(spec: ModelSpec, device_type: str = "cpu") -> ModelSpec:
+    """``spec`` with its names normalised, once validated; unknown names list the valid ones.
+
+    An architecture of the default family given with another family came with the defaults: it
+    becomes that family's default on a device of ``device_type`` (``FamilyCard.default_arch_on``).
+    """
     family = get_family(spec.family)
     arch = spec.arch
     if family.name != DEFAULT_FAMILY and arch in REGISTRY[DEFAULT_FAMILY].archs:
-        arch = family.default_arch  # the default family's architecture came with the defaults
+        arch = family.default_arch_on(device_type)  # the default family's architecture came with the defaults
     spec = replace(spec, family=family.name, arch=choose(arch, family.archs, f"{family.name} architecture"))
     if family.check_options is not None:
         family.check_options(spec)

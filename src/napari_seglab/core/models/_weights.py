@@ -58,3 +58,17 @@ class ChannelAdapter(nn.Module):
         if self.in_channels == 1:
             return x.expand(-1, 3, -1, -1)
         return x if self.mix is None else self.mix(x)
+
+
+def load_matching(module: nn.Module, state: dict, source: str, model: str = "this model") -> int:
+    """Load the entries of ``state`` whose names and shapes fit ``module``; returns how many.
+
+    InputError when fewer than half of ``module``'s tensors fit: ``source`` does not hold weights for
+    ``model`` (a file of another network).
+    """
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    if len(usable) < len(own) // 2:
+        raise InputError(f"{source}: does not hold weights for {model} ({len(usable)} of {len(own)} tensors fit)")
+    module.load_state_dict(usable, strict=False)
+    return len(usable)

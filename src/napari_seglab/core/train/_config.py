@@ -209,7 +209,7 @@ class TrainConfig:
         self._check()
         return self
 
-    def _check(self) -> tuple[str, str]:
+    def _check(self, device_type: str = "cpu") -> tuple[str, str]:
         """:meth:`check`'s work; returns the family and architecture names as the model registry spells them."""
         declared = settings_of(TrainConfig)
         if self.epochs is None and self.time_limit is None:
@@ -218,7 +218,7 @@ class TrainConfig:
             get_mode(self.label_mode)  # the label modes' own message
         _check_patch(self.patch)
         check_fields(self)
-        names = _check_model(self)
+        names = _check_model(self, device_type)
         _check_memory(self, names[0])
         return names
 
@@ -227,18 +227,15 @@ class TrainConfig:
 
         Returns a frozen :class:`ResolvedTrainConfig`; this config is not changed.
         """
-        family, arch = self._check()
         kind = getattr(device, "type", str(device).split(":")[0])
+        family, arch = self._check(kind)  # an architecture not chosen is the family's default for this device
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(family=family, arch=arch, scale=None if self.scale is None else float(self.scale),
                       patch=self.patch or default_patch(self.label_mode, kind),
                       batch_size=self.batch_size or default_batch(self.label_mode),
                       device=str(device))
         fam = _family(family)
-        if self.init is None and self.arch in (None, CARDS[0].default_arch) and family != CARDS[0].name:
-            values["arch"] = fam.default_arch_on(kind)  # not chosen: the family's default for this device
-        values["lr"] = self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained),
-                                             arch=values["arch"])
+        values["lr"] = self.lr or default_lr(family, fine_tuning=bool(self.init or self.pretrained), arch=arch)
         if fam.presets and self.encoder is None:
             values["preset"] = self.preset or fam.default_preset.get(kind, next(iter(fam.presets)))
         if self.instance_head is None and self.init is None:
@@ -320,7 +317,7 @@ def _check_patch(patch) -> None:
                          "a patch larger than the image is padded, not more informative")
 
 
-def _check_model(config: TrainConfig) -> tuple[str, str]:
+def _check_model(config: TrainConfig, device_type: str = "cpu") -> tuple[str, str]:
     """Family, architecture, encoder, preset and instance head: known names that fit together.
 
     Returns the family and architecture as the registry spells them ("UNET" -> "unet").
@@ -333,7 +330,7 @@ def _check_model(config: TrainConfig) -> tuple[str, str]:
     if isinstance(config.encoder, str) and config.encoder.startswith("tu-"):
         check_stored_encoder(config.encoder)  # a plain name of timm's own registry, as in a checkpoint
     spec = check_spec(ModelSpec(family=config.family, arch=config.arch or "Unet",
-                                encoder=config.encoder or PRESETS[config.preset or "fast"].encoder))
+                                encoder=config.encoder or PRESETS[config.preset or "fast"].encoder), device_type)
     mode = get_mode(config.label_mode)
     if config.instance_head not in (None, "boundary"):
         if not mode.instances:
