@@ -23,12 +23,14 @@ from ._tiff import (
     probe_tiff,
     read_image,
     read_labels,
+    read_pixel_sizes,
     restore_singletons,
+    spatial_pixel_size,
 )
 
 __all__ = [
     "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
     "ensure_not_input", "file_axes", "folder_path", "guess_axes", "is_disk_full", "memory_headroom", "normalize_axes", "probe_tiff",
-    "read_image", "read_labels", "resolved", "restore_singletons", "safe_child", "scan_folder",
+    "read_image", "read_labels", "read_pixel_sizes", "resolved", "restore_singletons", "safe_child", "scan_folder", "spatial_pixel_size",
     "write_csv", "write_tiff",
 ]

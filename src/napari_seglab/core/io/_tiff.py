@@ -40,6 +40,9 @@ class ImageData:
     #: canonical axes of the file including the singleton axes that ``axes`` drops
     #: (``"ZYX"`` for a (1, Y, X) stack); outputs keep them (:func:`restore_singletons`)
     file_axes: str | None = None
+    #: physical size of a pixel in µm along each spatial axis of ``axes``, in order (``(z, y, x)``
+    #: for a stack, ``(y, x)`` for a plane), from the file's metadata; None where the file says nothing
+    pixel_size: tuple[float, ...] | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, int]:
@@ -217,6 +220,94 @@ def _checked_series(tif, path: Path):
     return series
 
 
+#: the length units microscope metadata writes, in µm
+_UNITS_UM = {"um": 1.0, "µm": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+             "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
+#: the range of pixel sizes (µm) accepted from a file: below is a unit mistake, above a slide overview
+PIXEL_SIZE_RANGE = (1e-4, 1e4)
+
+
+def _in_um(value, unit) -> float | None:
+    """``value`` in ``unit`` as µm, or None when either is missing, unknown or out of range."""
+    factor = _UNITS_UM.get(str(unit or "").strip().replace("\\u00B5", "µ").lower())
+    try:
+        size = float(value) * factor if factor is not None else None
+    except (TypeError, ValueError):
+        return None
+    if size is None or not PIXEL_SIZE_RANGE[0] <= size <= PIXEL_SIZE_RANGE[1]:
+        return None
+    return size
+
+
+def _ome_sizes(xml: str) -> dict[str, float]:
+    """{"X": µm, "Y": µm, "Z": µm} from the first image of OME-XML (the sizes it declares)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return {}
+    sizes = {}
+    for axis in "XYZ":
+        size = _in_um(pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if size is not None:
+            sizes[axis] = size
+    return sizes
+
+
+def _imagej_sizes(tif) -> dict[str, float]:
+    """{"X": µm, "Y": µm, "Z": µm} of an ImageJ TIFF: the resolution tags in its ``unit``, ``spacing`` for Z."""
+    meta = tif.imagej_metadata or {}
+    unit = meta.get("unit")
+    if not unit:
+        return {}
+    sizes = {}
+    tags = tif.pages[0].tags
+    for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
+        value = tags[tag].value if tag in tags else None
+        if isinstance(value, tuple) and len(value) == 2 and value[0]:
+            size = _in_um(value[1] / value[0], unit)
+            if size is not None:
+                sizes[axis] = size
+    if "spacing" in meta:
+        size = _in_um(meta["spacing"], unit)
+        if size is not None:
+            sizes["Z"] = size
+    return sizes
+
+
+def file_pixel_sizes(tif) -> dict[str, float]:
+    """Physical pixel sizes (µm) an open TIFF declares, by axis letter; OME-XML first, then ImageJ.
+
+    Plain TIFF resolution tags (a scanner's or a screen's dots per inch) are not read as microscope
+    pixel sizes.
+    """
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            sizes = _ome_sizes(tif.ome_metadata)
+            if sizes:
+                return sizes
+        if tif.is_imagej:
+            return _imagej_sizes(tif)
+    except Exception:  # noqa: BLE001 - metadata is advisory: a damaged block is no size, not an error
+        return {}
+    return {}
+
+
+def spatial_pixel_size(sizes: dict[str, float], axes: str) -> tuple[float, ...] | None:
+    """The ``ImageData.pixel_size`` of canonical ``axes`` from per-letter sizes; None unless Y and X are known.
+
+    A Z axis without a declared step makes the whole size unknown (a stack's anisotropy is not guessed).
+    """
+    letters = [a for a in "ZYX" if a in axes]
+    if any(a not in sizes for a in letters):
+        return None
+    return tuple(float(sizes[a]) for a in letters)
+
+
 def read_tiff(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     """Read the first series of a TIFF as (array, tifffile axes); errors become InputError."""
     import tifffile
@@ -277,14 +368,26 @@ def _file_axes_normalized(data: np.ndarray, axes: str, path) -> tuple[np.ndarray
         raise InputError(f"{path}: {exc}") from None
 
 
+def read_pixel_sizes(path: str | os.PathLike) -> dict[str, float]:
+    """The physical pixel sizes (µm, by axis letter) a TIFF declares; {} for none or an unreadable header."""
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            return file_pixel_sizes(tif)
+    except Exception:  # noqa: BLE001 - advisory metadata; read_tiff reports a bad file
+        return {}
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
-    """Read a TIFF image into canonical axis order (see module docstring)."""
+    """Read a TIFF image into canonical axis order (see module docstring), with its pixel size."""
     data, axes = read_tiff(path)
     shape, raw_axes = data.shape, axes
     data, axes = _file_axes_normalized(data, axes, path)
     if data.ndim > 5:
         raise InputError(f"{path}: images with more than 5 dimensions are not supported")
-    return ImageData(data=data, axes=axes, path=str(path), file_axes=file_axes(shape, raw_axes))
+    return ImageData(data=data, axes=axes, path=str(path), file_axes=file_axes(shape, raw_axes),
+                     pixel_size=spatial_pixel_size(read_pixel_sizes(path), axes))
 
 
 def read_labels(path: str | os.PathLike, spatial_like: ImageData | None = None) -> np.ndarray:

@@ -4,7 +4,7 @@ On disk (format version 1) the metadata is a plain dict::
 
     {"model": {ModelSpec fields}, "label_mode": str, "n_classes": int, "class_names": [str],
      "normalization": {Normalization fields}, "patch": int, "scale": float, "object_area": float,
-     "training": {settings, data summary, steps, seconds}, "metrics": {val_dice, history, ...}}
+     "pixel_size": [float, float] or [float, float, float] (optional), "training": {settings, data summary, steps, seconds}, "metrics": {val_dice, history, ...}}
 
 :meth:`CheckpointMeta.to_dict` writes that layout and :meth:`CheckpointMeta.from_dict`
 reads it, so files of earlier releases load unchanged; :func:`parse_meta` first
@@ -33,9 +33,11 @@ _MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int,
                  "options": dict}
 #: the top-level keys this version reads into fields (the others are kept in ``extra``)
 _KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "object_area",
-          "training", "metrics")
+          "pixel_size", "training", "metrics")
 #: the largest typical object area (pixels) a checkpoint may record
 MAX_OBJECT_AREA = 1e8
+#: the pixel sizes (µm) a checkpoint may record
+MIN_PIXEL_UM, MAX_PIXEL_UM = 1e-4, 1e4
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class CheckpointMeta:
     before the network sees them; ``object_area``: the typical object's area (pixels, at that
     scale: the median of the whole painted objects, or for scribbles a disc
     of the diameter read from the image), which decoding uses to tell
-    fragments from objects (None: unknown, as in older files); ``training`` and ``metrics``: free-form
+    fragments from objects (None: unknown, as in older files); ``pixel_size``: µm per pixel of the
+    training images as they were read, ``(y, x)`` or ``(z, y, x)`` (None: unknown); ``training`` and ``metrics``: free-form
     records (settings and data summary; validation results and history);
     ``extra``: top-level keys this version does not know, kept as read.
     """
@@ -61,6 +64,7 @@ class CheckpointMeta:
     patch: int | None = None
     scale: float = 1.0
     object_area: float | None = None
+    pixel_size: tuple[float, ...] | None = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -81,6 +85,8 @@ class CheckpointMeta:
         out.update(normalization=self.normalization.to_dict(), patch=self.patch, scale=self.scale)
         if self.object_area is not None:
             out["object_area"] = self.object_area
+        if self.pixel_size is not None:
+            out["pixel_size"] = [float(v) for v in self.pixel_size]
         out.update(training=copy.deepcopy(self.training), metrics=copy.deepcopy(self.metrics))
         out.update(copy.deepcopy(self.extra))
         return out
@@ -89,13 +95,14 @@ class CheckpointMeta:
     def from_dict(cls, d: Mapping) -> CheckpointMeta:
         """Read the on-disk layout (this release's or an earlier one); absent keys take their defaults."""
         names = d.get("class_names")
-        scale, area = d.get("scale"), d.get("object_area")
+        scale, area, size = d.get("scale"), d.get("object_area"), d.get("pixel_size")
         return cls(model=ModelSpec.from_dict(d.get("model") or {}),
                    label_mode=d.get("label_mode", "scribbles"),
                    class_names=tuple(names) if names is not None else None,
                    normalization=Normalization.from_dict(d.get("normalization") or {}),
                    patch=d.get("patch"), scale=1.0 if scale is None else float(scale),
                    object_area=None if area is None else float(area),
+                   pixel_size=None if size is None else tuple(float(v) for v in size),
                    training=copy.deepcopy(dict(d.get("training") or {})),
                    metrics=copy.deepcopy(dict(d.get("metrics") or {})),
                    extra={k: copy.deepcopy(v) for k, v in d.items() if k not in _KNOWN})
@@ -240,6 +247,10 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
     area = meta.get("object_area")
     if area is not None and not (_is_num(area) and 0 < area <= MAX_OBJECT_AREA):
         raise bad(f"object_area = {area!r:.40} is not a number of pixels in (0, {MAX_OBJECT_AREA:.0e}]")
+    size = meta.get("pixel_size")
+    if size is not None and not (isinstance(size, list) and len(size) in (2, 3)
+                                 and all(_is_num(v) and MIN_PIXEL_UM <= v <= MAX_PIXEL_UM for v in size)):
+        raise bad(f"pixel_size = {size!r:.60} is not 2 or 3 sizes in µm within {MIN_PIXEL_UM:g}..{MAX_PIXEL_UM:g}")
     return CheckpointMeta.from_dict(meta)
 
 
