@@ -3,7 +3,7 @@ measurements, uncertainty.
 
 Modules: ``_instances`` (labels from probabilities, measurements, boxes of objects), ``_flows``
 (the flows and distance heads: targets, decoding), ``_refine`` (edge snapping of a foreground),
-``_uncertainty`` (where to paint next), ``_assist`` (predicted objects offered as painted ones: the
+``_uncertainty`` (where to paint next), ``_volume`` (3D objects: planes linked, 3D fields decoded), ``_assist`` (predicted objects offered as painted ones: the
 object under a click, confident and doubtful objects where nothing is painted).
 """
 
@@ -23,9 +23,10 @@ from ._instances import (
 )
 from ._refine import SPLIT_THRESHOLD, snap_to_edges
 from ._uncertainty import default_box, entropy_map, margin_map, paint_next, suggest_regions
+from ._volume import HEADS_3D, LINK_IOU, decode_volume, link_planes
 
 __all__ = [
-    "AssistReport", "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "assess_objects", "boundary_targets",
+    "AssistReport", "HEADS_3D", "LINK_IOU", "decode_volume", "link_planes", "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "assess_objects", "boundary_targets",
     "boxes_from_labels", "decode", "default_box", "entropy_map", "flow_agreement", "head_loss",
     "instances_from_foreground", "instances_from_probabilities", "margin_map", "measure_objects",
     "merge_weak_borders", "n_outputs", "new_objects", "object_at", "otsu_watershed", "paint_next", "snap_to_edges",

@@ -4,7 +4,7 @@
 :func:`napari_seglab.core.api.predict_image`). Modules: ``_image`` (whole images), ``_forward``
 (one plane over a tile plan), ``_options`` (prediction settings declared once), ``_stock``
 (torchvision's COCO / VOC models, from a cache only), ``_package`` (bioimage.io model packages), ``_onnx``
-(onnxruntime as a runtime).
+(onnxruntime as a runtime), ``_volume`` (3D objects from a 2D instance network).
 """
 
 from ..lazy import lazy_all, lazy_names
@@ -17,6 +17,8 @@ _LAZY = {
                "wrap_model"),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
+    "_volume": ("DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
+                "iter_predict_volume", "volume_head"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -1,0 +1,239 @@
+"""3D objects from a 2D instance network: a z-stack decoded as one volume, anisotropy respected.
+
+:func:`iter_predict_volume` is a generator (progress events, then a
+:class:`~napari_seglab.core.predict._image.Prediction`) over every Z stack of an image
+(each T point on its own, so time is never taken for depth). Two methods:
+
+- ``"orthogonal"`` (the default; Cellpose's idea): the stack is resampled to isotropic
+  voxels (z by the anisotropy, all axes by the checkpoint's object scale), the 2D network
+  runs on every YX, ZX and ZY plane, and its outputs are combined into one 3D field (the
+  foreground logit averaged over the three views, each flow component over the two views
+  that contain its axis; distances and class probabilities averaged), which
+  :func:`~napari_seglab.core.objects._volume.decode_volume` decodes in 3D; the labels are
+  resampled back to the stack's voxels.
+- ``"linked"``: every plane decoded in 2D (:func:`~napari_seglab.core.predict._image.iter_predict_image`)
+  and its objects linked across planes by overlap (:func:`~napari_seglab.core.objects._volume.link_planes`).
+
+Memory: the normalised stack and the combined field (K + C float32 per isotropic voxel) are
+held whole; planes are predicted one at a time with the usual tiling.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import check_scale, normalize
+from ..errors import InputError
+from ..events import Message, Stopped, TileDone, check_stop, relay
+from ..io import check_image_values
+from ..labels import is_instance_mode
+from ..models import Kind
+from ..tiling import ALIGN, check_overlap
+from ._forward import iter_plane_with_fallback
+from ._image import LoadedModel, Prediction, auto_tile, device_memory_budget, iter_predict_image
+
+METHODS = ("orthogonal", "linked")
+#: the method :func:`iter_predict_volume` uses unless told (benchmarks/quality_3d.py)
+DEFAULT_METHOD = "orthogonal"
+
+
+def check_anisotropy(value) -> float:
+    """A z step over the pixel size, from 0.1 to 50 (InputError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.1 <= value <= 50:
+        raise InputError(f"anisotropy (z step / pixel size) must be a number from 0.1 to 50; got {value!r}")
+    return float(value)
+
+
+def anisotropy_from_pixel_size(pixel_size: Sequence[float] | None, axes: str) -> float | None:
+    """z step over the mean y/x pixel size from ``ImageData.pixel_size`` (spatial axes in order), or None."""
+    if not pixel_size or "Z" not in axes:
+        return None
+    spatial = [a for a in axes if a in "ZYX"]
+    if len(pixel_size) != len(spatial):
+        return None
+    size = dict(zip(spatial, pixel_size, strict=True))
+    lateral = (size["Y"] + size["X"]) / 2
+    return size["Z"] / lateral if lateral > 0 and size["Z"] > 0 else None
+
+
+def volume_head(model: LoadedModel) -> str:
+    """The 3D decoder a model's outputs need ("flows", "distance", "boundary"); InputError when it has none."""
+    spec = model.spec
+    if not spec.semantic or not is_instance_mode(model.label_mode):
+        raise InputError("3D objects need an instance model (label mode 'instances' or 'objects', a U-Net "
+                         "instance head); this model predicts "
+                         f"{'classes' if spec.semantic else spec.family} ({model.label_mode})")
+    if spec.has_regression_head:
+        return spec.head
+    if spec.n_classes != 3:
+        raise InputError(f"3D objects need the background/interior/boundary classes; this model has "
+                         f"{spec.n_classes}")
+    return "boundary"
+
+
+def _resample(vol: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """(C, Z, Y, X) float -> (C, *shape) float32, trilinear (antialiasing is left out: shrinking is rare)."""
+    if tuple(vol.shape[1:]) == tuple(shape):
+        return np.asarray(vol, np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(vol, np.float32))[None]
+    return F.interpolate(x, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0].numpy()
+
+
+def _resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of (Z, Y, X) labels to ``shape`` (voxel centres aligned)."""
+    if labels.shape == tuple(shape):
+        return labels
+    idx = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(np.int64), m - 1)
+           for n, m in zip(shape, labels.shape, strict=True)]
+    return labels[np.ix_(*idx)]
+
+
+def _min_voxels(model: LoadedModel, scale: float) -> int:
+    """Objects smaller than this (isotropic voxels at the network's scale) are fragments."""
+    from ..objects import FRAGMENT_FRACTION
+
+    area = model.info.object_area
+    if not area:
+        return 30
+    radius = math.sqrt(area / math.pi)
+    return max(30, int(FRAGMENT_FRACTION * 4.0 / 3.0 * math.pi * radius ** 3))
+
+
+#: which flow component (dz, dy, dx = 1, 2, 3) each plane's (d_first, d_second) feeds, by the axis sliced
+_FLOW_AXES = {0: (2, 3), 1: (1, 3), 2: (1, 2)}
+
+
+def _tag(event, plane: int, planes: int):
+    return replace(event, plane=plane, planes=planes) if isinstance(event, TileDone) else event
+
+
+def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy: float, tile: int | None,
+                     overlap: float, memory_budget: float | None, stop: threading.Event | None):
+    """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded."""
+    from ..objects._volume import decode_volume
+
+    lohi = model.input_scaling(vol)
+    scale = check_scale(model.info.scale)
+    iso = (max(1, round(vol.shape[1] * anisotropy * scale)), max(1, round(vol.shape[2] * scale)),
+           max(1, round(vol.shape[3] * scale)))
+    norm = _resample(normalize(vol, *lohi), iso)
+    raw = head != "boundary"
+    k = {"flows": 4, "distance": 2, "boundary": 3}[head]
+    field = np.zeros((k, *iso), np.float32)
+    if not tile:
+        budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
+        largest = sorted(iso)[-2:]
+        tile = auto_tile(largest, model.spec.family, budget, vol.shape[0], model.spec.out_channels)
+    tile = max(ALIGN, int(tile))
+    total = sum(iso)
+    done = 0
+    current = model
+    for axis in range(3):
+        for i in range(iso[axis]):
+            check_stop(stop)
+            plane = np.take(norm, i, axis=axis + 1)
+            out, current = yield from relay(
+                iter_plane_with_fallback(current, plane, tile=tile, overlap=overlap, stop=stop, raw=raw),
+                partial(_tag, plane=done, planes=total))
+            where = [slice(None)] * 3
+            where[axis] = i
+            where = tuple(where)
+            if head == "flows":
+                field[(0, *where)] += out[0] / 3
+                first, second = _FLOW_AXES[axis]
+                field[(first, *where)] += out[1] / 2
+                field[(second, *where)] += out[2] / 2
+            else:
+                field[(slice(None), *where)] += out / 3
+            done += 1
+    del norm
+    labels = decode_volume(field, head, min_size=_min_voxels(model, scale))
+    return _resample_labels(labels, vol.shape[1:]), current
+
+
+def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
+                        anisotropy: float = 1.0, method: str = DEFAULT_METHOD, tile: int | None = None,
+                        overlap: float = 0.25, memory_budget: float | None = None,
+                        stop: threading.Event | None = None) -> Generator[TileDone | Message, None, Prediction]:
+    """3D objects for every Z stack of ``image`` (each T point on its own): a generator of progress events.
+
+    ``image``: canonical axes with a Z axis (ZYX, ZYXC, TZYX, TZYXC); ``axes``
+    defaults to a guess from the shape. ``anisotropy``: the z step over the
+    pixel size (from the file's pixel size or the user). ``method``: "orthogonal"
+    or "linked" (see the module). Returns a :class:`Prediction` whose labels
+    (the image's shape without C, int32) number the objects of each stack 1..N,
+    one id per object through its planes; ``stopped`` when ``stop`` was set
+    (stacks not finished stay 0).
+    """
+    from ..io import guess_axes
+
+    if method not in METHODS:
+        raise InputError(f"unknown 3D method {method!r}; choose one of {', '.join(METHODS)}")
+    anisotropy = check_anisotropy(anisotropy)
+    check_overlap(overlap)
+    head = volume_head(model)
+    image = check_image_values(np.asarray(image))
+    spec = model.spec
+    if axes is None:
+        axes = guess_axes(image.shape, rgb=spec.in_channels > 1 and image.ndim >= 3 and image.shape[-1] == spec.in_channels)
+    if len(axes) != image.ndim:
+        raise InputError(f"axes {axes!r} do not match an image of shape {image.shape}")
+    if "Z" not in axes:
+        raise InputError(f"3D objects need a Z axis; this image's axes are {axes} "
+                         "(T is time and stays plane by plane)")
+    has_c = "C" in axes
+    channels = image.shape[-1] if has_c else 1
+    if channels != spec.in_channels:
+        raise InputError(f"the model was trained on {spec.in_channels}-channel images but this image has "
+                         f"{channels} channel(s)")
+    spatial = image.shape[:-1] if has_c else image.shape
+    labels = np.zeros(spatial, np.int32)
+    times = [(t,) for t in range(image.shape[0])] if axes.startswith("T") else [()]
+    stack_axes = axes[1:] if times != [()] else axes
+    current = model
+    stopped = False
+    try:
+        for t in times:
+            stack = image[t] if t else image
+            if method == "linked":
+                pred = yield from iter_predict_image(current, stack, stack_axes, tile=tile, overlap=overlap,
+                                                     memory_budget=memory_budget, stop=stop)
+                if pred.stopped:
+                    raise Stopped
+                from ..objects._volume import link_planes
+
+                labels[t] = link_planes(pred.labels)
+                continue
+            vol = stack[None] if not has_c else np.moveaxis(stack, -1, 0)
+            labels[t], current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap,
+                                                            memory_budget, stop)
+    except Stopped:
+        stopped = True
+    return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped)
+
+
+def describe_axes(axes: str, volume: bool) -> str:
+    """One line saying which axis was treated as what: "Z as depth (3D objects), T plane by plane"."""
+    parts = []
+    for a in axes:
+        if a == "Z":
+            parts.append("Z as depth (3D objects)" if volume else "Z plane by plane")
+        elif a == "T":
+            parts.append("T as time, plane by plane")
+        elif a == "C":
+            parts.append("C as channels")
+    parts.append("YX as the plane")
+    return ", ".join(parts)
+
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
+           "iter_predict_volume", "volume_head"]
