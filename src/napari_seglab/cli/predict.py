@@ -18,7 +18,8 @@ from .common import (
 )
 
 #: PredictOptions fields offered as ``seglab predict`` options
-OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold")
+OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold", "volume", "anisotropy",
+           "volume_method")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..core.events import Message, TileDone
     from ..core.io import restore_singletons, write_csv, write_tiff
     from ..core.labels import BOX_COLUMNS, compact_labels, label_box_rows
-    from ..core.predict import iter_predict_image
+    from ..core.predict import describe_axes, iter_predict
 
     model, image = _load(args)
     status = Status()
@@ -126,10 +127,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif isinstance(event, Message):
             status.message(event)
 
-    pred = drive(iter_predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
-                               probabilities=bool(args.probabilities), split_instances=args.split_instances,
-                               score_threshold=args.score_threshold, tta=args.tta), handle)
+    pred = drive(iter_predict(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
+                              probabilities=bool(args.probabilities), split_instances=args.split_instances,
+                              score_threshold=args.score_threshold, tta=args.tta, volume=args.volume,
+                              anisotropy=args.anisotropy, pixel_size=image.pixel_size,
+                              volume_method=args.volume_method), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
+    if "Z" in image.axes or "T" in image.axes:
+        aniso = f", anisotropy {pred.anisotropy:g}" if pred.anisotropy else ""
+        status.line(f"axes {image.axes}: {describe_axes(image.axes, args.volume)}{aniso}")
     axes = image.axes.replace("C", "")
     if pred.kind.boxes:
         write_csv(args.boxes, pred.boxes, columns=BOX_COLUMNS, protect=protect)

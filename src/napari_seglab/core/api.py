@@ -32,16 +32,26 @@ OnEvent = Callable[[Any], object] | None
 
 
 def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *, on_event: OnEvent = None,
+                  volume: bool = False, anisotropy: float | None = None,
+                  voxel_size: Sequence[float] | None = None, volume_method: str = "orthogonal",
                   **options) -> Prediction:
     """Predict ``image`` with a loaded model and return the :class:`~napari_seglab.core.predict._image.Prediction`.
 
     ``options`` are those of :func:`~napari_seglab.core.predict.iter_predict_image`: ``tile``,
     ``overlap`` (in [0, 1)), ``planes``, ``probabilities``,
     ``split_instances``, ``score_threshold``, ``memory_budget``, ``stop``, ``tta``.
+    ``volume=True``: a z-stack's objects in 3D, one id through the planes
+    (:func:`~napari_seglab.core.predict.iter_predict_volume`); ``anisotropy`` is the z step over the
+    pixel size, or ``voxel_size`` the µm per (z, y, x) voxel side (``read_image(path).pixel_size``);
+    neither: 1, with a warning event. ``volume_method``: "orthogonal" or "linked".
     """
-    from .predict import iter_predict_image
+    from .errors import InputError
+    from .predict import iter_predict
 
-    return drive(iter_predict_image(model, image, axes, **options), on_event)
+    if not volume and (anisotropy is not None or voxel_size is not None):
+        raise InputError("anisotropy / voxel_size apply to 3D objects: pass volume=True as well")
+    return drive(iter_predict(model, image, axes, volume=volume, anisotropy=anisotropy, pixel_size=voxel_size,
+                              volume_method=volume_method, **options), on_event)
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):

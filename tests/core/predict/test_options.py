@@ -19,9 +19,10 @@ def subparser(name):
 def test_cli_options_are_the_declared_settings(command, cls):
     actions = {a.dest: a for a in subparser(command)._actions}
     for name, declared in settings_of(cls).items():
-        assert name in actions, f"seglab {command} lacks --{name.replace('_', '-')}"
+        assert name in actions, f"seglab {command} lacks the option of {name}"
         assert actions[name].help.startswith(declared.help)
-        assert actions[name].option_strings == ["--" + name.replace("_", "-")]
+        # the field's name as an option, or the flag its Setting names (``volume``: --3d)
+        assert actions[name].option_strings == [declared.flag or "--" + name.replace("_", "-")]
 
 
 @pytest.mark.parametrize(("option", "value", "keyword"), [

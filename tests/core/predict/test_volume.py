@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from volume3d import blob_model, blobs
 
-from napari_seglab.core.device import precision_for
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.events import TileDone, collect, drive
-from napari_seglab.core.models import CheckpointMeta, ModelSpec
-from napari_seglab.core.predict._image import LoadedModel
 from napari_seglab.core.predict._volume import (
     anisotropy_from_pixel_size,
     check_anisotropy,
@@ -18,39 +15,7 @@ from napari_seglab.core.predict._volume import (
     iter_predict_volume,
 )
 
-CPU = torch.device("cpu")
-
-
-class BrightIsNear(torch.nn.Module):
-    """A 'distance head': foreground where the (normalised) input is bright, distance = the input itself."""
-
-    def __init__(self):
-        super().__init__()
-        self.planes: list[tuple[int, int]] = []
-
-    def forward(self, x):
-        self.planes.append(tuple(x.shape[-2:]))
-        return torch.cat([20 * (x - 0.3), x], 1)
-
-
-def _model(head="distance", label_mode="instances", n_classes=2):
-    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=n_classes,
-                     options={"head": head} if head != "boundary" else {})
-    meta = CheckpointMeta.coerce({"model": spec.to_dict(), "label_mode": label_mode, "n_classes": n_classes,
-                                  "normalization": {"per_image": False, "lo": [0.0], "hi": [1.0]}})
-    return LoadedModel(BrightIsNear(), meta, CPU, precision_for(CPU))
-
-
-def _blobs(shape=(12, 48, 48), anisotropy=2.0, centres=((5, 14, 14), (6, 30, 32), (6, 14, 34))):
-    """Gaussian nuclei (radius ~6 px laterally) in an anisotropic stack, and their true masks."""
-    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
-    image = np.zeros(shape, np.float32)
-    truth = np.zeros(shape, np.int32)
-    for i, (cz, cy, cx) in enumerate(centres, start=1):
-        d2 = ((zz - cz) * anisotropy) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2
-        image = np.maximum(image, np.exp(-d2 / (2 * 4.0 ** 2)))
-        truth[(d2 < 6.0 ** 2) & (truth == 0)] = i
-    return image, truth
+_model, _blobs = blob_model, blobs
 
 
 def test_every_blob_is_one_object_through_its_planes():
@@ -115,3 +80,21 @@ def test_anisotropy_from_the_pixel_size_and_the_axes_line():
     assert anisotropy_from_pixel_size((0.5, 0.5), "YX") is None
     assert anisotropy_from_pixel_size(None, "ZYX") is None
     assert describe_axes("TZYX", True) == "T as time, plane by plane, Z as depth (3D objects), YX as the plane"
+
+
+def test_the_python_api_takes_a_voxel_size_or_an_anisotropy():
+    from napari_seglab.core import api
+    from napari_seglab.core.events import Message
+
+    image, truth = _blobs()
+    events = []
+    pred = api.predict_image(_model(), image, "ZYX", volume=True, voxel_size=(1.0, 0.5, 0.5), on_event=events.append)
+    assert pred.anisotropy == 2.0 and int(pred.labels.max()) == 3
+    assert not [e for e in events if isinstance(e, Message) and e.level == "warning"]
+    pred = api.predict_image(_model(), image, volume=True, on_event=events.append)  # axes guessed: ZYX
+    assert pred.anisotropy == 1.0
+    assert any(isinstance(e, Message) and "anisotropy 1" in e.text for e in events)
+    with pytest.raises(InputError, match="volume=True"):
+        api.predict_image(_model(), image, anisotropy=2.0)
+    flat = api.predict_image(_model(), image, "ZYX")  # plane by plane, as before
+    assert flat.anisotropy is None and flat.labels.shape == image.shape

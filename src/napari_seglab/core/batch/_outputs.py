@@ -88,14 +88,15 @@ def summary_of_outputs(outs: dict[str, Path]) -> dict:
     return summarize_objects(per_plane(area_rows, labels.data, None, labels.axes))
 
 
-def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str) -> list[dict]:
+def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str, *, volume: bool = False) -> list[dict]:
     """Apply ``fn(labels_plane, image_plane)`` per (Y, X) plane, adding ``t`` / ``z`` columns.
 
     ``axes``: canonical axes of ``image`` (or of ``labels`` when ``image`` is
     None); the leading T and Z axes index the planes. Predictions label each
-    plane on its own, so objects are measured (and counted) per plane.
+    plane on its own, so objects are measured (and counted) per plane;
+    ``volume``: 3D objects, measured per (Z, Y, X) stack (only T indexes them).
     """
-    lead = [a for a in axes if a in "TZ"]
+    lead = [a for a in axes if a in ("T" if volume else "TZ")]
     if not lead:
         return fn(labels, image)
     rows = []
@@ -105,15 +106,22 @@ def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str) -> li
     return rows
 
 
-def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str) -> list[dict]:
+def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str, *, volume: bool = False,
+                   voxel_size=None) -> list[dict]:
     """Object measurements of a predicted label image, one table over all planes.
 
     ``image``: canonical axes ``axes`` (a subset of TZYXC); ``labels``: the
     same shape without C, int. Rows as :func:`~napari_seglab.core.objects._instances.measure_objects`
-    gives them for 2D objects, with ``t`` / ``z`` first for stacks.
+    gives them for 2D objects, with ``t`` / ``z`` first for stacks; ``volume``: 3D objects
+    per stack (``t`` first for a time series), with ``volume_um3`` where ``voxel_size`` (µm per z, y, x) is known.
     """
+    from functools import partial
+
     from ..objects import measure_objects
 
+    if volume:  # 3D objects: volumes (µm³ where the file gives its voxel size), centroids in z, y, x
+        size = tuple(voxel_size) if voxel_size is not None and len(voxel_size) == 3 else None
+        return per_plane(partial(measure_objects, voxel_size=size), labels, image, axes, volume=True)
     return per_plane(measure_objects, labels, image, axes)
 
 
@@ -123,15 +131,15 @@ def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
     return [{"label": int(i), "area": int(counts[i])} for i in np.flatnonzero(counts[1:]) + 1]
 
 
-def object_columns(image: np.ndarray, axes: str) -> list[str]:
+def object_columns(image: np.ndarray, axes: str, *, volume: bool = False) -> list[str]:
     """CSV header of :func:`measure_labels` for this image, from a tiny dummy object."""
     from ..objects import measure_objects
 
-    lab = np.zeros((5, 5), np.int32)
-    lab[1:4, 1:4] = 1
+    lab = np.zeros((5, 5, 5) if volume else (5, 5), np.int32)
+    lab[(slice(1, 4),) * lab.ndim] = 1
     channels = (image.shape[-1],) if "C" in axes else ()
     keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32))[0])
-    return [a.lower() for a in axes if a in "TZ"] + keys
+    return [a.lower() for a in axes if a in ("T" if volume else "TZ")] + keys
 
 
 def summarize_boxes(rows: Sequence[dict]) -> dict:

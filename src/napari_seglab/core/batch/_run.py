@@ -219,7 +219,8 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto"
+              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto", volume: bool = False,
+              anisotropy: float | None = None, volume_method: str = "orthogonal"
               ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 
@@ -239,18 +240,23 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
     (columns :data:`~napari_seglab.core.labels._boxes.BOX_COLUMNS`, the boxes scoring at least
     ``score_threshold``) and their count as the summary's ``object_count``.
+    ``volume``: z-stacks as 3D objects (``anisotropy``: the z step / pixel size, None: each file's pixel
+    size, else 1; ``volume_method``: see :func:`~napari_seglab.core.predict.iter_predict_volume`); the
+    objects CSV then has one row per 3D object and ``summary.csv`` the anisotropy used.
     """
     t0 = time.perf_counter()
     options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                            skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
-                           overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime)
+                           overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime,
+                           volume=volume, anisotropy=anisotropy, volume_method=volume_method)
     _check_request(options, scheduler)
     setup = _set_up(model, input_dir, output_dir, options, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
                                                       "score_threshold": float(score_threshold),
-                                                      "runtime": runtime})
+                                                      "runtime": runtime, "volume": volume,
+                                                      "anisotropy": anisotropy, "volume_method": volume_method})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

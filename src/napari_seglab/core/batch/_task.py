@@ -47,6 +47,9 @@ class FileTask:
     host_threads: dict | None = None
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
     runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
+    volume: bool = False  # z-stacks as 3D objects (see iter_predict_volume)
+    anisotropy: float | None = None  # z step / pixel size for volume; None: the file's pixel size, else 1
+    volume_method: str = "orthogonal"
 
 
 
@@ -139,7 +142,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
     either is complete or is not there.
     """
     from ..objects import summarize_objects
-    from ..predict import iter_predict_image
+    from ..predict import iter_predict
 
     started, t0 = mf.now_iso(), time.perf_counter()
     result = {"status": "failed", "error": "", "written": [], "summary": {}, "started": started}
@@ -152,10 +155,12 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
         img = read_image(task.input)
-        pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
-                                        probabilities="probabilities" in task.outputs,
-                                        split_instances=task.split_instances, stop=stop, tta=task.tta,
-                                        score_threshold=task.score_threshold))
+        pred = drive(iter_predict(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
+                                  probabilities="probabilities" in task.outputs,
+                                  split_instances=task.split_instances, stop=stop, tta=task.tta,
+                                  score_threshold=task.score_threshold, volume=task.volume,
+                                  anisotropy=task.anisotropy, pixel_size=img.pixel_size,
+                                  volume_method=task.volume_method))
         if pred.stopped:
             result["status"] = "stopped"
             return result
@@ -174,14 +179,19 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             probs = pred.probabilities.reshape(pred.probabilities.shape[:1] + labels.shape)
             write_tiff(out["probabilities"], probs, axes="C" + file_axes, protect=protect)
             written.append("probabilities")
+        volume = pred.anisotropy is not None  # 3D objects: measured per stack, not per plane
         if task.measurements:
-            rows = out_mod.measure_labels(pred.labels, img.data, img.axes)
-            columns = None if rows else out_mod.object_columns(img.data, img.axes)
+            rows = out_mod.measure_labels(pred.labels, img.data, img.axes, volume=volume,
+                                          voxel_size=img.pixel_size)
+            columns = None if rows else out_mod.object_columns(img.data, img.axes, volume=volume)
             write_csv(out["objects"], rows, columns=columns, protect=protect)
             written.append("objects")
         else:
-            rows = out_mod.per_plane(out_mod.area_rows, pred.labels, None, lab_axes)
-        result.update(status="ok", written=written, summary=summarize_objects(rows))
+            rows = out_mod.per_plane(out_mod.area_rows, pred.labels, None, lab_axes, volume=volume)
+        summary = summarize_objects(rows)
+        if volume:
+            summary["anisotropy"] = pred.anisotropy
+        result.update(status="ok", written=written, summary=summary)
     except InputError as exc:
         result.update(error=str(exc), disk_full=is_disk_full(exc))
     except Exception as exc:  # noqa: BLE001 - one file's failure must not end the run

@@ -305,7 +305,8 @@ def _to_python(value):
     return value
 
 
-def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> list[dict]:
+def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
+                    voxel_size: Sequence[float] | None = None) -> list[dict]:
     """Measure every object of a label image.
 
     Keys of each row: ``label``, ``area`` (pixels / voxels), ``centroid_y``,
@@ -314,6 +315,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
     ``eccentricity``, ``solidity`` and ``perimeter``. With ``intensity``:
     ``mean_intensity``, ``max_intensity``, ``min_intensity``; with several
     channels the keys get a channel suffix (``mean_intensity_0`` ...).
+    In 3D also ``extent_z``, ``extent_y``, ``extent_x`` (the bounding box's
+    sides, voxels) and, with ``voxel_size`` (µm per z, y, x voxel side),
+    ``volume_um3``; in 2D with a ``voxel_size`` (µm per y, x pixel side), ``area_um2``.
 
     Parameters
     ----------
@@ -321,6 +325,8 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
         0 = background.
     intensity : array or None
         Same shape as ``labels``, or with one more trailing channel axis (..., C).
+    voxel_size : sequence of float or None
+        Physical size (µm) of a voxel along each axis of ``labels``; None: unknown.
 
     Returns
     -------
@@ -334,6 +340,11 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
     if not lab.any():
         return []
     lab = lab.astype(np.int64, copy=False)
+    if voxel_size is not None:
+        voxel_size = tuple(float(v) for v in voxel_size)
+        if len(voxel_size) != lab.ndim or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+            raise InputError(f"voxel_size must give one positive size per axis of the {lab.ndim}D labels, "
+                             f"got {voxel_size}.")
     inten = None
     n_channels = 0
     if intensity is not None:
@@ -378,6 +389,12 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
                 row[dst] = _to_python(table[src][i])
         row["label"] = int(row["label"])
         row["area"] = int(row["area"])
+        if lab.ndim == 3:
+            for ax in axes:
+                row[f"extent_{ax}"] = row[f"bbox_{ax}1"] - row[f"bbox_{ax}0"]
+        if voxel_size is not None:
+            unit = float(np.prod(voxel_size))
+            row["volume_um3" if lab.ndim == 3 else "area_um2"] = row["area"] * unit
         rows.append(row)
     return rows
 

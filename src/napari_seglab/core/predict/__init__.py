@@ -18,7 +18,7 @@ _LAZY = {
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_volume": ("DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
-                "iter_predict_volume", "volume_head"),
+                "iter_predict", "iter_predict_volume", "resolve_anisotropy", "volume_head"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -153,6 +153,8 @@ class Prediction:
     kind: Kind = Kind.SEMANTIC
     stopped: bool = False
     head_outputs: np.ndarray | None = None
+    #: 3D objects (:func:`~napari_seglab.core.predict._volume.iter_predict_volume`): the z step / pixel size used
+    anisotropy: float | None = None
 
     def __post_init__(self):
         self.kind = Kind(self.kind)

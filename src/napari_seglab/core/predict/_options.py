@@ -61,6 +61,18 @@ class ModelRunOptions:
                                      used_by=_detects, used_by_text=DETECTS_TEXT,
                                      help="minimum detection score (Mask R-CNN and the box detectors)")
 
+    volume: bool = setting(False, label="3D objects", kind=bool, flag="--3d", used_by=_dense,
+                           used_by_text=DENSE_TEXT,
+                           help="z-stacks: objects decoded in 3D that keep one id through the planes (U-Net instance "
+                                "models); T stays plane by plane")
+    anisotropy: float | None = setting(None, label="anisotropy (z step / pixel)", kind=float, low=0.1, high=50,
+                                       metavar="F", auto="from the file's pixel size, else 1",
+                                       help="the z step over the pixel size, for --3d")
+    volume_method: str = setting("orthogonal", label="3D method", choices=("orthogonal", "linked"),
+                                 flag="--3d-method",
+                                 help="orthogonal: the network on YX, ZX and ZY planes, combined and decoded in 3D; "
+                                      "linked: 2D objects per plane linked by overlap")
+
     def check(self):
         """Every declared field against its Setting, then the tile rule a range cannot say (0, or 32 and more).
 

@@ -218,7 +218,43 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
                                                             memory_budget, stop)
     except Stopped:
         stopped = True
-    return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped)
+    return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped, anisotropy=anisotropy)
+
+
+def resolve_anisotropy(anisotropy: float | None, pixel_size: Sequence[float] | None, axes: str
+                       ) -> tuple[float, str]:
+    """(anisotropy, where it came from): the user's value, else the file's pixel size, else 1 ("assumed")."""
+    if anisotropy is not None:
+        return check_anisotropy(anisotropy), "given"
+    found = anisotropy_from_pixel_size(pixel_size, axes)
+    if found is not None:
+        return check_anisotropy(round(found, 4)), "the file's pixel size"
+    return 1.0, "assumed: the file gives no z step"
+
+
+def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None, *, volume: bool = False,
+                 anisotropy: float | None = None, pixel_size: Sequence[float] | None = None,
+                 volume_method: str = DEFAULT_METHOD, **options) -> Generator[TileDone | Message, None, Prediction]:
+    """One entry for the fronts: :func:`iter_predict_volume` when ``volume``, else plane by plane.
+
+    ``options`` are :func:`~napari_seglab.core.predict._image.iter_predict_image`'s; with ``volume``
+    only ``tile``, ``overlap``, ``memory_budget`` and ``stop`` apply (probabilities and flips
+    are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
+    warning Message. The Prediction's ``anisotropy`` says what was used.
+    """
+    if not volume:
+        return (yield from iter_predict_image(model, image, axes, **options))
+    # split_instances is moot: 3D needs an instance model (volume_head says so for any other)
+    unsupported = [k for k in ("probabilities", "tta", "head_outputs", "planes") if options.get(k)]
+    if unsupported:
+        raise InputError(f"3D objects: {', '.join(unsupported)} cannot be combined with 3D prediction")
+    kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop") if k in options}
+    from ..io import guess_axes
+
+    value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)))
+    if source.startswith("assumed"):
+        yield Message(f"anisotropy 1 ({source}); set it if the z step differs from the pixel size", "warning")
+    return (yield from iter_predict_volume(model, image, axes, anisotropy=value, method=volume_method, **kept))
 
 
 def describe_axes(axes: str, volume: bool) -> str:
@@ -236,4 +272,4 @@ def describe_axes(axes: str, volume: bool) -> str:
 
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
-           "iter_predict_volume", "volume_head"]
+           "iter_predict", "iter_predict_volume", "resolve_anisotropy", "volume_head"]

@@ -1,0 +1,140 @@
+"""3D nuclei: objects through a stack, linked planes vs the three views decoded in 3D.
+
+Data, each split into a training part and an unseen part:
+
+- ``synthetic``: :func:`napari_seglab.core.synthetic.make_nuclei_3d` stacks (24x128x128,
+  anisotropy 2), train on seed 0, predict seed 1;
+- ``real``: the labelled 3D nuclei stack that ships in the StarDist wheel
+  (``stardist/data/images/img3d.tif`` + ``mask3d.tif``, 31x61x57, 51 nuclei, anisotropy
+  about 2), read from the wheel with zipfile, never copied; train on the top rows (y < 30),
+  predict the bottom rows.
+
+For every instance head (``flows``, ``distance``, ``boundary``) one 2D U-Net is trained on the
+painted planes with ``seglab``'s own training, for ``--steps`` steps (equal steps, so the load of
+the shared machine changes the time, not the result), then the same model predicts the unseen
+part two ways: ``linked`` (2D objects per plane linked by overlap, the floor) and ``orthogonal``
+(YX/ZX/ZY planes combined and decoded in 3D). Scores: 3D AP@0.5 and @0.75 (IoU over voxels),
+Dice, count error. ``--sparse`` also trains the flows head from 3 painted planes of the real
+training part against the fully painted part at the same steps (the "few planes" goal).
+
+StarDist 3D is not run: it needs TensorFlow in its own venv (``benchmarks/peers.py`` does that
+for 2D); on two shared cores it would not train in a budget that tells anything.
+
+    OMP_NUM_THREADS=1 python benchmarks/quality_3d.py --steps 150 [--sparse]
+
+Prints one row per (data, head, method) and last the AP@0.5 ratio orthogonal / linked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_seglab.core.evaluate import match_instances
+from napari_seglab.core.events import drive
+from napari_seglab.core.predict import iter_predict_volume, load_model
+from napari_seglab.core.synthetic import make_nuclei_3d
+from napari_seglab.core.train import TrainConfig, iter_train
+
+WHEELS = "/tmp/seglab-bench-stardist/stardist-*.whl"
+
+
+def stardist_stack(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The StarDist wheel's 3D nuclei stack (31, 61, 57) uint16 and its instance mask, int64."""
+    with zipfile.ZipFile(wheel) as z:
+        img = tifffile.imread(BytesIO(z.read("stardist/data/images/img3d.tif")))
+        mask = tifffile.imread(BytesIO(z.read("stardist/data/images/mask3d.tif")))
+    return img, np.asarray(mask, np.int64)
+
+
+def datasets(wheel: str | None):
+    img, inst = make_nuclei_3d((24, 128, 128), seed=0, anisotropy=2.0)
+    test, truth = make_nuclei_3d((24, 128, 128), seed=1, anisotropy=2.0)
+    out = {"synthetic": (img, inst, test, truth, 2.0)}
+    found = [wheel] if wheel else sorted(glob.glob(WHEELS))
+    if found:
+        img, inst = stardist_stack(Path(found[0]))
+        # objects cut by the split keep only their part: relabel each side's pieces
+        out["real"] = (img[:, :30], inst[:, :30], img[:, 30:], inst[:, 30:], 2.0)
+    else:
+        print("no StarDist wheel: the real stack is skipped", file=sys.stderr)
+    return out
+
+
+def score(pred: np.ndarray, truth: np.ndarray) -> dict:
+    m = match_instances(pred, truth, (0.5, 0.75))
+    m["count_error"] = (m["n_pred"] - m["n_true"]) / max(m["n_true"], 1)
+    return m
+
+
+def train(img, lab, head: str, steps: int, seed: int = 0):
+    cfg = TrainConfig(label_mode="instances", epochs=max(1, steps // 25), steps_per_epoch=min(steps, 25),
+                      time_limit=None, device="cpu", encoder="resnet18", patch=64, batch_size=8, lr=3e-3,
+                      seed=seed, instance_head=head, val_fraction=0.0)
+    t0 = time.monotonic()
+    result = drive(iter_train([img], [lab], cfg, axes=["ZYX"]))
+    return result, time.monotonic() - t0
+
+
+def predict(result, test, anisotropy, method):
+    t0 = time.monotonic()
+    pred = drive(iter_predict_volume(load_model(result.checkpoint, "cpu", runtime="torch"), test, "ZYX",
+                                     anisotropy=anisotropy, method=method))
+    return pred.labels, time.monotonic() - t0
+
+
+def row(name, head, method, m, secs):
+    print(f"{name:9s} {head:8s} {method:10s} ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} dice {m['dice']:.3f} "
+          f"objects {m['n_pred']:3d}/{m['n_true']:3d} count_err {m['count_error']:+.2f}  ({secs:.0f} s)", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--heads", nargs="+", default=["flows", "distance", "boundary"])
+    p.add_argument("--data", nargs="+", default=["synthetic", "real"])
+    p.add_argument("--stardist-wheel")
+    p.add_argument("--sparse", action="store_true", help="also 3 painted planes vs the full stack (real data)")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    data = datasets(args.stardist_wheel)
+    ratios = []
+    for name in args.data:
+        if name not in data:
+            continue
+        img, lab, test, truth, aniso = data[name]
+        for head in args.heads:
+            result, t_train = train(img, lab, head, args.steps)
+            print(f"{name:9s} {head:8s} trained {result.steps} steps in {t_train:.0f} s", flush=True)
+            scores = {}
+            for method in ("linked", "orthogonal"):
+                pred, secs = predict(result, test, aniso, method)
+                scores[method] = score(pred, truth)
+                row(name, head, method, scores[method], secs)
+            ratios.append((name, head, scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"], 1e-9)))
+    if args.sparse and "real" in data:
+        img, lab, test, truth, aniso = data["real"]
+        planes = np.linspace(0, lab.shape[0] - 1, 5).astype(int)[1:4]  # 3 planes through the middle
+        few = np.zeros_like(lab)
+        few[planes] = lab[planes]
+        for label, labels in (("3 planes", few), ("full", lab)):
+            result, t_train = train(img, labels, "flows", args.steps)
+            pred, secs = predict(result, test, aniso, "orthogonal")
+            row("real", "flows", label, score(pred, truth), t_train + secs)
+    for name, head, r in ratios:
+        print(f"ap50 ratio orthogonal/linked [{name} {head}]: {r:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

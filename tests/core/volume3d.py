@@ -1,0 +1,51 @@
+"""A stand-in 3D nuclei model for plumbing tests: a 'distance head' whose outputs follow the input's brightness.
+
+Gaussian nuclei in an anisotropic stack give a distance field peaked at each centre, so the
+3D decoding has a true answer (one object per nucleus) without any training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_seglab.core.device import precision_for
+from napari_seglab.core.models import CheckpointMeta, ModelSpec
+from napari_seglab.core.predict._image import LoadedModel
+
+CPU = torch.device("cpu")
+#: three nuclei (z, y, x) of a (12, 48, 48) stack whose z step is twice the pixel size
+CENTRES = ((5, 14, 14), (6, 30, 32), (6, 14, 34))
+
+
+class BrightIsNear(torch.nn.Module):
+    """Raw outputs [foreground logit, distance]: foreground where the normalised input is bright, distance = input."""
+
+    def __init__(self):
+        super().__init__()
+        self.planes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.planes.append(tuple(x.shape[-2:]))
+        return torch.cat([20 * (x - 0.3), x], 1)
+
+
+def blob_model(head: str = "distance", label_mode: str = "instances", n_classes: int = 2) -> LoadedModel:
+    """A LoadedModel around :class:`BrightIsNear` with a fixed [0, 1] normalisation."""
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=n_classes,
+                     options={"head": head} if head != "boundary" else {})
+    meta = CheckpointMeta.coerce({"model": spec.to_dict(), "label_mode": label_mode, "n_classes": n_classes,
+                                  "normalization": {"per_image": False, "lo": [0.0], "hi": [1.0]}})
+    return LoadedModel(BrightIsNear(), meta, CPU, precision_for(CPU))
+
+
+def blobs(shape=(12, 48, 48), anisotropy=2.0, centres=CENTRES) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian nuclei (radius ~6 px laterally) in an anisotropic (Z, Y, X) float32 stack, and their masks."""
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    image = np.zeros(shape, np.float32)
+    truth = np.zeros(shape, np.int32)
+    for i, (cz, cy, cx) in enumerate(centres, start=1):
+        d2 = ((zz - cz) * anisotropy) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2
+        image = np.maximum(image, np.exp(-d2 / (2 * 4.0 ** 2)))
+        truth[(d2 < 6.0 ** 2) & (truth == 0)] = i
+    return image, truth
