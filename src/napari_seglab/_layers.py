@@ -165,6 +165,26 @@ def show_labels(viewer, labels: np.ndarray, name: str, like=None, plane: tuple[i
     return layer
 
 
+def show_volume(labels_layer, image_layer, anisotropy: float, objects: list[dict] | None = None) -> None:
+    """3D labels shown at their true proportions: the z scale is ``anisotropy`` times the y scale.
+
+    The image layer gets the same scale (it is left as it was when it already has it), so both
+    stay aligned in the 3D view; ``objects`` (rows of measurements with ``label``) become the
+    labels layer's features.
+    """
+    scale = np.asarray(labels_layer.scale, float)
+    if len(scale) >= 3:
+        scale[-3] = anisotropy * scale[-2]
+        labels_layer.scale = tuple(scale)
+        if image_layer is not None and not image_layer.rgb and len(image_layer.scale) == len(scale) \
+                and not np.allclose(image_layer.scale, scale):
+            image_layer.scale = tuple(scale)
+    if objects:
+        keys = [k for k in objects[0] if k != "label"]
+        labels_layer.features = {"index": [r["label"] for r in objects], **{k: [r.get(k) for r in objects]
+                                                                           for k in keys}}
+
+
 def show_plane(viewer, plane_labels: np.ndarray, name: str, spatial: tuple[int, ...],
                plane: tuple[int, ...] = (), like=None, below=None, reset: bool = False, colors: str | None = None):
     """Write one plane of labels into the Labels layer ``name`` (created once, then updated in place).

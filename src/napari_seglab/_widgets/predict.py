@@ -26,7 +26,7 @@ from ..core.predict import (
     Prediction,
     PredictOptions,
     is_package,
-    iter_predict_image,
+    iter_predict,
     load_model,
     load_package,
     package_summary,
@@ -79,8 +79,11 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
         yield Message(f"model loaded on {model.device}")
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
-    prediction = yield from iter_predict_image(model, image, axes, stop=stop,
-                                               **{**options, "probabilities": keep or wanted})
+    prediction = yield from iter_predict(model, image, axes, stop=stop,
+                                         **{**options, "probabilities": keep or wanted})
+    if prediction.anisotropy is not None and not prediction.stopped and prediction.labels.ndim == 3:
+        yield Message("measuring the 3D objects")
+        prediction.objects = measure_volume(prediction.labels, options.get("pixel_size"))
     extras = None
     if wanted and prediction.probabilities is not None and not prediction.stopped:
         yield Message("measuring the uncertainty")
@@ -91,6 +94,22 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     planes = options.get("planes")
     counted = prediction.labels[planes[0]] if planes and len(planes) == 1 else prediction.labels
     return model, prediction, extras, len(np.unique(counted)) - 1
+
+
+def measure_volume(labels: np.ndarray, pixel_size) -> list[dict]:
+    """Rows of :func:`~napari_seglab.core.objects.measure_objects` for 3D labels (µm³ where the voxel size is known)."""
+    from ..core.objects import measure_objects
+
+    size = tuple(pixel_size) if pixel_size is not None and len(pixel_size) == 3 else None
+    return measure_objects(labels, voxel_size=size)
+
+
+def layer_pixel_size(layer, axes: str) -> tuple[float, ...] | None:
+    """The (z, y, x) scale of an image layer as the voxel size, or None when it is napari's default (all 1)."""
+    if "Z" not in axes or layer.ndim < 3:
+        return None
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    return None if all(s == 1.0 for s in scale) else scale
 
 
 def _start_file(checkpoint_key: tuple) -> Path | None:
@@ -147,6 +166,10 @@ class PredictWidget(Container):
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
         self._split = CheckBox(text=opt["split_instances"].label, value=False, tooltip=opt["split_instances"].text)
         self._tta = CheckBox(text=opt["tta"].label, value=False, tooltip=opt["tta"].text)
+        self._volume = CheckBox(text=opt["volume"].label, value=False, tooltip=opt["volume"].text)
+        self._anisotropy = FloatSpinBox(label="anisotropy", value=0.0, min=0.0, max=float(opt["anisotropy"].high),
+                                        step=0.5, tooltip=opt["anisotropy"].text + "; 0 = from the image layer's "
+                                        "scale (z over y), else 1")
         self._uncertainty = CheckBox(text="uncertainty map", value=False,
                                      tooltip="add '<image> uncertainty': bright where the model is unsure")
         self._suggest = CheckBox(text="paint-next boxes", value=False,
@@ -159,8 +182,9 @@ class PredictWidget(Container):
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
                                            "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file, self._stock], [self._about])
-        options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
-                          [self._only_plane, self._probabilities, self._split, self._tta,
+        options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold,
+                                    self._anisotropy],
+                          [self._only_plane, self._volume, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
         self._inputs = [model, options]
@@ -251,6 +275,10 @@ class PredictWidget(Container):
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
             "split_instances": self._split.value, "tta": self._tta.value,
         }
+        if self._volume.value:  # 3D objects: the whole stack, whatever plane is shown
+            options.update(volume=True, anisotropy=float(self._anisotropy.value) or None, planes=None,
+                           pixel_size=layer_pixel_size(layer, axes))
+            plane = ()
         if not checkpoint.spec.family_entry.kind.dense:  # a per-pixel model scores nothing: no threshold
             # boxes: keep the weaker ones too, for the live threshold to show them
             options["score_threshold"] = min(threshold, LIVE_SCORE_FLOOR) if boxes else threshold
@@ -402,9 +430,11 @@ class PredictWidget(Container):
                 self._viewer, prediction.boxes, f"{layer.name} boxes", like=layer,
                 ndim=prediction.labels.ndim, score_threshold=float(self._threshold.value))
             return
-        _layers.show_labels(self._viewer, prediction.labels, f"{layer.name} labels", like=layer,
-                            plane=plane or None, role="prediction",
-                            colors=prediction_kind(label_mode, prediction.kind))
+        labels_layer = _layers.show_labels(self._viewer, prediction.labels, f"{layer.name} labels", like=layer,
+                                           plane=plane or None, role="prediction",
+                                           colors=prediction_kind(label_mode, prediction.kind))
+        if prediction.anisotropy is not None:
+            _layers.show_volume(labels_layer, layer, prediction.anisotropy, prediction.objects)
         if prediction.probabilities is not None:
             _layers.show_probabilities(self._viewer, prediction.probabilities, layer.name, like=layer,
                                        class_names=class_names)

@@ -155,6 +155,8 @@ class Prediction:
     head_outputs: np.ndarray | None = None
     #: 3D objects (:func:`~napari_seglab.core.predict._volume.iter_predict_volume`): the z step / pixel size used
     anisotropy: float | None = None
+    #: measurements of 3D objects, one dict per object (filled by the fronts that show them)
+    objects: list[dict] | None = None
 
     def __post_init__(self):
         self.kind = Kind(self.kind)

@@ -1,0 +1,56 @@
+"""Predict dock, 3D objects: one id per nucleus through the stack, the anisotropy as the layer's scale, features."""
+
+from __future__ import annotations
+
+import numpy as np
+from volume3d import blob_model, blobs
+from widget_helpers import WAIT_MS, click, dock
+
+import napari_seglab._widgets.predict as predict_dock
+
+
+def test_3d_objects_get_the_anisotropy_as_scale_and_volumes_as_features(make_napari_viewer, qtbot, monkeypatch,
+                                                                        random_unet):
+    monkeypatch.setattr(predict_dock, "load_model", lambda *a, **k: blob_model())
+    viewer = make_napari_viewer()
+    image, truth = blobs()
+    stack = viewer.add_image(image, name="stack", scale=(1.0, 0.5, 0.5))  # 1 µm z step, 0.5 µm pixels
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(random_unet)
+    widget._device.value = "cpu"
+    widget._volume.value = True
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    layer = viewer.layers["stack labels"]
+    assert widget.last_prediction.anisotropy == 2.0  # read from the layer's scale
+    assert np.allclose(layer.scale, (1.0, 0.5, 0.5)) and np.allclose(stack.scale, layer.scale)
+    labels = layer.data
+    assert int(labels.max()) == 3
+    for i in (1, 2, 3):
+        ids, counts = np.unique(labels[truth == i], return_counts=True)
+        assert ids[np.argmax(counts)] > 0 and counts.max() > 0.9 * counts.sum()
+    features = layer.features
+    assert sorted(features["index"]) == [1, 2, 3]
+    assert np.allclose(features["volume_um3"], features["area"] * 0.25)
+    assert (features["extent_z"] >= 3).all()
+    assert "3 objects" in widget._controls.status.value
+
+
+def test_a_given_anisotropy_scales_both_layers_for_the_3d_view(make_napari_viewer, qtbot, monkeypatch, random_unet):
+    monkeypatch.setattr(predict_dock, "load_model", lambda *a, **k: blob_model())
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(blobs()[0], name="stack")  # napari's default scale: the z step is unknown
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(random_unet)
+    widget._device.value = "cpu"
+    widget._volume.value = True
+    widget._anisotropy.value = 2.0
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    layer = viewer.layers["stack labels"]
+    assert np.allclose(layer.scale, (2.0, 1.0, 1.0)) and np.allclose(stack.scale, (2.0, 1.0, 1.0))
+    assert int(layer.data.max()) == 3 and "volume_um3" not in layer.features  # no µm without a voxel size
