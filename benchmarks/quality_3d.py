@@ -75,18 +75,22 @@ def score(pred: np.ndarray, truth: np.ndarray) -> dict:
     return m
 
 
-def train(img, lab, head: str, steps: int, seed: int = 0):
+def train(img, lab, head: str, steps: int, seed: int = 0, cache: Path | None = None, tag: str = ""):
+    """(checkpoint path or Checkpoint, steps, seconds); with ``cache``, a model trained before is reused."""
+    out = cache / f"{tag}_{head}_{steps}_{seed}.pt" if cache else None
+    if out is not None and out.exists():
+        return out, steps, 0.0
     cfg = TrainConfig(label_mode="instances", epochs=max(1, steps // 25), steps_per_epoch=min(steps, 25),
                       time_limit=None, device="cpu", encoder="resnet18", patch=64, batch_size=8, lr=3e-3,
-                      seed=seed, instance_head=head, val_fraction=0.0)
+                      seed=seed, instance_head=head, val_fraction=0.0, model_out=str(out) if out else None)
     t0 = time.monotonic()
     result = drive(iter_train([img], [lab], cfg, axes=["ZYX"]))
-    return result, time.monotonic() - t0
+    return (out or result.checkpoint), result.steps, time.monotonic() - t0
 
 
-def predict(result, test, anisotropy, method):
+def predict(model, test, anisotropy, method):
     t0 = time.monotonic()
-    pred = drive(iter_predict_volume(load_model(result.checkpoint, "cpu", runtime="torch"), test, "ZYX",
+    pred = drive(iter_predict_volume(load_model(model, "cpu", runtime="torch"), test, "ZYX",
                                      anisotropy=anisotropy, method=method))
     return pred.labels, time.monotonic() - t0
 
@@ -103,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", default=["synthetic", "real"])
     p.add_argument("--stardist-wheel")
     p.add_argument("--sparse", action="store_true", help="also 3 painted planes vs the full stack (real data)")
+    p.add_argument("--methods", nargs="+", default=["linked", "orthogonal"])
+    p.add_argument("--cache", type=Path, help="folder to keep the trained models in and reuse them from")
     args = p.parse_args(argv)
     import torch
 
@@ -114,22 +120,24 @@ def main(argv=None) -> int:
             continue
         img, lab, test, truth, aniso = data[name]
         for head in args.heads:
-            result, t_train = train(img, lab, head, args.steps)
-            print(f"{name:9s} {head:8s} trained {result.steps} steps in {t_train:.0f} s", flush=True)
+            model, steps, t_train = train(img, lab, head, args.steps, cache=args.cache, tag=name)
+            print(f"{name:9s} {head:8s} trained {steps} steps in {t_train:.0f} s", flush=True)
             scores = {}
-            for method in ("linked", "orthogonal"):
-                pred, secs = predict(result, test, aniso, method)
+            for method in args.methods:
+                pred, secs = predict(model, test, aniso, method)
                 scores[method] = score(pred, truth)
                 row(name, head, method, scores[method], secs)
-            ratios.append((name, head, scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"], 1e-9)))
+            if {"linked", "orthogonal"} <= set(scores):
+                ratios.append((name, head, scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"], 1e-9)))
     if args.sparse and "real" in data:
         img, lab, test, truth, aniso = data["real"]
         planes = np.linspace(0, lab.shape[0] - 1, 5).astype(int)[1:4]  # 3 planes through the middle
         few = np.zeros_like(lab)
         few[planes] = lab[planes]
         for label, labels in (("3 planes", few), ("full", lab)):
-            result, t_train = train(img, labels, "flows", args.steps)
-            pred, secs = predict(result, test, aniso, "orthogonal")
+            model, _, t_train = train(img, labels, "flows", args.steps, cache=args.cache,
+                                      tag="real" + label.replace(" ", ""))
+            pred, secs = predict(model, test, aniso, "orthogonal")
             row("real", "flows", label, score(pred, truth), t_train + secs)
     for name, head, r in ratios:
         print(f"ap50 ratio orthogonal/linked [{name} {head}]: {r:.2f}x")

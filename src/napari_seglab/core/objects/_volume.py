@@ -169,10 +169,13 @@ def decode_distance_3d(outputs: np.ndarray, *, threshold: float = 0.0, h: float 
     return renumber_objects(labels, min_size)
 
 
-def decode_volume(outputs: np.ndarray, head: str, *, min_size: int = 30) -> np.ndarray:
-    """Objects (Z, Y, X) int32 from a combined 3D field of ``head`` ("flows", "distance" or "boundary")."""
+def decode_volume(outputs: np.ndarray, head: str, *, min_size: int = 30, n_steps: int = 200) -> np.ndarray:
+    """Objects (Z, Y, X) int32 from a combined 3D field of ``head`` ("flows", "distance" or "boundary").
+
+    ``n_steps``: steps along the flows (flows only).
+    """
     if head == "flows":
-        return decode_flows_3d(outputs, min_size=min_size)
+        return decode_flows_3d(outputs, min_size=min_size, n_steps=n_steps)
     if head == "distance":
         return decode_distance_3d(outputs, min_size=min_size)
     if head == "boundary":

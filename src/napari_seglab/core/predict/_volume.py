@@ -97,7 +97,11 @@ def _resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return labels[np.ix_(*idx)]
 
 
-def _min_voxels(model: LoadedModel, scale: float) -> int:
+#: steps along the flows at the network's scale (as in 2D); fewer on a coarser decoding grid
+FLOW_STEPS = 200
+
+
+def _min_voxels(model: LoadedModel) -> int:
     """Objects smaller than this (isotropic voxels at the network's scale) are fragments."""
     from ..objects import FRAGMENT_FRACTION
 
@@ -156,7 +160,13 @@ def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy:
                 field[(slice(None), *where)] += out / 3
             done += 1
     del norm
-    labels = decode_volume(field, head, min_size=_min_voxels(model, scale))
+    grid, shrink = iso, 1.0
+    if scale > 1.0:  # decode at the image's own pixel size (still isotropic): scale³ fewer voxels, shorter paths
+        grid = (max(1, round(vol.shape[1] * anisotropy)), vol.shape[2], vol.shape[3])
+        field = _resample(field, grid)
+        shrink = iso[1] / grid[1]
+    decoding = {"n_steps": max(60, round(FLOW_STEPS / shrink))} if head == "flows" else {}
+    labels = decode_volume(field, head, min_size=max(8, int(_min_voxels(model) / shrink ** 3)), **decoding)
     return _resample_labels(labels, vol.shape[1:]), current
 
 
