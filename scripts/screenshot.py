@@ -5,6 +5,7 @@ screen has the size you want)::
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/screenshot.py [OUT.png] [--epochs 8] [--quick]
     xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshot.py docs/assist.png --assist
+    xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshot.py docs/nuclei3d.png --volume --epochs 12
 
 The window is maximised on the screen, with a window manager (openbox, when
 installed, is started for the picture) so that it gets a real frame. The
@@ -168,6 +169,37 @@ def assist_picture(viewer, docks: dict, epochs: int, init: Path | None = None):
     return train.assist
 
 
+def volume_picture(viewer, docks: dict, steps: int, init: Path | None = None) -> None:
+    """A synthetic confocal stack (z step 2x the pixel), a flows U-Net trained on its planes (or ``init``),
+    3D objects from the Predict dock, shown in napari's 3D view."""
+    from napari_seglab.core.events import drive
+    from napari_seglab.core.synthetic import make_nuclei_3d
+    from napari_seglab.core.train import TrainConfig, iter_train
+
+    model = init
+    if model is None:
+        train_img, train_lab = make_nuclei_3d((16, 96, 96), seed=0, anisotropy=2.0)
+        model = Path(tempfile.mkdtemp()) / "nuclei3d_flows.pt"
+        cfg = TrainConfig(label_mode="instances", instance_head="flows", epochs=max(1, steps // 25),
+                          steps_per_epoch=25, patch=64, batch_size=8, lr=3e-3, device="cpu", val_fraction=0.0,
+                          model_out=str(model))
+        drive(iter_train([train_img], [train_lab], cfg, axes=["ZYX"]))
+    stack, _ = make_nuclei_3d((16, 96, 96), seed=1, anisotropy=2.0)
+    viewer.add_image(stack, name="stack", colormap="gray", scale=(2.0, 1.0, 1.0))
+    predict = docks["Predict"][1]
+    predict.set_checkpoint(model)
+    predict.set_image(viewer.layers["stack"])
+    predict._volume.value = True
+    predict._controls.run_button.native.click()
+    wait_while_busy(predict, 1800)
+    print(predict._controls.status.value)
+    viewer.layers["stack"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.layers.selection.active = viewer.layers["stack labels"]
+    docks["Predict"][0].show()
+    docks["Predict"][0].raise_()
+
+
 def scroll_to(widget) -> None:
     """Scroll the dock's scroll areas so that ``widget`` is in view."""
     from qtpy.QtWidgets import QScrollArea
@@ -188,6 +220,8 @@ def main() -> None:
                         help="model-assisted annotation: objects mode, confident objects accepted, doubtful boxed")
     parser.add_argument("--init", type=Path, default=None,
                         help="with --assist: start from this model (one trained for an earlier picture)")
+    parser.add_argument("--volume", action="store_true",
+                        help="3D objects of a synthetic z-stack, in the 3D view (--init: a flows model to use)")
     parser.add_argument("--sample", default=None, help="sample to open (default: instances, or scribbles with --quick)")
     args = parser.parse_args()
 
@@ -196,18 +230,26 @@ def main() -> None:
         window = viewer.window._qt_window
         window.showMaximized()
         settle()
-        viewer.open_sample("napari-seglab", args.sample or ("nuclei_scribbles" if args.quick else "nuclei_instances"))
+        if not args.volume:
+            viewer.open_sample("napari-seglab",
+                               args.sample or ("nuclei_scribbles" if args.quick else "nuclei_instances"))
         docks = open_docks(viewer)
         shown = None
-        if args.assist:
+        if args.volume:
+            volume_picture(viewer, docks, args.epochs * 10, args.init)
+        elif args.assist:
             shown = assist_picture(viewer, docks, args.epochs, args.init)
         elif not args.quick:
             train_and_predict(viewer, docks, args.epochs)
-        train_dock = docks["Train"][0]
-        train_dock.show()
-        train_dock.raise_()
+        if not args.volume:
+            train_dock = docks["Train"][0]
+            train_dock.show()
+            train_dock.raise_()
         settle()
         viewer.reset_view()
+        if args.volume:  # a view from above and aside: nuclei as solids, not as planes
+            viewer.camera.angles = (0.0, 35.0, 60.0)
+            viewer.camera.zoom *= 1.3
         settle()
         if shown is not None:
             scroll_to(shown)

@@ -7,7 +7,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 
 from ..core.device import DEVICES
 from ..core.errors import InputError
@@ -82,6 +90,10 @@ class BatchWidget(Container):
         self._probabilities = CheckBox(text=opt["probabilities"].label, value=False, tooltip=opt["probabilities"].text)
         self._measurements = CheckBox(text="measure objects (CSV)", value=True)
         self._skip = CheckBox(text=opt["skip_existing"].label, value=False, tooltip=opt["skip_existing"].text)
+        self._volume = CheckBox(text=opt["volume"].label, value=False, tooltip=opt["volume"].text)
+        self._anisotropy = FloatSpinBox(label="anisotropy", value=0.0, min=0.0, max=float(opt["anisotropy"].high),
+                                        step=0.5, tooltip=opt["anisotropy"].text + "; 0 = each file's pixel size, "
+                                        "else 1")
         self._controls = ui.RunControls("Run", self._on_run, self._on_stop)
         self._summary = ui.wrapped_label("", small=True)
         self._summary.native.setObjectName(ui.STATUS_NAME)
@@ -93,8 +105,8 @@ class BatchWidget(Container):
         self._open.changed.connect(self._on_open)
 
         files = ui.form("Files", [self._input, self._output, self._model, self._pattern], [self._recursive])
-        run = ui.form("Run", [self._device, self._workers, self._scheduler],
-                      [self._probabilities, self._measurements, self._skip])
+        run = ui.form("Run", [self._device, self._workers, self._scheduler, self._anisotropy],
+                      [self._probabilities, self._measurements, self._skip, self._volume])
         results = Container(widgets=[self._result_choice, self._open], layout="horizontal", labels=False)
         results.margins = (0, 0, 0, 0)
         done = ui.form("Results", [], [self._summary, self._failed, results])
@@ -126,6 +138,7 @@ class BatchWidget(Container):
             "probabilities": self._probabilities.value, "measurements": self._measurements.value,
             "skip_existing": self._skip.value, "workers": self._workers.value or None,
             "scheduler": self._scheduler.value.strip() or None, "device": self._device.value,
+            "volume": self._volume.value, "anisotropy": float(self._anisotropy.value) or None,
         }
 
     def _result_choices(self, _widget=None):

@@ -54,3 +54,34 @@ def test_a_given_anisotropy_scales_both_layers_for_the_3d_view(make_napari_viewe
     layer = viewer.layers["stack labels"]
     assert np.allclose(layer.scale, (2.0, 1.0, 1.0)) and np.allclose(stack.scale, (2.0, 1.0, 1.0))
     assert int(layer.data.max()) == 3 and "volume_um3" not in layer.features  # no µm without a voxel size
+
+
+def test_the_batch_dock_writes_3d_objects_and_their_volumes(make_napari_viewer, qtbot, monkeypatch, tmp_path,
+                                                            random_unet):
+    import csv
+
+    import tifffile
+
+    import napari_seglab.core.predict as predict_pkg
+
+    monkeypatch.setattr(predict_pkg, "load_model", lambda *a, **k: blob_model())
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    image, truth = blobs()
+    tifffile.imwrite(src / "stack.tif", (image * 1000).astype(np.uint16))  # no pixel size in the file
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Batch")
+    widget._input.value, widget._output.value, widget._model.value = src, out, random_unet
+    widget._device.value = "cpu"
+    widget._scheduler.value = "sync"
+    widget._volume.value = True
+    widget._anisotropy.value = 2.0
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert widget.summary is not None and widget.summary.ok == 1, widget._controls.status.value
+    labels = tifffile.imread(out / "stack_labels.tif")
+    assert int(labels.max()) == 3 and labels.shape == truth.shape
+    with open(out / "stack_objects.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 3  # one row per nucleus
