@@ -40,6 +40,7 @@ import tifffile
 
 from napari_seglab.core.evaluate import match_instances
 from napari_seglab.core.events import drive
+from napari_seglab.core.objects import _volume as volume_objects
 from napari_seglab.core.predict import iter_predict_volume, load_model
 from napari_seglab.core.synthetic import make_nuclei_3d
 from napari_seglab.core.train import TrainConfig, iter_train
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--stardist-wheel")
     p.add_argument("--sparse", action="store_true", help="also 3 painted planes vs the full stack (real data)")
     p.add_argument("--methods", nargs="+", default=["linked", "orthogonal"])
+    p.add_argument("--boundary-decoders", nargs="+", default=["2d-rules", "seeds"],
+                   help="3D decoders of the boundary head to compare (the last one's score counts in the ratio)")
     p.add_argument("--cache", type=Path, help="folder to keep the trained models in and reuse them from")
     args = p.parse_args(argv)
     import torch
@@ -124,9 +127,13 @@ def main(argv=None) -> int:
             print(f"{name:9s} {head:8s} trained {steps} steps in {t_train:.0f} s", flush=True)
             scores = {}
             for method in args.methods:
-                pred, secs = predict(model, test, aniso, method)
-                scores[method] = score(pred, truth)
-                row(name, head, method, scores[method], secs)
+                variants = args.boundary_decoders if head == "boundary" and method == "orthogonal" else [None]
+                for variant in variants:
+                    if variant:
+                        volume_objects.BOUNDARY_DECODER = variant
+                    pred, secs = predict(model, test, aniso, method)
+                    scores[method] = score(pred, truth)
+                    row(name, head, method + (f"/{variant}" if variant else ""), scores[method], secs)
             if {"linked", "orthogonal"} <= set(scores):
                 ratios.append((name, head, scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"], 1e-9)))
     if args.sparse and "real" in data:
