@@ -194,8 +194,11 @@ def volume_picture(viewer, docks: dict, steps: int, init: Path | None = None) ->
     wait_while_busy(predict, 1800)
     print(predict._controls.status.value)
     viewer.layers["stack"].visible = False
-    viewer.dims.ndisplay = 3
+    # the labels layer chosen before the 3D view: napari 0.9's status line fails for a Labels layer with
+    # features made active in 3D before the cursor has a position
     viewer.layers.selection.active = viewer.layers["stack labels"]
+    settle()
+    viewer.dims.ndisplay = 3
     docks["Predict"][0].show()
     docks["Predict"][0].raise_()
 
@@ -249,7 +252,7 @@ def main() -> None:
         viewer.reset_view()
         if args.volume:  # a view from above and aside: nuclei as solids, not as planes
             viewer.camera.angles = (0.0, 35.0, 60.0)
-            viewer.camera.zoom *= 1.3
+            viewer.camera.zoom *= 0.95
         settle()
         if shown is not None:
             scroll_to(shown)

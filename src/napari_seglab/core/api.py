@@ -33,7 +33,7 @@ OnEvent = Callable[[Any], object] | None
 
 def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None, *, on_event: OnEvent = None,
                   volume: bool = False, anisotropy: float | None = None,
-                  voxel_size: Sequence[float] | None = None, volume_method: str = "orthogonal",
+                  voxel_size: Sequence[float] | None = None, volume_method: str = "auto",
                   **options) -> Prediction:
     """Predict ``image`` with a loaded model and return the :class:`~napari_seglab.core.predict._image.Prediction`.
 
@@ -43,7 +43,7 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
     ``volume=True``: a z-stack's objects in 3D, one id through the planes
     (:func:`~napari_seglab.core.predict.iter_predict_volume`); ``anisotropy`` is the z step over the
     pixel size, or ``voxel_size`` the µm per (z, y, x) voxel side (``read_image(path).pixel_size``);
-    neither: 1, with a warning event. ``volume_method``: "orthogonal" or "linked".
+    neither: 1, with a warning event. ``volume_method``: "auto", "orthogonal" or "linked".
     """
     from .errors import InputError
     from .predict import iter_predict

@@ -220,7 +220,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
               tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto", volume: bool = False,
-              anisotropy: float | None = None, volume_method: str = "orthogonal"
+              anisotropy: float | None = None, volume_method: str = "auto"
               ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 

@@ -49,7 +49,7 @@ class FileTask:
     runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
     volume: bool = False  # z-stacks as 3D objects (see iter_predict_volume)
     anisotropy: float | None = None  # z step / pixel size for volume; None: the file's pixel size, else 1
-    volume_method: str = "orthogonal"
+    volume_method: str = "auto"
 
 
 

@@ -68,10 +68,11 @@ class ModelRunOptions:
     anisotropy: float | None = setting(None, label="anisotropy (z step / pixel)", kind=float, low=0.1, high=50,
                                        metavar="F", auto="from the file's pixel size, else 1",
                                        help="the z step over the pixel size, for --3d")
-    volume_method: str = setting("orthogonal", label="3D method", choices=("orthogonal", "linked"),
+    volume_method: str = setting("auto", label="3D method", choices=("auto", "orthogonal", "linked"),
                                  flag="--3d-method",
                                  help="orthogonal: the network on YX, ZX and ZY planes, combined and decoded in 3D; "
-                                      "linked: 2D objects per plane linked by overlap")
+                                      "linked: 2D objects per plane linked by overlap; auto: orthogonal for the "
+                                      "flows and distance heads, linked for the boundary classes")
 
     def check(self):
         """Every declared field against its Setting, then the tile rule a range cannot say (0, or 32 and more).
