@@ -30,13 +30,26 @@ class BrightIsNear(torch.nn.Module):
         return torch.cat([20 * (x - 0.3), x], 1)
 
 
+class BrightIsInside(torch.nn.Module):
+    """Logits of the boundary classes: background where dim, interior where bright, boundary in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.planes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.planes.append(tuple(x.shape[-2:]))
+        return torch.cat([20 * (0.3 - x), 20 * (x - 0.5), torch.zeros_like(x)], 1)
+
+
 def blob_model(head: str = "distance", label_mode: str = "instances", n_classes: int = 2) -> LoadedModel:
-    """A LoadedModel around :class:`BrightIsNear` with a fixed [0, 1] normalisation."""
+    """A LoadedModel around :class:`BrightIsNear` (the boundary classes: :class:`BrightIsInside`), inputs in [0, 1]."""
     spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=n_classes,
                      options={"head": head} if head != "boundary" else {})
     meta = CheckpointMeta.coerce({"model": spec.to_dict(), "label_mode": label_mode, "n_classes": n_classes,
                                   "normalization": {"per_image": False, "lo": [0.0], "hi": [1.0]}})
-    return LoadedModel(BrightIsNear(), meta, CPU, precision_for(CPU))
+    network = BrightIsInside() if head == "boundary" else BrightIsNear()
+    return LoadedModel(network, meta, CPU, precision_for(CPU))
 
 
 def blobs(shape=(12, 48, 48), anisotropy=2.0, centres=CENTRES) -> tuple[np.ndarray, np.ndarray]:

@@ -98,3 +98,14 @@ def test_the_python_api_takes_a_voxel_size_or_an_anisotropy():
         api.predict_image(_model(), image, anisotropy=2.0)
     flat = api.predict_image(_model(), image, "ZYX")  # plane by plane, as before
     assert flat.anisotropy is None and flat.labels.shape == image.shape
+
+
+def test_auto_links_the_planes_of_a_boundary_model():
+    image, truth = _blobs()
+    lm = _model(head="boundary", n_classes=3)
+    pred = drive(iter_predict_volume(lm, image, "ZYX", anisotropy=2.0))  # method "auto"
+    assert len(lm.model.planes) == image.shape[0]  # YX planes only: linked, not the three views
+    assert int(pred.labels.max()) == 3
+    for i in (1, 2, 3):
+        ids, counts = np.unique(pred.labels[truth == i], return_counts=True)
+        assert ids[np.argmax(counts)] > 0

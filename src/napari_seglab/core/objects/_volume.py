@@ -34,18 +34,19 @@ from ._instances import instances_from_probabilities, renumber_objects
 BOUNDARY_DECODER = "seeds"
 #: the 3D decoders, by instance head
 HEADS_3D = ("flows", "distance", "boundary")
-#: linking: an object continues the one above when their 2D IoU is at least this (0.25 as cellpose's stitching
-#: suggests; benchmarks/quality_3d.py: 0.25 vs 0.5 on the real stack)
-LINK_IOU = 0.25
+#: linking: an object continues the one above when their overlap covers at least this fraction of the smaller
+#: (IoU at 0.25, as Cellpose stitches, cut every nucleus' first and last planes off as objects of their own)
+LINK_IOU = 0.5
 
 
 def link_planes(labels: np.ndarray, min_iou: float = LINK_IOU) -> np.ndarray:
     """Link per-plane 2D objects of a (Z, Y, X) label stack into 3D objects (int32, ids 1..N).
 
-    Plane by plane from the top: an object of plane z takes the id of the object
-    of plane z - 1 it overlaps with the highest IoU, if that IoU is at least
-    ``min_iou`` and no other object of plane z overlaps that one more; otherwise it
-    starts a new 3D object. Ids of each plane's input need not be related.
+    Plane by plane from the top: an object of plane z takes the id of the
+    object of plane z - 1 it overlaps most, if the overlap covers at least
+    ``min_iou`` of the smaller of the two and no other object of plane z overlaps
+    that one more (one to one, best first); otherwise it starts a new 3D object.
+    Ids of each plane's input need not be related.
     """
     lab = check_label_image(labels)
     if lab.ndim != 3:
@@ -67,7 +68,9 @@ def link_planes(labels: np.ndarray, min_iou: float = LINK_IOU) -> np.ndarray:
             pairs, inter = np.unique(np.stack([cur[both], prev[both]]), axis=1, return_counts=True)
             area_c = dict(zip(*np.unique(cur[cur > 0], return_counts=True), strict=True))
             area_p = dict(zip(*np.unique(prev[prev > 0], return_counts=True), strict=True))
-            ious = np.array([n / (area_c[c] + area_p[p] - n) for (c, p), n in zip(pairs.T, inter, strict=True)])
+            # overlap over the smaller of the two: the small cap of a nucleus on its first plane still continues
+            # it (its IoU with the next, larger section is tiny)
+            ious = np.array([n / min(area_c[c], area_p[p]) for (c, p), n in zip(pairs.T, inter, strict=True)])
             # greedy one-to-one, best IoU first
             taken_c, taken_p = set(), set()
             for k in np.argsort(-ious, kind="stable"):
