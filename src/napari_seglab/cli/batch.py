@@ -19,7 +19,7 @@ from .common import (
 
 #: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
 OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "runtime", "tile", "overlap", "tta",
-           "score_threshold")
+           "score_threshold", "pixel_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               workers=args.workers, scheduler=args.scheduler, device=args.device,
                               runtime=args.runtime,
                               tile=args.tile or None, overlap=args.overlap, tta=args.tta,
-                              score_threshold=args.score_threshold), handle)
+                              score_threshold=args.score_threshold, pixel_size=args.pixel_size), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")
     if summary.failed:

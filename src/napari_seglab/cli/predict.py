@@ -18,7 +18,7 @@ from .common import (
 )
 
 #: PredictOptions fields offered as ``seglab predict`` options
-OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold")
+OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold", "pixel_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,6 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..core.data import pixel_size_or
     from ..core.events import Message, TileDone
     from ..core.io import restore_singletons, write_csv, write_tiff
     from ..core.labels import BOX_COLUMNS, compact_labels, label_box_rows
@@ -128,7 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     pred = drive(iter_predict_image(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
                                probabilities=bool(args.probabilities), split_instances=args.split_instances,
-                               score_threshold=args.score_threshold, tta=args.tta), handle)
+                               score_threshold=args.score_threshold, tta=args.tta,
+                               pixel_size=pixel_size_or(image.pixel_size, args.pixel_size)), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     axes = image.axes.replace("C", "")
     if pred.kind.boxes:

@@ -12,7 +12,7 @@ from .common import EXIT_OK, Status, add_settings, check_input, check_output, ch
 OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "scale_jitter",
            "epochs", "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
            "focal_gamma", "val_fraction", "init", "pretrained", "allow_download", "device",
-           "read_255_as_foreground", "self_training", "seed")
+           "read_255_as_foreground", "self_training", "seed", "pixel_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved: list[str] = []
     try:
         result = drive(iter_train([i.data for i in images], labels, config, boxes=boxes,
-                                 axes=[i.axes for i in images]),
+                                 axes=[i.axes for i in images], pixel_sizes=[i.pixel_size for i in images]),
                        _progress(status, saved, f"/{config.epochs}" if config.epochs else "",
                                  "val AP@0.5" if boxes is not None or _box_family(config.family) else "val Dice"))
     except KeyboardInterrupt:

@@ -219,8 +219,8 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto"
-              ) -> Generator[FileDone | Message, None, BatchSummary]:
+              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto",
+              pixel_size: float | None = None) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
@@ -236,6 +236,8 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     included) are resolved once here; the summary names the resolved output folder.
     ``tta``: test-time augmentation (see :func:`~napari_seglab.core.predict._image.iter_predict_image`).
     ``runtime``: what runs the network (see :func:`~napari_seglab.core.predict.load_model`).
+    ``pixel_size``: µm per pixel of files whose metadata has none; a file of another pixel size than the
+    model's is resampled to it, and its measurements get ``area_um2`` / ``perimeter_um`` columns.
     A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
     (columns :data:`~napari_seglab.core.labels._boxes.BOX_COLUMNS`, the boxes scoring at least
     ``score_threshold``) and their count as the summary's ``object_count``.
@@ -243,14 +245,15 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     t0 = time.perf_counter()
     options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                            skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
-                           overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime)
+                           overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime,
+                           pixel_size=pixel_size)
     _check_request(options, scheduler)
     setup = _set_up(model, input_dir, output_dir, options, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
                                                       "score_threshold": float(score_threshold),
-                                                      "runtime": runtime})
+                                                      "runtime": runtime, "pixel_size": pixel_size})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None
