@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import InputError
-from .common import EXIT_OK, Status, add_settings, check_input, check_output, check_tiff, drive
+from .common import (
+    EXIT_OK,
+    Status,
+    add_reading,
+    add_settings,
+    check_input,
+    check_output,
+    check_tiff,
+    drive,
+)
 
 #: TrainConfig fields offered as ``seglab train`` options, in the order ``--help`` lists them
 OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "scale_jitter",
@@ -19,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..core.train import DIAMETER, TrainConfig
 
     p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
-                   help="training image (repeat for several)")
+                   help="training image (repeat for several): TIFF / OME-TIFF, or .nd2, .lif, .czi")
+    add_reading(p, "every --image")
     p.add_argument("--labels", action="append", metavar="LAB.tif",
                    help="labels of the image given at the same position (repeat for several); with --boxes, "
                         "optional: the annotated area (nonzero = every object there is boxed; without it the "
@@ -100,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..core.train import iter_train
 
     boxes = [read_boxes_csv(b) for b in args.boxes] if args.boxes else None
-    images = [read_image(p) for p in args.image]
+    images = [read_image(p, scene=args.scene, channel=args.channel) for p in args.image]
     labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)] \
         if args.labels else None
     status = Status()

@@ -48,6 +48,8 @@ class FileTask:
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
     runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
     pixel_size: float | None = None  # µm per pixel of files that do not say (--pixel-size)
+    scene: int | str | None = None  # which scene / series / position of each file (None: the first)
+    channel: int | None = None  # read only this channel (None: all)
 
 
 
@@ -153,7 +155,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
-        img = read_image(task.input)
+        img = read_image(task.input, scene=task.scene, channel=task.channel)
         pixel_size = pixel_size_or(img.pixel_size, task.pixel_size)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,

@@ -122,6 +122,7 @@ def _file_errors(path, kind: str) -> Iterator[None]:
 
 def _choose(count: int, scene: int | str | None, path, what: str, names: list[str] | None = None) -> int:
     """The index of the scene asked for among ``count`` (by index, or by name among ``names``)."""
+    whats = what if what.endswith("s") else f"{what}s"
     if count == 0:
         raise InputError(f"{path}: the file holds no image")
     if scene is None:
@@ -129,11 +130,11 @@ def _choose(count: int, scene: int | str | None, path, what: str, names: list[st
     if isinstance(scene, str):
         if names and scene in names:
             return names.index(scene)
-        shown = f"; its {what}s: {', '.join(names[:10])}" if names else ""
+        shown = f"; its {whats}: {', '.join(names[:10])}" if names else ""
         raise InputError(f"{path}: no {what} named {scene!r}{shown}")
     if scene >= count:
         raise InputError(f"{path}: {what} {scene} asked for, but the file holds {count} "
-                         f"({what}s 0..{count - 1})")
+                         f"({whats} 0..{count - 1})")
     return scene
 
 
