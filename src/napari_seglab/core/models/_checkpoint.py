@@ -207,5 +207,6 @@ def describe_checkpoint(ckpt: Checkpoint) -> str:
     head = f", {spec.head} instance head" if spec.has_regression_head else ""
     resample = f", images resampled x{info.scale:g}" if info.scale != 1.0 else ""
     area = f", typical object {info.object_area:.0f} px" if info.object_area else ""
+    size = f", trained at {info.pixel_size[-1]:.4g} µm per pixel" if info.pixel_size else ""
     return (f"{spec.family} {spec.family_entry.model_name(spec)}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
-            f"label mode {ckpt.label_mode}{resample}{area}{metric}")
+            f"label mode {ckpt.label_mode}{resample}{area}{size}{metric}")
