@@ -78,7 +78,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               runtime=args.runtime,
                               tile=args.tile or None, overlap=args.overlap, tta=args.tta,
                               score_threshold=args.score_threshold, pixel_size=args.pixel_size,
-                              scene=args.scene, channel=args.channel), handle)
+                              scene=args.scene, channel=args.channel, axes=args.axes), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")
     if summary.failed:

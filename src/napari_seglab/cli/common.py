@@ -90,12 +90,15 @@ def check_tiff(path: str, flag: str) -> None:
 
 
 def add_reading(p: argparse.ArgumentParser, what: str = "the image") -> None:
-    """``--scene`` and ``--channel``: which part of a microscope file to read."""
+    """``--scene``, ``--channel`` and ``--axes``: which part of a microscope file to read, and how."""
     p.add_argument("--scene", default=None, metavar="N|NAME",
                    help=f"which scene of {what} to read: an OME-TIFF series, an ND2 position, a LIF image (index "
                         "or name) or a CZI scene; index from 0 (default: the first)")
     p.add_argument("--channel", type=int, default=None, metavar="N",
                    help=f"read only this channel of {what} (index from 0; default: all channels)")
+    p.add_argument("--axes", default=None, metavar="AXES",
+                   help=f"the axes of {what} in the file's order, one of T, Z, C, Y, X per dimension (e.g. CYX "
+                        "for planes that are channels), instead of what the file says")
 
 
 def check_output_folder(folder: str) -> None:

@@ -83,14 +83,16 @@ def _load(args: argparse.Namespace):
         if args.runtime == "onnx":
             raise InputError(f"--runtime {args.runtime}: stock models run in torch")
 
-        image = read_image(args.input, scene=args.scene, channel=args.channel)
+        image = read_image(args.input, scene=args.scene, channel=args.channel, axes=args.axes)
         model = load_stock(args.model.removeprefix("stock:"), args.device,
                            in_channels=image.data.shape[-1] if "C" in image.axes else 1)
     else:
         model = load_model(args.model, args.device, runtime=args.runtime)
         image = None
     _check_kind(args, model.spec.family_entry)
-    return model, image if image is not None else read_image(args.input, scene=args.scene, channel=args.channel)
+    if image is None:
+        image = read_image(args.input, scene=args.scene, channel=args.channel, axes=args.axes)
+    return model, image
 
 
 def _check_kind(args: argparse.Namespace, family) -> None:

@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..core.train import iter_train
 
     boxes = [read_boxes_csv(b) for b in args.boxes] if args.boxes else None
-    images = [read_image(p, scene=args.scene, channel=args.channel) for p in args.image]
+    images = [read_image(p, scene=args.scene, channel=args.channel, axes=args.axes) for p in args.image]
     labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)] \
         if args.labels else None
     status = Status()

@@ -148,3 +148,16 @@ def test_other_axes_and_unknown_files(tmp_path):
     tifffile.imwrite(tmp_path / "t.tif", tiles)
     with pytest.raises(InputError, match="scene must be an index from 0"):
         read_image(tmp_path / "t.tif", scene=-1)
+
+
+def test_axes_given_by_the_user(tmp_path):
+    planes = _u16(5, 24, 32)  # a plain TIFF's five planes read as Z; they are channels
+    tifffile.imwrite(tmp_path / "p.tif", planes)
+    assert read_image(tmp_path / "p.tif").axes == "ZYX"
+    image = read_image(tmp_path / "p.tif", axes="cyx")
+    assert image.axes == "YXC" and np.array_equal(image.data, planes.transpose(1, 2, 0))
+    assert read_image(tmp_path / "p.tif", axes="CYX", channel=2).data.shape == (24, 32)
+    with pytest.raises(InputError, match=r"axes 'YX' do not describe its 5x24x32 image"):
+        read_image(tmp_path / "p.tif", axes="YX")
+    with pytest.raises(InputError, match="one letter of T, Z, C, Y, X"):
+        read_image(tmp_path / "p.tif", axes="CCX")

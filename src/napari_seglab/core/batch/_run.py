@@ -239,9 +239,9 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
               tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto",
-              pixel_size: float | None = None, scene: int | str | None = None, channel: int | None = None
-              ) -> Generator[FileDone | Message, None, BatchSummary]:
-    """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
+              pixel_size: float | None = None, scene: int | str | None = None, channel: int | None = None,
+              axes: str | None = None) -> Generator[FileDone | Message, None, BatchSummary]:
+    """Predict every image file of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
     :func:`auto_workers` workers; ``workers=N``: N local workers (one: a
@@ -258,6 +258,9 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     ``runtime``: what runs the network (see :func:`~napari_seglab.core.predict.load_model`).
     ``pixel_size``: µm per pixel of files whose metadata has none; a file of another pixel size than the
     model's is resampled to it, and its measurements get ``area_um2`` / ``perimeter_um`` columns.
+    ``scene`` / ``channel`` / ``axes``: what to read of each file, and how (see
+    :func:`~napari_seglab.core.io.read_image`); the manifest's ``reading`` column records them. The folder
+    may mix TIFF, ND2, LIF and CZI files (``pattern="images"``: all of them; or globs joined by ``;``).
     A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
     (columns :data:`~napari_seglab.core.labels._boxes.BOX_COLUMNS`, the boxes scoring at least
     ``score_threshold``) and their count as the summary's ``object_count``.
@@ -270,12 +273,12 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     _check_request(options, scheduler)
     setup = _set_up(model, input_dir, output_dir, options, measurements)
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv),
-                     reading=reading_note(scene, channel, pixel_size))
+                     reading=reading_note(scene, channel, pixel_size, axes))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
                                                       "score_threshold": float(score_threshold),
                                                       "runtime": runtime, "pixel_size": pixel_size,
-                                                      "scene": scene, "channel": channel})
+                                                      "scene": scene, "channel": channel, "axes": axes})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

@@ -50,6 +50,7 @@ class FileTask:
     pixel_size: float | None = None  # µm per pixel of files that do not say (--pixel-size)
     scene: int | str | None = None  # which scene / series / position of each file (None: the first)
     channel: int | None = None  # read only this channel (None: all)
+    axes: str | None = None  # the files' axes, instead of what each file says
 
 
 
@@ -155,7 +156,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
-        img = read_image(task.input, scene=task.scene, channel=task.channel)
+        img = read_image(task.input, scene=task.scene, channel=task.channel, axes=task.axes)
         pixel_size = pixel_size_or(img.pixel_size, task.pixel_size)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,

@@ -64,18 +64,20 @@ class _Scene:
     sizes: dict[str, float]
 
 
-def read_image(path: str | os.PathLike, *, scene: int | str | None = None, channel: int | None = None) -> ImageData:
+def read_image(path: str | os.PathLike, *, scene: int | str | None = None, channel: int | None = None,
+               axes: str | None = None) -> ImageData:
     """Read one scene of an image file into canonical axes, with its pixel size (see the module docstring).
 
-    ``path``: a TIFF / OME-TIFF, ND2, LIF or CZI file (by suffix). Returns an
-    :class:`~napari_seglab.core.io._tiff.ImageData`; InputError (one line) for a bad file, an unknown
-    suffix, a missing reader package, a scene or channel the file does not have.
+    ``path``: a TIFF / OME-TIFF, ND2, LIF or CZI file (by suffix). ``axes``: what the scene's axes are,
+    in the file's order (``"CYX"`` for a 3-plane TIFF whose planes are channels), replacing what the
+    file says. Returns an :class:`~napari_seglab.core.io._tiff.ImageData`; InputError (one line) for a
+    bad file, an unknown suffix, a missing reader package, a scene, channel or axes the file does not have.
     """
     check_regular_file(Path(path))
     suffix = Path(path).suffix.lower()
     kind = FORMATS.get(suffix, "tiff")  # any other suffix is tried as a TIFF (tifffile reads by content)
     scene = _scene_index(scene)
-    if kind == "tiff" and scene is None:  # the plain TIFF path: every check the TIFF reader runs
+    if kind == "tiff" and scene is None and axes is None:  # the plain TIFF path: every check the TIFF reader runs
         try:
             image = read_tiff_image(path)
         except InputError as exc:
@@ -87,8 +89,21 @@ def read_image(path: str | os.PathLike, *, scene: int | str | None = None, chann
         reader = {"tiff": _read_tiff, "nd2": _read_nd2, "lif": _read_lif, "czi": _read_czi}[kind]
         with _file_errors(path, kind):
             found = reader(Path(path), scene)
+        if axes is not None:
+            found.axes = _given_axes(axes, found, path)
         image = _canonical(found, path)
     return _pick_channel(image, channel) if channel is not None else image
+
+
+def _given_axes(axes, found: _Scene, path) -> str:
+    """The user's axes for a scene: one letter of T, Z, C, Y, X per dimension, each once, Y and X among them."""
+    text = str(axes).strip().upper()
+    if len(text) != found.data.ndim or set(text) - set("TZCYX") or len(set(text)) != len(text) \
+            or not {"Y", "X"} <= set(text):
+        shape = "x".join(map(str, found.data.shape))
+        raise InputError(f"{path}: axes {axes!r} do not describe its {shape} image (read as {found.axes!r}); give one "
+                         f"letter of T, Z, C, Y, X per dimension, Y and X included")
+    return text
 
 
 def _scene_index(scene) -> int | str | None:
@@ -355,8 +370,9 @@ def _pick_channel(image: ImageData, channel: int) -> ImageData:
                      pixel_size=image.pixel_size)
 
 
-def reading_note(scene: int | str | None, channel: int | None, pixel_size: float | None = None) -> str:
+def reading_note(scene: int | str | None, channel: int | None, pixel_size: float | None = None,
+                 axes: str | None = None) -> str:
     """The reading choices in a few words, for a batch manifest (``scene=1 channel=0``); "" for none."""
     parts = [f"scene={scene}" if scene is not None else "", f"channel={channel}" if channel is not None else "",
-             f"pixel_size={pixel_size:g}" if pixel_size is not None else ""]
+             f"axes={axes}" if axes else "", f"pixel_size={pixel_size:g}" if pixel_size is not None else ""]
     return " ".join(p for p in parts if p)
