@@ -31,3 +31,26 @@ def test_train_dock_pixel_size_from_the_field_or_the_layer(make_napari_viewer):
     widget._pixel.value = "auto"
     layer.scale = (1.0, 1.0)
     assert widget.config().pixel_size is None
+
+
+def test_predict_dock_resamples_a_layer_at_another_pixel_size(make_napari_viewer, qtbot, tiny_nuclei, tiny_model,
+                                                             tmp_path):
+    from widget_helpers import WAIT_MS, click
+
+    from napari_seglab.core.models import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_model)  # the session's model, said to have learnt at 1 µm per pixel
+    path = save_checkpoint(tmp_path / "at1um.pt", ckpt.build("cpu"), ckpt.info.replace(pixel_size=(1.0, 1.0)))
+    viewer = make_napari_viewer()
+    image = np.repeat(np.repeat(tiny_nuclei[0], 2, axis=0), 2, axis=1)
+    viewer.add_image(image, name="fine", scale=(0.5, 0.5))  # placed in µm: half the model's pixel size
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(path)
+    widget._device.value = "cpu"
+    said = []
+    say = widget._controls.say
+    widget._controls.say = lambda text: (said.append(text), say(text))
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert "pixel size 0.5 µm, the model's 1 µm: resampling the image by 0.5" in said
+    assert viewer.layers["fine labels"].data.shape == image.shape

@@ -279,7 +279,7 @@ def _czi_sizes(xml: str) -> dict[str, float]:
     except ET.ParseError:
         return {}
     sizes = {}
-    for dist in root.iter("Distance"):
+    for dist in root.findall(".//Scaling/Items/Distance"):
         axis, value = dist.get("Id"), dist.findtext("Value")
         if axis in ("X", "Y", "Z") and value:
             size = _in_um(value, "m")  # CZI stores distances in metres
@@ -300,7 +300,7 @@ def _read_czi(path: Path, scene: int | str | None) -> _Scene:
         axes, shape = czi.axes, czi.shape
         count = shape[axes.index("S")] if "S" in axes else 1
         index = _choose(count, scene, path, "scene")
-        check_declared_size(path, [n for a, n in zip(axes, shape, strict=True) if a != "S"], czi.dtype)
+        check_declared_size(path, shape, czi.dtype)  # czifile assembles every scene, then one is kept
         data = czi.asarray()
         try:
             sizes = _czi_sizes(czi.metadata(raw=True))
