@@ -1,5 +1,7 @@
 """Pixel sizes end to end: training records them, prediction resamples to them, measurements use them."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -98,6 +100,9 @@ def test_cli_records_and_uses_the_pixel_size(blobs, tmp_path, capsys):
                  "--steps-per-epoch", "2", "--patch", "64", "--batch-size", "2", "--device", "cpu",
                  "--pixel-size", "0.65"]) == 0
     assert load_checkpoint(model).info.pixel_size == (0.65, 0.65)
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    assert "trained at 0.65 µm per pixel" in json.loads(capsys.readouterr().out)["description"]
     big = ndi.zoom(img, 2, order=1)
     tifffile.imwrite(tmp_path / "big.ome.tif", big, ome=True,
                      metadata={"axes": "YX", "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325})
