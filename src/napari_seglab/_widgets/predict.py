@@ -142,6 +142,9 @@ class PredictWidget(Container):
                              tooltip=opt["tile"].text)
         self._overlap = FloatSpinBox(label=opt["overlap"].label, value=0.25, min=0.0, max=0.75, step=0.05,
                                      tooltip=opt["overlap"].text)
+        self._pixel = FloatSpinBox(label="pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.05,
+                                   tooltip=opt["pixel_size"].text + "; 0 = the image layer's scale when it is set, "
+                                                                    "else unknown (no resampling)")
         self._only_plane = CheckBox(text="only the plane shown", value=False,
                                     tooltip="for stacks: predict just the plane on screen (other planes keep their labels)")
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
@@ -159,7 +162,8 @@ class PredictWidget(Container):
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
                                            "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file, self._stock], [self._about])
-        options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold],
+        options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold,
+                                    self._pixel],
                           [self._only_plane, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
@@ -251,6 +255,9 @@ class PredictWidget(Container):
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
             "split_instances": self._split.value, "tta": self._tta.value,
         }
+        pixel = float(self._pixel.value) or _layers.layer_pixel_size(layer)
+        if pixel:  # the model resamples an image of another pixel size to its own
+            options["pixel_size"] = (pixel, pixel)
         if not checkpoint.spec.family_entry.kind.dense:  # a per-pixel model scores nothing: no threshold
             # boxes: keep the weaker ones too, for the live threshold to show them
             options["score_threshold"] = min(threshold, LIVE_SCORE_FLOOR) if boxes else threshold

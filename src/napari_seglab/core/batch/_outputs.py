@@ -105,16 +105,23 @@ def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str) -> li
     return rows
 
 
-def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str) -> list[dict]:
+def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str, pixel_size=None) -> list[dict]:
     """Object measurements of a predicted label image, one table over all planes.
 
     ``image``: canonical axes ``axes`` (a subset of TZYXC); ``labels``: the
     same shape without C, int. Rows as :func:`~napari_seglab.core.objects._instances.measure_objects`
-    gives them for 2D objects, with ``t`` / ``z`` first for stacks.
+    gives them for 2D objects, with ``t`` / ``z`` first for stacks; with ``pixel_size`` (µm, its last two
+    entries are Y and X) also ``area_um2`` and ``perimeter_um``.
     """
+    from functools import partial
+
     from ..objects import measure_objects
 
-    return per_plane(measure_objects, labels, image, axes)
+    return per_plane(partial(measure_objects, pixel_size=_yx(pixel_size)), labels, image, axes)
+
+
+def _yx(pixel_size) -> tuple[float, float] | None:
+    return None if pixel_size is None or len(pixel_size) < 2 else tuple(float(v) for v in pixel_size[-2:])
 
 
 def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
@@ -123,14 +130,14 @@ def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
     return [{"label": int(i), "area": int(counts[i])} for i in np.flatnonzero(counts[1:]) + 1]
 
 
-def object_columns(image: np.ndarray, axes: str) -> list[str]:
+def object_columns(image: np.ndarray, axes: str, pixel_size=None) -> list[str]:
     """CSV header of :func:`measure_labels` for this image, from a tiny dummy object."""
     from ..objects import measure_objects
 
     lab = np.zeros((5, 5), np.int32)
     lab[1:4, 1:4] = 1
     channels = (image.shape[-1],) if "C" in axes else ()
-    keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32))[0])
+    keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32), pixel_size=_yx(pixel_size))[0])
     return [a.lower() for a in axes if a in "TZ"] + keys
 
 

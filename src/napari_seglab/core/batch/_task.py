@@ -47,6 +47,10 @@ class FileTask:
     host_threads: dict | None = None
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
     runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
+    pixel_size: float | None = None  # µm per pixel of files that do not say (--pixel-size)
+    scene: int | str | None = None  # which scene / series / position of each file (None: the first)
+    channel: int | None = None  # read only this channel (None: all)
+    axes: str | None = None  # the files' axes, instead of what each file says
 
 
 
@@ -138,6 +142,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
     enough to send back from a worker. All writes are atomic, so an output
     either is complete or is not there.
     """
+    from ..data import pixel_size_or
     from ..objects import summarize_objects
     from ..predict import iter_predict_image
 
@@ -151,11 +156,12 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
-        img = read_image(task.input)
+        img = read_image(task.input, scene=task.scene, channel=task.channel, axes=task.axes)
+        pixel_size = pixel_size_or(img.pixel_size, task.pixel_size)
         pred = drive(iter_predict_image(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                         probabilities="probabilities" in task.outputs,
                                         split_instances=task.split_instances, stop=stop, tta=task.tta,
-                                        score_threshold=task.score_threshold))
+                                        score_threshold=task.score_threshold, pixel_size=pixel_size))
         if pred.stopped:
             result["status"] = "stopped"
             return result
@@ -175,8 +181,8 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             write_tiff(out["probabilities"], probs, axes="C" + file_axes, protect=protect)
             written.append("probabilities")
         if task.measurements:
-            rows = out_mod.measure_labels(pred.labels, img.data, img.axes)
-            columns = None if rows else out_mod.object_columns(img.data, img.axes)
+            rows = out_mod.measure_labels(pred.labels, img.data, img.axes, pixel_size)
+            columns = None if rows else out_mod.object_columns(img.data, img.axes, pixel_size)
             write_csv(out["objects"], rows, columns=columns, protect=protect)
             written.append("objects")
         else:

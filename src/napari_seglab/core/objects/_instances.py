@@ -305,7 +305,8 @@ def _to_python(value):
     return value
 
 
-def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> list[dict]:
+def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None,
+                    pixel_size: Sequence[float] | None = None) -> list[dict]:
     """Measure every object of a label image.
 
     Keys of each row: ``label``, ``area`` (pixels / voxels), ``centroid_y``,
@@ -313,7 +314,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
     ``bbox_x1`` (half-open; ``bbox_z0`` / ``bbox_z1`` in 3D); in 2D also
     ``eccentricity``, ``solidity`` and ``perimeter``. With ``intensity``:
     ``mean_intensity``, ``max_intensity``, ``min_intensity``; with several
-    channels the keys get a channel suffix (``mean_intensity_0`` ...).
+    channels the keys get a channel suffix (``mean_intensity_0`` ...). With
+    ``pixel_size`` (µm per pixel, ``(y, x)``, or ``(z, y, x)`` in 3D): ``area_um2``
+    and ``perimeter_um`` in 2D, ``volume_um3`` in 3D, after the pixel columns.
 
     Parameters
     ----------
@@ -321,6 +324,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
         0 = background.
     intensity : array or None
         Same shape as ``labels``, or with one more trailing channel axis (..., C).
+    pixel_size : sequence of float or None
+        µm per pixel along the spatial axes; a 3D image needs its z step too (the
+        last ``labels.ndim`` entries are used; fewer gives no physical columns).
 
     Returns
     -------
@@ -379,7 +385,27 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None) -> 
         row["label"] = int(row["label"])
         row["area"] = int(row["area"])
         rows.append(row)
+    _physical_columns(rows, lab.ndim, pixel_size)
     return rows
+
+
+def _physical_columns(rows: list[dict], ndim: int, pixel_size: Sequence[float] | None) -> None:
+    """Add ``area_um2`` / ``perimeter_um`` (2D) or ``volume_um3`` (3D) to measurement ``rows`` in place.
+
+    The perimeter's pixel steps are taken as sqrt(y * x) µm long: exact for square pixels, the
+    mean step for others.
+    """
+    if pixel_size is None or len(pixel_size) < ndim:
+        return
+    size = [float(v) for v in pixel_size[-ndim:]]
+    voxel = float(np.prod(size))
+    for row in rows:
+        if ndim == 2:
+            row["area_um2"] = row["area"] * voxel
+            if "perimeter" in row:
+                row["perimeter_um"] = float(row["perimeter"]) * math.sqrt(voxel)
+        else:
+            row["volume_um3"] = row["area"] * voxel
 
 
 def summarize_objects(rows: Sequence[dict]) -> dict:
