@@ -60,6 +60,20 @@ def image_from_layer(layer, channels: int | None = None) -> tuple[np.ndarray, st
     return data, guess_axes(data.shape, rgb=False)
 
 
+def layer_pixel_size(layer) -> float | None:
+    """µm per pixel of an image layer from its Y and X ``scale``, when the user (or a reader) set one.
+
+    napari's default scale (1, 1) says nothing, so it gives None; unequal Y and X give their geometric
+    mean (the core resamples planes by one factor).
+    """
+    if layer is None:
+        return None
+    scale = np.asarray(getattr(layer, "scale", ()), float)[-2:]
+    if scale.size != 2 or not np.all(np.isfinite(scale)) or np.any(scale <= 0) or np.allclose(scale, 1.0):
+        return None
+    return float(np.sqrt(scale[0] * scale[1]))
+
+
 def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
     """The shape without the channel axis (what labels of this image must have)."""
     return tuple(array.shape[:-1]) if "C" in axes else tuple(array.shape)

@@ -187,3 +187,29 @@ def test_after_training_objects_mode_offers_assist_and_scribbles_says_why_not(ma
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert not panel.toggle.enabled and not panel.accept.enabled
     assert "needs objects" in panel.status.value
+
+
+def test_report_follows_painting_and_undo(assisted, qtbot):
+    _viewer, panel, labels, predicted, painted = assisted
+    before = "4 objects predicted where nothing is painted: 2 confident, 2 doubtful"
+    assert before in panel.status.value
+    # the user paints object 3 by hand (as napari's brush does: one undoable history item)
+    ys, xs = np.nonzero(predicted == 3)
+    labels.data_setitem((ys, xs), np.full(ys.size, 7, labels.data.dtype))
+    qtbot.waitUntil(lambda: "3 objects predicted where nothing is painted" in panel.status.value, timeout=WAIT_MS)
+    assert "1 confident, 2 doubtful" in panel.status.value
+    labels.undo()  # napari's undo emits no paint event: the report follows it all the same
+    qtbot.waitUntil(lambda: before in panel.status.value, timeout=WAIT_MS)
+    assert np.array_equal(labels.data, painted)
+
+
+def test_refresh_skips_an_unchanged_plane(assisted, qtbot):
+    _viewer, panel, labels, _predicted, _painted = assisted
+    panel.refresh_report()
+    qtbot.waitUntil(lambda: not panel.busy, timeout=WAIT_MS)
+    panel.status.value = "sentinel"
+    panel.refresh_report()  # nothing painted since: no job, the line is left alone
+    assert not panel.busy and panel.status.value == "sentinel"
+    labels.data_setitem((np.array([90]), np.array([5])), np.array([1], labels.data.dtype))
+    panel.refresh_report()
+    qtbot.waitUntil(lambda: panel.status.value != "sentinel", timeout=WAIT_MS)

@@ -13,6 +13,7 @@ back). New objects get ids above every id of the layer.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,9 @@ from . import _common as ui
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 OFF_TEXT = "assisted annotation: train in the objects or instances mode first"
+#: after the user paints, undoes or moves to another plane, the report is recomputed once the layer
+#: has been quiet this long (milliseconds)
+REFRESH_MS = 500
 
 
 @dataclass
@@ -66,6 +70,12 @@ def _pick_job(predicted, painted, point, assess: dict):
     return ys, xs, assess_objects(predicted, after, **assess)
 
 
+def _assess_job(predicted, painted, assess: dict):
+    """Worker: the report of a plane as it is painted now."""
+    yield from ()
+    return assess_objects(predicted, painted, **assess)
+
+
 def _accept_job(predicted, painted, assess: dict):
     """Worker: the pixels of every confident object (values 0, 1, ... per object) and the report after."""
     report = assess_objects(predicted, painted, **assess)
@@ -89,6 +99,15 @@ class AssistPanel(Container):
         self._source: AssistSource | None = None
         self.report: AssistReport | None = None
         self._slot = JobSlot()
+        #: the (plane, painted copy) the shown report was computed from: a refresh that finds the same skips
+        self._assessed: tuple[tuple[int, ...], np.ndarray] | None = None
+        self._hooked = None  # the labels layer whose edits refresh the report
+        from qtpy.QtCore import QTimer
+
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_MS)
+        self._refresh_timer.timeout.connect(self.refresh_report)
         self.toggle = CheckBox(text="Assist: click to add objects", value=False, enabled=False,
                                tooltip="a click on an unpainted object adds the model's object there to the "
                                        "labels as a new id (Ctrl+Z undoes it); the labels layer is set to pan/zoom "
@@ -108,7 +127,12 @@ class AssistPanel(Container):
         self.accept.changed.connect(lambda *_: self._attempt(self.accept_confident))
         self.paint_next.changed.connect(lambda *_: self._attempt(self.show_paint_next))
         stop_on_destroy(self.native, self._slot)
+        self._refresh_timer.setParent(self.native)  # deleted with the dock: no refresh after the viewer closed
         self.native.destroyed.connect(lambda *_args, viewer=viewer, cb=self._on_mouse: _unhook(viewer, cb))
+        self.native.destroyed.connect(lambda *_args: self._watch(None))
+        viewer.dims.events.current_step.connect(self._on_edit)
+        self.native.destroyed.connect(lambda *_args, dims=viewer.dims: _disconnect(dims.events.current_step,
+                                                                                   self._on_edit))
 
     # ------------------------------------------------------------------ state
     @property
@@ -120,6 +144,8 @@ class AssistPanel(Container):
         """A new training result (None: nothing to assist with, ``why_not`` says why)."""
         self._source = source
         self.report = report if source is not None else None
+        self._assessed = None
+        self._watch(source.labels if source is not None else None)
         if source is None:
             self.toggle.value = False
             self.status.value = why_not
@@ -186,6 +212,60 @@ class AssistPanel(Container):
         lead = len(src.predicted.shape) - 2
         return _layers.current_plane(self._viewer, src.labels, "TZ"[-lead:] + "YX" if lead else "YX")
 
+    # ------------------------------------------------------------------ keeping the report current
+    def _watch(self, layer) -> None:
+        """Refresh the report when ``layer`` is painted (napari's paint event) or its data replaced."""
+        if self._hooked is not None:
+            for emitter in (self._hooked.events.paint, self._hooked.events.set_data, self._hooked.events.thumbnail):
+                _disconnect(emitter, self._on_edit)
+        self._hooked = layer
+        if layer is not None:
+            # thumbnail: napari's undo and redo emit no paint event, but redraw the thumbnail
+            for emitter in (layer.events.paint, layer.events.set_data, layer.events.thumbnail):
+                emitter.connect(self._on_edit)
+
+    def _on_edit(self, *_event) -> None:
+        if self._source is not None:
+            self._refresh_timer.start()  # restarted by every edit: one refresh when the user pauses
+
+    def refresh_report(self) -> None:
+        """Recompute the report of the shown plane from the labels as they are now (in a worker).
+
+        Runs after the user paints, undoes, redoes or moves to another plane; skipped when nothing
+        changed since the last report, and postponed while another assist job runs.
+        """
+        src = self._source
+        if src is None or src.labels not in self._viewer.layers:
+            return
+        if self.busy:
+            self._refresh_timer.start()
+            return
+        try:
+            src = self._layers_or_raise()
+        except InputError as exc:
+            self.status.value = error_text(exc)
+            return
+        plane = self._shown_plane(src)
+        painted = np.array(src.labels.data[plane] if plane else src.labels.data)
+        if self._assessed is not None and self._assessed[0] == plane and np.array_equal(self._assessed[1], painted):
+            return
+        predicted = src.predicted[plane] if plane else src.predicted
+        assess = self._assess_args(src, plane)
+        self._assessed = (plane, painted)
+        self._slot.start(lambda stop: _assess_job(predicted, painted, assess),
+                         on_result=lambda report: self._refreshed(src, report),
+                         on_error=lambda exc: self._tell(error_text(exc)), on_done=lambda: self.enable(True))
+
+    def _note_assessed(self, src: AssistSource, plane: tuple[int, ...]) -> None:
+        """The report just set is the labels' own: the refresh our write triggers need not recompute it."""
+        data = src.labels.data
+        self._assessed = (plane, np.array(data[plane] if plane else data))
+
+    def _refreshed(self, src: AssistSource, report: AssistReport) -> None:
+        if src is self._source:
+            self._set_report(report)
+            self.enable(True)
+
     # ------------------------------------------------------------------ clicking
     def _on_toggle(self, on: bool) -> None:
         _unhook(self._viewer, self._on_mouse)
@@ -250,6 +330,7 @@ class AssistPanel(Container):
             self._tell("the object's pixels were painted meanwhile: nothing added")
             return
         self._set_report(report)
+        self._note_assessed(src, plane)
         self._tell(f"added object {new_id} ({written} px); Ctrl+Z on '{src.labels.name}' undoes it")
 
     # ------------------------------------------------------------------ accept and report
@@ -273,6 +354,7 @@ class AssistPanel(Container):
             return
         first, written = self._write(src, plane, ys, xs, order)
         self._set_report(report)
+        self._note_assessed(src, plane)
         self._tell(f"added {n} confident objects (ids {first}-{first + n - 1}, {written} px); one Ctrl+Z on "
                    f"'{src.labels.name}' undoes them")
 
@@ -312,6 +394,11 @@ class AssistPanel(Container):
                 counts[reason] = counts.get(reason, 0) + 1
         self._tell(f"paint next: {len(rows)} boxes on doubtful objects, most doubtful first ("
                    + ", ".join(f"{reason} {n}" for reason, n in counts.items()) + ")")
+
+
+def _disconnect(emitter, callback) -> None:
+    with contextlib.suppress(RuntimeError, TypeError, ValueError):  # already gone, or the viewer is closing
+        emitter.disconnect(callback)
 
 
 def _unhook(viewer, callback) -> None:

@@ -101,10 +101,10 @@ def measure_volume(labels: np.ndarray, pixel_size) -> list[dict]:
     from ..core.objects import measure_objects
 
     size = tuple(pixel_size) if pixel_size is not None and len(pixel_size) == 3 else None
-    return measure_objects(labels, voxel_size=size)
+    return measure_objects(labels, pixel_size=size)
 
 
-def layer_pixel_size(layer, axes: str) -> tuple[float, ...] | None:
+def layer_voxel_size(layer, axes: str) -> tuple[float, ...] | None:
     """The (z, y, x) scale of an image layer as the voxel size, or None when it is napari's default (all 1)."""
     if "Z" not in axes or layer.ndim < 3:
         return None
@@ -161,6 +161,9 @@ class PredictWidget(Container):
                              tooltip=opt["tile"].text)
         self._overlap = FloatSpinBox(label=opt["overlap"].label, value=0.25, min=0.0, max=0.75, step=0.05,
                                      tooltip=opt["overlap"].text)
+        self._pixel = FloatSpinBox(label="pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.05,
+                                   tooltip=opt["pixel_size"].text + "; 0 = the image layer's scale when it is set, "
+                                                                    "else unknown (no resampling)")
         self._only_plane = CheckBox(text="only the plane shown", value=False,
                                     tooltip="for stacks: predict just the plane on screen (other planes keep their labels)")
         self._probabilities = CheckBox(text="probabilities", value=False, tooltip="also add class probability layers")
@@ -183,7 +186,7 @@ class PredictWidget(Container):
                                            "then fine-tune this model on the fixes in the Train widget")
         model = ui.form("Model", [self._file, self._stock], [self._about])
         options = ui.form("Image", [self._image, self._device, self._tile, self._overlap, self._threshold,
-                                    self._anisotropy],
+                                    self._pixel, self._anisotropy],
                           [self._only_plane, self._volume, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
         ui.align_labels([model, options])
@@ -275,9 +278,12 @@ class PredictWidget(Container):
             "planes": [plane] if plane else None, "probabilities": self._probabilities.value,
             "split_instances": self._split.value, "tta": self._tta.value,
         }
+        pixel = float(self._pixel.value) or _layers.layer_pixel_size(layer)
+        if pixel:  # the model resamples an image of another pixel size to its own
+            options["pixel_size"] = (pixel, pixel)
         if self._volume.value:  # 3D objects: the whole stack, whatever plane is shown
             options.update(volume=True, anisotropy=float(self._anisotropy.value) or None, planes=None,
-                           pixel_size=layer_pixel_size(layer, axes))
+                           pixel_size=layer_voxel_size(layer, axes) or options.get("pixel_size"))
             plane = ()
         if not checkpoint.spec.family_entry.kind.dense:  # a per-pixel model scores nothing: no threshold
             # boxes: keep the weaker ones too, for the live threshold to show them

@@ -10,6 +10,7 @@ from .common import (
     EXIT_FILES_FAILED,
     EXIT_OK,
     Status,
+    add_reading,
     add_settings,
     check_input,
     check_output_folder,
@@ -19,7 +20,7 @@ from .common import (
 
 #: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
 OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "runtime", "tile", "overlap", "tta",
-           "score_threshold", "volume", "anisotropy", "volume_method")
+           "score_threshold", "pixel_size", "volume", "anisotropy", "volume_method")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..core.predict import BatchOptions
 
     add_settings(p, BatchOptions, OPTIONS[:4])
+    add_reading(p, "each file")
     p.add_argument("--no-measurements", action="store_true", help="skip the per-object measurements CSV")
     where = p.add_mutually_exclusive_group()
     add_settings(where, BatchOptions, ("workers",))
@@ -75,7 +77,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               workers=args.workers, scheduler=args.scheduler, device=args.device,
                               runtime=args.runtime,
                               tile=args.tile or None, overlap=args.overlap, tta=args.tta,
-                              score_threshold=args.score_threshold, volume=args.volume,
+                              score_threshold=args.score_threshold, pixel_size=args.pixel_size,
+                              scene=args.scene, channel=args.channel, axes=args.axes, volume=args.volume,
                               anisotropy=args.anisotropy, volume_method=args.volume_method), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")

@@ -75,14 +75,30 @@ def check_input(path: str | None, flag: str, what: str = "a TIFF file", *, allow
 
 
 def check_tiff(path: str, flag: str) -> None:
-    """An input TIFF's header: valid, and a declared size that fits in memory (nothing decoded)."""
-    from ..core.io import probe_tiff
+    """An input TIFF's header: valid, and a declared size that fits in memory (nothing decoded).
+
+    ND2, LIF and CZI files (by suffix) are only checked to be readable files here."""
+    from ..core.io import FORMATS, probe_tiff
 
     check_input(path, flag)
+    if FORMATS.get(Path(path).suffix.lower(), "tiff") != "tiff":
+        return  # a microscope file: its reader checks it when it is read (before anything is written)
     try:
         probe_tiff(path)
     except InputError as exc:
         raise InputError(f"{flag} {exc}") from None
+
+
+def add_reading(p: argparse.ArgumentParser, what: str = "the image") -> None:
+    """``--scene``, ``--channel`` and ``--axes``: which part of a microscope file to read, and how."""
+    p.add_argument("--scene", default=None, metavar="N|NAME",
+                   help=f"which scene of {what} to read: an OME-TIFF series, an ND2 position, a LIF image (index "
+                        "or name) or a CZI scene; index from 0 (default: the first)")
+    p.add_argument("--channel", type=int, default=None, metavar="N",
+                   help=f"read only this channel of {what} (index from 0; default: all channels)")
+    p.add_argument("--axes", default=None, metavar="AXES",
+                   help=f"the axes of {what} in the file's order, one of T, Z, C, Y, X per dimension (e.g. CYX "
+                        "for planes that are channels), instead of what the file says")
 
 
 def check_output_folder(folder: str) -> None:

@@ -9,6 +9,7 @@ from ..core.errors import InputError
 from .common import (
     EXIT_OK,
     Status,
+    add_reading,
     add_settings,
     check_input,
     check_output,
@@ -18,8 +19,8 @@ from .common import (
 )
 
 #: PredictOptions fields offered as ``seglab predict`` options
-OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold", "volume", "anisotropy",
-           "volume_method")
+OPTIONS = ("device", "runtime", "tile", "overlap", "split_instances", "tta", "score_threshold", "pixel_size", "volume",
+           "anisotropy", "volume_method")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained checkpoint, a bioimage.io model package (.zip or rdf.yaml), or stock:NAME for "
                         "a stock torchvision model in the torch cache "
                         f"({stock(False)}; box detectors: {stock(True)})")
-    p.add_argument("--input", required=True, metavar="IMG.tif", help="image to segment")
+    p.add_argument("--input", required=True, metavar="IMG.tif",
+                   help="image to segment: TIFF / OME-TIFF, or a microscope file (.nd2, .lif, .czi)")
+    add_reading(p)
     p.add_argument("--output", default=None, metavar="LABELS.tif",
                    help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C); "
                         f"required except for a box detector ({box_families}), which writes --boxes")
@@ -81,14 +84,16 @@ def _load(args: argparse.Namespace):
         if args.runtime == "onnx":
             raise InputError(f"--runtime {args.runtime}: stock models run in torch")
 
-        image = read_image(args.input)
+        image = read_image(args.input, scene=args.scene, channel=args.channel, axes=args.axes)
         model = load_stock(args.model.removeprefix("stock:"), args.device,
                            in_channels=image.data.shape[-1] if "C" in image.axes else 1)
     else:
         model = load_model(args.model, args.device, runtime=args.runtime)
         image = None
     _check_kind(args, model.spec.family_entry)
-    return model, image if image is not None else read_image(args.input)
+    if image is None:
+        image = read_image(args.input, scene=args.scene, channel=args.channel, axes=args.axes)
+    return model, image
 
 
 def _check_kind(args: argparse.Namespace, family) -> None:
@@ -110,6 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..core.data import pixel_size_or
     from ..core.events import Message, TileDone
     from ..core.io import restore_singletons, write_csv, write_tiff
     from ..core.labels import BOX_COLUMNS, compact_labels, label_box_rows
@@ -130,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = drive(iter_predict(model, image.data, image.axes, tile=args.tile or None, overlap=args.overlap,
                               probabilities=bool(args.probabilities), split_instances=args.split_instances,
                               score_threshold=args.score_threshold, tta=args.tta, volume=args.volume,
-                              anisotropy=args.anisotropy, pixel_size=image.pixel_size,
+                              anisotropy=args.anisotropy, pixel_size=pixel_size_or(image.pixel_size, args.pixel_size),
                               volume_method=args.volume_method), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     if "Z" in image.axes or "T" in image.axes:

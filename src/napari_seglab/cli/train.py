@@ -6,20 +6,30 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import InputError
-from .common import EXIT_OK, Status, add_settings, check_input, check_output, check_tiff, drive
+from .common import (
+    EXIT_OK,
+    Status,
+    add_reading,
+    add_settings,
+    check_input,
+    check_output,
+    check_tiff,
+    drive,
+)
 
 #: TrainConfig fields offered as ``seglab train`` options, in the order ``--help`` lists them
 OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "scale_jitter",
            "epochs", "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
            "focal_gamma", "val_fraction", "init", "pretrained", "allow_download", "device",
-           "read_255_as_foreground", "self_training", "seed")
+           "read_255_as_foreground", "self_training", "seed", "pixel_size")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..core.train import DIAMETER, TrainConfig
 
     p.add_argument("--image", action="append", required=True, metavar="IMG.tif",
-                   help="training image (repeat for several)")
+                   help="training image (repeat for several): TIFF / OME-TIFF, or .nd2, .lif, .czi")
+    add_reading(p, "every --image")
     p.add_argument("--labels", action="append", metavar="LAB.tif",
                    help="labels of the image given at the same position (repeat for several); with --boxes, "
                         "optional: the annotated area (nonzero = every object there is boxed; without it the "
@@ -100,14 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..core.train import iter_train
 
     boxes = [read_boxes_csv(b) for b in args.boxes] if args.boxes else None
-    images = [read_image(p) for p in args.image]
+    images = [read_image(p, scene=args.scene, channel=args.channel, axes=args.axes) for p in args.image]
     labels = [read_labels(q, spatial_like=img) for q, img in zip(args.labels, images, strict=True)] \
         if args.labels else None
     status = Status()
     saved: list[str] = []
     try:
         result = drive(iter_train([i.data for i in images], labels, config, boxes=boxes,
-                                 axes=[i.axes for i in images]),
+                                 axes=[i.axes for i in images], pixel_sizes=[i.pixel_size for i in images]),
                        _progress(status, saved, f"/{config.epochs}" if config.epochs else "",
                                  "val AP@0.5" if boxes is not None or _box_family(config.family) else "val Dice"))
     except KeyboardInterrupt:

@@ -99,12 +99,13 @@ def test_3d_measurements_volume_centroid_extent():
 
     lab = np.zeros((6, 10, 12), np.int32)
     lab[1:4, 2:6, 3:8] = 5  # 3 x 4 x 5 voxels
-    (row,) = measure_objects(lab, voxel_size=(2.0, 0.5, 0.5))
+    (row,) = measure_objects(lab, pixel_size=(2.0, 0.5, 0.5))
     assert row["label"] == 5 and row["area"] == 60
     assert row["volume_um3"] == pytest.approx(60 * 0.5)
     assert (row["extent_z"], row["extent_y"], row["extent_x"]) == (3, 4, 5)
     assert (row["centroid_z"], row["centroid_y"], row["centroid_x"]) == pytest.approx((2.0, 3.5, 5.0))
     assert "volume_um3" not in measure_objects(lab)[0]  # unknown voxel size: voxels only
-    assert measure_objects(lab[2], voxel_size=(0.5, 0.5))[0]["area_um2"] == pytest.approx(20 * 0.25)
-    with pytest.raises(InputError, match="voxel_size"):
-        measure_objects(lab, voxel_size=(1.0, 1.0))
+    assert "volume_um3" not in measure_objects(lab, pixel_size=(0.5, 0.5))[0]  # no z step: no µm³
+    assert "extent_z" not in measure_objects(lab[2])[0]  # 2D objects keep their 2D columns
+    with pytest.raises(InputError):
+        measure_objects(lab, pixel_size=(2.0, -0.5, 0.5))

@@ -43,7 +43,7 @@ def test_cli_help_is_the_declared_help(name):
 def test_every_cli_option_of_train_is_a_declared_setting():
     options = train_options()
     declared = {name for name, s in SETTINGS.items() if s.flag != ""}
-    front_only = {"image", "labels", "boxes", "diameter", "help", "debug"}
+    front_only = {"image", "labels", "boxes", "diameter", "help", "debug", "scene", "channel", "axes"}  # reading
     assert set(options) - front_only == declared
     assert options["read_255_as_foreground"].option_strings == ["--mask-255"]
 

@@ -9,8 +9,10 @@ separators), ``status`` (``ok`` | ``failed`` | ``skipped``), ``error``,
 names in ``input`` and ``outputs`` are quoted by :func:`quote_name`, so any name,
 with ``;``, backslashes or bytes that are not UTF-8, reads back exactly),
 ``input_size`` and ``input_mtime`` (to notice an input changed since),
-``model`` (checkpoint name, size and mtime: a new model redoes the file), and
-``started`` / ``finished`` (ISO 8601 timestamps).
+``model`` (checkpoint name, size and mtime: a new model redoes the file),
+``started`` / ``finished`` (ISO 8601 timestamps) and ``reading`` (what was read of each
+file: ``scene=1 channel=0 pixel_size=0.65``, empty for the defaults; another choice redoes the file).
+Manifests of earlier releases, without ``reading``, are read as the defaults.
 
 The manifest never claims more than is on disk: a row is appended (and
 fsync'ed) only after every output of its file was written atomically, and the
@@ -34,7 +36,9 @@ from ..io import atomic_path, folder_path
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
 MANIFEST_COLUMNS = ("input", "status", "error", "seconds", "outputs", "input_size", "input_mtime", "model",
-                    "started", "finished")
+                    "started", "finished", "reading")
+#: the columns of manifests written before ``reading`` was recorded
+_EARLIER_COLUMNS = MANIFEST_COLUMNS[:-1]
 STATUSES = ("ok", "failed", "skipped")
 SUMMARY_COLUMNS = ("input", "object_count", "total_area", "mean_area", "median_area", "min_area", "max_area")
 
@@ -170,13 +174,13 @@ def model_stamp(path: str | os.PathLike) -> str:
 
 def file_row(rel: str, status: str, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str],
              model: str, *, error: str = "", seconds: float = 0.0, started: str | None = None,
-             finished: str | None = None) -> dict:
+             finished: str | None = None, reading: str = "") -> dict:
     """A manifest row for one input (``outputs``: the kinds written, absolute paths)."""
     now = now_iso()
     return {"input": rel, "status": status, "error": error, "seconds": seconds,
             "outputs": {k: p.relative_to(output_dir).as_posix() for k, p in outputs.items()},
             "input_size": stamp[0], "input_mtime": stamp[1], "model": model,
-            "started": started or now, "finished": finished or now}
+            "started": started or now, "finished": finished or now, "reading": reading}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
@@ -191,12 +195,13 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
-            if header is None or tuple(header) != MANIFEST_COLUMNS:
+            if header is None or tuple(header) not in (MANIFEST_COLUMNS, _EARLIER_COLUMNS):
                 return {}
+            columns = tuple(header)
             for fields in reader:
-                if len(fields) != len(MANIFEST_COLUMNS):
+                if len(fields) != len(columns):
                     continue
-                row = dict(zip(MANIFEST_COLUMNS, fields, strict=True))
+                row = {"reading": "", **dict(zip(columns, fields, strict=True))}
                 if row["status"] not in STATUSES or not row["input"]:
                     continue
                 row["input"] = unquote_name(row["input"])
@@ -224,7 +229,7 @@ def read_summary(path: str | os.PathLike) -> dict[str, dict]:
 
 
 def is_complete(row: dict | None, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str],
-                model: str) -> bool:
+                model: str, reading: str = "") -> bool:
     """True when ``row`` proves the file was done with these outputs and is still done.
 
     ``outputs``: the planned output paths of this run (kind -> absolute path);
@@ -232,9 +237,12 @@ def is_complete(row: dict | None, outputs: dict[str, Path], output_dir: Path, st
     :func:`model_stamp` of this run's checkpoint. The row must say ``ok`` (or
     ``skipped``, an earlier resume of an ok file) for the same model, list
     exactly these outputs, every output must exist and be non-empty, and the
-    input must not have changed size or modification time since.
+    input must not have changed size or modification time since; ``reading`` (the scene, channel and
+    pixel size read) must be the row's.
     """
     if row is None or row.get("status") not in ("ok", "skipped") or row.get("model") != model:
+        return False
+    if row.get("reading", "") != reading:
         return False
     planned = [p.relative_to(output_dir).as_posix() for p in outputs.values()]
     listed = split_outputs(row.get("outputs", ""))

@@ -106,23 +106,31 @@ def per_plane(fn, labels: np.ndarray, image: np.ndarray | None, axes: str, *, vo
     return rows
 
 
-def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str, *, volume: bool = False,
-                   voxel_size=None) -> list[dict]:
+def measure_labels(labels: np.ndarray, image: np.ndarray, axes: str, pixel_size=None, *,
+                   volume: bool = False) -> list[dict]:
     """Object measurements of a predicted label image, one table over all planes.
 
     ``image``: canonical axes ``axes`` (a subset of TZYXC); ``labels``: the
     same shape without C, int. Rows as :func:`~napari_seglab.core.objects._instances.measure_objects`
-    gives them for 2D objects, with ``t`` / ``z`` first for stacks; ``volume``: 3D objects
-    per stack (``t`` first for a time series), with ``volume_um3`` where ``voxel_size`` (µm per z, y, x) is known.
+    gives them for 2D objects, with ``t`` / ``z`` first for stacks; with ``pixel_size`` (µm, its last two
+    entries are Y and X) also ``area_um2`` and ``perimeter_um``. ``volume``: 3D objects per stack (``t``
+    first for a time series), with ``volume_um3`` where ``pixel_size`` gives (z, y, x).
     """
     from functools import partial
 
     from ..objects import measure_objects
 
     if volume:  # 3D objects: volumes (µm³ where the file gives its voxel size), centroids in z, y, x
-        size = tuple(voxel_size) if voxel_size is not None and len(voxel_size) == 3 else None
-        return per_plane(partial(measure_objects, voxel_size=size), labels, image, axes, volume=True)
-    return per_plane(measure_objects, labels, image, axes)
+        return per_plane(partial(measure_objects, pixel_size=_zyx(pixel_size)), labels, image, axes, volume=True)
+    return per_plane(partial(measure_objects, pixel_size=_yx(pixel_size)), labels, image, axes)
+
+
+def _yx(pixel_size) -> tuple[float, float] | None:
+    return None if pixel_size is None or len(pixel_size) < 2 else tuple(float(v) for v in pixel_size[-2:])
+
+
+def _zyx(pixel_size) -> tuple[float, float, float] | None:
+    return None if pixel_size is None or len(pixel_size) != 3 else tuple(float(v) for v in pixel_size)
 
 
 def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
@@ -131,14 +139,15 @@ def area_rows(labels: np.ndarray, _image=None) -> list[dict]:
     return [{"label": int(i), "area": int(counts[i])} for i in np.flatnonzero(counts[1:]) + 1]
 
 
-def object_columns(image: np.ndarray, axes: str, *, volume: bool = False) -> list[str]:
+def object_columns(image: np.ndarray, axes: str, pixel_size=None, *, volume: bool = False) -> list[str]:
     """CSV header of :func:`measure_labels` for this image, from a tiny dummy object."""
     from ..objects import measure_objects
 
     lab = np.zeros((5, 5, 5) if volume else (5, 5), np.int32)
     lab[(slice(1, 4),) * lab.ndim] = 1
     channels = (image.shape[-1],) if "C" in axes else ()
-    keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32))[0])
+    size = _zyx(pixel_size) if volume else _yx(pixel_size)
+    keys = list(measure_objects(lab, np.zeros(lab.shape + channels, np.float32), pixel_size=size)[0])
     return [a.lower() for a in axes if a in ("T" if volume else "TZ")] + keys
 
 

@@ -31,7 +31,15 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..events import FileDone, Message
-from ..io import ensure_not_input, is_disk_full, resolved, scan_folder, write_csv
+from ..io import (
+    IMAGE_PATTERNS,
+    ensure_not_input,
+    is_disk_full,
+    reading_note,
+    resolved,
+    scan_folder,
+    write_csv,
+)
 from ..predict import BatchOptions
 from . import _manifest as mf
 from . import _outputs as outputs
@@ -89,6 +97,14 @@ def _check_request(options: BatchOptions, scheduler) -> None:
                          "per CPU core or GPU); use fewer")
 
 
+def _scan(in_dir: Path, pattern: str, recursive: bool) -> list[Path]:
+    """The inputs: files matching ``pattern``, several globs separated by ``;`` (``*.tif;*.nd2``), or
+    ``images`` for every file a reader takes (TIFF, ND2, LIF, CZI)."""
+    patterns = IMAGE_PATTERNS if pattern.strip() == "images" else [p.strip() for p in pattern.split(";") if p.strip()]
+    found = {p for glob in patterns for p in scan_folder(in_dir, glob, recursive)}
+    return sorted(found)
+
+
 def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: bool) -> _Setup:
     """Folders and model resolved once, the checkpoint checked (and the options against its family), the inputs
     found and their outputs planned."""
@@ -118,7 +134,7 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
 
         use_onnx(options.runtime, torch.device("cuda" if options.device == "cuda" else "cpu"), spec.family_entry)
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
-    files = scan_folder(in_dir, pattern, recursive)
+    files = _scan(in_dir, pattern, recursive)
     if in_dir in out_dir.parents:  # outputs inside the input folder are never inputs
         files = [p for p in files if out_dir not in p.parents and out_dir not in p.resolve().parents]
     if not files:
@@ -148,6 +164,7 @@ class _Ledger:
     rows: dict = field(default_factory=dict)
     summaries: dict = field(default_factory=dict)
     counts: dict = field(default_factory=lambda: {"ok": 0, "failed": 0, "skipped": 0})
+    reading: str = ""  # what is read of each file (scene, channel, pixel size), as the manifest records it
 
     def merged(self) -> list[dict]:
         """This run's rows, and earlier rows of every file it has not redone, in input order."""
@@ -162,13 +179,15 @@ class _Ledger:
                 stamp = self.stamps[rel] = mf.input_stamp(path)
             except OSError:  # gone since the scan: the task fails on its own
                 stamp = self.stamps[rel] = ("", "")
-            if skip_existing and mf.is_complete(self.previous.get(rel), outs, setup.out_dir, stamp, setup.model_id):
+            if skip_existing and mf.is_complete(self.previous.get(rel), outs, setup.out_dir, stamp, setup.model_id,
+                                                self.reading):
                 try:
                     self.summaries[rel] = outputs.summary_of_outputs(outs)
                 except (OSError, ValueError, KeyError):
                     pass  # an output no longer reads: redo the file
                 else:
-                    self.rows[rel] = mf.file_row(rel, "skipped", outs, setup.out_dir, stamp, setup.model_id)
+                    self.rows[rel] = mf.file_row(rel, "skipped", outs, setup.out_dir, stamp, setup.model_id,
+                                                 reading=self.reading)
                     skipped.append(FileDone(len(skipped) + 1, len(setup.plan), str(path), "skipped",
                                             outputs={k: str(p) for k, p in outs.items()}))
                     continue
@@ -185,8 +204,8 @@ class _Ledger:
         outs = {k: setup.outputs[task.rel][k] for k in res["written"]}
         # the input stamp as planned: an input changed meanwhile is redone on resume
         self.rows[task.rel] = mf.file_row(task.rel, res["status"], outs, setup.out_dir, self.stamps[task.rel],
-                                          setup.model_id, **{k: res[k] for k in ("error", "seconds", "started",
-                                                                                  "finished")})
+                                          setup.model_id, reading=self.reading,
+                                          **{k: res[k] for k in ("error", "seconds", "started", "finished")})
         writer.append(self.rows[task.rel])
         if res["status"] == "ok":
             self.summaries[task.rel] = res["summary"]
@@ -219,10 +238,11 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               probabilities: bool = False, measurements: bool = True, skip_existing: bool = False,
               workers: int | None = None, scheduler: str | None = None, device: str = "auto",
               tile: int | None = None, overlap: float = 0.25, stop: threading.Event | None = None,
-              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto", volume: bool = False,
-              anisotropy: float | None = None, volume_method: str = "auto"
-              ) -> Generator[FileDone | Message, None, BatchSummary]:
-    """Predict every TIFF of a folder; yields FileDone per finished file, returns a BatchSummary.
+              tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto",
+              pixel_size: float | None = None, scene: int | str | None = None, channel: int | None = None,
+              axes: str | None = None, volume: bool = False, anisotropy: float | None = None,
+              volume_method: str = "auto") -> Generator[FileDone | Message, None, BatchSummary]:
+    """Predict every image file of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
     :func:`auto_workers` workers; ``workers=N``: N local workers (one: a
@@ -237,6 +257,11 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     included) are resolved once here; the summary names the resolved output folder.
     ``tta``: test-time augmentation (see :func:`~napari_seglab.core.predict._image.iter_predict_image`).
     ``runtime``: what runs the network (see :func:`~napari_seglab.core.predict.load_model`).
+    ``pixel_size``: µm per pixel of files whose metadata has none; a file of another pixel size than the
+    model's is resampled to it, and its measurements get ``area_um2`` / ``perimeter_um`` columns.
+    ``scene`` / ``channel`` / ``axes``: what to read of each file, and how (see
+    :func:`~napari_seglab.core.io.read_image`); the manifest's ``reading`` column records them. The folder
+    may mix TIFF, ND2, LIF and CZI files (``pattern="images"``: all of them; or globs joined by ``;``).
     A box detector (kind "boxes") writes ``<stem>_boxes.csv`` per image
     (columns :data:`~napari_seglab.core.labels._boxes.BOX_COLUMNS`, the boxes scoring at least
     ``score_threshold``) and their count as the summary's ``object_count``.
@@ -248,15 +273,18 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                            skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
                            overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime,
-                           volume=volume, anisotropy=anisotropy, volume_method=volume_method)
+                           pixel_size=pixel_size, volume=volume, anisotropy=anisotropy, volume_method=volume_method)
     _check_request(options, scheduler)
     setup = _set_up(model, input_dir, output_dir, options, measurements)
-    ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv))
+    ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv),
+                     reading=reading_note(scene, channel, pixel_size, axes))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
                                                       "measurements": measurements, "tta": tta,
                                                       "score_threshold": float(score_threshold),
-                                                      "runtime": runtime, "volume": volume,
-                                                      "anisotropy": anisotropy, "volume_method": volume_method})
+                                                      "runtime": runtime, "pixel_size": pixel_size,
+                                                      "scene": scene, "channel": channel, "axes": axes,
+                                                      "volume": volume, "anisotropy": anisotropy,
+                                                      "volume_method": volume_method})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None

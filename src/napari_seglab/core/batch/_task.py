@@ -47,6 +47,10 @@ class FileTask:
     host_threads: dict | None = None
     score_threshold: float = 0.5  # detections (Mask R-CNN objects, boxes) scoring less are dropped
     runtime: str = "auto"  # what runs the network: torch, onnx or auto (see load_model)
+    pixel_size: float | None = None  # µm per pixel of files that do not say (--pixel-size)
+    scene: int | str | None = None  # which scene / series / position of each file (None: the first)
+    channel: int | None = None  # read only this channel (None: all)
+    axes: str | None = None  # the files' axes, instead of what each file says
     volume: bool = False  # z-stacks as 3D objects (see iter_predict_volume)
     anisotropy: float | None = None  # z step / pixel size for volume; None: the file's pixel size, else 1
     volume_method: str = "auto"
@@ -141,6 +145,7 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
     enough to send back from a worker. All writes are atomic, so an output
     either is complete or is not there.
     """
+    from ..data import pixel_size_or
     from ..objects import summarize_objects
     from ..predict import iter_predict
 
@@ -154,12 +159,13 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
-        img = read_image(task.input)
+        img = read_image(task.input, scene=task.scene, channel=task.channel, axes=task.axes)
+        pixel_size = pixel_size_or(img.pixel_size, task.pixel_size)
         pred = drive(iter_predict(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
                                   probabilities="probabilities" in task.outputs,
                                   split_instances=task.split_instances, stop=stop, tta=task.tta,
-                                  score_threshold=task.score_threshold, volume=task.volume,
-                                  anisotropy=task.anisotropy, pixel_size=img.pixel_size,
+                                  score_threshold=task.score_threshold, pixel_size=pixel_size,
+                                  volume=task.volume, anisotropy=task.anisotropy,
                                   volume_method=task.volume_method))
         if pred.stopped:
             result["status"] = "stopped"
@@ -181,9 +187,8 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             written.append("probabilities")
         volume = pred.anisotropy is not None  # 3D objects: measured per stack, not per plane
         if task.measurements:
-            rows = out_mod.measure_labels(pred.labels, img.data, img.axes, volume=volume,
-                                          voxel_size=img.pixel_size)
-            columns = None if rows else out_mod.object_columns(img.data, img.axes, volume=volume)
+            rows = out_mod.measure_labels(pred.labels, img.data, img.axes, pixel_size, volume=volume)
+            columns = None if rows else out_mod.object_columns(img.data, img.axes, pixel_size, volume=volume)
             write_csv(out["objects"], rows, columns=columns, protect=protect)
             written.append("objects")
         else:

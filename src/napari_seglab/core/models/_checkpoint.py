@@ -14,6 +14,7 @@ Layout (a plain dict saved with ``torch.save``)::
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import warnings
@@ -207,5 +208,9 @@ def describe_checkpoint(ckpt: Checkpoint) -> str:
     head = f", {spec.head} instance head" if spec.has_regression_head else ""
     resample = f", images resampled x{info.scale:g}" if info.scale != 1.0 else ""
     area = f", typical object {info.object_area:.0f} px" if info.object_area else ""
+    size = f", trained at {info.pixel_size[-1]:.4g} µm per pixel" if info.pixel_size else ""
+    if info.pixel_size and info.object_area:  # the typical object in µm: its area is in the network's pixels
+        across = 2 * math.sqrt(info.object_area / math.pi) / info.scale * info.pixel_size[-1]
+        size += f" (objects about {across:.3g} µm across)"
     return (f"{spec.family} {spec.family_entry.model_name(spec)}, {spec.in_channels} channel(s), {spec.n_classes} classes{head}, "
-            f"label mode {ckpt.label_mode}{resample}{area}{metric}")
+            f"label mode {ckpt.label_mode}{resample}{area}{size}{metric}")

@@ -305,8 +305,8 @@ def _to_python(value):
     return value
 
 
-def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
-                    voxel_size: Sequence[float] | None = None) -> list[dict]:
+def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None,
+                    pixel_size: Sequence[float] | None = None) -> list[dict]:
     """Measure every object of a label image.
 
     Keys of each row: ``label``, ``area`` (pixels / voxels), ``centroid_y``,
@@ -315,9 +315,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
     ``eccentricity``, ``solidity`` and ``perimeter``. With ``intensity``:
     ``mean_intensity``, ``max_intensity``, ``min_intensity``; with several
     channels the keys get a channel suffix (``mean_intensity_0`` ...).
-    In 3D also ``extent_z``, ``extent_y``, ``extent_x`` (the bounding box's
-    sides, voxels) and, with ``voxel_size`` (µm per z, y, x voxel side),
-    ``volume_um3``; in 2D with a ``voxel_size`` (µm per y, x pixel side), ``area_um2``.
+    In 3D also ``extent_z``, ``extent_y``, ``extent_x`` (the bounding box's sides, voxels). With
+    ``pixel_size`` (µm per pixel, ``(y, x)``, or ``(z, y, x)`` in 3D): ``area_um2``
+    and ``perimeter_um`` in 2D, ``volume_um3`` in 3D, after the pixel columns.
 
     Parameters
     ----------
@@ -325,8 +325,9 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
         0 = background.
     intensity : array or None
         Same shape as ``labels``, or with one more trailing channel axis (..., C).
-    voxel_size : sequence of float or None
-        Physical size (µm) of a voxel along each axis of ``labels``; None: unknown.
+    pixel_size : sequence of float or None
+        µm per pixel along the spatial axes; a 3D image needs its z step too (the
+        last ``labels.ndim`` entries are used; fewer gives no physical columns).
 
     Returns
     -------
@@ -340,11 +341,10 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
     if not lab.any():
         return []
     lab = lab.astype(np.int64, copy=False)
-    if voxel_size is not None:
-        voxel_size = tuple(float(v) for v in voxel_size)
-        if len(voxel_size) != lab.ndim or not all(math.isfinite(v) and v > 0 for v in voxel_size):
-            raise InputError(f"voxel_size must give one positive size per axis of the {lab.ndim}D labels, "
-                             f"got {voxel_size}.")
+    if pixel_size is not None:
+        pixel_size = tuple(float(v) for v in pixel_size)
+        if not all(math.isfinite(v) and v > 0 for v in pixel_size):
+            raise InputError(f"pixel_size must be positive sizes in µm, got {pixel_size}.")
     inten = None
     n_channels = 0
     if intensity is not None:
@@ -392,11 +392,28 @@ def measure_objects(labels: np.ndarray, intensity: np.ndarray | None = None, *,
         if lab.ndim == 3:
             for ax in axes:
                 row[f"extent_{ax}"] = row[f"bbox_{ax}1"] - row[f"bbox_{ax}0"]
-        if voxel_size is not None:
-            unit = float(np.prod(voxel_size))
-            row["volume_um3" if lab.ndim == 3 else "area_um2"] = row["area"] * unit
         rows.append(row)
+    _physical_columns(rows, lab.ndim, pixel_size)
     return rows
+
+
+def _physical_columns(rows: list[dict], ndim: int, pixel_size: Sequence[float] | None) -> None:
+    """Add ``area_um2`` / ``perimeter_um`` (2D) or ``volume_um3`` (3D) to measurement ``rows`` in place.
+
+    The perimeter's pixel steps are taken as sqrt(y * x) µm long: exact for square pixels, the
+    mean step for others.
+    """
+    if pixel_size is None or len(pixel_size) < ndim:
+        return
+    size = [float(v) for v in pixel_size[-ndim:]]
+    voxel = float(np.prod(size))
+    for row in rows:
+        if ndim == 2:
+            row["area_um2"] = row["area"] * voxel
+            if "perimeter" in row:
+                row["perimeter_um"] = float(row["perimeter"]) * math.sqrt(voxel)
+        else:
+            row["volume_um3"] = row["area"] * voxel
 
 
 def summarize_objects(rows: Sequence[dict]) -> dict:

@@ -28,6 +28,7 @@ from ..data import (
     check_scale,
     normalize,
     percentiles,
+    prediction_factor,
     resample_image,
     resample_labels,
     scaled_shape,
@@ -248,10 +249,13 @@ class _Job:
     scale: float
     tile: int
     planes: list[tuple[int, ...]]
+    #: why ``scale`` differs from the checkpoint's (the image's pixel size is not the model's), or None
+    note: str | None = None
 
 
 def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int | None, overlap: float,
-              planes: Sequence[tuple[int, ...]] | None, memory_budget: float | None) -> _Job:
+              planes: Sequence[tuple[int, ...]] | None, memory_budget: float | None,
+              pixel_size: Sequence[float] | None = None) -> _Job:
     """Check the request against the model and the image (InputError on a mismatch); choose the tile."""
     from ..io import guess_axes
 
@@ -269,7 +273,8 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
     spatial = image.shape[:-1] if has_c else image.shape
     ysize, xsize = spatial[-2], spatial[-1]
     # every family sees planes resampled by the checkpoint's object scale, as it trained (tiles are in its pixels)
-    scale = check_scale(model.info.scale)
+    # an image of another pixel size is resampled further, so its objects reach the network at the trained size
+    scale, note = prediction_factor(check_scale(model.info.scale), pixel_size, model.info.pixel_size)
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
@@ -282,7 +287,7 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
     for p in todo:
         if p not in all_planes:
             raise InputError(f"plane {p} is outside the image's planes {all_planes[0]}..{all_planes[-1]}")
-    return _Job(axes, tuple(spatial), scale, tile, todo)
+    return _Job(axes, tuple(spatial), scale, tile, todo, note)
 
 
 def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job, overlap: float,
@@ -357,7 +362,8 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
                        planes: Sequence[tuple[int, ...]] | None = None, probabilities: bool = False,
                        split_instances: bool = False, score_threshold: float = 0.5,
                        memory_budget: float | None = None, stop: threading.Event | None = None,
-                       tta: bool = False, head_outputs: bool = False) -> Generator[TileDone | Message, None, Prediction]:
+                       tta: bool = False, head_outputs: bool = False,
+                       pixel_size: Sequence[float] | None = None) -> Generator[TileDone | Message, None, Prediction]:
     """Predict every plane (or the ``planes`` given) of ``image``: a generator of progress events.
 
     ``image``: canonical axes (a subset of TZYXC, see :mod:`napari_seglab.core.io._tiff`); ``axes``
@@ -370,7 +376,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     returns what is done with ``stopped=True``. ``tta``: test-time augmentation,
     every tile also predicted flipped three ways and the outputs averaged
     (U-Net / FCN models; about 4x the time). ``head_outputs``: keep an instance
-    head's raw outputs in :attr:`Prediction.head_outputs`. For a blocking call use
+    head's raw outputs in :attr:`Prediction.head_outputs`. ``pixel_size``: the image's µm per pixel
+    (``(y, x)``, or ``(z, y, x)``: the last two count); when the checkpoint records another, the image is
+    resampled to the model's pixel size (combined with its object scale) and a Message says so. For a blocking call use
     :func:`napari_seglab.core.api.predict_image`.
     """
     options = PredictOptions(tile=tile or 0, overlap=overlap, split_instances=split_instances, tta=tta,
@@ -380,7 +388,9 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
     if tta:
         model = model.replace(tta=True)  # the caller's (perhaps cached) model is left as it was
     image = check_image_values(np.asarray(image))
-    job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget)
+    job = _plan_job(model, image, axes, tile, overlap, planes, memory_budget, pixel_size)
+    if job.note:
+        yield Message(job.note)
     if model.halo:  # a package's halo: neighbouring tiles cover each other's unreliable borders
         overlap = max(overlap, min(0.5, 2 * model.halo / job.tile))
     labels = np.zeros(job.spatial, np.int32)

@@ -57,6 +57,10 @@ class ModelRunOptions:
                                 "1.4-1.8x faster there, plus about 2 s to convert at load) or auto (torch, then "
                                 "onnx once 4 megapixels are predicted, on a CPU with onnxruntime installed: "
                                 "where the conversion pays back)")
+    pixel_size: float | None = setting(None, label="pixel size", kind=float, low=1e-4, high=1e4, unit="µm",
+                                       metavar="UM", auto="from the image file's metadata",
+                                       help="µm per pixel of images whose file does not say; an image whose pixel "
+                                            "size differs from the model's is resampled to it")
     score_threshold: float = setting(0.5, label="score threshold", kind=float, low=0, high=1, metavar="S",
                                      used_by=_detects, used_by_text=DETECTS_TEXT,
                                      help="minimum detection score (Mask R-CNN and the box detectors)")
@@ -101,7 +105,8 @@ class BatchOptions(ModelRunOptions):
     """Settings of a folder run: the shared prediction settings and the folder's own."""
 
     pattern: str = setting("*.tif", label="pattern", metavar="GLOB",
-                           help="file name pattern, e.g. *.tif or *_dapi.tiff")
+                           help="file name pattern, e.g. *.tif or *_dapi.tiff; several separated by ';' "
+                                "(*.tif;*.nd2), or 'images' for every format SegLab reads (TIFF, ND2, LIF, CZI)")
     recursive: bool = setting(False, label="include sub-folders", kind=bool,
                               help="also look in sub-folders (mirrored in the output folder)")
     probabilities: bool = setting(False, label="write probabilities", kind=bool, used_by=_dense,

@@ -126,12 +126,17 @@ def _tag(event, plane: int, planes: int):
 
 
 def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy: float, tile: int | None,
-                     overlap: float, memory_budget: float | None, stop: threading.Event | None):
+                     overlap: float, memory_budget: float | None, stop: threading.Event | None,
+                     pixel_size: Sequence[float] | None = None):
     """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded."""
     from ..objects._volume import decode_volume
 
     lohi = model.input_scaling(vol)
-    scale = check_scale(model.info.scale)
+    from ..data import prediction_factor
+
+    scale, note = prediction_factor(check_scale(model.info.scale), pixel_size, model.info.pixel_size)
+    if note:
+        yield Message(note)
     iso = (max(1, round(vol.shape[1] * anisotropy * scale)), max(1, round(vol.shape[2] * scale)),
            max(1, round(vol.shape[3] * scale)))
     norm = _resample(normalize(vol, *lohi), iso)
@@ -181,7 +186,8 @@ def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy:
 def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
                         anisotropy: float = 1.0, method: str = DEFAULT_METHOD, tile: int | None = None,
                         overlap: float = 0.25, memory_budget: float | None = None,
-                        stop: threading.Event | None = None) -> Generator[TileDone | Message, None, Prediction]:
+                        stop: threading.Event | None = None, pixel_size: Sequence[float] | None = None
+                        ) -> Generator[TileDone | Message, None, Prediction]:
     """3D objects for every Z stack of ``image`` (each T point on its own): a generator of progress events.
 
     ``image``: canonical axes with a Z axis (ZYX, ZYXC, TZYX, TZYXC); ``axes``
@@ -190,7 +196,8 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     "linked" (see the module) or "auto" (by the model's head, :data:`AUTO_METHOD`). Returns a :class:`Prediction` whose labels
     (the image's shape without C, int32) number the objects of each stack 1..N,
     one id per object through its planes; ``stopped`` when ``stop`` was set
-    (stacks not finished stay 0).
+    (stacks not finished stay 0). ``pixel_size``: the image's µm per pixel ((z, y, x) or (y, x)); an
+    image at another lateral pixel size than the model's is resampled to it, as in 2D.
     """
     from ..io import guess_axes
 
@@ -226,7 +233,7 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
             stack = image[t] if t else image
             if method == "linked":
                 pred = yield from iter_predict_image(current, stack, stack_axes, tile=tile, overlap=overlap,
-                                                     memory_budget=memory_budget, stop=stop)
+                                                     memory_budget=memory_budget, stop=stop, pixel_size=pixel_size)
                 if pred.stopped:
                     raise Stopped
                 from ..objects._volume import link_planes
@@ -235,7 +242,7 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
                 continue
             vol = stack[None] if not has_c else np.moveaxis(stack, -1, 0)
             labels[t], current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap,
-                                                            memory_budget, stop)
+                                                            memory_budget, stop, pixel_size)
     except Stopped:
         stopped = True
     return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped, anisotropy=anisotropy)
@@ -263,7 +270,7 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
     warning Message. The Prediction's ``anisotropy`` says what was used.
     """
     if not volume:
-        return (yield from iter_predict_image(model, image, axes, **options))
+        return (yield from iter_predict_image(model, image, axes, pixel_size=pixel_size, **options))
     # split_instances is moot: 3D needs an instance model (volume_head says so for any other)
     unsupported = [k for k in ("probabilities", "tta", "head_outputs", "planes") if options.get(k)]
     if unsupported:
@@ -274,7 +281,8 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
     value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)))
     if source.startswith("assumed"):
         yield Message(f"anisotropy 1 ({source}); set it if the z step differs from the pixel size", "warning")
-    return (yield from iter_predict_volume(model, image, axes, anisotropy=value, method=volume_method, **kept))
+    return (yield from iter_predict_volume(model, image, axes, anisotropy=value, method=volume_method,
+                                           pixel_size=pixel_size, **kept))
 
 
 def describe_axes(axes: str, volume: bool) -> str:

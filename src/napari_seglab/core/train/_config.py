@@ -178,6 +178,11 @@ class TrainConfig:
                                   auto="from the painted objects, else 1",
                                   help="resampling factor applied before the network (0.25-4), instead of "
                                        "--diameter")
+    pixel_size: float | None = setting(label="pixel size", kind=float, low=1e-4, high=1e4, unit="µm", metavar="UM",
+                                       auto="from each image's file",
+                                       help="µm per pixel of the training images whose file does not say; the "
+                                            "model records it, and prediction resamples images of another pixel "
+                                            "size to it")
     bf16: str = setting("auto", label="bf16", choices=("auto", "on", "off"),
                         help="CPU training in bfloat16 (auto: when the CPU has it natively, it is faster and it "
                              "agrees with float32)")

@@ -13,7 +13,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..data import MIN_STROKES_FOR_HOLDOUT, Normalization, PatchSampler, Sample, split_validation
+from ..data import (
+    MIN_STROKES_FOR_HOLDOUT,
+    Normalization,
+    PatchSampler,
+    Sample,
+    match_pixel_sizes,
+    split_validation,
+)
 from ..device import describe
 from ..errors import InputError
 from ..events import Message
@@ -243,10 +250,41 @@ def check_box_run(config, boxes) -> bool:
     return True
 
 
+def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint | None, box_run: bool):
+    """(images, labels, the run's pixel size or None, notes): training images brought to one pixel size.
+
+    Each image's size is its own (``pixel_sizes``), else ``config.pixel_size``. Images of another size
+    than the first known one (or than the checkpoint being fine-tuned) are resampled to it in Y and X;
+    box runs refuse instead (their box rows would need the same resampling).
+    """
+    from ..io import guess_axes
+
+    given = list(pixel_sizes) if pixel_sizes is not None else [None] * len(images)
+    if len(given) != len(images):
+        raise InputError(f"{len(images)} images but {len(given)} pixel sizes")
+    if config.pixel_size is not None:
+        given = [s if s is not None else (float(config.pixel_size),) * 2 for s in given]
+    reference = init.info.pixel_size if init is not None else None
+    if all(s is None for s in given):
+        return images, labels, reference, []
+    names = [a if a is not None else guess_axes(np.shape(i)) for i, a in
+             zip(images, axes if axes is not None else [None] * len(images), strict=True)]
+    new_images, new_labels, size, notes = match_pixel_sizes(images, labels, names, given, reference,
+                                                            f"the start model {config.init}")
+    if box_run and any(a is not b for a, b in zip(new_images, images, strict=True)):
+        raise InputError("the images have different pixel sizes; a box detector trains on one: resample them "
+                         "(or their boxes) to one pixel size first")
+    return new_images, new_labels, size, notes
+
+
 def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
            axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float,
-           boxes: Sequence[Sequence[dict] | None] | None = None) -> Generator[Message, None, TrainRun]:
+           boxes: Sequence[Sequence[dict] | None] | None = None,
+           pixel_sizes: Sequence[Sequence[float] | None] | None = None) -> Generator[Message, None, TrainRun]:
     """Prepare a run of the resolved ``config`` on ``device``; yields Messages, returns the :class:`TrainRun`.
+
+    ``pixel_sizes``: per image its µm per pixel or None (then ``config.pixel_size``, when set); see
+    :func:`_same_pixel_size`.
 
     ``boxes``: per image a list of box rows, for box families (see :mod:`napari_seglab.core.train._boxes`).
     """
@@ -258,6 +296,8 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     box_run = check_box_run(config, boxes)
     init, norm, scale, head = _start_from(config)
     config = replace(config, instance_head=head)
+    images, labels, pixel_size, size_notes = _same_pixel_size(images, labels, axes, pixel_sizes, config, init,
+                                                              box_run)
     if box_run:
         object_area = None
         samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
@@ -275,6 +315,8 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     model, note, channels_last = _build(config, spec, init, device)
     yield from _describe(config, spec, init, device, note, scale)
     yield from data_notes
+    for text in size_notes:
+        yield Message(text)
     held, validator, train_samples, notes = _holdout(config, spec, samples, rng, sparse)
     yield from notes
     favour = BOX_FAVOUR if box_run else 0.8 if sparse else 0.3
@@ -294,6 +336,7 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         if why:
             yield Message(f"CPU arithmetic: {why}")
     meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16, object_area)
+    meta = meta.replace(pixel_size=pixel_size)
     return TrainRun(config=config, device=device, spec=spec, model=model, optimizer=optimizer,
                     scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None, sampler=sampler,
                     samples=train_samples, held=held, validator=validator,

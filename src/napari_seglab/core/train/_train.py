@@ -52,7 +52,8 @@ def _resolved(config: TrainConfig | ResolvedTrainConfig, device: torch.device) -
 def iter_train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None] | None, config: TrainConfig, *,
           boxes: Sequence[Sequence[dict] | None] | None = None, axes: Sequence[str | None] | None = None,
           stop: threading.Event | None = None, preview_plane: np.ndarray | None = None,
-          clock=time.monotonic) -> Generator[object, None, TrainResult]:
+          clock=time.monotonic, pixel_sizes: Sequence[Sequence[float] | None] | None = None
+          ) -> Generator[object, None, TrainResult]:
     """Train a model on image/label pairs; yields progress events, returns a :class:`TrainResult`.
 
     ``images``: arrays in canonical axes (``axes`` per image, guessed when
@@ -61,6 +62,9 @@ def iter_train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None]
     first step, stopping, closing the generator or Ctrl-C always leave a
     loadable ``config.model_out`` with the best weights so far.
     ``clock``: the time source of the budget (tests pass a fake one).
+    ``pixel_sizes``: per image its µm per pixel (``ImageData.pixel_size``) or None; the checkpoint records
+    the first known one (``config.pixel_size`` stands in for an image without one), and images of
+    another size are resampled to it.
 
     Box detectors (families of kind "boxes"): ``boxes`` gives per image a
     list of box rows (see :mod:`napari_seglab.core.labels._boxes`; None or [] = no box, a negative) with
@@ -72,7 +76,8 @@ def iter_train(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None]
     t_start = clock()
     device = pick_device(config.device)
     config = _resolved(config, device)
-    run = yield from set_up(images, labels, config, device, axes=axes, clock=clock, t_start=t_start, boxes=boxes)
+    run = yield from set_up(images, labels, config, device, axes=axes, clock=clock, t_start=t_start, boxes=boxes,
+                            pixel_sizes=pixel_sizes)
     history, stopped = yield from run_loop(run, stop=stop, preview_plane=preview_plane)
     best = run.state.final(history)
     return TrainResult(checkpoint=best, path=run.state.path, history=history, stopped=stopped,
