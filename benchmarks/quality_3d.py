@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=["linked", "orthogonal"])
     p.add_argument("--boundary-decoders", nargs="+", default=["2d-rules", "seeds"],
                    help="3D decoders of the boundary head to compare (the last one's score counts in the ratio)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--cache", type=Path, help="folder to keep the trained models in and reuse them from")
     args = p.parse_args(argv)
     import torch
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             continue
         img, lab, test, truth, aniso = data[name]
         for head in args.heads:
-            model, steps, t_train = train(img, lab, head, args.steps, cache=args.cache, tag=name)
+            model, steps, t_train = train(img, lab, head, args.steps, args.seed, cache=args.cache, tag=name)
             print(f"{name:9s} {head:8s} trained {steps} steps in {t_train:.0f} s", flush=True)
             scores = {}
             for method in args.methods:
@@ -142,8 +143,8 @@ def main(argv=None) -> int:
         few = np.zeros_like(lab)
         few[planes] = lab[planes]
         for label, labels in (("3 planes", few), ("full", lab)):
-            model, _, t_train = train(img, labels, "flows", args.steps, cache=args.cache,
-                                      tag="real" + label.replace(" ", ""))
+            model, _, t_train = train(img, labels, "flows", args.steps, args.seed, cache=args.cache,
+                                      tag="real" if label == "full" else "real3planes")
             pred, secs = predict(model, test, aniso, "orthogonal")
             row("real", "flows", label, score(pred, truth), t_train + secs)
     for name, head, r in ratios:
