@@ -129,7 +129,7 @@ def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy:
                      overlap: float, memory_budget: float | None, stop: threading.Event | None,
                      pixel_size: Sequence[float] | None = None):
     """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded."""
-    from ..objects._volume import decode_volume
+    from ..objects import decode_volume
 
     lohi = model.input_scaling(vol)
     from ..data import prediction_factor
@@ -236,7 +236,7 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
                                                      memory_budget=memory_budget, stop=stop, pixel_size=pixel_size)
                 if pred.stopped:
                     raise Stopped
-                from ..objects._volume import link_planes
+                from ..objects import link_planes
 
                 labels[t] = link_planes(pred.labels)
                 continue
