@@ -80,13 +80,16 @@ def _split_components(objects: np.ndarray) -> np.ndarray:
     return out
 
 
-def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
+def flow_field(objects: np.ndarray, n_iter: int | None = None, *, per_object: bool = False) -> np.ndarray:
     """Unit vectors (2, Y, X) float32 pointing, in each object, up a heat map from its centre.
 
     The heat source is the object pixel nearest the median of its coordinates;
     heat spreads only between 8-connected pixels of the same object, so flows
     follow the object's shape (a bent object flows along its bend). Background
     and single-pixel objects get zero vectors. ``objects``: (Y, X) int, 0 = background.
+    ``per_object``: each object diffuses for its own number of steps (from its own
+    extent) rather than the largest object's, so its field depends on itself alone, not on
+    the other objects of the plane (decoding a block then equals decoding the whole image).
     """
     obj = np.asarray(objects)
     flows = np.zeros((2, *obj.shape), np.float32)
@@ -107,16 +110,23 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], ids.size]
     centres = np.empty(starts.size, np.int64)
-    extent = 0
+    extents = np.empty(starts.size, np.int64)
     for j, (a, b) in enumerate(zip(starts, ends, strict=True)):
         my, mx = np.median(ys[a:b]), np.median(xs[a:b])
         centres[j] = a + int(np.argmin((ys[a:b] - my) ** 2 + (xs[a:b] - mx) ** 2))
-        extent = max(extent, int(np.ptp(ys[a:b]) + np.ptp(xs[a:b])))
-    n_iter = 2 * extent + 2 if n_iter is None else n_iter
+        extents[j] = int(np.ptp(ys[a:b]) + np.ptp(xs[a:b]))
+    own = 2 * extents + 2 if n_iter is None else np.full(starts.size, n_iter, np.int64)
     heat = np.zeros(ys.size, np.float64)
-    for _ in range(n_iter):
-        heat[centres] += 1.0
-        heat = heat[nbr].mean(0)
+    if per_object and np.unique(own).size > 1:
+        steps = np.repeat(own, ends - starts)  # a pixel's object's own number of steps
+        for k in range(int(own.max())):
+            live = steps > k
+            heat[centres[own > k]] += 1.0
+            heat = np.where(live, heat[nbr].mean(0), heat)
+    else:
+        for _ in range(int(own.max())):
+            heat[centres] += 1.0
+            heat = heat[nbr].mean(0)
     heat = np.log1p(heat)
     # central differences inside the object; a missing neighbour counts as the pixel itself
     dy = heat[nbr[7]] - heat[nbr[1]]
@@ -240,19 +250,33 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int) -> np.ndarray:
-    """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear."""
+def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int,
+            origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear.
+
+    Points are in float64 image coordinates, ``origin`` the image position of ``flow[:, 0, 0]`` (a
+    block's corner): a point's path inside a block is then bit for bit its path in the whole image
+    (the bilinear weights come from the image coordinates, which a block shares). Points stay
+    within the field.
+    """
     h, w = flow.shape[1:]
-    field = torch.from_numpy(np.ascontiguousarray(flow[::-1]))[None]  # grid_sample wants (x, y)
-    pts = torch.from_numpy(np.stack([xs, ys], 1).astype(np.float32))
-    size = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=torch.float32)
-    top = size.clone()
+    field = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).reshape(2, -1)
+    oy, ox = float(origin[0]), float(origin[1])
+    py = torch.from_numpy(np.asarray(ys, np.float64) + oy)
+    px = torch.from_numpy(np.asarray(xs, np.float64) + ox)
     with torch.no_grad():
         for _ in range(n_steps):
-            grid = (pts / size * 2 - 1)[None, None]
-            step = F.grid_sample(field, grid, mode="bilinear", align_corners=True)[0, :, 0].T
-            pts = torch.minimum(torch.clamp(pts + step, min=0), top)
-    return pts.numpy()[:, ::-1]
+            fy, fx = torch.floor(py), torch.floor(px)
+            wy, wx = py - fy, px - fx
+            iy = (fy - oy).long()
+            ix = (fx - ox).long()
+            iy1, ix1 = torch.clamp(iy + 1, max=h - 1), torch.clamp(ix + 1, max=w - 1)
+            a, b = iy * w, iy1 * w
+            v00, v01, v10, v11 = field[:, a + ix], field[:, a + ix1], field[:, b + ix], field[:, b + ix1]
+            step = ((v00 * (1 - wx) + v01 * wx) * (1 - wy) + (v10 * (1 - wx) + v11 * wx) * wy)
+            py = torch.clamp(py + step[0], oy, oy + h - 1)
+            px = torch.clamp(px + step[1], ox, ox + w - 1)
+    return torch.stack([py - oy, px - ox], 1).numpy()
 
 
 def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.ndarray:
@@ -272,7 +296,7 @@ def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.nda
 
 def _flow_errors(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Mean squared difference, per object, between its own flows and the predicted unit flows."""
-    own = flow_field(labels)
+    own = flow_field(labels, per_object=True)
     err = ((own - flow) ** 2).sum(0)
     n = int(labels.max())
     return ndi.mean(err, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
@@ -284,14 +308,16 @@ FLOW_ERROR = 0.8
 
 
 def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 200,
-                 flow_threshold: float | None = FLOW_ERROR, min_size: int = 15) -> np.ndarray:
+                 flow_threshold: float | None = FLOW_ERROR, min_size: int = 15,
+                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Instances (Y, X) int32 from raw flow-head outputs (3, Y, X): [fg logit, dy, dx] x FLOW_SCALE.
 
     Foreground = logit > ``threshold``. Every foreground pixel follows the flow
     ``n_steps`` steps; end points cluster at peaks of their histogram; objects
     whose recomputed flows differ from the predicted ones by more than
     ``flow_threshold`` (mean squared, unit vectors; ``None`` skips the check)
-    and objects under ``min_size`` pixels are dropped.
+    and objects under ``min_size`` pixels are dropped. ``origin``: where ``outputs`` lie in a larger
+    image (a block's corner); an object wholly inside the block is then found exactly as in that image.
     """
     out = np.asarray(outputs, np.float32)
     if out.ndim != 3 or out.shape[0] != 3:
@@ -302,7 +328,7 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
         return labels
     flow = out[1:] / FLOW_SCALE * fg
     ys, xs = np.nonzero(fg)
-    ends = _follow(flow, ys.astype(np.float32), xs.astype(np.float32), n_steps)
+    ends = _follow(flow, ys, xs, n_steps, origin)
     labels[ys, xs] = _cluster(ends, fg.shape, min_count=max(3, min_size // 2))
     labels = renumber_objects(_fill_holes(labels), min_size)
     if flow_threshold is not None and labels.any():
@@ -313,14 +339,15 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
 
 
 def decode_distance(outputs: np.ndarray, *, threshold: float = 0.0, seeds: str = "hmax", core: float = 0.5,
-                    h: float = 0.1, min_size: int = 15) -> np.ndarray:
+                    h: float = 0.1, min_size: int = 15, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Instances (Y, X) int32 from raw distance-head outputs (2, Y, X): [fg logit, distance].
 
     Seeds are the h-maxima of the smoothed distance (``seeds="hmax"``, height
     ``h``; h = 0.1 beat cores at 0.4-0.6 and h = 0.2 in benchmarks/instance_heads.py)
     or the connected cores (``seeds="cores"``, distance > ``core``); they grow by watershed
     over the negated distance inside the foreground (logit > ``threshold``).
-    Foreground no seed reaches becomes its own object; small objects are dropped.
+    Foreground no seed reaches becomes its own object; small objects are dropped. Every step works
+    within one connected piece of foreground, so ``origin`` (a block's place) changes nothing.
     """
     out = np.asarray(outputs, np.float32)
     if out.ndim != 3 or out.shape[0] != 2:

@@ -4,7 +4,7 @@
 :func:`napari_seglab.core.api.predict_image`). Modules: ``_image`` (whole images), ``_forward``
 (one plane over a tile plan), ``_options`` (prediction settings declared once), ``_stock``
 (torchvision's COCO / VOC models, from a cache only), ``_package`` (bioimage.io model packages), ``_onnx``
-(onnxruntime as a runtime).
+(onnxruntime as a runtime), ``_blocks`` (one 2D image block by block, bounded memory).
 """
 
 from ..lazy import lazy_all, lazy_names
@@ -15,6 +15,7 @@ _LAZY = {
     "_forward": ("expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "predict_plane"),
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
+    "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "scaling_sample"),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
