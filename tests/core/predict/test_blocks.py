@@ -160,3 +160,28 @@ def test_grid_and_normalisation_sample_are_bounded():
     assert sample_windows((300, 400)) == [(slice(0, 300), slice(0, 400))]
     windows = sample_windows((8192, 8192))
     assert len(windows) == 16 and sum((y.stop - y.start) * (x.stop - x.start) for y, x in windows) == 2**22
+
+
+def test_a_lazy_ome_zarr_is_predicted_into_ome_zarr_outputs_published_only_when_complete(tmp_path):
+    from napari_seglab.core.io import OmeZarrWriter, open_lazy
+    from napari_seglab.core.predict import iter_predict_to_zarr
+
+    _, truth = make_nuclei((160, 192), seed=5, radius_range=(5.0, 10.0))
+    model, image = oracle_model(truth.astype(np.int32))
+    source = tmp_path / "in.ome.zarr"
+    with OmeZarrWriter(source, np.moveaxis(image, -1, 0).shape, np.float32, chunk=64, name="image") as w:
+        w.array[...] = np.moveaxis(image, -1, 0)
+        w.finish()
+    lazy = open_lazy(source)
+    _, ref = collect(iter_predict_image(model, image, "YXC", tile=64, overlap=0.25))
+    out, probs = tmp_path / "labels.ome.zarr", tmp_path / "probs.ome.zarr"
+    stop = threading.Event()
+    stop.set()
+    _, stopped = collect(iter_predict_to_zarr(model, lazy, out, probabilities_path=probs, block=64, halo=48,
+                                              tile=64, stop=stop))
+    assert stopped.stopped and not any(tmp_path.glob("*s.ome.zarr")) and len(list(tmp_path.iterdir())) == 1
+    _, result = collect(iter_predict_to_zarr(model, lazy, out, probabilities_path=probs, block=64, halo=48,
+                                             tile=64, protect=[source]))
+    labels = open_lazy(out).load()
+    assert same_up_to_renumbering(labels, ref.labels) and result.objects == labels.max()
+    assert open_lazy(probs).shape == (160, 192, 2)

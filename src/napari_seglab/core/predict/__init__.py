@@ -16,6 +16,7 @@ _LAZY = {
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
     "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "scaling_sample"),
+    "_large": ("iter_predict_to_zarr",),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
