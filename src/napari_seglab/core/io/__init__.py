@@ -28,10 +28,10 @@ from ._tiff import (
     restore_singletons,
     spatial_pixel_size,
 )
-from ._zarr import LazyImage, OmeZarrWriter, is_zarr_path, open_lazy
+from ._zarr import LazyImage, OmeZarrWriter, is_zarr_path, open_lazy, write_tiff_tiled
 
 __all__ = [
-    "LazyImage", "OmeZarrWriter", "is_zarr_path", "open_lazy",
+    "LazyImage", "OmeZarrWriter", "is_zarr_path", "open_lazy", "write_tiff_tiled",
     "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
     "ensure_not_input", "file_axes", "folder_path", "guess_axes", "is_disk_full", "memory_headroom", "normalize_axes", "probe_tiff",
     "read_image", "read_labels", "read_pixel_sizes", "resolved", "restore_singletons", "safe_child", "scan_folder", "spatial_pixel_size",

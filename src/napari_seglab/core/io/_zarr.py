@@ -31,8 +31,12 @@ NGFF_VERSION = "0.5"
 def is_zarr_path(path: str | os.PathLike) -> bool:
     """True for a path that names a zarr store (a folder, or a name ending in .zarr)."""
     p = Path(path)
-    return p.name.lower().rstrip("/").endswith(".zarr") or (p.is_dir() and any(
-        (p / f).exists() for f in ("zarr.json", ".zgroup", ".zarray")))
+    if p.name.lower().endswith(".zarr"):
+        return True
+    try:
+        return p.is_dir() and any((p / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+    except OSError:  # a name too long, a loop of links: not a store (the caller's own checks say why)
+        return False
 
 
 @dataclass
@@ -255,3 +259,37 @@ class OmeZarrWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
+
+
+def write_tiff_tiled(path: str | os.PathLike, array, dtype, *, tile: int = 256, band: int = 1024,
+                     protect: Sequence = (), compression: str | None = "zlib") -> Path:
+    """Write a (Y, X) or (C, Y, X) array-like (a zarr array) as a tiled TIFF, band by band, atomically.
+
+    Memory holds one band of ``band`` rows; values are cast to ``dtype`` (the caller checks they fit).
+    """
+    import tifffile
+
+    from ._atomic import atomic_path
+
+    path = Path(path)
+    ensure_not_input(path, protect)
+    shape = tuple(int(n) for n in array.shape)
+    lead, (h, w) = shape[:-2], shape[-2:]
+    band = max(tile, band // tile * tile)
+
+    def tiles():
+        for index in np.ndindex(*lead):
+            for y in range(0, h, band):
+                rows = np.asarray(array[(*index, slice(y, min(h, y + band)), slice(None))]).astype(dtype)
+                for ty in range(0, rows.shape[0], tile):
+                    for tx in range(0, w, tile):
+                        part = rows[ty:ty + tile, tx:tx + tile]
+                        if part.shape != (tile, tile):
+                            part = np.pad(part, ((0, tile - part.shape[0]), (0, tile - part.shape[1])))
+                        yield part
+
+    axes = "CYX"[-len(shape):] if len(shape) <= 3 else None
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, tiles(), shape=shape, dtype=dtype, tile=(tile, tile), compression=compression,
+                         metadata={"axes": axes} if axes else None, photometric="minisblack")
+    return path

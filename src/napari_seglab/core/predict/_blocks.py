@@ -122,16 +122,24 @@ class BlockResult:
     stopped: bool = False
 
 
-def _check_model(model, split_instances: bool) -> None:
+def refusal(model, split_instances: bool = False) -> str | None:
+    """Why ``model`` cannot predict block by block (None: it can)."""
     spec = model.spec
     if not spec.semantic:
-        raise InputError(f"block-wise prediction covers the per-pixel families (unet, fcn); a {spec.family} model "
-                         "predicts whole images")
+        return (f"block-wise prediction covers the per-pixel families (unet, fcn); a {spec.family} model "
+                "predicts whole images")
     if split_instances:
-        raise InputError("--split-instances is not available block-wise yet; predict the whole image")
+        return "--split-instances is not available block-wise yet; predict the whole image"
     if float(model.info.scale or 1.0) != 1.0:
-        raise InputError(f"block-wise prediction runs models at object scale 1 only; this model resamples images by "
-                         f"{model.info.scale:g}: predict the whole image")
+        return (f"block-wise prediction runs models at object scale 1 only; this model resamples images by "
+                f"{model.info.scale:g}: predict the whole image")
+    return None
+
+
+def _check_model(model, split_instances: bool) -> None:
+    why = refusal(model, split_instances)
+    if why:
+        raise InputError(why)
 
 
 def _decodes_objects(model) -> bool:
