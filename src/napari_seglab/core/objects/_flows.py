@@ -254,29 +254,45 @@ def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int,
             origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear.
 
-    Points are in float64 image coordinates, ``origin`` the image position of ``flow[:, 0, 0]`` (a
-    block's corner): a point's path inside a block is then bit for bit its path in the whole image
-    (the bilinear weights come from the image coordinates, which a block shares). Points stay
-    within the field.
+    A point is kept as an integer pixel plus a float32 fraction in [0, 1): the arithmetic never
+    sees where the field lies in the image, so a point's path inside a block (``origin``: the
+    block's corner, for the caller's bookkeeping only) is bit for bit its path in the whole image.
+    Points stay within the field.
     """
+    del origin  # the paths do not depend on it: that is the point of the integer + fraction form
     h, w = flow.shape[1:]
-    field = torch.from_numpy(np.ascontiguousarray(flow, np.float32)).reshape(2, -1)
-    oy, ox = float(origin[0]), float(origin[1])
-    py = torch.from_numpy(np.asarray(ys, np.float64) + oy)
-    px = torch.from_numpy(np.asarray(xs, np.float64) + ox)
+    # one extra row and column (copies of the last) so the right / lower neighbour always exists;
+    # its weight is 0 where a point sits on the last row or column
+    padded = np.pad(np.asarray(flow, np.float32), ((0, 0), (0, 1), (0, 1)), mode="edge")
+    # (dy, dx) of a pixel as one complex number: one gather fetches both
+    field = torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, 0, -1))).view(torch.complex64)
+    field = field.reshape(-1)
+    row = w + 1
+    iy = torch.from_numpy(np.array(ys, np.int64))  # copies: updated in place below
+    ix = torch.from_numpy(np.array(xs, np.int64))
+    ry = torch.zeros(iy.shape, dtype=torch.float32)  # fractions in [0, 1)
+    rx = torch.zeros(ix.shape, dtype=torch.float32)
+    zero = torch.zeros((), dtype=torch.float32)
     with torch.no_grad():
         for _ in range(n_steps):
-            fy, fx = torch.floor(py), torch.floor(px)
-            wy, wx = py - fy, px - fx
-            iy = (fy - oy).long()
-            ix = (fx - ox).long()
-            iy1, ix1 = torch.clamp(iy + 1, max=h - 1), torch.clamp(ix + 1, max=w - 1)
-            a, b = iy * w, iy1 * w
-            v00, v01, v10, v11 = field[:, a + ix], field[:, a + ix1], field[:, b + ix], field[:, b + ix1]
-            step = ((v00 * (1 - wx) + v01 * wx) * (1 - wy) + (v10 * (1 - wx) + v11 * wx) * wy)
-            py = torch.clamp(py + step[0], oy, oy + h - 1)
-            px = torch.clamp(px + step[1], ox, ox + w - 1)
-    return torch.stack([py - oy, px - ox], 1).numpy()
+            a = iy * row + ix
+            b = a + row
+            v00, v01, v10, v11 = field.take(a), field.take(a + 1), field.take(b), field.take(b + 1)
+            top = v00 + (v01 - v00) * rx
+            step = top + (v10 + (v11 - v10) * rx - top) * ry
+            ry += step.real
+            rx += step.imag
+            cy, cx = torch.floor(ry), torch.floor(rx)
+            ry -= cy
+            rx -= cx
+            iy += cy.long()
+            ix += cx.long()
+            # within the field: below 0 -> 0, at or beyond the last row / column -> on it
+            ry = torch.where((iy < 0) | (iy >= h - 1), zero, ry)
+            rx = torch.where((ix < 0) | (ix >= w - 1), zero, rx)
+            iy.clamp_(0, h - 1)
+            ix.clamp_(0, w - 1)
+    return torch.stack([iy.double() + ry.double(), ix.double() + rx.double()], 1).numpy()
 
 
 def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.ndarray:
