@@ -65,3 +65,11 @@ def test_a_zarr_output_over_the_zarr_input_is_refused(random_unet, tmp_path, cap
         w.finish()
     assert predict(random_unet, zin, zin) == 2
     assert "overwrite the input" in capsys.readouterr().err
+
+
+def test_two_local_dask_workers_give_the_same_labels(random_unet, image, tmp_path, capsys):
+    src, _ = image
+    assert predict(random_unet, src, tmp_path / "one.ome.zarr", "--block", "256") == 0
+    assert predict(random_unet, src, tmp_path / "two.ome.zarr", "--block", "256", "--workers", "2") == 0
+    assert "block tasks on a local Dask cluster of 2 worker processes" in capsys.readouterr().err
+    np.testing.assert_array_equal(open_lazy(tmp_path / "two.ome.zarr").load(), open_lazy(tmp_path / "one.ome.zarr").load())

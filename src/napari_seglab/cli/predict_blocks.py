@@ -31,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--halo", type=int, default=DEFAULT_HALO, metavar="PX",
                    help="pixels around a block decoded with it: objects up to about this size are found exactly "
                         "as in the whole image; a block holding a wider one is decoded again with the halo doubled")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="block by block on N local Dask worker processes (the blocks are tasks; the output is "
+                           "the same as in one process)")
+    dask.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="block by block as tasks of a running Dask scheduler whose workers see the same paths")
 
 
 def is_zarr(path: str | None) -> bool:
@@ -45,7 +51,7 @@ def wanted(args: argparse.Namespace) -> bool:
         if is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
             raise InputError("--block 0: OME-Zarr input and output are read and written block by block only")
         return False
-    if args.block or is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
+    if args.block or args.workers or args.scheduler or is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
         return True
     from ..core.io import probe_tiff
 
@@ -60,6 +66,10 @@ def check_args(args: argparse.Namespace, protect: list[str]) -> None:
         raise InputError(f"--block must be 0 or at least 256 pixels; got {args.block}")
     if args.halo < 0:
         raise InputError(f"--halo must be 0 or more pixels; got {args.halo}")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be 1 or more; got {args.workers}")
+    if (args.workers or args.scheduler) and args.block == 0:
+        raise InputError("--workers / --scheduler split the image into blocks: they cannot go with --block 0")
     if is_zarr(args.input) and not Path(args.input).is_dir():
         raise InputError(f"--input {args.input}: no such OME-Zarr folder")
     for flag, path in (("--output", args.output), ("--probabilities", args.probabilities)):
@@ -121,10 +131,13 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
         if args.probabilities:
             k = 2 if model.spec.has_regression_head else max(2, model.spec.n_classes)
             probs = store(args.probabilities, (k, *shape), np.float32, "probabilities")
-        result = drive(iter_predict_blocks(model, image.read, shape, labels.array,
-                                           probabilities_out=None if probs is None else probs.array,
-                                           block=block, halo=args.halo, tile=args.tile or None,
-                                           overlap=args.overlap, tta=args.tta), handle)
+        if args.workers or args.scheduler:
+            result = _run_dask(args, model, block, labels, probs, handle, stack)
+        else:
+            result = drive(iter_predict_blocks(model, image.read, shape, labels.array,
+                                               probabilities_out=None if probs is None else probs.array,
+                                               block=block, halo=args.halo, tile=args.tile or None,
+                                               overlap=args.overlap, tta=args.tta), handle)
         counted = f"{result.objects} objects, {result.crossing} across block faces" if result.kind.value != \
             "semantic" else f"{result.objects} classes"
         top = result.objects if result.kind.value != "semantic" else max(2, model.spec.n_classes)
@@ -132,7 +145,8 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
             if writer is None:
                 continue
             if is_zarr(path):
-                writer.finish({**attrs, "objects": result.objects, "kind": result.kind.value})
+                writer.finish({**attrs, "objects": result.objects, "crossing": result.crossing,
+                               "merged": result.merged, "kind": result.kind.value})
             else:
                 dtype = np.float32 if writer is probs else np.uint16 if top <= 65535 else np.uint32
                 write_tiff_tiled(path, writer.array, dtype, protect=protect)
@@ -141,3 +155,23 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
     if args.probabilities:
         print(f"probabilities written to {args.probabilities}")
     return EXIT_OK
+
+
+def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle, stack: ExitStack):
+    """The blocks as tasks of a Dask cluster (local workers or ``--scheduler``); returns the BlockResult."""
+    from ..core.batch._dask import open_client
+    from ..core.batch._task import usable_cpus
+    from ..core.predict import iter_predict_blocks_dask
+
+    client, cluster, where, processes = open_client(args.workers, args.scheduler, 1, args.device)
+    stack.callback(client.close)
+    if cluster is not None:
+        stack.callback(cluster.close)
+    n = len(client.nthreads()) or 1
+    threads = max(1, usable_cpus() // n) if cluster is not None and processes else 0
+    Status().line(f"block tasks {where}")
+    return drive(iter_predict_blocks_dask(
+        client, model, str(Path(args.model).absolute()), str(Path(args.input).absolute()), str(labels.tmp / "0"),
+        probabilities_path=None if probs is None else str(probs.tmp / "0"), block=block, halo=args.halo,
+        tile=args.tile or None, overlap=args.overlap, device=args.device, runtime=args.runtime, tta=args.tta,
+        threads=threads), handle)

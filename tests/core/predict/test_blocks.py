@@ -185,3 +185,42 @@ def test_a_lazy_ome_zarr_is_predicted_into_ome_zarr_outputs_published_only_when_
     labels = open_lazy(out).load()
     assert same_up_to_renumbering(labels, ref.labels) and result.objects == labels.max()
     assert open_lazy(probs).shape == (160, 192, 2)
+
+
+@pytest.fixture(scope="module")
+def random_flows(tmp_path_factory):
+    """A random-weight flows-head U-Net checkpoint at object scale 1 (the objects are arbitrary, but fixed)."""
+    from napari_seglab.core.models import build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=1, n_classes=2,
+                     options={"head": "flows"})
+    model, _ = build_model(spec)
+    meta = {"model": spec.to_dict(), "label_mode": "instances", "normalization": Normalization().to_dict()}
+    return save_checkpoint(tmp_path_factory.mktemp("random_flows") / "m.pt", model, meta)
+
+
+def test_block_tasks_on_a_dask_cluster_give_the_output_of_one_process(random_flows, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from napari_seglab.core.io import OmeZarrWriter, open_lazy
+    from napari_seglab.core.predict import iter_predict_blocks_dask
+
+    image, _ = make_nuclei((192, 256), seed=7)
+    source = tmp_path / "in.ome.zarr"
+    with OmeZarrWriter(source, image.shape, image.dtype, chunk=64, name="image") as w:
+        w.array[...] = image
+        w.finish()
+    model = load_model(random_flows, "cpu", runtime="torch")
+    serial = np.zeros(image.shape, np.int32)
+    _, one = collect(iter_predict_blocks(model, lambda ys, xs: image[ys, xs], image.shape, serial, block=64,
+                                         tile=64, halo=32))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client, \
+            OmeZarrWriter(tmp_path / "out.ome.zarr", image.shape, np.int32, chunk=64) as out:
+        events, result = collect(iter_predict_blocks_dask(client, model, str(random_flows), str(source),
+                                                          str(out.tmp / "0"), block=64, tile=64, halo=32))
+        out.finish()
+    assert sum(isinstance(e, BlockDone) and e.stage == "predict" for e in events) == 12
+    np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").load(), serial)
+    assert result.objects == one.objects and result.crossing == one.crossing

@@ -17,6 +17,7 @@ _LAZY = {
                "wrap_model"),
     "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "scaling_sample"),
     "_large": ("iter_predict_to_zarr",),
+    "_blocks_dask": ("iter_predict_blocks_dask",),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),

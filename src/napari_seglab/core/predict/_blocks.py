@@ -248,6 +248,95 @@ def _face_pairs(labels, grid: BlockGrid) -> np.ndarray:
     return np.unique(p, axis=0) if p.size else p
 
 
+@dataclass(frozen=True)
+class BlockJob:
+    """What every block of one image shares: the grids, the normalisation, what is decoded (picklable)."""
+
+    shape: tuple[int, int]
+    grid: BlockGrid
+    plan: TilePlan
+    lohi: tuple
+    halo: int
+    objects: bool
+    head: bool
+    in_channels: int
+
+    def chw(self, read: Reader, ys: slice, xs: slice) -> np.ndarray:
+        return to_chw(np.asarray(read(ys, xs)), self.in_channels)
+
+
+def plan_blocks(model, read: Reader, shape: Sequence[int], *, block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO,
+                tile: int | None = None, overlap: float = 0.25, split_instances: bool = False,
+                labels_dtype=np.int32) -> BlockJob:
+    """Check the request (InputError) and settle the grids and the normalisation (read from a bounded sample)."""
+    _check_model(model, split_instances)
+    check_overlap(overlap)
+    h, w = (int(n) for n in shape[:2])
+    if np.dtype(labels_dtype).itemsize < 8 and h * w >= np.iinfo(labels_dtype).max:
+        raise InputError(f"a {h}x{w} image needs int64 labels while blocks are stitched")
+    tile = max(ALIGN, int(tile or DEFAULT_BLOCK_TILE))
+    if model.max_tile:
+        tile = min(tile, model.max_tile)
+    spec = model.spec
+    objects = _decodes_objects(model)
+    grid = BlockGrid((h, w), max(ALIGN, int(block)))
+    plan = TilePlan.balanced((h, w), tile, overlap)
+
+    def chw(ys, xs):
+        return to_chw(np.asarray(read(ys, xs)), spec.in_channels)
+
+    lohi = model.input_scaling(scaling_sample(chw, (h, w)))
+    return BlockJob((h, w), grid, plan, tuple(tuple(float(v) for v in part) for part in lohi),
+                    max(0, int(halo)) if objects else 0, objects, spec.has_regression_head, spec.in_channels)
+
+
+def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, probabilities_out=None,
+               stop: threading.Event | None = None) -> Generator[TileDone | Message, None, tuple[np.ndarray, list]]:
+    """Predict block ``index`` of ``job`` and write its core; returns (ids its core holds, ids cut by its halo).
+
+    Object ids are canonical (1 + the linear index of the object's first pixel), not yet numbered 1..N;
+    semantic blocks return the classes present. Raises Stopped when ``stop`` is set between tiles.
+    """
+    cores = job.grid.cores()
+    core = cores[index]
+    halo = job.halo
+
+    def chw(ys, xs):
+        return job.chw(read, ys, xs)
+
+    for grow in range(HALO_GROWTH + 1 if job.objects else 1):
+        # a block whose core holds an object cut by the halo's edge is decoded again with twice the
+        # halo (up to HALO_GROWTH times); what is still cut then is joined across faces at the end
+        region = job.grid.extended(core, halo << grow)
+        gen = _blend_region(model, chw, job.plan, region, job.lohi, job.head, stop)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as fin:
+                out = fin.value
+                break
+            yield TileDone(event.tile, event.tiles, plane=index, planes=len(cores))
+        inner = (slice(core[0].start - region[0].start, core[0].stop - region[0].start),
+                 slice(core[1].start - region[1].start, core[1].stop - region[1].start))
+        if not job.objects:
+            present = _semantic_labels(model, out, labels_out, core)
+            cut: list = []
+            break
+        decoded = _decode_region(model, out, region, job.shape, inner)
+        if not decoded[3] or grow == HALO_GROWTH or halo == 0:
+            labels_out[core] = decoded[0]
+            present, cut = decoded[1], [int(c) for c in decoded[2]]
+            break
+        yield Message(f"block {index + 1}: an object is wider than the {halo << grow}px halo; "
+                      f"decoding it again with {halo << (grow + 1)}px", "info")
+    if probabilities_out is not None:
+        from ._forward import expand_probabilities
+
+        p = expit(out[:1]).astype(np.float32) if job.head else out
+        probabilities_out[(slice(None), *core)] = expand_probabilities(p[(slice(None), *inner)])
+    return present, cut
+
+
 def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *, probabilities_out=None,
                         block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO, tile: int | None = None,
                         overlap: float = 0.25, split_instances: bool = False, stop: threading.Event | None = None,
@@ -264,85 +353,44 @@ def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *
     BlockDone per block; returns a :class:`BlockResult` (``stopped`` when ``stop`` was set: the
     outputs are then incomplete).
     """
-    _check_model(model, split_instances)
-    check_overlap(overlap)
-    h, w = (int(n) for n in shape[:2])
-    if np.dtype(labels_out.dtype).itemsize < 8 and h * w >= np.iinfo(labels_out.dtype).max:
-        raise InputError(f"a {h}x{w} image needs int64 labels while blocks are stitched")
     if tta:
         model = model.replace(tta=True)
-    block = max(ALIGN, int(block))
-    tile = max(ALIGN, int(tile or DEFAULT_BLOCK_TILE))
-    if model.max_tile:
-        tile = min(tile, model.max_tile)
-    grid = BlockGrid((h, w), block)
-    plan = TilePlan.balanced((h, w), tile, overlap)
-    spec = model.spec
-    objects = _decodes_objects(model)
-    head = spec.has_regression_head
-    halo = max(0, int(halo)) if objects else 0
-
-    def chw(ys, xs):
-        return to_chw(np.asarray(read(ys, xs)), spec.in_channels)
-
-    lohi = model.input_scaling(scaling_sample(chw, (h, w)))
-    kind = Kind.INSTANCES if objects else Kind.SEMANTIC
-    result = BlockResult((h, w), len(grid), kind, tile=plan.size[0])
+    job = plan_blocks(model, read, shape, block=block, halo=halo, tile=tile, overlap=overlap,
+                      split_instances=split_instances, labels_dtype=labels_out.dtype)
+    result = BlockResult(job.shape, len(job.grid), Kind.INSTANCES if job.objects else Kind.SEMANTIC,
+                         tile=job.plan.size[0])
     seen: list[np.ndarray] = []  # per block, the ids its core holds
     cut: set[int] = set()
-    cores = grid.cores()
+    n = len(job.grid)
     try:
-        for bi, core in enumerate(cores):
+        for bi in range(n):
             check_stop(stop)
-            for grow in range(HALO_GROWTH + 1 if objects else 1):
-                # a block whose core holds an object cut by the halo's edge is decoded again with twice the
-                # halo (up to HALO_GROWTH times); what is still cut then is joined across faces at the end
-                region = grid.extended(core, halo << grow)
-                gen = _blend_region(model, chw, plan, region, lohi, head, stop)
-                while True:
-                    try:
-                        event = next(gen)
-                    except StopIteration as fin:
-                        out = fin.value
-                        break
-                    yield TileDone(event.tile, event.tiles, plane=bi, planes=len(cores))
-                inner = (slice(core[0].start - region[0].start, core[0].stop - region[0].start),
-                         slice(core[1].start - region[1].start, core[1].stop - region[1].start))
-                if not objects:
-                    probs = _semantic_labels(model, out, labels_out, core)
-                    break
-                decoded = _decode_region(model, out, region, (h, w), inner)
-                if not decoded[3] or grow == HALO_GROWTH or halo == 0:
-                    probs = _write_region(decoded, labels_out, core, seen, cut, out)
-                    break
-                yield Message(f"block {bi + 1}: an object is wider than the {halo << grow}px halo; "
-                              f"decoding it again with {halo << (grow + 1)}px", "info")
-            if probabilities_out is not None:
-                from ._forward import expand_probabilities
-
-                p = expit(probs[:1]).astype(np.float32) if head else probs
-                probabilities_out[(slice(None), *core)] = expand_probabilities(p[(slice(None), *inner)])
-            del out, probs
-            yield BlockDone(bi + 1, len(cores))
+            present, cut_here = yield from iter_block(model, job, read, bi, labels_out, probabilities_out, stop)
+            seen.append(present)
+            cut.update(cut_here)
+            yield BlockDone(bi + 1, n)
+        yield from finish_blocks(job, labels_out, seen, cut, result, stop)
     except Stopped:
         result.stopped = True
-        return result
-    if objects:
-        try:
-            yield from _renumber(labels_out, grid, seen, cut, result, stop)
-        except Stopped:
-            result.stopped = True
-    else:
-        result.objects = len({int(v) for ids in seen for v in ids})
     return result
 
 
+def finish_blocks(job: BlockJob, labels_out, seen: list, cut: set, result: BlockResult,
+                  stop: threading.Event | None = None) -> Generator[BlockDone, None, None]:
+    """After every block: number the objects (and join those cut by a halo), or count the classes."""
+    if job.objects:
+        yield from _renumber(labels_out, job.grid, seen, cut, result, stop)
+    else:
+        result.objects = len(np.unique(np.concatenate(seen))) if seen else 0
+
+
 def _semantic_labels(model, probs: np.ndarray, labels_out, core) -> np.ndarray:
-    """Per-pixel class labels of a block core (no halo: nothing to stitch)."""
+    """Per-pixel class labels of a block core (no halo: nothing to stitch); returns the classes present."""
     from ._image import labels_from_probabilities
 
-    labels_out[core] = labels_from_probabilities(probs, model.label_mode)
-    return probs
+    labels = labels_from_probabilities(probs, model.label_mode)
+    labels_out[core] = labels
+    return np.unique(labels)
 
 
 def _decode_region(model, out: np.ndarray, region, shape, inner):
@@ -365,15 +413,6 @@ def _decode_region(model, out: np.ndarray, region, shape, inner):
     present = present[present > 0]
     cut_here = np.intersect1d(canon[is_cut], present)
     return written, present, cut_here, bool(cut_here.size)
-
-
-def _write_region(decoded, labels_out, core, seen: list, cut: set, out: np.ndarray) -> np.ndarray:
-    """Write a decoded block's core with canonical ids; note its ids and those cut by its halo."""
-    written, present, cut_here, _ = decoded
-    labels_out[core] = written
-    seen.append(present)
-    cut.update(int(c) for c in cut_here)
-    return out
 
 
 def _renumber(labels_out, grid: BlockGrid, seen: list, cut: set, result: BlockResult, stop
