@@ -15,7 +15,15 @@ import threading
 from collections.abc import Generator
 
 from ..events import BlockDone, Message, Stopped, check_stop, drive
-from ._blocks import DEFAULT_BLOCK, DEFAULT_HALO, BlockJob, BlockResult, finish_blocks, iter_block, plan_blocks
+from ._blocks import (
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
+    BlockJob,
+    BlockResult,
+    finish_blocks,
+    iter_block,
+    plan_blocks,
+)
 
 #: models loaded by this worker process, by (path, device, runtime): loaded once, used for every block
 _MODELS: dict = {}
