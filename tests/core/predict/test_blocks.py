@@ -223,4 +223,4 @@ def test_block_tasks_on_a_dask_cluster_give_the_output_of_one_process(random_flo
         out.finish()
     assert sum(isinstance(e, BlockDone) and e.stage == "predict" for e in events) == 12
     np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").load(), serial)
-    assert result.objects == one.objects and result.crossing == one.crossing
+    assert one.objects > 5 and result.objects == one.objects and result.crossing == one.crossing

@@ -299,8 +299,12 @@ def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.nda
     """Cluster id (0 = none) per end point: watershed of the smoothed end-point histogram from its peaks."""
     iy = np.clip(np.rint(ends[:, 0]).astype(np.int64), 0, shape[0] - 1)
     ix = np.clip(np.rint(ends[:, 1]).astype(np.int64), 0, shape[1] - 1)
-    hist = np.bincount(iy * shape[1] + ix, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float32)
-    counts = ndi.uniform_filter(hist, 3, mode="constant") * 9
+    hist = np.bincount(iy * shape[1] + ix, minlength=shape[0] * shape[1]).reshape(shape).astype(np.int32)
+    # the 3x3 sums in integers: exact wherever the plane lies in a larger image (a float running mean
+    # rounds by its history along the line, which a block does not share with the whole image)
+    padded = np.pad(hist, 1)
+    rows = padded[:-2] + padded[1:-1] + padded[2:]
+    counts = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
     peaks = (counts == ndi.maximum_filter(counts, 5, mode="constant")) & (counts >= min_count)
     markers, n = ndi.label(peaks, structure=np.ones((3, 3)))
     if n == 0:
