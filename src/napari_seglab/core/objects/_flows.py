@@ -310,7 +310,11 @@ def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.nda
     if n == 0:
         return np.zeros(len(ends), np.int32)
     region = ndi.binary_dilation(hist > 0, iterations=2)
-    basins = watershed(-counts, markers=markers, mask=region)
+    # equal counts are flooded in raster order (a fraction under 0.5 that grows with the pixel's index):
+    # the flooding then depends on the order of the pixels alone, the same in a block as in the whole
+    # image (watershed's own tie-break depends on its heap, so on everything else in the plane)
+    order = np.arange(counts.size, dtype=np.float64).reshape(shape) * (0.5 / counts.size)
+    basins = watershed(order - counts, markers=markers, mask=region)
     return basins[iy, ix].astype(np.int32)
 
 
