@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     rows = []
     for size in args.sizes:
         tif, zarr_path = make_images(work, size)
-        block = ["--block", "1024"] if size <= 2048 else []  # a 2k image in 4 blocks, larger ones in 2048 px blocks
+        block = ["--block", "1024"]  # the default block: a 2k image in 4 blocks
         for name in args.models:
             common = ["predict", "--model", str(models[name]), "--tile", str(args.tile), "--device", "cpu",
                       "--runtime", "torch"]
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
                                      str(work / f"{name}_{size}.ome.zarr"), *block])}
             if name == "flows":
                 runs["tiff"] = run_cli([*common, "--input", str(tif), "--output", str(work / f"{name}_{size}_b.tif"),
-                                        *(block or ["--block", "2048"])])
+                                        *block])
             blocked = read_labels(work / f"{name}_{size}.ome.zarr")
             meta = json.loads((work / f"{name}_{size}.ome.zarr" / "zarr.json").read_text())["attributes"]["seglab"]
             for how, r in runs.items():

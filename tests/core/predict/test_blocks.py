@@ -107,6 +107,7 @@ def test_objects_wider_than_the_halo_stay_whole(halo, growth, monkeypatch):
     from napari_seglab.core.predict import _blocks
 
     monkeypatch.setattr(_blocks, "HALO_GROWTH", growth)
+    monkeypatch.setattr(_blocks, "MAX_HALO_FRACTION", 2.0)
     truth = np.zeros((128, 192), np.int32)
     yy, xx = np.mgrid[:128, :192]
     truth[(yy - 64) ** 2 / 30**2 + (xx - 96) ** 2 / 70**2 <= 1] = 1  # 140 px wide, across 3 blocks

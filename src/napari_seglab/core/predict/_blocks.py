@@ -37,14 +37,15 @@ from ..tiling import ALIGN, TilePlan, check_overlap, window
 #: SAMPLE_WINDOW-sized windows holding about as many (16 windows of 512 x 512)
 SAMPLE_PIXELS = 2**22
 SAMPLE_WINDOW = 512
-#: block side (pixels) and instance halo: 2048 + 2 x 128 keeps a flows block near 0.3 GB
-DEFAULT_BLOCK = 2048
+#: block side (pixels) and instance halo: a flows block of 1024 + 2 x 128 decodes in about 0.3 GB
+DEFAULT_BLOCK = 1024
 DEFAULT_HALO = 128
 #: tile side of the blocked path when none is given (the whole-image path then needs the same --tile)
 DEFAULT_BLOCK_TILE = 512
 #: a block whose core holds an object cut by the halo's edge is decoded again with the halo doubled,
-#: at most this many times (128 -> 1024 px)
+#: at most this many times, and to at most MAX_HALO_FRACTION x the block (memory grows with the region)
 HALO_GROWTH = 3
+MAX_HALO_FRACTION = 0.25
 
 Reader = Callable[[slice, slice], np.ndarray]
 
@@ -304,7 +305,10 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
     def chw(ys, xs):
         return job.chw(read, ys, xs)
 
-    for grow in range(HALO_GROWTH + 1 if job.objects else 1):
+    growth, limit = 0, max(halo, MAX_HALO_FRACTION * job.grid.block)
+    while job.objects and growth < HALO_GROWTH and (halo << (growth + 1)) <= limit:
+        growth += 1
+    for grow in range(growth + 1):
         # a block whose core holds an object cut by the halo's edge is decoded again with twice the
         # halo (up to HALO_GROWTH times); what is still cut then is joined across faces at the end
         region = job.grid.extended(core, halo << grow)
@@ -323,7 +327,7 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
             cut: list = []
             break
         decoded = _decode_region(model, out, region, job.shape, inner)
-        if not decoded[3] or grow == HALO_GROWTH or halo == 0:
+        if not decoded[3] or grow == growth or halo == 0:
             labels_out[core] = decoded[0]
             present, cut = decoded[1], [int(c) for c in decoded[2]]
             break
