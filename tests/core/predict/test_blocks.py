@@ -186,6 +186,11 @@ def test_a_lazy_ome_zarr_is_predicted_into_ome_zarr_outputs_published_only_when_
     labels = open_lazy(out).load()
     assert same_up_to_renumbering(labels, ref.labels) and result.objects == labels.max()
     assert open_lazy(probs).shape == (160, 192, 2)
+    from napari_seglab.core.api import predict_large  # the blocking twin
+
+    again = predict_large(model, source, tmp_path / "again.ome.zarr", block=64, halo=48, tile=64)
+    assert again.objects == result.objects
+    np.testing.assert_array_equal(open_lazy(tmp_path / "again.ome.zarr").load(), labels)
 
 
 @pytest.fixture(scope="module")
