@@ -73,3 +73,24 @@ def test_two_local_dask_workers_give_the_same_labels(random_unet, image, tmp_pat
     assert predict(random_unet, src, tmp_path / "two.ome.zarr", "--block", "256", "--workers", "2") == 0
     assert "block tasks on a local Dask cluster of 2 worker processes" in capsys.readouterr().err
     np.testing.assert_array_equal(open_lazy(tmp_path / "two.ome.zarr").load(), open_lazy(tmp_path / "one.ome.zarr").load())
+
+
+def test_ctrl_c_between_blocks_leaves_no_output_and_no_hidden_store(random_unet, image, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src, _ = image
+    out = tmp_path / "labels.ome.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_seglab.cli", "predict", "--model", str(random_unet),
+                             "--input", str(src), "--output", str(out), "--block", "256", "--tile", "64",
+                             "--device", "cpu", "--runtime", "torch"], stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait for the first block, then interrupt
+        if "predicted block 1/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert list(tmp_path.iterdir()) == []
