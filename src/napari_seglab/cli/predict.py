@@ -35,10 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a stock torchvision model in the torch cache "
                         f"({stock(False)}; box detectors: {stock(True)})")
     p.add_argument("--input", required=True, metavar="IMG.tif",
-                   help="image to segment: TIFF / OME-TIFF, or a microscope file (.nd2, .lif, .czi)")
+                   help="image to segment: TIFF / OME-TIFF, a microscope file (.nd2, .lif, .czi), or an OME-Zarr "
+                        "(read block by block)")
     add_reading(p)
     p.add_argument("--output", default=None, metavar="LABELS.tif",
-                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C); "
+                   help="labels TIFF (uint16, or uint32 above 65535 objects; the image's axes without C), or an "
+                        "OME-Zarr (a name ending in .zarr; written block by block); "
                         f"required except for a box detector ({box_families}), which writes --boxes")
     p.add_argument("--probabilities", default=None, metavar="P.tif", help="also write class probabilities "
                    "(float32, classes first)")
@@ -50,14 +52,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..core.predict import PredictOptions
 
     add_settings(p, PredictOptions, OPTIONS)
+    from . import predict_blocks
+
+    predict_blocks.add_arguments(p)
 
 
 def _check_args(args: argparse.Namespace) -> list[str]:
     """Every path and option, before anything is read or written; returns the files never to write over."""
+    from . import predict_blocks
+
+    protect = [args.input, args.model]
+    if predict_blocks.is_zarr(args.input) or predict_blocks.is_zarr(args.output) or \
+            predict_blocks.is_zarr(args.probabilities):
+        predict_blocks.check_args(args, protect)
+        if not predict_blocks.is_zarr(args.input):
+            check_input(args.input, "--input")
+        outputs = [p for p in (args.output, args.probabilities, args.boxes) if p]
+        if len({os.path.abspath(p) for p in outputs}) != len(outputs):
+            raise InputError("--output, --probabilities and --boxes must name different files")
+        for flag, path in (("--output", args.output), ("--probabilities", args.probabilities)):
+            if path and not predict_blocks.is_zarr(path):
+                check_output(path, protect, flag)
+        if not args.model.startswith("stock:"):
+            check_input(args.model, "--model", "a checkpoint file")
+        from ..core.predict import PredictOptions
+
+        options_from_args(args, PredictOptions, OPTIONS)
+        return protect
+    predict_blocks.check_args(args, protect)
     check_tiff(args.input, "--input")
     if not args.model.startswith("stock:"):
         check_input(args.model, "--model", "a checkpoint file")
-    protect = [args.input, args.model]
     outputs = [(f, p) for f, p in (("--output", args.output), ("--probabilities", args.probabilities),
                                    ("--boxes", args.boxes)) if p]
     paths = [os.path.abspath(p) for _, p in outputs]
@@ -96,6 +121,17 @@ def _load(args: argparse.Namespace):
     return model, image
 
 
+def _load_model(args: argparse.Namespace):
+    """The model alone, for a block-wise run (the image stays on disk; stock models need its channels first)."""
+    from ..core.predict import load_model
+
+    if args.model.startswith("stock:"):
+        raise InputError("stock models predict whole images; give a trained checkpoint for block-wise prediction")
+    model = load_model(args.model, args.device, runtime=args.runtime)
+    _check_kind(args, model.spec.family_entry)
+    return model
+
+
 def _check_kind(args: argparse.Namespace, family) -> None:
     """The outputs asked for against what the model gives (objects, boxes or per-pixel classes)."""
     if args.probabilities and not family.semantic:
@@ -120,7 +156,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..core.io import restore_singletons, write_csv, write_tiff
     from ..core.labels import BOX_COLUMNS, compact_labels, label_box_rows
     from ..core.predict import describe_axes, iter_predict
+    from . import predict_blocks
 
+    explicit = bool(args.block) or any(predict_blocks.is_zarr(p) for p in (args.input, args.output,
+                                                                            args.probabilities))
+    # larger than memory, or OME-Zarr: block by block where the model allows
+    if predict_blocks.wanted(args) and (explicit or not args.model.startswith("stock:")):
+        model = _load_model(args)
+        why = predict_blocks.blockable(model, args)
+        if why is None:
+            return predict_blocks.run(args, model, protect)
+        if explicit:
+            raise InputError(why)
     model, image = _load(args)
     status = Status()
 

@@ -26,7 +26,8 @@ from .io import read_image, read_labels
 from .predict import LoadedModel, Prediction, load_model
 from .train import TrainConfig
 
-__all__ = ["TrainConfig", "drive", "load_model", "predict_image", "read_image", "read_labels", "run_batch", "train"]
+__all__ = ["TrainConfig", "drive", "load_model", "predict_image", "predict_large", "read_image", "read_labels",
+           "run_batch", "train"]
 
 OnEvent = Callable[[Any], object] | None
 
@@ -52,6 +53,19 @@ def predict_image(model: LoadedModel, image: np.ndarray, axes: str | None = None
         raise InputError("anisotropy / voxel_size apply to 3D objects: pass volume=True as well")
     return drive(iter_predict(model, image, axes, volume=volume, anisotropy=anisotropy, pixel_size=voxel_size,
                               volume_method=volume_method, **options), on_event)
+
+
+def predict_large(model: LoadedModel, input_path, labels_path, *, on_event: OnEvent = None, **options):
+    """Predict a 2D OME-Zarr or TIFF block by block into an OME-Zarr of labels; returns the BlockResult.
+
+    ``options`` are those of :func:`~napari_seglab.core.predict.iter_predict_to_zarr`:
+    ``probabilities_path``, ``block``, ``halo``, ``tile``, ``overlap``, ``stop``, ``tta``, ``protect``.
+    Memory depends on the block, not the image (docs/large-images.md).
+    """
+    from .io import open_lazy
+    from .predict import iter_predict_to_zarr
+
+    return drive(iter_predict_to_zarr(model, open_lazy(input_path), labels_path, **options), on_event)
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):

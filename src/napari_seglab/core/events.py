@@ -103,6 +103,19 @@ class TileDone:
 
 
 @dataclass(frozen=True)
+class BlockDone:
+    """One block of a block-wise prediction done (``stage``: "predict", then "renumber" in a last pass)."""
+
+    block: int
+    blocks: int
+    stage: str = "predict"
+
+    @property
+    def fraction(self) -> float:
+        return self.block / max(1, self.blocks)
+
+
+@dataclass(frozen=True)
 class FileDone:
     """One file of a batch job finished (or failed)."""
 

@@ -2,7 +2,8 @@
 
 Modules: ``_formats`` (:func:`read_image` of TIFF / OME-TIFF, ND2, LIF and CZI files: scenes, channels),
 ``_tiff`` (TIFF reading, axes, value checks), ``_atomic`` (a write completes or leaves
-nothing), ``_paths`` (paths normalised once at the edge, folder scans, never an input overwritten).
+nothing), ``_paths`` (paths normalised once at the edge, folder scans, never an input overwritten), ``_zarr``
+(lazy 2D input from OME-Zarr / TIFF, OME-Zarr output published atomically).
 """
 
 from ._atomic import atomic_path, check_output_path, is_disk_full, write_csv, write_tiff
@@ -28,9 +29,11 @@ from ._tiff import (
     restore_singletons,
     spatial_pixel_size,
 )
+from ._zarr import LazyImage, OmeZarrWriter, is_zarr_path, open_lazy, write_tiff_tiled
 
 __all__ = [
     "FORMATS", "IMAGE_PATTERNS", "image_format", "reading_note",
+    "LazyImage", "OmeZarrWriter", "is_zarr_path", "open_lazy", "write_tiff_tiled",
     "atomic_path", "check_image_values", "check_output_path", "check_pattern", "check_regular_file",
     "ensure_not_input", "file_axes", "folder_path", "guess_axes", "is_disk_full", "memory_headroom", "normalize_axes", "probe_tiff",
     "read_image", "read_labels", "read_pixel_sizes", "resolved", "restore_singletons", "safe_child", "scan_folder", "spatial_pixel_size",

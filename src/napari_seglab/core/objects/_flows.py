@@ -80,13 +80,16 @@ def _split_components(objects: np.ndarray) -> np.ndarray:
     return out
 
 
-def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
+def flow_field(objects: np.ndarray, n_iter: int | None = None, *, per_object: bool = False) -> np.ndarray:
     """Unit vectors (2, Y, X) float32 pointing, in each object, up a heat map from its centre.
 
     The heat source is the object pixel nearest the median of its coordinates;
     heat spreads only between 8-connected pixels of the same object, so flows
     follow the object's shape (a bent object flows along its bend). Background
     and single-pixel objects get zero vectors. ``objects``: (Y, X) int, 0 = background.
+    ``per_object``: each object diffuses for its own number of steps (from its own
+    extent) rather than the largest object's, so its field depends on itself alone, not on
+    the other objects of the plane (decoding a block then equals decoding the whole image).
     """
     obj = np.asarray(objects)
     flows = np.zeros((2, *obj.shape), np.float32)
@@ -99,7 +102,7 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
     index = np.full(obj.shape, -1, np.int64)
     index[ys, xs] = np.arange(ys.size)
     h, w = obj.shape
-    nbr = np.empty((len(_NEIGHBOURS), ys.size), np.int64)
+    nbr = np.empty((len(_NEIGHBOURS), ys.size), np.int32 if ys.size < 2**31 else np.int64)
     for k, (dy, dx) in enumerate(_NEIGHBOURS):
         yy, xx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
         same = (obj[yy, xx] == ids) & (yy == ys + dy) & (xx == xs + dx)
@@ -107,16 +110,23 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     ends = np.r_[starts[1:], ids.size]
     centres = np.empty(starts.size, np.int64)
-    extent = 0
+    extents = np.empty(starts.size, np.int64)
     for j, (a, b) in enumerate(zip(starts, ends, strict=True)):
         my, mx = np.median(ys[a:b]), np.median(xs[a:b])
         centres[j] = a + int(np.argmin((ys[a:b] - my) ** 2 + (xs[a:b] - mx) ** 2))
-        extent = max(extent, int(np.ptp(ys[a:b]) + np.ptp(xs[a:b])))
-    n_iter = 2 * extent + 2 if n_iter is None else n_iter
+        extents[j] = int(np.ptp(ys[a:b]) + np.ptp(xs[a:b]))
+    own = 2 * extents + 2 if n_iter is None else np.full(starts.size, n_iter, np.int64)
     heat = np.zeros(ys.size, np.float64)
-    for _ in range(n_iter):
-        heat[centres] += 1.0
-        heat = heat[nbr].mean(0)
+    if per_object and np.unique(own).size > 1:
+        steps = np.repeat(own, ends - starts)  # a pixel's object's own number of steps
+        for k in range(int(own.max())):
+            live = steps > k
+            heat[centres[own > k]] += 1.0
+            heat = np.where(live, _neighbour_mean(heat, nbr), heat)
+    else:
+        for _ in range(int(own.max())):
+            heat[centres] += 1.0
+            heat = _neighbour_mean(heat, nbr)
     heat = np.log1p(heat)
     # central differences inside the object; a missing neighbour counts as the pixel itself
     dy = heat[nbr[7]] - heat[nbr[1]]
@@ -126,6 +136,15 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None) -> np.ndarray:
     flows[0, ys, xs] = dy / norm
     flows[1, ys, xs] = dx / norm
     return flows
+
+
+def _neighbour_mean(heat: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """``heat[nbr].mean(0)`` (the same sums, row after row) without the (9, N) temporary."""
+    out = heat[nbr[0]]
+    for k in range(1, len(nbr)):
+        out += heat[nbr[k]]
+    out /= len(nbr)
+    return out
 
 
 def distance_field(objects: np.ndarray) -> np.ndarray:
@@ -240,39 +259,77 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int) -> np.ndarray:
-    """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear."""
+def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int,
+            origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear.
+
+    A point is kept as an integer pixel plus a float32 fraction in [0, 1): the arithmetic never
+    sees where the field lies in the image, so a point's path inside a block (``origin``: the
+    block's corner, for the caller's bookkeeping only) is bit for bit its path in the whole image.
+    Points stay within the field.
+    """
+    del origin  # the paths do not depend on it: that is the point of the integer + fraction form
     h, w = flow.shape[1:]
-    field = torch.from_numpy(np.ascontiguousarray(flow[::-1]))[None]  # grid_sample wants (x, y)
-    pts = torch.from_numpy(np.stack([xs, ys], 1).astype(np.float32))
-    size = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=torch.float32)
-    top = size.clone()
+    # one extra row and column (copies of the last) so the right / lower neighbour always exists;
+    # its weight is 0 where a point sits on the last row or column
+    padded = np.pad(np.asarray(flow, np.float32), ((0, 0), (0, 1), (0, 1)), mode="edge")
+    # (dy, dx) of a pixel as one complex number: one gather fetches both
+    field = torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, 0, -1))).view(torch.complex64)
+    field = field.reshape(-1)
+    row = w + 1
+    iy = torch.from_numpy(np.array(ys, np.int64))  # copies: updated in place below
+    ix = torch.from_numpy(np.array(xs, np.int64))
+    ry = torch.zeros(iy.shape, dtype=torch.float32)  # fractions in [0, 1)
+    rx = torch.zeros(ix.shape, dtype=torch.float32)
+    zero = torch.zeros((), dtype=torch.float32)
     with torch.no_grad():
         for _ in range(n_steps):
-            grid = (pts / size * 2 - 1)[None, None]
-            step = F.grid_sample(field, grid, mode="bilinear", align_corners=True)[0, :, 0].T
-            pts = torch.minimum(torch.clamp(pts + step, min=0), top)
-    return pts.numpy()[:, ::-1]
+            a = iy * row + ix
+            b = a + row
+            v00, v01, v10, v11 = field.take(a), field.take(a + 1), field.take(b), field.take(b + 1)
+            top = v00 + (v01 - v00) * rx
+            step = top + (v10 + (v11 - v10) * rx - top) * ry
+            ry += step.real
+            rx += step.imag
+            cy, cx = torch.floor(ry), torch.floor(rx)
+            ry -= cy
+            rx -= cx
+            iy += cy.long()
+            ix += cx.long()
+            # within the field: below 0 -> 0, at or beyond the last row / column -> on it
+            ry = torch.where((iy < 0) | (iy >= h - 1), zero, ry)
+            rx = torch.where((ix < 0) | (ix >= w - 1), zero, rx)
+            iy.clamp_(0, h - 1)
+            ix.clamp_(0, w - 1)
+    return torch.stack([iy.double() + ry.double(), ix.double() + rx.double()], 1).numpy()
 
 
 def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.ndarray:
     """Cluster id (0 = none) per end point: watershed of the smoothed end-point histogram from its peaks."""
     iy = np.clip(np.rint(ends[:, 0]).astype(np.int64), 0, shape[0] - 1)
     ix = np.clip(np.rint(ends[:, 1]).astype(np.int64), 0, shape[1] - 1)
-    hist = np.bincount(iy * shape[1] + ix, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float32)
-    counts = ndi.uniform_filter(hist, 3, mode="constant") * 9
+    hist = np.bincount(iy * shape[1] + ix, minlength=shape[0] * shape[1]).reshape(shape).astype(np.int32)
+    # the 3x3 sums in integers: exact wherever the plane lies in a larger image (a float running mean
+    # rounds by its history along the line, which a block does not share with the whole image)
+    padded = np.pad(hist, 1)
+    rows = padded[:-2] + padded[1:-1] + padded[2:]
+    counts = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
     peaks = (counts == ndi.maximum_filter(counts, 5, mode="constant")) & (counts >= min_count)
     markers, n = ndi.label(peaks, structure=np.ones((3, 3)))
     if n == 0:
         return np.zeros(len(ends), np.int32)
     region = ndi.binary_dilation(hist > 0, iterations=2)
-    basins = watershed(-counts, markers=markers, mask=region)
+    # equal counts are flooded in raster order (a fraction under 0.5 that grows with the pixel's index):
+    # the flooding then depends on the order of the pixels alone, the same in a block as in the whole
+    # image (watershed's own tie-break depends on its heap, so on everything else in the plane)
+    order = np.arange(counts.size, dtype=np.float64).reshape(shape) * (0.5 / counts.size)
+    basins = watershed(order - counts, markers=markers, mask=region)
     return basins[iy, ix].astype(np.int32)
 
 
 def _flow_errors(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Mean squared difference, per object, between its own flows and the predicted unit flows."""
-    own = flow_field(labels)
+    own = flow_field(labels, per_object=True)
     err = ((own - flow) ** 2).sum(0)
     n = int(labels.max())
     return ndi.mean(err, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
@@ -284,14 +341,16 @@ FLOW_ERROR = 0.8
 
 
 def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 200,
-                 flow_threshold: float | None = FLOW_ERROR, min_size: int = 15) -> np.ndarray:
+                 flow_threshold: float | None = FLOW_ERROR, min_size: int = 15,
+                 origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Instances (Y, X) int32 from raw flow-head outputs (3, Y, X): [fg logit, dy, dx] x FLOW_SCALE.
 
     Foreground = logit > ``threshold``. Every foreground pixel follows the flow
     ``n_steps`` steps; end points cluster at peaks of their histogram; objects
     whose recomputed flows differ from the predicted ones by more than
     ``flow_threshold`` (mean squared, unit vectors; ``None`` skips the check)
-    and objects under ``min_size`` pixels are dropped.
+    and objects under ``min_size`` pixels are dropped. ``origin``: where ``outputs`` lie in a larger
+    image (a block's corner); an object wholly inside the block is then found exactly as in that image.
     """
     out = np.asarray(outputs, np.float32)
     if out.ndim != 3 or out.shape[0] != 3:
@@ -302,7 +361,7 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
         return labels
     flow = out[1:] / FLOW_SCALE * fg
     ys, xs = np.nonzero(fg)
-    ends = _follow(flow, ys.astype(np.float32), xs.astype(np.float32), n_steps)
+    ends = _follow(flow, ys, xs, n_steps, origin)
     labels[ys, xs] = _cluster(ends, fg.shape, min_count=max(3, min_size // 2))
     labels = renumber_objects(_fill_holes(labels), min_size)
     if flow_threshold is not None and labels.any():
@@ -313,14 +372,15 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
 
 
 def decode_distance(outputs: np.ndarray, *, threshold: float = 0.0, seeds: str = "hmax", core: float = 0.5,
-                    h: float = 0.1, min_size: int = 15) -> np.ndarray:
+                    h: float = 0.1, min_size: int = 15, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Instances (Y, X) int32 from raw distance-head outputs (2, Y, X): [fg logit, distance].
 
     Seeds are the h-maxima of the smoothed distance (``seeds="hmax"``, height
     ``h``; h = 0.1 beat cores at 0.4-0.6 and h = 0.2 in benchmarks/instance_heads.py)
     or the connected cores (``seeds="cores"``, distance > ``core``); they grow by watershed
     over the negated distance inside the foreground (logit > ``threshold``).
-    Foreground no seed reaches becomes its own object; small objects are dropped.
+    Foreground no seed reaches becomes its own object; small objects are dropped. Every step works
+    within one connected piece of foreground, so ``origin`` (a block's place) changes nothing.
     """
     out = np.asarray(outputs, np.float32)
     if out.ndim != 3 or out.shape[0] != 2:

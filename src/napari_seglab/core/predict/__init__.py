@@ -4,7 +4,8 @@
 :func:`napari_seglab.core.api.predict_image`). Modules: ``_image`` (whole images), ``_forward``
 (one plane over a tile plan), ``_options`` (prediction settings declared once), ``_stock``
 (torchvision's COCO / VOC models, from a cache only), ``_package`` (bioimage.io model packages), ``_onnx``
-(onnxruntime as a runtime), ``_volume`` (3D objects from a 2D instance network).
+(onnxruntime as a runtime), ``_volume`` (3D objects from a 2D instance network), ``_blocks`` (one 2D image
+block by block, bounded memory).
 """
 
 from ..lazy import lazy_all, lazy_names
@@ -15,6 +16,9 @@ _LAZY = {
     "_forward": ("expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "predict_plane"),
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
+    "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "scaling_sample"),
+    "_large": ("iter_predict_to_zarr",),
+    "_blocks_dask": ("iter_predict_blocks_dask",),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_volume": ("DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",

@@ -42,6 +42,7 @@ from ..labels import is_instance_mode
 from ..models import Checkpoint, CheckpointMeta, DescribedModel, Kind, get_family, load_checkpoint
 from ..settings import check_used
 from ..tiling import ALIGN, check_overlap
+from ._blocks import scaling_sample
 from ._forward import (
     expand_probabilities,
     iter_plane_with_fallback,
@@ -405,7 +406,7 @@ def iter_predict_image(model: LoadedModel, image: np.ndarray, axes: str | None =
             check_stop(stop)  # planes of one tile have no tile loop that would notice
             plane = image[index] if index else image
             raw = to_chw(plane, spec.in_channels)
-            lohi = model.input_scaling(raw)
+            lohi = model.input_scaling(scaling_sample(raw))  # the block-wise path's sample too
             tagged = partial(_tag_plane, plane=pi, planes=len(job.planes))
             if not spec.semantic:  # object and box families: their own tiled prediction
                 (inst, det), current = yield from relay(

@@ -1,0 +1,177 @@
+"""``seglab predict`` on images larger than memory: block by block from a lazy TIFF / OME-Zarr.
+
+Chosen by :func:`wanted` (``--block``, an OME-Zarr input or output, or an image above
+:data:`AUTO_BLOCK_PIXELS`); :func:`run` predicts into OME-Zarr stores (published only when complete)
+or streams TIFF outputs band by band from a hidden scratch store. Ctrl-C closes the core generator,
+and every store being written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..core.errors import InputError
+from .common import EXIT_OK, Status, drive
+
+#: ``seglab predict`` goes block-wise by itself above this many pixels (4096 x 4096): an 8192 x 8192
+#: instance prediction then peaks under 1 GB instead of about 5.9 GB (docs/large-images.md)
+AUTO_BLOCK_PIXELS = 4096 * 4096
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..core.predict._blocks import DEFAULT_BLOCK, DEFAULT_HALO
+
+    p.add_argument("--block", type=int, default=None, metavar="PX",
+                   help=f"predict block by block, PX pixels a side (bounded memory; 256 or more); 0 = never. "
+                        f"Default: {DEFAULT_BLOCK} for OME-Zarr input or output and for images above 4096x4096 "
+                        "pixels, when the model allows it (U-Net / FCN at object scale 1)")
+    p.add_argument("--halo", type=int, default=DEFAULT_HALO, metavar="PX",
+                   help="pixels around a block decoded with it: objects up to about this size are found exactly "
+                        "as in the whole image; a block holding a wider one is decoded again with the halo doubled")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="block by block on N local Dask worker processes (the blocks are tasks; the output is "
+                           "the same as in one process)")
+    dask.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                      help="block by block as tasks of a running Dask scheduler whose workers see the same paths")
+
+
+def is_zarr(path: str | None) -> bool:
+    from ..core.io import is_zarr_path
+
+    return bool(path) and is_zarr_path(path)
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    """True when this prediction should go block by block (checked again against the model in :func:`run`)."""
+    if args.block == 0:
+        if is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
+            raise InputError("--block 0: OME-Zarr input and output are read and written block by block only")
+        return False
+    if args.block or args.workers or args.scheduler or is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
+        return True
+    from ..core.io import probe_tiff
+
+    shape, axes = probe_tiff(args.input)
+    sizes = dict(zip(axes, shape, strict=False))
+    return sizes.get("Y", 1) * sizes.get("X", 1) > AUTO_BLOCK_PIXELS and not set(axes) & set("TZQI")
+
+
+def check_args(args: argparse.Namespace, protect: list[str]) -> None:
+    """Paths of a block-wise run: the input exists, zarr outputs are writable and not inputs."""
+    if args.block is not None and args.block != 0 and args.block < 256:
+        raise InputError(f"--block must be 0 or at least 256 pixels; got {args.block}")
+    if args.halo < 0:
+        raise InputError(f"--halo must be 0 or more pixels; got {args.halo}")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be 1 or more; got {args.workers}")
+    if (args.workers or args.scheduler) and args.block == 0:
+        raise InputError("--workers / --scheduler split the image into blocks: they cannot go with --block 0")
+    if is_zarr(args.input) and not Path(args.input).is_dir():
+        raise InputError(f"--input {args.input}: no such OME-Zarr folder")
+    for flag, path in (("--output", args.output), ("--probabilities", args.probabilities)):
+        if is_zarr(path):
+            final = Path(path).absolute()
+            if not final.parent.is_dir():
+                raise InputError(f"{flag} {path}: folder {final.parent} does not exist")
+            if not os.access(final.parent, os.W_OK):
+                raise InputError(f"{flag} {path}: folder {final.parent} is not writable")
+            if any(Path(p).absolute() == final for p in protect):
+                raise InputError(f"{flag} {path}: output would overwrite the input; choose another name")
+            if final.exists() and not (final / "zarr.json").exists():
+                raise InputError(f"{flag} {path}: exists and is not a zarr store written here; choose another name")
+
+
+def blockable(model, args: argparse.Namespace) -> str | None:
+    """Why this model cannot go block by block (None: it can)."""
+    from ..core.predict._blocks import refusal
+
+    return refusal(model, args.split_instances)
+
+
+def run(args: argparse.Namespace, model, protect: list[str]) -> int:
+    """Predict block by block and write the outputs; returns the exit code."""
+    import numpy as np
+
+    from ..core.events import BlockDone, Message, TileDone
+    from ..core.io import OmeZarrWriter, open_lazy, write_tiff_tiled
+    from ..core.predict._blocks import DEFAULT_BLOCK, iter_predict_blocks
+    from ..core.predict._large import chunk_for, labels_dtype
+
+    if args.boxes:
+        raise InputError("--boxes: not available block by block; predict the whole image (--block 0) for boxes")
+    image = open_lazy(args.input)
+    shape = image.shape[:2]
+    block = int(args.block or DEFAULT_BLOCK)
+    status = Status()
+
+    def handle(event) -> None:
+        if isinstance(event, TileDone):
+            status.transient(f"block {event.plane + 1}/{event.planes}, tile {event.tile}/{event.tiles}")
+        elif isinstance(event, BlockDone):
+            what = "renumbered" if event.stage == "renumber" else "predicted"
+            status.transient(f"{what} block {event.block}/{event.blocks}",
+                             fallback=event.stage != "renumber" or event.block == event.blocks)
+        elif isinstance(event, Message):
+            status.message(event)
+
+    status.line(f"predicting {args.input} ({shape[0]}x{shape[1]}) in {block}px blocks")
+    attrs = {"source": str(args.input), "block": block, "halo": int(args.halo)}
+    with ExitStack() as stack:
+        def store(path, store_shape, dtype, name):
+            final = path if is_zarr(path) else f"{path}.scratch.zarr"  # a TIFF is streamed from a scratch store
+            return stack.enter_context(OmeZarrWriter(final, store_shape, dtype, chunk=chunk_for(block),
+                                                     pixel_size=image.pixel_size, protect=protect, name=name))
+
+        labels = store(args.output, shape, labels_dtype(shape), "labels")
+        probs = None
+        if args.probabilities:
+            k = 2 if model.spec.has_regression_head else max(2, model.spec.n_classes)
+            probs = store(args.probabilities, (k, *shape), np.float32, "probabilities")
+        if args.workers or args.scheduler:
+            result = _run_dask(args, model, block, labels, probs, handle, stack)
+        else:
+            result = drive(iter_predict_blocks(model, image.read, shape, labels.array,
+                                               probabilities_out=None if probs is None else probs.array,
+                                               block=block, halo=args.halo, tile=args.tile or None,
+                                               overlap=args.overlap, tta=args.tta), handle)
+        counted = f"{result.objects} objects, {result.crossing} across block faces" if result.kind.value != \
+            "semantic" else f"{result.objects} classes"
+        top = result.objects if result.kind.value != "semantic" else max(2, model.spec.n_classes)
+        for writer, path in ((labels, args.output), (probs, args.probabilities)):
+            if writer is None:
+                continue
+            if is_zarr(path):
+                writer.finish({**attrs, "objects": result.objects, "crossing": result.crossing,
+                               "merged": result.merged, "kind": result.kind.value})
+            else:
+                dtype = np.float32 if writer is probs else np.uint16 if top <= 65535 else np.uint32
+                write_tiff_tiled(path, writer.array, dtype, protect=protect)
+        status.line(f"predicted {args.input} ({result.kind.value}; {counted}; {result.blocks} blocks)")
+    print(f"labels written to {args.output} (shape {shape})")
+    if args.probabilities:
+        print(f"probabilities written to {args.probabilities}")
+    return EXIT_OK
+
+
+def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle, stack: ExitStack):
+    """The blocks as tasks of a Dask cluster (local workers or ``--scheduler``); returns the BlockResult."""
+    from ..core.batch._dask import open_client
+    from ..core.batch._task import usable_cpus
+    from ..core.predict import iter_predict_blocks_dask
+
+    client, cluster, where, processes = open_client(args.workers, args.scheduler, 1, args.device)
+    stack.callback(client.close)
+    if cluster is not None:
+        stack.callback(cluster.close)
+    n = len(client.nthreads()) or 1
+    threads = max(1, usable_cpus() // n) if cluster is not None and processes else 0
+    Status().line(f"block tasks {where}")
+    return drive(iter_predict_blocks_dask(
+        client, model, str(Path(args.model).absolute()), str(Path(args.input).absolute()), str(labels.tmp / "0"),
+        probabilities_path=None if probs is None else str(probs.tmp / "0"), block=block, halo=args.halo,
+        tile=args.tile or None, overlap=args.overlap, device=args.device, runtime=args.runtime, tta=args.tta,
+        threads=threads), handle)

@@ -1,0 +1,96 @@
+"""``seglab predict`` block by block: OME-Zarr and TIFF in and out, the whole image's labels, bad input refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_seglab.cli import main
+from napari_seglab.core.io import OmeZarrWriter, open_lazy
+from napari_seglab.core.synthetic import make_nuclei
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    img, _ = make_nuclei((300, 420), seed=3)
+    path = tmp_path_factory.mktemp("blocks") / "img.tif"
+    tifffile.imwrite(path, img, tile=(128, 128))
+    return path, img
+
+
+def predict(model, src, out, *extra):
+    return main(["predict", "--model", str(model), "--input", str(src), "--output", str(out), "--tile", "64",
+                 "--device", "cpu", "--runtime", "torch", *extra])
+
+
+def test_blocked_outputs_equal_the_whole_image_in_tiff_and_ome_zarr(random_unet, image, tmp_path, capsys):
+    src, img = image
+    assert predict(random_unet, src, tmp_path / "whole.tif", "--block", "0") == 0
+    whole = tifffile.imread(tmp_path / "whole.tif")
+    assert predict(random_unet, src, tmp_path / "blocks.tif", "--block", "256") == 0
+    err = capsys.readouterr().err
+    assert "in 256px blocks" in err and "predicted block 4/4" in err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "blocks.tif"), whole)
+    out = tmp_path / "labels.ome.zarr"
+    assert predict(random_unet, src, out, "--block", "256", "--probabilities", str(tmp_path / "p.ome.zarr")) == 0
+    np.testing.assert_array_equal(open_lazy(out).load(), whole)
+    assert open_lazy(tmp_path / "p.ome.zarr").shape == (300, 420, 2)
+    # an OME-Zarr input, blocks by default
+    zin = tmp_path / "img.ome.zarr"
+    with OmeZarrWriter(zin, img.shape, img.dtype, chunk=128, name="image") as w:
+        w.array[...] = img
+        w.finish()
+    assert predict(random_unet, zin, tmp_path / "from_zarr.tif", "--block", "256") == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_zarr.tif"), whole)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch store left
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    (["--block", "100"], "at least 256"),
+    (["--halo", "-1"], "--halo"),
+    (["--boxes", "b.csv"], "--boxes: not available block by block"),
+])
+def test_bad_block_options_are_refused_before_any_write(random_unet, image, tmp_path, capsys, extra, reason):
+    src, _ = image
+    extra = [str(tmp_path / e) if e.endswith(".csv") else e for e in extra]
+    assert predict(random_unet, src, tmp_path / "out.ome.zarr", *extra) == 2
+    assert reason in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_zarr_output_over_the_zarr_input_is_refused(random_unet, tmp_path, capsys):
+    zin = tmp_path / "img.ome.zarr"
+    with OmeZarrWriter(zin, (64, 64), np.uint16, chunk=64) as w:
+        w.finish()
+    assert predict(random_unet, zin, zin) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+
+
+def test_two_local_dask_workers_give_the_same_labels(random_unet, image, tmp_path, capsys):
+    src, _ = image
+    assert predict(random_unet, src, tmp_path / "one.ome.zarr", "--block", "256") == 0
+    assert predict(random_unet, src, tmp_path / "two.ome.zarr", "--block", "256", "--workers", "2") == 0
+    assert "block tasks on a local Dask cluster of 2 worker processes" in capsys.readouterr().err
+    np.testing.assert_array_equal(open_lazy(tmp_path / "two.ome.zarr").load(), open_lazy(tmp_path / "one.ome.zarr").load())
+
+
+def test_ctrl_c_between_blocks_leaves_no_output_and_no_hidden_store(random_unet, image, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src, _ = image
+    out = tmp_path / "labels.ome.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_seglab.cli", "predict", "--model", str(random_unet),
+                             "--input", str(src), "--output", str(out), "--block", "256", "--tile", "64",
+                             "--device", "cpu", "--runtime", "torch"], stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait for the first block, then interrupt
+        if "predicted block 1/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    assert list(tmp_path.iterdir()) == []
