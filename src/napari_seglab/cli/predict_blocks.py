@@ -53,6 +53,10 @@ def wanted(args: argparse.Namespace) -> bool:
         return False
     if args.block or args.workers or args.scheduler or is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
         return True
+    # automatic only for a plain TIFF read as it is: microscope files, a scene / channel / axes / pixel-size
+    # choice and 3D objects go through the whole-image path, which honours them
+    if Path(args.input).suffix.lower() not in (".tif", ".tiff") or _reading_choices(args):
+        return False
     from ..core.io import probe_tiff
 
     shape, axes = probe_tiff(args.input)
@@ -60,8 +64,21 @@ def wanted(args: argparse.Namespace) -> bool:
     return sizes.get("Y", 1) * sizes.get("X", 1) > AUTO_BLOCK_PIXELS and not set(axes) & set("TZQI")
 
 
+def _reading_choices(args: argparse.Namespace) -> list[str]:
+    """The options of this run that the block-wise path does not honour (yet)."""
+    named = [f"--{name.replace('_', '-')}" for name in ("scene", "channel", "axes", "pixel_size")
+             if getattr(args, name, None) is not None]
+    return named + (["--3d"] if getattr(args, "volume", False) else [])
+
+
 def check_args(args: argparse.Namespace, protect: list[str]) -> None:
     """Paths of a block-wise run: the input exists, zarr outputs are writable and not inputs."""
+    chosen = _reading_choices(args)
+    explicit = args.block or args.workers or args.scheduler or any(
+        is_zarr(p) for p in (args.input, args.output, args.probabilities))
+    if chosen and explicit:
+        raise InputError(f"{', '.join(chosen)}: not available block by block yet; predict the whole image "
+                         "(a TIFF input and output, without --block, --workers or --scheduler)")
     if args.block is not None and args.block != 0 and args.block < 256:
         raise InputError(f"--block must be 0 or at least 256 pixels; got {args.block}")
     if args.halo < 0:
