@@ -22,7 +22,7 @@ AUTO_BLOCK_PIXELS = 4096 * 4096
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.predict._blocks import DEFAULT_BLOCK, DEFAULT_HALO
+    from ..core.predict import DEFAULT_BLOCK, DEFAULT_HALO
 
     p.add_argument("--block", type=int, default=None, metavar="PX",
                    help=f"predict block by block, PX pixels a side (bounded memory; 256 or more); 0 = never. "
@@ -104,7 +104,7 @@ def check_args(args: argparse.Namespace, protect: list[str]) -> None:
 
 def blockable(model, args: argparse.Namespace) -> str | None:
     """Why this model cannot go block by block (None: it can)."""
-    from ..core.predict._blocks import refusal
+    from ..core.predict import refusal
 
     return refusal(model, args.split_instances)
 
@@ -115,8 +115,7 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
 
     from ..core.events import BlockDone, Message, TileDone
     from ..core.io import OmeZarrWriter, open_lazy, write_tiff_tiled
-    from ..core.predict._blocks import DEFAULT_BLOCK, iter_predict_blocks
-    from ..core.predict._large import chunk_for, labels_dtype
+    from ..core.predict import DEFAULT_BLOCK, chunk_for, iter_predict_blocks, labels_dtype
 
     if args.boxes:
         raise InputError("--boxes: not available block by block; predict the whole image (--block 0) for boxes")
@@ -176,8 +175,7 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
 
 def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle, stack: ExitStack):
     """The blocks as tasks of a Dask cluster (local workers or ``--scheduler``); returns the BlockResult."""
-    from ..core.batch._dask import open_client
-    from ..core.batch._task import usable_cpus
+    from ..core.batch import open_client, usable_cpus
     from ..core.predict import iter_predict_blocks_dask
 
     client, cluster, where, processes = open_client(args.workers, args.scheduler, 1, args.device)

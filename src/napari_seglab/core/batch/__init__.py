@@ -6,6 +6,7 @@ worker runs it), ``_dask`` (local clusters and schedulers), ``_manifest`` (the r
 ``_outputs`` (output names, object tables).
 """
 
+from ._dask import open_client
 from ._manifest import (
     MANIFEST_COLUMNS,
     ManifestWriter,
@@ -17,8 +18,9 @@ from ._manifest import (
 )
 from ._outputs import measure_labels, object_columns
 from ._run import iter_run_batch
+from ._task import usable_cpus
 
 __all__ = [
     "MANIFEST_COLUMNS", "ManifestWriter", "iter_run_batch", "join_outputs", "measure_labels",
-    "object_columns", "quote_name", "read_manifest", "split_outputs", "unquote_name",
+    "object_columns", "open_client", "quote_name", "read_manifest", "split_outputs", "unquote_name", "usable_cpus",
 ]

@@ -9,15 +9,15 @@ block by block, bounded memory).
 """
 
 from ..lazy import lazy_all, lazy_names
-from ._options import BatchOptions, ModelRunOptions, PredictOptions
+from ._options import DEFAULT_BLOCK, DEFAULT_HALO, BatchOptions, ModelRunOptions, PredictOptions
 
 #: the names that need torch, by module (imported on first use: the CLI's options need only _options)
 _LAZY = {
     "_forward": ("expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "predict_plane"),
     "_image": ("LoadedModel", "Prediction", "iter_predict_image", "labels_from_probabilities", "load_model",
                "wrap_model"),
-    "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "scaling_sample"),
-    "_large": ("iter_predict_to_zarr",),
+    "_blocks": ("BlockGrid", "BlockResult", "iter_predict_blocks", "refusal", "scaling_sample"),
+    "_large": ("chunk_for", "iter_predict_to_zarr", "labels_dtype"),
     "_blocks_dask": ("iter_predict_blocks_dask",),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
     "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
@@ -26,5 +26,5 @@ _LAZY = {
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
-__all__ = ["BatchOptions", "ModelRunOptions", "PredictOptions"]
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_HALO", "BatchOptions", "ModelRunOptions", "PredictOptions"]
 __all__ += lazy_all(_LAZY)

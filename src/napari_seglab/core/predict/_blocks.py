@@ -32,14 +32,13 @@ from ..errors import InputError
 from ..events import BlockDone, Message, Stopped, TileDone, check_stop
 from ..models import Kind
 from ..tiling import ALIGN, TilePlan, check_overlap, window
+from ._options import DEFAULT_BLOCK, DEFAULT_HALO  # torch-free, for the command line's options
 
 #: percentiles are taken over the whole plane up to this many pixels, else over a grid of
 #: SAMPLE_WINDOW-sized windows holding about as many (16 windows of 512 x 512)
 SAMPLE_PIXELS = 2**22
 SAMPLE_WINDOW = 512
 #: block side (pixels) and instance halo: a flows block of 1024 + 2 x 128 decodes in about 0.3 GB
-DEFAULT_BLOCK = 1024
-DEFAULT_HALO = 128
 #: tile side of the blocked path when none is given (the whole-image path then needs the same --tile)
 DEFAULT_BLOCK_TILE = 512
 #: a block whose core holds an object cut by the halo's edge is decoded again with the halo doubled,

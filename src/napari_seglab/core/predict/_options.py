@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..settings import check_fields, setting
 
+#: block-wise prediction (``_blocks``): the block side and the halo decoded around it, in pixels; here,
+#: without torch, for the command line's options
+DEFAULT_BLOCK = 1024
+DEFAULT_HALO = 128
 
 def _dense(card) -> bool:
     """Families whose network gives a value per pixel (U-Net, FCN): what flips, splitting and probabilities need."""
