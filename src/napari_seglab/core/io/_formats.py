@@ -29,6 +29,7 @@ from ._tiff import (
     ImageData,
     _codec_hint,
     _in_um,
+    _ome_sizes,
     _quiet_tifffile,
     check_declared_size,
     file_axes,
@@ -156,28 +157,6 @@ def _choose(count: int, scene: int | str | None, path, what: str, names: list[st
 # ----------------------------------------------------------------------------- OME-TIFF
 
 
-def _ome_image_sizes(xml: str, index: int) -> dict[str, float]:
-    """{"X", "Y", "Z": µm} of the ``index``-th Image of OME-XML; {} when it says nothing."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return {}
-    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
-    if index >= len(images):
-        return {}
-    pixels = next((el for el in images[index] if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
-        return {}
-    sizes = {}
-    for axis in "XYZ":
-        size = _in_um(pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if size is not None:
-            sizes[axis] = size
-    return sizes
-
-
 def _read_tiff(path: Path, scene: int | str | None) -> _Scene:
     """One series of a (multi-series, maybe pyramidal) TIFF: its full-resolution level."""
     import tifffile
@@ -190,7 +169,7 @@ def _read_tiff(path: Path, scene: int | str | None) -> _Scene:
         check_declared_size(path, level.shape, level.dtype)
         data = level.asarray()
         if tif.is_ome and tif.ome_metadata:
-            sizes = _ome_image_sizes(tif.ome_metadata, index)
+            sizes = _ome_sizes(tif.ome_metadata, index)
         else:
             sizes = file_pixel_sizes(tif)
         return _Scene(data, level.axes, sizes)

@@ -239,15 +239,18 @@ def _in_um(value, unit) -> float | None:
     return size
 
 
-def _ome_sizes(xml: str) -> dict[str, float]:
-    """{"X": µm, "Y": µm, "Z": µm} from the first image of OME-XML (the sizes it declares)."""
+def _ome_sizes(xml: str, index: int = 0) -> dict[str, float]:
+    """{"X": µm, "Y": µm, "Z": µm} that the ``index``-th Image of OME-XML declares; {} when it says nothing."""
     import xml.etree.ElementTree as ET
 
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return {}
-    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
+    if index >= len(images):
+        return {}
+    pixels = next((el for el in images[index] if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None:
         return {}
     sizes = {}

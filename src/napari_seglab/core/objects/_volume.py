@@ -27,7 +27,7 @@ from skimage.segmentation import watershed
 
 from ..errors import InputError, check_label_image
 from ._flows import FLOW_SCALE
-from ._instances import instances_from_probabilities, renumber_objects
+from ._instances import _add_unseeded, instances_from_probabilities, renumber_objects
 
 #: how 3D boundary probabilities become objects: "seeds" (:func:`decode_boundary_3d`) or "2d-rules"
 #: (:func:`~napari_seglab.core.objects._instances.instances_from_probabilities`, the 2D decoder run in 3D)
@@ -169,10 +169,7 @@ def decode_distance_3d(outputs: np.ndarray, *, threshold: float = 0.0, h: float 
     dist = ndi.gaussian_filter(out[1], 1.0) * fg
     markers, _ = ndi.label(h_maxima(dist, h) & fg, structure=np.ones((3, 3, 3)))
     labels = watershed(-dist, markers=markers, mask=fg)
-    rest, n = ndi.label(fg & (labels == 0))
-    if n:
-        labels = np.where(rest > 0, rest + labels.max(), labels)
-    return renumber_objects(labels, min_size)
+    return renumber_objects(_add_unseeded(labels, fg), min_size)
 
 
 def decode_boundary_3d(probs: np.ndarray, *, h: float = 2.0, min_size: int = 30) -> np.ndarray:
@@ -191,10 +188,7 @@ def decode_boundary_3d(probs: np.ndarray, *, h: float = 2.0, min_size: int = 30)
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(core).astype(np.float32), 1.0)
     markers, _ = ndi.label(h_maxima(dist, h) & core, structure=np.ones((3, 3, 3)))
     labels = watershed(-dist, markers=markers, mask=fg)
-    rest, n = ndi.label(fg & (labels == 0))
-    if n:
-        labels = np.where(rest > 0, rest + labels.max(), labels)
-    return renumber_objects(labels, min_size)
+    return renumber_objects(_add_unseeded(labels, fg), min_size)
 
 
 def decode_volume(outputs: np.ndarray, head: str, *, min_size: int = 30, n_steps: int = 200) -> np.ndarray:

@@ -254,14 +254,10 @@ class _Job:
     note: str | None = None
 
 
-def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int | None, overlap: float,
-              planes: Sequence[tuple[int, ...]] | None, memory_budget: float | None,
-              pixel_size: Sequence[float] | None = None) -> _Job:
-    """Check the request against the model and the image (InputError on a mismatch); choose the tile."""
+def image_axes(spec, image: np.ndarray, axes: str | None) -> tuple[str, tuple[int, ...]]:
+    """(axes, spatial shape) of an image for a model of ``spec``: axes guessed when None, the channels checked."""
     from ..io import guess_axes
 
-    spec = model.spec
-    check_overlap(overlap)
     if axes is None:
         axes = guess_axes(image.shape, rgb=spec.in_channels > 1 and image.ndim >= 3 and image.shape[-1] == spec.in_channels)
     if len(axes) != image.ndim:
@@ -271,7 +267,16 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
     if channels != spec.in_channels:
         raise InputError(f"the model was trained on {spec.in_channels}-channel images but this image has "
                          f"{channels} channel(s)")
-    spatial = image.shape[:-1] if has_c else image.shape
+    return axes, (image.shape[:-1] if has_c else image.shape)
+
+
+def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int | None, overlap: float,
+              planes: Sequence[tuple[int, ...]] | None, memory_budget: float | None,
+              pixel_size: Sequence[float] | None = None) -> _Job:
+    """Check the request against the model and the image (InputError on a mismatch); choose the tile."""
+    spec = model.spec
+    check_overlap(overlap)
+    axes, spatial = image_axes(spec, image, axes)
     ysize, xsize = spatial[-2], spatial[-1]
     # every family sees planes resampled by the checkpoint's object scale, as it trained (tiles are in its pixels)
     # an image of another pixel size is resampled further, so its objects reach the network at the trained size
@@ -279,7 +284,7 @@ def _plan_job(model: LoadedModel, image: np.ndarray, axes: str | None, tile: int
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         out_ch = spec.out_channels if spec.has_regression_head or spec.out_channels == 1 else spec.n_classes
-        tile = auto_tile(scaled_shape((ysize, xsize), scale), spec.family, budget, channels, out_ch)
+        tile = auto_tile(scaled_shape((ysize, xsize), scale), spec.family, budget, spec.in_channels, out_ch)
     tile = max(ALIGN, int(tile))
     if model.max_tile:  # a package of fixed input size
         tile = min(tile, model.max_tile)

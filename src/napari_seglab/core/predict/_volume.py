@@ -39,7 +39,14 @@ from ..labels import is_instance_mode
 from ..models import Kind
 from ..tiling import ALIGN, check_overlap
 from ._forward import iter_plane_with_fallback
-from ._image import LoadedModel, Prediction, auto_tile, device_memory_budget, iter_predict_image
+from ._image import (
+    LoadedModel,
+    Prediction,
+    auto_tile,
+    device_memory_budget,
+    image_axes,
+    iter_predict_image,
+)
 
 METHODS = ("auto", "orthogonal", "linked")
 #: the method :func:`iter_predict_volume` uses unless told: "auto" picks by head (:data:`AUTO_METHOD`)
@@ -199,8 +206,6 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     (stacks not finished stay 0). ``pixel_size``: the image's µm per pixel ((z, y, x) or (y, x)); an
     image at another lateral pixel size than the model's is resampled to it, as in 2D.
     """
-    from ..io import guess_axes
-
     if method not in METHODS:
         raise InputError(f"unknown 3D method {method!r}; choose one of {', '.join(METHODS)}")
     anisotropy = check_anisotropy(anisotropy)
@@ -210,19 +215,11 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
         method = AUTO_METHOD[head]
     image = check_image_values(np.asarray(image))
     spec = model.spec
-    if axes is None:
-        axes = guess_axes(image.shape, rgb=spec.in_channels > 1 and image.ndim >= 3 and image.shape[-1] == spec.in_channels)
-    if len(axes) != image.ndim:
-        raise InputError(f"axes {axes!r} do not match an image of shape {image.shape}")
+    axes, spatial = image_axes(spec, image, axes)
     if "Z" not in axes:
         raise InputError(f"3D objects need a Z axis; this image's axes are {axes} "
                          "(T is time and stays plane by plane)")
     has_c = "C" in axes
-    channels = image.shape[-1] if has_c else 1
-    if channels != spec.in_channels:
-        raise InputError(f"the model was trained on {spec.in_channels}-channel images but this image has "
-                         f"{channels} channel(s)")
-    spatial = image.shape[:-1] if has_c else image.shape
     labels = np.zeros(spatial, np.int32)
     times = [(t,) for t in range(image.shape[0])] if axes.startswith("T") else [()]
     stack_axes = axes[1:] if times != [()] else axes
