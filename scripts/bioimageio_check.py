@@ -11,6 +11,7 @@ as ``seglab predict --model``. Any failure stops the run with exit code 1.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,15 +47,26 @@ def run(cmd: list[str]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="keep the models and packages here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the models and packages here (without it they go to a temporary folder, "
+                             "removed at the end: about 1 GB)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these cases")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     seglab, bioimageio = str(bin_dir / "seglab"), str(bin_dir / "bioimageio")
     out = args.out or Path(tempfile.mkdtemp(prefix="seglab-bioimageio-"))
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        check(out, args.only, seglab, bioimageio)
+    finally:
+        if args.out is None:
+            shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+def check(out: Path, only: list[str] | None, seglab: str, bioimageio: str) -> None:
     for name, options in CASES:
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         t0 = time.perf_counter()
         labels = [] if "--labels" in options else ["--labels", str(SAMPLE / "nuclei_train_instances.tif")]
@@ -68,7 +80,6 @@ def main() -> int:
              "--output", str(out / f"{name}_labels.tif")])
         print(f"{name}: {verdict}; bioimageio test passed; seglab predict ran the package "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
