@@ -75,7 +75,8 @@ def test_two_local_dask_workers_give_the_same_labels(random_unet, image, tmp_pat
     np.testing.assert_array_equal(open_lazy(tmp_path / "two.ome.zarr").load(), open_lazy(tmp_path / "one.ome.zarr").load())
 
 
-def test_ctrl_c_between_blocks_leaves_no_output_and_no_hidden_store(random_unet, image, tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_between_blocks_leaves_no_output_and_no_hidden_store(random_unet, image, tmp_path, signum, code):
     import os
     import signal
     import subprocess
@@ -89,8 +90,9 @@ def test_ctrl_c_between_blocks_leaves_no_output_and_no_hidden_store(random_unet,
                              "--device", "cpu", "--runtime", "torch"], stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stderr:  # wait for the first block, then interrupt
         if "predicted block 1/" in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.Signals(signum))
             break
-    proc.stderr.read()
-    assert proc.wait(timeout=120) == 130
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == code
+    assert "no partial files were written" in rest
     assert list(tmp_path.iterdir()) == []

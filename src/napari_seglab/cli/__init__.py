@@ -7,16 +7,20 @@ the shared checks and the progress line live in :mod:`.common`.
 
 Exit codes: 0 success; 1 unexpected failure (``--debug`` shows the
 traceback); 2 bad input (one line ``seglab: error: <reason>`` on stderr);
-3 some files of a batch failed; 130 interrupted (Ctrl-C). Outputs are written
-atomically, so an interrupted run never leaves a half-written file, and no
-command writes over one of its input files.
+3 some files of a batch failed; 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM, as a cluster scheduler or ``kill`` sends it). Outputs are written
+atomically and both signals unwind the run, so a stopped run never leaves a
+half-written file or a hidden temporary one, and no command writes over one of
+its input files.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -27,7 +31,7 @@ from . import evaluate as _evaluate
 from . import predict as _predict
 from . import train as _train
 from .batch import cmd_batch
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_common
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, add_common
 from .evaluate import cmd_evaluate, cmd_export, cmd_info
 from .predict import cmd_predict
 from .train import cmd_train
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``seglab`` command (one sub-parser per command)."""
     parser = argparse.ArgumentParser(
         prog="seglab", description="Train, apply and evaluate microscopy segmentation models (napari-seglab).",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 some batch files failed, 130 interrupted.")
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 some batch files failed, 130 interrupted, "
+               "143 terminated (SIGTERM).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -97,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     started = time.monotonic()
     try:
-        return int(args.func(args) or EXIT_OK)
+        with _sigterm_unwinds():
+            return int(args.func(args) or EXIT_OK)
     except InputError as exc:
         _error(exc)
         return EXIT_USAGE
@@ -105,16 +111,44 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         _error(f"{where}{exc.strerror or exc}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        fresh_line = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
-        print(f"{fresh_line}seglab: interrupted after {time.monotonic() - started:.0f} s; no partial files were "
-              "written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        fresh_line = "\n" if sys.stderr.isatty() and not terminated else ""  # after the terminal's ^C
+        print(f"{fresh_line}seglab: {'terminated' if terminated else 'interrupted'} after "
+              f"{time.monotonic() - started:.0f} s; no partial files were written", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except SeglabError as exc:
         _error(exc)
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the last line of defence of a command-line tool
         return _unexpected(exc, args.debug)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run unwinds as it does on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While a command runs, SIGTERM raises :class:`_Terminated` instead of killing the process.
+
+    Killed outright, a process leaves its atomic writers' temporary files behind (a block-wise
+    prediction holds a hidden ``.NAME.tmp-*`` store for its whole run). Only the default action is
+    replaced, only from the main thread, and the previous handler comes back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def _raise(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _unexpected(exc: Exception, debug: bool) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 from ..core.errors import InputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_FILES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: the shell's code for a process ended by SIGTERM (128 + 15): a scheduler's or `kill`'s stop
+EXIT_TERMINATED = 143
 
 
 class Status:
