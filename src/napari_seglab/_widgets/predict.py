@@ -17,17 +17,18 @@ from .. import _layers
 from .._colors import prediction_kind
 from ..core.device import DEVICES
 from ..core.errors import InputError
-from ..core.events import Message, TileDone
+from ..core.events import BlockDone, Message, TileDone
 from ..core.models import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.objects import paint_next
 from ..core.predict import (
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
     STOCK,
     LoadedModel,
     Prediction,
     PredictOptions,
     is_package,
     iter_predict,
-    load_model,
     load_package,
     package_summary,
     stock_available,
@@ -35,7 +36,15 @@ from ..core.predict import (
 )
 from ..core.settings import settings_of
 from . import _common as ui
-from . import _layout
+from . import _layout, _lazy
+from ._predict_blocks import (
+    colors_for,
+    load_predictor,
+    predict_to_store,
+    result_text,
+    show_probability_store,
+    show_store,
+)
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -64,19 +73,7 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     ``plane`` when only that plane was predicted): the GUI thread only shows
     them.
     """
-    if cached is not None:
-        model = cached
-    elif str(checkpoint.path).startswith("stock:"):
-        from ..core.predict import load_stock
-
-        model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
-                           in_channels=checkpoint.spec.in_channels)
-    elif is_package(checkpoint.path or ""):  # a bioimage.io package: its metadata came from the file itself
-        model = load_model(checkpoint.path, device)
-    else:
-        model = load_model(checkpoint, device)
-    if cached is None:
-        yield Message(f"model loaded on {model.device}")
+    model = yield from load_predictor(checkpoint, cached, device)
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
     prediction = yield from iter_predict(model, image, axes, stop=stop,
@@ -130,6 +127,13 @@ class PredictWidget(Container):
     boxes. "Correct this prediction" copies the labels into an editable
     ``"<image> corrected"`` layer and sets the Train widget up to fine-tune
     this model on it.
+
+    A multiscale layer, a layer backed by dask / zarr (not numpy) or one
+    larger than 4096x4096 pixels goes block by block (U-Net / FCN at object
+    scale 1): its full-resolution level is read one block window at a time,
+    the labels go to the OME-Zarr of the "output" field (a temporary folder
+    when it is empty) and come back as a lazy Labels layer of the store's
+    levels. Progress follows the blocks; Stop leaves no store behind.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -145,6 +149,8 @@ class PredictWidget(Container):
         self._launch = None  # starts the job once the output layers exist
         self._started = 0.0
         self.last_prediction: Prediction | None = None
+        self._scratch: list = []  # this dock's temporary folder for block-wise outputs, once made
+        self._blocks: Path | None = None  # the store a block-wise run writes, while it runs
 
         self._file = ui.file_picker("model file", "r", "*.pt *.zip *.yaml",
                                     tooltip="a checkpoint written by SegLab training, or a bioimage.io model package "
@@ -180,6 +186,12 @@ class PredictWidget(Container):
                                          "(of the plane shown)")
         self._threshold = FloatSpinBox(label=opt["score_threshold"].label, value=0.5, min=0.0, max=1.0, step=0.05,
                                        tooltip=opt["score_threshold"].text + "; changing it re-filters the boxes")
+        self._output = ui.file_picker("output (OME-Zarr)", "w", "*.zarr",
+                                      tooltip="large or lazy layers (multiscale, dask / zarr, above 4096x4096 "
+                                              "px) are predicted block by block into this OME-Zarr; empty = "
+                                              "a temporary folder")
+        self._block = SpinBox(label="block (px)", value=0, min=0, max=16384, step=256,
+                              tooltip=f"block side for large or lazy layers; 0 = {DEFAULT_BLOCK}")
         self._controls = ui.RunControls("Predict", self._on_predict, self._on_stop)
         self._correct = PushButton(text="Correct this prediction", enabled=False,
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
@@ -189,9 +201,10 @@ class PredictWidget(Container):
                                     self._pixel, self._anisotropy],
                           [self._only_plane, self._volume, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
-        ui.align_labels([model, options])
-        self._inputs = [model, options]
-        settings = _layout.Scrolled([model, options])
+        large = ui.form("Large images", [self._output, self._block])
+        ui.align_labels([model, options, large])
+        self._inputs = [model, options, large]
+        settings = _layout.Scrolled([model, options, large])
         super().__init__(widgets=[_layout.dock_body([settings, self._controls, self._correct])], labels=False)
         self.margins = (0, 0, 0, 0)
         self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
@@ -268,6 +281,18 @@ class PredictWidget(Container):
         layer = self._image.value
         if layer is None:
             raise InputError("no image layer: open an image first")
+        if _lazy.wants_blocks(layer):
+            from ..core.predict import refusal
+
+            why = refusal(checkpoint, self._split.value)
+            lazy = _lazy.lazy_image(layer, checkpoint.spec.in_channels) if why is None and not self._volume.value else None
+            if lazy is not None:
+                self._start_blocks(checkpoint, layer, lazy)
+                return
+            if not _lazy.fits_whole(layer):
+                raise InputError(f"layer {layer.name!r} is too large to predict whole, and "
+                                 + (why or "block by block takes one 2D image (no Z or T stack, no 3D objects)"))
+            # a small lazy layer that cannot go block by block (a stack, Mask R-CNN...): read whole
         image, axes = _layers.image_from_layer(layer, channels=checkpoint.spec.in_channels)
         shown = _layers.current_plane(self._viewer, layer, axes)
         plane = shown if self._only_plane.value else ()
@@ -310,6 +335,53 @@ class PredictWidget(Container):
             on_done=lambda: self._set_busy(False))
         self._reserve_next()  # the labels layer now, the maps in later turns of the event loop, then the job
 
+    def _start_blocks(self, checkpoint: Checkpoint, layer, image) -> None:
+        """Predict a lazy / multiscale / large layer block by block into an OME-Zarr (never loaded whole)."""
+        pixel = float(self._pixel.value)
+        if pixel:
+            image.pixel_size = (pixel, pixel)
+        path = _lazy.output_path(ui.path_or_none(self._output), layer.name, self._scratch)
+        options = {"block": int(self._block.value or DEFAULT_BLOCK), "halo": DEFAULT_HALO,
+                   "tile": self._tile.value or None, "overlap": float(self._overlap.value), "tta": self._tta.value,
+                   "split_instances": self._split.value,
+                   "probabilities": _lazy.probabilities_path(path) if self._probabilities.value else None}
+        key = (self._checkpoint_key, self._device.value)
+        cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
+        device, protect = self._device.value, _lazy.source_paths(layer)
+        self._target = (layer, (), key)
+        self._blocks = path
+        self._started = time.monotonic()
+        self._controls.set_fraction(0)
+        h, w = image.shape[:2]
+        self._controls.say(f"predicting {h}x{w} block by block into {path}")
+        self._set_busy(True)
+        self._slot.start(
+            lambda stop: predict_to_store(checkpoint, cached, device, image, path, options, stop, protect),
+            on_event=self._on_event, on_result=self._on_store_result, on_error=self._on_error,
+            on_done=lambda: self._set_busy(False))
+
+    def _on_store_result(self, value) -> None:
+        model, result = value
+        layer, _plane, key = self._target
+        path, self._blocks = self._blocks, None
+        self._model_cache = (key, model)
+        self.last_prediction = None  # nothing in memory to correct
+        if result.stopped:
+            self._controls.say("stopped: nothing was written")
+            return
+        if layer not in self._viewer.layers:
+            self._controls.say(f"done: the image layer was closed; the labels are in {path}")
+            return
+        show_store(self._viewer, path, f"{layer.name} labels", layer, colors=colors_for(model, result))
+        probabilities = _lazy.probabilities_path(path)
+        if self._probabilities.value and probabilities.exists():
+            show_probability_store(self._viewer, probabilities, layer.name, layer)
+        skipped = [name for name, on in (("uncertainty map", self._uncertainty.value),
+                                         ("paint-next boxes", self._suggest.value)) if on]
+        note = f"; no {' or '.join(skipped)} block by block" if skipped else ""
+        self._controls.set_fraction(1.0)
+        self._controls.say(result_text(result, time.monotonic() - self._started, path) + note)
+
     def _reserve_next(self) -> None:
         """Create one pending output layer and let the viewer repaint; once all exist, start the job.
 
@@ -341,6 +413,7 @@ class PredictWidget(Container):
         self._placeholders = []
 
     def _on_error(self, exc: BaseException) -> None:
+        self._blocks = None
         self._drop_placeholders()
         self._controls.say(error_text(exc))
 
@@ -360,7 +433,15 @@ class PredictWidget(Container):
         self._correct.enabled = not busy and last is not None and not last.stopped and not last.kind.boxes
 
     def _on_event(self, event) -> None:
-        if isinstance(event, TileDone):
+        if isinstance(event, TileDone) and self._blocks is not None:  # plane = block
+            fraction = (event.plane + event.tile / max(1, event.tiles)) / max(1, event.planes)
+            self._controls.report(fraction, f"block {event.plane + 1}/{event.planes}, tile {event.tile}/{event.tiles}")
+        elif isinstance(event, BlockDone):
+            if event.stage == "renumber":
+                self._controls.report(None, f"numbering the objects: block {event.block}/{event.blocks}")
+            else:
+                self._controls.report(event.fraction, f"block {event.block}/{event.blocks} done")
+        elif isinstance(event, TileDone):
             where = f", plane {event.plane + 1}/{event.planes}" if event.planes > 1 else ""
             self._controls.report(event.fraction, f"tile {event.tile}/{event.tiles}{where}")
         elif isinstance(event, Message):

@@ -1,0 +1,141 @@
+"""The Predict dock's block-wise path: a lazy, multiscale or large layer into an OME-Zarr, shown lazily.
+
+The worker (:func:`predict_to_store`) loads the model and drives
+:func:`~napari_seglab.core.predict.iter_predict_to_zarr` on a
+:class:`~napari_seglab.core.io.LazyImage` over the layer's full-resolution level: each block reads
+only its own window. The store is published when every block is done (a stopped or failed run
+leaves nothing); :func:`show_store` then adds it as a Labels layer holding the zarr levels.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from napari.layers import Labels
+
+from .. import _layers
+from .._colors import apply_colors, prediction_kind
+from .._reader import store_layers
+from ..core.errors import InputError
+from ..core.events import Message
+from ..core.io import LazyImage
+from ..core.models import Checkpoint
+
+
+def load_predictor(checkpoint: Checkpoint, cached, device: str):
+    """Build the model for ``checkpoint`` (unless ``cached``), yielding a Message when loaded; returns it."""
+    from ..core.predict import is_package, load_model
+
+    if cached is not None:
+        return cached
+    if str(checkpoint.path).startswith("stock:"):
+        from ..core.predict import load_stock
+
+        model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
+                           in_channels=checkpoint.spec.in_channels)
+    elif is_package(checkpoint.path or ""):  # a bioimage.io package: its metadata came from the file itself
+        model = load_model(checkpoint.path, device)
+    else:
+        model = load_model(checkpoint, device)
+    yield Message(f"model loaded on {model.device}")
+    return model
+
+
+def check_blockable(model, image: LazyImage, split_instances: bool = False) -> None:
+    """InputError when ``model`` cannot predict ``image`` block by block (the dock then says why)."""
+    from ..core.data import prediction_factor
+    from ..core.predict import refusal
+
+    why = refusal(model, split_instances)
+    if why:
+        raise InputError(f"{why.replace('--split-instances', 'split touching objects')} (this layer is "
+                         "read block by block)")
+    factor, _note = prediction_factor(float(model.info.scale or 1.0), image.pixel_size,
+                                      getattr(model.info, "pixel_size", None))
+    if abs(factor - 1.0) > 1e-6:
+        raise InputError(f"the model would resample this image by {factor:.3g} (pixel size "
+                         f"{image.pixel_size} µm, the model's {model.info.pixel_size}): block by block it "
+                         "predicts at the image's own pixel size only; set the layer's scale or the pixel "
+                         "size field to the model's")
+
+
+def predict_to_store(checkpoint: Checkpoint, cached, device: str, image: LazyImage, labels_path: Path,
+                     options: dict, stop: threading.Event, protect: list[str]):
+    """Load the model and predict ``image`` block by block into the OME-Zarr ``labels_path``; a generator.
+
+    ``options``: ``block``, ``halo``, ``tile``, ``overlap``, ``tta``, ``split_instances`` and
+    ``probabilities`` (a second store's path, or None). Returns ``(LoadedModel, BlockResult)``.
+    """
+    from ..core.predict import iter_predict_to_zarr
+
+    model = yield from load_predictor(checkpoint, cached, device)
+    check_blockable(model, image, options.get("split_instances", False))
+    result = yield from iter_predict_to_zarr(
+        model, image, labels_path, probabilities_path=options.get("probabilities"), block=options["block"],
+        halo=options["halo"], tile=options.get("tile"), overlap=options["overlap"], stop=stop,
+        tta=options.get("tta", False), protect=protect)
+    return model, result
+
+
+def _replace(viewer, name: str, kind: type) -> None:
+    """Remove SegLab's earlier layer ``name`` (a user's own layer of that name stays)."""
+    layer = _layers._existing(viewer, name, kind)
+    if layer is not None:
+        viewer.layers.remove(layer)
+
+
+def show_store(viewer, path: Path, name: str, like, *, colors: str | None = None):
+    """Add the labels OME-Zarr at ``path`` as a lazy Labels layer ``name`` placed like ``like``; returns it.
+
+    The layer holds the store's zarr levels (multiscale when it has several), not a copy.
+    """
+    layers = store_layers(path)
+    if not layers:
+        raise InputError(f"{path}: the prediction's OME-Zarr cannot be read back")
+    data, meta, _kind = layers[0]
+    _replace(viewer, name, Labels)
+    placement = _layers._placement(like, 2)
+    with _layers.kept_selection(viewer):
+        layer = viewer.add_labels(data, name=name, multiscale=meta["multiscale"], **placement,
+                                  metadata={_layers.OWNER: name, _layers.ROLE: "prediction",
+                                            "seglab_store": str(path)})
+    if colors is not None:
+        apply_colors(layer, colors)
+    return layer
+
+
+def show_probability_store(viewer, path: Path, base_name: str, like) -> list:
+    """Add the probabilities OME-Zarr (C, Y, X) at ``path`` as lazy Image layers, one per class."""
+    from napari.layers import Image
+
+    layers = store_layers(path) or []
+    if not layers:
+        return []
+    data, meta, _kind = layers[0]
+    count = len(meta["name"]) if isinstance(meta["name"], list) else 1
+    names = [f"{base_name} probability {k}" for k in range(count)]
+    for name in names:
+        _replace(viewer, name, Image)
+    placement = _layers._placement(like, 2)
+    with _layers.kept_selection(viewer):
+        made = viewer.add_image(data, name=names if count > 1 else names[0], multiscale=meta["multiscale"],
+                                channel_axis=meta.get("channel_axis"), contrast_limits=(0.0, 1.0),
+                                colormap="magma", **placement)
+    made = made if isinstance(made, list) else [made]
+    for layer in made:
+        layer.metadata[_layers.OWNER] = layer.name
+        layer.metadata["seglab_store"] = str(path)
+    return made
+
+
+def result_text(result, seconds: float, path: Path) -> str:
+    """The status line of a finished block-wise prediction."""
+    count = int(result.objects)
+    what = ("object" if count == 1 else "objects") if result.kind.instances else ("class" if count == 1 else "classes")
+    blocks = "block" if result.blocks == 1 else "blocks"
+    return f"done in {seconds:.1f} s: {count} {what}, {result.blocks} {blocks}, in {path}"
+
+
+def colors_for(model, result) -> str:
+    return prediction_kind(model.label_mode, result.kind)

@@ -1,0 +1,180 @@
+"""PredictWidget on lazy, multiscale and large layers: block by block into an OME-Zarr, shown lazily.
+
+The image layers here serve windows but refuse to be converted whole (:class:`Guarded`), so a test
+fails if the dock ever calls ``np.asarray`` on the whole layer.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from widget_helpers import WAIT_MS, click, dock
+
+from napari_seglab._reader import napari_get_reader
+from napari_seglab.core.events import BlockDone
+
+
+class Guarded:
+    """An array-like that serves slices (numpy) and raises when converted whole."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.shape, self.dtype, self.ndim, self.size = array.shape, array.dtype, array.ndim, array.size
+        self.worker_reads: list[int] = []  # pixels of each read from other threads than the GUI's (the prediction's)
+        self.gate = None  # called with worker_reads before each such read
+
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if threading.current_thread() is not threading.main_thread():
+            part = np.asarray(self._array[index])
+            self.worker_reads.append(part.size)
+            if self.gate is not None:
+                self.gate(len(self.worker_reads))
+            return part
+        return np.asarray(self._array[index])
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole layer was converted to numpy")
+
+
+def _events(widget) -> list:
+    """Record the events the dock receives from its worker."""
+    seen = []
+    handler = widget._on_event
+
+    def record(event):
+        seen.append(event)
+        handler(event)
+
+    widget._on_event = record
+    return seen
+
+
+def _predict(widget, qtbot) -> None:
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def test_a_lazy_layer_goes_block_by_block_and_equals_the_whole_image(make_napari_viewer, qtbot, tiny_nuclei,
+                                                                    tiny_model, tmp_path):
+    viewer = make_napari_viewer()
+    image = tiny_nuclei[0]  # (64, 96)
+    plain = viewer.add_image(image, name="plain")
+    guarded = Guarded(image)
+    lazy = viewer.add_image(guarded, name="lazy", contrast_limits=(0, int(image.max())), scale=(0.5, 0.5),
+                            translate=(4.0, 2.0))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_model)
+    widget._device.value = "cpu"
+    widget._tile.value = 64  # the same tile grid on both paths
+    widget._block.value = 32  # 2 x 3 blocks
+
+    widget.set_image(plain)
+    _predict(widget, qtbot)
+    whole = np.asarray(viewer.layers["plain labels"].data)
+    assert whole.max() > 0  # the model finds something
+
+    events = _events(widget)
+    widget.set_image(lazy)
+    _predict(widget, qtbot)
+    layer = viewer.layers["lazy labels"]
+    assert not isinstance(layer.data, np.ndarray)  # the store's zarr array, not a copy
+    assert layer.data.shape == image.shape
+    assert np.array_equal(np.asarray(layer.data[:]), whole)  # bit for bit the whole image's labels
+    assert np.allclose(layer.scale, lazy.scale) and np.allclose(layer.translate, lazy.translate)
+    # the normalisation sample (this small image whole, through a slice), then only tile windows
+    assert len(guarded.worker_reads) > 2 and max(guarded.worker_reads[1:]) < image.size
+    done = [e for e in events if isinstance(e, BlockDone) and e.stage == "predict"]
+    assert [e.block for e in done] == [1, 2, 3, 4, 5, 6] and done[-1].blocks == 6
+    status = widget._controls.status.value
+    assert status.startswith("done in") and "6 blocks" in status, status
+    # with no output chosen, the store is in the dock's temporary folder; SegLab's reader opens it
+    store = layer.metadata["seglab_store"]
+    assert str(widget._scratch[0]) in store
+    assert napari_get_reader(store) is not None
+    assert not widget._correct.enabled  # nothing in memory to correct
+
+
+def test_a_multiscale_dask_layer_predicts_level_0_into_the_chosen_store(make_napari_viewer, qtbot, tiny_nuclei,
+                                                                       tiny_model, tmp_path):
+    da = pytest.importorskip("dask.array")
+    viewer = make_napari_viewer()
+    image = tiny_nuclei[0]
+    levels = [da.from_array(Guarded(image), chunks=32, asarray=False), image[::2, ::2]]
+    layer = viewer.add_image(levels, multiscale=True, name="scan", contrast_limits=(0, int(image.max())))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_model)
+    widget._device.value = "cpu"
+    widget.set_image(layer)
+    widget._block.value = 64
+    widget._probabilities.value = True
+    widget._output.value = tmp_path / "scan_labels"  # ".ome.zarr" is added
+    _predict(widget, qtbot)
+
+    out = tmp_path / "scan_labels.ome.zarr"
+    labels = viewer.layers["scan labels"]
+    assert labels.metadata["seglab_store"] == str(out)
+    assert labels.data.shape == image.shape  # level 0, not the level shown
+    assert set(np.unique(np.asarray(labels.data[:]))) <= {0, 1}
+    assert viewer.layers["scan probability 1"].data.shape == image.shape
+    assert (tmp_path / "scan_labels_probabilities.ome.zarr").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_labels.ome.zarr", "scan_labels_probabilities.ome.zarr"]
+
+
+def test_stop_between_blocks_leaves_no_store(make_napari_viewer, qtbot, tiny_nuclei, tiny_model, tmp_path):
+    viewer = make_napari_viewer()
+    image = tiny_nuclei[0]
+    guarded = Guarded(image)
+    layer = viewer.add_image(guarded, name="lazy", contrast_limits=(0, int(image.max())))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_model)
+    widget._device.value = "cpu"
+    widget._block.value = 32
+    widget._output.value = tmp_path / "out.ome.zarr"
+    handler = widget._on_event
+    clicked = threading.Event()
+
+    def stop_after_first_block(event):
+        handler(event)
+        if isinstance(event, BlockDone) and event.block == 1:
+            click(widget._controls.stop_button)
+            clicked.set()
+
+    widget._on_event = stop_after_first_block
+    # reads: 1 the normalisation sample, 2 the one tile of block 1; block 2 waits for the click
+    guarded.gate = lambda n: n >= 3 and clicked.wait(60)
+    widget.set_image(layer)
+    _predict(widget, qtbot)
+    assert widget._controls.status.value == "stopped: nothing was written"
+    assert list(tmp_path.iterdir()) == []  # neither the store nor its hidden folder
+    assert "lazy labels" not in viewer.layers
+    assert widget._controls.run_button.enabled
+
+
+def test_a_model_that_cannot_go_block_by_block(make_napari_viewer, qtbot, tiny_nuclei, flows_model, errors):
+    """A model at object scale 1.5: a small lazy layer is read whole instead; a multiscale one is refused."""
+    da = pytest.importorskip("dask.array")
+    viewer = make_napari_viewer()
+    image = tiny_nuclei[0]
+    small = viewer.add_image(da.from_array(image, chunks=32), name="small")
+    big = viewer.add_image([Guarded(image), image[::2, ::2]], multiscale=True, name="big",
+                           contrast_limits=(0, int(image.max())))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(flows_model)
+    widget._device.value = "cpu"
+
+    widget.set_image(big)
+    click(widget._controls.run_button)
+    assert not widget.busy and "big labels" not in viewer.layers
+    assert "too large to predict whole" in widget._controls.status.value
+    assert "object scale 1" in widget._controls.status.value
+
+    widget.set_image(small)
+    _predict(widget, qtbot)
+    assert isinstance(viewer.layers["small labels"].data, np.ndarray)  # today's whole-image path
+    assert widget._controls.status.value.startswith("done in")
