@@ -124,3 +124,85 @@ def probabilities_path(labels: Path) -> Path:
     """The probabilities store beside a labels store: ``x_labels.ome.zarr`` -> ``x_labels_probabilities.ome.zarr``."""
     stem = labels.name.removesuffix(".zarr").removesuffix(".ome")
     return labels.with_name(f"{stem}_probabilities.ome.zarr")
+
+
+# ---------------------------------------------------------------------- training from a large layer
+#: rows of a labels layer read at once while looking for the painted area
+BAND_ROWS = 1024
+
+
+def _plane_of(data, what: str):
+    """``data`` (a 2D labels array, maybe with leading singleton axes) as a 2D array-like."""
+    data = level0(data)
+    lead = len(data.shape) - 2
+    if lead < 0 or any(n != 1 for n in data.shape[:lead]):
+        raise InputError(f"{what}: training from a large or lazy layer takes 2D labels; this one has shape "
+                         f"{tuple(data.shape)}")
+    return _Fixed(data, lead) if lead else data
+
+
+def painted_box(labels) -> tuple[slice, slice] | None:
+    """The (ys, xs) bounding box of the nonzero pixels of a 2D labels array-like, read in bands of rows.
+
+    None when nothing is painted. Memory holds one band (:data:`BAND_ROWS` rows), not the layer.
+    """
+    h, w = (int(n) for n in labels.shape)
+    columns = np.zeros(w, bool)
+    first = last = None
+    for y in range(0, h, BAND_ROWS):
+        band = np.asarray(labels[y:min(h, y + BAND_ROWS)]) != 0
+        rows = np.flatnonzero(band.any(axis=1))
+        if rows.size:
+            first = y + int(rows[0]) if first is None else first
+            last = y + int(rows[-1]) + 1
+            columns |= band.any(axis=0)
+    if first is None:
+        return None
+    cols = np.flatnonzero(columns)
+    return slice(first, last), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def grown(box: tuple[slice, slice], margin: int, shape) -> tuple[slice, slice]:
+    """``box`` with ``margin`` pixels more on every side, within a plane of (Y, X) ``shape``."""
+    return tuple(slice(max(0, s.start - margin), min(int(n), s.stop + margin))
+                 for s, n in zip(box, shape[:2], strict=True))
+
+
+def training_crop(image_layer, labels_layer, margin: int):
+    """Read only the painted area (plus ``margin`` px) of a large or lazy 2D image layer and its labels.
+
+    Returns ``(image (h, w[, C]), axes, labels (h, w), (ys, xs))``. InputError when the image is a
+    stack, the shapes differ, nothing is painted, or the area is larger than :data:`LARGE_PIXELS`.
+    """
+    image = lazy_image(image_layer)
+    if image is None:
+        raise InputError(f"layer {image_layer.name!r} is a stack too large to load whole: train from a 2D layer "
+                         "(or a smaller stack)")
+    labels = _plane_of(labels_layer.data, f"labels {labels_layer.name!r}")
+    if tuple(labels.shape) != tuple(image.shape[:2]):
+        raise InputError(f"labels {labels_layer.name!r} {tuple(labels.shape)} do not match image "
+                         f"{image_layer.name!r} {tuple(image.shape[:2])}")
+    box = painted_box(labels)
+    if box is None:
+        raise InputError(f"nothing painted in {labels_layer.name!r}: paint some labels on the image first")
+    ys, xs = grown(box, int(margin), image.shape)
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    if h * w > LARGE_PIXELS:
+        side = int(LARGE_PIXELS ** 0.5)
+        raise InputError(f"the painted area of {labels_layer.name!r} spans {h}x{w} pixels (with a {margin}px "
+                         f"margin): paint within one region of at most {side}x{side} pixels of this large image")
+    return image.read(ys, xs), image.axes, np.array(labels[ys, xs]), (ys, xs)
+
+
+class Placement:
+    """The ``scale`` and ``translate`` of a (ys, xs) crop of a layer: output layers over the crop use them."""
+
+    def __init__(self, layer, crop: tuple[slice, slice]):
+        self.scale = np.asarray(layer.scale, float)[-2:]
+        origin = np.array([crop[0].start, crop[1].start], float)
+        self.translate = np.asarray(layer.translate, float)[-2:] + origin * self.scale
+
+    def apply(self, layer) -> None:
+        """Place a 2D output ``layer`` over the crop (a reused layer may sit where an earlier crop was)."""
+        if layer is not None and layer.ndim == 2:
+            layer.scale, layer.translate = self.scale, self.translate

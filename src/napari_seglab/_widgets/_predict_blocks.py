@@ -10,6 +10,7 @@ leaves nothing); :func:`show_store` then adds it as a Labels layer holding the z
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from napari.layers import Labels
@@ -21,6 +22,9 @@ from ..core.errors import InputError
 from ..core.events import Message
 from ..core.io import LazyImage
 from ..core.models import Checkpoint
+from ..core.predict import DEFAULT_BLOCK, DEFAULT_HALO
+from . import _common as ui
+from . import _lazy
 
 
 def load_predictor(checkpoint: Checkpoint, cached, device: str):
@@ -139,3 +143,54 @@ def result_text(result, seconds: float, path: Path) -> str:
 
 def colors_for(model, result) -> str:
     return prediction_kind(model.label_mode, result.kind)
+
+
+class BlockwisePredict:
+    """The PredictWidget's block-wise run: start it from the dock's controls, show its store when done."""
+
+    def _start_blocks(self, checkpoint: Checkpoint, layer, image) -> None:
+        """Predict a lazy / multiscale / large layer block by block into an OME-Zarr (never loaded whole)."""
+        pixel = float(self._pixel.value)
+        if pixel:
+            image.pixel_size = (pixel, pixel)
+        path = _lazy.output_path(ui.path_or_none(self._output), layer.name, self._scratch)
+        options = {"block": int(self._block.value or DEFAULT_BLOCK), "halo": DEFAULT_HALO,
+                   "tile": self._tile.value or None, "overlap": float(self._overlap.value), "tta": self._tta.value,
+                   "split_instances": self._split.value,
+                   "probabilities": _lazy.probabilities_path(path) if self._probabilities.value else None}
+        key = (self._checkpoint_key, self._device.value)
+        cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
+        device, protect = self._device.value, _lazy.source_paths(layer)
+        self._target = (layer, (), key)
+        self._blocks = path
+        self._started = time.monotonic()
+        self._controls.set_fraction(0)
+        h, w = image.shape[:2]
+        self._controls.say(f"predicting {h}x{w} block by block into {path}")
+        self._set_busy(True)
+        self._slot.start(
+            lambda stop: predict_to_store(checkpoint, cached, device, image, path, options, stop, protect),
+            on_event=self._on_event, on_result=self._on_store_result, on_error=self._on_error,
+            on_done=lambda: self._set_busy(False))
+
+    def _on_store_result(self, value) -> None:
+        model, result = value
+        layer, _plane, key = self._target
+        path, self._blocks = self._blocks, None
+        self._model_cache = (key, model)
+        self.last_prediction = None  # nothing in memory to correct
+        if result.stopped:
+            self._controls.say("stopped: nothing was written")
+            return
+        if layer not in self._viewer.layers:
+            self._controls.say(f"done: the image layer was closed; the labels are in {path}")
+            return
+        show_store(self._viewer, path, f"{layer.name} labels", layer, colors=colors_for(model, result))
+        probabilities = _lazy.probabilities_path(path)
+        if self._probabilities.value and probabilities.exists():
+            show_probability_store(self._viewer, probabilities, layer.name, layer)
+        skipped = [name for name, on in (("uncertainty map", self._uncertainty.value),
+                                         ("paint-next boxes", self._suggest.value)) if on]
+        note = f"; no {' or '.join(skipped)} block by block" if skipped else ""
+        self._controls.set_fraction(1.0)
+        self._controls.say(result_text(result, time.monotonic() - self._started, path) + note)

@@ -22,7 +22,6 @@ from ..core.models import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.objects import paint_next
 from ..core.predict import (
     DEFAULT_BLOCK,
-    DEFAULT_HALO,
     STOCK,
     LoadedModel,
     Prediction,
@@ -37,14 +36,7 @@ from ..core.predict import (
 from ..core.settings import settings_of
 from . import _common as ui
 from . import _layout, _lazy
-from ._predict_blocks import (
-    colors_for,
-    load_predictor,
-    predict_to_store,
-    result_text,
-    show_probability_store,
-    show_store,
-)
+from ._predict_blocks import BlockwisePredict, load_predictor
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -114,7 +106,7 @@ def _start_file(checkpoint_key: tuple) -> Path | None:
     return None if checkpoint_key[0] == "stock" else Path(checkpoint_key[0])
 
 
-class PredictWidget(Container):
+class PredictWidget(BlockwisePredict, Container):
     """Dock widget: choose a checkpoint and an image layer, predict labels (and boxes).
 
     Outputs: Labels ``"<image> labels"`` (the image's scale and translate),
@@ -334,53 +326,6 @@ class PredictWidget(Container):
             on_event=self._on_event, on_result=self._on_result, on_error=self._on_error,
             on_done=lambda: self._set_busy(False))
         self._reserve_next()  # the labels layer now, the maps in later turns of the event loop, then the job
-
-    def _start_blocks(self, checkpoint: Checkpoint, layer, image) -> None:
-        """Predict a lazy / multiscale / large layer block by block into an OME-Zarr (never loaded whole)."""
-        pixel = float(self._pixel.value)
-        if pixel:
-            image.pixel_size = (pixel, pixel)
-        path = _lazy.output_path(ui.path_or_none(self._output), layer.name, self._scratch)
-        options = {"block": int(self._block.value or DEFAULT_BLOCK), "halo": DEFAULT_HALO,
-                   "tile": self._tile.value or None, "overlap": float(self._overlap.value), "tta": self._tta.value,
-                   "split_instances": self._split.value,
-                   "probabilities": _lazy.probabilities_path(path) if self._probabilities.value else None}
-        key = (self._checkpoint_key, self._device.value)
-        cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
-        device, protect = self._device.value, _lazy.source_paths(layer)
-        self._target = (layer, (), key)
-        self._blocks = path
-        self._started = time.monotonic()
-        self._controls.set_fraction(0)
-        h, w = image.shape[:2]
-        self._controls.say(f"predicting {h}x{w} block by block into {path}")
-        self._set_busy(True)
-        self._slot.start(
-            lambda stop: predict_to_store(checkpoint, cached, device, image, path, options, stop, protect),
-            on_event=self._on_event, on_result=self._on_store_result, on_error=self._on_error,
-            on_done=lambda: self._set_busy(False))
-
-    def _on_store_result(self, value) -> None:
-        model, result = value
-        layer, _plane, key = self._target
-        path, self._blocks = self._blocks, None
-        self._model_cache = (key, model)
-        self.last_prediction = None  # nothing in memory to correct
-        if result.stopped:
-            self._controls.say("stopped: nothing was written")
-            return
-        if layer not in self._viewer.layers:
-            self._controls.say(f"done: the image layer was closed; the labels are in {path}")
-            return
-        show_store(self._viewer, path, f"{layer.name} labels", layer, colors=colors_for(model, result))
-        probabilities = _lazy.probabilities_path(path)
-        if self._probabilities.value and probabilities.exists():
-            show_probability_store(self._viewer, probabilities, layer.name, layer)
-        skipped = [name for name, on in (("uncertainty map", self._uncertainty.value),
-                                         ("paint-next boxes", self._suggest.value)) if on]
-        note = f"; no {' or '.join(skipped)} block by block" if skipped else ""
-        self._controls.set_fraction(1.0)
-        self._controls.say(result_text(result, time.monotonic() - self._started, path) + note)
 
     def _reserve_next(self) -> None:
         """Create one pending output layer and let the viewer repaint; once all exist, start the job.
