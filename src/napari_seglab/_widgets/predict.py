@@ -178,7 +178,7 @@ class PredictWidget(BlockwisePredict, Container):
                                          "(of the plane shown)")
         self._threshold = FloatSpinBox(label=opt["score_threshold"].label, value=0.5, min=0.0, max=1.0, step=0.05,
                                        tooltip=opt["score_threshold"].text + "; changing it re-filters the boxes")
-        self._output = ui.file_picker("output (OME-Zarr)", "w", "*.zarr",
+        self._output = ui.file_picker("output", "w", "*.zarr",
                                       tooltip="large or lazy layers (multiscale, dask / zarr, above 4096x4096 "
                                               "px) are predicted block by block into this OME-Zarr; empty = "
                                               "a temporary folder")
