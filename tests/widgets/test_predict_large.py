@@ -152,3 +152,47 @@ def test_a_model_that_cannot_go_block_by_block(make_napari_viewer, qtbot, tiny_n
     _predict(widget, qtbot)
     assert isinstance(viewer.layers["small labels"].data, np.ndarray)  # today's whole-image path
     assert widget._controls.status.value.startswith("done in")
+
+
+def test_a_large_numpy_layer_goes_block_by_block(make_napari_viewer, qtbot, tiny_nuclei, tiny_model, monkeypatch):
+    from napari_seglab._widgets import _lazy
+
+    monkeypatch.setattr(_lazy, "LARGE_PIXELS", 32 * 32)  # "above 4096x4096" at test size
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(tiny_nuclei[0], name="cells")
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_model)
+    widget._device.value = "cpu"
+    widget._block.value = 64
+    _predict(widget, qtbot)
+    labels = viewer.layers["cells labels"]
+    assert not isinstance(labels.data, np.ndarray) and labels.data.shape == layer.data.shape
+    assert "2 blocks" in widget._controls.status.value
+
+
+def test_outputs_that_would_overwrite_are_refused(make_napari_viewer, tiny_nuclei, tiny_model, tmp_path, errors):
+    from napari_seglab.core.io import OmeZarrWriter
+
+    image = tiny_nuclei[0]
+    store = tmp_path / "cells.ome.zarr"
+    with OmeZarrWriter(store, image.shape, image.dtype, chunk=32, name="image") as out:
+        out.array[:] = image
+        out.finish()
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(store), plugin="napari-seglab")
+    assert type(layer).__name__ == "Image" and not isinstance(layer.data, np.ndarray)
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(tiny_model)
+    widget.set_image(layer)
+    before = sorted(p.name for p in store.rglob("*"))
+
+    widget._output.value = store  # the image's own store
+    click(widget._controls.run_button)
+    assert not widget.busy and "would overwrite the input" in errors[-1]
+    (tmp_path / "taken.ome.zarr").write_text("a file, not a store")
+    widget._output.value = tmp_path / "taken.ome.zarr"
+    click(widget._controls.run_button)
+    assert not widget.busy and "exists and is not a zarr store" in errors[-1]
+    assert sorted(p.name for p in store.rglob("*")) == before
+    assert (tmp_path / "taken.ome.zarr").read_text() == "a file, not a store"
+    assert "cells labels" not in viewer.layers

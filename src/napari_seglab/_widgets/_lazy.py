@@ -17,7 +17,7 @@ import numpy as np
 
 from ..cli.predict_blocks import AUTO_BLOCK_PIXELS
 from ..core.errors import InputError
-from ..core.io import LazyImage
+from ..core.io import LazyImage, ensure_not_input
 
 #: a numpy layer with a plane above this many pixels also goes block by block (the CLI's rule)
 LARGE_PIXELS = AUTO_BLOCK_PIXELS
@@ -102,10 +102,11 @@ def source_paths(layer) -> list[str]:
     return [str(path)] if path else []
 
 
-def output_path(chosen: Path | None, layer_name: str, scratch: list) -> Path:
+def output_path(chosen: Path | None, layer_name: str, scratch: list, protect: list[str] = ()) -> Path:
     """Where the labels OME-Zarr goes: the chosen path (``.zarr`` added), else a temporary folder.
 
-    ``scratch``: a one-item list holding this dock's temporary folder once made (reused by later runs).
+    ``scratch``: a one-item list holding this dock's temporary folder once made (reused by later runs);
+    ``protect``: the files the image came from. InputError for a path that cannot take the store.
     """
     if chosen is not None:
         chosen = Path(chosen).expanduser()
@@ -113,6 +114,9 @@ def output_path(chosen: Path | None, layer_name: str, scratch: list) -> Path:
             chosen = chosen.with_name(chosen.name + ".ome.zarr")
         if not chosen.parent.is_dir():
             raise InputError(f"output {chosen}: folder {chosen.parent} does not exist")
+        if chosen.exists() and not (chosen / "zarr.json").is_file():  # the CLI's rule: only a store it wrote
+            raise InputError(f"output {chosen}: exists and is not a zarr store written here; choose another name")
+        ensure_not_input(chosen, protect)
         return chosen.absolute()
     if not scratch:
         scratch.append(Path(tempfile.mkdtemp(prefix="seglab-")))

@@ -153,14 +153,15 @@ class BlockwisePredict:
         pixel = float(self._pixel.value)
         if pixel:
             image.pixel_size = (pixel, pixel)
-        path = _lazy.output_path(ui.path_or_none(self._output), layer.name, self._scratch)
+        protect = _lazy.source_paths(layer)
+        path = _lazy.output_path(ui.path_or_none(self._output), layer.name, self._scratch, protect)
         options = {"block": int(self._block.value or DEFAULT_BLOCK), "halo": DEFAULT_HALO,
                    "tile": self._tile.value or None, "overlap": float(self._overlap.value), "tta": self._tta.value,
                    "split_instances": self._split.value,
                    "probabilities": _lazy.probabilities_path(path) if self._probabilities.value else None}
         key = (self._checkpoint_key, self._device.value)
         cached = self._model_cache[1] if self._model_cache and self._model_cache[0] == key else None
-        device, protect = self._device.value, _lazy.source_paths(layer)
+        device = self._device.value
         self._target = (layer, (), key)
         self._blocks = path
         self._started = time.monotonic()
