@@ -196,3 +196,21 @@ def test_outputs_that_would_overwrite_are_refused(make_napari_viewer, tiny_nucle
     assert sorted(p.name for p in store.rglob("*")) == before
     assert (tmp_path / "taken.ome.zarr").read_text() == "a file, not a store"
     assert "cells labels" not in viewer.layers
+
+
+def test_block_by_block_refuses_a_model_that_would_resample():
+    from types import SimpleNamespace
+
+    from napari_seglab._widgets._predict_blocks import check_blockable
+    from napari_seglab.core.errors import InputError
+    from napari_seglab.core.io import LazyImage
+
+    model = SimpleNamespace(spec=SimpleNamespace(semantic=True, family="unet"), label_mode="scribbles",
+                            info=SimpleNamespace(scale=1.0, pixel_size=(0.5, 0.5)))
+    plane = np.zeros((8, 8), np.uint16)
+    with pytest.raises(InputError, match=r"resample this image by 0\.5 \(pixel size 0\.25 µm, the model's 0\.5 µm"):
+        check_blockable(model, LazyImage(plane, "YX", pixel_size=(0.25, 0.25)))
+    check_blockable(model, LazyImage(plane, "YX", pixel_size=(0.5, 0.5)))  # the model's own pixel size
+    check_blockable(model, LazyImage(plane, "YX"))  # unknown: predicted as it is
+    with pytest.raises(InputError, match="split touching objects is not available block-wise"):
+        check_blockable(model, LazyImage(plane, "YX"), split_instances=True)

@@ -46,22 +46,28 @@ def load_predictor(checkpoint: Checkpoint, cached, device: str):
     return model
 
 
+def refusal(model, split_instances: bool = False) -> str | None:
+    """Why ``model`` (loaded, or a Checkpoint's metadata) cannot go block by block, in the dock's words."""
+    from ..core.predict import refusal as core_refusal
+
+    why = core_refusal(model, split_instances)
+    return why.replace("--split-instances", "split touching objects") if why else None
+
+
 def check_blockable(model, image: LazyImage, split_instances: bool = False) -> None:
     """InputError when ``model`` cannot predict ``image`` block by block (the dock then says why)."""
-    from ..core.data import prediction_factor
-    from ..core.predict import refusal
+    from ..core.data import format_size, prediction_factor
 
     why = refusal(model, split_instances)
     if why:
-        raise InputError(f"{why.replace('--split-instances', 'split touching objects')} (this layer is "
-                         "read block by block)")
+        raise InputError(f"{why} (this layer is read block by block)")
     factor, _note = prediction_factor(float(model.info.scale or 1.0), image.pixel_size,
                                       getattr(model.info, "pixel_size", None))
     if abs(factor - 1.0) > 1e-6:
         raise InputError(f"the model would resample this image by {factor:.3g} (pixel size "
-                         f"{image.pixel_size} µm, the model's {model.info.pixel_size}): block by block it "
-                         "predicts at the image's own pixel size only; set the layer's scale or the pixel "
-                         "size field to the model's")
+                         f"{format_size(image.pixel_size)}, the model's {format_size(model.info.pixel_size)}, "
+                         f"object scale {float(model.info.scale or 1.0):g}): block by block it predicts "
+                         "without resampling only")
 
 
 def predict_to_store(checkpoint: Checkpoint, cached, device: str, image: LazyImage, labels_path: Path,

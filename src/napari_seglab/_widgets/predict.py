@@ -36,7 +36,7 @@ from ..core.predict import (
 from ..core.settings import settings_of
 from . import _common as ui
 from . import _layout, _lazy
-from ._predict_blocks import BlockwisePredict, load_predictor
+from ._predict_blocks import BlockwisePredict, load_predictor, refusal
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -274,8 +274,6 @@ class PredictWidget(BlockwisePredict, Container):
         if layer is None:
             raise InputError("no image layer: open an image first")
         if _lazy.wants_blocks(layer):
-            from ..core.predict import refusal
-
             why = refusal(checkpoint, self._split.value)
             lazy = _lazy.lazy_image(layer, checkpoint.spec.in_channels) if why is None and not self._volume.value else None
             if lazy is not None:
