@@ -27,10 +27,14 @@ from . import _common as ui
 from . import _lazy
 
 
-def load_predictor(checkpoint: Checkpoint, cached, device: str):
-    """Build the model for ``checkpoint`` (unless ``cached``), yielding a Message when loaded; returns it."""
+def load_predictor(checkpoint: Checkpoint, cached, device: str, load=None):
+    """Build the model for ``checkpoint`` (unless ``cached``), yielding a Message when loaded; returns it.
+
+    ``load``: the function that loads a checkpoint or package (default: the core's ``load_model``).
+    """
     from ..core.predict import is_package, load_model
 
+    load_model = load or load_model
     if cached is not None:
         return cached
     if str(checkpoint.path).startswith("stock:"):

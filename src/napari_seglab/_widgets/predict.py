@@ -28,6 +28,7 @@ from ..core.predict import (
     PredictOptions,
     is_package,
     iter_predict,
+    load_model,
     load_package,
     package_summary,
     stock_available,
@@ -65,7 +66,7 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     ``plane`` when only that plane was predicted): the GUI thread only shows
     them.
     """
-    model = yield from load_predictor(checkpoint, cached, device)
+    model = yield from load_predictor(checkpoint, cached, device, load=load_model)
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
     prediction = yield from iter_predict(model, image, axes, stop=stop,
