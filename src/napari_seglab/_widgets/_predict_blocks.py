@@ -152,6 +152,7 @@ def result_text(result, seconds: float, path: Path) -> str:
 
 
 def colors_for(model, result) -> str:
+    """The colours of a block-wise result: "instances" for object ids, "semantic" for classes."""
     return prediction_kind(model.label_mode, result.kind)
 
 
