@@ -23,6 +23,7 @@ from ..core.models import DEFAULT_FAMILY, FAMILIES, get_family
 from ..core.settings import SettingError, field_default, settings_of
 from ..core.train import DEFAULT_TIME_LIMIT, DIAMETER, TrainConfig
 from . import _common as ui
+from . import _lazy
 from ._models import MODELS_DIR, folder_note
 from ._train_job import auto_number
 
@@ -240,14 +241,15 @@ class TrainSettings:
             self._diameter_note.value = f"resampling by {scale_for(d, target_diameter(mode.name)):g}"
             return
         measurable = mode.instances or mode.painted == "strokes"
-        if layer is None or not measurable or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
+        if layer is None or not measurable or _lazy.is_lazy(layer) or np.asarray(layer.data).size > MAX_ESTIMATE_PIXELS:
             self._diameter_note.value = "auto: no resampling (paint whole objects or strokes to measure them)"
             return
         labels = np.asarray(layer.data)
         image = self._image.value
         # strokes are measured through the image (18 filtered copies): only small planes on the GUI thread
         too_big = not mode.instances and labels.size > MAX_STROKE_ESTIMATE_PIXELS
-        if labels.ndim != 2 or too_big or image is None or np.asarray(image.data).shape[:2] != labels.shape:
+        if labels.ndim != 2 or too_big or image is None or _lazy.wants_blocks(image) \
+                or np.asarray(image.data).shape[:2] != labels.shape:
             self._diameter_note.value = "auto: measured when training starts"
             return
         try:

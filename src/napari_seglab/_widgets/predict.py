@@ -17,10 +17,11 @@ from .. import _layers
 from .._colors import prediction_kind
 from ..core.device import DEVICES
 from ..core.errors import InputError
-from ..core.events import Message, TileDone
+from ..core.events import BlockDone, Message, TileDone
 from ..core.models import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.objects import paint_next
 from ..core.predict import (
+    DEFAULT_BLOCK,
     STOCK,
     LoadedModel,
     Prediction,
@@ -35,7 +36,8 @@ from ..core.predict import (
 )
 from ..core.settings import settings_of
 from . import _common as ui
-from . import _layout
+from . import _layout, _lazy
+from ._predict_blocks import BlockwisePredict, load_predictor, refusal
 from ._worker import JobSlot, error_text, stop_on_destroy
 
 if TYPE_CHECKING:
@@ -64,19 +66,7 @@ def load_and_predict(checkpoint: Checkpoint, cached: LoadedModel | None, device:
     ``plane`` when only that plane was predicted): the GUI thread only shows
     them.
     """
-    if cached is not None:
-        model = cached
-    elif str(checkpoint.path).startswith("stock:"):
-        from ..core.predict import load_stock
-
-        model = load_stock(str(checkpoint.path).removeprefix("stock:"), device,
-                           in_channels=checkpoint.spec.in_channels)
-    elif is_package(checkpoint.path or ""):  # a bioimage.io package: its metadata came from the file itself
-        model = load_model(checkpoint.path, device)
-    else:
-        model = load_model(checkpoint, device)
-    if cached is None:
-        yield Message(f"model loaded on {model.device}")
+    model = yield from load_predictor(checkpoint, cached, device, load=load_model)
     keep = options.get("probabilities", False)
     wanted = uncertainty or suggestions > 0
     prediction = yield from iter_predict(model, image, axes, stop=stop,
@@ -117,7 +107,7 @@ def _start_file(checkpoint_key: tuple) -> Path | None:
     return None if checkpoint_key[0] == "stock" else Path(checkpoint_key[0])
 
 
-class PredictWidget(Container):
+class PredictWidget(BlockwisePredict, Container):
     """Dock widget: choose a checkpoint and an image layer, predict labels (and boxes).
 
     Outputs: Labels ``"<image> labels"`` (the image's scale and translate),
@@ -130,6 +120,13 @@ class PredictWidget(Container):
     boxes. "Correct this prediction" copies the labels into an editable
     ``"<image> corrected"`` layer and sets the Train widget up to fine-tune
     this model on it.
+
+    A multiscale layer, a layer backed by dask / zarr (not numpy) or one
+    larger than 4096x4096 pixels goes block by block (U-Net / FCN at object
+    scale 1): its full-resolution level is read one block window at a time,
+    the labels go to the OME-Zarr of the "output" field (a temporary folder
+    when it is empty) and come back as a lazy Labels layer of the store's
+    levels. Progress follows the blocks; Stop leaves no store behind.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -145,6 +142,8 @@ class PredictWidget(Container):
         self._launch = None  # starts the job once the output layers exist
         self._started = 0.0
         self.last_prediction: Prediction | None = None
+        self._scratch: list = []  # this dock's temporary folder for block-wise outputs, once made
+        self._blocks: Path | None = None  # the store a block-wise run writes, while it runs
 
         self._file = ui.file_picker("model file", "r", "*.pt *.zip *.yaml",
                                     tooltip="a checkpoint written by SegLab training, or a bioimage.io model package "
@@ -180,6 +179,12 @@ class PredictWidget(Container):
                                          "(of the plane shown)")
         self._threshold = FloatSpinBox(label=opt["score_threshold"].label, value=0.5, min=0.0, max=1.0, step=0.05,
                                        tooltip=opt["score_threshold"].text + "; changing it re-filters the boxes")
+        self._output = ui.file_picker("output", "w", "*.zarr",
+                                      tooltip="large or lazy layers (multiscale, dask / zarr, above 4096x4096 "
+                                              "px) are predicted block by block into this OME-Zarr; empty = "
+                                              "a temporary folder")
+        self._block = SpinBox(label="block (px)", value=0, min=0, max=16384, step=256,
+                              tooltip=f"block side for large or lazy layers; 0 = {DEFAULT_BLOCK}")
         self._controls = ui.RunControls("Predict", self._on_predict, self._on_stop)
         self._correct = PushButton(text="Correct this prediction", enabled=False,
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
@@ -189,9 +194,10 @@ class PredictWidget(Container):
                                     self._pixel, self._anisotropy],
                           [self._only_plane, self._volume, self._probabilities, self._split, self._tta,
                            ui.button_row(self._uncertainty, self._suggest)])
-        ui.align_labels([model, options])
-        self._inputs = [model, options]
-        settings = _layout.Scrolled([model, options])
+        large = ui.form("Large images", [self._output, self._block])
+        ui.align_labels([model, options, large])
+        self._inputs = [model, options, large]
+        settings = _layout.Scrolled([model, options, large])
         super().__init__(widgets=[_layout.dock_body([settings, self._controls, self._correct])], labels=False)
         self.margins = (0, 0, 0, 0)
         self._correct.changed.connect(lambda *_: self._controls.attempt(self.correct_prediction))
@@ -268,6 +274,16 @@ class PredictWidget(Container):
         layer = self._image.value
         if layer is None:
             raise InputError("no image layer: open an image first")
+        if _lazy.wants_blocks(layer):
+            why = refusal(checkpoint, self._split.value)
+            lazy = _lazy.lazy_image(layer, checkpoint.spec.in_channels) if why is None and not self._volume.value else None
+            if lazy is not None:
+                self._start_blocks(checkpoint, layer, lazy)
+                return
+            if not _lazy.fits_whole(layer):
+                raise InputError(f"layer {layer.name!r} is too large to predict whole, and "
+                                 + (why or "block by block takes one 2D image (no Z or T stack, no 3D objects)"))
+            # a small lazy layer that cannot go block by block (a stack, Mask R-CNN...): read whole
         image, axes = _layers.image_from_layer(layer, channels=checkpoint.spec.in_channels)
         shown = _layers.current_plane(self._viewer, layer, axes)
         plane = shown if self._only_plane.value else ()
@@ -341,6 +357,7 @@ class PredictWidget(Container):
         self._placeholders = []
 
     def _on_error(self, exc: BaseException) -> None:
+        self._blocks = None
         self._drop_placeholders()
         self._controls.say(error_text(exc))
 
@@ -360,7 +377,15 @@ class PredictWidget(Container):
         self._correct.enabled = not busy and last is not None and not last.stopped and not last.kind.boxes
 
     def _on_event(self, event) -> None:
-        if isinstance(event, TileDone):
+        if isinstance(event, TileDone) and self._blocks is not None:  # plane = block
+            fraction = (event.plane + event.tile / max(1, event.tiles)) / max(1, event.planes)
+            self._controls.report(fraction, f"block {event.plane + 1}/{event.planes}, tile {event.tile}/{event.tiles}")
+        elif isinstance(event, BlockDone):
+            if event.stage == "renumber":
+                self._controls.report(None, f"numbering the objects: block {event.block}/{event.blocks}")
+            else:
+                self._controls.report(event.fraction, f"block {event.block}/{event.blocks} done")
+        elif isinstance(event, TileDone):
             where = f", plane {event.plane + 1}/{event.planes}" if event.planes > 1 else ""
             self._controls.report(event.fraction, f"tile {event.tile}/{event.tiles}{where}")
         elif isinstance(event, Message):

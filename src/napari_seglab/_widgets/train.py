@@ -18,7 +18,7 @@ from ..core.labels import get_mode
 from ..core.models import get_family
 from ..core.train import ResolvedTrainConfig, TrainResult
 from . import _common as ui
-from . import _layout
+from . import _layout, _lazy
 from ._assist import AssistPanel
 from ._export_package import PackageExport
 from ._models import (
@@ -46,6 +46,13 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = ["MODELS_DIR", "TrainWidget", "default_model_path", "train_then_predict"]
+
+
+def crop_text(crop: tuple[slice, slice], margin: int) -> str:
+    """Says which part of a large layer a run trains on."""
+    ys, xs = crop
+    return (f"(large layer: training on its painted area, {ys.stop - ys.start}x{xs.stop - xs.start} px at "
+            f"y {ys.start}, x {xs.start}, with a {margin}px margin)")
 
 
 class TrainWidget(TrainSettings, Container):
@@ -77,6 +84,7 @@ class TrainWidget(TrainSettings, Container):
         self._offsets = (0, 0)  # (steps, epochs) of earlier runs shown in the plot
         self._last = (0, 0)  # (step, epoch) last drawn
         self._target = None  # (image layer, axes, shown plane, spatial shape, labels layer) of the running job
+        self._crop: _lazy.Placement | None = None  # where the trained crop of a large first image lies
 
         forms = self._build_settings(napari_viewer, self._auto_path)
         self._controls = ui.RunControls("Train", self._on_train, self._on_stop)
@@ -187,33 +195,52 @@ class TrainWidget(TrainSettings, Container):
         config = self._run_config(continuing)
         start = (self.last_checkpoint, self._kept_dice) if continuing and self.last_checkpoint else None
         # copy on the main thread: the user may keep painting while the worker trains
-        data, boxes, names = self._copy_data(pairs, config)
+        data, boxes, names, crops = self._copy_data(pairs, config)
         image, axes, _ = data[0]
-        plane = _layers.current_plane(self._viewer, pairs[0][0], axes)
+        self._crop = _lazy.Placement(pairs[0][0], crops[0]) if crops[0] is not None else None
+        plane = () if self._crop else _layers.current_plane(self._viewer, pairs[0][0], axes)
         preview_plane = (image[plane] if plane else image) if config.preview_every else None
         spatial = _layers.spatial_shape(image, axes)
         self._target = (pairs[0][0], axes, plane, spatial, pairs[0][1])
+        like = self._crop or pairs[0][0]
         if config.preview_every:  # created now, in answer to the click, so that previews only update it
-            _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint16), self._name("preview"), spatial,
-                               plane, like=pairs[0][0], below=pairs[0][1], reset=True,
-                               colors=prediction_kind(config.label_mode, "semantic"))
+            preview = _layers.show_plane(self._viewer, np.zeros(spatial[-2:], np.uint16), self._name("preview"),
+                                         spatial, plane, like=like, below=pairs[0][1], reset=True,
+                                         colors=prediction_kind(config.label_mode, "semantic"))
+            if self._crop:
+                self._crop.apply(preview)
         self._reset_plot(config, continuing)
         self._controls.set_fraction(0)
-        self._controls.say("starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs...")
+        opening = "starting..." if len(pairs) == 1 else f"starting on {len(pairs)} image/labels pairs..."
+        self._controls.say(f"{opening} {crop_text(crops[0], config.patch)}" if self._crop else opening)
         self._set_busy(True)
         self._slot.start(lambda stop: train_then_predict(data, config, preview_plane, plane, stop, names=names,
                                                          start=start, boxes=boxes),
                          on_event=self._on_event, on_result=self._on_result, on_error=self._on_error,
                          on_done=lambda: self._set_busy(False))
 
-    def _copy_data(self, pairs: list[tuple], config) -> tuple[list[tuple], list[list[dict]] | None, list]:
-        """(image, axes, labels) copies, box rows (box mode) and the layer names of ``pairs``, on the main thread.
+    def _copy_data(self, pairs: list[tuple], config) -> tuple[list[tuple], list[list[dict]] | None, list, list]:
+        """(image, axes, labels) copies, box rows (box mode), the layer names and crops of ``pairs``, on the main thread.
 
         Box mode: the rectangles become rows in the image's pixels (InputError naming the layer for an
         ellipse or a rotated rectangle), the area layer an area mask (None: the whole image).
+        A large or lazy 2D image layer (multiscale, dask / zarr, above 4096x4096 px) gives only its
+        painted area plus a margin of one patch; its crop is the (ys, xs) read (None: the whole image).
         """
-        data, boxes, names = [], [] if self.box_mode else None, []
+        data, boxes, names, crops = [], [] if self.box_mode else None, [], []
         for image_layer, annotation, *area in pairs:
+            if _lazy.wants_blocks(image_layer):
+                if boxes is None and _lazy.lazy_image(image_layer) is not None:
+                    image, axes, labels, crop = _lazy.training_crop(image_layer, annotation, int(config.patch))
+                    data.append((image, axes, labels))
+                    crops.append(crop)
+                    names.append((image_layer.name, annotation.name))
+                    continue
+                if not _lazy.fits_whole(image_layer):
+                    raise InputError(f"layer {image_layer.name!r} is too large to load whole, and "
+                                     + ("box training reads whole images" if boxes is not None else
+                                        "only a 2D layer is trained from its painted area"))
+            crops.append(None)
             image, axes = _layers.image_from_layer(image_layer)
             if boxes is not None:
                 spatial = _layers.spatial_shape(image, axes)
@@ -227,7 +254,7 @@ class TrainWidget(TrainSettings, Container):
             data.append((image, axes, _layers.labels_from_layer(annotation)))
             apply_colors(annotation, config.label_mode, force=False)
             names.append((image_layer.name, annotation.name))
-        return data, boxes, names
+        return data, boxes, names, crops
 
     def _run_config(self, continuing: bool) -> ResolvedTrainConfig:
         """The run's settings, checked once and resolved for the device; a continued run gets a fresh file."""
@@ -304,8 +331,10 @@ class TrainWidget(TrainSettings, Container):
             pass  # the model to predict with is decided when the run ends (a continued run may end worse)
         elif isinstance(event, Preview):
             layer, _axes, plane, spatial, labels_layer = self._target
-            _layers.show_plane(self._viewer, event.labels, self._name("preview"), spatial, plane, like=layer,
-                               below=labels_layer)
+            shown = _layers.show_plane(self._viewer, event.labels, self._name("preview"), spatial, plane,
+                                       like=self._crop or layer, below=labels_layer)
+            if self._crop:
+                self._crop.apply(shown)
         elif isinstance(event, TileDone):
             self._controls.report(event.fraction, f"predicting: tile {event.tile}/{event.tiles}, "
                                                   f"plane {event.plane + 1}/{event.planes}")
@@ -337,9 +366,14 @@ class TrainWidget(TrainSettings, Container):
             self.last_prediction, self._extras = None, None  # boxes are corrected in their Shapes layer
             found = f"; {len(prediction.boxes)} boxes found"
         elif prediction is not None and layer in self._viewer.layers:
-            _layers.promote_preview(self._viewer, prediction.labels, self._name("preview"), self._name("prediction"),
-                                    like=layer, colors=prediction_kind(self._mode.value, prediction.kind))
+            shown = _layers.promote_preview(self._viewer, prediction.labels, self._name("preview"),
+                                            self._name("prediction"), like=self._crop or layer,
+                                            colors=prediction_kind(self._mode.value, prediction.kind))
             self.last_prediction, self._extras = prediction, outcome.extras
+            if self._crop:  # the prediction covers the crop: nothing to correct or score against the layer
+                self._crop.apply(shown)
+                self.last_prediction, self._extras = None, None
+                found = "; the prediction covers the trained crop"
         else:
             self._drop_preview()
         layer, _axes, plane, _spatial, labels = self._target
@@ -399,7 +433,7 @@ class TrainWidget(TrainSettings, Container):
     def export_package(self) -> None:
         """Export the kept model as a bioimage.io package, its test input from the plane shown."""
         layer, plane = self._target[0] if self._target else None, None
-        if layer is not None and layer in self._viewer.layers:
+        if layer is not None and layer in self._viewer.layers and not _lazy.wants_blocks(layer):
             image, axes = _layers.image_from_layer(layer)
             index = _layers.current_plane(self._viewer, layer, axes)
             plane = image[index] if index else image
