@@ -13,6 +13,8 @@ from ._pixels import (
     pixel_ratio,
     pixel_size_or,
     prediction_factor,
+    resample_region,
+    source_window,
     yx_size,
 )
 from ._samples import (
@@ -41,5 +43,5 @@ __all__ = [
     "resample_image", "resample_labels", "scale_for", "scaled_shape", "split_validation",
     "stroke_diameter", "target_diameter", "to_chw", "transform_boxes", "zoom_boxes",
     "check_pixel_size", "format_size", "match_pixel_sizes", "pixel_ratio", "pixel_size_or", "prediction_factor",
-    "yx_size",
+    "resample_region", "source_window", "yx_size",
 ]

@@ -145,3 +145,63 @@ def match_pixel_sizes(images: Sequence[np.ndarray], labels: Sequence[np.ndarray 
         notes.append(f"image {i + 1} has pixel size {format_size(size)}: resampled by "
                      f"{math.sqrt(factor[0] * factor[1]):.3g} to {name}'s {format_size(reference)}")
     return images, labels, reference, notes
+
+
+def _axis_taps(n_in: int, n_out: int, start: int, stop: int, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights), each (stop - start, K), of output pixels ``start..stop`` of one axis resampled
+    from ``n_in`` to ``n_out`` pixels the way :func:`~._samples.resample_image` does (torch's bilinear,
+    ``align_corners=False``, antialiased when shrinking): a triangle filter on global pixel centres,
+    widened by the shrink factor, its taps within the plane renormalised. Unused taps have weight 0.
+    """
+    scale = n_in / n_out
+    wide = antialias and scale >= 1.0
+    support = scale if wide else 1.0
+    inv = 1.0 / scale if wide else 1.0
+    centre = scale * (np.arange(start, stop, dtype=np.float64) + 0.5)
+    lo = np.maximum((centre - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centre + support + 0.5).astype(np.int64), n_in)
+    k = int((hi - lo).max()) if hi.size else 1
+    idx = lo[:, None] + np.arange(k)[None]
+    w = np.clip(1.0 - np.abs((idx - centre[:, None] + 0.5) * inv), 0.0, None)
+    w[idx >= hi[:, None]] = 0.0
+    total = w.sum(1, keepdims=True)
+    w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    return np.minimum(idx, n_in - 1), w
+
+
+def source_window(src: Sequence[int], dst: Sequence[int], region: tuple[slice, slice]) -> tuple[slice, slice]:
+    """The (Y, X) window of a plane of ``src`` shape that :func:`resample_region` reads for ``region``
+    of its resampling to ``dst``."""
+    antialias = dst[0] < src[0] or dst[1] < src[1]
+    out = []
+    for n_in, n_out, part in zip(src[:2], dst[:2], region, strict=True):
+        idx, w = _axis_taps(int(n_in), int(n_out), part.start, part.stop, antialias)
+        used = idx[w > 0]
+        out.append(slice(int(used.min()), int(used.max()) + 1) if used.size else slice(0, 1))
+    return out[0], out[1]
+
+
+def resample_region(read, src: Sequence[int], dst: Sequence[int], region: tuple[slice, slice]) -> np.ndarray:
+    """``region`` (Y, X slices of the ``dst`` grid) of a (C, *src) plane resampled to ``dst``: (C, y, x) float32.
+
+    ``read(ys, xs)`` gives the plane's (C, y, x) pixels of a window (a lazy image): only the window
+    the region's taps reach is read (:func:`source_window`). The sample positions and weights are
+    those of :func:`~._samples.resample_image` over the whole plane, so the region equals the same
+    part of the whole plane's resampling up to float32 rounding (about 1e-7 of the range): the
+    block-wise prediction resamples each tile this way.
+    """
+    antialias = dst[0] < src[0] or dst[1] < src[1]
+    (iy, wy), (ix, wx) = (_axis_taps(int(n_in), int(n_out), part.start, part.stop, antialias)
+                          for n_in, n_out, part in zip(src[:2], dst[:2], region, strict=True))
+    ys, xs = source_window(src, dst, region)
+    win = np.asarray(read(ys, xs), np.float32)
+    iy, ix = np.clip(iy - ys.start, 0, win.shape[-2] - 1), np.clip(ix - xs.start, 0, win.shape[-1] - 1)
+    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
+    rows = np.zeros((win.shape[0], iy.shape[0], win.shape[-1]), np.float32)
+    for k in range(iy.shape[1]):  # along Y: a weighted sum of K gathered rows
+        rows += wy[None, :, k, None] * win[:, iy[:, k], :]
+    del win
+    out = np.zeros((rows.shape[0], iy.shape[0], ix.shape[0]), np.float32)
+    for k in range(ix.shape[1]):
+        out += wx[None, None, :, k] * rows[:, :, ix[:, k]]
+    return out

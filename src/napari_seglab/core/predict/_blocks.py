@@ -27,7 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from ..data import normalize, to_chw
+from ..data import (
+    check_scale,
+    normalize,
+    prediction_factor,
+    resample_region,
+    scaled_shape,
+    source_window,
+    to_chw,
+)
 from ..errors import InputError
 from ..events import BlockDone, Message, Stopped, TileDone, check_stop
 from ..models import Kind
@@ -130,10 +138,34 @@ def refusal(model, split_instances: bool = False) -> str | None:
                 "predicts whole images")
     if split_instances:
         return "--split-instances is not available block-wise yet; predict the whole image"
-    if float(model.info.scale or 1.0) != 1.0:
-        return (f"block-wise prediction runs models at object scale 1 only; this model resamples images by "
-                f"{model.info.scale:g}: predict the whole image")
     return None
+
+
+def block_factor(model, pixel_size: Sequence[float] | None = None) -> tuple[float, str | None]:
+    """(resampling factor, note or None) of ``model`` on an image of ``pixel_size`` (µm, or None):
+    its object scale times the pixel-size ratio, as the whole-image path computes it (InputError out of range)."""
+    return prediction_factor(check_scale(float(model.info.scale or 1.0)), pixel_size,
+                             getattr(model.info, "pixel_size", None))
+
+
+def model_grid(shape: Sequence[int], factor: float) -> tuple[int, int]:
+    """(Y, X) of the model's pixel grid over an image of (Y, X) ``shape`` resampled by ``factor``."""
+    h, w = int(shape[0]), int(shape[1])
+    return (h, w) if factor == 1.0 else scaled_shape((h, w), factor)
+
+
+def nearest_rows(n_image: int, n_model: int, part: slice) -> np.ndarray:
+    """The model pixels whose labels the image pixels ``part`` of one axis take: the nearest-neighbour
+    mapping of :func:`~napari_seglab.core.data.resample_labels` (pixel centres aligned), globally."""
+    y = np.arange(part.start, part.stop)
+    return np.minimum(((y + 0.5) * n_model / n_image).astype(np.int64), n_model - 1)
+
+
+def _take(a: np.ndarray, inner) -> np.ndarray:
+    """``a[..., rows, cols]`` for slices, or the (rows x cols) grid of index arrays."""
+    if isinstance(inner[0], slice):
+        return a[(..., *inner)]
+    return a[..., inner[0][:, None], inner[1][None, :]]
 
 
 def _check_model(model, split_instances: bool) -> None:
@@ -250,7 +282,12 @@ def _face_pairs(labels, grid: BlockGrid) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BlockJob:
-    """What every block of one image shares: the grids, the normalisation, what is decoded (picklable)."""
+    """What every block of one image shares: the grids, the normalisation, what is decoded (picklable).
+
+    ``grid``: blocks of the image's pixels (their cores are what a block writes); ``plan``: the tiles of
+    the model's pixel grid (``model_shape``: the image resampled by ``factor``, the whole-image path's
+    grid); ``halo`` is in model pixels. ``note``: why the image is resampled, or None.
+    """
 
     shape: tuple[int, int]
     grid: BlockGrid
@@ -260,34 +297,85 @@ class BlockJob:
     objects: bool
     head: bool
     in_channels: int
+    model_shape: tuple[int, int] | None = None
+    factor: float = 1.0
+    note: str | None = None
 
     def chw(self, read: Reader, ys: slice, xs: slice) -> np.ndarray:
         return to_chw(np.asarray(read(ys, xs)), self.in_channels)
 
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(Y, X) of the model's pixel grid (the image's when it is not resampled)."""
+        return self.model_shape or self.shape
+
+    def model_area(self, core: tuple[slice, slice], probabilities: bool) -> tuple[tuple[slice, slice], tuple]:
+        """(the model pixels a block ``core`` of image pixels needs, the model rows and columns its pixels take).
+
+        Without resampling: the core itself and its slices. Resampled: the model pixels the core's
+        labels take (nearest) and, with ``probabilities``, those its probabilities are interpolated from.
+        """
+        if self.factor == 1.0:
+            return core, core
+        (h, w), (mh, mw) = self.shape, self.grid_shape
+        rows, cols = nearest_rows(h, mh, core[0]), nearest_rows(w, mw, core[1])
+        ys, xs = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+        if probabilities:
+            py, px = source_window((mh, mw), (h, w), core)
+            ys, xs = slice(min(ys.start, py.start), max(ys.stop, py.stop)), \
+                slice(min(xs.start, px.start), max(xs.stop, px.stop))
+        return (ys, xs), (rows, cols)
+
+    def model_read(self, read: Reader) -> Reader:
+        """``read`` of raw (C, y, x) image pixels -> (C, y, x) of the model's grid (resampled regions)."""
+        def chw(ys, xs):
+            return self.chw(read, ys, xs)
+
+        if self.factor == 1.0:
+            return chw
+
+        def resampled(ys, xs):
+            return resample_region(chw, self.shape, self.grid_shape, (ys, xs))
+
+        return resampled
+
+
+def _grow(area: tuple[slice, slice], halo: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    ys, xs = area
+    return (slice(max(0, ys.start - halo), min(shape[0], ys.stop + halo)),
+            slice(max(0, xs.start - halo), min(shape[1], xs.stop + halo)))
+
 
 def plan_blocks(model, read: Reader, shape: Sequence[int], *, block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO,
                 tile: int | None = None, overlap: float = 0.25, split_instances: bool = False,
-                labels_dtype=np.int32) -> BlockJob:
-    """Check the request (InputError) and settle the grids and the normalisation (read from a bounded sample)."""
+                labels_dtype=np.int32, pixel_size: Sequence[float] | None = None) -> BlockJob:
+    """Check the request (InputError) and settle the grids and the normalisation (read from a bounded sample).
+
+    ``pixel_size``: the image's µm per pixel (or None); with the model's object scale it sets the
+    resampling factor (:func:`block_factor`).
+    """
     _check_model(model, split_instances)
     check_overlap(overlap)
     h, w = (int(n) for n in shape[:2])
-    if np.dtype(labels_dtype).itemsize < 8 and h * w >= np.iinfo(labels_dtype).max:
-        raise InputError(f"a {h}x{w} image needs int64 labels while blocks are stitched")
+    factor, note = block_factor(model, pixel_size)
+    mh, mw = model_grid((h, w), factor)
+    if np.dtype(labels_dtype).itemsize < 8 and max(h * w, mh * mw) >= np.iinfo(labels_dtype).max:
+        raise InputError(f"a {h}x{w} image (resampled by {factor:g}) needs int64 labels while blocks are stitched")
     tile = max(ALIGN, int(tile or DEFAULT_BLOCK_TILE))
     if model.max_tile:
         tile = min(tile, model.max_tile)
     spec = model.spec
     objects = _decodes_objects(model)
     grid = BlockGrid((h, w), max(ALIGN, int(block)))
-    plan = TilePlan.balanced((h, w), tile, overlap)
+    plan = TilePlan.balanced((mh, mw), tile, overlap)
 
     def chw(ys, xs):
         return to_chw(np.asarray(read(ys, xs)), spec.in_channels)
 
     lohi = model.input_scaling(scaling_sample(chw, (h, w)))
     return BlockJob((h, w), grid, plan, tuple(tuple(float(v) for v in part) for part in lohi),
-                    max(0, int(halo)) if objects else 0, objects, spec.has_regression_head, spec.in_channels)
+                    max(0, int(halo)) if objects else 0, objects, spec.has_regression_head, spec.in_channels,
+                    (mh, mw), factor, note)
 
 
 def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, probabilities_out=None,
@@ -300,17 +388,16 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
     cores = job.grid.cores()
     core = cores[index]
     halo = job.halo
+    chw = job.model_read(read)  # tiles of the model's grid: resampled from the image's window when factor != 1
+    area, inner_at = job.model_area(core, probabilities_out is not None)
 
-    def chw(ys, xs):
-        return job.chw(read, ys, xs)
-
-    growth, limit = 0, max(halo, MAX_HALO_FRACTION * job.grid.block)
+    growth, limit = 0, max(halo, MAX_HALO_FRACTION * job.grid.block * job.factor)
     while job.objects and growth < HALO_GROWTH and (halo << (growth + 1)) <= limit:
         growth += 1
     for grow in range(growth + 1):
         # a block whose core holds an object cut by the halo's edge is decoded again with twice the
         # halo (up to HALO_GROWTH times); what is still cut then is joined across faces at the end
-        region = job.grid.extended(core, halo << grow)
+        region = _grow(area, halo << grow, job.grid_shape)
         gen = _blend_region(model, chw, job.plan, region, job.lohi, job.head, stop)
         while True:
             try:
@@ -319,13 +406,15 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
                 out = fin.value
                 break
             yield TileDone(event.tile, event.tiles, plane=index, planes=len(cores))
-        inner = (slice(core[0].start - region[0].start, core[0].stop - region[0].start),
-                 slice(core[1].start - region[1].start, core[1].stop - region[1].start))
+        if isinstance(inner_at[0], slice):  # the core's pixels, relative to the region
+            inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(inner_at, region, strict=True))
+        else:
+            inner = tuple(i - r.start for i, r in zip(inner_at, region, strict=True))
         if not job.objects:
-            present = _semantic_labels(model, out, labels_out, core)
+            present = _semantic_labels(model, out, labels_out, core, inner)
             cut: list = []
             break
-        decoded = _decode_region(model, out, region, job.shape, inner)
+        decoded = _decode_region(model, out, region, job.grid_shape, inner)
         if not decoded[3] or grow == growth or halo == 0:
             labels_out[core] = decoded[0]
             present, cut = decoded[1], [int(c) for c in decoded[2]]
@@ -336,14 +425,21 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
         from ._forward import expand_probabilities
 
         p = expit(out[:1]).astype(np.float32) if job.head else out
-        probabilities_out[(slice(None), *core)] = expand_probabilities(p[(slice(None), *inner)])
+        if job.factor == 1.0:
+            p = p[(slice(None), *inner)]
+        else:  # interpolated back to the image's pixels as the whole-image path does, from the region
+            p = resample_region(lambda ys, xs: p[:, ys.start - region[0].start: ys.stop - region[0].start,
+                                                 xs.start - region[1].start: xs.stop - region[1].start],
+                                job.grid_shape, job.shape, core)
+        probabilities_out[(slice(None), *core)] = expand_probabilities(p)
     return present, cut
 
 
 def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *, probabilities_out=None,
                         block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO, tile: int | None = None,
                         overlap: float = 0.25, split_instances: bool = False, stop: threading.Event | None = None,
-                        tta: bool = False) -> Generator[TileDone | BlockDone | Message, None, BlockResult]:
+                        tta: bool = False, pixel_size: Sequence[float] | None = None
+                        ) -> Generator[TileDone | BlockDone | Message, None, BlockResult]:
     """Predict a 2D image block by block into ``labels_out`` (and ``probabilities_out``): a generator.
 
     ``read(ys, xs)``: the raw image's (y, x[, c]) pixels of two slices (a numpy array, a zarr array
@@ -354,12 +450,19 @@ def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *
     size are found exactly as in the whole image); ``tile`` (default :data:`DEFAULT_BLOCK_TILE`) and
     ``overlap`` define the global tile grid. Yields TileDone per tile (``plane`` = block) and
     BlockDone per block; returns a :class:`BlockResult` (``stopped`` when ``stop`` was set: the
-    outputs are then incomplete).
+    outputs are then incomplete). ``pixel_size``: the image's µm per pixel, or None.
+
+    A model that resamples (object scale != 1, or a pixel size other than its own) runs on the
+    whole-image path's resampled grid: tiles, blocks' regions and ``halo`` are in its pixels, each
+    tile is resampled from the image window it covers with the whole plane's sample positions, and
+    the labels (nearest) and probabilities (bilinear) come back to the image's pixels as in the
+    whole-image path; a Message says the image was resampled.
     """
     if tta:
         model = model.replace(tta=True)
     job = plan_blocks(model, read, shape, block=block, halo=halo, tile=tile, overlap=overlap,
-                      split_instances=split_instances, labels_dtype=labels_out.dtype)
+                      split_instances=split_instances, labels_dtype=labels_out.dtype, pixel_size=pixel_size)
+    yield from resampling_note(job)
     result = BlockResult(job.shape, len(job.grid), Kind.INSTANCES if job.objects else Kind.SEMANTIC,
                          tile=job.plan.size[0])
     seen: list[np.ndarray] = []  # per block, the ids its core holds
@@ -378,6 +481,14 @@ def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *
     return result
 
 
+def resampling_note(job: BlockJob) -> Generator[Message, None, None]:
+    """The Message that says a job's image is resampled (none when it is not)."""
+    if job.factor != 1.0:
+        mh, mw = job.grid_shape
+        why = job.note or f"object scale {job.factor:g}: resampling the image by {job.factor:.3g}"
+        yield Message(f"{why} ({job.shape[0]}x{job.shape[1]} -> {mh}x{mw} pixels, block by block)")
+
+
 def finish_blocks(job: BlockJob, labels_out, seen: list, cut: set, result: BlockResult,
                   stop: threading.Event | None = None) -> Generator[BlockDone, None, None]:
     """After every block: number the objects (and join those cut by a halo), or count the classes."""
@@ -387,11 +498,11 @@ def finish_blocks(job: BlockJob, labels_out, seen: list, cut: set, result: Block
         result.objects = len(np.unique(np.concatenate(seen))) if seen else 0
 
 
-def _semantic_labels(model, probs: np.ndarray, labels_out, core) -> np.ndarray:
+def _semantic_labels(model, probs: np.ndarray, labels_out, core, inner) -> np.ndarray:
     """Per-pixel class labels of a block core (no halo: nothing to stitch); returns the classes present."""
     from ._image import labels_from_probabilities
 
-    labels = labels_from_probabilities(probs, model.label_mode)
+    labels = _take(labels_from_probabilities(probs, model.label_mode), inner)
     labels_out[core] = labels
     return np.unique(labels)
 
@@ -411,7 +522,7 @@ def _decode_region(model, out: np.ndarray, region, shape, inner):
     ids, canon, is_cut = _canonical_ids(labels, region, shape)
     lut = np.zeros(int(labels.max()) + 1, np.int64)
     lut[ids] = canon
-    written = lut[labels[inner]]
+    written = lut[_take(labels, inner)]
     present = np.unique(written)
     present = present[present > 0]
     cut_here = np.intersect1d(canon[is_cut], present)
