@@ -27,9 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=None, metavar="PX",
                    help=f"predict block by block, PX pixels a side (bounded memory; 256 or more); 0 = never. "
                         f"Default: {DEFAULT_BLOCK} for OME-Zarr input or output and for images above 4096x4096 "
-                        "pixels, when the model allows it (U-Net / FCN at object scale 1)")
+                        "pixels, when the model allows it (U-Net / FCN; a model that resamples runs on its "
+                        "resampled grid)")
     p.add_argument("--halo", type=int, default=DEFAULT_HALO, metavar="PX",
-                   help="pixels around a block decoded with it: objects up to about this size are found exactly "
+                   help="pixels (the model's, after any resampling) around a block decoded with it: objects up "
+                        "to about this size are found exactly "
                         "as in the whole image; a block holding a wider one is decoded again with the halo doubled")
     dask = p.add_mutually_exclusive_group()
     dask.add_argument("--workers", type=int, default=None, metavar="N",
@@ -53,8 +55,8 @@ def wanted(args: argparse.Namespace) -> bool:
         return False
     if args.block or args.workers or args.scheduler or is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
         return True
-    # automatic only for a plain TIFF read as it is: microscope files, a scene / channel / axes / pixel-size
-    # choice and 3D objects go through the whole-image path, which honours them
+    # automatic only for a plain TIFF read as it is: microscope files, a scene / channel / axes choice and
+    # 3D objects go through the whole-image path, which honours them (a --pixel-size is honoured by both)
     if Path(args.input).suffix.lower() not in (".tif", ".tiff") or _reading_choices(args):
         return False
     from ..core.io import probe_tiff
@@ -66,7 +68,7 @@ def wanted(args: argparse.Namespace) -> bool:
 
 def _reading_choices(args: argparse.Namespace) -> list[str]:
     """The options of this run that the block-wise path does not honour (yet)."""
-    named = [f"--{name.replace('_', '-')}" for name in ("scene", "channel", "axes", "pixel_size")
+    named = [f"--{name.replace('_', '-')}" for name in ("scene", "channel", "axes")
              if getattr(args, name, None) is not None]
     return named + (["--3d"] if getattr(args, "volume", False) else [])
 
@@ -115,12 +117,15 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
 
     from ..core.events import BlockDone, Message, TileDone
     from ..core.io import OmeZarrWriter, open_lazy, write_tiff_tiled
-    from ..core.predict import DEFAULT_BLOCK, chunk_for, iter_predict_blocks, labels_dtype
+    from ..core.data import pixel_size_or
+    from ..core.predict import DEFAULT_BLOCK, block_factor, chunk_for, iter_predict_blocks, labels_dtype
 
     if args.boxes:
         raise InputError("--boxes: not available block by block; predict the whole image (--block 0) for boxes")
     image = open_lazy(args.input)
     shape = image.shape[:2]
+    pixel_size = pixel_size_or(image.pixel_size, getattr(args, "pixel_size", None))
+    factor, _ = block_factor(model, pixel_size)  # InputError (nothing written) when out of range
     block = int(args.block or DEFAULT_BLOCK)
     status = Status()
 
@@ -140,20 +145,20 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
         def store(path, store_shape, dtype, name):
             final = path if is_zarr(path) else f"{path}.scratch.zarr"  # a TIFF is streamed from a scratch store
             return stack.enter_context(OmeZarrWriter(final, store_shape, dtype, chunk=chunk_for(block),
-                                                     pixel_size=image.pixel_size, protect=protect, name=name))
+                                                     pixel_size=pixel_size, protect=protect, name=name))
 
-        labels = store(args.output, shape, labels_dtype(shape), "labels")
+        labels = store(args.output, shape, labels_dtype(shape, factor), "labels")
         probs = None
         if args.probabilities:
             k = 2 if model.spec.has_regression_head else max(2, model.spec.n_classes)
             probs = store(args.probabilities, (k, *shape), np.float32, "probabilities")
         if args.workers or args.scheduler:
-            result = _run_dask(args, model, block, labels, probs, handle, stack)
+            result = _run_dask(args, model, block, labels, probs, handle, stack, pixel_size)
         else:
             result = drive(iter_predict_blocks(model, image.read, shape, labels.array,
                                                probabilities_out=None if probs is None else probs.array,
                                                block=block, halo=args.halo, tile=args.tile or None,
-                                               overlap=args.overlap, tta=args.tta), handle)
+                                               overlap=args.overlap, tta=args.tta, pixel_size=pixel_size), handle)
         counted = f"{result.objects} objects, {result.crossing} across block faces" if result.kind.value != \
             "semantic" else f"{result.objects} classes"
         top = result.objects if result.kind.value != "semantic" else max(2, model.spec.n_classes)
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
     return EXIT_OK
 
 
-def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle, stack: ExitStack):
+def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle, stack: ExitStack, pixel_size):
     """The blocks as tasks of a Dask cluster (local workers or ``--scheduler``); returns the BlockResult."""
     from ..core.batch import open_client, usable_cpus
     from ..core.predict import iter_predict_blocks_dask
@@ -189,4 +194,4 @@ def _run_dask(args: argparse.Namespace, model, block: int, labels, probs, handle
         client, model, str(Path(args.model).absolute()), str(Path(args.input).absolute()), str(labels.tmp / "0"),
         probabilities_path=None if probs is None else str(probs.tmp / "0"), block=block, halo=args.halo,
         tile=args.tile or None, overlap=args.overlap, device=args.device, runtime=args.runtime, tta=args.tta,
-        threads=threads), handle)
+        threads=threads, pixel_size=pixel_size), handle)

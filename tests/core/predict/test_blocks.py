@@ -24,7 +24,7 @@ from napari_seglab.core.predict import (
     load_model,
     wrap_model,
 )
-from napari_seglab.core.predict._blocks import BlockGrid, sample_windows
+from napari_seglab.core.predict._blocks import BlockGrid, plan_blocks, refusal, sample_windows
 from napari_seglab.core.synthetic import make_nuclei
 
 CPU = torch.device("cpu")
@@ -143,10 +143,20 @@ def test_a_stop_ends_block_prediction_between_tiles(random_unet):
     assert result.stopped and not events
 
 
-def test_models_the_blocks_cannot_run_are_refused(flows_model):
-    model = load_model(flows_model, "cpu", runtime="torch")  # object scale 1.5
-    with pytest.raises(InputError, match="scale 1 only"):
-        run_blocks(model, np.zeros((64, 64), np.float32), block=64, tile=64)
+def test_a_trained_model_at_object_scale_1_5_predicts_block_wise_as_the_whole_image(flows_model):
+    model = load_model(flows_model, "cpu", runtime="torch")  # object scale 1.5: resamples every image
+    assert refusal(model) is None
+    assert "split" in refusal(model, split_instances=True)
+    # (seed 2 gives this young model a thin 126 px wide object along the top edge: wider than the halo,
+    # one block's flow check drops its piece, as it would at object scale 1)
+    image, _ = make_nuclei((96, 128), seed=3)
+    _, ref = collect(iter_predict_image(model, image, "YX", tile=64, overlap=0.25))
+    labels, _, events, result = run_blocks(model, image, block=64, tile=64, halo=32)
+    assert same_up_to_renumbering(labels, ref.labels) and result.objects > 10 and result.crossing > 0
+    assert any("resampling the image by 1.5" in getattr(e, "text", "") for e in events)
+    with pytest.raises(InputError, match="int64 labels"):  # the model's grid is what the stitching ids number
+        plan_blocks(model, lambda ys, xs: np.zeros((ys.stop - ys.start, xs.stop - xs.start), np.float32),
+                    (40000, 40000), labels_dtype=np.int32)
 
 
 def test_grid_and_normalisation_sample_are_bounded():

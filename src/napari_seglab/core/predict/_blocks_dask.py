@@ -23,6 +23,7 @@ from ._blocks import (
     finish_blocks,
     iter_block,
     plan_blocks,
+    resampling_note,
 )
 
 #: models loaded by this worker process, by (path, device, runtime): loaded once, used for every block
@@ -61,15 +62,17 @@ def iter_predict_blocks_dask(client, model, model_path: str, input_path: str, la
                              probabilities_path: str | None = None, block: int = DEFAULT_BLOCK,
                              halo: int = DEFAULT_HALO, tile: int | None = None, overlap: float = 0.25,
                              device: str = "cpu", runtime: str = "torch", tta: bool = False, threads: int = 0,
-                             stop: threading.Event | None = None
+                             stop: threading.Event | None = None, pixel_size=None
                              ) -> Generator[BlockDone | Message, None, BlockResult]:
     """Predict the image at ``input_path`` block by block as tasks of ``client``'s workers: a generator.
 
     ``model``: the loaded model (the driver reads its settings); ``model_path``: the checkpoint the
     workers load. ``labels_path`` / ``probabilities_path``: existing zarr arrays of the image's
     shape (level 0 of :class:`~napari_seglab.core.io.OmeZarrWriter` stores) that the workers open
-    and write. Yields BlockDone as blocks finish (in any order), then while renumbering; returns a
-    :class:`~._blocks.BlockResult` (``stopped`` when ``stop`` was set: outstanding tasks are cancelled).
+    and write. ``pixel_size``: the image's µm per pixel (default: the file's); the driver settles the
+    resampling factor (object scale, pixel size) once, in the job every task gets. Yields BlockDone as
+    blocks finish (in any order), then while renumbering; returns a :class:`~._blocks.BlockResult`
+    (``stopped`` when ``stop`` was set: outstanding tasks are cancelled).
     """
     import zarr
     from distributed import as_completed
@@ -80,7 +83,9 @@ def iter_predict_blocks_dask(client, model, model_path: str, input_path: str, la
     image = open_lazy(input_path)
     labels = zarr.open_array(labels_path, mode="r+")
     job = plan_blocks(model.replace(tta=tta) if tta else model, image.read, image.shape[:2], block=block,
-                      halo=halo, tile=tile, overlap=overlap, labels_dtype=labels.dtype)
+                      halo=halo, tile=tile, overlap=overlap, labels_dtype=labels.dtype,
+                      pixel_size=image.pixel_size if pixel_size is None else pixel_size)
+    yield from resampling_note(job)
     n = len(job.grid)
     result = BlockResult(job.shape, n, Kind.INSTANCES if job.objects else Kind.SEMANTIC, tile=job.plan.size[0])
     futures = [client.submit(block_task, str(model_path), device, runtime, tta, threads, job, str(input_path),

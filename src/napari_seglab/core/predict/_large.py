@@ -15,7 +15,7 @@ import numpy as np
 
 from ..events import BlockDone, Message, TileDone
 from ..io import LazyImage, OmeZarrWriter
-from ._blocks import DEFAULT_BLOCK, DEFAULT_HALO, BlockResult, iter_predict_blocks
+from ._blocks import DEFAULT_BLOCK, DEFAULT_HALO, BlockResult, block_factor, iter_predict_blocks, model_grid
 
 #: output chunk side: 1024 where the block is a multiple of it (napari reads 1024-chunks briskly), else the block
 CHUNK = 1024
@@ -26,24 +26,32 @@ def chunk_for(block: int) -> int:
     return CHUNK if block % CHUNK == 0 else block
 
 
-def labels_dtype(shape: Sequence[int]) -> np.dtype:
-    """int32 labels while the stitching's ids (1 + a pixel's linear index) fit, else int64."""
-    return np.dtype(np.int32 if int(shape[0]) * int(shape[1]) < np.iinfo(np.int32).max else np.int64)
+def labels_dtype(shape: Sequence[int], factor: float = 1.0) -> np.dtype:
+    """int32 labels while the stitching's ids (1 + a pixel's linear index in the image, or in the model's
+    grid when it is resampled by ``factor``) fit, else int64."""
+    h, w = int(shape[0]), int(shape[1])
+    mh, mw = model_grid((h, w), factor)
+    return np.dtype(np.int32 if max(h * w, mh * mw) < np.iinfo(np.int32).max else np.int64)
 
 
 def iter_predict_to_zarr(model, image: LazyImage, labels_path, *, probabilities_path=None,
                          block: int = DEFAULT_BLOCK, halo: int = DEFAULT_HALO, tile: int | None = None,
                          overlap: float = 0.25, stop: threading.Event | None = None, tta: bool = False,
-                         protect: Sequence = ()) -> Generator[TileDone | BlockDone | Message, None, BlockResult]:
+                         protect: Sequence = (), pixel_size: Sequence[float] | None = None
+                         ) -> Generator[TileDone | BlockDone | Message, None, BlockResult]:
     """Predict ``image`` block by block into an OME-Zarr of labels (and one of probabilities); a generator.
 
     Both stores are published (renamed into place) only when the prediction ends unstopped;
-    ``protect``: paths never written over (the inputs). Returns the :class:`BlockResult`.
+    ``protect``: paths never written over (the inputs). ``pixel_size``: the image's µm per pixel
+    (default: ``image.pixel_size``); a model trained at another one, or at an object scale other
+    than 1, runs on the resampled grid (a Message says so). Returns the :class:`BlockResult`.
     """
     shape = image.shape[:2]
+    pixel_size = image.pixel_size if pixel_size is None else pixel_size
+    factor, _ = block_factor(model, pixel_size)
     chunk = chunk_for(int(block))
     attrs = {"source": image.source, "model": model.spec.family, "block": int(block), "halo": int(halo)}
-    with OmeZarrWriter(labels_path, shape, labels_dtype(shape), chunk=chunk, pixel_size=image.pixel_size,
+    with OmeZarrWriter(labels_path, shape, labels_dtype(shape, factor), chunk=chunk, pixel_size=image.pixel_size,
                        protect=protect) as labels:
         probs = None
         if probabilities_path is not None:
@@ -54,7 +62,7 @@ def iter_predict_to_zarr(model, image: LazyImage, labels_path, *, probabilities_
             result = yield from iter_predict_blocks(model, image.read, shape, labels.array,
                                                     probabilities_out=None if probs is None else probs.array,
                                                     block=block, halo=halo, tile=tile, overlap=overlap, stop=stop,
-                                                    tta=tta)
+                                                    tta=tta, pixel_size=pixel_size)
             if not result.stopped:
                 labels.finish({**attrs, "objects": result.objects, "kind": str(result.kind.value)})
                 if probs is not None:
