@@ -115,10 +115,16 @@ def run(args: argparse.Namespace, model, protect: list[str]) -> int:
     """Predict block by block and write the outputs; returns the exit code."""
     import numpy as np
 
+    from ..core.data import pixel_size_or
     from ..core.events import BlockDone, Message, TileDone
     from ..core.io import OmeZarrWriter, open_lazy, write_tiff_tiled
-    from ..core.data import pixel_size_or
-    from ..core.predict import DEFAULT_BLOCK, block_factor, chunk_for, iter_predict_blocks, labels_dtype
+    from ..core.predict import (
+        DEFAULT_BLOCK,
+        block_factor,
+        chunk_for,
+        iter_predict_blocks,
+        labels_dtype,
+    )
 
     if args.boxes:
         raise InputError("--boxes: not available block by block; predict the whole image (--block 0) for boxes")

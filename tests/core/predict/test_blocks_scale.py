@@ -12,7 +12,13 @@ import pytest
 import torch
 from test_blocks import oracle_model, run_blocks, same_up_to_renumbering
 
-from napari_seglab.core.data import Normalization, resample_image, resample_region, scaled_shape, source_window
+from napari_seglab.core.data import (
+    Normalization,
+    resample_image,
+    resample_region,
+    scaled_shape,
+    source_window,
+)
 from napari_seglab.core.errors import InputError
 from napari_seglab.core.evaluate import match_instances
 from napari_seglab.core.events import Message, collect

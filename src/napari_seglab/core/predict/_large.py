@@ -15,7 +15,14 @@ import numpy as np
 
 from ..events import BlockDone, Message, TileDone
 from ..io import LazyImage, OmeZarrWriter
-from ._blocks import DEFAULT_BLOCK, DEFAULT_HALO, BlockResult, block_factor, iter_predict_blocks, model_grid
+from ._blocks import (
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
+    BlockResult,
+    block_factor,
+    iter_predict_blocks,
+    model_grid,
+)
 
 #: output chunk side: 1024 where the block is a multiple of it (napari reads 1024-chunks briskly), else the block
 CHUNK = 1024
