@@ -19,6 +19,14 @@ def image(tmp_path_factory):
     return path, img
 
 
+def same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a one-to-one map of ids turns ``a`` into ``b`` (0 stays 0)."""
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
 def predict(model, src, out, *extra):
     return main(["predict", "--model", str(model), "--input", str(src), "--output", str(out), "--tile", "64",
                  "--device", "cpu", "--runtime", "torch", *extra])
@@ -96,3 +104,44 @@ def test_a_stop_between_blocks_leaves_no_output_and_no_hidden_store(random_unet,
     assert proc.wait(timeout=120) == code
     assert "no partial files were written" in rest
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def half_micron_flows(tmp_path_factory):
+    """A random-weight flows U-Net recorded as trained at 0.5 µm per pixel, object scale 1.5."""
+    import torch
+
+    from napari_seglab.core.data import Normalization
+    from napari_seglab.core.models import ModelSpec, build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", in_channels=1, n_classes=2,
+                     options={"head": "flows"})
+    meta = {"model": spec.to_dict(), "label_mode": "instances", "normalization": Normalization().to_dict(),
+            "scale": 1.5, "pixel_size": [0.5, 0.5]}
+    return save_checkpoint(tmp_path_factory.mktemp("half_micron") / "m.pt", build_model(spec)[0], meta)
+
+
+def test_a_pixel_size_and_an_object_scale_go_block_by_block(half_micron_flows, image, tmp_path, capsys):
+    """--pixel-size 0.25 with a model of 0.5 µm at object scale 1.5: resampled by 0.75, in blocks as whole."""
+    src, _ = image
+    size = ["--pixel-size", "0.25"]
+    assert predict(half_micron_flows, src, tmp_path / "whole.tif", "--block", "0", *size) == 0
+    whole = tifffile.imread(tmp_path / "whole.tif")
+    capsys.readouterr()
+    out = tmp_path / "labels.ome.zarr"
+    assert predict(half_micron_flows, src, out, "--block", "256", "--halo", "32", *size) == 0
+    err = capsys.readouterr().err
+    assert "resampling the image by 0.75" in err and "300x420 -> 225x315 pixels, block by block" in err
+    blocked = open_lazy(out)
+    assert blocked.pixel_size == pytest.approx((0.25, 0.25))
+    labels = blocked.load()
+    assert whole.max() > 0
+    assert same_up_to_renumbering(labels, whole)
+
+
+def test_a_resampling_factor_out_of_range_writes_nothing(half_micron_flows, image, tmp_path, capsys):
+    src, _ = image
+    assert predict(half_micron_flows, src, tmp_path / "out.ome.zarr", "--pixel-size", "50") == 2
+    assert "outside" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -130,12 +130,12 @@ def test_stop_between_blocks_leaves_no_store(make_napari_viewer, qtbot, tiny_nuc
     assert widget._controls.run_button.enabled
 
 
-def test_a_model_that_cannot_go_block_by_block(make_napari_viewer, qtbot, tiny_nuclei, flows_model, errors):
-    """A model at object scale 1.5: a small lazy layer is read whole instead; a multiscale one is refused."""
-    da = pytest.importorskip("dask.array")
+def test_a_model_that_resamples_goes_block_by_block(make_napari_viewer, qtbot, tiny_nuclei, flows_model, errors):
+    """A model at object scale 1.5: a multiscale layer goes block by block on the resampled grid, with the
+    objects a numpy layer of the same image gets whole; split touching objects is refused for the large layer."""
     viewer = make_napari_viewer()
     image = tiny_nuclei[0]
-    small = viewer.add_image(da.from_array(image, chunks=32), name="small")
+    small = viewer.add_image(image, name="small")
     big = viewer.add_image([Guarded(image), image[::2, ::2]], multiscale=True, name="big",
                            contrast_limits=(0, int(image.max())))
     widget = dock(viewer, "Predict")
@@ -143,15 +143,30 @@ def test_a_model_that_cannot_go_block_by_block(make_napari_viewer, qtbot, tiny_n
     widget._device.value = "cpu"
 
     widget.set_image(big)
+    widget._split.value = True
     click(widget._controls.run_button)
     assert not widget.busy and "big labels" not in viewer.layers
     assert "too large to predict whole" in widget._controls.status.value
-    assert "object scale 1" in widget._controls.status.value
+    assert "split touching objects" in widget._controls.status.value
+    widget._split.value = False
+    widget._block.value = 64
+    refused = len(errors)
+    _predict(widget, qtbot)
+    labels = viewer.layers["big labels"]
+    assert not isinstance(labels.data, np.ndarray) and labels.data.shape == image.shape
+    assert widget._controls.status.value.startswith("done in") and "2 blocks" in widget._controls.status.value
+    assert len(errors) == refused
+    blocked = np.asarray(labels.data[...])
 
     widget.set_image(small)
     _predict(widget, qtbot)
-    assert isinstance(viewer.layers["small labels"].data, np.ndarray)  # today's whole-image path
+    whole = viewer.layers["small labels"].data
+    assert isinstance(whole, np.ndarray)  # the whole-image path
     assert widget._controls.status.value.startswith("done in")
+    # the same objects up to renumbering (0 stays 0, ids map one to one)
+    assert np.array_equal(blocked > 0, whole > 0)
+    pairs = np.unique(np.stack([blocked.ravel(), whole.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 def test_a_large_numpy_layer_goes_block_by_block(make_napari_viewer, qtbot, tiny_nuclei, tiny_model, monkeypatch):
@@ -198,7 +213,7 @@ def test_outputs_that_would_overwrite_are_refused(make_napari_viewer, tiny_nucle
     assert "cells labels" not in viewer.layers
 
 
-def test_block_by_block_refuses_a_model_that_would_resample():
+def test_block_by_block_takes_a_model_that_resamples():
     from types import SimpleNamespace
 
     from napari_seglab._widgets._predict_blocks import check_blockable
@@ -208,8 +223,7 @@ def test_block_by_block_refuses_a_model_that_would_resample():
     model = SimpleNamespace(spec=SimpleNamespace(semantic=True, family="unet"), label_mode="scribbles",
                             info=SimpleNamespace(scale=1.0, pixel_size=(0.5, 0.5)))
     plane = np.zeros((8, 8), np.uint16)
-    with pytest.raises(InputError, match=r"resample this image by 0\.5 \(pixel size 0\.25 µm, the model's 0\.5 µm"):
-        check_blockable(model, LazyImage(plane, "YX", pixel_size=(0.25, 0.25)))
+    check_blockable(model, LazyImage(plane, "YX", pixel_size=(0.25, 0.25)))  # resampled by 0.5, block by block
     check_blockable(model, LazyImage(plane, "YX", pixel_size=(0.5, 0.5)))  # the model's own pixel size
     check_blockable(model, LazyImage(plane, "YX"))  # unknown: predicted as it is
     with pytest.raises(InputError, match="split touching objects is not available block-wise"):

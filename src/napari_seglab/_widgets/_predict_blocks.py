@@ -59,19 +59,14 @@ def refusal(model, split_instances: bool = False) -> str | None:
 
 
 def check_blockable(model, image: LazyImage, split_instances: bool = False) -> None:
-    """InputError when ``model`` cannot predict ``image`` block by block (the dock then says why)."""
-    from ..core.data import format_size, prediction_factor
+    """InputError when ``model`` cannot predict ``image`` block by block (the dock then says why).
 
+    A model that resamples (object scale, the layer's pixel size) goes block by block on its resampled
+    grid; a factor out of range is refused by the core before anything is written.
+    """
     why = refusal(model, split_instances)
     if why:
         raise InputError(f"{why} (this layer is read block by block)")
-    factor, _note = prediction_factor(float(model.info.scale or 1.0), image.pixel_size,
-                                      getattr(model.info, "pixel_size", None))
-    if abs(factor - 1.0) > 1e-6:
-        raise InputError(f"the model would resample this image by {factor:.3g} (pixel size "
-                         f"{format_size(image.pixel_size)}, the model's {format_size(model.info.pixel_size)}, "
-                         f"object scale {float(model.info.scale or 1.0):g}): block by block it predicts "
-                         "without resampling only")
 
 
 def predict_to_store(checkpoint: Checkpoint, cached, device: str, image: LazyImage, labels_path: Path,
