@@ -9,6 +9,9 @@ model); whole-image runs (``--block 0``, up to ``--whole-max``) read the TIFF; a
 their labels must agree: semantic labels equal, instance labels equal up to renumbering with AP@0.5 and
 AP@0.75 of one against the other 1.0. The last lines print the ratios: whole / blocked peak RSS at the
 largest size both ran, and blocked time per pixel at the largest size / at 2k.
+
+``--scale F`` predicts with copies of the models whose object scale is F: both paths then run on the
+image resampled by F (block by block on the resampled grid), and must still agree.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def train_models(work: Path, seconds: float) -> dict[str, Path]:
                           model_out=str(path), **settings[name])
         drive(iter_train([image], [labels[name]], cfg))
     return models
+
+
+def rescaled(path: Path, scale: float) -> Path:
+    """A copy of the checkpoint at ``path`` whose object scale is ``scale`` (the weights unchanged)."""
+    from napari_seglab.core.models import load_checkpoint, save_checkpoint
+
+    out = path.with_name(f"{path.stem}_scale{scale:g}.pt")
+    if not out.exists():
+        ckpt = load_checkpoint(path)
+        save_checkpoint(out, ckpt.build("cpu"), {**ckpt.meta, "scale": float(scale)})
+    return out
 
 
 def make_images(work: Path, size: int) -> tuple[Path, Path]:
@@ -116,10 +130,14 @@ def main(argv=None) -> int:
     p.add_argument("--whole-max", type=int, default=8192, help="largest size also predicted whole")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--train-seconds", type=float, default=40)
+    p.add_argument("--scale", type=float, default=1.0, help="object scale of the models predicting (resampling)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     models = train_models(work, args.train_seconds)
+    if args.scale != 1.0:
+        models = {name: rescaled(path, args.scale) for name, path in models.items()}
+    tag = "" if args.scale == 1.0 else f"_s{args.scale:g}"
     rows = []
     for size in args.sizes:
         tif, zarr_path = make_images(work, size)
@@ -128,20 +146,20 @@ def main(argv=None) -> int:
             common = ["predict", "--model", str(models[name]), "--tile", str(args.tile), "--device", "cpu",
                       "--runtime", "torch"]
             runs = {"zarr": run_cli([*common, "--input", str(zarr_path), "--output",
-                                     str(work / f"{name}_{size}.ome.zarr"), *block])}
+                                     str(work / f"{name}{tag}_{size}.ome.zarr"), *block])}
             if name == "flows":
-                runs["tiff"] = run_cli([*common, "--input", str(tif), "--output", str(work / f"{name}_{size}_b.tif"),
+                runs["tiff"] = run_cli([*common, "--input", str(tif), "--output", str(work / f"{name}{tag}_{size}_b.tif"),
                                         *block])
-            blocked = read_labels(work / f"{name}_{size}.ome.zarr")
-            meta = json.loads((work / f"{name}_{size}.ome.zarr" / "zarr.json").read_text())["attributes"]["seglab"]
+            blocked = read_labels(work / f"{name}{tag}_{size}.ome.zarr")
+            meta = json.loads((work / f"{name}{tag}_{size}.ome.zarr" / "zarr.json").read_text())["attributes"]["seglab"]
             for how, r in runs.items():
                 rows.append({"size": size, "model": name, "run": f"blocked {how}", "seconds": r["seconds"],
                              "peak_gb": r["peak"] / GB, "mpx_s": size * size / r["seconds"] / 1e6,
                              "crossing": meta.get("crossing")})
             if size <= args.whole_max:
-                r = run_cli([*common, "--input", str(tif), "--output", str(work / f"{name}_{size}_w.tif"),
+                r = run_cli([*common, "--input", str(tif), "--output", str(work / f"{name}{tag}_{size}_w.tif"),
                              "--block", "0"])
-                whole = read_labels(work / f"{name}_{size}_w.tif")
+                whole = read_labels(work / f"{name}{tag}_{size}_w.tif")
                 rows.append({"size": size, "model": name, "run": "whole tiff", "seconds": r["seconds"],
                              "peak_gb": r["peak"] / GB, "mpx_s": size * size / r["seconds"] / 1e6,
                              **agreement(blocked, whole, name == "flows")})
