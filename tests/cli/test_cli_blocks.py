@@ -145,3 +145,15 @@ def test_a_resampling_factor_out_of_range_writes_nothing(half_micron_flows, imag
     assert predict(half_micron_flows, src, tmp_path / "out.ome.zarr", "--pixel-size", "50") == 2
     assert "outside" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_large_tiff_with_a_pixel_size_goes_block_by_block_by_itself(half_micron_flows, image, tmp_path, capsys,
+                                                                       monkeypatch):
+    from napari_seglab.cli import predict_blocks
+
+    monkeypatch.setattr(predict_blocks, "AUTO_BLOCK_PIXELS", 256 * 256)  # "above 4096x4096" at test size
+    src, _ = image
+    assert predict(half_micron_flows, src, tmp_path / "auto.tif", "--pixel-size", "0.25") == 0
+    err = capsys.readouterr().err
+    assert "in 1024px blocks" in err and "resampling the image by 0.75" in err
+    assert tifffile.imread(tmp_path / "auto.tif").shape == (300, 420)
