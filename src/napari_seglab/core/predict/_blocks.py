@@ -12,6 +12,13 @@ writer per chunk when blocks are whole chunks). Objects wider than the halo are 
 edge: the blocks on each side of a face then merge them where they touch across it. A last pass
 numbers the objects 1..N in the raster order of their first pixel.
 
+A model that resamples (object scale != 1, or a pixel size other than its own) predicts on the grid
+the whole-image path resamples the image to: the tile plan, the decoded regions, the halo and the
+canonical ids live on that grid, each tile is resampled from the image window its taps reach with the
+whole plane's sample positions (:func:`~napari_seglab.core.data.resample_region`), and each block maps
+its own image pixels back (labels nearest, probabilities bilinear), so blocks stay squares of the
+image's pixels (one writer per chunk).
+
 Normalisation uses per-channel percentiles of a bounded sample (:func:`scaling_sample`: the whole
 plane up to :data:`SAMPLE_PIXELS`, else a grid of windows); the whole-image path takes the same
 sample, so both paths see the same values.
@@ -428,8 +435,9 @@ def iter_block(model, job: BlockJob, read: Reader, index: int, labels_out, proba
         if job.factor == 1.0:
             p = p[(slice(None), *inner)]
         else:  # interpolated back to the image's pixels as the whole-image path does, from the region
-            p = resample_region(lambda ys, xs: p[:, ys.start - region[0].start: ys.stop - region[0].start,
-                                                 xs.start - region[1].start: xs.stop - region[1].start],
+            on_grid = p
+            p = resample_region(lambda ys, xs: on_grid[:, ys.start - region[0].start: ys.stop - region[0].start,
+                                                       xs.start - region[1].start: xs.stop - region[1].start],
                                 job.grid_shape, job.shape, core)
         probabilities_out[(slice(None), *core)] = expand_probabilities(p)
     return present, cut
