@@ -10,8 +10,9 @@ their labels must agree: semantic labels equal, instance labels equal up to renu
 AP@0.75 of one against the other 1.0. The last lines print the ratios: whole / blocked peak RSS at the
 largest size both ran, and blocked time per pixel at the largest size / at 2k.
 
-``--scale F`` predicts with copies of the models whose object scale is F: both paths then run on the
-image resampled by F (block by block on the resampled grid), and must still agree.
+``--scale F`` trains the models at object scale F (the nuclei reach the network F times their size):
+both paths then run on the image resampled by F (block by block on the resampled grid), and must
+still agree.
 """
 
 from __future__ import annotations
@@ -29,35 +30,25 @@ import numpy as np
 GB = 2**30
 
 
-def train_models(work: Path, seconds: float) -> dict[str, Path]:
-    """The two tiny models (trained once, kept in ``work``)."""
+def train_models(work: Path, seconds: float, names=("semantic", "flows"), scale: float = 1.0) -> dict[str, Path]:
+    """The tiny models (trained once, kept in ``work``), at object ``scale``."""
     from napari_seglab.core.events import drive
     from napari_seglab.core.synthetic import make_nuclei
     from napari_seglab.core.train import TrainConfig, iter_train
 
     image, inst = make_nuclei((384, 384), seed=11)
-    models = {"semantic": work / "semantic.pt", "flows": work / "flows.pt"}
+    tag = "" if scale == 1.0 else f"_s{scale:g}"
+    models = {name: work / f"{name}{tag}.pt" for name in names}
     labels = {"semantic": np.where(inst > 0, 2, 1).astype(np.uint8), "flows": inst}
     settings = {"semantic": {"label_mode": "scribbles"},
                 "flows": {"label_mode": "instances", "instance_head": "flows"}}
     for name, path in models.items():
         if path.exists():
             continue
-        cfg = TrainConfig(preset="fast", time_limit=seconds, patch=128, batch_size=4, device="cpu", scale=1.0,
+        cfg = TrainConfig(preset="fast", time_limit=seconds, patch=128, batch_size=4, device="cpu", scale=scale,
                           model_out=str(path), **settings[name])
         drive(iter_train([image], [labels[name]], cfg))
     return models
-
-
-def rescaled(path: Path, scale: float) -> Path:
-    """A copy of the checkpoint at ``path`` whose object scale is ``scale`` (the weights unchanged)."""
-    from napari_seglab.core.models import load_checkpoint, save_checkpoint
-
-    out = path.with_name(f"{path.stem}_scale{scale:g}.pt")
-    if not out.exists():
-        ckpt = load_checkpoint(path)
-        save_checkpoint(out, ckpt.build("cpu"), {**ckpt.meta, "scale": float(scale)})
-    return out
 
 
 def make_images(work: Path, size: int) -> tuple[Path, Path]:
@@ -134,9 +125,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    models = train_models(work, args.train_seconds)
-    if args.scale != 1.0:
-        models = {name: rescaled(path, args.scale) for name, path in models.items()}
+    models = train_models(work, args.train_seconds, args.models, args.scale)
     tag = "" if args.scale == 1.0 else f"_s{args.scale:g}"
     rows = []
     for size in args.sizes:
