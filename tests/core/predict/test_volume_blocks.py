@@ -93,3 +93,17 @@ def test_cores_cover_the_axis_once_and_halos_stay_inside():
         assert all(hi - lo <= block for lo, hi in cores)
         assert all(e[0] == max(0, c[0] - halo) and e[1] == min(length, c[1] + halo) for c, e in parts)
     assert default_halo(None) == 38 and default_halo(400 * np.pi) == 48 and default_halo(4.0) == 16
+
+
+def test_the_python_api_takes_the_block_and_halo():
+    from napari_seglab.core import api
+
+    image, _ = many_blobs(shape=(8, 48, 48), n=4)
+    events = []
+    pred = api.predict_image(blob_model(), image, "ZYX", volume=True, anisotropy=2.0, block=24, halo=16,
+                             on_event=events.append)
+    assert any(isinstance(e, Message) and "3D blocks: 4 of up to 24" in e.text for e in events)
+    whole = api.predict_image(blob_model(), image, "ZYX", volume=True, anisotropy=2.0, block=0)
+    assert np.array_equal(pred.labels, whole.labels) and int(whole.labels.max()) >= 3
+    with pytest.raises(InputError, match="volume=True"):
+        api.predict_image(blob_model(), image, "ZYX", block=24)

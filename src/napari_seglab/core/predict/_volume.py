@@ -222,17 +222,20 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
     """One entry for the fronts: :func:`iter_predict_volume` when ``volume``, else plane by plane.
 
     ``options`` are :func:`~napari_seglab.core.predict._image.iter_predict_image`'s; with ``volume``
-    only ``tile``, ``overlap``, ``memory_budget`` and ``stop`` apply (probabilities and flips
-    are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
+    only ``tile``, ``overlap``, ``memory_budget``, ``stop``, ``block`` and ``halo`` apply (probabilities and
+    flips are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
     warning Message. The Prediction's ``anisotropy`` says what was used.
     """
     if not volume:
+        if options.get("block") is not None or options.get("halo") is not None:
+            raise InputError("block / halo set 3D blocks: pass volume=True as well")
+        options = {k: v for k, v in options.items() if k not in ("block", "halo")}
         return (yield from iter_predict_image(model, image, axes, pixel_size=pixel_size, **options))
     # split_instances is moot: 3D needs an instance model (volume_head says so for any other)
     unsupported = [k for k in ("probabilities", "tta", "head_outputs", "planes") if options.get(k)]
     if unsupported:
         raise InputError(f"3D objects: {', '.join(unsupported)} cannot be combined with 3D prediction")
-    kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop") if k in options}
+    kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop", "block", "halo") if k in options}
     from ..io import guess_axes
 
     value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)))
