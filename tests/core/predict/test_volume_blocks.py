@@ -107,3 +107,22 @@ def test_the_python_api_takes_the_block_and_halo():
     assert np.array_equal(pred.labels, whole.labels) and int(whole.labels.max()) >= 3
     with pytest.raises(InputError, match="volume=True"):
         api.predict_image(blob_model(), image, "ZYX", block=24)
+
+
+def test_a_stop_between_blocks_returns_what_is_done():
+    import threading
+
+    image, _ = many_blobs(shape=(8, 48, 48), n=4)
+    stop = threading.Event()
+    gen = iter_predict_volume(blob_model(), image, "ZYX", anisotropy=2.0, block=24, halo=16, stop=stop)
+    planes = 0
+    try:
+        while True:
+            event = next(gen)
+            if isinstance(event, TileDone):
+                planes += 1
+                if planes == 20:  # inside the first block's views
+                    stop.set()
+    except StopIteration as fin:
+        pred = fin.value
+    assert pred.stopped and not pred.labels.any() and planes == 20
