@@ -121,8 +121,8 @@ def test_a_stop_between_blocks_returns_what_is_done():
             event = next(gen)
             if isinstance(event, TileDone):
                 planes += 1
-                if planes == 20:  # inside the first block's views
+                if planes == 120:  # inside the second block's views (the first: 16 + 40 + 40 planes)
                     stop.set()
     except StopIteration as fin:
         pred = fin.value
-    assert pred.stopped and not pred.labels.any() and planes == 20
+    assert pred.stopped and not pred.labels.any() and planes == 120

@@ -105,7 +105,8 @@ def _min_voxels(model: LoadedModel) -> int:
 
 def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy: float, tile: int | None,
                      overlap: float, memory_budget: float | None, stop: threading.Event | None,
-                     pixel_size: Sequence[float] | None = None, block: int | None = None, halo: int | None = None):
+                     pixel_size: Sequence[float] | None = None, block: int | None = None, halo: int | None = None,
+                     out: np.ndarray | None = None):
     """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded.
 
     ``block``: the 3D blocks' core side in decoding-grid voxels (None: blocks of
@@ -144,7 +145,7 @@ def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy:
     return (yield from iter_orthogonal(model, vol, head, lohi=lohi, iso=iso, grid=grid, tile=tile, overlap=overlap,
                                        block=int(block), halo=int(halo),
                                        min_size=max(8, int(_min_voxels(model) / shrink ** 3)), decoding=decoding,
-                                       stop=stop))
+                                       stop=stop, out=out))
 
 
 def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
@@ -198,8 +199,9 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
                 labels[t] = link_planes(pred.labels)
                 continue
             vol = stack[None] if not has_c else np.moveaxis(stack, -1, 0)
-            labels[t], current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap,
-                                                            memory_budget, stop, pixel_size, block, halo)
+            # written into the result's own planes: no second stack-sized array
+            _, current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap, memory_budget,
+                                                     stop, pixel_size, block, halo, out=labels[t])
     except Stopped:
         stopped = True
     return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped, anisotropy=anisotropy)

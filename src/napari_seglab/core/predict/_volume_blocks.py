@@ -32,7 +32,7 @@ from functools import partial
 import numpy as np
 
 from ..data import normalize
-from ..events import Message, TileDone, check_stop, relay
+from ..events import Message, Stopped, TileDone, check_stop, relay
 from ._forward import iter_plane_with_fallback
 
 #: core side (decoding-grid voxels) of a 3D block: a flows block of (192 + 2 x halo)^3 decodes in about
@@ -174,12 +174,13 @@ def _first_voxels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequence[int], grid: Sequence[int],
                     tile: int, overlap: float, block: int, halo: int, min_size: int, decoding: dict,
-                    stop: threading.Event | None = None):
+                    stop: threading.Event | None = None, out: np.ndarray | None = None):
     """(labels (Z, Y, X) int32 of the raw stack ``vol`` (C, Z, Y, X), model): the orthogonal method block by block.
 
     ``iso``: the volume the network sees; ``grid``: where the objects are decoded (``iso``, or coarser);
     ``block`` / ``halo``: core side and halo in decoding-grid voxels (``block`` 0: one block, the whole
-    volume). Objects are numbered 1..N in the raster order of their first voxel on the grid.
+    volume). Objects are numbered 1..N in the raster order of their first voxel on the grid. ``out``: a
+    zeroed (Z, Y, X) int32 array the labels are written into (one fewer stack-sized array).
     """
     from ..objects import decode_volume
 
@@ -198,43 +199,47 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
                       f"(a {'x'.join(map(str, grid))} decoding grid)")
     raw_shape = vol.shape[1:]
     back = [_nearest(n, g) for n, g in zip(raw_shape, grid, strict=True)]  # stack voxel -> grid voxel
-    labels = np.zeros(raw_shape, np.int32)
+    labels = np.zeros(raw_shape, np.int32) if out is None else out
     keys: list[int] = []  # canonical point (flat index on the grid) of each provisional id, in id order
     cut = 0
     done = 0
     current = model
-    for blk, need in zip(blocks, regions, strict=True):
-        norm = resampled_region(vol, iso, need, lohi)
-        field, current = yield from iter_views(current, norm, head, tile=tile, overlap=overlap, stop=stop,
-                                               done=done, total=total)
-        done += sum(hi - lo for lo, hi in need)
-        del norm
-        ext = [e for _, e in blk]
-        if grid != iso:
-            field = resampled_region(field, grid, ext, full=iso, origin=[lo for lo, _ in need])
-        found = decode_volume(field, head, min_size=min_size, **decoding)
-        del field
-        ids, first = _first_voxels(found)
-        if not ids.size:
-            continue
-        local = np.unravel_index(first, found.shape)
-        glob = [loc + e[0] for loc, e in zip(local, ext, strict=True)]
-        own = np.ones(ids.size, bool)
-        for g, (core, _) in zip(glob, blk, strict=True):
-            own &= (g >= core[0]) & (g < core[1])
-        cut += _count_cut(found, ids[own], ext, grid)
-        lut = np.zeros(int(found.max()) + 1, np.int32)
-        lut[ids[own]] = np.arange(len(keys) + 1, len(keys) + 1 + int(own.sum()), dtype=np.int32)
-        keys.extend(np.ravel_multi_index(tuple(g[own] for g in glob), grid).tolist())
-        # the stack voxels whose nearest grid voxel lies in this block's extended region
-        sel = [np.flatnonzero((b >= e[0]) & (b < e[1])) for b, e in zip(back, ext, strict=True)]
-        if not all(s.size for s in sel):
-            continue
-        mine = lut[found[np.ix_(*(b[s] - e[0] for b, s, e in zip(back, sel, ext, strict=True)))]]
-        box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in sel)
-        view = labels[box]
-        free = (mine > 0) & (view == 0)  # an object another block already wrote keeps its voxels
-        view[free] = mine[free]
+    try:
+        for blk, need in zip(blocks, regions, strict=True):
+            norm = resampled_region(vol, iso, need, lohi)
+            field, current = yield from iter_views(current, norm, head, tile=tile, overlap=overlap, stop=stop,
+                                                   done=done, total=total)
+            done += sum(hi - lo for lo, hi in need)
+            del norm
+            ext = [e for _, e in blk]
+            if grid != iso:
+                field = resampled_region(field, grid, ext, full=iso, origin=[lo for lo, _ in need])
+            found = decode_volume(field, head, min_size=min_size, **decoding)
+            del field
+            ids, first = _first_voxels(found)
+            if not ids.size:
+                continue
+            local = np.unravel_index(first, found.shape)
+            glob = [loc + e[0] for loc, e in zip(local, ext, strict=True)]
+            own = np.ones(ids.size, bool)
+            for g, (core, _) in zip(glob, blk, strict=True):
+                own &= (g >= core[0]) & (g < core[1])
+            cut += _count_cut(found, ids[own], ext, grid)
+            lut = np.zeros(int(found.max()) + 1, np.int32)
+            lut[ids[own]] = np.arange(len(keys) + 1, len(keys) + 1 + int(own.sum()), dtype=np.int32)
+            keys.extend(np.ravel_multi_index(tuple(g[own] for g in glob), grid).tolist())
+            # the stack voxels whose nearest grid voxel lies in this block's extended region
+            sel = [np.flatnonzero((b >= e[0]) & (b < e[1])) for b, e in zip(back, ext, strict=True)]
+            if not all(s.size for s in sel):
+                continue
+            mine = lut[found[np.ix_(*(b[s] - e[0] for b, s, e in zip(back, sel, ext, strict=True)))]]
+            box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in sel)
+            view = labels[box]
+            free = (mine > 0) & (view == 0)  # an object another block already wrote keeps its voxels
+            view[free] = mine[free]
+    except Stopped:
+        labels[...] = 0  # a stack not finished stays 0, as the caller's result promises
+        raise
     if cut:
         yield Message(f"{cut} object(s) reached a 3D block's halo and may be cut; a larger halo keeps them whole",
                       "warning")
