@@ -10,7 +10,9 @@ image's own pixel size, z by the anisotropy) is cut into blocks of :data:`DEFAUL
 side, each grown by a halo. For each block, only the voxels it needs are resampled from the raw
 stack, the 2D network runs on the block's YX, ZX and ZY planes (tiled and blended as usual), the
 three views are combined and decoded in 3D, and the block keeps the objects whose canonical point
-(their first voxel in raster order on the decoding grid) lies in its core. Memory then follows
+(their first voxel in raster order on the decoding grid) lies in its core; an object cut by the
+halo's edge (wider than the halo) is kept as pieces, each block writing its part inside its core
+(whole objects may take those voxels back). Memory then follows
 the block, not the stack: the raw stack and the labels (4 bytes per voxel of the stack) are
 the only whole arrays.
 
@@ -201,7 +203,8 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
     back = [_nearest(n, g) for n, g in zip(raw_shape, grid, strict=True)]  # stack voxel -> grid voxel
     labels = np.zeros(raw_shape, np.int32) if out is None else out
     keys: list[int] = []  # canonical point (flat index on the grid) of each provisional id, in id order
-    cut = 0
+    kinds: list[bool] = []  # whether each provisional id is a piece of a cut object
+    n_cut = 0
     done = 0
     current = model
     try:
@@ -224,38 +227,69 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
             own = np.ones(ids.size, bool)
             for g, (core, _) in zip(glob, blk, strict=True):
                 own &= (g >= core[0]) & (g < core[1])
-            cut += _count_cut(found, ids[own], ext, grid)
+            # an object cut by the halo's edge is not seen whole here, so its first voxel says nothing: the block
+            # writes the part of it inside its core, as a piece of its own, which a whole object may overwrite
+            cut_ids = _cut(found, ext, grid)
+            is_cut = np.isin(ids, cut_ids)
+            own &= ~is_cut
+            pieces = _core_pieces(found, cut_ids, blk)
+            n_cut += int(is_cut.sum())
             lut = np.zeros(int(found.max()) + 1, np.int32)
             lut[ids[own]] = np.arange(len(keys) + 1, len(keys) + 1 + int(own.sum()), dtype=np.int32)
             keys.extend(np.ravel_multi_index(tuple(g[own] for g in glob), grid).tolist())
+            kinds.extend([False] * int(own.sum()))
+            if pieces.any():
+                p_ids, p_first = _first_voxels(pieces)
+                pieces_lut = np.zeros(int(pieces.max()) + 1, np.int32)
+                pieces_lut[p_ids] = np.arange(len(keys) + 1, len(keys) + 1 + p_ids.size, dtype=np.int32)
+                p_glob = [loc + e[0] for loc, e in zip(np.unravel_index(p_first, found.shape), ext, strict=True)]
+                keys.extend(np.ravel_multi_index(tuple(p_glob), grid).tolist())
+                kinds.extend([True] * p_ids.size)
             # the stack voxels whose nearest grid voxel lies in this block's extended region
             sel = [np.flatnonzero((b >= e[0]) & (b < e[1])) for b, e in zip(back, ext, strict=True)]
             if not all(s.size for s in sel):
                 continue
-            mine = lut[found[np.ix_(*(b[s] - e[0] for b, s, e in zip(back, sel, ext, strict=True)))]]
+            at = np.ix_(*(b[s] - e[0] for b, s, e in zip(back, sel, ext, strict=True)))
             box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in sel)
             view = labels[box]
-            free = (mine > 0) & (view == 0)  # an object another block already wrote keeps its voxels
+            piece = np.zeros(len(kinds) + 1, bool)
+            piece[1:] = kinds
+            mine = lut[found[at]]
+            # a whole object takes voxels that are free or hold a piece; a piece takes free voxels only
+            free = (mine > 0) & ((view == 0) | piece[view])
             view[free] = mine[free]
+            if pieces.any():
+                mine = pieces_lut[pieces[at]]
+                free = (mine > 0) & (view == 0)
+                view[free] = mine[free]
     except Stopped:
         labels[...] = 0  # a stack not finished stays 0, as the caller's result promises
         raise
-    if cut:
-        yield Message(f"{cut} object(s) reached a 3D block's halo and may be cut; a larger halo keeps them whole",
-                      "warning")
+    if n_cut:
+        yield Message(f"{n_cut} object(s) reached a 3D block's halo and may be cut into pieces; a larger halo "
+                      "keeps them whole", "warning")
     return _number_by_key(labels, keys), current
 
 
-def _count_cut(found: np.ndarray, owned: np.ndarray, ext, grid) -> int:
-    """How many ``owned`` objects touch a face of the block that is not the volume's."""
-    if not owned.size:
-        return 0
-    touching = set()
+def _cut(found: np.ndarray, ext, grid) -> np.ndarray:
+    """Ids of the objects of a block touching a face of its extended region that is not the volume's."""
+    touching = [np.zeros(0, found.dtype)]
     for axis, (lo, hi) in enumerate(ext):
         faces = ([0] if lo > 0 else []) + ([found.shape[axis] - 1] if hi < grid[axis] else [])
-        for f in faces:
-            touching.update(np.unique(np.take(found, f, axis=axis)).tolist())
-    return len(touching & set(owned.tolist()))
+        touching += [np.unique(np.take(found, f, axis=axis)) for f in faces]
+    ids = np.unique(np.concatenate(touching))
+    return ids[ids > 0]
+
+
+def _core_pieces(found: np.ndarray, cut_ids: np.ndarray, blk) -> np.ndarray:
+    """The cut objects' voxels inside the block's core (elsewhere 0), ids as in ``found``."""
+    if not cut_ids.size:
+        return np.zeros((1, 1, 1), found.dtype)[:0]
+    core = tuple(slice(c[0] - e[0], c[1] - e[0]) for c, e in blk)
+    out = np.zeros_like(found)
+    part = found[core]
+    out[core] = np.where(np.isin(part, cut_ids), part, 0)
+    return out
 
 
 def _number_by_key(labels: np.ndarray, keys: list[int]) -> np.ndarray:
