@@ -11,8 +11,8 @@ side, each grown by a halo. For each block, only the voxels it needs are resampl
 stack, the 2D network runs on the block's YX, ZX and ZY planes (tiled and blended as usual), the
 three views are combined and decoded in 3D, and the block keeps the objects whose canonical point
 (their first voxel in raster order on the decoding grid) lies in its core; an object cut by the
-halo's edge (wider than the halo) is kept as pieces, each block writing its part inside its core
-(whole objects may take those voxels back). Memory then follows
+halo's edge (wider than the halo) is kept as pieces, each block writing its part inside its core,
+joined to what earlier blocks wrote where they overlap in the halo. Memory then follows
 the block, not the stack: the raw stack and the labels (4 bytes per voxel of the stack) are
 the only whole arrays.
 
@@ -204,6 +204,7 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
     labels = np.zeros(raw_shape, np.int32) if out is None else out
     keys: list[int] = []  # canonical point (flat index on the grid) of each provisional id, in id order
     kinds: list[bool] = []  # whether each provisional id is a piece of a cut object
+    joins: dict[int, int] = {}  # provisional id -> the id it continues (pieces of one object across block faces)
     n_cut = 0
     done = 0
     current = model
@@ -254,7 +255,15 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
             view = labels[box]
             piece = np.zeros(len(kinds) + 1, bool)
             piece[1:] = kinds
-            mine = lut[found[at]]
+            local_ids = found[at]
+            if n_cut:  # pieces are joined to what the blocks before wrote where they overlap in this halo
+                every = lut.copy()
+                if pieces.any():
+                    every[p_ids] = pieces_lut[p_ids]
+                inside = [(b[s] >= c[0]) & (b[s] < c[1]) for b, s, (c, _) in zip(back, sel, blk, strict=True)]
+                halo_part = ~(inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :])
+                _join(joins, every[local_ids], view, halo_part, piece)
+            mine = lut[local_ids]
             # a whole object takes voxels that are free or hold a piece; a piece takes free voxels only
             free = (mine > 0) & ((view == 0) | piece[view])
             view[free] = mine[free]
@@ -268,7 +277,7 @@ def iter_orthogonal(model, vol: np.ndarray, head: str, *, lohi: tuple, iso: Sequ
     if n_cut:
         yield Message(f"{n_cut} object(s) reached a 3D block's halo and may be cut into pieces; a larger halo "
                       "keeps them whole", "warning")
-    return _number_by_key(labels, keys), current
+    return _number_by_key(labels, keys, joins), current
 
 
 def _cut(found: np.ndarray, ext, grid) -> np.ndarray:
@@ -292,18 +301,55 @@ def _core_pieces(found: np.ndarray, cut_ids: np.ndarray, blk) -> np.ndarray:
     return out
 
 
-def _number_by_key(labels: np.ndarray, keys: list[int]) -> np.ndarray:
-    """Renumber provisional ids 1..N in the order of ``keys``, dropping ids no stack voxel kept (in place, by plane)."""
+def _join(joins: dict[int, int], ours: np.ndarray, before: np.ndarray, halo_part: np.ndarray,
+          piece: np.ndarray) -> None:
+    """Join this block's objects to the earlier ones they continue across its halo, where one of two is a piece.
+
+    ``ours``: this block's provisional ids over its region (stack voxels), ``before``: what earlier blocks
+    wrote there, ``halo_part``: the region outside this block's core. Two ids are one object when their
+    overlap in the halo covers at least half of the smaller of their two parts there (as planes are linked).
+    """
+    mask = halo_part & (ours > 0)
+    if not mask.any():
+        return
+    mine, theirs = ours[mask], before[mask]
+    size_mine = np.bincount(mine)
+    size_theirs = np.bincount(before[halo_part])
+    both = theirs > 0
+    pairs, counts = np.unique(np.stack([mine[both], theirs[both]]), axis=1, return_counts=True)
+    for (a, b), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):
+        if (piece[a] or piece[b]) and 2 * n >= min(size_mine[a], size_theirs[b]):
+            ra, rb = _root(joins, a), _root(joins, b)
+            if ra != rb:
+                joins[max(ra, rb)] = min(ra, rb)
+
+
+def _root(joins: dict[int, int], i: int) -> int:
+    while i in joins:
+        i = joins[i]
+    return i
+
+
+def _number_by_key(labels: np.ndarray, keys: list[int], joins: dict[int, int] | None = None) -> np.ndarray:
+    """Renumber provisional ids 1..N in the order of ``keys`` (an object's pieces joined: their smallest key),
+    dropping ids no stack voxel kept (in place, plane by plane)."""
     if not keys:
         return labels
-    present = np.zeros(len(keys) + 1, bool)
+    n = len(keys)
+    root = np.arange(n + 1)
+    for i in joins or {}:
+        root[i] = _root(joins, i)
+    key = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(key, root[1:], np.asarray(keys, np.int64))
+    present = np.zeros(n + 1, bool)
     for z in range(labels.shape[0]):
-        present[np.unique(labels[z])] = True
+        present[root[np.unique(labels[z])]] = True
     present[0] = False
-    ids = np.flatnonzero(present)
-    order = ids[np.argsort(np.asarray(keys, np.int64)[ids - 1], kind="stable")]
-    lut = np.zeros(len(keys) + 1, np.int32)
-    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    ids = np.flatnonzero(present)  # roots with voxels
+    order = ids[np.argsort(key[ids], kind="stable")]
+    number = np.zeros(n + 1, np.int32)
+    number[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    lut = number[root]
     for z in range(labels.shape[0]):
         labels[z] = lut[labels[z]]
     return labels
