@@ -37,10 +37,12 @@ from ..data import normalize
 from ..events import Message, Stopped, TileDone, check_stop, relay
 from ._forward import iter_plane_with_fallback
 
-#: core side (decoding-grid voxels) of a 3D block: a flows block of (192 + 2 x halo)^3 decodes in about
-#: 1.5 GB (benchmarks/volume_memory.py)
+#: core side (decoding-grid voxels) of a 3D block. benchmarks/volume_memory.py, flows head, 20-voxel halo:
+#: 64x1024x1024 at anisotropy 3 (36 blocks) peaked at 1.54 GB; blocks of 128 saved 0.07 GB at 32x512x512
+#: and see more halo
 DEFAULT_BLOCK = 192
-#: volumes of at most this many decoding-grid voxels are decoded whole (about 1.7 GB with the flows head)
+#: volumes of at most this many decoding-grid voxels are decoded whole: 64x512x512 (16 M) peaked at 1.90 GB
+#: whole and 1.18 GB in blocks, which took 1.4x as long (random U-Net, volume_memory.py)
 WHOLE_VOXELS = 16 * 2**20
 #: halo around a block's core: the typical object's diameter plus this margin (voxels), at least MIN_HALO
 HALO_MARGIN = 8
