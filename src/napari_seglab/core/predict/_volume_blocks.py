@@ -38,7 +38,7 @@ from ..events import Message, Stopped, TileDone, check_stop, relay
 from ._forward import iter_plane_with_fallback
 
 #: core side (decoding-grid voxels) of a 3D block. benchmarks/volume_memory.py, flows head, 20-voxel halo:
-#: 64x1024x1024 at anisotropy 3 (36 blocks) peaked at 1.54 GB; blocks of 128 saved 0.07 GB at 32x512x512
+#: 64x1024x1024 at anisotropy 3 (36 blocks) peaked at 1.60 GB; blocks of 128 saved 0.07 GB at 32x512x512
 #: and see more halo
 DEFAULT_BLOCK = 192
 #: volumes of at most this many decoding-grid voxels are decoded whole: 64x512x512 (16 M) peaked at 1.90 GB
