@@ -42,13 +42,34 @@ class BrightIsInside(torch.nn.Module):
         return torch.cat([20 * (0.3 - x), 20 * (x - 0.5), torch.zeros_like(x)], 1)
 
 
-def blob_model(head: str = "distance", label_mode: str = "instances", n_classes: int = 2) -> LoadedModel:
-    """A LoadedModel around :class:`BrightIsNear` (the boundary classes: :class:`BrightIsInside`), inputs in [0, 1]."""
+class Uphill(torch.nn.Module):
+    """Raw flows-head outputs [foreground logit, dy, dx x FLOW_SCALE]: unit steps up the input's brightness."""
+
+    def __init__(self):
+        super().__init__()
+        self.planes: list[tuple[int, int]] = []
+        self.register_buffer("kernel", torch.tensor([[[[0, -0.5, 0], [0, 0, 0], [0, 0.5, 0]]],
+                                                     [[[0, 0, 0], [-0.5, 0, 0.5], [0, 0, 0]]]]))
+
+    def forward(self, x):
+        from napari_seglab.core.objects._flows import FLOW_SCALE
+
+        self.planes.append(tuple(x.shape[-2:]))
+        g = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel)
+        g = g / (g.pow(2).sum(1, keepdim=True).sqrt() + 1e-3)
+        return torch.cat([20 * (x - 0.3), FLOW_SCALE * g], 1)
+
+
+def blob_model(head: str = "distance", label_mode: str = "instances", n_classes: int = 2,
+               scale: float = 1.0) -> LoadedModel:
+    """A LoadedModel around :class:`BrightIsNear` (the boundary classes: :class:`BrightIsInside`, the flows head:
+    :class:`Uphill`), inputs in [0, 1]; ``scale``: the object scale the checkpoint records."""
     spec = ModelSpec(family="unet", arch="Unet", encoder="resnet18", n_classes=n_classes,
                      options={"head": head} if head != "boundary" else {})
     meta = CheckpointMeta.coerce({"model": spec.to_dict(), "label_mode": label_mode, "n_classes": n_classes,
-                                  "normalization": {"per_image": False, "lo": [0.0], "hi": [1.0]}})
-    network = BrightIsInside() if head == "boundary" else BrightIsNear()
+                                  "normalization": {"per_image": False, "lo": [0.0], "hi": [1.0]},
+                                  "scale": scale})
+    network = {"boundary": BrightIsInside, "flows": Uphill}.get(head, BrightIsNear)()
     return LoadedModel(network, meta, CPU, precision_for(CPU))
 
 
@@ -62,3 +83,11 @@ def blobs(shape=(12, 48, 48), anisotropy=2.0, centres=CENTRES) -> tuple[np.ndarr
         image = np.maximum(image, np.exp(-d2 / (2 * 4.0 ** 2)))
         truth[(d2 < 6.0 ** 2) & (truth == 0)] = i
     return image, truth
+
+
+def many_blobs(shape=(16, 96, 96), n=14, seed=1, anisotropy=2.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`blobs` with ``n`` nuclei at random places (some touching), for block-wise checks."""
+    rng = np.random.default_rng(seed)
+    centres = [(int(rng.integers(2, shape[0] - 2)), int(rng.integers(6, shape[1] - 6)),
+                int(rng.integers(6, shape[2] - 6))) for _ in range(n)]
+    return blobs(shape, anisotropy, centres)

@@ -29,3 +29,13 @@ def errors(monkeypatch):
     monkeypatch.setattr(notifications.notification_manager, "receive_error",
                         lambda _type, exc, _tb: seen.append(f"{type(exc).__name__}: {exc}"))
     return seen
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch):
+    """Messages passed to napari's show_warning while the test runs."""
+    from napari.utils import notifications
+
+    seen: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", lambda message: seen.append(str(message)))
+    return seen

@@ -207,3 +207,27 @@ def test_model_tab_preset_diameter_and_time_budget(make_napari_viewer, tiny_nucl
     assert widget.config().encoder == "resnet18"
     widget._mode.value = "objects"
     assert "whole painted object" in widget._legend.value
+
+
+def test_too_little_background_for_the_painted_objects_is_a_napari_warning(make_napari_viewer, qtbot, tmp_path,
+                                                                          warnings_shown):
+    # objects mode: three whole painted nuclei and one background stroke 1 px wide (under a tenth of their area)
+    from napari_seglab.core.synthetic import make_nuclei
+
+    image, inst = make_nuclei((128, 128), seed=2)
+    paint = np.zeros(inst.shape, np.uint16)
+    for k, i in enumerate([i for i in np.unique(inst) if i][:3]):
+        paint[inst == i] = k + 2
+    paint[126, 2:60] = np.where(inst[126, 2:60] == 0, 1, 0)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(paint, name="paint")
+    widget = dock(viewer, "Train")
+    widget._mode.value = "objects"
+    set_tiny_training(widget, tmp_path / "model.pt")
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert any("of the painted objects' area" in text and "Paint more background" in text for text in warnings_shown)
+    assert widget.last_checkpoint.is_file()  # a warning, not a refusal: the run went on

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.predict_blocks import AUTO_BLOCK_PIXELS
 from ..core.errors import InputError
 from ..core.io import LazyImage, ensure_not_input
+from ..core.predict import AUTO_BLOCK_PIXELS
 
 #: a numpy layer with a plane above this many pixels also goes block by block (the CLI's rule)
 LARGE_PIXELS = AUTO_BLOCK_PIXELS

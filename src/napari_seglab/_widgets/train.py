@@ -340,6 +340,10 @@ class TrainWidget(TrainSettings, Container):
                                                   f"plane {event.plane + 1}/{event.planes}")
         elif isinstance(event, Message):
             say(event.text)
+            if event.level == "warning":  # what the user should act on outlives the status line
+                from napari.utils.notifications import show_warning
+
+                show_warning(event.text)
 
     def _on_result(self, outcome: TrainOutcome) -> None:
         result, prediction, verdict = outcome.result, outcome.prediction, outcome.verdict

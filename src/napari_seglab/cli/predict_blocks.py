@@ -14,11 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.predict import AUTO_BLOCK_PIXELS  # torch-free (the options module)
 from .common import EXIT_OK, Status, drive
-
-#: ``seglab predict`` goes block-wise by itself above this many pixels (4096 x 4096): an 8192 x 8192
-#: instance prediction then peaks under 1 GB instead of about 5.9 GB (docs/large-images.md)
-AUTO_BLOCK_PIXELS = 4096 * 4096
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

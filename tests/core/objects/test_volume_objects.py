@@ -109,3 +109,17 @@ def test_3d_measurements_volume_centroid_extent():
     assert "extent_z" not in measure_objects(lab[2])[0]  # 2D objects keep their 2D columns
     with pytest.raises(InputError):
         measure_objects(lab, pixel_size=(2.0, -0.5, 0.5))
+
+
+def test_following_the_flows_in_chunks_of_points_changes_nothing(truth, monkeypatch):
+    from napari_seglab.core.objects import _volume
+
+    rng = np.random.default_rng(0)
+    field = _centre_flows(truth)
+    field[1:] += ndi.gaussian_filter(rng.normal(size=field[1:].shape), (0, 2, 2, 2)).astype(np.float32) * 10
+    field_before = field.copy()
+    at_once = decode_volume(field, "flows")
+    monkeypatch.setattr(_volume, "FOLLOW_CHUNK", 997)  # many chunks, the last one short
+    assert np.array_equal(decode_volume(field, "flows"), at_once)
+    assert np.array_equal(field, field_before)  # the caller's field is left as it was
+    assert int(at_once.max()) > 5

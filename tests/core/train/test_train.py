@@ -291,3 +291,27 @@ def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     painted = (scrib > 0) & ~held
     np.testing.assert_array_equal(dense[0].target[painted], scrib[painted].astype(np.int64) - 1)
     assert (dense[0].target[held] == -1).all()
+
+
+@pytest.mark.parametrize(("stroke_width", "warned"), [(1, True), (12, False)])
+def test_objects_mode_warns_when_the_background_strokes_are_too_few_for_the_objects(stroke_width, warned):
+    # three whole painted discs (about 2400 px) and one background stroke 1 or 12 px wide (5 % or 60 %)
+    from napari_seglab.core.train import MIN_BACKGROUND_SHARE, background_share
+
+    yy, xx = np.mgrid[:112, :128]
+    img = np.full((112, 128), 100, np.float32)
+    labels = np.zeros((112, 128), np.uint16)
+    for k, (cy, cx) in enumerate([(30, 30), (30, 90), (70, 60)]):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 16**2
+        img[disc] += 80
+        labels[disc] = k + 2
+    labels[110 - stroke_width:110, 4:124] = 1  # below the discs
+    share = background_share([labels], "objects")
+    assert (share < MIN_BACKGROUND_SHARE) == warned
+    cfg = TrainConfig(label_mode="objects", epochs=1, steps_per_epoch=1, scale=1.0, **TINY)
+    events, _ = drive(iter_train([img], [labels], cfg))
+    notes = [e.text for e in events if isinstance(e, Message) and "of the painted objects' area" in e.text]
+    assert bool(notes) == warned
+    if warned:
+        assert f"background strokes cover {share:.0%} of the painted objects' area" in notes[0]
+        assert [e.level for e in events if isinstance(e, Message) and e.text == notes[0]] == ["warning"]

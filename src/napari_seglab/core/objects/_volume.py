@@ -94,18 +94,28 @@ def link_planes(labels: np.ndarray, min_iou: float = LINK_IOU) -> np.ndarray:
     return renumber_objects(out, 1)
 
 
-def _follow3d(flow: np.ndarray, pts: np.ndarray, n_steps: int) -> np.ndarray:
-    """End points (N, 3) z/y/x after ``n_steps`` Euler steps of up to 1 voxel along ``flow`` (3, Z, Y, X)."""
-    shape = flow.shape[1:]
-    field = torch.from_numpy(np.ascontiguousarray(flow[::-1]))[None]  # grid_sample wants (x, y, z)
-    p = torch.from_numpy(np.ascontiguousarray(pts[:, ::-1], np.float32))
+#: points followed at once: the paths are independent, so chunks bound the followers' memory (about 60 bytes
+#: per point while stepping) and change no end point
+FOLLOW_CHUNK = 1 << 20
+
+
+def _follow3d(field: np.ndarray, pts: np.ndarray, n_steps: int) -> np.ndarray:
+    """End points (N, 3) x/y/z after ``n_steps`` Euler steps of up to 1 voxel along ``field`` (3, Z, Y, X).
+
+    ``field`` holds the (dx, dy, dz) components (grid_sample's order) and ``pts`` (N, 3) float32 the
+    x/y/z starting points; both are taken as they are (no copy); ``pts`` is overwritten with the ends.
+    """
+    shape = field.shape[1:]
+    grid_field = torch.from_numpy(field)[None]
     size = torch.tensor([max(s - 1, 1) for s in shape[::-1]], dtype=torch.float32)
     with torch.no_grad():
-        for _ in range(n_steps):
-            grid = (p / size * 2 - 1)[None, None, None]
-            step = F.grid_sample(field, grid, mode="bilinear", align_corners=True)[0, :, 0, 0].T
-            p = torch.minimum(torch.clamp(p + step, min=0), size)
-    return p.numpy()[:, ::-1]
+        for start in range(0, len(pts), FOLLOW_CHUNK):
+            p = torch.from_numpy(pts[start:start + FOLLOW_CHUNK])
+            for _ in range(n_steps):
+                grid = (p / size * 2 - 1)[None, None, None]
+                step = F.grid_sample(grid_field, grid, mode="bilinear", align_corners=True)[0, :, 0, 0].T
+                p[...] = torch.minimum(torch.clamp(p + step, min=0), size)
+    return pts
 
 
 def _cluster3d(ends: np.ndarray, shape: tuple[int, ...], min_count: int) -> np.ndarray:
@@ -147,9 +157,21 @@ def decode_flows_3d(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int
     labels = np.zeros(fg.shape, np.int32)
     if not fg.any():
         return labels
-    flow = out[1:] / FLOW_SCALE * fg
-    pts = np.stack(np.nonzero(fg), 1).astype(np.float32)
-    ends = _follow3d(flow, pts, n_steps)
+    # the flows in grid_sample's (x, y, z) order, built one component at a time: 12 bytes a voxel
+    flow = np.empty(out[1:].shape, np.float32)
+    for c in range(3):
+        np.divide(out[3 - c], FLOW_SCALE, out=flow[c])
+        flow[c] *= fg
+    # starting points (x, y, z) from the flat indices of the foreground, without int64 copies of every axis
+    flat = np.flatnonzero(fg)
+    pts = np.empty((flat.size, 3), np.float32)
+    _, ny, nx = fg.shape
+    pts[:, 0] = flat % nx
+    pts[:, 1] = flat // nx % ny
+    pts[:, 2] = flat // (nx * ny)
+    del flat
+    ends = _follow3d(flow, pts, n_steps)[:, ::-1]
+    del flow
     labels[fg] = _cluster3d(ends, fg.shape, min_count=max(3, min_size // 2))
     return renumber_objects(_fill_holes3d(labels), min_size)
 

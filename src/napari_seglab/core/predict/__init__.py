@@ -9,7 +9,14 @@ block by block, bounded memory).
 """
 
 from ..lazy import lazy_all, lazy_names
-from ._options import DEFAULT_BLOCK, DEFAULT_HALO, BatchOptions, ModelRunOptions, PredictOptions
+from ._options import (
+    AUTO_BLOCK_PIXELS,
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
+    BatchOptions,
+    ModelRunOptions,
+    PredictOptions,
+)
 
 #: the names that need torch, by module (imported on first use: the CLI's options need only _options)
 _LAZY = {
@@ -26,5 +33,5 @@ _LAZY = {
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_HALO", "BatchOptions", "ModelRunOptions", "PredictOptions"]
+__all__ = ["AUTO_BLOCK_PIXELS", "DEFAULT_BLOCK", "DEFAULT_HALO", "BatchOptions", "ModelRunOptions", "PredictOptions"]
 __all__ += lazy_all(_LAZY)

@@ -21,6 +21,10 @@ from ..settings import check_fields, setting
 #: without torch, for the command line's options
 DEFAULT_BLOCK = 1024
 DEFAULT_HALO = 128
+#: images above this many pixels (4096 x 4096) go block-wise by themselves, in ``seglab predict`` and in
+#: the Predict dock: an 8192 x 8192 flows prediction then peaked at 1.22 GB instead of about 5.9 GB
+#: (docs/large-images.md)
+AUTO_BLOCK_PIXELS = 4096 * 4096
 
 def _dense(card) -> bool:
     """Families whose network gives a value per pixel (U-Net, FCN): what flips, splitting and probabilities need."""

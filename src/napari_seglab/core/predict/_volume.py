@@ -15,8 +15,9 @@
 - ``"linked"``: every plane decoded in 2D (:func:`~napari_seglab.core.predict._image.iter_predict_image`)
   and its objects linked across planes by overlap (:func:`~napari_seglab.core.objects._volume.link_planes`).
 
-Memory: the normalised stack and the combined field (K + C float32 per isotropic voxel) are
-held whole; planes are predicted one at a time with the usual tiling.
+Memory: a large volume is cut into overlapping 3D blocks, each predicted (its three views) and
+decoded on its own, objects kept by the block holding their first voxel
+(:mod:`~napari_seglab.core.predict._volume_blocks`); a small one is one block.
 """
 
 from __future__ import annotations
@@ -24,21 +25,16 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import replace
-from functools import partial
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..data import check_scale, normalize
+from ..data import check_scale
 from ..errors import InputError
-from ..events import Message, Stopped, TileDone, check_stop, relay
+from ..events import Message, Stopped, TileDone
 from ..io import check_image_values
 from ..labels import is_instance_mode
 from ..models import Kind
 from ..tiling import ALIGN, check_overlap
-from ._forward import iter_plane_with_fallback
 from ._image import (
     LoadedModel,
     Prediction,
@@ -92,23 +88,6 @@ def volume_head(model: LoadedModel) -> str:
     return "boundary"
 
 
-def _resample(vol: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(C, Z, Y, X) float -> (C, *shape) float32, trilinear (antialiasing is left out: shrinking is rare)."""
-    if tuple(vol.shape[1:]) == tuple(shape):
-        return np.asarray(vol, np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(vol, np.float32))[None]
-    return F.interpolate(x, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0].numpy()
-
-
-def _resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resampling of (Z, Y, X) labels to ``shape`` (voxel centres aligned)."""
-    if labels.shape == tuple(shape):
-        return labels
-    idx = [np.minimum(((np.arange(n) + 0.5) * m / n).astype(np.int64), m - 1)
-           for n, m in zip(shape, labels.shape, strict=True)]
-    return labels[np.ix_(*idx)]
-
-
 #: steps along the flows at the network's scale (as in 2D); fewer on a coarser decoding grid
 FLOW_STEPS = 200
 
@@ -124,76 +103,56 @@ def _min_voxels(model: LoadedModel) -> int:
     return max(30, int(FRAGMENT_FRACTION * 4.0 / 3.0 * math.pi * radius ** 3))
 
 
-#: which flow component (dz, dy, dx = 1, 2, 3) each plane's (d_first, d_second) feeds, by the axis sliced
-_FLOW_AXES = {0: (2, 3), 1: (1, 3), 2: (1, 2)}
-
-
-def _tag(event, plane: int, planes: int):
-    return replace(event, plane=plane, planes=planes) if isinstance(event, TileDone) else event
-
-
 def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy: float, tile: int | None,
                      overlap: float, memory_budget: float | None, stop: threading.Event | None,
-                     pixel_size: Sequence[float] | None = None):
-    """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded."""
-    from ..objects import decode_volume
+                     pixel_size: Sequence[float] | None = None, block: int | None = None, halo: int | None = None,
+                     out: np.ndarray | None = None):
+    """One (C, Z, Y, X) raw stack -> (labels (Z, Y, X) int32, model): the three views combined and decoded.
+
+    ``block``: the 3D blocks' core side in decoding-grid voxels (None: blocks of
+    :data:`~napari_seglab.core.predict._volume_blocks.DEFAULT_BLOCK` when the grid holds more than
+    :data:`~napari_seglab.core.predict._volume_blocks.WHOLE_VOXELS`, else the whole volume; 0: the whole
+    volume); ``halo`` None: from the model's typical object (:func:`default_halo`).
+    """
+    from ..data import prediction_factor
+    from ._volume_blocks import DEFAULT_BLOCK, WHOLE_VOXELS, default_halo, iter_orthogonal
 
     lohi = model.input_scaling(vol)
-    from ..data import prediction_factor
-
     scale, note = prediction_factor(check_scale(model.info.scale), pixel_size, model.info.pixel_size)
     if note:
         yield Message(note)
     iso = (max(1, round(vol.shape[1] * anisotropy * scale)), max(1, round(vol.shape[2] * scale)),
            max(1, round(vol.shape[3] * scale)))
-    norm = _resample(normalize(vol, *lohi), iso)
-    raw = head != "boundary"
-    k = {"flows": 4, "distance": 2, "boundary": 3}[head]
-    field = np.zeros((k, *iso), np.float32)
     if not tile:
         budget = memory_budget if memory_budget is not None else device_memory_budget(model.device)
         largest = sorted(iso)[-2:]
         tile = auto_tile(largest, model.spec.family, budget, vol.shape[0], model.spec.out_channels)
     tile = max(ALIGN, int(tile))
-    total = sum(iso)
-    done = 0
-    current = model
-    for axis in range(3):
-        for i in range(iso[axis]):
-            check_stop(stop)
-            plane = np.take(norm, i, axis=axis + 1)
-            out, current = yield from relay(
-                iter_plane_with_fallback(current, plane, tile=tile, overlap=overlap, stop=stop, raw=raw),
-                partial(_tag, plane=done, planes=total))
-            where = [slice(None)] * 3
-            where[axis] = i
-            where = tuple(where)
-            if head == "flows":
-                field[(0, *where)] += out[0] / 3
-                first, second = _FLOW_AXES[axis]
-                field[(first, *where)] += out[1] / 2
-                field[(second, *where)] += out[2] / 2
-            else:
-                field[(slice(None), *where)] += out / 3
-            done += 1
-    del norm
     grid, shrink = iso, 1.0
     # flows: decoded at the image's own pixel size (still isotropic) when the network worked upsampled: scale³
     # fewer voxels, shorter paths, the same AP@0.5 on the real stack (0.500). The distance watershed is decoded
     # where the network saw it: at the image's pixel size its AP@0.5 fell from 0.065 to 0.022 (quality_3d.py)
     if scale > 1.0 and head == "flows":
         grid = (max(1, round(vol.shape[1] * anisotropy)), vol.shape[2], vol.shape[3])
-        field = _resample(field, grid)
         shrink = iso[1] / grid[1]
+    if block is None:
+        block = DEFAULT_BLOCK if math.prod(grid) > WHOLE_VOXELS else 0
+    if block < 0:
+        raise InputError(f"the 3D block side must be a positive number of voxels (0: the whole volume); got {block}")
+    if halo is None:
+        halo = default_halo(model.info.object_area, shrink)
     decoding = {"n_steps": max(60, round(FLOW_STEPS / shrink))} if head == "flows" else {}
-    labels = decode_volume(field, head, min_size=max(8, int(_min_voxels(model) / shrink ** 3)), **decoding)
-    return _resample_labels(labels, vol.shape[1:]), current
+    return (yield from iter_orthogonal(model, vol, head, lohi=lohi, iso=iso, grid=grid, tile=tile, overlap=overlap,
+                                       block=int(block), halo=int(halo),
+                                       min_size=max(8, int(_min_voxels(model) / shrink ** 3)), decoding=decoding,
+                                       stop=stop, out=out))
 
 
 def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None = None, *,
                         anisotropy: float = 1.0, method: str = DEFAULT_METHOD, tile: int | None = None,
                         overlap: float = 0.25, memory_budget: float | None = None,
-                        stop: threading.Event | None = None, pixel_size: Sequence[float] | None = None
+                        stop: threading.Event | None = None, pixel_size: Sequence[float] | None = None,
+                        block: int | None = None, halo: int | None = None
                         ) -> Generator[TileDone | Message, None, Prediction]:
     """3D objects for every Z stack of ``image`` (each T point on its own): a generator of progress events.
 
@@ -204,7 +163,9 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     (the image's shape without C, int32) number the objects of each stack 1..N,
     one id per object through its planes; ``stopped`` when ``stop`` was set
     (stacks not finished stay 0). ``pixel_size``: the image's µm per pixel ((z, y, x) or (y, x)); an
-    image at another lateral pixel size than the model's is resampled to it, as in 2D.
+    image at another lateral pixel size than the model's is resampled to it, as in 2D. ``block`` / ``halo``
+    (orthogonal only): 3D blocks, in voxels of the decoding grid, that bound memory (None: blocks for a
+    large volume only, 0: the whole volume at once; see :mod:`~napari_seglab.core.predict._volume_blocks`).
     """
     if method not in METHODS:
         raise InputError(f"unknown 3D method {method!r}; choose one of {', '.join(METHODS)}")
@@ -238,8 +199,9 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
                 labels[t] = link_planes(pred.labels)
                 continue
             vol = stack[None] if not has_c else np.moveaxis(stack, -1, 0)
-            labels[t], current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap,
-                                                            memory_budget, stop, pixel_size)
+            # written into the result's own planes: no second stack-sized array
+            _, current = yield from _iter_orthogonal(current, vol, head, anisotropy, tile, overlap, memory_budget,
+                                                     stop, pixel_size, block, halo, out=labels[t])
     except Stopped:
         stopped = True
     return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped, anisotropy=anisotropy)
@@ -262,17 +224,20 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
     """One entry for the fronts: :func:`iter_predict_volume` when ``volume``, else plane by plane.
 
     ``options`` are :func:`~napari_seglab.core.predict._image.iter_predict_image`'s; with ``volume``
-    only ``tile``, ``overlap``, ``memory_budget`` and ``stop`` apply (probabilities and flips
-    are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
+    only ``tile``, ``overlap``, ``memory_budget``, ``stop``, ``block`` and ``halo`` apply (probabilities and
+    flips are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
     warning Message. The Prediction's ``anisotropy`` says what was used.
     """
     if not volume:
+        if options.get("block") is not None or options.get("halo") is not None:
+            raise InputError("block / halo set 3D blocks: pass volume=True as well")
+        options = {k: v for k, v in options.items() if k not in ("block", "halo")}
         return (yield from iter_predict_image(model, image, axes, pixel_size=pixel_size, **options))
     # split_instances is moot: 3D needs an instance model (volume_head says so for any other)
     unsupported = [k for k in ("probabilities", "tta", "head_outputs", "planes") if options.get(k)]
     if unsupported:
         raise InputError(f"3D objects: {', '.join(unsupported)} cannot be combined with 3D prediction")
-    kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop") if k in options}
+    kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop", "block", "halo") if k in options}
     from ..io import guess_axes
 
     value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)))

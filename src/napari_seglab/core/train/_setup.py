@@ -39,7 +39,7 @@ from ..models import (
 )
 from ._boxes import BoxValidator, box_classes, check_box_density, prepare_box_data, split_boxes
 from ._config import default_instance_head
-from ._data import prepare_training_data
+from ._data import background_note, prepare_training_data
 from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
 from ._state import RunState, Validator, run_meta
 
@@ -306,7 +306,8 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         samples, norm, channels, scale, object_area = prepare_training_data(
             images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
             norm=norm, scale=scale, head=head)
-        data_notes = []
+        sparse_note = background_note(labels, config.label_mode)
+        data_notes = [Message(sparse_note, "warning")] if sparse_note else []
     spec = _spec_for(config, init, samples, channels, head)
     if box_run:
         family = get_family(spec.family)
