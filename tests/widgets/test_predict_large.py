@@ -228,3 +228,24 @@ def test_block_by_block_takes_a_model_that_resamples():
     check_blockable(model, LazyImage(plane, "YX"))  # unknown: predicted as it is
     with pytest.raises(InputError, match="split touching objects is not available block-wise"):
         check_blockable(model, LazyImage(plane, "YX"), split_instances=True)
+
+
+def test_the_temporary_output_folder_is_removed_when_napari_exits(tmp_path, monkeypatch):
+    import atexit
+
+    from napari_seglab._widgets import _lazy
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", lambda func, *args, **kwargs: at_exit.append((func, args, kwargs)))
+    scratch: list = []
+    store = _lazy.output_path(None, "scan 1", scratch)
+    assert _lazy.output_path(None, "scan 2", scratch).parent == store.parent  # one folder per dock, reused
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    assert len(at_exit) == 1
+    func, args, kwargs = at_exit[0]
+    func(*args, **kwargs)
+    assert not scratch[0].exists()
+    # a chosen output is the user's: never scheduled for removal
+    _lazy.output_path(tmp_path / "mine", "scan", [])
+    assert len(at_exit) == 1

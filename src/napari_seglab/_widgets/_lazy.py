@@ -9,7 +9,9 @@ asked for.
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -105,7 +107,8 @@ def source_paths(layer) -> list[str]:
 def output_path(chosen: Path | None, layer_name: str, scratch: list, protect: list[str] = ()) -> Path:
     """Where the labels OME-Zarr goes: the chosen path (``.zarr`` added), else a temporary folder.
 
-    ``scratch``: a one-item list holding this dock's temporary folder once made (reused by later runs);
+    ``scratch``: a one-item list holding this dock's temporary folder once made (reused by later runs,
+    removed when Python exits: choose an output to keep the labels);
     ``protect``: the files the image came from. InputError for a path that cannot take the store.
     """
     if chosen is not None:
@@ -120,6 +123,8 @@ def output_path(chosen: Path | None, layer_name: str, scratch: list, protect: li
         return chosen.absolute()
     if not scratch:
         scratch.append(Path(tempfile.mkdtemp(prefix="seglab-")))
+        # the lazy layers read it while napari runs; nothing is left in the temp folder after
+        atexit.register(shutil.rmtree, scratch[0], ignore_errors=True)
     safe = re.sub(r"[^\w.-]+", "_", layer_name).strip("._") or "image"
     return scratch[0] / f"{safe}_labels.ome.zarr"
 
