@@ -139,10 +139,18 @@ class RunControls(Container):
             return
         self.progress.value = int(round(PROGRESS_MAX * min(1.0, max(0.0, fraction))))
 
-    def say(self, text: str) -> None:
-        """Show ``text`` now (and drop any progress still waiting to be drawn)."""
+    def say(self, text: str, level: str = "info") -> None:
+        """Show ``text`` now (and drop any progress still waiting to be drawn).
+
+        A ``"warning"`` (a core Message's level: something the user should act on) is also a napari
+        warning notification, which outlives the status line.
+        """
         self._pending = None
         self.status.value = text
+        if level == "warning":
+            from napari.utils.notifications import show_warning
+
+            show_warning(text)
 
     def report(self, fraction: float | None, text: str) -> None:
         """Progress of a frequent event: drawn within :data:`REPORT_MS`, the latest one only."""

@@ -339,11 +339,7 @@ class TrainWidget(TrainSettings, Container):
             self._controls.report(event.fraction, f"predicting: tile {event.tile}/{event.tiles}, "
                                                   f"plane {event.plane + 1}/{event.planes}")
         elif isinstance(event, Message):
-            say(event.text)
-            if event.level == "warning":  # what the user should act on outlives the status line
-                from napari.utils.notifications import show_warning
-
-                show_warning(event.text)
+            say(event.text, event.level)
 
     def _on_result(self, outcome: TrainOutcome) -> None:
         result, prediction, verdict = outcome.result, outcome.prediction, outcome.verdict

@@ -26,7 +26,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from ..errors import InputError, check_label_image
-from ._flows import FLOW_SCALE
+from ._flows import FLOW_SCALE, _fill_holes
 from ._instances import _add_unseeded, instances_from_probabilities, renumber_objects
 
 #: how 3D boundary probabilities become objects: "seeds" (:func:`decode_boundary_3d`) or "2d-rules"
@@ -133,15 +133,6 @@ def _cluster3d(ends: np.ndarray, shape: tuple[int, ...], min_count: int) -> np.n
     return basins[idx].astype(np.int32)
 
 
-def _fill_holes3d(labels: np.ndarray) -> np.ndarray:
-    out = labels.copy()
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is not None:
-            m = ndi.binary_fill_holes(labels[sl] == i)
-            out[sl][m & (out[sl] == 0)] = i
-    return out
-
-
 def decode_flows_3d(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 200,
                     min_size: int = 30) -> np.ndarray:
     """Objects (Z, Y, X) int32 from a 3D flow field (4, Z, Y, X): [fg logit, dz, dy, dx] x FLOW_SCALE.
@@ -173,7 +164,7 @@ def decode_flows_3d(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int
     ends = _follow3d(flow, pts, n_steps)[:, ::-1]
     del flow
     labels[fg] = _cluster3d(ends, fg.shape, min_count=max(3, min_size // 2))
-    return renumber_objects(_fill_holes3d(labels), min_size)
+    return renumber_objects(_fill_holes(labels), min_size)
 
 
 def decode_distance_3d(outputs: np.ndarray, *, threshold: float = 0.0, h: float = 0.1,

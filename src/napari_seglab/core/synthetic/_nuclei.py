@@ -245,6 +245,16 @@ def _camera_image(rng: np.random.Generator, signal: np.ndarray, psf_sigma: float
     return np.clip(np.rint(adu), 0, _MAX_UINT16).astype(np.uint16)
 
 
+def check_sizes(radius_range, coverage: float) -> tuple[float, float]:
+    """The (low, high) nucleus radius of a generator's options; InputError for a range or coverage out of bounds."""
+    lo, hi = radius_range
+    if not 1.0 <= lo <= hi:
+        raise InputError(f"radius_range must satisfy 1 <= low <= high, got {radius_range}.")
+    if not 0.0 < coverage < 1.0:
+        raise InputError(f"coverage must lie in (0, 1), got {coverage}.")
+    return float(lo), float(hi)
+
+
 def make_nuclei(
     shape: tuple[int, ...] = (256, 512),
     seed: int = 0,
@@ -289,11 +299,7 @@ def make_nuclei(
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 8:
         raise InputError(f"shape must be (Y, X) or (Z, Y, X) with sides >= 8, got {shape}.")
-    lo, hi = radius_range
-    if not 1.0 <= lo <= hi:
-        raise InputError(f"radius_range must satisfy 1 <= low <= high, got {radius_range}.")
-    if not 0.0 < coverage < 1.0:
-        raise InputError(f"coverage must lie in (0, 1), got {coverage}.")
+    lo, hi = check_sizes(radius_range, coverage)
     rng = np.random.default_rng(seed)
     ndim = len(shape)
     spacing = np.ones(ndim)
@@ -301,7 +307,7 @@ def make_nuclei(
         spacing[0] = float(z_scale)
     extent = np.asarray(shape, float) * spacing
 
-    nuclei = _place_nuclei(rng, extent, (float(lo), float(hi)), coverage, cluster_fraction)
+    nuclei = _place_nuclei(rng, extent, (lo, hi), coverage, cluster_fraction)
     signal, instances = _render(rng, shape, nuclei, spacing, dim_fraction)
 
     image = _camera_image(rng, signal, psf_sigma, z_scale)

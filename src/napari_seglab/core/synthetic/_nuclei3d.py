@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
-from ._nuclei import _camera_image, _keep_largest_fragment, _place_nuclei
+from ._nuclei import _camera_image, _keep_largest_fragment, _place_nuclei, check_sizes
 
 _MAX_UINT16 = np.iinfo(np.uint16).max
 
@@ -145,15 +145,11 @@ def make_nuclei_3d(shape: tuple[int, int, int] = (24, 128, 128), seed: int = 0, 
         raise InputError(f"shape must be (Z, Y, X) with sides >= 8, got {shape}.")
     if not 1.0 <= float(anisotropy) <= 20.0:
         raise InputError(f"anisotropy must lie in [1, 20], got {anisotropy}.")
-    lo, hi = radius_range
-    if not 1.0 <= lo <= hi:
-        raise InputError(f"radius_range must satisfy 1 <= low <= high, got {radius_range}.")
-    if not 0.0 < coverage < 1.0:
-        raise InputError(f"coverage must lie in (0, 1), got {coverage}.")
+    lo, hi = check_sizes(radius_range, coverage)
     rng = np.random.default_rng(seed)
     spacing = np.array([float(anisotropy), 1.0, 1.0])
     extent = np.asarray(shape, float) * spacing
-    nuclei = _place_nuclei(rng, extent, (float(lo), float(hi)), coverage, cluster_fraction)
+    nuclei = _place_nuclei(rng, extent, (lo, hi), coverage, cluster_fraction)
     signal, instances = _render3d(rng, shape, nuclei, spacing, dim_fraction)
     image = _camera_image(rng, signal, psf_sigma, float(anisotropy))
     return image, _renumber(instances) if instances.any() else instances
