@@ -85,3 +85,20 @@ def test_the_batch_dock_writes_3d_objects_and_their_volumes(make_napari_viewer, 
     assert int(labels.max()) == 3 and labels.shape == truth.shape
     with open(out / "stack_objects.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 3  # one row per nucleus
+
+
+def test_an_unknown_z_step_is_a_warning_notification(make_napari_viewer, qtbot, monkeypatch, random_unet,
+                                                     warnings_shown):
+    monkeypatch.setattr(predict_dock, "load_model", lambda *a, **k: blob_model())
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs()[0], name="stack")  # no scale, no anisotropy set: 1 is assumed
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(random_unet)
+    widget._device.value = "cpu"
+    widget._volume.value = True
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert int(viewer.layers["stack labels"].data.max()) == 3  # it still predicts
+    assert any("anisotropy 1" in text and "z step" in text for text in warnings_shown)

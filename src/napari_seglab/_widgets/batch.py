@@ -183,7 +183,7 @@ class BatchWidget(Container):
                 self._result_choice.reset_choices()
                 self._result_choice.value = event
         elif isinstance(event, Message):
-            self._controls.say(event.text)
+            self._controls.say(event.text, event.level)
 
     def _on_result(self, summary) -> None:
         self.summary = summary

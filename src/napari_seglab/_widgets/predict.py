@@ -389,7 +389,7 @@ class PredictWidget(BlockwisePredict, Container):
             where = f", plane {event.plane + 1}/{event.planes}" if event.planes > 1 else ""
             self._controls.report(event.fraction, f"tile {event.tile}/{event.tiles}{where}")
         elif isinstance(event, Message):
-            self._controls.say(event.text)
+            self._controls.say(event.text, event.level)
 
     def _on_result(self, value) -> None:
         model, prediction, extras, count = value
