@@ -22,7 +22,8 @@ def test_a_lazy_layer_trains_on_its_painted_area(make_napari_viewer, qtbot, tmp_
     viewer = make_napari_viewer()
     image, painted = _painted()
     rows, cols = np.nonzero(painted)
-    lazy = viewer.add_image(Guarded(image), name="scan", contrast_limits=(0, int(image.max())), scale=(0.5, 0.5),
+    guarded = Guarded(image)
+    lazy = viewer.add_image(guarded, name="scan", contrast_limits=(0, int(image.max())), scale=(0.5, 0.5),
                             translate=(10.0, 20.0))
     viewer.add_labels(painted, name="paint", scale=(0.5, 0.5), translate=(10.0, 20.0))
     widget = dock(viewer, "Train")
@@ -37,6 +38,7 @@ def test_a_lazy_layer_trains_on_its_painted_area(make_napari_viewer, qtbot, tmp_
     y0, y1 = max(0, rows.min() - 64), min(256, rows.max() + 1 + 64)
     x0, x1 = max(0, cols.min() - 64), min(256, cols.max() + 1 + 64)
     assert (y1 - y0) * (x1 - x0) < image.size  # the test means something: the crop is smaller
+    assert (y1 - y0) * (x1 - x0) in guarded.worker_reads  # the crop is read by the worker, not the GUI thread
     prediction = viewer.layers["scan prediction"]
     assert prediction.data.shape == (y1 - y0, x1 - x0)
     assert np.allclose(prediction.scale, (0.5, 0.5))

@@ -180,7 +180,8 @@ def grown(box: tuple[slice, slice], margin: int, shape) -> tuple[slice, slice]:
 def training_crop(image_layer, labels_layer, margin: int):
     """Read only the painted area (plus ``margin`` px) of a large or lazy 2D image layer and its labels.
 
-    Returns ``(image (h, w[, C]), axes, labels (h, w), (ys, xs))``. InputError when the image is a
+    Returns ``(image (h, w[, C]) as a :class:`WindowRead`, axes, labels (h, w), (ys, xs))``: the labels
+    are copied now, the image is read when the worker calls the WindowRead. InputError when the image is a
     stack, the shapes differ, nothing is painted, or the area is larger than :data:`LARGE_PIXELS`.
     """
     image = lazy_image(image_layer)
@@ -200,7 +201,21 @@ def training_crop(image_layer, labels_layer, margin: int):
         side = int(LARGE_PIXELS ** 0.5)
         raise InputError(f"the painted area of {labels_layer.name!r} spans {h}x{w} pixels (with a {margin}px "
                          f"margin): paint within one region of at most {side}x{side} pixels of this large image")
-    return image.read(ys, xs), image.axes, np.array(labels[ys, xs]), (ys, xs)
+    return WindowRead(image, ys, xs), image.axes, np.array(labels[ys, xs]), (ys, xs)
+
+
+class WindowRead:
+    """A window of a lazy image, read when called: by the training worker, not on the GUI thread.
+
+    ``shape`` is the window's (h, w[, C]) without reading it.
+    """
+
+    def __init__(self, image: LazyImage, ys: slice, xs: slice):
+        self.image, self.window = image, (ys, xs)
+        self.shape = (ys.stop - ys.start, xs.stop - xs.start, *image.shape[2:])
+
+    def __call__(self) -> np.ndarray:
+        return self.image.read(*self.window)
 
 
 class Placement:

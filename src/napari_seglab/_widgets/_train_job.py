@@ -16,6 +16,7 @@ from ..core.objects import assess_objects, flow_agreement, paint_next
 from ..core.predict import Prediction, iter_predict_image, load_model
 from ..core.train import ResolvedTrainConfig, TrainConfig, TrainResult, iter_train
 from . import _common as ui
+from ._lazy import WindowRead
 from ._models import Verdict, judge
 
 #: "where to paint next" boxes computed after training
@@ -147,6 +148,9 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
                        start: tuple[Path, float | None] | None = None, boxes: list[list[dict]] | None = None):
     """Train on ``pairs`` ((image, axes, labels) copies), then predict the first image with the model kept.
 
+    An image (and ``preview_plane``) may be a :class:`~._lazy.WindowRead` of a large layer: it is read
+    here, in the worker.
+
     Yields the core's events; returns a :class:`TrainOutcome`. ``names``:
     the (image, labels) layer names of the pairs, for error messages.
     ``boxes``: per pair the box rows of a box detector (labels then hold the
@@ -158,6 +162,12 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     kept) and the image is still predicted; a second Stop skips that.
     """
     images, axes, labels = (list(part) for part in zip(*pairs, strict=True))
+    if any(isinstance(image, WindowRead) for image in images):  # a large layer's painted area, read here
+        yield Message("reading the painted area of the image...")
+        read = [image() if isinstance(image, WindowRead) else image for image in images]
+        if isinstance(preview_plane, WindowRead):
+            preview_plane = read[images.index(preview_plane)] if preview_plane in images else preview_plane()
+        images = read
     try:
         result: TrainResult = yield from relay(
             iter_train(images, labels, config, boxes=boxes, axes=axes, stop=stop, preview_plane=preview_plane), _light)
