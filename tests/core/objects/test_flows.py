@@ -208,3 +208,52 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(InputError, match=r"\(3, Y, X\)"):
         flows.decode_flows(np.zeros((2, 8, 8), np.float32))
     assert flows.n_outputs("flows") == 3 and flows.n_outputs("distance") == 2
+
+
+def _noisy_flow_outputs(seed=0):
+    """Raw flow outputs of touching discs with noise: ragged paths, stray end points, ties in the histogram."""
+    lab = _touching_discs()
+    out = flows.targets(lab)[0].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out[1:] += rng.normal(0, 0.3 * flows.FLOW_SCALE, out[1:].shape).astype(np.float32)
+    out[0] = np.where(lab > 0, 4.0, -4.0) + rng.normal(0, 1.0, lab.shape)
+    return out
+
+
+def test_decoding_in_groups_and_boxes_equals_the_plane_at_once(monkeypatch):
+    """The memory-lean decoding (points followed in groups, each spot of end points flooded in its own box,
+    flow errors at object pixels only) gives the labels of the plane-at-once arithmetic, id for id."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    def cluster_whole(ends, shape, min_count):  # the plane-sized form the decoder used before
+        iy = np.clip(np.rint(ends[:, 0]).astype(np.int64), 0, shape[0] - 1)
+        ix = np.clip(np.rint(ends[:, 1]).astype(np.int64), 0, shape[1] - 1)
+        hist = np.bincount(iy * shape[1] + ix, minlength=shape[0] * shape[1]).reshape(shape).astype(np.int32)
+        counts = ndi.correlate(hist, np.ones((3, 3), np.int32), mode="constant")
+        peaks = (counts == ndi.maximum_filter(counts, 5, mode="constant")) & (counts >= min_count)
+        markers, n = ndi.label(peaks, structure=np.ones((3, 3)))
+        if n == 0:
+            return np.zeros(len(ends), np.int32)
+        region = ndi.binary_dilation(hist > 0, iterations=2)
+        order = np.arange(counts.size, dtype=np.float64).reshape(shape) * (0.5 / counts.size)
+        return watershed(order - counts, markers=markers, mask=region)[iy, ix].astype(np.int32)
+
+    def errors_whole(labels, flow):
+        err = ((flows.flow_field(labels, per_object=True) - flow) ** 2).sum(0)
+        return ndi.mean(err, labels, index=np.arange(1, int(labels.max()) + 1))
+
+    for seed in range(3):
+        out = _noisy_flow_outputs(seed)
+        lean = flows.decode_flows(out)
+        assert 5 < lean.max() < 40
+        with monkeypatch.context() as m:
+            m.setattr(flows, "FOLLOW_GROUP", 37)  # many small groups: the same end points
+            assert np.array_equal(flows.decode_flows(out), lean)
+        with monkeypatch.context() as m:
+            m.setattr(flows, "_cluster", cluster_whole)
+            m.setattr(flows, "_flow_errors", errors_whole)
+            assert np.array_equal(flows.decode_flows(out), lean)
+        labels = flows.decode_flows(out, flow_threshold=None)
+        flow = out[1:] / flows.FLOW_SCALE * (out[0] > 0)
+        assert np.allclose(flows._flow_errors(labels, flow), errors_whole(labels, flow), rtol=1e-5, atol=1e-6)

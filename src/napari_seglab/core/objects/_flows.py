@@ -93,13 +93,24 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None, *, per_object: bo
     """
     obj = np.asarray(objects)
     flows = np.zeros((2, *obj.shape), np.float32)
+    ys, xs, _, vy, vx = _unit_vectors(obj, n_iter, per_object=per_object)
+    flows[0, ys, xs] = vy
+    flows[1, ys, xs] = vx
+    return flows
+
+
+def _unit_vectors(obj: np.ndarray, n_iter: int | None = None, *, per_object: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`flow_field` at the object pixels only: (ys, xs, ids, vy, vx), vectors float32, pixels by id."""
     ys, xs = np.nonzero(obj)
     if ys.size == 0:
-        return flows
+        empty = np.zeros(0, np.float32)
+        return ys, xs, obj[ys, xs], empty, empty
     ids = obj[ys, xs]
     order = np.argsort(ids, kind="stable")
     ys, xs, ids = ys[order], xs[order], ids[order]
-    index = np.full(obj.shape, -1, np.int64)
+    del order
+    index = np.full(obj.shape, -1, np.int32 if ys.size < 2**31 else np.int64)
     index[ys, xs] = np.arange(ys.size)
     h, w = obj.shape
     nbr = np.empty((len(_NEIGHBOURS), ys.size), np.int32 if ys.size < 2**31 else np.int64)
@@ -133,9 +144,7 @@ def flow_field(objects: np.ndarray, n_iter: int | None = None, *, per_object: bo
     dx = heat[nbr[5]] - heat[nbr[3]]
     norm = np.hypot(dy, dx)
     norm[norm == 0] = 1.0
-    flows[0, ys, xs] = dy / norm
-    flows[1, ys, xs] = dx / norm
-    return flows
+    return ys, xs, ids, (dy / norm).astype(np.float32), (dx / norm).astype(np.float32)
 
 
 def _neighbour_mean(heat: np.ndarray, nbr: np.ndarray) -> np.ndarray:
@@ -259,6 +268,11 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+#: points followed together: every point's path is its own, so following them in groups of this
+#: many gives the same end points with the per-step temporaries of one group (about 1 MB a group)
+FOLLOW_GROUP = 1 << 16
+
+
 def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int,
             origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """End points (N, 2) after ``n_steps`` Euler steps of 1 px along ``flow`` (2, Y, X), bilinear.
@@ -266,17 +280,29 @@ def _follow(flow: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int,
     A point is kept as an integer pixel plus a float32 fraction in [0, 1): the arithmetic never
     sees where the field lies in the image, so a point's path inside a block (``origin``: the
     block's corner, for the caller's bookkeeping only) is bit for bit its path in the whole image.
-    Points stay within the field.
+    Points stay within the field. They are followed :data:`FOLLOW_GROUP` at a time.
     """
     del origin  # the paths do not depend on it: that is the point of the integer + fraction form
     h, w = flow.shape[1:]
     # one extra row and column (copies of the last) so the right / lower neighbour always exists;
     # its weight is 0 where a point sits on the last row or column
-    padded = np.pad(np.asarray(flow, np.float32), ((0, 0), (0, 1), (0, 1)), mode="edge")
     # (dy, dx) of a pixel as one complex number: one gather fetches both
-    field = torch.from_numpy(np.ascontiguousarray(np.moveaxis(padded, 0, -1))).view(torch.complex64)
-    field = field.reshape(-1)
-    row = w + 1
+    grid = np.empty((h + 1, w + 1), np.complex64)
+    grid.real[:h, :w] = flow[0]
+    grid.imag[:h, :w] = flow[1]
+    grid[h, :w] = grid[h - 1, :w]
+    grid[:, w] = grid[:, w - 1]
+    field = torch.from_numpy(grid.reshape(-1))
+    ends = np.empty((len(ys), 2), np.float64)
+    for start in range(0, len(ys), FOLLOW_GROUP):
+        part = slice(start, start + FOLLOW_GROUP)
+        ends[part] = _follow_group(field, w + 1, h, w, ys[part], xs[part], n_steps)
+    return ends
+
+
+def _follow_group(field: torch.Tensor, row: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray,
+                  n_steps: int) -> np.ndarray:
+    """:func:`_follow` for one group of points on the padded complex ``field`` (rows of ``row`` values)."""
     iy = torch.from_numpy(np.array(ys, np.int64))  # copies: updated in place below
     ix = torch.from_numpy(np.array(xs, np.int64))
     ry = torch.zeros(iy.shape, dtype=torch.float32)  # fractions in [0, 1)
@@ -313,26 +339,49 @@ def _cluster(ends: np.ndarray, shape: tuple[int, int], min_count: int) -> np.nda
     # rounds by its history along the line, which a block does not share with the whole image)
     padded = np.pad(hist, 1)
     rows = padded[:-2] + padded[1:-1] + padded[2:]
+    del padded
     counts = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    del rows
     peaks = (counts == ndi.maximum_filter(counts, 5, mode="constant")) & (counts >= min_count)
     markers, n = ndi.label(peaks, structure=np.ones((3, 3)))
+    del peaks
     if n == 0:
         return np.zeros(len(ends), np.int32)
     region = ndi.binary_dilation(hist > 0, iterations=2)
+    del hist
     # equal counts are flooded in raster order (a fraction under 0.5 that grows with the pixel's index):
     # the flooding then depends on the order of the pixels alone, the same in a block as in the whole
-    # image (watershed's own tie-break depends on its heap, so on everything else in the plane)
-    order = np.arange(counts.size, dtype=np.float64).reshape(shape) * (0.5 / counts.size)
-    basins = watershed(order - counts, markers=markers, mask=region)
+    # image (watershed's own tie-break depends on its heap, so on everything else in the plane).
+    # End points gather in small spots: each connected part of the region is flooded in its own box,
+    # which gives the same basins (no flooding crosses the mask) without plane-sized float arrays.
+    parts, _ = ndi.label(region, structure=np.ones((3, 3)))
+    del region
+    basins = np.zeros(shape, np.int32)
+    scale = 0.5 / counts.size
+    for k, box in enumerate(ndi.find_objects(parts), start=1):
+        if box is None:
+            continue
+        inside = parts[box] == k
+        seeds = np.where(inside, markers[box], 0)
+        if not seeds.any():
+            continue
+        gy, gx = np.ogrid[box[0], box[1]]
+        order = (gy * shape[1] + gx).astype(np.float64) * scale
+        flooded = watershed(order - counts[box], markers=seeds, mask=inside)
+        basins[box][inside] = flooded[inside]
     return basins[iy, ix].astype(np.int32)
 
 
 def _flow_errors(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Mean squared difference, per object, between its own flows and the predicted unit flows."""
-    own = flow_field(labels, per_object=True)
-    err = ((own - flow) ** 2).sum(0)
     n = int(labels.max())
-    return ndi.mean(err, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
+    if not n:
+        return np.zeros(0)
+    # at the object pixels only (the background adds nothing): no plane-sized float arrays
+    ys, xs, ids, vy, vx = _unit_vectors(labels, per_object=True)
+    err = (vy - flow[0, ys, xs]) ** 2 + (vx - flow[1, ys, xs]) ** 2
+    sums = np.bincount(ids, weights=err, minlength=n + 1)[1:]
+    return sums / np.maximum(np.bincount(ids, minlength=n + 1)[1:], 1)
 
 
 #: 0.8, not cellpose's 0.4: after 150-400 steps from scratch the flows are still rough, and 0.4 dropped
@@ -359,7 +408,8 @@ def decode_flows(outputs: np.ndarray, *, threshold: float = 0.0, n_steps: int = 
     labels = np.zeros(fg.shape, np.int32)
     if not fg.any():
         return labels
-    flow = out[1:] / FLOW_SCALE * fg
+    flow = out[1:] / FLOW_SCALE
+    flow *= fg
     ys, xs = np.nonzero(fg)
     ends = _follow(flow, ys, xs, n_steps, origin)
     labels[ys, xs] = _cluster(ends, fg.shape, min_count=max(3, min_size // 2))
