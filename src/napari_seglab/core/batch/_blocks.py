@@ -27,6 +27,17 @@ def reading_choices(scene, channel, axes, volume) -> list[str]:
     return named + (["3D objects"] if volume else [])
 
 
+def batch_refusal(model, split: bool) -> str | None:
+    """Why a batch with ``model`` (a checkpoint or a loaded model) cannot go block by block (None: it can)."""
+    from ..predict import refusal
+
+    why = refusal(model, False)
+    if why is None and split:
+        why = ("a binary semantic model's objects (its foreground split where objects touch) are not available "
+               "block by block yet; use an instance model")
+    return why
+
+
 def block_side(path: Path, block: int | None, *, choices: list[str], why_not: str | None) -> int:
     """The block side to predict ``path`` with, 0 for the whole image.
 
@@ -84,11 +95,10 @@ def process_blocks(task, model, result: dict, stop: threading.Event | None = Non
         iter_predict_blocks,
         iter_predict_blocks_dask,
         labels_dtype,
-        refusal,
     )
     from . import _outputs as out_mod
 
-    why = refusal(model, task.split_instances)
+    why = batch_refusal(model, task.split_instances)
     if why:
         raise InputError(f"{Path(task.input).name}: {why}; an OME-Zarr is read block by block only")
     chosen = reading_choices(task.scene, task.channel, task.axes, task.volume)

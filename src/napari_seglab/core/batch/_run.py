@@ -119,10 +119,9 @@ def _zarr_stores(in_dir: Path, glob: str, recursive: bool) -> list[Path]:
 def _block_sides(files: list[Path], options: BatchOptions, ckpt, split: bool, reading: dict) -> dict[Path, int]:
     """Each input's block side (0: whole), refusing a request the block-wise path cannot honour."""
     from ..io import is_zarr_path
-    from ..predict import refusal
-    from ._blocks import block_side, reading_choices
+    from ._blocks import batch_refusal, block_side, reading_choices
 
-    why_not = refusal(ckpt, split)
+    why_not = batch_refusal(ckpt, split)
     choices = reading_choices(*(reading.get(k) for k in ("scene", "channel", "axes")), options.volume)
     stores = [p.name for p in files if is_zarr_path(p)]
     if options.block == 0 and stores:
