@@ -7,6 +7,10 @@ folder (mirroring sub-folders): ``<stem>_labels.tif`` (the image's axes
 without C), optionally ``<stem>_probabilities.tif`` (float32, C first) and
 ``<stem>_objects.csv`` (one row per object); plus ``manifest.csv`` (see
 :mod:`napari_seglab.core.batch._manifest`) and ``summary.csv`` (one row per image) for the run.
+A large file (every OME-Zarr input, a 2D TIFF above
+:data:`~napari_seglab.core.predict.AUTO_BLOCK_PIXELS`, or every file given a ``block`` side) goes
+block by block instead (:mod:`napari_seglab.core.batch._blocks`): ``<stem>_labels.ome.zarr`` (and
+``<stem>_probabilities.ome.zarr``), its objects measured block by block; on Dask its blocks are tasks.
 
 Each file is one task of :func:`~napari_seglab.core.batch._task.process_file`, a module-level
 function that workers import (:mod:`napari_seglab.core.batch._task`); :mod:`napari_seglab.core.batch._dask` runs the
