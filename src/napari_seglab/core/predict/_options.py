@@ -118,7 +118,8 @@ class BatchOptions(ModelRunOptions):
 
     pattern: str = setting("*.tif", label="pattern", metavar="GLOB",
                            help="file name pattern, e.g. *.tif or *_dapi.tiff; several separated by ';' "
-                                "(*.tif;*.nd2), or 'images' for every format SegLab reads (TIFF, ND2, LIF, CZI)")
+                                "(*.tif;*.nd2;*.zarr: OME-Zarr folders match too), or 'images' for every format SegLab "
+                                "reads (TIFF, ND2, LIF, CZI, OME-Zarr)")
     recursive: bool = setting(False, label="include sub-folders", kind=bool,
                               help="also look in sub-folders (mirrored in the output folder)")
     probabilities: bool = setting(False, label="write probabilities", kind=bool, used_by=_dense,
