@@ -167,3 +167,16 @@ def test_block_tasks_on_dask_give_the_output_of_one_process(flows_ckpt, tmp_path
         np.testing.assert_array_equal(open_lazy(tmp_path / "dask" / f"{stem}_labels.ome.zarr").load(),
                                       open_lazy(tmp_path / "one" / f"{stem}_labels.ome.zarr").load())
         assert table(tmp_path / "dask" / f"{stem}_objects.csv") == table(tmp_path / "one" / f"{stem}_objects.csv")
+
+
+def test_an_ome_zarr_input_stamp_changes_with_its_metadata(tmp_path):
+    import os
+
+    from napari_seglab.core.batch._manifest import input_stamp
+
+    write_inputs(tmp_path)
+    store = tmp_path / "b.ome.zarr"
+    first = input_stamp(store)
+    meta = store / "zarr.json"
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
+    assert input_stamp(store) != first  # a rewritten store is redone on resume
