@@ -157,3 +157,31 @@ def test_a_large_tiff_with_a_pixel_size_goes_block_by_block_by_itself(half_micro
     err = capsys.readouterr().err
     assert "in 1024px blocks" in err and "resampling the image by 0.75" in err
     assert tifffile.imread(tmp_path / "auto.tif").shape == (300, 420)
+
+
+def test_batch_block_options(random_unet, image, tmp_path, capsys):
+    """``seglab batch --block``: refused (exit 2, nothing written) for a model or a choice it cannot honour;
+    an OME-Zarr in the folder with --block 0 is refused too."""
+    src, img = image
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "img.tif").write_bytes(src.read_bytes())
+
+    def batch(*extra):
+        return main(["batch", "--model", str(random_unet), "--input-dir", str(folder), "--output-dir",
+                     str(tmp_path / "out"), "--workers", "0", "--pattern", "*.tif;*.zarr", *extra])
+
+    assert batch("--block", "256") == 2
+    assert "binary semantic model" in capsys.readouterr().err
+    assert batch("--block", "16") == 2
+    assert "block side must be 0" in capsys.readouterr().err
+    with OmeZarrWriter(folder / "other.ome.zarr", img.shape, img.dtype, chunk=128, name="image") as w:
+        w.array[...] = img
+        w.finish()
+    assert batch("--block", "0") == 2
+    assert "read block by block only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # automatic: the TIFF whole, the OME-Zarr block by block, which this binary model cannot: it fails, saying why
+    assert batch() == 3  # some files failed
+    assert (tmp_path / "out" / "img_labels.tif").is_file() and not (tmp_path / "out" / "other_labels.ome.zarr").exists()
+    assert "binary semantic model" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""BatchWidget: segment a folder of TIFFs with a checkpoint (locally or on a Dask cluster)."""
+"""BatchWidget: segment a folder of images with a checkpoint (locally or on a Dask cluster); large files go
+block by block in the core, and their OME-Zarr results open lazily."""
 
 from __future__ import annotations
 
@@ -205,8 +206,17 @@ class BatchWidget(Container):
             report_error(exc)
 
     def open_result(self, done: FileDone) -> None:
-        """Load a finished file's input image and its labels output into the viewer."""
-        from ..core.io import read_image, read_labels
+        """Load a finished file's input image and its labels output into the viewer.
+
+        A block-wise file (its labels an OME-Zarr) opens lazily: neither its input nor its labels
+        are read whole.
+        """
+        from ..core.io import is_zarr_path, read_image, read_labels
+
+        out = labels_output(done)
+        if out and is_zarr_path(out):
+            self._open_lazily(Path(done.path), Path(out))
+            return
 
         image = read_image(done.path)
         stem = Path(done.path).stem
@@ -219,6 +229,25 @@ class BatchWidget(Container):
             self._viewer.add_image(image.data, name=stem, channel_axis=-1, **names)
         else:
             self._viewer.add_image(image.data, name=stem, **names)
-        out = labels_output(done)
         if out and Path(out).is_file():
             self._viewer.add_labels(read_labels(out), name=f"{stem} labels", **names)
+
+    def _open_lazily(self, source: Path, labels: Path) -> None:
+        """A block-wise file's input (OME-Zarr levels, or the TIFF's lazy store) and its labels store, lazily."""
+        from .._reader import read_ome_zarr
+        from ..core.io import is_zarr_path, open_lazy
+
+        stem = source.name.split(".")[0]
+        found = [(data, kwargs) for data, kwargs, kind in read_ome_zarr(labels) if kind == "labels"]
+        place = {k: v for k, v in (found[0][1] if found else {}).items() if k in ("scale", "translate")}
+        if is_zarr_path(source):
+            for data, kwargs, kind in read_ome_zarr(source):
+                if kind == "image":
+                    self._viewer.add_image(data, **{**kwargs, "name": kwargs.get("name") or stem})
+        else:
+            lazy = open_lazy(source)
+            if lazy.stored in ("YX", "YXC"):  # shown as stored (placed as its labels); other layouts would need a copy
+                rgb = lazy.stored == "YXC" and lazy.shape[2] in (3, 4)
+                self._viewer.add_image(lazy.array, name=stem, rgb=rgb, **place)
+        for data, kwargs in found:
+            self._viewer.add_labels(data, **{**kwargs, "name": f"{stem} labels"})

@@ -1,4 +1,4 @@
-"""``seglab batch``: every matching TIFF of a folder, locally or on a Dask cluster."""
+"""``seglab batch``: every matching image of a folder, locally or on a Dask cluster; large ones block by block."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .common import (
 
 #: BatchOptions fields offered as ``seglab batch`` options (--workers sits in a group with --scheduler)
 OPTIONS = ("pattern", "recursive", "probabilities", "skip_existing", "device", "runtime", "tile", "overlap", "tta",
-           "score_threshold", "pixel_size", "volume", "anisotropy", "volume_method")
+           "score_threshold", "pixel_size", "volume", "anisotropy", "volume_method", "block", "halo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +79,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                               tile=args.tile or None, overlap=args.overlap, tta=args.tta,
                               score_threshold=args.score_threshold, pixel_size=args.pixel_size,
                               scene=args.scene, channel=args.channel, axes=args.axes, volume=args.volume,
-                              anisotropy=args.anisotropy, volume_method=args.volume_method), handle)
+                              anisotropy=args.anisotropy, volume_method=args.volume_method, block=args.block,
+                              halo=args.halo), handle)
     print(f"{summary.total} files: ok {summary.ok}, failed {summary.failed}, skipped {summary.skipped}; "
           f"manifest: {summary.manifest}")
     if summary.failed:

@@ -69,11 +69,11 @@ def predict_large(model: LoadedModel, input_path, labels_path, *, on_event: OnEv
 
 
 def run_batch(model: str, input_dir: str, output_dir: str, *, on_event: OnEvent = None, **options):
-    """Predict every TIFF of a folder and return the :class:`~napari_seglab.core.batch.BatchSummary`.
+    """Predict every image of a folder and return the :class:`~napari_seglab.core.batch.BatchSummary`.
 
     ``options`` are those of :func:`~napari_seglab.core.batch.iter_run_batch` (``pattern``,
     ``recursive``, ``probabilities``, ``skip_existing``, ``workers``,
-    ``scheduler``, ``device``, ``tile``, ``overlap``, ``stop``...); pass
+    ``scheduler``, ``device``, ``tile``, ``overlap``, ``block``, ``halo``, ``stop``...); pass
     ``on_event=print`` to see each file as it finishes.
     """
     from .batch import iter_run_batch as iter_batch

@@ -236,11 +236,15 @@ def test_bad_requests_are_refused_before_any_work(model_path, tmp_path):
 def test_manifest_reader_ignores_a_line_cut_short(tmp_path):
     path = tmp_path / "manifest.csv"
     good = "a.tif,ok,,1.0,a_labels.tif,10,123,m.pt:1:2,2024-01-01T00:00:00+00:00,2024-01-01T00:00:01+00:00"
-    path.write_text(",".join(MANIFEST_COLUMNS) + "\n" + good + ",scene=1\n" + "b.tif,ok,,1.0,b_labels.tif,10,1")
+    path.write_text(",".join(MANIFEST_COLUMNS) + "\n" + good + ",scene=1,block=1024 halo=128\n"
+                    + "b.tif,ok,,1.0,b_labels.tif,10,1")
     rows = read_manifest(path)
     assert list(rows) == ["a.tif"] and rows["a.tif"]["reading"] == "scene=1"
-    # a manifest of an earlier release, without the reading column: its rows read as the defaults
-    path.write_text(",".join(MANIFEST_COLUMNS[:-1]) + "\n" + good + "\n")
+    assert rows["a.tif"]["blocks"] == "block=1024 halo=128"
+    # manifests of earlier releases, without the blocks (and reading) columns: their rows read as the defaults
+    path.write_text(",".join(MANIFEST_COLUMNS[:-1]) + "\n" + good + ",scene=1\n")
+    assert read_manifest(path)["a.tif"]["blocks"] == "" and read_manifest(path)["a.tif"]["reading"] == "scene=1"
+    path.write_text(",".join(MANIFEST_COLUMNS[:-2]) + "\n" + good + "\n")
     assert read_manifest(path)["a.tif"]["reading"] == ""
     path.write_text("garbage\x00\n")
     assert read_manifest(path) == {}

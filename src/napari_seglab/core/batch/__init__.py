@@ -3,7 +3,8 @@
 :func:`iter_run_batch` is the generator (the blocking twin is
 :func:`napari_seglab.core.api.run_batch`). Modules: ``_run`` (the job), ``_task`` (one file, as a
 worker runs it), ``_dask`` (local clusters and schedulers), ``_manifest`` (the run's manifest),
-``_outputs`` (output names, object tables).
+``_outputs`` (output names, object tables), ``_blocks`` (large files and OME-Zarr block by block:
+which files, and one such file's prediction, measurements and outputs).
 """
 
 from ._dask import open_client

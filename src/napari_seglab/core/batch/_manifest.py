@@ -11,8 +11,11 @@ with ``;``, backslashes or bytes that are not UTF-8, reads back exactly),
 ``input_size`` and ``input_mtime`` (to notice an input changed since),
 ``model`` (checkpoint name, size and mtime: a new model redoes the file),
 ``started`` / ``finished`` (ISO 8601 timestamps) and ``reading`` (what was read of each
-file: ``scene=1 channel=0 pixel_size=0.65``, empty for the defaults; another choice redoes the file).
-Manifests of earlier releases, without ``reading``, are read as the defaults.
+file: ``scene=1 channel=0 pixel_size=0.65``, empty for the defaults; another choice redoes the file) and
+``blocks`` (empty for a file predicted whole; for a file predicted block by block ``block=1024 halo=128``,
+`` dask-block-tasks`` when its blocks ran as tasks of a Dask cluster, and after ``;`` a note on its
+measurements, such as objects too wide for the shape columns).
+Manifests of earlier releases, without ``blocks`` or ``reading``, are read as the defaults.
 
 The manifest never claims more than is on disk: a row is appended (and
 fsync'ed) only after every output of its file was written atomically, and the
@@ -36,9 +39,9 @@ from ..io import atomic_path, folder_path
 MANIFEST_NAME = "manifest.csv"
 SUMMARY_NAME = "summary.csv"
 MANIFEST_COLUMNS = ("input", "status", "error", "seconds", "outputs", "input_size", "input_mtime", "model",
-                    "started", "finished", "reading")
-#: the columns of manifests written before ``reading`` was recorded
-_EARLIER_COLUMNS = MANIFEST_COLUMNS[:-1]
+                    "started", "finished", "reading", "blocks")
+#: the columns of manifests written before ``blocks``, and before ``reading``, were recorded
+_EARLIER_COLUMNS = (MANIFEST_COLUMNS[:-1], MANIFEST_COLUMNS[:-2])
 STATUSES = ("ok", "failed", "skipped")
 SUMMARY_COLUMNS = ("input", "object_count", "total_area", "mean_area", "median_area", "min_area", "max_area")
 
@@ -80,9 +83,21 @@ def now_iso() -> str:
 
 
 def input_stamp(path: str | os.PathLike) -> tuple[str, str]:
-    """(size in bytes, mtime in ns) of an input file as strings, for the manifest."""
-    st = Path(path).stat()
-    return str(st.st_size), str(st.st_mtime_ns)
+    """(size in bytes, mtime in ns) of an input file as strings, for the manifest.
+
+    An OME-Zarr input (a folder): the total size and the newest mtime of the folder and its metadata
+    files (``zarr.json`` / ``.zarray`` / ``.zattrs`` / ``.zgroup``, at any depth), not every chunk.
+    """
+    path = Path(path)
+    st = path.stat()
+    if not path.is_dir():
+        return str(st.st_size), str(st.st_mtime_ns)
+    size, newest = 0, st.st_mtime_ns
+    for name in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+        for meta in path.rglob(name):
+            m = meta.stat()
+            size, newest = size + m.st_size, max(newest, m.st_mtime_ns)
+    return str(size), str(newest)
 
 
 def quote_name(name: str) -> str:
@@ -174,13 +189,13 @@ def model_stamp(path: str | os.PathLike) -> str:
 
 def file_row(rel: str, status: str, outputs: dict[str, Path], output_dir: Path, stamp: tuple[str, str],
              model: str, *, error: str = "", seconds: float = 0.0, started: str | None = None,
-             finished: str | None = None, reading: str = "") -> dict:
+             finished: str | None = None, reading: str = "", blocks: str = "") -> dict:
     """A manifest row for one input (``outputs``: the kinds written, absolute paths)."""
     now = now_iso()
     return {"input": rel, "status": status, "error": error, "seconds": seconds,
             "outputs": {k: p.relative_to(output_dir).as_posix() for k, p in outputs.items()},
             "input_size": stamp[0], "input_mtime": stamp[1], "model": model,
-            "started": started or now, "finished": finished or now, "reading": reading}
+            "started": started or now, "finished": finished or now, "reading": reading, "blocks": blocks}
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
@@ -195,13 +210,13 @@ def read_manifest(path: str | os.PathLike) -> dict[str, dict]:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
-            if header is None or tuple(header) not in (MANIFEST_COLUMNS, _EARLIER_COLUMNS):
+            if header is None or tuple(header) not in (MANIFEST_COLUMNS, *_EARLIER_COLUMNS):
                 return {}
             columns = tuple(header)
             for fields in reader:
                 if len(fields) != len(columns):
                     continue
-                row = {"reading": "", **dict(zip(columns, fields, strict=True))}
+                row = {"reading": "", "blocks": "", **dict(zip(columns, fields, strict=True))}
                 if row["status"] not in STATUSES or not row["input"]:
                     continue
                 row["input"] = unquote_name(row["input"])

@@ -2,7 +2,8 @@
 
 :func:`plan_outputs` maps each input to ``<stem>_labels.tif``,
 ``<stem>_probabilities.tif`` and ``<stem>_objects.csv`` under the output
-folder (a box detector: ``<stem>_boxes.csv`` alone); :func:`measure_labels`
+folder (a block-wise file: ``<stem>_labels.ome.zarr`` and ``<stem>_probabilities.ome.zarr``; a box
+detector: ``<stem>_boxes.csv`` alone); :func:`measure_labels`
 gives one row per object, per time point; :func:`summarize_boxes` counts boxes.
 """
 
@@ -20,15 +21,19 @@ from ..io import read_image, safe_child
 
 def _stem(rel: Path) -> Path:
     name = rel.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"):
         if name.lower().endswith(suffix):
             return rel.with_name(name[: -len(suffix)])
     return rel.with_suffix("")
 
 
 def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, probabilities: bool,
-                 measurements: bool, boxes: bool = False) -> list[tuple[Path, str, dict[str, Path]]]:
+                 measurements: bool, boxes: bool = False, blockwise: frozenset = frozenset()
+                 ) -> list[tuple[Path, str, dict[str, Path]]]:
     """(input path, relative input name, {kind: output path}) for every input file.
+
+    ``blockwise``: the inputs predicted block by block, whose labels and probabilities are OME-Zarr
+    stores (``<stem>_labels.ome.zarr``, ``<stem>_probabilities.ome.zarr``) instead of TIFFs.
 
     ``boxes``: a box detector's run, whose one output per input is its
     boxes CSV (kind ``boxes``; no labels, probabilities or object table).
@@ -51,12 +56,13 @@ def plan_outputs(input_dir: Path, output_dir: Path, files: Sequence[Path], *, pr
             n += 1
             stem = rel.with_name(f"{rel.name.replace('.', '_')}_{n}")
         taken.add(stem.as_posix().lower())
+        ext = ".ome.zarr" if path in blockwise else ".tif"
         if boxes:
             outs = {"boxes": safe_child(output_dir, f"{stem.as_posix()}_boxes.csv")}
         else:
-            outs = {"labels": safe_child(output_dir, f"{stem.as_posix()}_labels.tif")}
+            outs = {"labels": safe_child(output_dir, f"{stem.as_posix()}_labels{ext}")}
         if probabilities and not boxes:
-            outs["probabilities"] = safe_child(output_dir, f"{stem.as_posix()}_probabilities.tif")
+            outs["probabilities"] = safe_child(output_dir, f"{stem.as_posix()}_probabilities{ext}")
         if measurements and not boxes:
             outs["objects"] = safe_child(output_dir, f"{stem.as_posix()}_objects.csv")
         for out in outs.values():
@@ -83,6 +89,12 @@ def summary_of_outputs(outs: dict[str, Path]) -> dict:
                     if key.startswith("mean_intensity"):
                         row[key] = float(value) if value not in ("", None) else float("nan")
                 rows.append(row)
+        return summarize_objects(rows)
+    if Path(outs["labels"]).is_dir():  # a block-wise file's OME-Zarr labels: counted block by block
+        from ..io import open_lazy
+        from ..objects import measure_blocks
+
+        rows, _ = measure_blocks(open_lazy(outs["labels"]).array, max_side=-1)
         return summarize_objects(rows)
     labels = read_image(outs["labels"])
     return summarize_objects(per_plane(area_rows, labels.data, None, labels.axes))

@@ -7,6 +7,10 @@ folder (mirroring sub-folders): ``<stem>_labels.tif`` (the image's axes
 without C), optionally ``<stem>_probabilities.tif`` (float32, C first) and
 ``<stem>_objects.csv`` (one row per object); plus ``manifest.csv`` (see
 :mod:`napari_seglab.core.batch._manifest`) and ``summary.csv`` (one row per image) for the run.
+A large file (every OME-Zarr input, a 2D TIFF above
+:data:`~napari_seglab.core.predict.AUTO_BLOCK_PIXELS`, or every file given a ``block`` side) goes
+block by block instead (:mod:`napari_seglab.core.batch._blocks`): ``<stem>_labels.ome.zarr`` (and
+``<stem>_probabilities.ome.zarr``), its objects measured block by block; on Dask its blocks are tasks.
 
 Each file is one task of :func:`~napari_seglab.core.batch._task.process_file`, a module-level
 function that workers import (:mod:`napari_seglab.core.batch._task`); :mod:`napari_seglab.core.batch._dask` runs the
@@ -40,11 +44,11 @@ from ..io import (
     scan_folder,
     write_csv,
 )
-from ..predict import BatchOptions
+from ..predict import DEFAULT_HALO, BatchOptions
 from . import _manifest as mf
 from . import _outputs as outputs
 from ._dask import dask_results, max_workers, open_client
-from ._task import FileTask, TaskDone, clear_models, process_file
+from ._task import FileTask, TaskDone, clear_models, process_file, usable_cpus
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class _Setup:
     split: bool
     plan: list[tuple[Path, str, dict[str, Path]]]
     outputs: dict[str, dict[str, Path]]  # relative input name -> {kind: output path}, as planned
+    blocks: dict[str, int] = field(default_factory=dict)  # relative input name -> block side (0: whole)
 
     @property
     def manifest(self) -> Path:
@@ -99,15 +104,46 @@ def _check_request(options: BatchOptions, scheduler) -> None:
 
 def _scan(in_dir: Path, pattern: str, recursive: bool) -> list[Path]:
     """The inputs: files matching ``pattern``, several globs separated by ``;`` (``*.tif;*.nd2``), or
-    ``images`` for every file a reader takes (TIFF, ND2, LIF, CZI)."""
-    patterns = IMAGE_PATTERNS if pattern.strip() == "images" else [p.strip() for p in pattern.split(";") if p.strip()]
+    ``images`` for every file a reader takes (TIFF, ND2, LIF, CZI, and OME-Zarr folders); OME-Zarr
+    stores (folders named ``*.zarr``) match a pattern as files do (``*.zarr``, ``*.ome.zarr``)."""
+    patterns = [*IMAGE_PATTERNS, "*.zarr"] if pattern.strip() == "images" else \
+        [p.strip() for p in pattern.split(";") if p.strip()]
     found = {p for glob in patterns for p in scan_folder(in_dir, glob, recursive)}
+    found |= {p for glob in patterns for p in _zarr_stores(in_dir, glob, recursive)}
     return sorted(found)
 
 
-def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: bool) -> _Setup:
+def _zarr_stores(in_dir: Path, glob: str, recursive: bool) -> list[Path]:
+    """Folders matching ``glob`` that are zarr stores (named ``*.zarr``), not hidden, not inside another store."""
+    found = in_dir.rglob(glob) if recursive else in_dir.glob(glob)
+    return [p for p in found if p.name.lower().endswith(".zarr") and p.is_dir() and not p.name.startswith(".")
+            and not any(q.name.lower().endswith(".zarr") for q in p.relative_to(in_dir).parents if q.name)]
+
+
+def _block_sides(files: list[Path], options: BatchOptions, ckpt, split: bool, reading: dict) -> dict[Path, int]:
+    """Each input's block side (0: whole), refusing a request the block-wise path cannot honour."""
+    from ..io import is_zarr_path
+    from ._blocks import batch_refusal, block_side, reading_choices
+
+    why_not = batch_refusal(ckpt, split)
+    choices = reading_choices(*(reading.get(k) for k in ("scene", "channel", "axes")), options.volume)
+    stores = [p.name for p in files if is_zarr_path(p)]
+    if options.block == 0 and stores:
+        raise InputError(f"block side 0: OME-Zarr inputs ({', '.join(stores[:3])}) are read block by block only; "
+                         "leave the block side automatic")
+    if options.block and why_not:
+        raise InputError(f"a block side was given, but {why_not}")
+    if options.block and choices:
+        raise InputError(f"a block side was given, but {', '.join(choices)} are not available block by block yet")
+    return {p: block_side(p, options.block, choices=choices, why_not=why_not) for p in files}
+
+
+def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: bool,
+            reading: dict | None = None) -> _Setup:
     """Folders and model resolved once, the checkpoint checked (and the options against its family), the inputs
-    found and their outputs planned."""
+    found, which go block by block decided, and their outputs planned. ``reading``: the scene, channel and
+    axes chosen (only the whole-image path honours them)."""
+    reading = reading or {}
     from ..models import describe_checkpoint, load_checkpoint
     from ..settings import check_used
 
@@ -135,15 +171,19 @@ def _set_up(model, input_dir, output_dir, options: BatchOptions, measurements: b
         use_onnx(options.runtime, torch.device("cuda" if options.device == "cuda" else "cpu"), spec.family_entry)
     split = spec.semantic and ckpt.label_mode != "instances" and spec.n_classes == 2
     files = _scan(in_dir, pattern, recursive)
+    files = [p for p in files if not any(q.name.lower().endswith(".zarr") for q in p.relative_to(in_dir).parents
+                                         if q.name)]  # the chunks and metadata inside a store are not inputs
     if in_dir in out_dir.parents:  # outputs inside the input folder are never inputs
         files = [p for p in files if out_dir not in p.parents and out_dir not in p.resolve().parents]
     if not files:
         raise InputError(f"no files matching {pattern!r} in {input_dir}" + ("" if recursive else
                          " (sub-folders are not searched; use recursive)"))
+    sides = _block_sides(files, options, ckpt, split, reading)
     plan = outputs.plan_outputs(in_dir, out_dir, files, probabilities=probabilities and spec.semantic,
-                                measurements=measurements, boxes=spec.family_entry.kind.boxes)
+                                measurements=measurements, boxes=spec.family_entry.kind.boxes,
+                                blockwise=frozenset(p for p in files if sides[p]))
     setup = _Setup(in_dir, out_dir, model, mf.model_stamp(model), about, split, plan,
-                   {rel: outs for _, rel, outs in plan})
+                   {rel: outs for _, rel, outs in plan}, {rel: sides[path] for path, rel, _ in plan})
     ensure_not_input(setup.manifest, files)
     ensure_not_input(setup.summary_csv, files)
     return setup
@@ -192,7 +232,8 @@ class _Ledger:
                                             outputs={k: str(p) for k, p in outs.items()}))
                     continue
             tasks.append(FileTask(index=index, input=str(path), rel=rel, outputs={k: str(p) for k, p in outs.items()},
-                                  model=setup.model, split_instances=setup.split, **task_options))
+                                  model=setup.model, split_instances=setup.split, block=setup.blocks[rel],
+                                  **task_options))
         self.counts["skipped"] = len(skipped)
         return skipped, tasks
 
@@ -204,7 +245,7 @@ class _Ledger:
         outs = {k: setup.outputs[task.rel][k] for k in res["written"]}
         # the input stamp as planned: an input changed meanwhile is redone on resume
         self.rows[task.rel] = mf.file_row(task.rel, res["status"], outs, setup.out_dir, self.stamps[task.rel],
-                                          setup.model_id, reading=self.reading,
+                                          setup.model_id, reading=self.reading, blocks=res.get("blocks", ""),
                                           **{k: res[k] for k in ("error", "seconds", "started", "finished")})
         writer.append(self.rows[task.rel])
         if res["status"] == "ok":
@@ -227,11 +268,23 @@ class _Ledger:
         write_csv(self.setup.summary_csv, summary_rows, columns=None if summary_rows else mf.SUMMARY_COLUMNS)
 
 
-def _local_results(tasks: list[FileTask], stop: threading.Event | None) -> Iterator[TaskDone]:
+def _local_results(tasks: list[FileTask], stop: threading.Event | None, client=None, threads: int = 0
+                   ) -> Iterator[TaskDone]:
+    """Each task run in this process, one after another; with ``client``, their blocks are its tasks."""
     for task in tasks:
         if _stopped(stop):
             return
-        yield TaskDone(task, process_file(task, stop=stop))
+        yield TaskDone(task, process_file(task, stop=stop, client=client, threads=threads))
+
+
+def _dask_run(client, tasks: list[FileTask], stop: threading.Event | None, processes: bool, threads: int
+              ) -> Iterator[Message | TaskDone]:
+    """Files predicted whole are Dask tasks; then each block-wise file runs here, its blocks the cluster's tasks."""
+    whole = [t for t in tasks if not t.block]
+    blocked = [t for t in tasks if t.block]
+    if whole:
+        yield from dask_results(client, whole, stop, processes)
+    yield from _local_results(blocked, stop, client, threads)
 
 
 def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str = "*.tif", recursive: bool = False,
@@ -241,7 +294,8 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
               tta: bool = False, score_threshold: float = 0.5, runtime: str = "auto",
               pixel_size: float | None = None, scene: int | str | None = None, channel: int | None = None,
               axes: str | None = None, volume: bool = False, anisotropy: float | None = None,
-              volume_method: str = "auto") -> Generator[FileDone | Message, None, BatchSummary]:
+              volume_method: str = "auto", block: int | None = None, halo: int = DEFAULT_HALO
+              ) -> Generator[FileDone | Message, None, BatchSummary]:
     """Predict every image file of a folder; yields FileDone per finished file, returns a BatchSummary.
 
     ``workers=None`` with no ``scheduler``: a local Dask cluster of
@@ -268,14 +322,21 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
     ``volume``: z-stacks as 3D objects (``anisotropy``: the z step / pixel size, None: each file's pixel
     size, else 1; ``volume_method``: see :func:`~napari_seglab.core.predict.iter_predict_volume`); the
     objects CSV then has one row per 3D object and ``summary.csv`` the anisotropy used.
+    ``block``: None (automatic), 0 or a side; a file predicted block by block (every OME-Zarr input, a 2D
+    TIFF above :data:`~napari_seglab.core.predict.AUTO_BLOCK_PIXELS` with a U-Net / FCN model, or every
+    file given a side) is read lazily, written as ``<stem>_labels.ome.zarr`` (and
+    ``<stem>_probabilities.ome.zarr``) and measured block by block (see :mod:`._blocks`); ``halo``: pixels
+    decoded around each block. On Dask, such a file's blocks are the cluster's tasks.
     """
     t0 = time.perf_counter()
     options = BatchOptions(pattern=pattern, recursive=recursive, probabilities=probabilities,
                            skip_existing=skip_existing, workers=workers, device=device, tile=tile or 0,
                            overlap=overlap, tta=tta, score_threshold=score_threshold, runtime=runtime,
-                           pixel_size=pixel_size, volume=volume, anisotropy=anisotropy, volume_method=volume_method)
+                           pixel_size=pixel_size, volume=volume, anisotropy=anisotropy, volume_method=volume_method,
+                           block=block, halo=halo)
     _check_request(options, scheduler)
-    setup = _set_up(model, input_dir, output_dir, options, measurements)
+    setup = _set_up(model, input_dir, output_dir, options, measurements,
+                    {"scene": scene, "channel": channel, "axes": axes})
     ledger = _Ledger(setup, mf.read_manifest(setup.manifest), mf.read_summary(setup.summary_csv),
                      reading=reading_note(scene, channel, pixel_size, axes))
     skipped, tasks = ledger.skip_done(skip_existing, {"device": device, "tile": tile, "overlap": overlap,
@@ -284,7 +345,7 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
                                                       "runtime": runtime, "pixel_size": pixel_size,
                                                       "scene": scene, "channel": channel, "axes": axes,
                                                       "volume": volume, "anisotropy": anisotropy,
-                                                      "volume_method": volume_method})
+                                                      "volume_method": volume_method, "halo": int(halo)})
     # connect (or start the local cluster) before the output folder is touched: a cluster that
     # cannot be reached leaves every file there as it was
     client = cluster = None
@@ -301,7 +362,9 @@ def iter_run_batch(model: str, input_dir: str, output_dir: str, *, pattern: str 
         yield from skipped
         if tasks and not _stopped(stop):
             yield Message(f"{len(tasks)} file(s) to predict " + ("in this process" if local else where))
-            results = _local_results(tasks, stop) if local else dask_results(client, tasks, stop, processes)
+            threads = max(1, usable_cpus() // max(1, len(client.nthreads()))) if cluster is not None and processes \
+                else 0
+            results = _local_results(tasks, stop) if local else _dask_run(client, tasks, stop, processes, threads)
         for item in results:
             try:
                 event = item if isinstance(item, Message) else ledger.record(item.task, item.result, writer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import threading
 import time
@@ -54,7 +55,8 @@ class FileTask:
     volume: bool = False  # z-stacks as 3D objects (see iter_predict_volume)
     anisotropy: float | None = None  # z step / pixel size for volume; None: the file's pixel size, else 1
     volume_method: str = "auto"
-
+    block: int = 0  # block side: > 0 predicts and measures the file block by block into OME-Zarr (see _blocks)
+    halo: int = 128  # pixels around a block decoded with it (block-wise files)
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,15 @@ def _write_boxes(task: FileTask, rows: list[dict], result: dict) -> None:
     result.update(status="ok", written=["boxes"], summary=out_mod.summarize_boxes(rows))
 
 
-def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
+def process_file(task: FileTask, stop: threading.Event | None = None, *, client=None, threads: int = 0) -> dict:
     """Predict one file and write its outputs; never raises for a bad file.
 
     Returns ``{"status": "ok"|"failed"|"stopped", "error", "seconds",
     "written": [kinds], "summary": dict, "started", "finished"}``: small
     enough to send back from a worker. All writes are atomic, so an output
-    either is complete or is not there.
+    either is complete or is not there. A task with a ``block`` side goes block by block
+    (:func:`~napari_seglab.core.batch._blocks.process_blocks`; ``client``: a Dask client whose workers
+    run its blocks, ``threads``: their torch threads), and the result carries its ``blocks`` note.
     """
     from ..data import pixel_size_or
     from ..objects import summarize_objects
@@ -159,6 +163,13 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
         lm = _cached_model(task.model, device, task.runtime)
+        if task.block:
+            from ._blocks import blocks_note, process_blocks
+
+            result["blocks"] = blocks_note(task, result, client is not None)
+            process_blocks(task, lm, result, stop, client=client, threads=threads)
+            result["blocks"] = blocks_note(task, result, client is not None)
+            return result
         img = read_image(task.input, scene=task.scene, channel=task.channel, axes=task.axes)
         pixel_size = pixel_size_or(img.pixel_size, task.pixel_size)
         pred = drive(iter_predict(lm, img.data, img.axes, tile=task.tile, overlap=task.overlap,
@@ -205,7 +216,10 @@ def process_file(task: FileTask, stop: threading.Event | None = None) -> dict:
         if result["status"] != "ok":  # a file is all its outputs or none: no half set is left behind
             for kind in result["written"]:
                 with contextlib.suppress(OSError):
-                    os.unlink(task.outputs[kind])
+                    if Path(task.outputs[kind]).is_dir():  # an OME-Zarr store of a block-wise file
+                        shutil.rmtree(task.outputs[kind])
+                    else:
+                        os.unlink(task.outputs[kind])
             result["written"] = []
         result["seconds"] = time.perf_counter() - t0
         result["finished"] = mf.now_iso()

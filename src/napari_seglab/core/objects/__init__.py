@@ -1,5 +1,5 @@
 """Per-pixel maps to objects: instance decoding (flows, distances, watershed), refinement,
-measurements, uncertainty.
+measurements (whole, or block by block: ``_block_measure``), uncertainty.
 
 Modules: ``_instances`` (labels from probabilities, measurements, boxes of objects), ``_flows``
 (the flows and distance heads: targets, decoding), ``_refine`` (edge snapping of a foreground),
@@ -8,6 +8,7 @@ object under a click, confident and doubtful objects where nothing is painted).
 """
 
 from ._assist import AssistReport, assess_objects, flow_agreement, new_objects, object_at
+from ._block_measure import MAX_SHAPE_SIDE, measure_blocks
 from ._flows import decode, head_loss, n_outputs, targets, transform
 from ._instances import (
     FRAGMENT_FRACTION,
@@ -26,7 +27,7 @@ from ._uncertainty import default_box, entropy_map, margin_map, paint_next, sugg
 from ._volume import HEADS_3D, LINK_IOU, decode_volume, link_planes
 
 __all__ = [
-    "AssistReport", "HEADS_3D", "LINK_IOU", "decode_volume", "link_planes", "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "assess_objects", "boundary_targets",
+    "MAX_SHAPE_SIDE", "measure_blocks", "AssistReport", "HEADS_3D", "LINK_IOU", "decode_volume", "link_planes", "FRAGMENT_FRACTION", "SPLIT_THRESHOLD", "WEAK_BORDER", "assess_objects", "boundary_targets",
     "boxes_from_labels", "decode", "default_box", "entropy_map", "flow_agreement", "head_loss",
     "instances_from_foreground", "instances_from_probabilities", "margin_map", "measure_objects",
     "merge_weak_borders", "n_outputs", "new_objects", "object_at", "otsu_watershed", "paint_next", "snap_to_edges",

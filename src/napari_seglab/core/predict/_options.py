@@ -25,6 +25,8 @@ DEFAULT_HALO = 128
 #: the Predict dock: an 8192 x 8192 flows prediction then peaked at 1.22 GB instead of about 5.9 GB
 #: (docs/large-images.md)
 AUTO_BLOCK_PIXELS = 4096 * 4096
+#: the smallest block side a batch takes (the tile grid's alignment is 32; tests use 64-pixel blocks)
+MIN_BLOCK = 64
 
 def _dense(card) -> bool:
     """Families whose network gives a value per pixel (U-Net, FCN): what flips, splitting and probabilities need."""
@@ -92,6 +94,8 @@ class ModelRunOptions:
         Returns self.
         """
         check_fields(self)
+        if getattr(self, "block", None) and self.block < MIN_BLOCK:
+            raise InputError(f"block side must be 0 (whole images) or {MIN_BLOCK} pixels and more; got {self.block}")
         if self.tile and self.tile < MIN_TILE:
             raise InputError(f"tile size must be 0 (automatic) or {MIN_TILE} to {MAX_TILE} pixels; got {self.tile}")
         return self
@@ -114,7 +118,8 @@ class BatchOptions(ModelRunOptions):
 
     pattern: str = setting("*.tif", label="pattern", metavar="GLOB",
                            help="file name pattern, e.g. *.tif or *_dapi.tiff; several separated by ';' "
-                                "(*.tif;*.nd2), or 'images' for every format SegLab reads (TIFF, ND2, LIF, CZI)")
+                                "(*.tif;*.nd2;*.zarr: OME-Zarr folders match too), or 'images' for every format SegLab "
+                                "reads (TIFF, ND2, LIF, CZI, OME-Zarr)")
     recursive: bool = setting(False, label="include sub-folders", kind=bool,
                               help="also look in sub-folders (mirrored in the output folder)")
     probabilities: bool = setting(False, label="write probabilities", kind=bool, used_by=_dense,
@@ -125,3 +130,13 @@ class BatchOptions(ModelRunOptions):
     workers: int | None = setting(None, label="workers", kind=int, low=0, high=4096, metavar="N",
                                   auto="one per core or GPU, as the files need",
                                   help="local worker processes; 0 = in this process, no Dask")
+    block: int | None = setting(None, label="block side", kind=int, low=0, high=65536, metavar="PX",
+                                auto=f"{DEFAULT_BLOCK} for OME-Zarr inputs and 2D TIFFs above 4096x4096 pixels "
+                                     "(U-Net / FCN models), whole for the others",
+                                help="predict and measure every file block by block, PX pixels a side (bounded "
+                                     "memory; 256 or more is sensible), its labels written as "
+                                     "<stem>_labels.ome.zarr; 0 = every file whole (not possible for OME-Zarr "
+                                     "inputs)")
+    halo: int = setting(DEFAULT_HALO, label="block halo", kind=int, low=0, high=4096, metavar="PX",
+                        help="pixels around a block decoded with it (block-wise files): objects up to about this "
+                             "size are found exactly as in the whole image")
