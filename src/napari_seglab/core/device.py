@@ -155,3 +155,27 @@ def lower_thread_priority(nice: int = BACKGROUND_NICE) -> bool:
         return True
     except OSError:
         return False
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Freed numpy and torch buffers below glibc's mmap threshold stay in the process's heap, so a loop
+    over blocks would hold the high water of every block; the block loops call this between blocks.
+    """
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+                _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None

@@ -240,3 +240,18 @@ def test_block_tasks_on_a_dask_cluster_give_the_output_of_one_process(random_flo
     assert sum(isinstance(e, BlockDone) and e.stage == "predict" for e in events) == 12
     np.testing.assert_array_equal(open_lazy(tmp_path / "out.ome.zarr").load(), serial)
     assert one.objects > 5 and result.objects == one.objects and result.crossing == one.crossing
+
+
+def test_the_default_tile_is_256_on_the_cpu_and_512_on_a_gpu():
+    """Without --tile the CPU runs 256 px tiles (a 512 px tile's activations cost resident memory) and a GPU
+    512; the driver's choice fixes the plan every block (and every Dask worker) uses."""
+    truth = make_nuclei((1024, 1024), seed=2)[1]
+    model, image = oracle_model(truth)
+    on_gpu = model.replace(device=torch.device("cuda"))  # planning never runs the network
+
+    def plan(m, tile=None):
+        return plan_blocks(m, lambda ys, xs: image[ys, xs], (1024, 1024), block=256, tile=tile).plan
+
+    assert plan(model).size == plan(model, 256).size != plan(model, 512).size
+    assert plan(on_gpu).size == plan(on_gpu, 512).size != plan(on_gpu, 256).size
+    assert len(plan(model)) > len(plan(on_gpu))

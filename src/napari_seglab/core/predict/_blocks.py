@@ -43,6 +43,7 @@ from ..data import (
     source_window,
     to_chw,
 )
+from ..device import release_free_memory
 from ..errors import InputError
 from ..events import BlockDone, Message, Stopped, TileDone, check_stop
 from ..models import Kind
@@ -54,8 +55,16 @@ from ._options import DEFAULT_BLOCK, DEFAULT_HALO  # torch-free, for the command
 SAMPLE_PIXELS = 2**22
 SAMPLE_WINDOW = 512
 #: block side (pixels) and instance halo: a flows block of 1024 + 2 x 128 decodes in about 0.3 GB
-#: tile side of the blocked path when none is given (the whole-image path then needs the same --tile)
+#: tile side of the blocked path when none is given (the whole-image path then needs the same --tile):
+#: on the CPU 256, as a 512 px tile's activations add about 0.1 GB to the peak resident memory for the
+#: same pixels per second (docs/large-images.md); on a GPU 512, where they live in the GPU's memory
 DEFAULT_BLOCK_TILE = 512
+CPU_BLOCK_TILE = 256
+
+
+def default_block_tile(device) -> int:
+    """The blocked path's tile side on ``device`` when none is given."""
+    return CPU_BLOCK_TILE if getattr(device, "type", str(device)) == "cpu" else DEFAULT_BLOCK_TILE
 #: a block whose core holds an object cut by the halo's edge is decoded again with the halo doubled,
 #: at most this many times, and to at most MAX_HALO_FRACTION x the block (memory grows with the region)
 HALO_GROWTH = 3
@@ -368,7 +377,7 @@ def plan_blocks(model, read: Reader, shape: Sequence[int], *, block: int = DEFAU
     mh, mw = model_grid((h, w), factor)
     if np.dtype(labels_dtype).itemsize < 8 and max(h * w, mh * mw) >= np.iinfo(labels_dtype).max:
         raise InputError(f"a {h}x{w} image (resampled by {factor:g}) needs int64 labels while blocks are stitched")
-    tile = max(ALIGN, int(tile or DEFAULT_BLOCK_TILE))
+    tile = max(ALIGN, int(tile or default_block_tile(getattr(model, "device", "cpu"))))
     if model.max_tile:
         tile = min(tile, model.max_tile)
     spec = model.spec
@@ -455,8 +464,8 @@ def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *
     integer array (numpy or zarr; int32 needs Y x X < 2**31), written one block core at a time and
     renumbered in a last pass; ``probabilities_out``: a writable (K, Y, X) float32 array or None.
     ``block``: block side; ``halo``: pixels around a block decoded with it (objects up to about this
-    size are found exactly as in the whole image); ``tile`` (default :data:`DEFAULT_BLOCK_TILE`) and
-    ``overlap`` define the global tile grid. Yields TileDone per tile (``plane`` = block) and
+    size are found exactly as in the whole image); ``tile`` (default :func:`default_block_tile`:
+    256 on the CPU, 512 on a GPU) and ``overlap`` define the global tile grid. Yields TileDone per tile (``plane`` = block) and
     BlockDone per block; returns a :class:`BlockResult` (``stopped`` when ``stop`` was set: the
     outputs are then incomplete). ``pixel_size``: the image's µm per pixel, or None.
 
@@ -482,6 +491,7 @@ def iter_predict_blocks(model, read: Reader, shape: Sequence[int], labels_out, *
             present, cut_here = yield from iter_block(model, job, read, bi, labels_out, probabilities_out, stop)
             seen.append(present)
             cut.update(cut_here)
+            release_free_memory()  # the next block starts from this block's memory given back
             yield BlockDone(bi + 1, n)
         yield from finish_blocks(job, labels_out, seen, cut, result, stop)
     except Stopped:
