@@ -70,20 +70,42 @@ def datasets(wheel: str | None):
     return out
 
 
-def score(pred: np.ndarray, truth: np.ndarray) -> dict:
+#: a true object of the unseen part touching the split face with at most this many rows there is a sliver of a
+#: nucleus that lies in the training part (the real stack's split leaves 5 of 31, 11-122 voxels)
+SLIVER_ROWS = 3
+
+
+def slivers(truth: np.ndarray, face: bool) -> int:
+    """How many true objects are slivers cut off by the split (rows 0..SLIVER_ROWS-1 only); 0 without a split."""
+    if not face:
+        return 0
+    shallow = np.unique(truth[:, :SLIVER_ROWS])
+    return int(np.setdiff1d(shallow[shallow > 0], np.unique(truth[:, SLIVER_ROWS:])).size)
+
+
+def score(pred: np.ndarray, truth: np.ndarray, split: bool = False) -> dict:
     m = match_instances(pred, truth, (0.5, 0.75))
     m["count_error"] = (m["n_pred"] - m["n_true"]) / max(m["n_true"], 1)
+    # the count against the nuclei the unseen part really holds (slivers of the training part's nuclei aside)
+    whole = m["n_true"] - slivers(truth, split)
+    m["count_error_whole"] = (m["n_pred"] - whole) / max(whole, 1)
     return m
 
 
-def train(img, lab, head: str, steps: int, seed: int = 0, cache: Path | None = None, tag: str = ""):
-    """(checkpoint path or Checkpoint, steps, seconds); with ``cache``, a model trained before is reused."""
-    out = cache / f"{tag}_{head}_{steps}_{seed}.pt" if cache else None
+def train(img, lab, head: str, steps: int, seed: int = 0, cache: Path | None = None, tag: str = "",
+          budget: float | None = None):
+    """(checkpoint path or Checkpoint, steps, seconds); with ``cache``, a model trained before is reused.
+
+    ``budget``: train for this many wall-clock seconds (set-up included) instead of ``steps`` steps.
+    """
+    length = f"{budget:g}s" if budget else str(steps)
+    out = cache / f"{tag}_{head}_{length}_{seed}.pt" if cache else None
     if out is not None and out.exists():
         return out, steps, 0.0
-    cfg = TrainConfig(label_mode="instances", epochs=max(1, steps // 25), steps_per_epoch=min(steps, 25),
-                      time_limit=None, device="cpu", encoder="resnet18", patch=64, batch_size=8, lr=3e-3,
-                      seed=seed, instance_head=head, val_fraction=0.0, model_out=str(out) if out else None)
+    cfg = TrainConfig(label_mode="instances", epochs=None if budget else max(1, steps // 25),
+                      steps_per_epoch=min(steps, 25), time_limit=budget, device="cpu", encoder="resnet18", patch=64,
+                      batch_size=8, lr=3e-3, seed=seed, instance_head=head, val_fraction=0.0,
+                      model_out=str(out) if out else None)
     t0 = time.monotonic()
     result = drive(iter_train([img], [lab], cfg, axes=["ZYX"]))
     return (out or result.checkpoint), result.steps, time.monotonic() - t0
@@ -98,12 +120,15 @@ def predict(model, test, anisotropy, method):
 
 def row(name, head, method, m, secs):
     print(f"{name:9s} {head:8s} {method:10s} ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} dice {m['dice']:.3f} "
-          f"objects {m['n_pred']:3d}/{m['n_true']:3d} count_err {m['count_error']:+.2f}  ({secs:.0f} s)", flush=True)
+          f"objects {m['n_pred']:3d}/{m['n_true']:3d} count_err {m['count_error']:+.2f} "
+          f"(whole nuclei {m['count_error_whole']:+.2f})  ({secs:.0f} s)", flush=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--budget", type=float, default=None,
+                   help="train for this many wall-clock seconds instead of --steps steps (the issue's 120 / 600)")
     p.add_argument("--heads", nargs="+", default=["flows", "distance", "boundary"])
     p.add_argument("--data", nargs="+", default=["synthetic", "real"])
     p.add_argument("--stardist-wheel")
@@ -124,7 +149,8 @@ def main(argv=None) -> int:
             continue
         img, lab, test, truth, aniso = data[name]
         for head in args.heads:
-            model, steps, t_train = train(img, lab, head, args.steps, args.seed, cache=args.cache, tag=name)
+            model, steps, t_train = train(img, lab, head, args.steps, args.seed, cache=args.cache, tag=name,
+                                          budget=args.budget)
             print(f"{name:9s} {head:8s} trained {steps} steps in {t_train:.0f} s", flush=True)
             scores = {}
             for method in args.methods:
@@ -133,7 +159,7 @@ def main(argv=None) -> int:
                     if variant:
                         volume_objects.BOUNDARY_DECODER = variant
                     pred, secs = predict(model, test, aniso, method)
-                    scores[method] = score(pred, truth)
+                    scores[method] = score(pred, truth, split=name == "real")
                     row(name, head, method + (f"/{variant}" if variant else ""), scores[method], secs)
             if {"linked", "orthogonal"} <= set(scores):
                 ratios.append((name, head, scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"], 1e-9)))
@@ -144,9 +170,9 @@ def main(argv=None) -> int:
         few[planes] = lab[planes]
         for label, labels in (("3 planes", few), ("full", lab)):
             model, _, t_train = train(img, labels, "flows", args.steps, args.seed, cache=args.cache,
-                                      tag="real" if label == "full" else "real3planes")
+                                      tag="real" if label == "full" else "real3planes", budget=args.budget)
             pred, secs = predict(model, test, aniso, "orthogonal")
-            row("real", "flows", label, score(pred, truth), t_train + secs)
+            row("real", "flows", label, score(pred, truth, split=True), t_train + secs)
     for name, head, r in ratios:
         print(f"ap50 ratio orthogonal/linked [{name} {head}]: {r:.2f}x")
     return 0
