@@ -110,7 +110,7 @@ def train(img, lab, head: str, steps: int, seed: int = 0, cache: Path | None = N
     length = f"{budget:g}s" if budget else str(steps)
     out = cache / f"{tag}_{head}_{length}_{seed}.pt" if cache else None
     if out is not None and out.exists():
-        return out, steps, 0.0
+        return out, None, 0.0
     cfg = TrainConfig(label_mode="instances", epochs=None if budget else max(1, steps // 25),
                       steps_per_epoch=min(steps, 25), time_limit=budget, device="cpu", encoder="resnet18", patch=64,
                       batch_size=8, lr=3e-3, seed=seed, instance_head=head, val_fraction=0.0,
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
         for head in args.heads:
             model, steps, t_train = train(img, lab, head, args.steps, args.seed, cache=args.cache, tag=name,
                                           budget=args.budget)
-            print(f"{name:9s} {head:8s} trained {steps} steps in {t_train:.0f} s", flush=True)
+            print(f"{name:9s} {head:8s} " + (f"trained {steps} steps in {t_train:.0f} s" if steps is not None
+                                               else f"model from {args.cache}"), flush=True)
             scores = {}
             for method in args.methods:
                 variants = args.boundary_decoders if head == "boundary" and method == "orthogonal" else [None]
