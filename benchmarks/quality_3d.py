@@ -143,6 +143,10 @@ def run_stardist(python: str, img, lab, test, anisotropy: float, budget: float, 
                 "predict_seconds": float(r["predict_seconds"])}
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else ("inf (the baseline found nothing right)" if a > 0 else "0/0")
+
+
 def row(name, head, method, m, secs):
     print(f"{name:9s} {head:8s} {method:10s} ap50 {m['ap50']:.3f} ap75 {m['ap75']:.3f} dice {m['dice']:.3f} "
           f"objects {m['n_pred']:3d}/{m['n_true']:3d} count_err {m['count_error']:+.2f} "
@@ -193,16 +197,15 @@ def main(argv=None) -> int:
                     scores[method] = score(pred, truth, split=name == "real")
                     row(name, head, method + (f"/{variant}" if variant else ""), scores[method], secs)
             if {"linked", "orthogonal"} <= set(scores):
-                ratios.append((name, head, "linked", scores["orthogonal"]["ap50"] / max(scores["linked"]["ap50"],
-                                                                                        1e-9)))
+                ratios.append((name, head, "linked", _ratio(scores["orthogonal"]["ap50"], scores["linked"]["ap50"])))
             if args.stardist_python and "orthogonal" in scores:
                 if "stardist3d" not in peer:
                     sd = run_stardist(args.stardist_python, img, lab, test, aniso, args.budget, args.seed)
                     peer["stardist3d"] = score(sd["labels"], truth, split=name == "real")
                     print(f"{name:9s} stardist trained {sd['steps']} steps in {sd['seconds']:.0f} s", flush=True)
                     row(name, "stardist", "3D", peer["stardist3d"], sd["predict_seconds"])
-                ratios.append((name, head, "StarDist 3D", scores["orthogonal"]["ap50"]
-                               / max(peer["stardist3d"]["ap50"], 1e-9)))
+                ratios.append((name, head, "StarDist 3D", _ratio(scores["orthogonal"]["ap50"],
+                                                                 peer["stardist3d"]["ap50"])))
     if args.sparse and "real" in data:
         img, lab, test, truth, aniso = data["real"]
         planes = np.linspace(0, lab.shape[0] - 1, 5).astype(int)[1:4]  # 3 planes through the middle
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
             pred, secs = predict(model, test, aniso, "orthogonal")
             row("real", "flows", label, score(pred, truth, split=True), t_train + secs)
     for name, head, against, r in ratios:
-        print(f"ap50 ratio orthogonal/{against} [{name} {head}]: {r:.2f}x")
+        print(f"ap50 ratio orthogonal/{against} [{name} {head}]: {r}")
     return 0
 
 
