@@ -38,6 +38,41 @@ def test_3d_objects_get_the_anisotropy_as_scale_and_volumes_as_features(make_nap
     assert "3 objects" in widget._controls.status.value
 
 
+def test_the_block_field_sets_the_3d_blocks(make_napari_viewer, qtbot, monkeypatch, random_unet):
+    monkeypatch.setattr(predict_dock, "load_model", lambda *a, **k: blob_model())
+    seen = []
+    real = predict_dock.iter_predict
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("block"))
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(predict_dock, "iter_predict", spy)
+    viewer = make_napari_viewer()
+    image, truth = blobs()
+    viewer.add_image(image, name="stack", scale=(1.0, 0.5, 0.5))
+    widget = dock(viewer, "Predict")
+    widget.set_checkpoint(random_unet)
+    widget._device.value = "cpu"
+    widget._volume.value = True
+    widget._block.value = 16  # a 24x48x48 decoding grid: 18 blocks
+
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+    assert seen == [16]
+    labels = viewer.layers["stack labels"].data
+    assert int(labels.max()) == 3  # the same nuclei as the whole volume gives
+    for i in (1, 2, 3):
+        ids, counts = np.unique(labels[truth == i], return_counts=True)
+        assert ids[np.argmax(counts)] > 0 and counts.max() > 0.9 * counts.sum()
+
+    widget._block.value = 4  # below the 3D blocks' smallest side: refused, the dock stays usable
+    click(widget._controls.run_button)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert "at least 8 voxels" in widget._controls.status.value
+
+
 def test_a_given_anisotropy_scales_both_layers_for_the_3d_view(make_napari_viewer, qtbot, monkeypatch, random_unet):
     monkeypatch.setattr(predict_dock, "load_model", lambda *a, **k: blob_model())
     viewer = make_napari_viewer()

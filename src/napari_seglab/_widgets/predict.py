@@ -22,6 +22,8 @@ from ..core.models import Checkpoint, describe_checkpoint, load_checkpoint
 from ..core.objects import paint_next
 from ..core.predict import (
     DEFAULT_BLOCK,
+    DEFAULT_VOLUME_BLOCK,
+    MIN_VOLUME_BLOCK,
     STOCK,
     LoadedModel,
     Prediction,
@@ -184,7 +186,9 @@ class PredictWidget(BlockwisePredict, Container):
                                               "px) are predicted block by block into this OME-Zarr; empty = "
                                               "a temporary folder")
         self._block = SpinBox(label="block (px)", value=0, min=0, max=16384, step=256,
-                              tooltip=f"block side for large or lazy layers; 0 = {DEFAULT_BLOCK}")
+                              tooltip=f"block side for large or lazy layers; 0 = {DEFAULT_BLOCK}. With 3D objects: "
+                                      f"the side of the 3D blocks in voxels ({MIN_VOLUME_BLOCK} or more; 0 = "
+                                      f"{DEFAULT_VOLUME_BLOCK} once the volume holds more than 16 M voxels)")
         self._controls = ui.RunControls("Predict", self._on_predict, self._on_stop)
         self._correct = PushButton(text="Correct this prediction", enabled=False,
                                    tooltip="copy the labels into an editable '<image> corrected' layer, "
@@ -300,6 +304,8 @@ class PredictWidget(BlockwisePredict, Container):
         if self._volume.value:  # 3D objects: the whole stack, whatever plane is shown
             options.update(volume=True, anisotropy=float(self._anisotropy.value) or None, planes=None,
                            pixel_size=layer_voxel_size(layer, axes) or options.get("pixel_size"))
+            if self._block.value:  # the 3D blocks' side (voxels of the decoding grid); 0 = automatic
+                options["block"] = int(self._block.value)
             plane = ()
         if not checkpoint.spec.family_entry.kind.dense:  # a per-pixel model scores nothing: no threshold
             # boxes: keep the weaker ones too, for the live threshold to show them

@@ -158,7 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..core.predict import describe_axes, iter_predict
     from . import predict_blocks
 
-    explicit = bool(args.block) or any(predict_blocks.is_zarr(p) for p in (args.input, args.output,
+    explicit = bool(args.block and not args.volume) or any(predict_blocks.is_zarr(p) for p in (args.input, args.output,
                                                                             args.probabilities))
     # larger than memory, or OME-Zarr: block by block where the model allows
     if predict_blocks.wanted(args) and (explicit or not args.model.startswith("stock:")):
@@ -184,7 +184,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               probabilities=bool(args.probabilities), split_instances=args.split_instances,
                               score_threshold=args.score_threshold, tta=args.tta, volume=args.volume,
                               anisotropy=args.anisotropy, pixel_size=pixel_size_or(image.pixel_size, args.pixel_size),
-                              volume_method=args.volume_method), handle)
+                              volume_method=args.volume_method,
+                              **({"block": args.block, "halo": args.halo} if args.volume else {})), handle)
     status.line(f"predicted {args.input} ({pred.kind})")
     if "Z" in image.axes or "T" in image.axes:
         aniso = f", anisotropy {pred.anisotropy:g}" if pred.anisotropy else ""

@@ -19,17 +19,21 @@ from .common import EXIT_OK, Status, drive
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..core.predict import DEFAULT_BLOCK, DEFAULT_HALO
+    from ..core.predict import DEFAULT_BLOCK, DEFAULT_HALO, DEFAULT_VOLUME_BLOCK, MIN_VOLUME_BLOCK
 
     p.add_argument("--block", type=int, default=None, metavar="PX",
                    help=f"predict block by block, PX pixels a side (bounded memory; 256 or more); 0 = never. "
                         f"Default: {DEFAULT_BLOCK} for OME-Zarr input or output and for images above 4096x4096 "
                         "pixels, when the model allows it (U-Net / FCN; a model that resamples runs on its "
-                        "resampled grid)")
-    p.add_argument("--halo", type=int, default=DEFAULT_HALO, metavar="PX",
-                   help="pixels (the model's, after any resampling) around a block decoded with it: objects up "
-                        "to about this size are found exactly "
-                        "as in the whole image; a block holding a wider one is decoded again with the halo doubled")
+                        "resampled grid). With --3d: the side of the 3D blocks in voxels of the decoding grid "
+                        f"({MIN_VOLUME_BLOCK} or more; 0 = the whole volume at once; default: "
+                        f"{DEFAULT_VOLUME_BLOCK} once the grid holds more than 16 M voxels)")
+    p.add_argument("--halo", type=int, default=None, metavar="PX",
+                   help=f"pixels (the model's, after any resampling) around a block decoded with it (default "
+                        f"{DEFAULT_HALO}): objects up to about this size are found exactly "
+                        "as in the whole image; a block holding a wider one is decoded again with the halo "
+                        "doubled. With --3d: voxels of the decoding grid around each 3D block (default: the "
+                        "model's typical object diameter plus 8)")
     dask = p.add_mutually_exclusive_group()
     dask.add_argument("--workers", type=int, default=None, metavar="N",
                       help="block by block on N local Dask worker processes (the blocks are tasks; the output is "
@@ -45,7 +49,12 @@ def is_zarr(path: str | None) -> bool:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """True when this prediction should go block by block (checked again against the model in :func:`run`)."""
+    """True when this prediction should go block by block (checked again against the model in :func:`run`).
+
+    With ``--3d`` never: ``--block`` / ``--halo`` then set the 3D blocks of the whole-image path.
+    """
+    if getattr(args, "volume", False):
+        return False
     if args.block == 0:
         if is_zarr(args.input) or is_zarr(args.output) or is_zarr(args.probabilities):
             raise InputError("--block 0: OME-Zarr input and output are read and written block by block only")
@@ -71,13 +80,31 @@ def _reading_choices(args: argparse.Namespace) -> list[str]:
 
 
 def check_args(args: argparse.Namespace, protect: list[str]) -> None:
-    """Paths of a block-wise run: the input exists, zarr outputs are writable and not inputs."""
+    """Paths of a block-wise run: the input exists, zarr outputs are writable and not inputs.
+
+    With ``--3d``, ``--block`` / ``--halo`` are the 3D blocks' side and halo (voxels): checked here; the 2D
+    default halo is filled in otherwise.
+    """
     chosen = _reading_choices(args)
-    explicit = args.block or args.workers or args.scheduler or any(
+    volume = getattr(args, "volume", False)
+    explicit = (args.block and not volume) or args.workers or args.scheduler or any(
         is_zarr(p) for p in (args.input, args.output, args.probabilities))
     if chosen and explicit:
         raise InputError(f"{', '.join(chosen)}: not available block by block yet; predict the whole image "
-                         "(a TIFF input and output, without --block, --workers or --scheduler)")
+                         "(a TIFF input and output, without " + ("--workers or --scheduler)" if volume else
+                                                                 "--block, --workers or --scheduler)"))
+    if volume:
+        from ..core.predict import check_volume_blocks
+
+        try:
+            check_volume_blocks(args.block, args.halo)
+        except InputError as e:
+            raise InputError(f"--3d --block / --halo: {e}") from None
+        return
+    if args.halo is None:
+        from ..core.predict import DEFAULT_HALO
+
+        args.halo = DEFAULT_HALO
     if args.block is not None and args.block != 0 and args.block < 256:
         raise InputError(f"--block must be 0 or at least 256 pixels; got {args.block}")
     if args.halo < 0:

@@ -139,3 +139,23 @@ def test_a_stop_between_blocks_returns_what_is_done():
     except StopIteration as fin:
         pred = fin.value
     assert pred.stopped and not pred.labels.any() and planes == 120
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"block": 4}, "at least 8 voxels; got 4"),
+    ({"block": 2.5}, "whole number of voxels"),
+    ({"block": True}, "whole number of voxels"),
+    ({"halo": -3}, "0 or more voxels; got -3"),
+    ({"block": 24, "method": "linked"}, "linked method predicts plane by plane"),
+])
+def test_bad_3d_blocks_are_refused_before_any_work(options, words):
+    image, _ = many_blobs(shape=(8, 48, 48), n=4)
+    gen = iter_predict_volume(blob_model(), image, "ZYX", anisotropy=2.0, **options)
+    with pytest.raises(InputError, match=words):
+        next(gen)
+
+
+def test_the_linked_method_takes_block_0():
+    image, _ = many_blobs(shape=(8, 48, 48), n=4)
+    pred = drive(iter_predict_volume(blob_model(), image, "ZYX", anisotropy=2.0, method="linked", block=0))
+    assert int(pred.labels.max()) >= 3

@@ -13,9 +13,12 @@ from ._options import (
     AUTO_BLOCK_PIXELS,
     DEFAULT_BLOCK,
     DEFAULT_HALO,
+    DEFAULT_VOLUME_BLOCK,
+    MIN_VOLUME_BLOCK,
     BatchOptions,
     ModelRunOptions,
     PredictOptions,
+    check_volume_blocks,
 )
 
 #: the names that need torch, by module (imported on first use: the CLI's options need only _options)
@@ -33,5 +36,6 @@ _LAZY = {
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),
 }
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)
-__all__ = ["AUTO_BLOCK_PIXELS", "DEFAULT_BLOCK", "DEFAULT_HALO", "BatchOptions", "ModelRunOptions", "PredictOptions"]
+__all__ = ["AUTO_BLOCK_PIXELS", "DEFAULT_BLOCK", "DEFAULT_HALO", "DEFAULT_VOLUME_BLOCK", "MIN_VOLUME_BLOCK",
+           "BatchOptions", "ModelRunOptions", "PredictOptions", "check_volume_blocks"]
 __all__ += lazy_all(_LAZY)

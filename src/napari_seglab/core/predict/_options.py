@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import InputError
 from ..settings import check_fields, setting
 
@@ -43,6 +45,29 @@ def _detects(card) -> bool:
 
 
 DETECTS_TEXT = "models that score their detections (Mask R-CNN, the box detectors)"
+
+#: 3D blocks of the orthogonal method (``_volume_blocks``), in voxels of the decoding grid: the smallest core
+#: side (a block is decoded on its own: a core much smaller than a nucleus is mostly halo) and the default
+#: side, here without torch for the command line's help
+MIN_VOLUME_BLOCK = 8
+DEFAULT_VOLUME_BLOCK = 192
+
+
+def check_volume_blocks(block, halo) -> tuple[int | None, int | None]:
+    """``(block, halo)`` of the 3D blocks checked: None (automatic), or whole voxels; InputError otherwise.
+
+    ``block``: 0 (the whole volume at once) or at least :data:`MIN_VOLUME_BLOCK`; ``halo``: 0 or more.
+    """
+    for name, value in (("block", block), ("halo", halo)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise InputError(f"3D {name} must be a whole number of voxels; got {value!r}")
+    if block is not None and block != 0 and not block >= MIN_VOLUME_BLOCK:
+        raise InputError(f"3D block side must be 0 (the whole volume at once) or at least {MIN_VOLUME_BLOCK} "
+                         f"voxels; got {block}")
+    if halo is not None and halo < 0:
+        raise InputError(f"3D block halo must be 0 or more voxels; got {halo}")
+    return (None if block is None else int(block)), (None if halo is None else int(halo))
+
 
 #: tile sides: 0 (automatic) or from MIN_TILE to MAX_TILE pixels
 MIN_TILE, MAX_TILE = 32, 16384

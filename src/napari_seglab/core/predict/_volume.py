@@ -43,6 +43,7 @@ from ._image import (
     image_axes,
     iter_predict_image,
 )
+from ._options import check_volume_blocks
 
 METHODS = ("auto", "orthogonal", "linked")
 #: the method :func:`iter_predict_volume` uses unless told: "auto" picks by head (:data:`AUTO_METHOD`)
@@ -137,8 +138,6 @@ def _iter_orthogonal(model: LoadedModel, vol: np.ndarray, head: str, anisotropy:
         shrink = iso[1] / grid[1]
     if block is None:
         block = DEFAULT_BLOCK if math.prod(grid) > WHOLE_VOXELS else 0
-    if block < 0:
-        raise InputError(f"the 3D block side must be a positive number of voxels (0: the whole volume); got {block}")
     if halo is None:
         halo = default_halo(model.info.object_area, shrink)
     decoding = {"n_steps": max(60, round(FLOW_STEPS / shrink))} if head == "flows" else {}
@@ -172,8 +171,12 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     anisotropy = check_anisotropy(anisotropy)
     check_overlap(overlap)
     head = volume_head(model)
+    block, halo = check_volume_blocks(block, halo)
     if method == "auto":
         method = AUTO_METHOD[head]
+    if method == "linked" and (block or halo is not None):
+        raise InputError("3D blocks (block / halo) cut the volume of the orthogonal method; the linked method "
+                         "predicts plane by plane (choose the orthogonal method, or leave the blocks out)")
     image = check_image_values(np.asarray(image))
     spec = model.spec
     axes, spatial = image_axes(spec, image, axes)

@@ -36,11 +36,12 @@ import numpy as np
 from ..data import normalize
 from ..events import Message, Stopped, TileDone, check_stop, relay
 from ._forward import iter_plane_with_fallback
+from ._options import DEFAULT_VOLUME_BLOCK
 
 #: core side (decoding-grid voxels) of a 3D block. benchmarks/volume_memory.py, flows head, 20-voxel halo:
 #: 64x1024x1024 at anisotropy 3 (36 blocks) peaked at 1.60 GB; blocks of 128 saved 0.07 GB at 32x512x512
 #: and see more halo
-DEFAULT_BLOCK = 192
+DEFAULT_BLOCK = DEFAULT_VOLUME_BLOCK
 #: volumes of at most this many decoding-grid voxels are decoded whole: 64x512x512 (16 M) peaked at 1.90 GB
 #: whole and 1.18 GB in blocks, which took 1.4x as long (random U-Net, volume_memory.py)
 WHOLE_VOXELS = 16 * 2**20
