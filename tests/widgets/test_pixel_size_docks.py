@@ -49,7 +49,7 @@ def test_predict_dock_resamples_a_layer_at_another_pixel_size(make_napari_viewer
     widget._device.value = "cpu"
     said = []
     say = widget._controls.say
-    widget._controls.say = lambda text: (said.append(text), say(text))
+    widget._controls.say = lambda text, level="info": (said.append(text), say(text, level))
     click(widget._controls.run_button)
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "pixel size 0.5 µm, the model's 1 µm: resampling the image by 0.5" in said
