@@ -50,3 +50,37 @@ def test_closing_a_dock_with_its_x_stops_its_running_job(make_napari_viewer, qtb
     viewer.window.remove_dock_widget(driver._dock_of(widget))
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: threading.active_count() <= threads_before, timeout=WAIT_MS)
+
+
+QUIT_AT_ONCE = """
+import atexit
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+from napari_seglab._widgets import _common
+
+# registered first, so it runs last: after every exit handler the plugin registers
+atexit.register(lambda: print("warm-up running at exit:", _common._warm_up.is_alive(), flush=True))
+viewer = napari.Viewer(show=False)
+viewer.window.add_plugin_dock_widget("napari-seglab", "Train")  # starts the warm-up imports
+QApplication.processEvents()
+viewer.close()
+print("closed", flush=True)
+"""
+
+
+def test_napari_quits_cleanly_right_after_the_train_dock_opens(tmp_path):
+    """The dock's warm-up thread (imports, one tiny training step) is waited for at exit: quitting while it
+    runs used to abort the process in torch's C++ ("terminate called without an active exception")."""
+    import os
+    import subprocess
+    import sys
+
+    # two torch threads: the intra-op pool's native threads are what the early exit tore down
+    env = {**os.environ, "NAPARI_CONFIG": str(tmp_path / "settings.yaml"), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", QUIT_AT_ONCE], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert "closed" in done.stdout, done.stderr[-2000:]
+    assert "warm-up running at exit: False" in done.stdout, done.stdout
+    assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import threading
@@ -308,6 +309,8 @@ def matching_pairs(viewer) -> list[tuple]:
 
 
 _warm_up: threading.Thread | None = None
+#: seconds napari's exit waits for an unfinished warm-up (the imports take a few seconds)
+WARM_UP_EXIT_WAIT = 120
 
 
 def warm_up() -> threading.Thread:
@@ -338,4 +341,7 @@ def warm_up() -> threading.Thread:
 
         _warm_up = threading.Thread(target=work, name="seglab-warm-up", daemon=True)
         _warm_up.start()
+        # a viewer closed while the imports run: the interpreter must not finalise under the thread
+        # (torch's C++ then aborts with "terminate called without an active exception")
+        atexit.register(_warm_up.join, WARM_UP_EXIT_WAIT)
     return _warm_up
