@@ -97,7 +97,9 @@ def test_a_stop_between_blocks_leaves_no_output_and_no_hidden_store(random_unet,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "napari_seglab.cli", "predict", "--model", str(random_unet),
                              "--input", str(src), "--output", str(out), "--block", "256", "--tile", "64",
-                             "--device", "cpu", "--runtime", "torch"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--device", "cpu", "--runtime", "torch"], stderr=subprocess.PIPE, text=True, env=env,
+                            # a job started in the background (nohup ... &) inherits SIGINT ignored: as at a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stderr:  # wait for the first block, then interrupt
         if "predicted block 1/" in line:
             proc.send_signal(signal.Signals(signum))
