@@ -165,8 +165,8 @@ def train_then_predict(pairs: list[tuple[np.ndarray, str, np.ndarray | None]],
     if any(isinstance(image, WindowRead) for image in images):  # a large layer's painted area, read here
         yield Message("reading the painted area of the image...")
         read = [image() if isinstance(image, WindowRead) else image for image in images]
-        if isinstance(preview_plane, WindowRead):
-            preview_plane = read[images.index(preview_plane)] if preview_plane in images else preview_plane()
+        if isinstance(preview_plane, WindowRead):  # the first image's crop: the same window, read once
+            preview_plane = next((r for image, r in zip(images, read, strict=True) if image is preview_plane), None)
         images = read
     try:
         result: TrainResult = yield from relay(
