@@ -95,3 +95,42 @@ def test_auto_runtime_is_the_default_and_switches_to_onnx_once_a_job_is_large_en
     np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-4)
     # a detector, or a model on a GPU, never switches
     assert not isinstance(load_model(ckpt, "cpu", runtime="torch").model, AutoNetwork)
+
+
+def test_auto_switch_keeps_one_copy_of_the_weights_and_a_lean_session_for_small_tiles(tmp_path):
+    """After the switch the torch network is let go (the session holds the weights), the checkpoint's weights
+    were never kept, small tiles get a session without arena or memory pattern, large tiles one with them;
+    the labels are torch's, and a copy (the CPU fallback) runs the same session."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import copy
+
+    import torch
+
+    from napari_seglab.core.api import predict_image
+    from napari_seglab.core.predict import LEAN_TILE_PIXELS, load_model
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", "objects", 2, "flows")
+    image = tifffile.imread("sample_data/nuclei_test.tif")[:150, :200]
+    want = predict_image(load_model(ckpt, "cpu", runtime="torch"), image, tile=96)
+    auto = load_model(ckpt, "cpu")
+    assert auto.model._state["ckpt"].state_dict == {} and auto.model.network is not None
+    auto.model.switch_pixels = 96 * 96
+    np.testing.assert_array_equal(predict_image(auto, image, tile=96).labels, want.labels)
+    assert auto.model.converted and auto.model.network is None
+    assert list(auto.model.parameters()) == []  # nothing of torch's weights is left to hold memory
+    session = auto.model._state["session"]
+    assert LEAN_TILE_PIXELS >= 96 * 96 and session.lean
+    options = session.session.get_session_options()
+    assert not options.enable_cpu_mem_arena and not options.enable_mem_pattern
+    twin = copy.deepcopy(auto.model)
+    assert twin.converted and twin._state["session"] is session
+    x = torch.rand(1, 1, 96, 96)
+    np.testing.assert_array_equal(twin(x).numpy(), auto.model(x).numpy())
+
+    whole = load_model(ckpt, "cpu")
+    whole.model.switch_pixels = 0  # a whole image in one large tile: the arena pays for itself there
+    side = int(LEAN_TILE_PIXELS ** 0.5) + 32
+    assert predict_image(whole, image[:1, :1].repeat(side, 0).repeat(side, 1), tile=side).labels.shape == (side, side)
+    assert whole.model.converted and not whole.model._state["session"].lean
+    assert whole.model._state["session"].session.get_session_options().enable_cpu_mem_arena

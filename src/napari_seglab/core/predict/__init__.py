@@ -30,7 +30,7 @@ _LAZY = {
     "_large": ("chunk_for", "iter_predict_to_zarr", "labels_dtype"),
     "_blocks_dask": ("iter_predict_blocks_dask",),
     "_stock": ("STOCK", "load_stock", "stock_available", "stock_meta"),
-    "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
+    "_onnx": ("AUTO_ONNX_PIXELS", "AutoNetwork", "LEAN_TILE_PIXELS", "OnnxNetwork", "RUNTIMES", "onnxruntime_available", "use_onnx"),
     "_volume": ("DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
                 "iter_predict", "iter_predict_volume", "resolve_anisotropy", "volume_head"),
     "_package": ("PackageNetwork", "is_package", "load_package", "package_checkpoint", "package_summary"),

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import release_free_memory
 from ..errors import InputError
 
 RUNTIMES = ("torch", "onnx", "auto")
@@ -34,9 +35,12 @@ class OnnxNetwork(nn.Module):
     """An onnxruntime session as a module: (B, C, Y, X) float32 in, its first output out (CPU).
 
     ``threads``: onnxruntime's intra-op threads (default: torch's, so a Dask worker's share holds).
+    ``lean``: no memory arena and no memory pattern (:data:`LEAN_TILE_PIXELS` says when that costs no
+    speed): each run's activations go back to the C heap, as torch's do, instead of staying with the
+    session for the next run.
     """
 
-    def __init__(self, data: bytes, threads: int | None = None):
+    def __init__(self, data: bytes, threads: int | None = None, *, lean: bool = False):
         super().__init__()
         if not onnxruntime_available():
             raise InputError("ONNX needs onnxruntime: pip install 'napari-seglab[export]'")
@@ -46,6 +50,10 @@ class OnnxNetwork(nn.Module):
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        if lean:
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False  # without the arena a pattern is one fresh block per run
+        self.lean = lean
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
 
@@ -64,19 +72,33 @@ class OnnxNetwork(nn.Module):
 AUTO_ONNX_PIXELS = 4_000_000
 
 
+#: the largest tile (pixels) for which the "auto" runtime's session is lean (:class:`OnnxNetwork`).
+#: onnxruntime's memory arena keeps the largest run's activations for good: a 512 px tile's 0.13 GiB, a
+#: 256 px tile's 0.03-0.05 GiB, out of the reach of the block's decoding, where torch's freed activations
+#: are reused (2048x2048 block by block, 256 px tiles: peak RSS 1.089 GiB with the arena and the memory
+#: pattern, 0.972 GiB lean, 0.936 GiB with torch). At 256 px the arena buys no speed (within noise); at
+#: 512 px and up it does (1.3-1.5x, the page faults of fresh buffers), so larger tiles keep it
+LEAN_TILE_PIXELS = 256 * 256
+
+
 class AutoNetwork(nn.Module):
     """The "auto" runtime: the torch network until it has predicted ``switch_pixels`` pixels, then the same
     network converted once to ONNX and run by onnxruntime (on the CPU).
 
     ``converted`` says which one runs now. The switch happens between two tiles, once, under a lock (a Dask
-    worker's threads may share a cached model); the conversion runs outside inference mode.
+    worker's threads may share a cached model); the conversion runs outside inference mode. It exports the
+    torch network itself, then lets it go (``network`` is None from then on) and gives the freed memory
+    back, so that only one copy of the weights is held at a time; tiles up to :data:`LEAN_TILE_PIXELS` get
+    a lean session. The checkpoint is kept for its description only, without its weights.
     """
 
-    def __init__(self, network: nn.Module, ckpt, switch_pixels: int = AUTO_ONNX_PIXELS):
+    def __init__(self, network: nn.Module | None, ckpt, switch_pixels: int = AUTO_ONNX_PIXELS):
         super().__init__()
         self.network = network
         self.switch_pixels = int(switch_pixels)
         self.pixels = 0
+        if ckpt.state_dict:  # the network holds the weights; a second copy would stay for the whole job
+            ckpt = type(ckpt)(ckpt.info, {}, path=ckpt.path)
         self._state = {"ckpt": ckpt, "session": None, "lock": threading.Lock()}  # not submodules
 
     @property
@@ -88,14 +110,26 @@ class AutoNetwork(nn.Module):
         if state["session"] is None and self.pixels >= self.switch_pixels:
             with state["lock"]:
                 if state["session"] is None:
-                    with torch.inference_mode(False):
-                        state["session"] = onnx_network(state["ckpt"])
-        if state["session"] is not None:
-            return state["session"](x)
+                    self._convert(int(x.shape[-2]) * int(x.shape[-1]))
+        network = self.network  # read before the session: the switch sets the session, then drops this
+        session = state["session"]
+        if session is not None:
+            return session(x)
         self.pixels += int(x.shape[0]) * int(x.shape[-2]) * int(x.shape[-1])
-        return self.network(x)
+        return network(x)
 
-    def __deepcopy__(self, memo):  # a copy (the CPU fallback) runs torch from the start
+    def _convert(self, tile_pixels: int) -> None:
+        with torch.inference_mode(False):
+            self._state["session"] = onnx_network(self._state["ckpt"], self.network,
+                                                  lean=tile_pixels <= LEAN_TILE_PIXELS)
+        self.network = None
+        release_free_memory()
+
+    def __deepcopy__(self, memo):  # a copy (the CPU fallback) runs what this one runs now
+        if self.converted:
+            copied = AutoNetwork(None, self._state["ckpt"], self.switch_pixels)
+            copied._state = self._state  # the session cannot be copied; it is shared
+            return copied
         return AutoNetwork(copy.deepcopy(self.network, memo), self._state["ckpt"], self.switch_pixels)
 
 
@@ -119,11 +153,18 @@ def use_onnx(runtime: str, device: torch.device, family) -> bool:
     return able and device.type == "cpu" and onnxruntime_available()
 
 
-def onnx_network(ckpt) -> OnnxNetwork:
-    """The checkpoint's network (logits, as SegLab's torch path gives them) under onnxruntime."""
-    from ..models import exportable_model, onnx_bytes
+def onnx_network(ckpt, network: nn.Module | None = None, *, lean: bool = False) -> OnnxNetwork:
+    """The checkpoint's network (logits, as SegLab's torch path gives them) under onnxruntime.
 
-    net = exportable_model(ckpt).network  # checks the family can be exported
+    ``network``: the checkpoint's network already built (the "auto" runtime's), exported instead of a
+    new one built from the checkpoint's weights. ``lean``: see :class:`OnnxNetwork`.
+    """
+    from ..models import check_exportable, exportable_model, onnx_bytes
+
+    if network is None:
+        network = exportable_model(ckpt).network  # checks the family can be exported
+    else:
+        check_exportable(ckpt)
     side = 64
     example = torch.rand(1, ckpt.spec.in_channels, side, side)
-    return OnnxNetwork(onnx_bytes(net, example, ckpt, output_name="logits")).eval()
+    return OnnxNetwork(onnx_bytes(network, example, ckpt, output_name="logits"), lean=lean).eval()
