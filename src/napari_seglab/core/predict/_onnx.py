@@ -35,12 +35,9 @@ class OnnxNetwork(nn.Module):
     """An onnxruntime session as a module: (B, C, Y, X) float32 in, its first output out (CPU).
 
     ``threads``: onnxruntime's intra-op threads (default: torch's, so a Dask worker's share holds).
-    ``lean``: no memory arena and no memory pattern (:data:`LEAN_TILE_PIXELS` says when that costs no
-    speed): each run's activations go back to the C heap, as torch's do, instead of staying with the
-    session for the next run.
     """
 
-    def __init__(self, data: bytes, threads: int | None = None, *, lean: bool = False):
+    def __init__(self, data: bytes, threads: int | None = None):
         super().__init__()
         if not onnxruntime_available():
             raise InputError("ONNX needs onnxruntime: pip install 'napari-seglab[export]'")
@@ -50,10 +47,6 @@ class OnnxNetwork(nn.Module):
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
-        if lean:
-            options.enable_cpu_mem_arena = False
-            options.enable_mem_pattern = False  # without the arena a pattern is one fresh block per run
-        self.lean = lean
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
 
@@ -72,24 +65,25 @@ class OnnxNetwork(nn.Module):
 AUTO_ONNX_PIXELS = 4_000_000
 
 
-#: the largest tile (pixels) for which the "auto" runtime's session is lean (:class:`OnnxNetwork`).
-#: onnxruntime's memory arena keeps the largest run's activations for good: a 512 px tile's 0.13 GiB, a
-#: 256 px tile's 0.03-0.05 GiB, out of the reach of the block's decoding, where torch's freed activations
-#: are reused (2048x2048 block by block, 256 px tiles: peak RSS 1.089 GiB with the arena and the memory
-#: pattern, 0.972 GiB lean, 0.936 GiB with torch). At 256 px the arena buys no speed (within noise); at
-#: 512 px and up it does (1.3-1.5x, the page faults of fresh buffers), so larger tiles keep it
-LEAN_TILE_PIXELS = 256 * 256
+#: the largest tile (pixels) the "auto" runtime leaves with torch, whatever the job's size: block by block
+#: the CPU runs 256 px tiles. There onnxruntime is faster only with its memory arena (CPU time per tile:
+#: torch 1.2-1.5x the arena's), which keeps the largest run's activations for good, out of the reach of the
+#: block's decoding (2048x2048 block by block, 256 px tiles: peak RSS 1.089 GiB against torch's 0.932 GiB).
+#: Without the arena and the memory pattern it held 0.036 GiB over torch's and its runs took 1.17-1.25x the
+#: arena's CPU time (the page faults of fresh buffers): not worth the conversion. Larger tiles switch
+AUTO_TORCH_TILE_PIXELS = 256 * 256
 
 
 class AutoNetwork(nn.Module):
     """The "auto" runtime: the torch network until it has predicted ``switch_pixels`` pixels, then the same
     network converted once to ONNX and run by onnxruntime (on the CPU).
 
-    ``converted`` says which one runs now. The switch happens between two tiles, once, under a lock (a Dask
-    worker's threads may share a cached model); the conversion runs outside inference mode. It exports the
-    torch network itself, then lets it go (``network`` is None from then on) and gives the freed memory
-    back, so that only one copy of the weights is held at a time; tiles up to :data:`LEAN_TILE_PIXELS` get
-    a lean session. The checkpoint is kept for its description only, without its weights.
+    ``converted`` says which one runs now. The switch happens between two tiles larger than
+    :data:`AUTO_TORCH_TILE_PIXELS` (smaller ones stay with torch), once, under a lock (a Dask worker's
+    threads may share a cached model); the conversion runs outside inference mode. It exports the torch
+    network itself, then lets it go (``network`` is None from then on) and gives the freed memory back,
+    so that one copy of the weights is held at a time. The checkpoint is kept for its description only,
+    without its weights.
     """
 
     def __init__(self, network: nn.Module | None, ckpt, switch_pixels: int = AUTO_ONNX_PIXELS):
@@ -107,21 +101,21 @@ class AutoNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self._state
-        if state["session"] is None and self.pixels >= self.switch_pixels:
+        tile = int(x.shape[-2]) * int(x.shape[-1])
+        if state["session"] is None and self.pixels >= self.switch_pixels and tile > AUTO_TORCH_TILE_PIXELS:
             with state["lock"]:
                 if state["session"] is None:
-                    self._convert(int(x.shape[-2]) * int(x.shape[-1]))
+                    self._convert()
         network = self.network  # read before the session: the switch sets the session, then drops this
         session = state["session"]
         if session is not None:
             return session(x)
-        self.pixels += int(x.shape[0]) * int(x.shape[-2]) * int(x.shape[-1])
+        self.pixels += int(x.shape[0]) * tile
         return network(x)
 
-    def _convert(self, tile_pixels: int) -> None:
+    def _convert(self) -> None:
         with torch.inference_mode(False):
-            self._state["session"] = onnx_network(self._state["ckpt"], self.network,
-                                                  lean=tile_pixels <= LEAN_TILE_PIXELS)
+            self._state["session"] = onnx_network(self._state["ckpt"], self.network)
         self.network = None
         release_free_memory()
 
@@ -153,11 +147,11 @@ def use_onnx(runtime: str, device: torch.device, family) -> bool:
     return able and device.type == "cpu" and onnxruntime_available()
 
 
-def onnx_network(ckpt, network: nn.Module | None = None, *, lean: bool = False) -> OnnxNetwork:
+def onnx_network(ckpt, network: nn.Module | None = None) -> OnnxNetwork:
     """The checkpoint's network (logits, as SegLab's torch path gives them) under onnxruntime.
 
     ``network``: the checkpoint's network already built (the "auto" runtime's), exported instead of a
-    new one built from the checkpoint's weights. ``lean``: see :class:`OnnxNetwork`.
+    new one built from the checkpoint's weights.
     """
     from ..models import check_exportable, exportable_model, onnx_bytes
 
@@ -167,4 +161,4 @@ def onnx_network(ckpt, network: nn.Module | None = None, *, lean: bool = False) 
         check_exportable(ckpt)
     side = 64
     example = torch.rand(1, ckpt.spec.in_channels, side, side)
-    return OnnxNetwork(onnx_bytes(network, example, ckpt, output_name="logits"), lean=lean).eval()
+    return OnnxNetwork(onnx_bytes(network, example, ckpt, output_name="logits")).eval()
