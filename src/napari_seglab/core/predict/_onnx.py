@@ -11,6 +11,7 @@ conversion to pay back, then onnxruntime.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import threading
 
 import numpy as np
@@ -144,7 +145,9 @@ def use_onnx(runtime: str, device: torch.device, family) -> bool:
         if not onnxruntime_available():
             raise InputError("--runtime onnx needs onnxruntime: pip install 'napari-seglab[export]'")
         return True
-    return able and device.type == "cpu" and onnxruntime_available()
+    # found, not imported: onnxruntime holds 0.02 GiB resident, for nothing until (unless) the job switches;
+    # the export needs onnx too, which a missing one would only say halfway through the job
+    return able and device.type == "cpu" and all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnx"))
 
 
 def onnx_network(ckpt, network: nn.Module | None = None) -> OnnxNetwork:
