@@ -134,3 +134,25 @@ def test_auto_keeps_small_tiles_in_torch_and_one_copy_of_the_weights_after_the_s
     assert twin.converted and twin._state["session"] is auto.model._state["session"]
     x = torch.rand(1, 1, 320, 320)
     np.testing.assert_array_equal(twin(x).numpy(), auto.model(x).numpy())
+
+
+def test_auto_runtime_imports_onnxruntime_only_when_it_switches(tmp_path):
+    """onnxruntime holds 0.02 GiB resident once imported: a job that never switches never imports it."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import os
+    import subprocess
+    import sys
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    code = ("import sys, torch\nfrom napari_seglab.core.predict import AutoNetwork, load_model\n"
+            "lm = load_model(sys.argv[1], 'cpu')\n"
+            "assert isinstance(lm.model, AutoNetwork)\n"
+            "before = 'onnxruntime' in sys.modules\n"
+            "lm.model.switch_pixels = 0\n"
+            "with torch.inference_mode():\n"
+            "    lm.model(torch.rand(1, 1, 320, 320))\n"
+            "print('RESULT', before, lm.model.converted, 'onnxruntime' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert "RESULT False True True" in proc.stdout, proc.stderr[-2000:]
