@@ -7,8 +7,12 @@ at object scale 1. Every prediction runs ``seglab predict`` in a fresh process, 
 peak RSS (``VmHWM``). Block-wise runs read the OME-Zarr (and the TIFF for the flows
 model); whole-image runs (``--block 0``, up to ``--whole-max``) read the TIFF; all use the same tile, so
 their labels must agree: semantic labels equal, instance labels equal up to renumbering with AP@0.5 and
-AP@0.75 of one against the other 1.0. The last lines print the ratios: whole / blocked peak RSS at the
-largest size both ran, and blocked time per pixel at the largest size / at 2k.
+AP@0.75 of one against the other 1.0. These runs say ``--runtime torch``; at the ``--runtime-sizes`` the
+block-wise OME-Zarr run is repeated with ``seglab predict``'s defaults (the ``auto`` runtime, which turns
+to onnxruntime after 4 megapixels, and the default tile) against the same with ``--runtime torch``, and
+their labels must be equal up to renumbering. The last lines print the ratios: whole / blocked peak RSS at
+the largest size both ran, blocked time per pixel at the largest size / at 2k, and the default runtime's
+blocked peak RSS / torch's.
 
 ``--scale F`` trains the models at object scale F (the nuclei reach the network F times their size):
 both paths then run on the image resampled by F (block by block on the resampled grid), and must
@@ -113,6 +117,21 @@ def agreement(a: np.ndarray, b: np.ndarray, instances: bool) -> dict:
     return {"equal": same, "ap50": scores["ap50"], "ap75": scores["ap75"], "objects": int(scores["n_true"])}
 
 
+def compare_runtimes(work: Path, model: Path, name: str, tag: str, size: int, zarr_path: Path) -> list[dict]:
+    """Block by block with the defaults (runtime, tile) against the same with ``--runtime torch``."""
+    rows, labels = [], {}
+    for run, extra in (("defaults", []), ("defaults, torch", ["--runtime", "torch"])):
+        out = work / f"{name}{tag}_{size}_{'torch' if extra else 'auto'}.ome.zarr"
+        r = run_cli(["predict", "--model", str(model), "--input", str(zarr_path), "--output", str(out), *extra])
+        labels[run] = read_labels(out)
+        rows.append({"size": size, "model": name, "run": run, "seconds": r["seconds"], "peak_gb": r["peak"] / GB,
+                     "mpx_s": size * size / r["seconds"] / 1e6})
+    rows[0].update(agreement(labels["defaults"], labels["defaults, torch"], name == "flows"))
+    for row in rows:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/seglab_large_image", help="folder for the images and models (kept)")
@@ -122,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--train-seconds", type=float, default=40)
     p.add_argument("--scale", type=float, default=1.0, help="object scale of the models predicting (resampling)")
+    p.add_argument("--runtime-sizes", type=int, nargs="*", default=[2048],
+                   help="sizes at which the default runtime is compared with torch block by block")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -154,6 +175,8 @@ def main(argv=None) -> int:
                              **agreement(blocked, whole, name == "flows")})
             for row in rows[-3:]:
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            if size in args.runtime_sizes:
+                rows.extend(compare_runtimes(work, models[name], name, tag, size, zarr_path))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name in args.models:
         mine = [r for r in rows if r["model"] == name]
@@ -170,6 +193,13 @@ def main(argv=None) -> int:
             last = next(r for r in mine if r["size"] == sizes[-1] and r["run"] == "blocked zarr")
             print(f"{name}: blocked time per pixel {sizes[-1]}px / {sizes[0]}px = "
                   f"{first['mpx_s'] / last['mpx_s']:.2f}x")
+        runtimes = [s for s in args.runtime_sizes if any(r["size"] == s and r["run"] == "defaults" for r in mine)]
+        if runtimes:
+            s = max(runtimes)
+            auto, torch_run = (next(r for r in mine if r["size"] == s and r["run"] == run)
+                               for run in ("defaults", "defaults, torch"))
+            print(f"{name}: blocked peak RSS at {s}px, default runtime / --runtime torch: {auto['peak_gb']:.3f} / "
+                  f"{torch_run['peak_gb']:.3f} GB = {auto['peak_gb'] / torch_run['peak_gb']:.3f}x")
     return 0
 
 

@@ -147,6 +147,9 @@ def _check_kind(args: argparse.Namespace, family) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ..core.device import leave_out_triton
+
+    leave_out_triton(args.device)  # before torchvision: a process predicting on the CPU has no use for it
     protect = _check_args(args)
 
     import numpy as np

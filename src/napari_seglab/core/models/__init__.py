@@ -40,7 +40,7 @@ _LAZY = {
                 "export_model", "export_onnx", "export_torchscript", "exportable_model"),
     "_bioimageio": ("ARCH_SHA256", "ExportResult", "PackageInfo", "Verdict", "bioimageio_problem",
                     "iter_export_bioimageio", "test_package"),
-    "_traced": ("ProbabilityModel", "onnx_bytes"),
+    "_traced": ("ProbabilityModel", "check_exportable", "onnx_bytes"),
     "_family": ("Family", "LossInputs"),
     "_fcn": ("FCNWrapper",),
     "_losses": ("balanced_class_weights", "bce_dice", "ce_dice", "probabilities", "segmentation_loss"),

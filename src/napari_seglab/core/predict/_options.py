@@ -90,8 +90,9 @@ class ModelRunOptions:
     runtime: str = setting("auto", label="runtime", choices=("torch", "onnx", "auto"),
                            help="what runs the network: torch, onnx (onnxruntime on the CPU, U-Net / FCN; about "
                                 "1.4-1.8x faster there, plus about 2 s to convert at load) or auto (torch, then "
-                                "onnx once 4 megapixels are predicted, on a CPU with onnxruntime installed: "
-                                "where the conversion pays back)")
+                                "onnx once 4 megapixels are predicted in tiles above 256 px, on a CPU with "
+                                "onnxruntime installed: where the conversion pays back; block by block the CPU's "
+                                "256 px tiles stay with torch, for memory)")
     pixel_size: float | None = setting(None, label="pixel size", kind=float, low=1e-4, high=1e4, unit="µm",
                                        metavar="UM", auto="from the image file's metadata",
                                        help="µm per pixel of images whose file does not say; an image whose pixel "
