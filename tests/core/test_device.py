@@ -45,9 +45,10 @@ def test_a_cpu_trained_model_predicts_the_same_discs_on_the_gpu(tiny_model, blob
     assert (on_gpu.labels.astype(bool) == mask).mean() > 0.9
 
 
-def test_a_cpu_prediction_from_the_command_line_leaves_triton_out(random_unet, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "batch"])
+def test_a_cpu_prediction_from_the_command_line_leaves_triton_out(random_unet, tmp_path, command):
     """torchvision pulls in torch._dynamo, which imports triton where it is installed (0.07 GiB resident);
-    `seglab predict --device cpu` marks it missing first, and still predicts. A GPU request keeps it."""
+    `seglab predict/batch --device cpu` mark it missing first, and still predict. A GPU request keeps it."""
     import importlib.util
     import os
     import subprocess
@@ -64,9 +65,12 @@ def test_a_cpu_prediction_from_the_command_line_leaves_triton_out(random_unet, t
             "from napari_seglab.cli import main\n"
             "rc = main(sys.argv[1:])\n"
             "print('RESULT', rc, 'torchvision' in sys.modules, 'triton' in sys.modules, sys.modules.get('triton'))\n")
-    proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(random_unet), "--input", str(image),
-                           "--output", str(tmp_path / "o.tif"), "--device", "cpu", "--runtime", "torch"],
+    where = (["--input", str(image), "--output", str(tmp_path / "o.tif")] if command == "predict"
+             else ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")])
+    proc = subprocess.run([sys.executable, "-c", code, command, "--model", str(random_unet), *where,
+                           "--device", "cpu", "--runtime", "torch"],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert "RESULT 0 True True None" in proc.stdout, proc.stderr[-2000:]
-    assert (tmp_path / "o.tif").exists()
+    written = tmp_path / "o.tif" if command == "predict" else tmp_path / "out" / "img_labels.tif"
+    assert written.exists(), sorted(p.name for p in tmp_path.rglob("*"))
