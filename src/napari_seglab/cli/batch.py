@@ -15,6 +15,7 @@ from .common import (
     check_input,
     check_output_folder,
     drive,
+    leave_out_triton,
     options_from_args,
 )
 
@@ -41,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from ..core.device import leave_out_triton
-
     leave_out_triton(args.device)  # before torchvision: as in `seglab predict`, a CPU run has no use for it
     from ..core.events import FileDone, Message
     from ..core.io import check_pattern

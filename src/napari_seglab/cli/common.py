@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -185,3 +186,28 @@ def add_settings(parser: argparse.ArgumentParser, cls, names, *, required=()) ->
 def options_from_args(args: argparse.Namespace, cls, names):
     """The settings dataclass ``cls`` the options ``names`` describe, checked by the core (SettingError)."""
     return cls(**{name: getattr(args, name) for name in names if getattr(args, name) is not None}).check()
+
+
+#: device files of a GPU driver (NVIDIA, AMD ROCm): where one exists, an "auto" run may use the GPU
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
+def leave_out_triton(request: str | None = "auto") -> bool:
+    """Keep triton, the GPU kernel compiler, out of a command that computes on the CPU; True when it did.
+
+    segmentation-models-pytorch imports torchvision, whose ``ops`` import ``torch._dynamo``, which
+    imports triton whenever it is installed (torch's CUDA wheels bring it on Linux): 0.07 GiB resident
+    (``seglab predict`` of a 2048x2048 image block by block: peak RSS 977624 kB with it, 901396 kB
+    without), and nothing SegLab runs uses it (no ``torch.compile``). Marking it missing
+    (``sys.modules["triton"] = None``) sends those imports down their no-triton path, as on a machine
+    without it. Only for ``request`` "cpu", or "auto" on a machine without a GPU driver's device files
+    (torch is not imported to ask: a command checks its paths before it pays for torch), and only
+    before torchvision is imported.
+    """
+    if "triton" in sys.modules or "torchvision" in sys.modules:
+        return False
+    request = (request or "auto").lower()
+    if request != "cpu" and not (request == "auto" and not any(os.path.exists(f) for f in GPU_DEVICE_FILES)):
+        return False
+    sys.modules["triton"] = None
+    return True

@@ -15,6 +15,7 @@ from .common import (
     check_output,
     check_tiff,
     drive,
+    leave_out_triton,
     options_from_args,
 )
 
@@ -147,8 +148,6 @@ def _check_kind(args: argparse.Namespace, family) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core.device import leave_out_triton
-
     leave_out_triton(args.device)  # before torchvision: a process predicting on the CPU has no use for it
     protect = _check_args(args)
 

@@ -180,23 +180,3 @@ def release_free_memory() -> None:
 
 _TRIM = None
 
-
-def leave_out_triton(request: str = "auto") -> bool:
-    """Keep triton, the GPU kernel compiler, out of a process that computes on the CPU; True when it did.
-
-    segmentation-models-pytorch imports torchvision, whose ``ops`` import ``torch._dynamo``, which
-    imports triton whenever it is installed (torch's CUDA wheels bring it on Linux): 0.07 GiB resident
-    (``seglab predict`` of a 2048x2048 image block by block: peak RSS 977624 kB with it, 901396 kB
-    without), and nothing that runs on a CPU uses it. Marking it missing
-    (``sys.modules["triton"] = None``) sends those imports down their no-triton path, as on a machine
-    without it. Only for ``request`` "cpu" (or "auto" without a CUDA GPU), and only before torchvision
-    is imported; for a process that runs nothing but such work (a command line run), since nothing in
-    it can use triton afterwards.
-    """
-    if "triton" in sys.modules or "torchvision" in sys.modules:
-        return False
-    request = (request or "auto").lower()
-    if request != "cpu" and not (request == "auto" and not torch.cuda.is_available()):
-        return False
-    sys.modules["triton"] = None
-    return True
