@@ -95,13 +95,33 @@ def stardist_worker(job: str, out: str) -> None:
     flips and 90-degree turns; the training image doubles as validation data (a user with one painted image
     has no other). Default thresholds (optimising them would spend the budget).
     """
+    from stardist.models import Config2D, StarDist2D
+
+    d, x, y, t0 = stardist_setup(job)
+    patch = tuple(min(256, s // 16 * 16) for s in x.shape)
+    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=patch, train_batch_size=4,
+                    unet_n_filter_base=32, train_tensorboard=False)
+
+    def augment(img, lbl):
+        k = np.random.randint(4)
+        img, lbl = np.rot90(img, k), np.rot90(lbl, k)
+        if np.random.rand() < 0.5:
+            img, lbl = img[:, ::-1], lbl[:, ::-1]
+        return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
+
+    stardist_train_and_predict(StarDist2D, conf, d, x, y, augment, t0, out)
+
+
+def stardist_setup(job: str):
+    """A StarDist worker's start (2D and 3D; in the StarDist interpreter): the job, TensorFlow's threads
+    (``OMP_NUM_THREADS``) and seeds, and the normalised training image and hole-filled labels.
+    Returns ``(job arrays, x, y, start time)``; the budget counts from that time, set-up included."""
     import tensorflow as tf
     from csbdeep.utils import normalize
     from stardist import fill_label_holes
-    from stardist.models import Config2D, StarDist2D
 
     d = np.load(job)
-    budget, seed = float(d["budget"]), int(d["seed"])
+    seed = int(d["seed"])
     threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -111,9 +131,17 @@ def stardist_worker(job: str, out: str) -> None:
     t0 = time.monotonic()
     x = normalize(d["train_image"].astype(np.float32), 1, 99.8)
     y = fill_label_holes(d["train_labels"].astype(np.int32))
-    patch = tuple(min(256, s // 16 * 16) for s in x.shape)
-    conf = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=patch, train_batch_size=4,
-                    unet_n_filter_base=32, train_tensorboard=False)
+    return d, x, y, t0
+
+
+def stardist_train_and_predict(model_class, conf, d, x, y, augment, t0: float, out: str) -> None:
+    """Train a StarDist model (2D or 3D) from scratch until the job's budget (counted from ``t0``) is spent,
+    the training data doubling as validation data, then predict the test image and write ``out``:
+    ``labels``, ``steps``, ``seconds`` (training) and ``predict_seconds``."""
+    import tensorflow as tf
+    from csbdeep.utils import normalize
+
+    budget = float(d["budget"])
     steps = 0
 
     class Budget(tf.keras.callbacks.Callback):
@@ -123,15 +151,8 @@ def stardist_worker(job: str, out: str) -> None:
             if time.monotonic() - t0 > budget:
                 self.model.stop_training = True
 
-    def augment(img, lbl):
-        k = np.random.randint(4)
-        img, lbl = np.rot90(img, k), np.rot90(lbl, k)
-        if np.random.rand() < 0.5:
-            img, lbl = img[:, ::-1], lbl[:, ::-1]
-        return np.ascontiguousarray(img), np.ascontiguousarray(lbl)
-
     with tempfile.TemporaryDirectory() as tmp:
-        model = StarDist2D(conf, name="peer", basedir=tmp)
+        model = model_class(conf, name="peer", basedir=tmp)
         model.prepare_for_training()
         model.callbacks.append(Budget())
         model.train([x], [y], validation_data=([x], [y]), augmenter=augment, epochs=10**6, steps_per_epoch=20)

@@ -179,4 +179,3 @@ def release_free_memory() -> None:
 
 
 _TRIM = None
-
