@@ -15,7 +15,9 @@ the shared machine changes the time, not the result), then the same model predic
 part two ways: ``linked`` (2D objects per plane linked by overlap, the floor) and ``orthogonal``
 (YX/ZX/ZY planes combined and decoded in 3D). Scores: 3D AP@0.5 and @0.75 (IoU over voxels),
 Dice, count error. ``--sparse`` also trains the flows head from 3 painted planes of the real
-training part against the fully painted part at the same steps (the "few planes" goal).
+training part, and from 10 consecutive ones, against the fully painted part at the same steps (the "few
+planes" goal). ``--sections off`` trains on the YX planes only (training is not told the z step, so
+painted runs teach no ZX/ZY planes).
 
 ``--budget SEC`` trains for a wall-clock budget instead of a number of steps (the issue's 120 s and
 600 s on 2 cores). With it, ``--stardist-python`` (a venv with ``stardist==0.9.2`` and
@@ -102,19 +104,21 @@ def score(pred: np.ndarray, truth: np.ndarray, split: bool = False) -> dict:
 
 
 def train(img, lab, head: str, steps: int, seed: int = 0, cache: Path | None = None, tag: str = "",
-          budget: float | None = None):
+          budget: float | None = None, anisotropy: float = 0.0):
     """(checkpoint path or Checkpoint, steps, seconds); with ``cache``, a model trained before is reused.
 
     ``budget``: train for this many wall-clock seconds (set-up included) instead of ``steps`` steps.
+    ``anisotropy``: the stack's z step over its pixel size (0: YX planes only).
     """
     length = f"{budget:g}s" if budget else str(steps)
-    out = cache / f"{tag}_{head}_{length}_{seed}.pt" if cache else None
+    sections = "_zxzy" if anisotropy else ""
+    out = cache / f"{tag}_{head}_{length}_{seed}{sections}.pt" if cache else None
     if out is not None and out.exists():
         return out, None, 0.0
     cfg = TrainConfig(label_mode="instances", epochs=None if budget else max(1, steps // 25),
                       steps_per_epoch=min(steps, 25), time_limit=budget, device="cpu", encoder="resnet18", patch=64,
                       batch_size=8, lr=3e-3, seed=seed, instance_head=head, val_fraction=0.0,
-                      model_out=str(out) if out else None)
+                      model_out=str(out) if out else None, anisotropy=anisotropy)
     t0 = time.monotonic()
     result = drive(iter_train([img], [lab], cfg, axes=["ZYX"]))
     return (out or result.checkpoint), result.steps, time.monotonic() - t0
@@ -166,6 +170,9 @@ def main(argv=None) -> int:
     p.add_argument("--boundary-decoders", nargs="+", default=["2d-rules", "seeds"],
                    help="3D decoders of the boundary head to compare (the last one's score counts in the ratio)")
     p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--sections", choices=("on", "off"), default="on",
+                   help="on: training knows the stack's anisotropy, so its painted runs also teach their ZX/ZY "
+                        "planes (the default with a file's voxel size); off: YX planes only")
     p.add_argument("--cache", type=Path, help="folder to keep the trained models in and reuse them from")
     p.add_argument("--stardist-python", default=None,
                    help="interpreter with stardist 0.9 and tensorflow-cpu: also train StarDist 3D (needs --budget)")
@@ -183,8 +190,9 @@ def main(argv=None) -> int:
         img, lab, test, truth, aniso = data[name]
         peer = {}
         for head in args.heads:
+            sections = aniso if args.sections == "on" else 0.0
             model, steps, t_train = train(img, lab, head, args.steps, args.seed, cache=args.cache, tag=name,
-                                          budget=args.budget)
+                                          budget=args.budget, anisotropy=sections)
             print(f"{name:9s} {head:8s} " + (f"trained {steps} steps in {t_train:.0f} s" if steps is not None
                                                else f"model from {args.cache}"), flush=True)
             scores = {}
@@ -211,9 +219,14 @@ def main(argv=None) -> int:
         planes = np.linspace(0, lab.shape[0] - 1, 5).astype(int)[1:4]  # 3 planes through the middle
         few = np.zeros_like(lab)
         few[planes] = lab[planes]
-        for label, labels in (("3 planes", few), ("full", lab)):
+        middle = lab.shape[0] // 2 - 5
+        block = np.zeros_like(lab)  # 10 consecutive planes through the middle: a run deep enough for ZX/ZY planes
+        block[middle:middle + 10] = lab[middle:middle + 10]
+        for label, labels in (("3 planes", few), ("10 consecutive", block), ("full", lab)):
+            tag = {"full": "real", "3 planes": "real3planes"}.get(label, "real10planes")
             model, _, t_train = train(img, labels, "flows", args.steps, args.seed, cache=args.cache,
-                                      tag="real" if label == "full" else "real3planes", budget=args.budget)
+                                      tag=tag, budget=args.budget,
+                                      anisotropy=aniso if args.sections == "on" else 0.0)
             pred, secs = predict(model, test, aniso, "orthogonal")
             row("real", "flows", label, score(pred, truth, split=True), t_train + secs)
     for name, head, against, r in ratios:

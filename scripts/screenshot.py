@@ -182,7 +182,7 @@ def volume_picture(viewer, docks: dict, steps: int, init: Path | None = None) ->
         model = Path(tempfile.mkdtemp()) / "nuclei3d_flows.pt"
         cfg = TrainConfig(label_mode="instances", instance_head="flows", epochs=max(1, steps // 25),
                           steps_per_epoch=25, patch=64, batch_size=8, lr=3e-3, device="cpu", val_fraction=0.0,
-                          model_out=str(model))
+                          model_out=str(model), anisotropy=2.0)  # its ZX/ZY planes are learnt too
         drive(iter_train([train_img], [train_lab], cfg, axes=["ZYX"]))
     stack, _ = make_nuclei_3d((16, 96, 96), seed=1, anisotropy=2.0)
     viewer.add_image(stack, name="stack", colormap="gray", scale=(2.0, 1.0, 1.0))

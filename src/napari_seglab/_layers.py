@@ -74,6 +74,17 @@ def layer_pixel_size(layer) -> float | None:
     return float(np.sqrt(scale[0] * scale[1]))
 
 
+def layer_anisotropy(layer) -> float | None:
+    """z step over the pixel size of a stack's image layer (its scale), or None when the scale says nothing."""
+    if layer is None or getattr(layer, "ndim", 0) < 3:
+        return None
+    scale = np.asarray(getattr(layer, "scale", ()), float)[-3:]
+    if scale.size != 3 or not np.all(np.isfinite(scale)) or np.any(scale <= 0) or np.allclose(scale, 1.0):
+        return None
+    value = float(scale[0] / ((scale[1] + scale[2]) / 2))
+    return value if 0.1 <= value <= 50 else None  # beyond what a z step is: not a voxel size
+
+
 def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:
     """The shape without the channel axis (what labels of this image must have)."""
     return tuple(array.shape[:-1]) if "C" in axes else tuple(array.shape)

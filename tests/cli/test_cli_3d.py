@@ -131,3 +131,19 @@ def test_predict_3d_bad_blocks_are_exit_2_with_one_line_and_write_nothing(tmp_pa
     assert code == 2 and words in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_train_on_a_stack_learns_its_zx_zy_planes_from_the_files_z_step(tmp_path, capsys):
+    src, lab, model = tmp_path / "stack.tif", tmp_path / "truth.tif", tmp_path / "m.pt"
+    truth = write_stack(src)  # 1 µm z step over 0.5 µm pixels
+    tifffile.imwrite(lab, truth.astype(np.uint16))
+    common = ["train", "--image", str(src), "--labels", str(lab), "--label-mode", "instances", "--model-out",
+              str(model), "--epochs", "1", "--steps-per-epoch", "1", "--patch", "32", "--batch-size", "2",
+              "--device", "cpu", "--scale", "1", "--threads", "1"]
+    assert main(common) == 0
+    out = "".join(capsys.readouterr())  # notes go to stderr, the result to stdout
+    assert "ZX/ZY planes:" in out and "anisotropy 2 (from the voxel size)" in out
+    model.unlink()
+    assert main([*common, "--anisotropy", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "anisotropy" in err[0] and not model.exists()

@@ -54,3 +54,21 @@ def test_predict_dock_resamples_a_layer_at_another_pixel_size(make_napari_viewer
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert "pixel size 0.5 µm, the model's 1 µm: resampling the image by 0.5" in said
     assert viewer.layers["fine labels"].data.shape == image.shape
+
+
+def test_train_dock_anisotropy_from_the_field_or_the_stack_layer(make_napari_viewer):
+    from napari_seglab._layers import layer_anisotropy
+
+    assert layer_anisotropy(types.SimpleNamespace(ndim=3, scale=(1.0, 1.0, 1.0))) is None  # napari's default
+    assert layer_anisotropy(types.SimpleNamespace(ndim=2, scale=(0.5, 0.5))) is None  # a plane has no z step
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Train")
+    layer = viewer.add_image(np.zeros((8, 32, 32), np.float32), name="stack", scale=(2.0, 0.5, 0.5))
+    widget._image.value = layer
+    # the stack's z step over its pixel size: its painted runs also teach ZX/ZY planes
+    assert widget.config().anisotropy == pytest.approx(4.0)
+    widget._anisotropy.value = 2.5  # typed: wins over the layer
+    assert widget.config().anisotropy == pytest.approx(2.5)
+    widget._anisotropy.value = 0.0
+    layer.scale = (1.0, 1.0, 1.0)
+    assert widget.config().anisotropy is None  # unknown: the core trains on YX planes and says so

@@ -14,7 +14,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image, Labels, Shapes
 
 from .._colors import apply_colors, legend_html
-from .._layers import layer_pixel_size
+from .._layers import layer_anisotropy, layer_pixel_size
 from ..core.data import Normalization, estimate_scale, scale_for, target_diameter, to_chw
 from ..core.device import DEVICES, pick_device
 from ..core.errors import InputError
@@ -117,6 +117,9 @@ class TrainSettings:
         self._diameter_note = ui.wrapped_label("", small=True)
         self._pixel = LineEdit(label="pixel size (µm)", value="auto",
                                tooltip=tip("pixel_size") + "; auto: the image layer's scale, when it is set")
+        self._anisotropy = FloatSpinBox(label="anisotropy", value=0.0, min=0.0, max=float(SETTINGS["anisotropy"].high),
+                                        step=0.5, tooltip=tip("anisotropy") + "; 0 = from the image layer's scale "
+                                                                              "(z over y), when it is set")
         self._arch = ui.choice_combo("architecture", ARCHS[DEFAULT_FAMILY], get_family(DEFAULT_FAMILY).default_arch,
                                      tip("arch"))
         self._encoder = ui.choice_combo("encoder", COMMON_ENCODERS, FROM_PRESET,
@@ -144,7 +147,7 @@ class TrainSettings:
         data = ui.form("", [self._image, self._labels_combo, self._boxes_combo, self._area_combo, self._mode],
                        [self._legend, self._pairs, self._matching])
         model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
-                             self._head, self._diameter, self._pixel], [self._diameter_note])
+                             self._head, self._diameter, self._pixel, self._anisotropy], [self._diameter_note])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
                               self._weights, self._gamma, self._device, self._preview, self._save_to],
                          [self._folder, self._read_255])
@@ -188,8 +191,10 @@ class TrainSettings:
         pixel = auto_number(self._pixel.value, float, "pixel size", "0.65")
         if pixel is None:  # a layer placed in µm (its scale) says what its pixels measure
             pixel = layer_pixel_size(self._image.value)
+        # a stack placed in µm says its z step; unknown: the core trains on YX planes and says how to add ZX/ZY
+        anisotropy = float(self._anisotropy.value) or layer_anisotropy(self._image.value)
         return TrainConfig(
-            pixel_size=pixel, label_mode=self._mode.value, family=self._family.value, arch=self._arch.value, encoder=encoder,
+            pixel_size=pixel, anisotropy=anisotropy, label_mode=self._mode.value, family=self._family.value, arch=self._arch.value, encoder=encoder,
             # a typed encoder replaces the preset's (the core refuses both from other callers)
             preset=None if self._preset.value == "auto" or encoder or not self._preset.enabled else self._preset.value,
             scale=scale_for(diameter, target_diameter(self._mode.value)) if diameter is not None else None,

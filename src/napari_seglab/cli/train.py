@@ -21,7 +21,7 @@ from .common import (
 OPTIONS = ("label_mode", "model_out", "family", "arch", "preset", "encoder", "instance_head", "scale", "scale_jitter",
            "epochs", "time_limit", "threads", "bf16", "steps_per_epoch", "patch", "batch_size", "lr", "class_weights",
            "focal_gamma", "val_fraction", "init", "pretrained", "allow_download", "device",
-           "read_255_as_foreground", "self_training", "seed", "pixel_size")
+           "read_255_as_foreground", "self_training", "seed", "pixel_size", "anisotropy")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

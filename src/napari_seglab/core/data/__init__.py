@@ -7,6 +7,7 @@ Modules: ``_samples`` (normalisation, samples, patch sampling, augmentation), ``
 
 from ._box_patches import MIN_VISIBLE, clip_boxes, empty_boxes, transform_boxes, zoom_boxes
 from ._pixels import (
+    anisotropy_from_pixel_size,
     check_pixel_size,
     format_size,
     match_pixel_sizes,
@@ -42,6 +43,6 @@ __all__ = [
     "empty_boxes", "estimate_scale", "median_diameter", "normalize", "percentiles",
     "resample_image", "resample_labels", "scale_for", "scaled_shape", "split_validation",
     "stroke_diameter", "target_diameter", "to_chw", "transform_boxes", "zoom_boxes",
-    "check_pixel_size", "format_size", "match_pixel_sizes", "pixel_ratio", "pixel_size_or", "prediction_factor",
-    "resample_region", "source_window", "yx_size",
+    "anisotropy_from_pixel_size", "check_pixel_size", "format_size", "match_pixel_sizes", "pixel_ratio",
+    "pixel_size_or", "prediction_factor", "resample_region", "source_window", "yx_size",
 ]

@@ -29,6 +29,18 @@ SAME_SIZE = 0.01
 MIN_FACTOR, MAX_FACTOR = 1 / 16, 16.0
 
 
+def anisotropy_from_pixel_size(pixel_size: Sequence[float] | None, axes: str) -> float | None:
+    """z step over the mean y/x pixel size from ``ImageData.pixel_size`` (spatial axes in order), or None."""
+    if not pixel_size or "Z" not in axes:
+        return None
+    spatial = [a for a in axes if a in "ZYX"]
+    if len(pixel_size) != len(spatial):
+        return None
+    size = dict(zip(spatial, pixel_size, strict=True))
+    lateral = (size["Y"] + size["X"]) / 2
+    return size["Z"] / lateral if lateral > 0 and size["Z"] > 0 else None
+
+
 def check_pixel_size(value, what: str = "pixel size") -> float:
     """A user-given pixel size in µm, as a float; InputError outside MIN_PIXEL_UM..MAX_PIXEL_UM."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) \

@@ -28,7 +28,7 @@ from collections.abc import Generator, Sequence
 
 import numpy as np
 
-from ..data import check_scale
+from ..data import anisotropy_from_pixel_size, check_scale
 from ..errors import InputError
 from ..events import Message, Stopped, TileDone
 from ..io import check_image_values
@@ -60,18 +60,6 @@ def check_anisotropy(value) -> float:
             or not 0.1 <= value <= 50:
         raise InputError(f"anisotropy (z step / pixel size) must be a number from 0.1 to 50; got {value!r}")
     return float(value)
-
-
-def anisotropy_from_pixel_size(pixel_size: Sequence[float] | None, axes: str) -> float | None:
-    """z step over the mean y/x pixel size from ``ImageData.pixel_size`` (spatial axes in order), or None."""
-    if not pixel_size or "Z" not in axes:
-        return None
-    spatial = [a for a in axes if a in "ZYX"]
-    if len(pixel_size) != len(spatial):
-        return None
-    size = dict(zip(spatial, pixel_size, strict=True))
-    lateral = (size["Y"] + size["X"]) / 2
-    return size["Z"] / lateral if lateral > 0 and size["Z"] > 0 else None
 
 
 def volume_head(model: LoadedModel) -> str:

@@ -18,8 +18,10 @@ from ..data import (
     Normalization,
     PatchSampler,
     Sample,
+    anisotropy_from_pixel_size,
     match_pixel_sizes,
     split_validation,
+    yx_size,
 )
 from ..device import describe
 from ..errors import InputError
@@ -39,7 +41,15 @@ from ..models import (
 )
 from ._boxes import BoxValidator, box_classes, check_box_density, prepare_box_data, split_boxes
 from ._config import default_instance_head
-from ._data import background_note, prepare_training_data
+from ._data import (
+    MIN_ORTHOGONAL_RUN,
+    MIN_RUN_DEPTH,
+    _stacks,
+    background_note,
+    orthogonal_plane_count,
+    painted_runs,
+    prepare_training_data,
+)
 from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
 from ._state import RunState, Validator, run_meta
 
@@ -277,6 +287,60 @@ def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint
     return new_images, new_labels, size, notes
 
 
+def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tuple[list[float | None], list[str]]:
+    """(per image the z step over the run's pixel size or None, notes) for ZX/ZY training planes.
+
+    ``config.anisotropy`` when given (0: none), else each stack's own voxel size (``pixel_sizes``) over the
+    run's in-plane size ``pixel_size`` (what its planes were resampled to). Only dense labels of stacks with
+    a painted run count; a note says what was used, or how to get the ZX/ZY planes when the z step is unknown.
+    """
+    from ..io import guess_axes
+
+    n = len(images)
+    names = [a if a is not None else guess_axes(np.shape(i)) for i, a in
+             zip(images, axes if axes is not None else [None] * n, strict=True)]
+    stacks = [i for i in range(n) if "Z" in names[i] and labels[i] is not None
+              and any(painted_runs(lab) for _, lab in _stacks(np.asarray(labels[i]), names[i]))]
+    if not stacks or get_mode(config.label_mode).sparse:
+        return [None] * n, []
+    out: list[float | None] = [None] * n
+    if config.anisotropy is not None:
+        if not config.anisotropy:
+            return out, []
+        for i in stacks:
+            out[i] = float(config.anisotropy)
+        where = "given"
+    else:
+        lateral = yx_size(pixel_size)
+        for i in stacks:
+            own = (pixel_sizes or [None] * n)[i]
+            found = anisotropy_from_pixel_size(own, names[i])
+            if found is not None and lateral is not None:  # over the pixels the planes were resampled to
+                found *= sum(yx_size(own)) / sum(lateral)
+            out[i] = found
+        where = "from the voxel size"
+    unknown = [i for i in stacks if out[i] is None]
+    notes = []
+    if unknown:
+        notes.append(f"image(s) {', '.join(str(i + 1) for i in unknown)}: a stack painted on "
+                     f"{MIN_ORTHOGONAL_RUN} or more consecutive planes, but its z step is unknown: trained on its "
+                     "YX planes only. Give the anisotropy (z step / pixel size) to also learn from its ZX and ZY "
+                     "planes, which 3D prediction uses")
+    known = [i for i in stacks if out[i] is not None]
+    if known:
+        count = sum(orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode)
+                    for i in known)
+        values = ", ".join(sorted({f"{out[i]:.3g}" for i in known}))
+        if count:
+            notes.append(f"ZX/ZY planes: {count} more training planes from the painted runs of {len(known)} "
+                         f"stack(s), z stretched by the anisotropy {values} ({where})")
+        else:
+            notes.append(f"ZX/ZY planes: none; the runs of consecutive painted planes are less than "
+                         f"{MIN_RUN_DEPTH:g} objects deep at the anisotropy {values} ({where}), so their sections "
+                         "would only show nuclei cut at both faces. Paint more consecutive planes to add them")
+    return out, notes
+
+
 def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
            axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float,
            boxes: Sequence[Sequence[dict] | None] | None = None,
@@ -303,11 +367,13 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
                                                                       axes=axes, norm=norm, scale=scale)
     else:
+        anisotropy, z_notes = _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config)
         samples, norm, channels, scale, object_area = prepare_training_data(
             images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
-            norm=norm, scale=scale, head=head)
+            norm=norm, scale=scale, head=head, anisotropy=anisotropy)
         sparse_note = background_note(labels, config.label_mode)
         data_notes = [Message(sparse_note, "warning")] if sparse_note else []
+        data_notes += [Message(text) for text in z_notes]
     spec = _spec_for(config, init, samples, channels, head)
     if box_run:
         family = get_family(spec.family)
