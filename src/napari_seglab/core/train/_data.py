@@ -38,14 +38,15 @@ def _planes(image: np.ndarray, labels: np.ndarray, axes: str) -> list[tuple[np.n
 
 #: a ZYX stack's dense labels painted on at least this many consecutive planes can give its ZX and ZY planes
 #: (:func:`_orthogonal_planes`). benchmarks/quality_3d.py, the StarDist wheel's real stack (31 planes, all
-#: painted), flows head, 150 steps, seeds 0-2, 3D prediction: AP@0.5 0.788 / 0.765 / 0.871 against
-#: 0.500 / 0.758 / 0.279 from the YX planes alone, AP@0.75 0.37 / 0.11 / 0.29 against 0.00 / 0.07 / 0.02, and the
-#: predicted foreground 0.96-1.17x the true one instead of 1.20-1.63x
+#: painted), flows head, 150 steps, seeds 0-2, 3D prediction: AP@0.5 0.735 / 0.812 / 0.812 against
+#: 0.500 / 0.758 / 0.279 from the YX planes alone, AP@0.75 0.37 / 0.12 / 0.38 against 0.00 / 0.07 / 0.02, the
+#: predicted foreground 0.96-1.17x the true one instead of 1.20-1.63x; a synthetic stack even (0.694 / 0.704)
 MIN_ORTHOGONAL_RUN = 3
 #: ... when the run is at least this many typical objects deep (planes x anisotropy over the median diameter of
-#: the objects painted on it): thinner, every section is a nucleus cut at both faces. Same stack and steps,
-#: seeds 0-1: 10 painted planes (1.8 diameters) AP@0.5 0.727 / 0.818 with the sections against 0.758 / 0.444
-#: without; 3 planes (0.55 diameters) over-split with them (38 / 45 objects for 31, AP@0.5 0.41 / 0.27)
+#: the objects painted on it): thinner, every section is a nucleus cut at both faces. Same stack and steps:
+#: 10 painted planes (1.8 diameters) AP@0.5 0.727 / 0.818 with the sections against 0.758 / 0.444 without
+#: (seeds 0-1); 3 planes (0.55 diameters) over-split with them (38 / 45 / 36 objects for 31, AP@0.5 0.41 / 0.27
+#: / 0.40; without them 0.23 / 0.46, merged)
 MIN_RUN_DEPTH = 1.5
 
 
@@ -82,7 +83,7 @@ def section_runs(labels: np.ndarray, anisotropy: float, mode: str) -> list[tuple
             if (z1 - z0) * anisotropy >= MIN_RUN_DEPTH * _median_diameter(labels[z0:z1], mode)]
 
 
-def _stacks(labels: np.ndarray, axes: str):
+def label_stacks(labels: np.ndarray, axes: str):
     """The (Z, Y, X) label stacks of labels with a Z axis (one per time point)."""
     lead = [i for i, a in enumerate(axes) if a == "T"]
     for idx in np.ndindex(*[labels.shape[i] for i in lead]):
@@ -95,7 +96,7 @@ def orthogonal_plane_count(labels: np.ndarray, axes: str, anisotropy: float, mod
         return 0
     step = max(1, int(round(anisotropy)))
     return sum(len(section_runs(lab, anisotropy, mode)) * (-(-lab.shape[1] // step) + -(-lab.shape[2] // step))
-               for _, lab in _stacks(labels, axes))
+               for _, lab in label_stacks(labels, axes))
 
 
 def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotropy: float, mode: str
@@ -111,7 +112,7 @@ def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotr
         return []
     step = max(1, int(round(anisotropy)))
     out = []
-    for idx, lab in _stacks(labels, axes):
+    for idx, lab in label_stacks(labels, axes):
         stack = image[idx]  # (Z, Y, X[, C])
         for z0, z1 in section_runs(lab, anisotropy, mode):
             rows = max(1, int(round((z1 - z0) * anisotropy)))
@@ -146,8 +147,7 @@ def prepare_samples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], 
 
 
 def _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisotropy=None):
-    """Validated ((C, Y, X) float32 plane, label plane) pairs of every annotated plane, the channel count and
-    how many of them are ZX / ZY planes.
+    """Validated ((C, Y, X) float32 plane, label plane) pairs of every annotated plane, and the channel count.
 
     ``anisotropy``: per image the z step over the pixel size, or None. A Z stack with one, in a dense label
     mode, also gives the ZX and ZY planes of its painted runs (:func:`_orthogonal_planes`); sparse labels do
@@ -156,7 +156,7 @@ def _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisot
         raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s); give one labels per image")
     if not images:
         raise InputError("no training images")
-    planes, channels, orthogonal = [], None, 0
+    planes, channels = [], None
     for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
         img = check_image_values(np.asarray(img), f"image {i + 1}")
         ax = (axes[i] if axes else None) or guess_axes(img.shape)
@@ -174,12 +174,10 @@ def _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisot
             planes.append((chw, plane_lab))
         aniso = anisotropy[i] if anisotropy else None
         if aniso and not get_mode(mode).sparse:
-            found = _orthogonal_planes(img, lab, ax, aniso, mode)
-            orthogonal += len(found)
-            planes += found
+            planes += _orthogonal_planes(img, lab, ax, aniso, mode)
     if not planes:
         raise InputError("no annotated plane found in the labels")
-    return planes, channels, orthogonal
+    return planes, channels
 
 
 #: in the ``objects`` mode, background strokes covering less than this share of the painted objects' area
@@ -226,7 +224,7 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
 
     ``anisotropy``: per image its z step over the pixel size, or None: dense labels of a Z stack painted on
     MIN_ORTHOGONAL_RUN consecutive planes or more then also give ZX and ZY planes, z stretched by it."""
-    planes, channels, _ = _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisotropy)
+    planes, channels = _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisotropy)
     diameter = None
     if scale is None:
         scale, diameter = estimate_scale(planes, mode)

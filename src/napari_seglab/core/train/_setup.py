@@ -44,8 +44,8 @@ from ._config import default_instance_head
 from ._data import (
     MIN_ORTHOGONAL_RUN,
     MIN_RUN_DEPTH,
-    _stacks,
     background_note,
+    label_stacks,
     orthogonal_plane_count,
     painted_runs,
     prepare_training_data,
@@ -300,7 +300,7 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tupl
     names = [a if a is not None else guess_axes(np.shape(i)) for i, a in
              zip(images, axes if axes is not None else [None] * n, strict=True)]
     stacks = [i for i in range(n) if "Z" in names[i] and labels[i] is not None
-              and any(painted_runs(lab) for _, lab in _stacks(np.asarray(labels[i]), names[i]))]
+              and any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
     if not stacks or get_mode(config.label_mode).sparse:
         return [None] * n, []
     out: list[float | None] = [None] * n
