@@ -12,6 +12,7 @@ from napari_seglab.core.predict._volume import (
     anisotropy_from_pixel_size,
     check_anisotropy,
     describe_axes,
+    iter_predict,
     iter_predict_volume,
 )
 
@@ -109,3 +110,20 @@ def test_auto_links_the_planes_of_a_boundary_model():
     for i in (1, 2, 3):
         ids, counts = np.unique(pred.labels[truth == i], return_counts=True)
         assert ids[np.argmax(counts)] > 0
+
+
+def test_a_stack_without_a_z_step_takes_the_one_the_model_learnt_its_sections_at():
+    from dataclasses import replace
+
+    from napari_seglab.core.events import Message
+
+    image, _ = _blobs()
+    lm = _model()
+    lm.info = replace(lm.info, anisotropy=2.0)  # trained on the ZX/ZY planes of stacks of z step 2
+    events, pred = collect(iter_predict(lm, image, "ZYX", volume=True))
+    assert pred.anisotropy == 2.0 and int(pred.labels.max()) == 3
+    warned = [e.text for e in events if isinstance(e, Message) and e.level == "warning"]
+    assert any("anisotropy 2" in t and "training stacks" in t for t in warned)
+    # the file's voxel size, or the user's value, still comes first
+    assert drive(iter_predict(lm, image, "ZYX", volume=True, pixel_size=(1.5, 0.5, 0.5))).anisotropy == 3.0
+    assert drive(iter_predict(lm, image, "ZYX", volume=True, anisotropy=4.0)).anisotropy == 4.0

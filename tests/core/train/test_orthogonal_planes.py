@@ -97,15 +97,18 @@ def test_training_reads_the_z_step_from_the_voxel_size(stack):
     assert any("ZX/ZY planes: 38 more training planes" in t and "anisotropy 2 (from the voxel size)" in t
                for t in _notes(events))
     assert result.steps == 1
+    # the model records the z step it learnt the sections at: 3D prediction's fallback for a stack without one
+    assert result.checkpoint.info.anisotropy == 2.0
 
 
 def test_an_unknown_z_step_trains_on_yx_planes_and_says_how_to_get_more(stack):
     image, instances = stack
-    events, _ = collect(iter_train([image], [instances], TrainConfig(label_mode="instances", **TINY),
-                                   axes=["ZYX"]))
+    events, result = collect(iter_train([image], [instances], TrainConfig(label_mode="instances", **TINY),
+                                        axes=["ZYX"]))
     notes = _notes(events)
     assert any("z step is unknown" in t and "anisotropy" in t for t in notes)
     assert not any("ZX/ZY planes:" in t for t in notes)
+    assert result.checkpoint.info.anisotropy is None
     # given, it is used; 0 turns the sections off without a note
     events, _ = collect(iter_train([image], [instances], TrainConfig(label_mode="instances", anisotropy=3.0, **TINY),
                                    axes=["ZYX"]))
@@ -113,3 +116,18 @@ def test_an_unknown_z_step_trains_on_yx_planes_and_says_how_to_get_more(stack):
     events, _ = collect(iter_train([image], [instances], TrainConfig(label_mode="instances", anisotropy=0, **TINY),
                                    axes=["ZYX"]))
     assert not any("ZX/ZY" in t or "z step is unknown" in t for t in _notes(events))
+
+
+def test_the_checkpoint_keeps_the_z_step_and_a_file_with_a_wrong_one_is_refused():
+    from napari_seglab.core.errors import InputError
+    from napari_seglab.core.models import CheckpointMeta
+    from napari_seglab.core.models._metadata import parse_meta
+
+    spec = {"family": "unet", "arch": "Unet", "encoder": "resnet18", "in_channels": 1, "n_classes": 2,
+            "options": {"head": "flows"}}
+    meta = CheckpointMeta.coerce({"model": spec, "label_mode": "instances", "n_classes": 2, "anisotropy": 2.5})
+    assert meta.anisotropy == 2.5 and CheckpointMeta.from_dict(meta.to_dict()).anisotropy == 2.5
+    assert "anisotropy" not in meta.replace(anisotropy=None).to_dict()
+    for bad in (0, -1, "2", 1e9):
+        with pytest.raises(InputError, match="anisotropy"):
+            parse_meta({"model": spec, "label_mode": "instances", "n_classes": 2, "anisotropy": bad}, "m.pt")

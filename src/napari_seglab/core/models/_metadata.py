@@ -33,7 +33,7 @@ _MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int,
                  "options": dict}
 #: the top-level keys this version reads into fields (the others are kept in ``extra``)
 _KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "object_area",
-          "pixel_size", "training", "metrics")
+          "pixel_size", "anisotropy", "training", "metrics")
 #: the largest typical object area (pixels) a checkpoint may record
 MAX_OBJECT_AREA = 1e8
 #: the pixel sizes (µm) a checkpoint may record
@@ -52,7 +52,9 @@ class CheckpointMeta:
     scale: the median of the whole painted objects, or for scribbles a disc
     of the diameter read from the image), which decoding uses to tell
     fragments from objects (None: unknown, as in older files); ``pixel_size``: µm per pixel of the
-    training images as they were read, ``(y, x)`` or ``(z, y, x)`` (None: unknown); ``training`` and ``metrics``: free-form
+    training images as they were read, ``(y, x)`` or ``(z, y, x)`` (None: unknown); ``anisotropy``: the z step
+    over the pixel size of the training stacks whose ZX/ZY planes it learnt (None: it learnt none), which 3D
+    prediction falls back on when a stack does not say its own; ``training`` and ``metrics``: free-form
     records (settings and data summary; validation results and history);
     ``extra``: top-level keys this version does not know, kept as read.
     """
@@ -65,6 +67,7 @@ class CheckpointMeta:
     scale: float = 1.0
     object_area: float | None = None
     pixel_size: tuple[float, ...] | None = None
+    anisotropy: float | None = None
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -87,6 +90,8 @@ class CheckpointMeta:
             out["object_area"] = self.object_area
         if self.pixel_size is not None:
             out["pixel_size"] = [float(v) for v in self.pixel_size]
+        if self.anisotropy is not None:
+            out["anisotropy"] = float(self.anisotropy)
         out.update(training=copy.deepcopy(self.training), metrics=copy.deepcopy(self.metrics))
         out.update(copy.deepcopy(self.extra))
         return out
@@ -103,6 +108,7 @@ class CheckpointMeta:
                    patch=d.get("patch"), scale=1.0 if scale is None else float(scale),
                    object_area=None if area is None else float(area),
                    pixel_size=None if size is None else tuple(float(v) for v in size),
+                   anisotropy=None if d.get("anisotropy") is None else float(d["anisotropy"]),
                    training=copy.deepcopy(dict(d.get("training") or {})),
                    metrics=copy.deepcopy(dict(d.get("metrics") or {})),
                    extra={k: copy.deepcopy(v) for k, v in d.items() if k not in _KNOWN})
@@ -251,6 +257,9 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
     if size is not None and not (isinstance(size, list) and len(size) in (2, 3)
                                  and all(_is_num(v) and MIN_PIXEL_UM <= v <= MAX_PIXEL_UM for v in size)):
         raise bad(f"pixel_size = {size!r:.60} is not 2 or 3 sizes in µm within {MIN_PIXEL_UM:g}..{MAX_PIXEL_UM:g}")
+    z = meta.get("anisotropy")
+    if z is not None and not (_is_num(z) and 0.1 <= z <= 50):
+        raise bad(f"anisotropy = {z!r:.40} is not a z step over the pixel size from 0.1 to 50")
     return CheckpointMeta.from_dict(meta)
 
 

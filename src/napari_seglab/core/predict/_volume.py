@@ -198,14 +198,17 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     return Prediction(labels=labels, kind=Kind.INSTANCES, stopped=stopped, anisotropy=anisotropy)
 
 
-def resolve_anisotropy(anisotropy: float | None, pixel_size: Sequence[float] | None, axes: str
-                       ) -> tuple[float, str]:
-    """(anisotropy, where it came from): the user's value, else the file's pixel size, else 1 ("assumed")."""
+def resolve_anisotropy(anisotropy: float | None, pixel_size: Sequence[float] | None, axes: str,
+                       trained: float | None = None) -> tuple[float, str]:
+    """(anisotropy, where it came from): the user's value, else the file's pixel size, else the z step of the
+    stacks the model learnt ZX/ZY planes from (``trained``, "assumed"), else 1 ("assumed")."""
     if anisotropy is not None:
         return check_anisotropy(anisotropy), "given"
     found = anisotropy_from_pixel_size(pixel_size, axes)
     if found is not None:
         return check_anisotropy(round(found, 4)), "the file's pixel size"
+    if trained is not None:
+        return check_anisotropy(trained), "assumed: the file gives no z step; the model's training stacks had it"
     return 1.0, "assumed: the file gives no z step"
 
 
@@ -216,8 +219,8 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
 
     ``options`` are :func:`~napari_seglab.core.predict._image.iter_predict_image`'s; with ``volume``
     only ``tile``, ``overlap``, ``memory_budget``, ``stop``, ``block`` and ``halo`` apply (probabilities and
-    flips are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else 1 with a
-    warning Message. The Prediction's ``anisotropy`` says what was used.
+    flips are refused). ``anisotropy`` None: from ``pixel_size`` (``ImageData.pixel_size``), else the model's
+    (the z step of the stacks it learnt ZX/ZY planes from), else 1, with a warning Message for either. The Prediction's ``anisotropy`` says what was used.
     """
     if not volume:
         if options.get("block") is not None or options.get("halo") is not None:
@@ -231,9 +234,11 @@ def iter_predict(model: LoadedModel, image: np.ndarray, axes: str | None = None,
     kept = {k: options[k] for k in ("tile", "overlap", "memory_budget", "stop", "block", "halo") if k in options}
     from ..io import guess_axes
 
-    value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)))
+    value, source = resolve_anisotropy(anisotropy, pixel_size, axes or guess_axes(np.shape(image)),
+                                       model.info.anisotropy)
     if source.startswith("assumed"):
-        yield Message(f"anisotropy 1 ({source}); set it if the z step differs from the pixel size", "warning")
+        yield Message(f"anisotropy {value:g} ({source}); set it if this stack's z step over its pixel size "
+                      "differs", "warning")
     return (yield from iter_predict_volume(model, image, axes, anisotropy=value, method=volume_method,
                                            pixel_size=pixel_size, **kept))
 

@@ -287,8 +287,10 @@ def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint
     return new_images, new_labels, size, notes
 
 
-def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tuple[list[float | None], list[str]]:
-    """(per image the z step over the run's pixel size or None, notes) for ZX/ZY training planes.
+def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
+                  ) -> tuple[list[float | None], list[str], float | None]:
+    """(per image the z step over the run's pixel size or None, notes, the z step of the first stack whose
+    ZX/ZY planes are learnt or None) for ZX/ZY training planes.
 
     ``config.anisotropy`` when given (0: none), else each stack's own voxel size (``pixel_sizes``) over the
     run's in-plane size ``pixel_size`` (what its planes were resampled to). Only dense labels of stacks with
@@ -302,11 +304,11 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tupl
     stacks = [i for i in range(n) if "Z" in names[i] and labels[i] is not None
               and any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
     if not stacks or get_mode(config.label_mode).sparse:
-        return [None] * n, []
+        return [None] * n, [], None
     out: list[float | None] = [None] * n
     if config.anisotropy is not None:
         if not config.anisotropy:
-            return out, []
+            return out, [], None
         for i in stacks:
             out[i] = float(config.anisotropy)
         where = "given"
@@ -327,9 +329,10 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tupl
                      "YX planes only. Give the anisotropy (z step / pixel size) to also learn from its ZX and ZY "
                      "planes, which 3D prediction uses")
     known = [i for i in stacks if out[i] is not None]
+    learnt = [i for i in known if orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode)]
     if known:
         count = sum(orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode)
-                    for i in known)
+                    for i in learnt)
         values = ", ".join(sorted({f"{out[i]:.3g}" for i in known}))
         if count:
             notes.append(f"ZX/ZY planes: {count} more training planes from the painted runs of {len(known)} "
@@ -338,7 +341,7 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config) -> tupl
             notes.append(f"ZX/ZY planes: none; the runs of consecutive painted planes are less than "
                          f"{MIN_RUN_DEPTH:g} objects deep at the anisotropy {values} ({where}), so their sections "
                          "would only show nuclei cut at both faces. Paint more consecutive planes to add them")
-    return out, notes
+    return out, notes, (round(float(out[learnt[0]]), 4) if learnt else None)
 
 
 def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
@@ -362,12 +365,13 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     config = replace(config, instance_head=head)
     images, labels, pixel_size, size_notes = _same_pixel_size(images, labels, axes, pixel_sizes, config, init,
                                                               box_run)
+    learnt_z = None
     if box_run:
         object_area = None
         samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
                                                                       axes=axes, norm=norm, scale=scale)
     else:
-        anisotropy, z_notes = _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config)
+        anisotropy, z_notes, learnt_z = _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config)
         samples, norm, channels, scale, object_area = prepare_training_data(
             images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
             norm=norm, scale=scale, head=head, anisotropy=anisotropy)
@@ -403,7 +407,7 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         if why:
             yield Message(f"CPU arithmetic: {why}")
     meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16, object_area)
-    meta = meta.replace(pixel_size=pixel_size)
+    meta = meta.replace(pixel_size=pixel_size, anisotropy=learnt_z)
     return TrainRun(config=config, device=device, spec=spec, model=model, optimizer=optimizer,
                     scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None, sampler=sampler,
                     samples=train_samples, held=held, validator=validator,
