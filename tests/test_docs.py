@@ -199,6 +199,7 @@ def test_seglab_options_in_inline_code_exist(page):
 #: options the docs name in inline code that belong to another program: the file that defines them
 OTHER_OPTIONS = {"--protocols": "benchmarks/quality_vs_time.py", "--check": "scripts/make_cli_docs.py",
                  "--sparse": "benchmarks/quality_3d.py", "--budget": "benchmarks/quality_3d.py",
+                 "--sections": "benchmarks/quality_3d.py",
                  "--strict": "Makefile",  # mkdocs build --strict, as the Makefile runs it
                  "--durations": "Makefile"}  # pytest's, as make test passes it
 
