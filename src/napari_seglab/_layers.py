@@ -24,6 +24,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 from ._colors import apply_colors
+from .core.data import anisotropy_from_pixel_size
 from .core.errors import InputError
 from .core.io import guess_axes
 from .core.labels import boxes_to_rectangles, get_mode
@@ -74,15 +75,19 @@ def layer_pixel_size(layer) -> float | None:
     return float(np.sqrt(scale[0] * scale[1]))
 
 
+def layer_voxel_size(layer, axes: str) -> tuple[float, ...] | None:
+    """The (z, y, x) scale of an image layer as the voxel size, or None when it is napari's default (all 1)."""
+    if "Z" not in axes or layer.ndim < 3:
+        return None
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    return None if all(s == 1.0 for s in scale) else scale
+
+
 def layer_anisotropy(layer) -> float | None:
     """z step over the pixel size of a stack's image layer (its scale), or None when the scale says nothing."""
-    if layer is None or getattr(layer, "ndim", 0) < 3:
-        return None
-    scale = np.asarray(getattr(layer, "scale", ()), float)[-3:]
-    if scale.size != 3 or not np.all(np.isfinite(scale)) or np.any(scale <= 0) or np.allclose(scale, 1.0):
-        return None
-    value = float(scale[0] / ((scale[1] + scale[2]) / 2))
-    return value if 0.1 <= value <= 50 else None  # beyond what a z step is: not a voxel size
+    voxel = layer_voxel_size(layer, "ZYX") if layer is not None else None
+    value = anisotropy_from_pixel_size(voxel, "ZYX")
+    return value if value is not None and 0.1 <= value <= 50 else None  # beyond what a z step is: not a voxel size
 
 
 def spatial_shape(array: np.ndarray, axes: str) -> tuple[int, ...]:

@@ -96,14 +96,6 @@ def measure_volume(labels: np.ndarray, pixel_size) -> list[dict]:
     return measure_objects(labels, pixel_size=size)
 
 
-def layer_voxel_size(layer, axes: str) -> tuple[float, ...] | None:
-    """The (z, y, x) scale of an image layer as the voxel size, or None when it is napari's default (all 1)."""
-    if "Z" not in axes or layer.ndim < 3:
-        return None
-    scale = tuple(float(s) for s in layer.scale[-3:])
-    return None if all(s == 1.0 for s in scale) else scale
-
-
 def _start_file(checkpoint_key: tuple) -> Path | None:
     """The checkpoint file a prediction came from, for Train to start from; None for a stock model (no file)."""
     return None if checkpoint_key[0] == "stock" else Path(checkpoint_key[0])
@@ -303,7 +295,7 @@ class PredictWidget(BlockwisePredict, Container):
             options["pixel_size"] = (pixel, pixel)
         if self._volume.value:  # 3D objects: the whole stack, whatever plane is shown
             options.update(volume=True, anisotropy=float(self._anisotropy.value) or None, planes=None,
-                           pixel_size=layer_voxel_size(layer, axes) or options.get("pixel_size"))
+                           pixel_size=_layers.layer_voxel_size(layer, axes) or options.get("pixel_size"))
             if self._block.value:  # the 3D blocks' side (voxels of the decoding grid); 0 = automatic
                 options["block"] = int(self._block.value)
             plane = ()

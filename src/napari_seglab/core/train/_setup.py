@@ -260,6 +260,14 @@ def check_box_run(config, boxes) -> bool:
     return True
 
 
+def _axes_names(images, axes) -> list[str]:
+    """Each image's canonical axes: the given ones, else guessed from its shape."""
+    from ..io import guess_axes
+
+    return [a if a is not None else guess_axes(np.shape(i)) for i, a in
+            zip(images, axes if axes is not None else [None] * len(images), strict=True)]
+
+
 def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint | None, box_run: bool):
     """(images, labels, the run's pixel size or None, notes): training images brought to one pixel size.
 
@@ -267,7 +275,6 @@ def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint
     than the first known one (or than the checkpoint being fine-tuned) are resampled to it in Y and X;
     box runs refuse instead (their box rows would need the same resampling).
     """
-    from ..io import guess_axes
 
     given = list(pixel_sizes) if pixel_sizes is not None else [None] * len(images)
     if len(given) != len(images):
@@ -277,8 +284,7 @@ def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint
     reference = init.info.pixel_size if init is not None else None
     if all(s is None for s in given):
         return images, labels, reference, []
-    names = [a if a is not None else guess_axes(np.shape(i)) for i, a in
-             zip(images, axes if axes is not None else [None] * len(images), strict=True)]
+    names = _axes_names(images, axes)
     new_images, new_labels, size, notes = match_pixel_sizes(images, labels, names, given, reference,
                                                             f"the start model {config.init}")
     if box_run and any(a is not b for a, b in zip(new_images, images, strict=True)):
@@ -296,11 +302,8 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
     run's in-plane size ``pixel_size`` (what its planes were resampled to). Only dense labels of stacks with
     a painted run count; a note says what was used, or how to get the ZX/ZY planes when the z step is unknown.
     """
-    from ..io import guess_axes
-
     n = len(images)
-    names = [a if a is not None else guess_axes(np.shape(i)) for i, a in
-             zip(images, axes if axes is not None else [None] * n, strict=True)]
+    names = _axes_names(images, axes)
     stacks = [i for i in range(n) if "Z" in names[i] and labels[i] is not None
               and any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
     if not stacks or get_mode(config.label_mode).sparse:
@@ -329,10 +332,10 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
                      "YX planes only. Give the anisotropy (z step / pixel size) to also learn from its ZX and ZY "
                      "planes, which 3D prediction uses")
     known = [i for i in stacks if out[i] is not None]
-    learnt = [i for i in known if orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode)]
+    counts = {i: orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode) for i in known}
+    learnt = [i for i in known if counts[i]]
     if known:
-        count = sum(orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode)
-                    for i in learnt)
+        count = sum(counts.values())
         values = ", ".join(sorted({f"{out[i]:.3g}" for i in known}))
         if count:
             notes.append(f"ZX/ZY planes: {count} more training planes from the painted runs of {len(known)} "
