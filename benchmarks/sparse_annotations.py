@@ -22,6 +22,7 @@ the training half; background strokes from ``core.synthetic.make_scribbles``.
     python benchmarks/sparse_annotations.py                       # the full grid: several hours
     python benchmarks/sparse_annotations.py --images dsb --fractions 0.25 --budgets 120 --seeds 0 1 2
     python benchmarks/sparse_annotations.py --steps 400 ...       # a step budget instead of seconds
+    python benchmarks/sparse_annotations.py --self-training off   # the sparse modes without self-training
 
 Prints one line per run and a table of Dice, AP@0.5, AP@0.75 and count error
 (mean ± spread over seeds), and last the ratios sparse / dense (AP@0.5).
@@ -117,9 +118,11 @@ def annotate(mode: str, inst: np.ndarray, ids: np.ndarray, seed: int) -> np.ndar
     return out
 
 
-def seglab(mode, tr_img, ann, te_img, budget, steps, seed):
+def seglab(mode, tr_img, ann, te_img, budget, steps, seed, self_training=None):
     kw = {"epochs": max(1, steps // 50), "steps_per_epoch": 50, "time_limit": None} if steps else \
         {"time_limit": budget, "epochs": None}
+    if self_training is not None and mode != "instances":
+        kw["self_training"] = self_training
     cfg = TrainConfig(label_mode=mode, device="cpu", seed=seed, **kw)
     t0 = time.monotonic()
     result = drive(iter_train([tr_img], [ann], cfg))
@@ -161,7 +164,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--stardist-wheel", default=None)
     p.add_argument("--no-forest", action="store_true")
+    p.add_argument("--self-training", choices=("default", "on", "off"), default="default",
+                   help="the sparse modes' self-training: the default of each mode, or on / off for both")
     args = p.parse_args(argv)
+    self_training = {"default": None, "on": True, "off": False}[args.self_training]
     budgets = [None] if args.steps else args.budgets
     rows = []
     for name in args.images:
@@ -178,7 +184,8 @@ def main(argv=None) -> int:
                         runs, rf = [], []
                         for seed in args.seeds:
                             ann = annotate(mode, tr_inst, chosen_nuclei(tr_inst, fraction, pattern, seed), seed)
-                            labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, args.steps, seed)
+                            labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, args.steps, seed,
+                                                         self_training)
                             runs.append(scores(labels, te_inst))
                             if not args.no_forest:
                                 rf.append(scores(forest(tr_img, ann, mode, te_img, seed), te_inst))

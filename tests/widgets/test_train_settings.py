@@ -17,7 +17,7 @@ def test_tooltips_and_ranges_are_the_declared_ones(make_napari_viewer):
     cli_help = {a.dest: a.help for a in sub.choices["train"]._actions}
     for control, name in ((widget._patch, "patch"), (widget._batch, "batch_size"), (widget._lr, "lr"),
                           (widget._preset, "preset"), (widget._head, "instance_head"),
-                          (widget._weights, "class_weights")):
+                          (widget._weights, "class_weights"), (widget._self_training, "self_training")):
         assert control.tooltip == SETTINGS[name].text
         assert SETTINGS[name].help in cli_help[name]  # the same words in the dock and in --help
     assert widget._diameter.tooltip == DIAMETER.text
@@ -47,3 +47,18 @@ def test_a_typed_encoder_replaces_the_preset_in_the_dock(make_napari_viewer):
     widget._encoder.native.setEditText("resnet18")
     config = widget.config()
     assert (config.preset, config.encoder) == (None, "resnet18")
+
+
+def test_self_training_follows_the_label_mode_and_family(make_napari_viewer):
+    widget = dock(make_napari_viewer(), "Train")
+    widget._mode.value = "objects"
+    assert widget._self_training.enabled and widget.config().self_training is None  # auto: the core decides
+    assert widget.config().resolve("cpu").self_training  # on for painted objects
+    widget._self_training.value = "off"
+    assert widget.config().self_training is False
+    widget._mode.value = "scribbles"
+    assert widget._self_training.enabled and not widget.config().resolve("cpu").self_training
+    widget._self_training.value = "on"
+    assert widget.config().self_training is True
+    widget._mode.value = "instances"  # dense labels: nothing to add, the control is greyed out
+    assert not widget._self_training.enabled and widget.config().self_training is None

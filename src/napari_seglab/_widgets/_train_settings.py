@@ -135,6 +135,7 @@ class TrainSettings:
         self._weights = ui.choice_combo("class weights", SETTINGS["class_weights"].choices, "none",
                                         tip("class_weights"))
         self._gamma = spin("focal_gamma", "focal gamma", 0.0, step=0.5)
+        self._self_training = ui.choice_combo("self-training", ("auto", "on", "off"), "auto", tip("self_training"))
         self._device = ui.choice_combo("device", DEVICES, "auto", tip("device"))
         self._preview = spin("preview_every", "live preview every", 10)
         self._save_to = ui.file_picker("save to", "w", "*.pt", value=save_to,
@@ -149,7 +150,8 @@ class TrainSettings:
         model = ui.form("", [self._init, self._family, self._preset, self._arch, self._encoder, self._pretrained,
                              self._head, self._diameter, self._pixel, self._anisotropy], [self._diameter_note])
         budget = ui.form("", [self._epochs, self._time, self._steps, self._patch, self._batch, self._lr,
-                              self._weights, self._gamma, self._device, self._preview, self._save_to],
+                              self._weights, self._gamma, self._self_training, self._device, self._preview,
+                              self._save_to],
                          [self._folder, self._read_255])
         return [data, model, budget]
 
@@ -209,6 +211,8 @@ class TrainSettings:
             # a detector's live prediction costs many steps' time on a CPU: box runs show the result at the end
             preview_every=0 if get_family(self._family.value).kind.boxes else self._preview.value,
             read_255_as_foreground=self._read_255.value,
+            self_training={"on": True, "off": False}.get(self._self_training.value)
+            if self._self_training.enabled else None,
             instance_head=self._head.value if self._head.enabled and self._head.value != "auto" else None)
 
     # ------------------------------------------------------------------ callbacks
@@ -280,9 +284,12 @@ class TrainSettings:
         self._save_to.line_edit.native.setCursorPosition(0)  # show where it goes, not just the end of the name
 
     def _update_head(self) -> None:
-        """The instance head applies to fresh unet / fcn models trained on instances or objects labels."""
+        """The instance head applies to fresh unet / fcn models trained on instances or objects labels;
+        self-training to dense networks on scribbles or objects labels."""
         self._head.enabled = (get_mode(self._mode.value).instances and len(get_family(self._family.value).heads) > 1
                               and ui.path_or_none(self._init) is None)
+        self._self_training.enabled = bool(get_mode(self._mode.value).self_training) and \
+            SETTINGS["self_training"].used_by(get_family(self._family.value))
 
     def _on_family(self, family: str) -> None:
         fam = get_family(family)

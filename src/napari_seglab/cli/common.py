@@ -174,8 +174,10 @@ def add_settings(parser: argparse.ArgumentParser, cls, names, *, required=()) ->
     for name in names:
         s = declared[name]
         help_text = s.help + (f" (default: {s.auto})" if s.auto else "")
-        if s.kind is bool:
-            parser.add_argument(option_flag(name, s), dest=name, action="store_true", help=help_text)
+        if s.kind is bool:  # a switch with an "auto" default can also be turned off (--no-...)
+            action = argparse.BooleanOptionalAction if s.auto else "store_true"
+            parser.add_argument(option_flag(name, s), dest=name, action=action, help=help_text,
+                                default=None if s.auto else False)
             continue
         metavar = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else None)
         parser.add_argument(option_flag(name, s), dest=name, help=help_text, metavar=metavar,

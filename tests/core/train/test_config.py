@@ -187,3 +187,17 @@ def test_family_and_architecture_help_list_the_catalogue():
         assert (card.name in SETTINGS["family"].help) == card.kind.boxes  # the box detectors are named
         assert card.name in SETTINGS["family"].metavar
     assert SETTINGS["instance_head"].choices == CARDS[0].heads
+
+
+@pytest.mark.parametrize(("args", "given", "objects", "scribbles"),
+                         [([], None, True, False), (["--self-training"], True, True, True),
+                          (["--no-self-training"], False, False, False)])
+def test_self_training_is_auto_on_or_off_from_the_command_line(args, given, objects, scribbles):
+    from napari_seglab.cli.common import options_from_args
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    ns = sub.parse_args(["--image", "image.tif", "--model-out", "m.pt", *args])
+    assert ns.self_training is given
+    config = options_from_args(ns, TrainConfig, ["self_training"])
+    assert dataclasses.replace(config, label_mode="objects").resolve("cpu").self_training is objects
+    assert dataclasses.replace(config, label_mode="scribbles").resolve("cpu").self_training is scribbles

@@ -272,7 +272,7 @@ def test_stop_during_prediction_returns_partial(tiny_model, blobs):
 def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     from napari_seglab.core.synthetic import make_nuclei, make_scribbles
     from napari_seglab.core.train import prepare_samples
-    from napari_seglab.core.train._loop import _pseudo_labelled
+    from napari_seglab.core.train._selftrain import _with_confident_pixels
 
     img, inst = make_nuclei(shape=(96, 96), seed=5)
     scrib = make_scribbles(inst, seed=5, n_objects=8, n_background=4)
@@ -286,11 +286,11 @@ def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     held[:10] = True
     lm = load_model(result.checkpoint, "cpu")
     blank = [type(samples[0])(samples[0].image, np.where(held, -1, samples[0].target))]
-    dense, added = _pseudo_labelled(lm.model, lm.meta, lm.device, blank, [held], threshold=0.0)
+    dense, added = _with_confident_pixels(lm, blank[0], held, threshold=0.0)
     assert added == int(((scrib == 0) & ~held).sum())
     painted = (scrib > 0) & ~held
-    np.testing.assert_array_equal(dense[0].target[painted], scrib[painted].astype(np.int64) - 1)
-    assert (dense[0].target[held] == -1).all()
+    np.testing.assert_array_equal(dense.target[painted], scrib[painted].astype(np.int64) - 1)
+    assert (dense.target[held] == -1).all()
 
 
 @pytest.mark.parametrize(("stroke_width", "warned"), [(1, True), (12, False)])

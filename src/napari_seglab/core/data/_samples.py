@@ -131,6 +131,9 @@ class Sample:
     ``boxes``: the (N, 5) float32 boxes [y0, x0, y1, x1, class] of a box
     detector's sample, in the sample's pixels (N may be 0: a negative);
     ``target`` then marks the annotated pixels (0; -1 ignored).
+
+    ``labels``: the painted labels of the plane at the sample's scale, kept
+    where self-training adds whole objects to them (the ``objects`` mode).
     """
 
     image: np.ndarray
@@ -139,6 +142,7 @@ class Sample:
     regression: np.ndarray | None = None
     head: str | None = None
     boxes: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     @property
     def annotated(self) -> int:

@@ -61,8 +61,10 @@ class LabelMode:
     instances: bool = False
     #: every object is painted whole on an annotated background (Mask R-CNN can learn them)
     whole_objects: bool = False
-    #: self-training (confident predictions added as pseudo-labels) applies
-    self_training: bool = False
+    #: what self-training adds to the painted labels during training: "pixels" (the unpainted pixels the
+    #: model is sure of get its class) or "objects" (its confident whole objects become painted objects);
+    #: "" = self-training does not apply
+    self_training: str = ""
     #: what the user paints, in messages ("paint some strokes first")
     painted: str = "objects"
     #: what a class of painted pixels is made of, for the validation hold-out message
@@ -333,12 +335,12 @@ class _BoxArea(LabelMode):
 
 MODES: dict[str, LabelMode] = {mode.name: mode for mode in (
     _Scribbles("scribbles", "0 = not annotated (ignored); 1 = background; 2, 3, ... = classes", sparse=True,
-               self_training=True, painted="strokes", shift=1),
+               self_training="pixels", painted="strokes", shift=1),
     _Objects("instances", "0 = background; each object its own id (1, 2, 3, ...)", instances=True,
              whole_objects=True),
     _Objects("objects", "0 = not annotated (ignored); 1 = background strokes; 2, 3, ... = one id per whole "
              "painted object (napari's 'new label')", sparse=True, instances=True,
-             units="painted objects or background strokes", shift=1),
+             self_training="objects", units="painted objects or background strokes", shift=1),
     _Classes("classes", "0 = background; 1, 2, ... = class ids (every pixel is annotated)"),
     _BoxArea("boxes", "0 = not annotated; nonzero = the annotated area, where every object has its box "
              "(boxes drawn apart: rectangles, class 1, 2, ...); no area = the whole image is annotated",

@@ -213,6 +213,19 @@ def background_note(labels: Sequence[np.ndarray | None], mode: str) -> str | Non
             "with broader strokes, across the image's different backgrounds")
 
 
+def labelled_sample(image: np.ndarray, lab: np.ndarray, mode: str, head: str) -> Sample:
+    """The training sample of a normalised (C, Y, X) plane and its (Y, X) labels at the same scale.
+
+    The labels are kept in the sample where self-training adds objects to them (``self_training`` "objects")."""
+    keep = None
+    if get_mode(mode).self_training == "objects":  # ids of one plane fit int32: half the copy's memory
+        keep = lab.astype(np.int32) if lab.max(initial=0) < 2**31 else lab
+    if head != "boundary":  # targets of the whole (resampled) plane, before any patch is cut
+        target, regression = head_targets(lab, mode, head)
+        return Sample(image, target, None, regression, head, labels=keep)
+    return Sample(image, make_target(lab, mode), get_mode(mode).detector_objects(lab), labels=keep)
+
+
 def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mode: str, *,
                           axes: Sequence[str | None] | None = None, read_255_as_foreground: bool = False,
                           norm: Normalization | None = None, scale: float | None = None, head: str = "boundary",
@@ -240,12 +253,7 @@ def prepare_training_data(images: Sequence[np.ndarray], labels: Sequence[np.ndar
         if objects is not None:
             counts = np.bincount(np.asarray(objects, np.int64).ravel())[1:]
             areas.append(counts[counts > 0])
-        if head != "boundary":  # targets of the whole (resampled) plane, before any patch is cut
-            target, regression = head_targets(lab, mode, head)
-            samples.append(Sample(norm.apply(chw), target, None, regression, head))
-            continue
-        target = make_target(lab, mode)
-        samples.append(Sample(norm.apply(chw), target, get_mode(mode).detector_objects(lab)))
+        samples.append(labelled_sample(norm.apply(chw), lab, mode, head))
     # record the training data's intensity range for images that need it
     first = np.asarray(images[0])
     lo, hi = percentiles(to_chw(first) if first.ndim == 2 else np.moveaxis(first.reshape(-1, channels), -1, 0),

@@ -16,13 +16,13 @@ from collections.abc import Generator
 import numpy as np
 import torch
 
-from ..data import PatchSampler, Sample
+from ..data import PatchSampler
 from ..errors import InputError
 from ..events import CheckpointSaved, Message, Preview, TrainStep, drive
-from ..labels import IGNORE
 from ..models import CheckpointMeta, LossInputs, save_checkpoint
-from ..predict import expand_probabilities, iter_predict_image, predict_plane, wrap_model
+from ..predict import iter_predict_image, wrap_model
 from ._runtime import cost_note, sigint_deferred
+from ._selftrain import self_training_round
 from ._setup import TrainRun
 
 
@@ -64,10 +64,11 @@ def _epoch(run: TrainRun, epoch: int, stop: threading.Event | None, preview_plan
             break
         if run.pending_rounds and budget.progress() >= run.pending_rounds[0]:
             run.pending_rounds.pop(0)
-            dense, added = _pseudo_labelled(run.model, state.meta, run.device, run.samples, run.held,
-                                            config.pseudo_threshold)
-            run.sampler = PatchSampler(dense, config.patch, run.rng, favour=0.5)
-            yield Message(f"self-training: {added} confidently predicted pixels added to the painted ones")
+            samples, note, favour = self_training_round(run.model, state.meta, run.device, run.samples, run.held,
+                                                        config)
+            run.sampler = PatchSampler(samples, config.patch, run.rng, favour=favour,
+                                       scale_jitter=config.scale_jitter or 1.0)
+            yield Message(f"self-training: {note}")
         if run.tuner is not None:
             run.tuner.before_step(budget.step)
         t_step = clock()
@@ -161,31 +162,6 @@ def _step(run: TrainRun) -> float:
     if not math.isfinite(value):
         raise InputError("training diverged (loss is NaN or Inf); lower the learning rate")
     return value
-
-
-def _pseudo_labelled(model, meta: CheckpointMeta, device, samples: list[Sample], held: list[np.ndarray],
-                     threshold: float) -> tuple[list[Sample], int]:
-    """Self-training: add the model's confident predictions to sparse targets.
-
-    Painted pixels keep their label; unpainted pixels where the model is at
-    least ``threshold`` sure get its class; held-out validation pixels stay
-    ignored so the validation Dice keeps measuring painted truth. Returns the
-    new samples and the number of pseudo-labelled pixels.
-    """
-    lm = wrap_model(model, meta, device)
-    was_training = model.training
-    model.eval()
-    out, added = [], 0
-    try:
-        for s, h in zip(samples, held, strict=True):
-            probs = expand_probabilities(predict_plane(lm, s.image, tile=512, overlap=0.25))
-            sure = (probs.max(0) >= threshold) & (s.target == IGNORE) & ~h
-            target = np.where(sure, np.argmax(probs, 0), s.target)
-            added += int(sure.sum())
-            out.append(Sample(s.image, target, s.instances))
-    finally:
-        model.train(was_training)
-    return out, added
 
 
 def _preview(model, meta: CheckpointMeta, device, plane: np.ndarray, step: int) -> Preview:
