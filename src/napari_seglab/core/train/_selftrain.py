@@ -52,20 +52,16 @@ def self_training_round(model, meta: CheckpointMeta, device, samples: list[Sampl
     lm = wrap_model(model, meta, device)
     was_training = model.training
     model.eval()
+    objects = get_mode(config.label_mode).self_training == "objects"
     try:
-        if get_mode(config.label_mode).self_training == "objects":
-            out, added = [], 0
-            for s, h in zip(samples, held, strict=True):
-                sample, n = _with_confident_objects(lm, s, h, config)
-                out.append(sample)
-                added += n
-            return out, f"{added} confidently predicted objects added to the painted ones", 0.8
-        out, pixels = [], 0
+        out, added = [], 0
         for s, h in zip(samples, held, strict=True):
-            sample, n = _with_confident_pixels(lm, s, h, config.pseudo_threshold)
+            sample, n = (_with_confident_objects(lm, s, h, config) if objects
+                         else _with_confident_pixels(lm, s, h, config.pseudo_threshold))
             out.append(sample)
-            pixels += n
-        return out, f"{pixels} confidently predicted pixels added to the painted ones", 0.5
+            added += n
+        what = "objects" if objects else "pixels"
+        return out, f"{added} confidently predicted {what} added to the painted ones", 0.8 if objects else 0.5
     finally:
         model.train(was_training)
 
@@ -107,7 +103,8 @@ def _with_confident_objects(lm, s: Sample, held: np.ndarray, config) -> tuple[Sa
     report = assess_objects(predicted, s.labels, first_id=first, uncertainty=entropy_map(probs),
                             flow_errors=errors, n_next=0)
     # an object over held-out pixels would teach what validation judges
-    ids = [i for i in report.confident_ids if not held[predicted == i].any()]
+    on_held = set(np.unique(predicted[held]).tolist())
+    ids = [i for i in report.confident_ids if i not in on_held]
     if not ids:
         return s, 0
     ys, xs, values = new_objects(predicted, s.labels, ids, max(int(s.labels.max()) + 1, first))
