@@ -60,5 +60,9 @@ def test_self_training_follows_the_label_mode_and_family(make_napari_viewer):
     assert widget._self_training.enabled and not widget.config().resolve("cpu").self_training
     widget._self_training.value = "on"
     assert widget.config().self_training is True
-    widget._mode.value = "instances"  # dense labels: nothing to add, the control is greyed out
+    widget._mode.value = "instances"  # dense labels: z-stacks painted on some planes self-train in 3D
+    assert widget._self_training.enabled and widget.config().self_training is True
+    widget._self_training.value = "auto"
+    assert widget.config().resolve("cpu").self_training
+    widget._mode.value = "classes"  # nothing to add: the control is greyed out
     assert not widget._self_training.enabled and widget.config().self_training is None

@@ -96,6 +96,6 @@ def test_objects_training_with_self_training_runs_its_rounds(head):
     assert result.steps == 4
 
 
-def test_self_training_is_refused_for_dense_labels():
-    with pytest.raises(InputError, match="scribbles or objects labels"):
-        TrainConfig(label_mode="instances", self_training=True).check()
+def test_self_training_is_refused_for_class_labels():
+    with pytest.raises(InputError, match="scribbles, objects or instances labels"):
+        TrainConfig(label_mode="classes", self_training=True).check()

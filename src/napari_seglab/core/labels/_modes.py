@@ -62,7 +62,8 @@ class LabelMode:
     #: every object is painted whole on an annotated background (Mask R-CNN can learn them)
     whole_objects: bool = False
     #: what self-training adds to the painted labels during training: "pixels" (the unpainted pixels the
-    #: model is sure of get its class) or "objects" (its confident whole objects become painted objects);
+    #: model is sure of get its class), "objects" (its confident whole objects become painted objects) or
+    #: "volumes" (the unpainted planes of a z-stack painted on some planes get the model's 3D objects);
     #: "" = self-training does not apply
     self_training: str = ""
     #: what the user paints, in messages ("paint some strokes first")
@@ -337,7 +338,7 @@ MODES: dict[str, LabelMode] = {mode.name: mode for mode in (
     _Scribbles("scribbles", "0 = not annotated (ignored); 1 = background; 2, 3, ... = classes", sparse=True,
                self_training="pixels", painted="strokes", shift=1),
     _Objects("instances", "0 = background; each object its own id (1, 2, 3, ...)", instances=True,
-             whole_objects=True),
+             whole_objects=True, self_training="volumes"),
     _Objects("objects", "0 = not annotated (ignored); 1 = background strokes; 2, 3, ... = one id per whole "
              "painted object (napari's 'new label')", sparse=True, instances=True,
              self_training="objects", units="painted objects or background strokes", shift=1),

@@ -165,10 +165,13 @@ class TrainConfig:
     preview_every: int = setting(0, label="live preview every", kind=int, low=0, high=10000, flag="",
                                  help="steps between live predictions of the plane on screen; 0 = off")
     self_training: bool | None = setting(label="self-training", kind=bool, used_by=_dense,
-                                         used_by_text=_models(_dense) + " trained on scribbles or objects",
-                                         auto="on for objects labels, off for scribbles",
+                                         used_by_text=_models(_dense) + " trained on scribbles, objects or "
+                                                                        "instances",
+                                         auto="on for objects and instances labels, off for scribbles",
                                          help="add the model's confident predictions to the painted labels "
-                                              "during training: pixels to scribbles, whole objects to objects")
+                                              "during training: pixels to scribbles, whole objects to objects, "
+                                              "its 3D objects to the unpainted planes of a z-stack painted on "
+                                              "some planes (instances, flows or distance head, z step known)")
     self_training_at: tuple[float, ...] = (0.35, 0.65)  # fractions of the budget
     pseudo_threshold: float = 0.9
     read_255_as_foreground: bool = setting(False, label="read 255 as foreground", kind=bool, flag="--mask-255",
@@ -316,9 +319,10 @@ def default_self_training(label_mode: str, card) -> bool:
     first-picked, 0.5x / inverted / noisy variants; 13 runs of 400 steps): mean AP@0.5 0.738 -> 0.782, worst
     run 0.471 -> 0.600, standard deviation 0.144 -> 0.079; 7 runs won, 5 lost (docs/benchmarks.md,
     "Self-training for painted objects"). Pixel self-training of scribbles stays off: it lowered Dice on the
-    sample (0.82 -> 0.77, 60 s).
+    sample (0.82 -> 0.77, 60 s). ``instances`` labels self-train only z-stacks painted on some of their planes
+    (the "volumes" kind, see ``_selftrain``); elsewhere the setting changes nothing.
     """
-    return get_mode(label_mode).self_training == "objects" and _dense(card)
+    return get_mode(label_mode).self_training in ("objects", "volumes") and _dense(card)
 
 
 def default_instance_head(label_mode: str, family: str) -> str:
@@ -367,8 +371,8 @@ def _check_model(config: TrainConfig, device_type: str = "cpu") -> tuple[str, st
         raise InputError(f"{family.label_modes_note}, not {config.label_mode!r}")
     check_used(config, family)  # an option the family would silently ignore
     if config.self_training and not mode.self_training:
-        raise InputError(f"self-training (--self-training) adds confident predictions to sparse labels: it "
-                         f"needs scribbles or objects labels, not {config.label_mode!r}")
+        raise InputError(f"self-training (--self-training) adds confident predictions to painted labels: it "
+                         f"needs scribbles, objects or instances labels, not {config.label_mode!r}")
     return spec.family, spec.arch
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -99,6 +100,31 @@ def orthogonal_plane_count(labels: np.ndarray, axes: str, anisotropy: float, mod
                for _, lab in label_stacks(labels, axes))
 
 
+def section_origins(labels: np.ndarray, anisotropy: float, mode: str,
+                    runs: Sequence[tuple[int, int]] | None = None):
+    """(z0, z1, axis, k) of each ZX (axis 1, one per y) and ZY (axis 2, one per x) plane that
+    :func:`_orthogonal_planes` takes from a (Z, Y, X) labels: one every ``round(anisotropy)`` rows and columns
+    of each run (``runs``, default :func:`section_runs`)."""
+    step = max(1, int(round(anisotropy)))
+    for z0, z1 in section_runs(labels, anisotropy, mode) if runs is None else runs:
+        for axis in (1, 2):
+            for k in range(0, labels.shape[axis], step):
+                yield z0, z1, axis, k
+
+
+def section(volume: np.ndarray, origin: tuple[int, int, int, int], anisotropy: float, *, image: bool = False
+            ) -> np.ndarray:
+    """The ZX or ZY plane ``origin`` (:func:`section_origins`) of a (Z, Y, X[, C]) volume, z stretched by
+    ``anisotropy``: (C, Z', X) float32 for an ``image``, else (Z', X) labels (nearest)."""
+    z0, z1, axis, k = origin
+    plane = np.take(volume[z0:z1], k, axis=axis)
+    rows = max(1, int(round((z1 - z0) * anisotropy)))
+    if image:
+        chw = to_chw(plane).astype(np.float32, copy=False)
+        return resample_image(chw, (rows, chw.shape[-1]))
+    return resample_labels(plane, (rows, plane.shape[1]))
+
+
 def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotropy: float, mode: str
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """ZX and ZY planes ((C, Z', X) float32, (Z', X) labels) of each deep enough painted run of a Z stack
@@ -110,19 +136,59 @@ def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotr
     """
     if "Z" not in axes:
         return []
-    step = max(1, int(round(anisotropy)))
     out = []
     for idx, lab in label_stacks(labels, axes):
         stack = image[idx]  # (Z, Y, X[, C])
-        for z0, z1 in section_runs(lab, anisotropy, mode):
-            rows = max(1, int(round((z1 - z0) * anisotropy)))
-            for axis in (1, 2):  # ZX planes (one per y), then ZY planes (one per x)
-                for k in range(0, lab.shape[axis], step):
-                    plane = np.take(stack[z0:z1], k, axis=axis)
-                    plane_lab = np.take(lab[z0:z1], k, axis=axis)
-                    chw = to_chw(plane).astype(np.float32, copy=False)
-                    shape = (rows, plane_lab.shape[1])
-                    out.append((resample_image(chw, shape), resample_labels(plane_lab, shape)))
+        for origin in section_origins(lab, anisotropy, mode):
+            out.append((section(stack, origin, anisotropy, image=True), section(lab, origin, anisotropy)))
+    return out
+
+
+@dataclass
+class VolumeSource:
+    """A Z stack painted on some of its planes, as 3D self-training needs it (see ``_selftrain``).
+
+    ``image`` (Z, Y, X[, C]) and ``labels`` (Z, Y, X) at the run's pixel size, ``axes`` "ZYX" or "ZYXC";
+    ``planes``: (sample index, z) of its painted YX planes and ``sections``: (sample index, origin) of its
+    ZX/ZY planes among the run's samples (in :func:`prepare_training_data`'s order); ``scale``, ``norm`` and
+    ``lohi`` make new samples as that function made these (``lohi`` None: each plane's own percentiles).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    axes: str
+    anisotropy: float
+    planes: list[tuple[int, int]]
+    sections: list[tuple[int, tuple[int, int, int, int]]]
+    scale: float = 1.0
+    norm: Normalization | None = None
+    lohi: tuple | None = None
+
+
+def volume_sources(images, labels, axes, anisotropy, mode: str) -> list[VolumeSource]:
+    """The Z stacks of a run (dense labels, z step known) with painted and unpainted planes, each with the
+    indices of its samples (the order of :func:`_annotated_planes`: an image's YX planes, then its sections)."""
+    out, index = [], 0
+    for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        img, lab = np.asarray(img), np.asarray(lab)
+        ax = (axes[i] if axes else None) or guess_axes(img.shape)
+        lead = [k for k, a in enumerate(ax) if a in "TZ"]
+        painted = [idx for idx in np.ndindex(*[lab.shape[k] for k in lead]) if np.any(lab[idx])]
+        first_plane = index
+        index += len(painted)
+        aniso = anisotropy[i] if anisotropy else None
+        if "Z" not in ax or not aniso or get_mode(mode).sparse:
+            continue
+        t_axis = "T" in ax
+        stack_axes = ax.replace("T", "")
+        for t, stack_lab in label_stacks(lab, ax):
+            on = [z for z in range(stack_lab.shape[0]) if np.any(stack_lab[z])]
+            planes = [(first_plane + k, idx[-1]) for k, idx in enumerate(painted) if tuple(idx[:-1]) == t]
+            sections = [(index + k, origin) for k, origin in enumerate(section_origins(stack_lab, aniso, mode))]
+            index += len(sections)
+            if 0 < len(on) < stack_lab.shape[0]:
+                out.append(VolumeSource(img[t] if t_axis else img, stack_lab, stack_axes, float(aniso), planes,
+                                        sections))
     return out
 
 

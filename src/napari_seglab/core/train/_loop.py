@@ -65,9 +65,10 @@ def _epoch(run: TrainRun, epoch: int, stop: threading.Event | None, preview_plan
         if run.pending_rounds and budget.progress() >= run.pending_rounds[0]:
             run.pending_rounds.pop(0)
             samples, note, favour = self_training_round(run.model, state.meta, run.device, run.samples, run.held,
-                                                        config)
+                                                        config, run.volumes, stop)
             run.sampler = PatchSampler(samples, config.patch, run.rng, favour=favour,
                                        scale_jitter=config.scale_jitter or 1.0)
+            state.new_training_data(bool(run.validator))
             yield Message(f"self-training: {note}")
         if run.tuner is not None:
             run.tuner.before_step(budget.step)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -44,11 +44,13 @@ from ._config import default_instance_head
 from ._data import (
     MIN_ORTHOGONAL_RUN,
     MIN_RUN_DEPTH,
+    VolumeSource,
     background_note,
     label_stacks,
     orthogonal_plane_count,
     painted_runs,
     prepare_training_data,
+    volume_sources,
 )
 from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
 from ._state import RunState, Validator, run_meta
@@ -82,6 +84,7 @@ class TrainRun:
     use_bf16: bool
     pending_rounds: list[float]  # self-training rounds still to come (fractions of the budget)
     clock: Callable[[], float]
+    volumes: list[VolumeSource] = field(default_factory=list)  # stacks that self-train in 3D ("volumes")
 
 
 def model_spec(config, channels: int, n_classes: int, head: str = "boundary") -> ModelSpec:
@@ -299,25 +302,26 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
     ZX/ZY planes are learnt or None) for ZX/ZY training planes.
 
     ``config.anisotropy`` when given (0: none), else each stack's own voxel size (``pixel_sizes``) over the
-    run's in-plane size ``pixel_size`` (what its planes were resampled to). Only dense labels of stacks with
-    a painted run count; a note says what was used, or how to get the ZX/ZY planes when the z step is unknown.
+    run's in-plane size ``pixel_size`` (what its planes were resampled to). Dense labels only (3D
+    self-training uses the z step of any painted stack); the notes speak of the stacks with a painted run:
+    what was used, or how to get the ZX/ZY planes when the z step is unknown.
     """
     n = len(images)
     names = _axes_names(images, axes)
-    stacks = [i for i in range(n) if "Z" in names[i] and labels[i] is not None
-              and any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
-    if not stacks or get_mode(config.label_mode).sparse:
+    every = [i for i in range(n) if "Z" in names[i] and labels[i] is not None]
+    stacks = [i for i in every if any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
+    if not every or get_mode(config.label_mode).sparse:
         return [None] * n, [], None
     out: list[float | None] = [None] * n
     if config.anisotropy is not None:
         if not config.anisotropy:
             return out, [], None
-        for i in stacks:
+        for i in every:
             out[i] = float(config.anisotropy)
         where = "given"
     else:
         lateral = yx_size(pixel_size)
-        for i in stacks:
+        for i in every:
             own = (pixel_sizes or [None] * n)[i]
             found = anisotropy_from_pixel_size(own, names[i])
             if found is not None and lateral is not None:  # over the pixels the planes were resampled to
@@ -347,6 +351,30 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
     return out, notes, (round(float(out[learnt[0]]), 4) if learnt else None)
 
 
+def _volumes(images, labels, axes, anisotropy, config, head: str) -> tuple[list[VolumeSource], list[str]]:
+    """The stacks that self-train in 3D (``instances`` labels painted on some of their planes), and notes on
+    the stacks that cannot."""
+    names = _axes_names(images, axes)
+    partly = [i for i in range(len(images)) if "Z" in names[i] and labels[i] is not None
+              and any(0 < sum(bool(np.any(p)) for p in lab) < len(lab)
+                      for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
+    if not partly:
+        return [], []
+    if head not in ("flows", "distance"):
+        return [], [f"self-training of stacks painted on some planes predicts them in 3D, which needs the flows "
+                    f"or distance instance head, not {head!r}: the unpainted planes stay unused"]
+    unknown = [i for i in partly if not anisotropy[i]]
+    notes = [f"image(s) {', '.join(str(i + 1) for i in unknown)}: painted on some planes, but the z step is "
+             "unknown: no 3D self-training. Give the anisotropy (z step / pixel size) so the unpainted planes "
+             "learn from the model's 3D objects"] if unknown else []
+    found = volume_sources(images, labels, axes, anisotropy, config.label_mode)
+    if found:
+        planes = sum(len(v.labels) - len({z for _, z in v.planes}) for v in found)
+        notes.append(f"3D self-training: the {planes} unpainted planes of {len(found)} stack(s) will learn from "
+                     "the model's 3D objects, with the stacks' ZX/ZY planes")
+    return found, notes
+
+
 def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], config, device: torch.device, *,
            axes: Sequence[str | None] | None, clock: Callable[[], float], t_start: float,
            boxes: Sequence[Sequence[dict] | None] | None = None,
@@ -369,15 +397,25 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     images, labels, pixel_size, size_notes = _same_pixel_size(images, labels, axes, pixel_sizes, config, init,
                                                               box_run)
     learnt_z = None
+    volumes: list[VolumeSource] = []
     if box_run:
         object_area = None
         samples, norm, channels, scale, data_notes = prepare_box_data(images, labels, boxes, config.label_mode,
                                                                       axes=axes, norm=norm, scale=scale)
     else:
         anisotropy, z_notes, learnt_z = _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config)
+        # planes are normalised by their own percentiles, unless a start model brings its range
+        lohi = (tuple(norm.lo), tuple(norm.hi)) if norm is not None and norm.lo and not norm.per_image else None
         samples, norm, channels, scale, object_area = prepare_training_data(
             images, labels, config.label_mode, axes=axes, read_255_as_foreground=config.read_255_as_foreground,
             norm=norm, scale=scale, head=head, anisotropy=anisotropy)
+        if config.self_training and get_mode(config.label_mode).self_training == "volumes":
+            volumes, notes = _volumes(images, labels, axes, anisotropy, config, head)
+            for v in volumes:
+                v.scale, v.norm, v.lohi = scale, norm, lohi
+            z_notes += notes
+            if volumes and learnt_z is None:  # its ZX/ZY planes will be learnt
+                learnt_z = round(volumes[0].anisotropy, 4)
         sparse_note = background_note(labels, config.label_mode)
         data_notes = [Message(sparse_note, "warning")] if sparse_note else []
         data_notes += [Message(text) for text in z_notes]
@@ -395,7 +433,8 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
     yield from notes
     favour = BOX_FAVOUR if box_run else 0.8 if sparse else 0.3
     sampler = PatchSampler(train_samples, config.patch, rng, favour=favour, scale_jitter=config.scale_jitter or 1.0)
-    self_training = config.self_training and get_mode(config.label_mode).self_training and spec.semantic
+    kind = get_mode(config.label_mode).self_training
+    self_training = config.self_training and kind and spec.semantic and (kind != "volumes" or volumes)
     n = spec.n_classes
     counts = np.bincount(np.concatenate([s.target[s.target != IGNORE] for s in train_samples]), minlength=n)[:n]
     weights = balanced_class_weights(counts) if config.class_weights == "balanced" else None
@@ -416,4 +455,5 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
                     samples=train_samples, held=held, validator=validator,
                     state=RunState(model, meta, config, budget), budget=budget, rng=rng, tuner=tuner,
                     class_weights=weights, channels_last=channels_last, use_bf16=use_bf16,
-                    pending_rounds=sorted(config.self_training_at) if self_training else [], clock=clock)
+                    pending_rounds=sorted(config.self_training_at) if self_training else [], clock=clock,
+                    volumes=volumes if self_training else [])

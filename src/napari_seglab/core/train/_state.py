@@ -154,6 +154,14 @@ class RunState:
                          per_class_dice=per_class, elapsed=self.budget.elapsed(), is_best=is_best)
         return record, event
 
+    def new_training_data(self, validated: bool) -> None:
+        """The training samples changed (a self-training round). Without validation the best model is the one of
+        the lowest training loss, which the new samples' losses cannot be compared with: the choice starts
+        again (the best weights so far stay, for a run stopped before the next epoch ends)."""
+        self.ema = None
+        if not validated:
+            self.best_score = (-math.inf, -math.inf)
+
     def rescue(self, history: list[dict], optimizer) -> None:
         """On any exit: the best model (or, before the first epoch end, the current one) and the optimiser."""
         if self.budget.step == 0:
