@@ -43,7 +43,7 @@ def plane():
 
 def test_confident_unpainted_objects_are_painted_and_held_out_pixels_stay_out(plane, monkeypatch):
     image, painted, predicted, probs, held = plane
-    monkeypatch.setattr(_selftrain, "_predicted_objects", lambda lm, img, mode: (predicted, probs, None, "boundary"))
+    monkeypatch.setattr(_selftrain, "_predicted_objects", lambda lm, img: (predicted, probs, None, "boundary"))
     samples, _, _, _, _ = prepare_training_data([image[0]], [painted], "objects", scale=1.0)
     sample = samples[0]
     sample.target[held] = IGNORE  # as the hold-out leaves the training sample
@@ -71,7 +71,7 @@ def test_confident_unpainted_objects_are_painted_and_held_out_pixels_stay_out(pl
 def test_nothing_confident_leaves_the_sample_as_it_was(plane, monkeypatch):
     image, painted, predicted, probs, held = plane
     unsure = np.full_like(probs, 0.5)
-    monkeypatch.setattr(_selftrain, "_predicted_objects", lambda lm, img, mode: (predicted, unsure, None, "boundary"))
+    monkeypatch.setattr(_selftrain, "_predicted_objects", lambda lm, img: (predicted, unsure, None, "boundary"))
     samples, *_ = prepare_training_data([image[0]], [painted], "objects", scale=1.0)
     config = TrainConfig(label_mode="objects", self_training=True)
     new, added = _selftrain._with_confident_objects(SimpleNamespace(), samples[0], held, config)

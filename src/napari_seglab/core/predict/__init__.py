@@ -24,7 +24,7 @@ from ._options import (
 #: the names that need torch, by module (imported on first use: the CLI's options need only _options)
 _LAZY = {
     "_forward": ("expand_probabilities", "forward_probabilities", "forward_raw", "iter_plane", "predict_plane"),
-    "_image": ("LoadedModel", "Prediction", "decode_head", "iter_predict_image", "labels_from_probabilities",
+    "_image": ("LoadedModel", "Prediction", "decode_head", "decode_plane", "iter_predict_image", "labels_from_probabilities",
                "load_model", "wrap_model"),
     "_blocks": ("BlockGrid", "BlockResult", "block_factor", "iter_predict_blocks", "refusal", "scaling_sample"),
     "_large": ("chunk_for", "iter_predict_to_zarr", "labels_dtype"),

@@ -314,20 +314,29 @@ def _semantic_plane(model: LoadedModel, raw: np.ndarray, lohi: tuple, job: _Job,
     head = spec.has_regression_head
     probs, model = yield from iter_plane_with_fallback(model, raw, tile=job.tile, overlap=overlap, lohi=lohi,
                                                        stop=stop, raw=head)
-    if head:  # decode the blended raw outputs of the whole plane, then keep [1 - p, p] of the foreground
-        plane_labels = decode_head(probs, spec.head)
-        if outputs is not None:
-            outputs.append(probs if job.scale == 1.0 else resample_image(probs, size))
-        probs = expit(probs[:1]).astype(np.float32, copy=False)
-    else:
-        guide = np.clip(normalize(raw, *lohi), 0, 1) if split_instances else None
-        plane_labels = labels_from_probabilities(probs, model.label_mode, split_instances=split_instances,
-                                                 guide=guide, object_area=model.info.object_area)
+    if head and outputs is not None:
+        outputs.append(probs if job.scale == 1.0 else resample_image(probs, size))
+    guide = np.clip(normalize(raw, *lohi), 0, 1) if split_instances and not head else None
+    plane_labels, probs = decode_plane(model, probs, guide)
     if not want_probs:
         probs = None
     elif job.scale != 1.0:
         probs = resample_image(probs, size)
     return resample_labels(plane_labels, size), probs, model
+
+
+def decode_plane(model: LoadedModel, outputs: np.ndarray, guide: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (Y, X), probabilities) of one plane's blended network outputs, at the network's scale.
+
+    An instance head's raw outputs are decoded into objects, and the probabilities are its foreground's
+    (1, Y, X); a per-pixel network's class probabilities (K, Y, X) become classes or objects by the model's
+    label mode (``guide``: the normalised plane, to split a semantic model's touching objects).
+    """
+    if model.spec.has_regression_head:
+        return decode_head(outputs, model.spec.head), expit(outputs[:1]).astype(np.float32, copy=False)
+    return labels_from_probabilities(outputs, model.label_mode, split_instances=guide is not None, guide=guide,
+                                     object_area=model.info.object_area), outputs
 
 
 def _object_plane(model: LoadedModel, chw: np.ndarray, job: _Job, overlap: float, score_threshold: float,

@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.special import expit
 
 from ..data import Sample, percentiles, resample_image, resample_labels, scaled_shape, to_chw
+from ..evaluate import match_instances
 from ..events import drive
 from ..labels import IGNORE, get_mode
 from ..models import CheckpointMeta
 from ..objects import assess_objects, entropy_map, flow_agreement, new_objects
 from ..predict import (
-    decode_head,
+    decode_plane,
     expand_probabilities,
     iter_predict_volume,
-    labels_from_probabilities,
     predict_plane,
     wrap_model,
 )
@@ -113,24 +112,20 @@ def _outline_band(objects: np.ndarray) -> np.ndarray:
     return ndi.binary_dilation(edge, iterations=PSEUDO_OUTLINE_BAND) if PSEUDO_OUTLINE_BAND else edge
 
 
-def _predicted_objects(lm, image: np.ndarray, label_mode: str
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+def _predicted_objects(lm, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     """(objects (Y, X), their foreground probabilities (K, Y, X), flow errors per id or None, head) of a plane."""
     spec = lm.spec
+    outputs = predict_plane(lm, image, tile=512, overlap=0.25, raw=spec.has_regression_head)
+    predicted, probs = decode_plane(lm, outputs)
     head = spec.head if spec.has_regression_head else "boundary"
-    outputs = predict_plane(lm, image, tile=512, overlap=0.25, raw=head != "boundary")
-    if head == "boundary":
-        return labels_from_probabilities(outputs, label_mode, object_area=lm.info.object_area), outputs, None, head
-    predicted = decode_head(outputs, head)
-    errors = flow_agreement(predicted, outputs) if head == "flows" else None
-    return predicted, expit(outputs[:1]).astype(np.float32), errors, head
+    return predicted, probs, flow_agreement(predicted, outputs) if head == "flows" else None, head
 
 
 def _with_confident_objects(lm, s: Sample, held: np.ndarray, config) -> tuple[Sample, int]:
     """``s`` with the confident predicted objects of its plane painted (held-out pixels still ignored)."""
     if s.labels is None:
         return s, 0
-    predicted, probs, errors, head = _predicted_objects(lm, s.image, config.label_mode)
+    predicted, probs, errors, head = _predicted_objects(lm, s.image)
     first = 1 + get_mode(config.label_mode).shift
     report = assess_objects(predicted, s.labels, first_id=first, uncertainty=entropy_map(probs),
                             flow_errors=errors, n_next=0)
@@ -200,19 +195,10 @@ def _with_predicted_volumes(lm, samples: list[Sample], held: list[np.ndarray], v
 
 def _painted_found(predicted: np.ndarray, painted: np.ndarray) -> float:
     """The share of the painted objects (on painted planes, (N, Y, X)) that a predicted object matches at IoU
-    PAINTED_IOU or more (1.0 when nothing is painted)."""
-    hits = total = 0
-    for pred, lab in zip(predicted, painted, strict=True):
-        ids = np.unique(lab[lab > 0])
-        total += ids.size
-        for pid in ids:
-            mask = lab == pid
-            under, counts = np.unique(pred[mask], return_counts=True)
-            counts, under = counts[under > 0], under[under > 0]
-            if under.size:
-                best = under[np.argmax(counts)]
-                hits += counts.max() / np.count_nonzero(mask | (pred == best)) >= PAINTED_IOU
-    return hits / total if total else 1.0
+    PAINTED_IOU or more, plane by plane (1.0 when nothing is painted)."""
+    scores = [match_instances(pred, lab, (PAINTED_IOU,)) for pred, lab in zip(predicted, painted, strict=True)]
+    total = sum(m["n_true"] for m in scores)
+    return sum(m[f"tp_{round(100 * PAINTED_IOU)}"] for m in scores) / total if total else 1.0
 
 
 def _pseudo_stack(predicted: np.ndarray, v: VolumeSource, held: list[np.ndarray]
