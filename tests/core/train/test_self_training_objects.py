@@ -92,7 +92,10 @@ def test_objects_training_with_self_training_runs_its_rounds(head):
                       self_training_at=(0.5,), instance_head=head, **TINY)
     events, result = collect(iter_train([img], [ann], cfg))
     notes = [e.text for e in events if isinstance(e, Message) and e.text.startswith("self-training")]
-    assert len(notes) == 1 and "objects added to the painted ones" in notes[0]
+    # the round is announced before its predictions (they can take a while), then says what it added
+    assert len(notes) == 2 and notes[0] == "self-training (50% of the budget): the model predicts its 1 " \
+        "training plane(s)..."
+    assert "objects added to the painted ones" in notes[1]
     assert result.steps == 4
 
 

@@ -196,7 +196,76 @@ def test_objects_wider_than_the_painted_ones_shrink_on_the_unpainted_planes(stac
     kept = np.count_nonzero(labels[other])
     assert kept == pytest.approx(np.count_nonzero(wide[other]) / ratio, rel=0.1)
     assert np.array_equal(ignore[other], (wide[other] > 0) & (labels[other] == 0))
+    # what goes is the objects' rim: no ignored voxel lies deeper in its 3D object (z steps of 2) than a kept one
+    before = wide.copy()
+    before[[3, 8]] = instances[[3, 8]]  # the pseudo stack before the shrink: the painted planes as painted
+    depth = np.zeros(wide.shape)
+    for i in np.unique(before[before > 0]):
+        inside = before == i
+        depth[inside] = ndi.distance_transform_edt(inside, sampling=(2.0, 1.0, 1.0))[inside]
+    kept_depth = depth[other][labels[other] > 0]
+    assert depth[other][ignore[other]].max() <= kept_depth.min() < kept_depth.max()
     assert np.array_equal(labels[3] > 0, instances[3] > 0) and not ignore[3].any()
     # a model as wide as the painting changes nothing
     labels, ignore = _selftrain._pseudo_stack(instances, v, held)
     assert np.array_equal(labels > 0, instances > 0) and not ignore.any()
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _timed_run(stack, monkeypatch, predict_seconds: float, limit: float = 100.0):
+    """A time-limited run of a stack painted on 3 planes whose 3D predictions 'take' ``predict_seconds`` each
+    (steps 1 s); returns (messages, steps, the clock's elapsed seconds at the end)."""
+    from napari_seglab.core.events import TrainStep
+
+    image, instances = stack
+    lab = np.zeros_like(instances)
+    lab[[2, 6, 10]] = instances[[2, 6, 10]]
+    clock = _Clock()
+
+    def predict(*a, stop=None, **k):  # the truth, found after predict_seconds unless stopped first
+        for _ in range(int(predict_seconds)):
+            if stop.is_set():
+                return SimpleNamespace(labels=instances, stopped=True)
+            clock.now += 1.0
+        return SimpleNamespace(labels=instances, stopped=False)
+
+    monkeypatch.setattr(_selftrain, "iter_predict_volume", lambda *a, **k: (a, k))
+    monkeypatch.setattr(_selftrain, "drive", lambda ak: predict(*ak[0], **ak[1]))
+    cfg = TrainConfig(label_mode="instances", anisotropy=2.0, instance_head="flows", time_limit=limit,
+                      steps_per_epoch=5, **TINY)
+    gen, notes, steps = iter_train([image], [lab], cfg, axes=["ZYX"], clock=clock), [], 0
+    try:
+        while True:
+            ev = next(gen)
+            if isinstance(ev, TrainStep):
+                steps += 1
+                clock.now += 1.0
+            elif isinstance(ev, Message) and ev.text.startswith("self-training"):
+                notes.append(ev.text)
+    except StopIteration:
+        pass
+    return notes, steps, clock.now - 1000.0
+
+
+def test_a_round_that_would_not_fit_the_time_left_is_skipped(stack, monkeypatch):
+    # the first round (35 % of 100 s) takes 40 s; the second would end past 85 % of the budget
+    notes, steps, elapsed = _timed_run(stack, monkeypatch, predict_seconds=40)
+    assert notes[0] == "self-training (35% of the budget): the model predicts 1 stack(s) in 3D..."
+    assert notes[1].startswith("self-training: 3D prediction of 1 stack")
+    assert notes[2].startswith("self-training (65% of the budget): skipped; the last round took 40 s")
+    assert len(notes) == 3
+    assert elapsed <= 100 and steps >= 20  # the budget kept, its rest spent training
+
+
+def test_a_round_that_reaches_the_end_of_the_budget_is_cut_short(stack, monkeypatch):
+    notes, steps, elapsed = _timed_run(stack, monkeypatch, predict_seconds=200)
+    assert notes[-1] == "self-training: the time limit came during the 3D prediction: nothing added"
+    assert elapsed <= 100  # not 35 + 200 s
+    assert steps < 40

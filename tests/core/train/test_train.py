@@ -279,7 +279,7 @@ def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     cfg = TrainConfig(label_mode="scribbles", epochs=2, steps_per_epoch=2, self_training=True, self_training_at=(0.5,),
                       **TINY)
     events, result = drive(iter_train([img], [scrib], cfg))
-    assert any(isinstance(e, Message) and e.text.startswith("self-training") for e in events)
+    assert any(isinstance(e, Message) and e.text.startswith("self-training:") for e in events)
     # the pseudo-labelling itself: painted pixels kept, held-out ones stay ignored
     samples, _, _ = prepare_samples([img], [scrib], "scribbles")
     held = np.zeros(scrib.shape, bool)

@@ -243,24 +243,42 @@ def _shrink_to_painted(labels: np.ndarray, ignore: np.ndarray, predicted: np.nda
     """Where the model's foreground is wider than the painted one on the painted planes (by r), the outer
     voxels of the objects on the unpainted planes, 1 - 1/r of them, become ignored rather than taught (in place):
     a wide foreground would otherwise teach itself."""
-    from skimage.segmentation import find_boundaries
-
     truth = np.count_nonzero(v.labels[painted])
     ratio = np.count_nonzero(predicted[painted]) / truth if truth else 1.0
     if ratio <= 1.05:
         return
     unpainted = np.ones(len(labels), bool)
     unpainted[painted] = False
-    fg = (labels > 0) & unpainted[:, None, None]
-    if not fg.any():
+    where, depth = _object_depths(labels, unpainted, v.anisotropy)
+    if not where.size:
         return
-    depth = ndi.distance_transform_edt(~find_boundaries(labels, mode="inner"), sampling=(v.anisotropy, 1.0, 1.0))
-    where = np.flatnonzero(fg)
     # the shallowest voxels go first; equal depths in an order spread over the stack (not z first)
-    order = np.lexsort((where * 0.6180339887 % 1.0, depth.ravel()[where]))
+    order = np.lexsort((where * 0.6180339887 % 1.0, depth))
     rim = where[order[:int(round(where.size * (1 - 1 / min(ratio, MAX_SHRINK))))]]
     labels.ravel()[rim] = 0
     ignore.ravel()[rim] = True
+
+
+def _object_depths(labels: np.ndarray, planes: np.ndarray, anisotropy: float) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, float32 depths) of the object voxels of a (Z, Y, X) labels on the ``planes`` (bool per
+    z): each voxel's distance to the outside of its object (z steps counted at ``anisotropy``). Computed
+    object by object in its box, so memory follows the largest object rather than the stack."""
+    where, depth = [], []
+    for i, sl in enumerate(ndi.find_objects(labels), 1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, labels.shape, strict=True))
+        inside = labels[box] == i
+        keep = inside & planes[box[0], None, None]
+        if not keep.any():
+            continue
+        d = ndi.distance_transform_edt(inside, sampling=(anisotropy, 1.0, 1.0))[keep].astype(np.float32)
+        where.append(np.ravel_multi_index([c + b.start for c, b in zip(np.nonzero(keep), box, strict=True)],
+                                          labels.shape))
+        depth.append(d)
+    if not where:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(where), np.concatenate(depth)
 
 
 def _new_sample(chw: np.ndarray, lab: np.ndarray, ignore: np.ndarray, predicted: np.ndarray, v: VolumeSource,
