@@ -14,9 +14,9 @@ painted planes with ``seglab``'s own training, for ``--steps`` steps (equal step
 the shared machine changes the time, not the result), then the same model predicts the unseen
 part two ways: ``linked`` (2D objects per plane linked by overlap, the floor) and ``orthogonal``
 (YX/ZX/ZY planes combined and decoded in 3D). Scores: 3D AP@0.5 and @0.75 (IoU over voxels),
-Dice, count error. ``--sparse`` also trains the flows head from 3 painted planes of the real
-training part, and from 10 consecutive ones, against the fully painted part at the same steps (the "few
-planes" goal). ``--sections off`` trains on the YX planes only (training is not told the z step, so
+Dice, count error. ``--sparse`` also trains the flows head from 3 painted planes of each training
+stack, and from 10 consecutive ones, against the fully painted stack at the same steps or budget (the "few
+planes" goal; ``--sparse-rows`` picks the rows). ``--sections off`` trains on the YX planes only (training is not told the z step, so
 painted runs teach no ZX/ZY planes). ``--self-training off`` leaves the unpainted planes of the --sparse
 rows unused (the library's default labels them with the model's 3D objects during training).
 
@@ -81,6 +81,9 @@ def datasets(wheel: str | None):
         print("no StarDist wheel: the real stack is skipped", file=sys.stderr)
     return out
 
+
+#: the --sparse rows: which planes of the training stack are painted
+SPARSE_ROWS = ("3 planes", "10 consecutive", "full")
 
 #: a true object of the unseen part touching the split face with at most this many rows there is a sliver of a
 #: nucleus that lies in the training part (the real stack's split leaves 5 of 31, 11-122 voxels)
@@ -165,10 +168,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--budget", type=float, default=None,
                    help="train for this many wall-clock seconds instead of --steps steps (the issue's 120 / 600)")
-    p.add_argument("--heads", nargs="+", default=["flows", "distance", "boundary"])
+    p.add_argument("--heads", nargs="*", default=["flows", "distance", "boundary"])
     p.add_argument("--data", nargs="+", default=["synthetic", "real"])
     p.add_argument("--stardist-wheel")
-    p.add_argument("--sparse", action="store_true", help="also 3 painted planes vs the full stack (real data)")
+    p.add_argument("--sparse", action="store_true",
+                   help="also 3 painted planes and 10 consecutive ones vs the full stack (each --data)")
+    p.add_argument("--sparse-rows", nargs="+", choices=SPARSE_ROWS, default=list(SPARSE_ROWS),
+                   help="which --sparse rows to train (the full stack is the ratios' reference)")
     p.add_argument("--methods", nargs="+", default=["linked", "orthogonal"])
     p.add_argument("--boundary-decoders", nargs="+", default=["2d-rules", "seeds"],
                    help="3D decoders of the boundary head to compare (the last one's score counts in the ratio)")
@@ -220,8 +226,10 @@ def main(argv=None) -> int:
                 ratios.append((name, head, "StarDist 3D", _ratio(scores["orthogonal"]["ap50"],
                                                                  peer["stardist3d"]["ap50"])))
     few_planes = {}
-    if args.sparse and "real" in data:
-        img, lab, test, truth, aniso = data["real"]
+    for name in args.data if args.sparse else ():
+        if name not in data:
+            continue
+        img, lab, test, truth, aniso = data[name]
         planes = np.linspace(0, lab.shape[0] - 1, 5).astype(int)[1:4]  # 3 planes through the middle
         few = np.zeros_like(lab)
         few[planes] = lab[planes]
@@ -229,20 +237,23 @@ def main(argv=None) -> int:
         block = np.zeros_like(lab)  # 10 consecutive planes through the middle: a run deep enough for ZX/ZY planes
         block[middle:middle + 10] = lab[middle:middle + 10]
         for label, labels in (("3 planes", few), ("10 consecutive", block), ("full", lab)):
-            tag = {"full": "real", "3 planes": "real3planes"}.get(label, "real10planes")
-            model, _, t_train = train(img, labels, "flows", args.steps, args.seed, cache=args.cache,
-                                      tag=tag, budget=args.budget,
-                                      anisotropy=aniso if args.sections == "on" else 0.0,
-                                      self_training={"on": True, "off": False}.get(args.self_training))
+            if label not in args.sparse_rows:
+                continue
+            tag = name + {"full": "", "3 planes": "3planes"}.get(label, "10planes")
+            model, steps, t_train = train(img, labels, "flows", args.steps, args.seed, cache=args.cache,
+                                          tag=tag, budget=args.budget,
+                                          anisotropy=aniso if args.sections == "on" else 0.0,
+                                          self_training={"on": True, "off": False}.get(args.self_training))
+            if steps is not None:
+                print(f"{name:9s} flows    {label}: trained {steps} steps in {t_train:.0f} s", flush=True)
             pred, secs = predict(model, test, aniso, "orthogonal")
-            few_planes[label] = score(pred, truth, split=True)
-            row("real", "flows", label, few_planes[label], t_train + secs)
+            few_planes[name, label] = score(pred, truth, split=name == "real")
+            row(name, "flows", label, few_planes[name, label], t_train + secs)
     for name, head, against, r in ratios:
         print(f"ap50 ratio orthogonal/{against} [{name} {head}]: {r}")
-    for label in ("10 consecutive", "3 planes"):  # the "few planes" goal: 3 planes >= 0.8x the full stack
-        if label in few_planes:
-            print(f"ap50 ratio {label}/full [real flows]: "
-                  f"{_ratio(few_planes[label]['ap50'], few_planes['full']['ap50'])}")
+    for (name, label), m in few_planes.items():  # the "few planes" goal: 3 planes >= 0.8x the full stack
+        if label != "full" and (name, "full") in few_planes:
+            print(f"ap50 ratio {label}/full [{name} flows]: {_ratio(m['ap50'], few_planes[name, 'full']['ap50'])}")
     return 0
 
 

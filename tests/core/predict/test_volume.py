@@ -112,6 +112,17 @@ def test_auto_links_the_planes_of_a_boundary_model():
         assert ids[np.argmax(counts)] > 0
 
 
+def test_auto_takes_the_three_views_for_a_boundary_model_that_learnt_zx_zy_planes():
+    from dataclasses import replace
+
+    image, truth = _blobs()
+    lm = _model(head="boundary", n_classes=3)
+    lm.info = replace(lm.info, anisotropy=2.0)  # trained on the ZX/ZY planes of stacks of z step 2
+    pred = drive(iter_predict_volume(lm, image, "ZYX", anisotropy=2.0))  # method "auto"
+    assert len(lm.model.planes) > image.shape[0]  # the YX, ZX and ZY planes: orthogonal
+    assert int(pred.labels.max()) == 3
+
+
 def test_a_stack_without_a_z_step_takes_the_one_the_model_learnt_its_sections_at():
     from dataclasses import replace
 

@@ -68,13 +68,78 @@ def test_a_run_thinner_than_its_nuclei_gives_no_sections(stack):
     assert any("ZX/ZY planes: none" in t and "Paint more consecutive planes" in t for t in _notes(events))
 
 
-def test_sparse_labels_give_no_sections(stack):
-    # strokes or objects painted on some planes only would teach wrong sections of a nucleus
+def test_strokes_give_no_sections(stack):
+    # a stroke says nothing of the planes it was not painted on
     image, instances = stack
     strokes = np.stack([make_scribbles(p, seed=z) for z, p in enumerate(instances)])
     samples, *_ = prepare_training_data([image], [strokes], "scribbles", axes=["ZYX"], scale=1.0,
                                         anisotropy=[2.0])
     assert len(samples) == 12
+
+
+def _objects_labels(instances, ids, planes=None):
+    """``objects`` labels: background strokes on every other plane, the nuclei ``ids`` painted whole (on
+    ``planes`` only, when given) as 2, 3, ..."""
+    lab = np.zeros(instances.shape, np.int32)
+    for z in range(0, len(instances), 2):
+        lab[z][make_scribbles(instances[z], seed=z, n_objects=0) == 1] = 1
+    for k, i in enumerate(ids):
+        where = instances == i
+        if planes is not None:
+            where[np.setdiff1d(np.arange(len(instances)), planes)] = False
+        lab[where] = k + 2
+    return lab
+
+
+def _interior_nuclei(instances, n):
+    """n nuclei that lie between the stack's first and last planes (so their depth is what is tested)."""
+    inside = [i for i in np.unique(instances[1:-1]) if i and not np.isin(i, instances[[0, -1]])]
+    return inside[:n]
+
+
+def test_objects_painted_through_their_planes_give_their_sections(stack):
+    # a whole nucleus painted on all its planes: ZX/ZY planes through it are true sections of it
+    image, instances = stack
+    ids = _interior_nuclei(instances, 3)
+    lab = _objects_labels(instances, ids)
+    samples, *_ = prepare_training_data([image], [lab], "objects", axes=["ZYX"], scale=1.0, anisotropy=[2.0])
+    painted = [z for z in range(12) if lab[z].any()]
+    rows = sorted({y for i in ids for y in np.nonzero((instances == i).any(axis=(0, 2)))[0] if y % 2 == 0})
+    cols = sorted({x for i in ids for x in np.nonzero((instances == i).any(axis=(0, 1)))[0] if x % 2 == 0})
+    assert len(samples) == len(painted) + len(rows) + len(cols)
+    zx = samples[len(painted):len(painted) + len(rows)]
+    assert _shapes(zx) == [(24, 36)] * len(rows)  # the whole stack's depth, z stretched by the anisotropy
+    # the section of the first row through a painted nucleus: its pixels are the object there, the strokes
+    # background, the rest unpainted (ignored), each plane's row twice
+    section = np.repeat(lab[:, rows[0], :], 2, axis=0)
+    target = zx[0].target
+    assert np.all(target[section >= 2] > 0) and np.all(target[section == 1] == 0)  # interior or outline
+    assert (target == -1).any()
+
+
+def test_objects_painted_on_some_of_their_planes_give_no_sections(stack):
+    # a nucleus painted on one plane of its several: a section would cut it there and teach its faces
+    image, instances = stack
+    ids = _interior_nuclei(instances, 3)
+    depth = {i: np.nonzero((instances == i).any(axis=(1, 2)))[0] for i in ids}
+    middle = sorted({int(d[len(d) // 2]) for d in depth.values()})
+    lab = _objects_labels(instances, ids, planes=middle)
+    samples, *_ = prepare_training_data([image], [lab], "objects", axes=["ZYX"], scale=1.0, anisotropy=[2.0])
+    assert len(samples) == len([z for z in range(12) if lab[z].any()])
+    events, _ = collect(iter_train([image], [lab], TrainConfig(label_mode="objects", anisotropy=2.0, **TINY),
+                                   axes=["ZYX"]))
+    assert any("ZX/ZY planes: none" in t and "Paint whole nuclei through all their planes" in t
+               for t in _notes(events))
+    # one whole nucleus beside them: its rows and columns give sections, but not those the cut ones cross
+    whole, partial = _objects_labels(instances, ids[:1]), _objects_labels(instances, ids[1:], planes=middle)
+    mixed = np.where(partial >= 2, partial + 1, whole)
+    samples, *_ = prepare_training_data([image], [mixed], "objects", axes=["ZYX"], scale=1.0, anisotropy=[2.0])
+    rows = {y for y in np.nonzero((instances == ids[0]).any(axis=(0, 2)))[0] if y % 2 == 0}
+    cut = {y for i in ids[1:] for y in np.nonzero((instances == i).any(axis=(0, 2)))[0]}
+    cols = {x for x in np.nonzero((instances == ids[0]).any(axis=(0, 1)))[0] if x % 2 == 0}
+    cut_cols = {x for i in ids[1:] for x in np.nonzero((instances == i).any(axis=(0, 1)))[0]}
+    extra = len(samples) - len([z for z in range(12) if mixed[z].any()])
+    assert extra == len(rows - cut) + len(cols - cut_cols)
 
 
 def test_a_time_series_of_stacks_gives_the_sections_of_each(stack):

@@ -112,7 +112,8 @@ class ModelRunOptions:
                                  flag="--3d-method",
                                  help="orthogonal: the network on YX, ZX and ZY planes, combined and decoded in 3D; "
                                       "linked: 2D objects per plane linked by overlap; auto: orthogonal for the "
-                                      "flows and distance heads, linked for the boundary classes")
+                                      "flows and distance heads and for models that learnt ZX/ZY planes, "
+                                      "linked for the other boundary-class models")
 
     def check(self):
         """Every declared field against its Setting, then the tile rule a range cannot say (0, or 32 and more).

@@ -2,8 +2,8 @@
 
 :func:`iter_predict_volume` is a generator (progress events, then a
 :class:`~napari_seglab.core.predict._image.Prediction`) over every Z stack of an image
-(each T point on its own, so time is never taken for depth). Two methods ("auto" picks by head:
-:data:`AUTO_METHOD`):
+(each T point on its own, so time is never taken for depth). Two methods ("auto" picks by head and
+training: :func:`auto_method`):
 
 - ``"orthogonal"`` (the default; Cellpose's idea): the stack is resampled to isotropic
   voxels (z by the anisotropy, all axes by the checkpoint's object scale), the 2D network
@@ -52,6 +52,17 @@ DEFAULT_METHOD = "auto"
 #: 0.230 (synthetic) and 0.500 vs 0.068 (real StarDist stack); distance 0.455 vs 0.195 and 0.065 vs 0.033;
 #: the boundary classes merge touching nuclei in 3D (26 objects for 175; 1 for 31): their planes are linked
 AUTO_METHOD = {"flows": "orthogonal", "distance": "orthogonal", "boundary": "linked"}
+
+
+def auto_method(model: LoadedModel, head: str) -> str:
+    """The method "auto" picks: by head (:data:`AUTO_METHOD`), and orthogonal for every head of a model that
+    learnt ZX/ZY planes (its checkpoint records their z step). The boundary classes lost in 3D only from a
+    network that never saw a section: the StarDist wheel's real stack, 400 steps, the boundary head with
+    ZX/ZY planes, AP@0.5 orthogonal against linked: dense labels 0.667 against 0.306; `objects` labels
+    (40 % of the nuclei painted through their planes, seeds 0 / 1) 0.871 / 0.871 against 0.179 / 0.270."""
+    if getattr(model.info, "anisotropy", None):
+        return "orthogonal"
+    return AUTO_METHOD[head]
 
 
 def check_anisotropy(value) -> float:
@@ -146,7 +157,7 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     ``image``: canonical axes with a Z axis (ZYX, ZYXC, TZYX, TZYXC); ``axes``
     defaults to a guess from the shape. ``anisotropy``: the z step over the
     pixel size (from the file's pixel size or the user). ``method``: "orthogonal",
-    "linked" (see the module) or "auto" (by the model's head, :data:`AUTO_METHOD`). Returns a :class:`Prediction` whose labels
+    "linked" (see the module) or "auto" (:func:`auto_method`: by the model's head and its training). Returns a :class:`Prediction` whose labels
     (the image's shape without C, int32) number the objects of each stack 1..N,
     one id per object through its planes; ``stopped`` when ``stop`` was set
     (stacks not finished stay 0). ``pixel_size``: the image's µm per pixel ((z, y, x) or (y, x)); an
@@ -161,7 +172,7 @@ def iter_predict_volume(model: LoadedModel, image: np.ndarray, axes: str | None 
     head = volume_head(model)
     block, halo = check_volume_blocks(block, halo)
     if method == "auto":
-        method = AUTO_METHOD[head]
+        method = auto_method(model, head)
     if method == "linked" and (block or halo is not None):
         raise InputError("3D blocks (block / halo) cut the volume of the orthogonal method; the linked method "
                          "predicts plane by plane (choose the orthogonal method, or leave the blocks out)")
@@ -257,5 +268,5 @@ def describe_axes(axes: str, volume: bool) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["AUTO_METHOD", "DEFAULT_METHOD", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
+__all__ = ["AUTO_METHOD", "DEFAULT_METHOD", "auto_method", "METHODS", "anisotropy_from_pixel_size", "check_anisotropy", "describe_axes",
            "iter_predict", "iter_predict_volume", "resolve_anisotropy", "volume_head"]

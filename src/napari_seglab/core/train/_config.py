@@ -190,8 +190,9 @@ class TrainConfig:
     anisotropy: float | None = setting(label="anisotropy", kind=float, low=0, high=50, metavar="F",
                                        auto="from each stack's voxel size; unknown: YX planes only",
                                        help="z step over the pixel size of Z stacks: dense labels painted on 3 or "
-                                            "more consecutive planes then also teach the stack's ZX and ZY planes, "
-                                            "stretched in z as 3D prediction sees them; 0 = YX planes only")
+                                            "more consecutive planes, and objects painted through all their "
+                                            "planes, then also teach the stack's ZX and ZY planes, stretched in z "
+                                            "as 3D prediction sees them; 0 = YX planes only")
     bf16: str = setting("auto", label="bf16", choices=("auto", "on", "off"),
                         help="CPU training in bfloat16 (auto: when the CPU has it natively, it is faster and it "
                              "agrees with float32)")

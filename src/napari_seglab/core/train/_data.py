@@ -95,16 +95,77 @@ def orthogonal_plane_count(labels: np.ndarray, axes: str, anisotropy: float, mod
     """How many ZX and ZY planes :func:`_orthogonal_planes` takes from these labels."""
     if "Z" not in axes:
         return 0
+    if get_mode(mode).sparse:
+        return sum(1 for _, lab in label_stacks(labels, axes) for _ in section_origins(lab, anisotropy, mode))
     step = max(1, int(round(anisotropy)))
     return sum(len(section_runs(lab, anisotropy, mode)) * (-(-lab.shape[1] // step) + -(-lab.shape[2] // step))
                for _, lab in label_stacks(labels, axes))
+
+
+#: in the ``objects`` mode, a painted object of a Z stack counts as painted through its planes (so ZX/ZY planes
+#: through it are true sections of it) when it is painted on every plane between its first and last, and that
+#: depth (planes x anisotropy) is at least this share of its widest in-plane diameter, or it reaches the
+#: stack's first or last plane (cut there as by an image's edge). The whole nuclei of the StarDist wheel's
+#: real stack are 0.88-1.16 of their diameter deep at its anisotropy; half a nucleus painted is 0.5, and a
+#: nucleus painted on one plane 0.1-0.3
+MIN_WHOLE_DEPTH = 0.6
+
+
+def gives_sections(mode: str) -> bool:
+    """Whether labels of this mode can give ZX/ZY training planes: dense labels (their painted runs) and the
+    ``objects`` mode (its objects painted through their planes); strokes cannot."""
+    m = get_mode(mode)
+    return not m.sparse or m.instances  # sparse instances: the objects mode's whole painted objects
+
+
+def whole_object_spans(labels: np.ndarray, anisotropy: float, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(whole, cut): per axis 1 and 2 of a (Z, Y, X) sparse labels, bool masks of the rows (Y) and columns (X)
+    crossed by an object painted through its planes (:data:`MIN_WHOLE_DEPTH`) and by any other painted object
+    (stacked: row 0 the Y axis, padded to the longer axis)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    objects = get_mode(mode).objects(labels)
+    size = max(labels.shape[1], labels.shape[2])
+    whole, cut = np.zeros((2, size), bool), np.zeros((2, size), bool)
+    if objects is None or not np.any(objects):
+        return whole, cut
+    seq = relabel_sequential(np.asarray(objects, np.int64))[0]
+    for i, sl in enumerate(ndi.find_objects(seq), 1):
+        if sl is None:
+            continue
+        areas = np.count_nonzero(seq[sl] == i, axis=(1, 2))
+        diameter = 2 * np.sqrt(areas.max() / np.pi)
+        edge = sl[0].start == 0 or sl[0].stop == labels.shape[0]  # cut by the stack, as by an image's edge
+        ok = bool(np.all(areas)) and (edge or areas.size * anisotropy >= MIN_WHOLE_DEPTH * diameter)
+        for row, axis in enumerate((1, 2)):
+            (whole if ok else cut)[row, sl[axis]] = True
+    return whole, cut
+
+
+def _object_section_origins(labels: np.ndarray, anisotropy: float, mode: str):
+    """The ZX/ZY planes (whole stack in z) through the objects painted through their planes of a sparse
+    (Z, Y, X) labels, one every ``round(anisotropy)`` rows and columns; a row or column that also crosses an
+    object painted on too few of its planes is left out (its cut faces would teach a wrong outline, and the
+    margin of its neighbours background where it goes on)."""
+    step = max(1, int(round(anisotropy)))
+    whole, cut = whole_object_spans(labels, anisotropy, mode)
+    for row, axis in enumerate((1, 2)):
+        for k in range(0, labels.shape[axis], step):
+            if whole[row, k] and not cut[row, k]:
+                yield 0, labels.shape[0], axis, k
 
 
 def section_origins(labels: np.ndarray, anisotropy: float, mode: str,
                     runs: Sequence[tuple[int, int]] | None = None):
     """(z0, z1, axis, k) of each ZX (axis 1, one per y) and ZY (axis 2, one per x) plane that
     :func:`_orthogonal_planes` takes from a (Z, Y, X) labels: one every ``round(anisotropy)`` rows and columns
-    of each run (``runs``, default :func:`section_runs`)."""
+    of each run (``runs``, default :func:`section_runs`); in the ``objects`` mode, of the rows and columns
+    through its objects painted through their planes (:func:`_object_section_origins`)."""
+    if get_mode(mode).sparse:
+        if runs is None and gives_sections(mode):
+            yield from _object_section_origins(labels, anisotropy, mode)
+        return
     step = max(1, int(round(anisotropy)))
     for z0, z1 in section_runs(labels, anisotropy, mode) if runs is None else runs:
         for axis in (1, 2):
@@ -128,7 +189,7 @@ def section(volume: np.ndarray, origin: tuple[int, int, int, int], anisotropy: f
 def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotropy: float, mode: str
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """ZX and ZY planes ((C, Z', X) float32, (Z', X) labels) of each deep enough painted run of a Z stack
-    (:func:`section_runs`), z stretched by ``anisotropy`` (the cubic voxels 3D prediction resamples a stack to,
+    (:func:`section_runs`; in the ``objects`` mode, through its objects painted through their planes), z stretched by ``anisotropy`` (the cubic voxels 3D prediction resamples a stack to,
     so a plane of it looks like these).
 
     One plane every ``round(anisotropy)`` rows and columns, so each view holds about as many pixels as the YX
@@ -216,8 +277,9 @@ def _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisot
     """Validated ((C, Y, X) float32 plane, label plane) pairs of every annotated plane, and the channel count.
 
     ``anisotropy``: per image the z step over the pixel size, or None. A Z stack with one, in a dense label
-    mode, also gives the ZX and ZY planes of its painted runs (:func:`_orthogonal_planes`); sparse labels do
-    not (a whole object painted on some of its planes only would teach a wrong section)."""
+    mode, also gives the ZX and ZY planes of its painted runs (:func:`_orthogonal_planes`), in the ``objects``
+    mode those through its objects painted through their planes; strokes do not (a stroke says nothing of
+    the planes it was not painted on, and a section through it is mostly unpainted)."""
     if len(images) != len(labels):
         raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s); give one labels per image")
     if not images:
@@ -239,7 +301,7 @@ def _annotated_planes(images, labels, mode, axes, read_255_as_foreground, anisot
                 raise InputError(f"image {i + 1} is constant (all pixels {chw.min():g}); nothing to learn from")
             planes.append((chw, plane_lab))
         aniso = anisotropy[i] if anisotropy else None
-        if aniso and not get_mode(mode).sparse:
+        if aniso and gives_sections(mode):
             planes += _orthogonal_planes(img, lab, ax, aniso, mode)
     if not planes:
         raise InputError("no annotated plane found in the labels")

@@ -44,8 +44,10 @@ from ._config import default_instance_head
 from ._data import (
     MIN_ORTHOGONAL_RUN,
     MIN_RUN_DEPTH,
+    MIN_WHOLE_DEPTH,
     VolumeSource,
     background_note,
+    gives_sections,
     label_stacks,
     orthogonal_plane_count,
     painted_runs,
@@ -85,6 +87,7 @@ class TrainRun:
     pending_rounds: list[float]  # self-training rounds still to come (fractions of the budget)
     clock: Callable[[], float]
     volumes: list[VolumeSource] = field(default_factory=list)  # stacks that self-train in 3D ("volumes")
+    round_seconds: float | None = None  # how long the last self-training round took
 
 
 def model_spec(config, channels: int, n_classes: int, head: str = "boundary") -> ModelSpec:
@@ -296,22 +299,39 @@ def _same_pixel_size(images, labels, axes, pixel_sizes, config, init: Checkpoint
     return new_images, new_labels, size, notes
 
 
+def _painted_in_3d(labels: np.ndarray, mode: str) -> bool:
+    """Whether a (Z, Y, X) sparse labels holds an object painted on more than one plane."""
+    objects = get_mode(mode).objects(labels)
+    if objects is None:
+        return False
+    ids = [set(np.unique(p[p > 0]).tolist()) for p in objects if np.any(p)]
+    seen: set = set()
+    for plane in ids:
+        if seen & plane:
+            return True
+        seen |= plane
+    return False
+
+
 def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
                   ) -> tuple[list[float | None], list[str], float | None]:
     """(per image the z step over the run's pixel size or None, notes, the z step of the first stack whose
     ZX/ZY planes are learnt or None) for ZX/ZY training planes.
 
     ``config.anisotropy`` when given (0: none), else each stack's own voxel size (``pixel_sizes``) over the
-    run's in-plane size ``pixel_size`` (what its planes were resampled to). Dense labels only (3D
-    self-training uses the z step of any painted stack); the notes speak of the stacks with a painted run:
-    what was used, or how to get the ZX/ZY planes when the z step is unknown.
+    run's in-plane size ``pixel_size`` (what its planes were resampled to). Dense labels and the ``objects``
+    mode (3D self-training uses the z step of any painted stack); the notes speak of the stacks with a
+    painted run (with objects painted on several planes): what was used, or how to get the ZX/ZY planes
+    when the z step is unknown.
     """
     n = len(images)
     names = _axes_names(images, axes)
     every = [i for i in range(n) if "Z" in names[i] and labels[i] is not None]
-    stacks = [i for i in every if any(painted_runs(lab) for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
-    if not every or get_mode(config.label_mode).sparse:
+    if not every or not gives_sections(config.label_mode):
         return [None] * n, [], None
+    objects = get_mode(config.label_mode).sparse  # the objects mode: sections through its objects painted in 3D
+    stacks = [i for i in every if any((_painted_in_3d(lab, config.label_mode) if objects else painted_runs(lab))
+                                      for _, lab in label_stacks(np.asarray(labels[i]), names[i]))]
     out: list[float | None] = [None] * n
     if config.anisotropy is not None:
         if not config.anisotropy:
@@ -331,19 +351,26 @@ def _anisotropies(images, labels, axes, pixel_sizes, pixel_size, config
     unknown = [i for i in stacks if out[i] is None]
     notes = []
     if unknown:
-        notes.append(f"image(s) {', '.join(str(i + 1) for i in unknown)}: a stack painted on "
-                     f"{MIN_ORTHOGONAL_RUN} or more consecutive planes, but its z step is unknown: trained on its "
-                     "YX planes only. Give the anisotropy (z step / pixel size) to also learn from its ZX and ZY "
-                     "planes, which 3D prediction uses")
+        what = ("objects painted on several planes" if objects else
+                f"a stack painted on {MIN_ORTHOGONAL_RUN} or more consecutive planes")
+        notes.append(f"image(s) {', '.join(str(i + 1) for i in unknown)}: {what}, but its z step is unknown: "
+                     "trained on its YX planes only. Give the anisotropy (z step / pixel size) to also learn from "
+                     "its ZX and ZY planes, which 3D prediction uses")
     known = [i for i in stacks if out[i] is not None]
     counts = {i: orthogonal_plane_count(np.asarray(labels[i]), names[i], out[i], config.label_mode) for i in known}
     learnt = [i for i in known if counts[i]]
     if known:
         count = sum(counts.values())
         values = ", ".join(sorted({f"{out[i]:.3g}" for i in known}))
+        source = "the objects painted through their planes" if objects else "the painted runs"
         if count:
-            notes.append(f"ZX/ZY planes: {count} more training planes from the painted runs of {len(known)} "
+            notes.append(f"ZX/ZY planes: {count} more training planes through {source} of {len(known)} "
                          f"stack(s), z stretched by the anisotropy {values} ({where})")
+        elif objects:
+            notes.append(f"ZX/ZY planes: none; no object is painted on every one of its planes, at least "
+                         f"{MIN_WHOLE_DEPTH:g} of its diameter deep at the anisotropy {values} ({where}) (or every "
+                         "row through one crosses an object painted on fewer planes). Paint whole nuclei through "
+                         "all their planes to add them")
         else:
             notes.append(f"ZX/ZY planes: none; the runs of consecutive painted planes are less than "
                          f"{MIN_RUN_DEPTH:g} objects deep at the anisotropy {values} ({where}), so their sections "
