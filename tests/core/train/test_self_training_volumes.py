@@ -219,7 +219,7 @@ class _Clock:
         return self.now
 
 
-def _timed_run(stack, monkeypatch, predict_seconds: float, limit: float = 100.0):
+def _timed_run(stack, monkeypatch, predict_seconds: float, limit: float = 100.0, user_stop_at: float | None = None):
     """A time-limited run of a stack painted on 3 planes whose 3D predictions 'take' ``predict_seconds`` each
     (steps 1 s); returns (messages, steps, the clock's elapsed seconds at the end)."""
     from napari_seglab.core.events import TrainStep
@@ -228,9 +228,12 @@ def _timed_run(stack, monkeypatch, predict_seconds: float, limit: float = 100.0)
     lab = np.zeros_like(instances)
     lab[[2, 6, 10]] = instances[[2, 6, 10]]
     clock = _Clock()
+    user_stop = threading.Event()
 
     def predict(*a, stop=None, **k):  # the truth, found after predict_seconds unless stopped first
         for _ in range(int(predict_seconds)):
+            if user_stop_at is not None and clock.now - 1000.0 >= user_stop_at:
+                user_stop.set()  # the user presses Stop during the round
             if stop.is_set():
                 return SimpleNamespace(labels=instances, stopped=True)
             clock.now += 1.0
@@ -240,7 +243,7 @@ def _timed_run(stack, monkeypatch, predict_seconds: float, limit: float = 100.0)
     monkeypatch.setattr(_selftrain, "drive", lambda ak: predict(*ak[0], **ak[1]))
     cfg = TrainConfig(label_mode="instances", anisotropy=2.0, instance_head="flows", time_limit=limit,
                       steps_per_epoch=5, **TINY)
-    gen, notes, steps = iter_train([image], [lab], cfg, axes=["ZYX"], clock=clock), [], 0
+    gen, notes, steps = iter_train([image], [lab], cfg, axes=["ZYX"], clock=clock, stop=user_stop), [], 0
     try:
         while True:
             ev = next(gen)
@@ -266,6 +269,10 @@ def test_a_round_that_would_not_fit_the_time_left_is_skipped(stack, monkeypatch)
 
 def test_a_round_that_reaches_the_end_of_the_budget_is_cut_short(stack, monkeypatch):
     notes, steps, elapsed = _timed_run(stack, monkeypatch, predict_seconds=200)
-    assert notes[-1] == "self-training: the time limit came during the 3D prediction: nothing added"
+    assert notes[-1] == "self-training: the time limit came during the round: nothing added"
     assert elapsed <= 100  # not 35 + 200 s
     assert steps < 40
+    # Stop pressed during the round: nothing added, the run ends there
+    notes, steps, elapsed = _timed_run(stack, monkeypatch, predict_seconds=40, user_stop_at=50)
+    assert notes[-1] == "self-training: stopped during the round: nothing added"
+    assert elapsed < 60 and steps < 40

@@ -189,8 +189,9 @@ def section(volume: np.ndarray, origin: tuple[int, int, int, int], anisotropy: f
 def _orthogonal_planes(image: np.ndarray, labels: np.ndarray, axes: str, anisotropy: float, mode: str
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """ZX and ZY planes ((C, Z', X) float32, (Z', X) labels) of each deep enough painted run of a Z stack
-    (:func:`section_runs`; in the ``objects`` mode, through its objects painted through their planes), z stretched by ``anisotropy`` (the cubic voxels 3D prediction resamples a stack to,
-    so a plane of it looks like these).
+    (:func:`section_runs`; in the ``objects`` mode, through its objects painted through their planes), z
+    stretched by ``anisotropy`` (the cubic voxels 3D prediction resamples a stack to, so a plane of it looks
+    like these).
 
     One plane every ``round(anisotropy)`` rows and columns, so each view holds about as many pixels as the YX
     planes. A T axis is split first; objects cut by a run's first or last plane are cut as at an image edge.

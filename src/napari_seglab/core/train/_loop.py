@@ -131,9 +131,9 @@ def _self_training(run: TrainRun, at: float, stop: threading.Event | None) -> Ge
     samples, note, favour = self_training_round(run.model, state.meta, run.device, run.samples, run.held,
                                                 config, run.volumes, round_stop)
     run.round_seconds = run.clock() - t0
-    if round_stop.timed_out or (stop is not None and stop.is_set()):
-        yield Message("self-training: " + ("the time limit came during the 3D prediction: nothing added"
-                                           if round_stop.timed_out else note))
+    if round_stop.timed_out or (stop is not None and stop.is_set()):  # the run ends: nothing is added
+        yield Message("self-training: " + ("the time limit came during the round: nothing added"
+                                           if round_stop.timed_out else "stopped during the round: nothing added"))
         return
     run.sampler = PatchSampler(samples, config.patch, run.rng, favour=favour, scale_jitter=config.scale_jitter or 1.0)
     state.new_training_data(bool(run.validator))
