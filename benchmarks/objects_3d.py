@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from quality_3d import datasets, predict, row, score  # noqa: E402
 
-from napari_seglab.core.events import Message  # noqa: E402
+from napari_seglab.core.events import Message, collect  # noqa: E402
 from napari_seglab.core.synthetic import make_scribbles  # noqa: E402
 from napari_seglab.core.train import TrainConfig, iter_train  # noqa: E402
 
@@ -75,14 +75,10 @@ def main(argv=None) -> int:
                           encoder="resnet18", patch=64, batch_size=8, lr=3e-3, seed=args.seed,
                           instance_head=args.head, val_fraction=0.0, anisotropy=anisotropy)
         t0 = time.monotonic()
-        gen = iter_train([img], [labels], cfg, axes=["ZYX"])
-        try:
-            while True:
-                event = next(gen)
-                if isinstance(event, Message) and event.text.startswith("ZX/ZY"):
-                    print(f"  {event.text}", flush=True)
-        except StopIteration as end:
-            result = end.value
+        events, result = collect(iter_train([img], [labels], cfg, axes=["ZYX"]))
+        for event in events:
+            if isinstance(event, Message) and event.text.startswith("ZX/ZY"):
+                print(f"  {event.text}", flush=True)
         print(f"{name}: trained {result.steps} steps in {time.monotonic() - t0:.0f} s", flush=True)
         for method in ("linked", "orthogonal"):
             pred, secs = predict(result.checkpoint, test, aniso, method)
