@@ -22,7 +22,7 @@ import numpy as np
 from sparse_annotations import annotate, chosen_nuclei, load_image
 
 from napari_seglab.core.events import drive
-from napari_seglab.core.objects import assess_objects, entropy_map, flow_agreement
+from napari_seglab.core.objects import assess_objects, entropy_map, flow_agreement, solidity
 from napari_seglab.core.predict import iter_predict_image, load_model
 from napari_seglab.core.train import TrainConfig, iter_train
 
@@ -46,32 +46,41 @@ def run(img, inst, fraction, pattern, steps, seed, head=None):
                                                 head_outputs=True))
     errors = flow_agreement(pred.labels, pred.head_outputs) if pred.head_outputs is not None \
         and pred.head_outputs.shape[0] == 3 else None
-    report = assess_objects(pred.labels, ann, uncertainty=entropy_map(pred.probabilities), flow_errors=errors,
-                            max_uncertainty=1.1, size_range=(0, np.inf), max_flow_error=np.inf)
+    return assessed(pred.labels, ann, inst, entropy_map(pred.probabilities), errors)
+
+
+def assessed(labels, ann, inst, uncertainty, errors) -> np.ndarray:
+    """One row per object predicted where nothing is painted: uncertainty, area / reference, flow error,
+    solidity, touching painted or on background strokes, best IoU with a true nucleus."""
+    report = assess_objects(labels, ann, uncertainty=uncertainty, flow_errors=errors,
+                            max_uncertainty=1.1, size_range=(0, np.inf), max_flow_error=np.inf, min_solidity=0)
     rows = []
     for row in report.unpainted:
+        sl = (slice(row["y0"], row["y1"]), slice(row["x0"], row["x1"]))
         rows.append((row["uncertainty"], row["area"] / report.reference_area,
                      row["flow_error"] if row["flow_error"] is not None else 0.0,
-                     bool(row["reasons"]), best_iou(pred.labels, inst, row["id"])))
+                     solidity(labels[sl] == row["id"]), bool(row["reasons"]),
+                     best_iou(labels, inst, row["id"])))
     return np.array(rows, float)
 
 
 def table(rows: np.ndarray) -> None:
-    u, size, flow, other, iou = rows.T
+    u, size, flow, solid, other, iou = rows.T
     base = other == 0
     print(f"  objects where nothing is painted: {len(rows)}; right at IoU 0.5: {np.mean(iou >= 0.5):.3f}, "
           f"0.75: {np.mean(iou >= 0.75):.3f}; touching painted / on background strokes: {int(other.sum())}")
-    print("  max_unc  size range   max_flow | accepted  right@0.5 right@0.75 | doubtful right@0.5")
+    print("  max_unc  size range   max_flow min_solid | accepted  right@0.5 right@0.75 | doubtful right@0.5")
     flows = (0.2, 0.4, 0.6, np.inf) if flow.any() else (np.inf,)  # flow errors exist for the flows head only
     for mu in (0.25, 0.3, 0.35, 0.4, 0.5, 1.1):
         for lo, hi in ((0.0, np.inf), (0.3, 3.0), (0.4, 2.5), (0.5, 2.0)):
             for mf in flows:
-                ok = base & (u <= mu) & (size >= lo) & (size <= hi) & (flow <= mf)
-                rest = ~ok
-                print(f"  {mu:6.2f}  {lo:.1f}-{hi:<6.1f} {mf:6.1f}   | {ok.sum():5d}    "
-                      f"{np.mean(iou[ok] >= 0.5) if ok.any() else np.nan:.3f}     "
-                      f"{np.mean(iou[ok] >= 0.75) if ok.any() else np.nan:.3f}    | {rest.sum():5d}    "
-                      f"{np.mean(iou[rest] >= 0.5) if rest.any() else np.nan:.3f}")
+                for ms in (0.0, 0.85, 0.9, 0.92):
+                    ok = base & (u <= mu) & (size >= lo) & (size <= hi) & (flow <= mf) & (solid >= ms)
+                    rest = ~ok
+                    print(f"  {mu:6.2f}  {lo:.1f}-{hi:<6.1f} {mf:6.1f}   {ms:5.2f}    | {ok.sum():5d}    "
+                          f"{np.mean(iou[ok] >= 0.5) if ok.any() else np.nan:.3f}     "
+                          f"{np.mean(iou[ok] >= 0.75) if ok.any() else np.nan:.3f}    | {rest.sum():5d}    "
+                          f"{np.mean(iou[rest] >= 0.5) if rest.any() else np.nan:.3f}")
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ the training half; background strokes from ``core.synthetic.make_scribbles``.
     python benchmarks/sparse_annotations.py --images dsb --fractions 0.25 --budgets 120 --seeds 0 1 2
     python benchmarks/sparse_annotations.py --steps 400 ...       # a step budget instead of seconds
     python benchmarks/sparse_annotations.py --self-training off   # the sparse modes without self-training
+    python benchmarks/sparse_annotations.py --convexity off       # no split of non-convex objects (before)
 
 Prints one line per run and a table of Dice, AP@0.5, AP@0.75 and count error
 (mean ± spread over seeds), and last the ratios sparse / dense (AP@0.5).
@@ -166,7 +167,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-forest", action="store_true")
     p.add_argument("--self-training", choices=("default", "on", "off"), default="default",
                    help="the sparse modes' self-training: the default of each mode, or on / off for both")
+    p.add_argument("--convexity", choices=("on", "off"), default="on",
+                   help="off: decoding never splits a non-convex object and self-training never doubts one "
+                        "for its shape (SegLab before 2026-12-07)")
     args = p.parse_args(argv)
+    if args.convexity == "off":
+        from napari_seglab.core.objects import _assist, _instances
+
+        _instances.SPLIT_SOLIDITY = _assist.MIN_SOLIDITY = 0.0
     self_training = {"default": None, "on": True, "off": False}[args.self_training]
     budgets = [None] if args.steps else args.budgets
     rows = []

@@ -33,7 +33,7 @@ _MODEL_FIELDS = {"family": str, "arch": str, "encoder": str, "in_channels": int,
                  "options": dict}
 #: the top-level keys this version reads into fields (the others are kept in ``extra``)
 _KNOWN = ("model", "label_mode", "n_classes", "class_names", "normalization", "patch", "scale", "object_area",
-          "pixel_size", "anisotropy", "training", "metrics")
+          "object_solidity", "pixel_size", "anisotropy", "training", "metrics")
 #: the largest typical object area (pixels) a checkpoint may record
 MAX_OBJECT_AREA = 1e8
 #: the pixel sizes (µm) a checkpoint may record
@@ -51,7 +51,10 @@ class CheckpointMeta:
     before the network sees them; ``object_area``: the typical object's area (pixels, at that
     scale: the median of the whole painted objects, or for scribbles a disc
     of the diameter read from the image), which decoding uses to tell
-    fragments from objects (None: unknown, as in older files); ``pixel_size``: µm per pixel of the
+    fragments from objects (None: unknown, as in older files); ``object_solidity``: how convex the whole
+    objects it learnt from are (the 10th percentile of their solidity; None for scribbles and older files),
+    below which decoding may split an object in two (:func:`~napari_seglab.core.objects.split_non_convex`);
+    ``pixel_size``: µm per pixel of the
     training images as they were read, ``(y, x)`` or ``(z, y, x)`` (None: unknown); ``anisotropy``: the z step
     over the pixel size of the training stacks whose ZX/ZY planes it learnt (None: it learnt none), which 3D
     prediction falls back on when a stack does not say its own; ``training`` and ``metrics``: free-form
@@ -66,6 +69,7 @@ class CheckpointMeta:
     patch: int | None = None
     scale: float = 1.0
     object_area: float | None = None
+    object_solidity: float | None = None
     pixel_size: tuple[float, ...] | None = None
     anisotropy: float | None = None
     training: dict = field(default_factory=dict)
@@ -88,6 +92,8 @@ class CheckpointMeta:
         out.update(normalization=self.normalization.to_dict(), patch=self.patch, scale=self.scale)
         if self.object_area is not None:
             out["object_area"] = self.object_area
+        if self.object_solidity is not None:
+            out["object_solidity"] = self.object_solidity
         if self.pixel_size is not None:
             out["pixel_size"] = [float(v) for v in self.pixel_size]
         if self.anisotropy is not None:
@@ -107,6 +113,7 @@ class CheckpointMeta:
                    normalization=Normalization.from_dict(d.get("normalization") or {}),
                    patch=d.get("patch"), scale=1.0 if scale is None else float(scale),
                    object_area=None if area is None else float(area),
+                   object_solidity=None if d.get("object_solidity") is None else float(d["object_solidity"]),
                    pixel_size=None if size is None else tuple(float(v) for v in size),
                    anisotropy=None if d.get("anisotropy") is None else float(d["anisotropy"]),
                    training=copy.deepcopy(dict(d.get("training") or {})),
@@ -253,6 +260,9 @@ def parse_meta(meta, path: Path | str) -> CheckpointMeta:
     area = meta.get("object_area")
     if area is not None and not (_is_num(area) and 0 < area <= MAX_OBJECT_AREA):
         raise bad(f"object_area = {area!r:.40} is not a number of pixels in (0, {MAX_OBJECT_AREA:.0e}]")
+    solid = meta.get("object_solidity")
+    if solid is not None and not (_is_num(solid) and 0 < solid <= 1):
+        raise bad(f"object_solidity = {solid!r:.40} is not a share in (0, 1]")
     size = meta.get("pixel_size")
     if size is not None and not (isinstance(size, list) and len(size) in (2, 3)
                                  and all(_is_num(v) and MIN_PIXEL_UM <= v <= MAX_PIXEL_UM for v in size)):

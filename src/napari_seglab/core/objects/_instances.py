@@ -79,6 +79,114 @@ WEAK_BORDER = 0.2
 FRAGMENT_FRACTION = 0.15
 
 
+#: a decoded object whose solidity (area / convex hull area) is under SPLIT_SOLIDITY is split in two at the
+#: narrowest place between the two deepest points of its distance transform, when both pieces are more convex
+#: than the whole (by SPLIT_GAIN) and each holds at least SPLIT_MIN_PART of it: two touching nuclei decoded
+#: as one. DSB2018's true nuclei: solidity 5th percentile 0.92, median 0.96; its touching pairs taken as one
+#: object: median 0.87, 90th percentile 0.91
+SPLIT_SOLIDITY = 0.9
+SPLIT_GAIN = 0.03
+SPLIT_MIN_PART = 0.2
+#: ... and only where the cut is a neck: no longer than this share of the narrower piece's widest inscribed
+#: diameter. Two nuclei a young model merged are joined by a wide neck: 1.2 keeps every split of two
+#: first-picked `objects` models (0.8 lost one of 8 and 2 of 3); a crescent is cut at 0.9-1.0, so crescent
+#: nuclei are split (a limit), unless the painted objects were crescents too (:func:`split_solidity`)
+SPLIT_MAX_NECK = 1.2
+
+
+def solidity(mask: np.ndarray) -> float:
+    """Area over convex hull area of one object's mask (2D; a crop will do); 1.0 for objects too small or too
+    thin to have a hull."""
+    from skimage.morphology import convex_hull_image
+
+    mask = np.asarray(mask, bool)
+    area = int(mask.sum())
+    if area < 5 or min(np.ptp(np.nonzero(mask), axis=1)) == 0:
+        return 1.0
+    return area / max(int(convex_hull_image(mask).sum()), area)
+
+
+def typical_solidity(planes, max_objects: int = 500, seed: int = 0) -> float | None:
+    """The 10th percentile of the :func:`solidity` of the objects of ``planes`` (2D label arrays, or stacks
+    of them), at most ``max_objects`` of them (a random choice); None without objects. A checkpoint records
+    it (``object_solidity``) so that decoding splits only objects less convex than what was painted."""
+    crops = []
+    for plane in planes:
+        arr = np.asarray(plane)
+        for lab in arr.reshape(-1, *arr.shape[-2:]) if arr.ndim > 2 else (arr,):
+            for i, sl in enumerate(ndi.find_objects(lab.astype(np.int64, copy=False)), start=1):
+                if sl is not None:
+                    crops.append((lab, sl, i))
+    if not crops:
+        return None
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(crops), size=min(max_objects, len(crops)), replace=False)
+    values = [solidity(crops[k][0][crops[k][1]] == crops[k][2]) for k in chosen]
+    return round(float(np.percentile(values, 10)), 4)
+
+
+def split_solidity(recorded: float | None) -> float | None:
+    """The solidity under which a model's decoding splits objects: SPLIT_SOLIDITY, or lower when the objects
+    it learnt from were less convex (``recorded``: its checkpoint's ``object_solidity``); None (never) when
+    the checkpoint records none (scribbles, older files)."""
+    return None if recorded is None else min(SPLIT_SOLIDITY, float(recorded))
+
+
+def split_non_convex(labels: np.ndarray, min_solidity: float = SPLIT_SOLIDITY, *, gain: float = SPLIT_GAIN,
+                     min_part: float = SPLIT_MIN_PART, max_neck: float = SPLIT_MAX_NECK,
+                     min_area: int = 20) -> np.ndarray:
+    """Split each 2D object that is not convex (two touching nuclei decoded as one) in two, where that helps.
+
+    An object of at least ``min_area`` pixels whose :func:`solidity` is under
+    ``min_solidity`` is cut by a watershed of its (lightly smoothed) distance
+    transform from its two deepest points. The cut is kept when each piece
+    holds at least ``min_part`` of the object, both pieces' solidity
+    exceeds the object's by ``gain``, and the cut is a neck: at most
+    ``max_neck`` times the narrower piece's widest inscribed diameter long.
+    Otherwise the object stays whole.
+    Returns new labels (same dtype; new pieces take ids after the largest,
+    not renumbered). Other ranks than 2 come back unchanged.
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or not min_solidity or not lab.any():
+        return lab
+    out = lab.copy()
+    next_id = int(lab.max()) + 1
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, lab.shape, strict=True))
+        mask = lab[box] == i
+        area = int(mask.sum())
+        if area < min_area:
+            continue
+        whole = solidity(mask)
+        if whole >= min_solidity:
+            continue
+        depth = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0) * mask
+        peaks = peak_local_max(depth, min_distance=max(2, int(0.5 * depth.max())), labels=mask.astype(np.int32),
+                               num_peaks=2, exclude_border=False)
+        if len(peaks) < 2:
+            continue
+        markers = np.zeros(mask.shape, np.int32)
+        markers[tuple(peaks.T)] = (1, 2)
+        parts = watershed(-depth, markers=markers, mask=mask)
+        one, two = parts == 1, parts == 2
+        if min(one.sum(), two.sum()) < min_part * area:
+            continue
+        if min(solidity(one), solidity(two)) < whole + gain:
+            continue
+        neck = sum(int(np.count_nonzero(np.diff(parts, axis=a)[(np.delete(parts, 0, a) > 0)
+                                                               & (np.delete(parts, -1, a) > 0)]))
+                   for a in (0, 1))
+        width = 2 * min(ndi.distance_transform_edt(one).max(), ndi.distance_transform_edt(two).max())
+        if neck > max_neck * width:
+            continue
+        out[box][two] = next_id
+        next_id += 1
+    return out
+
+
 def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, threshold: float = WEAK_BORDER,
                        min_contact: int = 3) -> np.ndarray:
     """Merge touching objects whose shared border has a mean ``boundary`` probability under ``threshold``.
@@ -126,8 +234,8 @@ def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, threshold: floa
 
 
 def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_seeds: bool = True, *,
-                                 object_area: float | None = None, weak_border: float | None = WEAK_BORDER
-                                 ) -> np.ndarray:
+                                 object_area: float | None = None, weak_border: float | None = WEAK_BORDER,
+                                 min_solidity: float | None = None) -> np.ndarray:
     """Split a 3-class (background, interior, boundary) prediction into objects.
 
     Seeds are the connected interiors (interior probability > 0.5). Where a
@@ -153,6 +261,10 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_see
     weak_border : float or None
         Touching objects whose shared border has a mean boundary probability
         under this are merged (:func:`merge_weak_borders`); None: never.
+    min_solidity : float or None
+        Then 2D objects less convex than this are split in two where that
+        helps (:func:`split_non_convex`; a model's value comes from
+        :func:`split_solidity`); None or 0: never.
 
     Returns
     -------
@@ -183,6 +295,8 @@ def instances_from_probabilities(probs: np.ndarray, min_size: int = 8, split_see
     labels = _add_unseeded(labels, foreground)
     if weak_border is not None:
         labels = merge_weak_borders(labels, p[2], weak_border)
+    if min_solidity:
+        labels = split_non_convex(labels, min_solidity)
     if object_area:
         min_size = max(min_size, int(FRAGMENT_FRACTION * object_area))
     return renumber_objects(labels, min_size)

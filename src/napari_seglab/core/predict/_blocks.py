@@ -527,7 +527,7 @@ def _semantic_labels(model, probs: np.ndarray, labels_out, core, inner) -> np.nd
 
 def _decode_region(model, out: np.ndarray, region, shape, inner):
     """Decode a block with its halo: (labels, canonical id lookup, core labels, cut object in the core?)."""
-    from ..objects import instances_from_probabilities
+    from ..objects import instances_from_probabilities, split_solidity
     from ._image import HEAD_DECODING
 
     spec = model.spec
@@ -536,7 +536,8 @@ def _decode_region(model, out: np.ndarray, region, shape, inner):
 
         labels = decode(out, spec.head, origin=(region[0].start, region[1].start), **HEAD_DECODING.get(spec.head, {}))
     else:
-        labels = instances_from_probabilities(out, object_area=model.info.object_area)
+        labels = instances_from_probabilities(out, object_area=model.info.object_area,
+                                              min_solidity=split_solidity(model.info.object_solidity))
     ids, canon, is_cut = _canonical_ids(labels, region, shape)
     lut = np.zeros(int(labels.max()) + 1, np.int64)
     lut[ids] = canon

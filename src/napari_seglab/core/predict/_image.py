@@ -190,7 +190,8 @@ def _argmax_rows(probs: np.ndarray, rows: int = 512) -> np.ndarray:
 
 
 def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_instances: bool = False,
-                              guide: np.ndarray | None = None, object_area: float | None = None) -> np.ndarray:
+                              guide: np.ndarray | None = None, object_area: float | None = None,
+                              min_solidity: float | None = None) -> np.ndarray:
     """Probabilities -> (Y, X) int32 labels for the checkpoint's label mode.
 
     ``probs``: (K, Y, X) class probabilities, or the compact (1, Y, X)
@@ -200,22 +201,26 @@ def labels_from_probabilities(probs: np.ndarray, label_mode: str, *, split_insta
     (:func:`~napari_seglab.core.objects._refine.snap_to_edges`), which parts objects a scribble-trained
     network merges. ``object_area``: the typical object's area at the
     network's scale (the checkpoint's): decoded objects under
-    ``FRAGMENT_FRACTION`` of it are fragments, dropped.
+    ``FRAGMENT_FRACTION`` of it are fragments, dropped. ``min_solidity``: objects less convex than this are
+    split in two where that helps (:func:`~napari_seglab.core.objects.split_non_convex`; None: never).
     """
     from ..objects import instances_from_foreground, instances_from_probabilities
 
     if is_instance_mode(label_mode) and probs.shape[0] == 3:
-        return instances_from_probabilities(probs, object_area=object_area).astype(np.int32)
+        return instances_from_probabilities(probs, object_area=object_area,
+                                            min_solidity=min_solidity).astype(np.int32)
     fg = probs[0] if probs.shape[0] == 1 else (1 - probs[0] if probs.shape[0] == 2 else None)
     if split_instances:
-        from ..objects import FRAGMENT_FRACTION, SPLIT_THRESHOLD, snap_to_edges
+        from ..objects import FRAGMENT_FRACTION, SPLIT_THRESHOLD, snap_to_edges, split_non_convex
 
         fg = fg if fg is not None else 1 - probs[0]
         min_size = max(8, int(FRAGMENT_FRACTION * object_area)) if object_area else 8
         if guide is None:
-            return instances_from_foreground(fg, min_size=min_size).astype(np.int32)
-        return instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD,
-                                         min_size=min_size).astype(np.int32)
+            objects = instances_from_foreground(fg, min_size=min_size)
+        else:
+            objects = instances_from_foreground(snap_to_edges(fg, guide), threshold=SPLIT_THRESHOLD,
+                                                min_size=min_size)
+        return split_non_convex(objects, min_solidity).astype(np.int32)
     if fg is not None:
         return (fg > 0.5).astype(np.int32)
     return _argmax_rows(probs)
@@ -333,10 +338,13 @@ def decode_plane(model: LoadedModel, outputs: np.ndarray, guide: np.ndarray | No
     (1, Y, X); a per-pixel network's class probabilities (K, Y, X) become classes or objects by the model's
     label mode (``guide``: the normalised plane, to split a semantic model's touching objects).
     """
+    from ..objects import split_solidity
+
     if model.spec.has_regression_head:
         return decode_head(outputs, model.spec.head), expit(outputs[:1]).astype(np.float32, copy=False)
     return labels_from_probabilities(outputs, model.label_mode, split_instances=guide is not None, guide=guide,
-                                     object_area=model.info.object_area), outputs
+                                     object_area=model.info.object_area,
+                                     min_solidity=split_solidity(model.info.object_solidity)), outputs
 
 
 def _object_plane(model: LoadedModel, chw: np.ndarray, job: _Job, overlap: float, score_threshold: float,

@@ -39,6 +39,7 @@ from ..models import (
     load_checkpoint,
     preset_spec,
 )
+from ..objects import typical_solidity
 from ._boxes import BoxValidator, box_classes, check_box_density, prepare_box_data, split_boxes
 from ._config import default_instance_head
 from ._data import (
@@ -201,6 +202,13 @@ def _box_holdout(config, samples: list[Sample], rng) -> tuple[list[np.ndarray], 
                                                 f"({len(held)} held-out part(s) of the annotated area)")]
     return masks, validator, kept, [
         Message(f"{why}: no validation AP; the best model is chosen by training loss", "warning")]
+
+
+def _painted_objects(samples, mode: str) -> list[np.ndarray]:
+    """The whole objects painted on each sample: its instances, or the objects of the labels kept for
+    self-training (the ``objects`` mode)."""
+    return [get_mode(mode).objects(s.labels) if s.labels is not None else s.instances
+            for s in samples if s.labels is not None or s.instances is not None]
 
 
 def _holdout(config, spec: ModelSpec, samples: list[Sample], rng, sparse: bool
@@ -476,7 +484,9 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
         if why:
             yield Message(f"CPU arithmetic: {why}")
     meta = run_meta(config, spec, norm, scale, samples, counts, note, use_bf16, object_area)
-    meta = meta.replace(pixel_size=pixel_size, anisotropy=learnt_z)
+    # how convex the painted whole objects are: decoding splits only objects less convex than these
+    solid = None if box_run else typical_solidity(_painted_objects(samples, config.label_mode))
+    meta = meta.replace(pixel_size=pixel_size, anisotropy=learnt_z, object_solidity=solid)
     return TrainRun(config=config, device=device, spec=spec, model=model, optimizer=optimizer,
                     scaler=torch.amp.GradScaler("cuda") if device.type == "cuda" else None, sampler=sampler,
                     samples=train_samples, held=held, validator=validator,
