@@ -176,9 +176,9 @@ def split_non_convex(labels: np.ndarray, min_solidity: float = SPLIT_SOLIDITY, *
             continue
         if min(solidity(one), solidity(two)) < whole + gain:
             continue
-        neck = sum(int(np.count_nonzero(np.diff(parts, axis=a)[(np.delete(parts, 0, a) > 0)
-                                                               & (np.delete(parts, -1, a) > 0)]))
-                   for a in (0, 1))
+        # the cut's length: pixel pairs of the two pieces that touch along an axis
+        neck = sum(np.count_nonzero((lo != hi) & (lo > 0) & (hi > 0))
+                   for lo, hi in ((parts[:-1], parts[1:]), (parts[:, :-1], parts[:, 1:])))
         width = 2 * min(ndi.distance_transform_edt(one).max(), ndi.distance_transform_edt(two).max())
         if neck > max_neck * width:
             continue
