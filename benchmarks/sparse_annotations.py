@@ -22,6 +22,7 @@ the training half; background strokes from ``core.synthetic.make_scribbles``.
     python benchmarks/sparse_annotations.py                       # the full grid: several hours
     python benchmarks/sparse_annotations.py --images dsb --fractions 0.25 --budgets 120 --seeds 0 1 2
     python benchmarks/sparse_annotations.py --steps 400 ...       # a step budget instead of seconds
+    python benchmarks/sparse_annotations.py --nuclei 10 ...       # ten painted nuclei, not a fraction
     python benchmarks/sparse_annotations.py --self-training off   # the sparse modes without self-training
     python benchmarks/sparse_annotations.py --convexity off       # no split of non-convex objects (before)
 
@@ -159,6 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--images", nargs="+", default=["dsb", *(f"dsb-{v}" for v in VARIANTS[1:]), "sample"])
     p.add_argument("--modes", nargs="+", default=["objects", "scribbles"], choices=("objects", "scribbles"))
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    p.add_argument("--nuclei", type=int, nargs="+", default=None,
+                   help="paint this many nuclei of the training half instead of --fractions (the issue's "
+                        "'ten nuclei': --nuclei 10)")
     p.add_argument("--patterns", nargs="+", default=["random", "first"], choices=("random", "first"))
     p.add_argument("--budgets", type=float, nargs="+", default=[60, 120])
     p.add_argument("--steps", type=int, default=0, help="a step budget instead of --budgets (busy machines)")
@@ -181,13 +185,15 @@ def main(argv=None) -> int:
     for name in args.images:
         img, inst = load_image(name, args.stardist_wheel)
         tr_img, tr_inst, te_img, te_inst = halves(img, inst)
+        total = len(np.unique(tr_inst)) - 1
+        fractions = [n / total for n in args.nuclei] if args.nuclei else args.fractions
         for budget in budgets:
             dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
                                      te_inst) for s in args.seeds])
             rows.append((name, "instances", 1.0, "all", budget, dense, None))
             print(f"{name} dense {budget or args.steps}: {dense.mean(0).round(3)}", flush=True)
             for mode in args.modes:
-                for fraction in args.fractions:
+                for fraction in fractions:
                     for pattern in args.patterns:
                         runs, rf = [], []
                         for seed in args.seeds:

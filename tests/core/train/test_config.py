@@ -190,7 +190,7 @@ def test_family_and_architecture_help_list_the_catalogue():
 
 
 @pytest.mark.parametrize(("args", "given", "objects", "scribbles"),
-                         [([], None, True, False), (["--self-training"], True, True, True),
+                         [([], None, True, True), (["--self-training"], True, True, True),
                           (["--no-self-training"], False, False, False)])
 def test_self_training_is_auto_on_or_off_from_the_command_line(args, given, objects, scribbles):
     from napari_seglab.cli.common import options_from_args
