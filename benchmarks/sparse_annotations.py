@@ -5,7 +5,10 @@ napari's "new label", plus background strokes) or a few strokes
 (``scribbles``). This benchmark paints a fraction of the nuclei of a real
 image the way a person would, trains SegLab with its defaults and scores the
 held-out half, next to dense labels (every nucleus) at the same budget and to
-a random forest on the same pixels (the ilastik approach; ``_common.py``).
+a random forest on the same pixels (the ilastik approach; ``_common.py``),
+and with ``--cellpose-python`` to Cellpose 3.1 trained from scratch on the
+painted nuclei (``peers.py``; it has no way to use strokes or to ignore the
+unpainted nuclei).
 
 Images: the DSB2018 nuclei image bundled in the StarDist 0.9.2 wheel (left
 half trains, right half is scored; ``pip download stardist==0.9.2`` once, or
@@ -25,6 +28,7 @@ the training half; background strokes from ``core.synthetic.make_scribbles``.
     python benchmarks/sparse_annotations.py --nuclei 10 ...       # ten painted nuclei, not a fraction
     python benchmarks/sparse_annotations.py --self-training off   # the sparse modes without self-training
     python benchmarks/sparse_annotations.py --convexity off       # no split of non-convex objects (before)
+    python benchmarks/sparse_annotations.py --cellpose-python /path/to/cellpose-venv/bin/python  # + Cellpose
 
 Prints one line per run and a table of Dice, AP@0.5, AP@0.75 and count error
 (mean ± spread over seeds), and last the ratios sparse / dense (AP@0.5).
@@ -140,6 +144,15 @@ def forest(tr_img, ann, mode, te_img, seed):
     return instances_from_foreground(random_forest_foreground(tr_img, labels, te_img, seed).astype(np.float32))
 
 
+def cellpose(python, tr_img, ann, te_img, budget, seed):
+    """Cellpose 3.1 from scratch on the painted nuclei of an ``objects`` painting (ids >= 2), as ``peers.py``
+    runs it: every other pixel, the background strokes and the unpainted nuclei, is background to it."""
+    from peers import run_peer
+
+    painted = np.where(ann >= 2, ann - 1, 0).astype(np.int32)
+    return run_peer("cellpose", python, (tr_img, painted, te_img, None), budget, seed)["labels"]
+
+
 def scores(labels, truth):
     m = match_instances(labels, truth)
     n_pred, n_true = len(np.unique(labels)) - 1, len(np.unique(truth)) - 1
@@ -169,6 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--stardist-wheel", default=None)
     p.add_argument("--no-forest", action="store_true")
+    p.add_argument("--cellpose-python", default=None,
+                   help="an interpreter with Cellpose 3.1: Cellpose from scratch on the painted nuclei of each "
+                        "`objects` painting (unpainted pixels are background to it), same budget; as in peers.py")
     p.add_argument("--self-training", choices=("default", "on", "off"), default="default",
                    help="the sparse modes' self-training: the default of each mode, or on / off for both")
     p.add_argument("--convexity", choices=("on", "off"), default="on",
@@ -190,12 +206,12 @@ def main(argv=None) -> int:
         for budget in budgets:
             dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
                                      te_inst) for s in args.seeds])
-            rows.append((name, "instances", 1.0, "all", budget, dense, None))
+            rows.append((name, "instances", 1.0, "all", budget, dense, None, None))
             print(f"{name} dense {budget or args.steps}: {dense.mean(0).round(3)}", flush=True)
             for mode in args.modes:
                 for fraction in fractions:
                     for pattern in args.patterns:
-                        runs, rf = [], []
+                        runs, rf, cp = [], [], []
                         for seed in args.seeds:
                             ann = annotate(mode, tr_inst, chosen_nuclei(tr_inst, fraction, pattern, seed), seed)
                             labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, args.steps, seed,
@@ -203,23 +219,28 @@ def main(argv=None) -> int:
                             runs.append(scores(labels, te_inst))
                             if not args.no_forest:
                                 rf.append(scores(forest(tr_img, ann, mode, te_img, seed), te_inst))
+                            if args.cellpose_python and mode == "objects" and budget:
+                                cp.append(scores(cellpose(args.cellpose_python, tr_img, ann, te_img, budget, seed),
+                                                 te_inst))
                             print(f"  {name} {mode} {fraction:.2f} {pattern} {budget or args.steps} seed {seed}: "
                                   f"dice/ap50/ap75/count {runs[-1].round(3)} steps {steps} wall {wall:.0f}s",
                                   flush=True)
                         rows.append((name, mode, fraction, pattern, budget, np.array(runs),
-                                     np.array(rf) if rf else None))
+                                     np.array(rf) if rf else None, np.array(cp) if cp else None))
     print()
     print("image        mode       frac pattern budget | Dice         AP@0.5       AP@0.75      count err | "
-          "forest Dice AP@0.5")
-    for name, mode, fraction, pattern, budget, r, rf in rows:
+          "forest Dice AP@0.5 | Cellpose Dice AP@0.5")
+    for name, mode, fraction, pattern, budget, r, rf, cp in rows:
         m, s = r.mean(0), r.std(0)
         forest_cols = f"{rf.mean(0)[0]:.3f} {rf.mean(0)[1]:.3f}" if rf is not None else "-"
+        cp_cols = f"{cp.mean(0)[0]:.3f} {cp.mean(0)[1]:.3f}" if cp is not None else "-"
         print(f"{name:12s} {mode:10s} {fraction:4.2f} {pattern:7s} {budget or args.steps!s:>6} | "
-              f"{m[0]:.3f}±{s[0]:.3f}  {m[1]:.3f}±{s[1]:.3f}  {m[2]:.3f}±{s[2]:.3f}  {m[3]:+.2f} | {forest_cols}")
-    dense = {(n, b): r[:, 1].mean() for n, mo, _, _, b, r, _ in rows if mo == "instances"}
+              f"{m[0]:.3f}±{s[0]:.3f}  {m[1]:.3f}±{s[1]:.3f}  {m[2]:.3f}±{s[2]:.3f}  {m[3]:+.2f} | {forest_cols} | "
+              f"{cp_cols}")
+    dense = {(n, b): r[:, 1].mean() for n, mo, _, _, b, r, _, _ in rows if mo == "instances"}
     print("sparse/dense AP@0.5: " + "; ".join(
         f"{n} {mo} {f:.2f} {pa} {b or args.steps}: {r[:, 1].mean() / max(dense[n, b], 1e-9):.2f}x"
-        for n, mo, f, pa, b, r, _ in rows if mo != "instances"))
+        for n, mo, f, pa, b, r, _, _ in rows if mo != "instances"))
     return 0
 
 
