@@ -42,6 +42,7 @@ import time
 import zipfile
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tifffile
@@ -57,6 +58,20 @@ from napari_seglab.core.train import TrainConfig, iter_train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 VARIANTS = ("plain", "half", "double", "inverted", "noisy")
+
+
+class Row(NamedTuple):
+    """One table row: a painting's runs over the seeds (Dice, AP@0.5, AP@0.75, count error per run), and the
+    forest's and Cellpose's on the same paintings (None where not run)."""
+
+    image: str
+    mode: str
+    fraction: float
+    pattern: str
+    budget: float | None
+    runs: np.ndarray
+    forest: np.ndarray | None = None
+    cellpose: np.ndarray | None = None
 
 
 def stardist_image(wheel: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +224,7 @@ def main(argv=None) -> int:
         for budget in budgets:
             dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
                                      te_inst) for s in args.seeds])
-            rows.append((name, "instances", 1.0, "all", budget, dense, None, None))
+            rows.append(Row(name, "instances", 1.0, "all", budget, dense))
             print(f"{name} dense {budget or args.steps}: {dense.mean(0).round(3)}", flush=True)
             for mode in args.modes:
                 for fraction in fractions:
@@ -228,22 +243,23 @@ def main(argv=None) -> int:
                             print(f"  {name} {mode} {fraction:.2f} {pattern} {budget or args.steps} seed {seed}: "
                                   f"dice/ap50/ap75/count {runs[-1].round(3)} steps {steps} wall {wall:.0f}s",
                                   flush=True)
-                        rows.append((name, mode, fraction, pattern, budget, np.array(runs),
-                                     np.array(rf) if rf else None, np.array(cp) if cp else None))
+                        rows.append(Row(name, mode, fraction, pattern, budget, np.array(runs),
+                                        np.array(rf) if rf else None, np.array(cp) if cp else None))
     print()
     print("image        mode       frac pattern budget | Dice         AP@0.5       AP@0.75      count err | "
           "forest Dice AP@0.5 | Cellpose Dice AP@0.5")
-    for name, mode, fraction, pattern, budget, r, rf, cp in rows:
-        m, s = r.mean(0), r.std(0)
-        forest_cols = f"{rf.mean(0)[0]:.3f} {rf.mean(0)[1]:.3f}" if rf is not None else "-"
-        cp_cols = f"{cp.mean(0)[0]:.3f} {cp.mean(0)[1]:.3f}" if cp is not None else "-"
-        print(f"{name:12s} {mode:10s} {fraction:4.2f} {pattern:7s} {budget or args.steps!s:>6} | "
-              f"{m[0]:.3f}±{s[0]:.3f}  {m[1]:.3f}±{s[1]:.3f}  {m[2]:.3f}±{s[2]:.3f}  {m[3]:+.2f} | {forest_cols} | "
-              f"{cp_cols}")
-    dense = {(n, b): r[:, 1].mean() for n, mo, _, _, b, r, _, _ in rows if mo == "instances"}
+    def peer_cols(scored):  # mean Dice and AP@0.5 of a peer's runs
+        return f"{scored.mean(0)[0]:.3f} {scored.mean(0)[1]:.3f}" if scored is not None else "-"
+
+    for row in rows:
+        m, s = row.runs.mean(0), row.runs.std(0)
+        print(f"{row.image:12s} {row.mode:10s} {row.fraction:4.2f} {row.pattern:7s} {row.budget or args.steps!s:>6} | "
+              f"{m[0]:.3f}±{s[0]:.3f}  {m[1]:.3f}±{s[1]:.3f}  {m[2]:.3f}±{s[2]:.3f}  {m[3]:+.2f} | "
+              f"{peer_cols(row.forest)} | {peer_cols(row.cellpose)}")
+    dense = {(r.image, r.budget): r.runs[:, 1].mean() for r in rows if r.mode == "instances"}
     print("sparse/dense AP@0.5: " + "; ".join(
-        f"{n} {mo} {f:.2f} {pa} {b or args.steps}: {r[:, 1].mean() / max(dense[n, b], 1e-9):.2f}x"
-        for n, mo, f, pa, b, r, _, _ in rows if mo != "instances"))
+        f"{r.image} {r.mode} {r.fraction:.2f} {r.pattern} {r.budget or args.steps}: "
+        f"{r.runs[:, 1].mean() / max(dense[r.image, r.budget], 1e-9):.2f}x" for r in rows if r.mode != "instances"))
     return 0
 
 
