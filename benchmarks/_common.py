@@ -53,3 +53,21 @@ def random_forest_foreground(train_img: np.ndarray, labels: np.ndarray, test_img
     clf = RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, max_samples=0.05, random_state=seed)
     clf = fit_segmenter(labels, feats(train_img), clf)
     return predict_segmenter(feats(test_img), clf) == 2
+
+
+def machine() -> str:
+    """The CPU a timed benchmark ran on, for its log: model name, cores, native bfloat16. A time budget buys
+    very different step counts on different CPUs (a quiet Intel Xeon with AMX: about 11 training steps a
+    second; a shared AMD EPYC: about 1), so figures at a budget compare only on the same machine."""
+    import os
+
+    from napari_seglab.core.device import cpu_bf16_supported
+
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores, {'native' if cpu_bf16_supported() else 'no native'} bfloat16"

@@ -28,10 +28,13 @@ the training half; background strokes from ``core.synthetic.make_scribbles``.
     python benchmarks/sparse_annotations.py --nuclei 10 ...       # ten painted nuclei, not a fraction
     python benchmarks/sparse_annotations.py --self-training off   # the sparse modes without self-training
     python benchmarks/sparse_annotations.py --convexity off       # no split of non-convex objects (before)
+    python benchmarks/sparse_annotations.py --bf16 off            # float32, as on a CPU without native bfloat16
     python benchmarks/sparse_annotations.py --cellpose-python /path/to/cellpose-venv/bin/python  # + Cellpose
 
-Prints one line per run and a table of Dice, AP@0.5, AP@0.75 and count error
-(mean ± spread over seeds), and last the ratios sparse / dense (AP@0.5).
+A time budget buys very different step counts on different CPUs, so the run
+first prints the machine, and each run its steps. Prints one line per run, a
+table of Dice, AP@0.5, AP@0.75 and count error (mean ± spread over seeds),
+and last the ratios sparse / dense (AP@0.5).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tifffile
-from _common import random_forest_foreground
+from _common import machine, random_forest_foreground
 from scipy import ndimage as ndi
 
 from napari_seglab.core.evaluate import match_instances
@@ -139,12 +142,12 @@ def annotate(mode: str, inst: np.ndarray, ids: np.ndarray, seed: int) -> np.ndar
     return out
 
 
-def seglab(mode, tr_img, ann, te_img, budget, steps, seed, self_training=None):
+def seglab(mode, tr_img, ann, te_img, budget, steps, seed, self_training=None, bf16="auto"):
     kw = {"epochs": max(1, steps // 50), "steps_per_epoch": 50, "time_limit": None} if steps else \
         {"time_limit": budget, "epochs": None}
     if self_training is not None and mode != "instances":
         kw["self_training"] = self_training
-    cfg = TrainConfig(label_mode=mode, device="cpu", seed=seed, **kw)
+    cfg = TrainConfig(label_mode=mode, device="cpu", seed=seed, bf16=bf16, **kw)
     t0 = time.monotonic()
     result = drive(iter_train([tr_img], [ann], cfg))
     wall = time.monotonic() - t0
@@ -205,6 +208,8 @@ def main(argv=None) -> int:
                         "`objects` painting (unpainted pixels are background to it), same budget; as in peers.py")
     p.add_argument("--self-training", choices=("default", "on", "off"), default="default",
                    help="the sparse modes' self-training: the default of each mode, or on / off for both")
+    p.add_argument("--bf16", choices=("auto", "off"), default="auto",
+                   help="off: float32 training, as on a CPU without native bfloat16 (most laptops)")
     p.add_argument("--convexity", choices=("on", "off"), default="on",
                    help="off: decoding never splits a non-convex object and self-training never doubts one "
                         "for its shape (SegLab before 2026-12-07)")
@@ -215,6 +220,8 @@ def main(argv=None) -> int:
         _instances.SPLIT_SOLIDITY = _assist.MIN_SOLIDITY = 0.0
     self_training = {"default": None, "on": True, "off": False}[args.self_training]
     budgets = [None] if args.steps else args.budgets
+    print(f"machine: {machine()}; training in {'float32' if args.bf16 == 'off' else 'bfloat16 where it helps'}",
+          flush=True)
     rows = []
     for name in args.images:
         img, inst = load_image(name, args.stardist_wheel)
@@ -222,7 +229,8 @@ def main(argv=None) -> int:
         total = len(np.unique(tr_inst)) - 1
         fractions = [n / total for n in args.nuclei] if args.nuclei else args.fractions
         for budget in budgets:
-            dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s)[0],
+            dense = np.array([scores(seglab("instances", tr_img, tr_inst, te_img, budget, args.steps, s,
+                                            bf16=args.bf16)[0],
                                      te_inst) for s in args.seeds])
             rows.append(Row(name, "instances", 1.0, "all", budget, dense))
             print(f"{name} dense {budget or args.steps}: {dense.mean(0).round(3)}", flush=True)
@@ -233,7 +241,7 @@ def main(argv=None) -> int:
                         for seed in args.seeds:
                             ann = annotate(mode, tr_inst, chosen_nuclei(tr_inst, fraction, pattern, seed), seed)
                             labels, steps, wall = seglab(mode, tr_img, ann, te_img, budget, args.steps, seed,
-                                                         self_training)
+                                                         self_training, args.bf16)
                             runs.append(scores(labels, te_inst))
                             if not args.no_forest:
                                 rf.append(scores(forest(tr_img, ann, mode, te_img, seed), te_inst))

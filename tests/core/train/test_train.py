@@ -293,6 +293,41 @@ def test_self_training_adds_confident_pixels_but_not_held_out_ones():
     assert (dense.target[held] == -1).all()
 
 
+@pytest.mark.parametrize(("stroked", "warned"), [(4, True), (12, False)])
+def test_scribbles_mode_warns_when_a_class_has_strokes_in_too_few_objects(stroked, warned):
+    # twelve bright discs; a short stroke inside 4 or 12 of them, and background strokes between the rows
+    from napari_seglab.core.train import MIN_CLASS_STROKES, stroke_counts
+
+    yy, xx = np.mgrid[:120, :160]
+    img = np.full((120, 160), 100, np.float32)
+    labels = np.zeros((120, 160), np.uint16)
+    for k in range(12):
+        cy, cx = 20 + 40 * (k // 4), 20 + 40 * (k % 4)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12**2] += 80
+        if k < stroked:
+            labels[cy, cx - 5:cx + 5] = 2
+    labels[38:42, 4:156] = labels[78:82, 4:156] = 1
+    assert stroke_counts([labels], "scribbles") == {2: stroked}
+    assert (stroked < MIN_CLASS_STROKES) == warned
+    cfg = TrainConfig(label_mode="scribbles", epochs=1, steps_per_epoch=1, scale=1.0, **TINY)
+    events, _ = drive(iter_train([img], [labels], cfg))
+    notes = [e for e in events if isinstance(e, Message) and "keep only the objects' cores" in e.text]
+    assert bool(notes) == warned
+    if warned:
+        assert notes[0].text.startswith(f"label 2 in {stroked} strokes:") and notes[0].level == "warning"
+
+
+def test_stroke_counts_count_plane_by_plane_and_only_the_scribbles_classes():
+    from napari_seglab.core.train import stroke_counts
+
+    stack = np.zeros((3, 20, 20), np.uint16)
+    stack[:, 5, 2:8] = 2  # one stroke through three planes: three strokes, one per plane
+    stack[0, 12, 2:8] = 3
+    stack[0, 15, 2:18] = 1  # background is not counted
+    assert stroke_counts([stack, None], "scribbles") == {2: 3, 3: 1}
+    assert stroke_counts([stack], "objects") == {}
+
+
 @pytest.mark.parametrize(("stroke_width", "warned"), [(1, True), (12, False)])
 def test_objects_mode_warns_when_the_background_strokes_are_too_few_for_the_objects(stroke_width, warned):
     # three whole painted discs (about 2400 px) and one background stroke 1 or 12 px wide (5 % or 60 %)

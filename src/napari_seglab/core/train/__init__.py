@@ -22,8 +22,8 @@ from ._config import (
 #: the names that need torch, by module (imported on first use: the CLI's options need only _config)
 _LAZY = {
     "_boxes": ("BoxValidator", "prepare_box_data", "split_boxes"),
-    "_data": ("MIN_BACKGROUND_SHARE", "background_note", "background_share", "prepare_samples",
-              "prepare_training_data"),
+    "_data": ("MIN_BACKGROUND_SHARE", "MIN_CLASS_STROKES", "background_note", "background_share",
+              "prepare_samples", "prepare_training_data", "stroke_counts", "stroke_note"),
     "_runtime": ("ThreadTuner", "cost_note"),
     "_train": ("TrainResult", "iter_train"),
 }

@@ -53,6 +53,7 @@ from ._data import (
     orthogonal_plane_count,
     painted_runs,
     prepare_training_data,
+    stroke_note,
     volume_sources,
 )
 from ._runtime import Budget, ThreadTuner, bf16_helps, cost_note
@@ -451,8 +452,8 @@ def set_up(images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], co
             z_notes += notes
             if volumes and learnt_z is None:  # its ZX/ZY planes will be learnt
                 learnt_z = round(volumes[0].anisotropy, 4)
-        sparse_note = background_note(labels, config.label_mode)
-        data_notes = [Message(sparse_note, "warning")] if sparse_note else []
+        data_notes = [Message(text, "warning") for text in (background_note(labels, config.label_mode),
+                                                            stroke_note(labels, config.label_mode)) if text]
         data_notes += [Message(text) for text in z_notes]
     spec = _spec_for(config, init, samples, channels, head)
     if box_run:
