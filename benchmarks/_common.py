@@ -58,7 +58,8 @@ def random_forest_foreground(train_img: np.ndarray, labels: np.ndarray, test_img
 def machine() -> str:
     """The CPU a timed benchmark ran on, for its log: model name, cores, native bfloat16. A time budget buys
     very different step counts on different CPUs (a quiet Intel Xeon with AMX: about 11 training steps a
-    second; a shared AMD EPYC: about 1), so figures at a budget compare only on the same machine."""
+    second; the AMD EPYC of the earlier sparse benchmarks: 1.3-2.3), so figures at a budget compare only on the
+    same machine."""
     import os
 
     from napari_seglab.core.device import cpu_bf16_supported
