@@ -60,8 +60,7 @@ def machine() -> str:
     very different step counts on different CPUs (a quiet Intel Xeon with AMX: about 11 training steps a
     second; the AMD EPYC of the earlier sparse benchmarks: 1.3-2.3), so figures at a budget compare only on the
     same machine."""
-    import os
-
+    from napari_seglab.core.batch import usable_cpus
     from napari_seglab.core.device import cpu_bf16_supported
 
     name = "unknown CPU"
@@ -70,5 +69,4 @@ def machine() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores, {'native' if cpu_bf16_supported() else 'no native'} bfloat16"
+    return f"{name}, {usable_cpus()} cores, {'native' if cpu_bf16_supported() else 'no native'} bfloat16"
